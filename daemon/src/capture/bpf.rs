@@ -1,0 +1,387 @@
+//! The classic BPF program that lets the kernel drop everything except WireGuard
+//! handshake initiations before they are copied to user space: the equivalent of
+//! tcpdump's `udp dst port P and udp[8] = 1`, for IPv4 (any header length, first
+//! fragments only) and IPv6 (UDP as the first next header), built in code for any port.
+//!
+//! The program runs on an AF_PACKET SOCK_DGRAM socket, so offset 0 is the start of
+//! the IP header. Packets the host itself sends (packet type OUTGOING) are dropped,
+//! so the gateway never sees its own traffic (on `lo` every packet would otherwise be
+//! seen twice).
+
+use libc::sock_filter;
+
+/// Bytes the kernel copies for an accepted packet: far more than IPv6 + UDP + the
+/// 148-byte initiation, so nothing we need is ever cut off.
+pub const SNAP_LEN: u32 = 0x40000;
+
+/// WireGuard message type of a handshake initiation (the first UDP payload byte).
+const INITIATION_TYPE: u32 = 1;
+/// `PACKET_OUTGOING` from `<linux/if_packet.h>` (not exported at libc's top level).
+const PACKET_OUTGOING: u32 = 4;
+const IPPROTO_UDP: u32 = 17;
+/// IPv4 flags/fragment-offset field: the 13 offset bits. Non-zero = not the first
+/// fragment, which carries no UDP header.
+const IPV4_FRAGMENT_OFFSET_MASK: u32 = 0x1fff;
+/// The smallest legal IPv4 header (IHL = 5), in bytes.
+const IPV4_MIN_HEADER: u32 = 20;
+const IPV6_HEADER: u32 = 40;
+/// Offsets inside the UDP header.
+const UDP_DST_PORT: u32 = 2;
+const UDP_HEADER: u32 = 8;
+
+/// Where a conditional jump goes; resolved to relative offsets once the whole
+/// program is laid out, so nobody counts instructions by hand.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Target {
+    Next,
+    Ipv6,
+    Accept,
+    Drop,
+}
+
+/// One instruction before jump resolution.
+struct Insn {
+    code: u16,
+    k: u32,
+    jt: Target,
+    jf: Target,
+    /// Set on the first instruction of a labelled block.
+    label: Option<Target>,
+}
+
+/// Assembles a program from straight-line instructions and labelled blocks.
+#[derive(Default)]
+struct Assembler {
+    insns: Vec<Insn>,
+    pending_label: Option<Target>,
+}
+
+impl Assembler {
+    fn stmt(&mut self, code: u32, k: u32) {
+        self.push(code, k, Target::Next, Target::Next);
+    }
+
+    fn jump(&mut self, code: u32, k: u32, jt: Target, jf: Target) {
+        self.push(code, k, jt, jf);
+    }
+
+    fn label(&mut self, label: Target) {
+        self.pending_label = Some(label);
+    }
+
+    fn push(&mut self, code: u32, k: u32, jt: Target, jf: Target) {
+        // BPF opcodes fit in 16 bits by construction (the libc constants are u32).
+        let code = code as u16;
+        let label = self.pending_label.take();
+        self.insns.push(Insn {
+            code,
+            k,
+            jt,
+            jf,
+            label,
+        });
+    }
+
+    fn finish(self) -> Vec<sock_filter> {
+        let position = |target: Target| {
+            self.insns
+                .iter()
+                .position(|insn| insn.label == Some(target))
+        };
+        let resolve = |from: usize, target: Target| -> u8 {
+            if target == Target::Next {
+                return 0;
+            }
+            // Every label is defined below (a missing one is a bug in `program`, caught
+            // by the tests); jumps only go forward in classic BPF.
+            let to = position(target).unwrap_or(from + 1);
+            u8::try_from(to.saturating_sub(from + 1)).unwrap_or(u8::MAX)
+        };
+        self.insns
+            .iter()
+            .enumerate()
+            .map(|(i, insn)| sock_filter {
+                code: insn.code,
+                jt: resolve(i, insn.jt),
+                jf: resolve(i, insn.jf),
+                k: insn.k,
+            })
+            .collect()
+    }
+}
+
+/// Build the filter accepting IPv4/IPv6 UDP datagrams to `port` whose first payload
+/// byte is 1 (a WireGuard handshake initiation) and that the host did not send itself.
+/// Accept returns [`SNAP_LEN`], reject returns 0.
+pub fn initiation_filter(port: u16) -> Vec<sock_filter> {
+    use libc::{
+        BPF_ABS, BPF_ALU, BPF_B, BPF_H, BPF_IND, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_JSET,
+        BPF_K, BPF_LD, BPF_LDX, BPF_MISC, BPF_MSH, BPF_RET, BPF_RSH, BPF_TXA, BPF_W,
+    };
+    use Target::{Accept, Drop, Ipv6, Next};
+    let port = u32::from(port);
+    // SKF_AD_OFF is negative; the kernel reads k as an unsigned offset past it.
+    let pkttype = (libc::SKF_AD_OFF + libc::SKF_AD_PKTTYPE) as u32;
+
+    let mut a = Assembler::default();
+    // Never our own sends.
+    a.stmt(BPF_LD | BPF_W | BPF_ABS, pkttype);
+    a.jump(BPF_JMP | BPF_JEQ | BPF_K, PACKET_OUTGOING, Drop, Next);
+    // IP version nibble.
+    a.stmt(BPF_LD | BPF_B | BPF_ABS, 0);
+    a.stmt(BPF_ALU | BPF_RSH | BPF_K, 4);
+    a.jump(BPF_JMP | BPF_JEQ | BPF_K, 4, Next, Ipv6);
+
+    // IPv4: UDP, first fragment, sane header length, then port and type at IHL*4.
+    a.stmt(BPF_LD | BPF_B | BPF_ABS, 9);
+    a.jump(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_UDP, Next, Drop);
+    a.stmt(BPF_LD | BPF_H | BPF_ABS, 6);
+    a.jump(
+        BPF_JMP | BPF_JSET | BPF_K,
+        IPV4_FRAGMENT_OFFSET_MASK,
+        Drop,
+        Next,
+    );
+    a.stmt(BPF_LDX | BPF_B | BPF_MSH, 0); // X = 4 * IHL
+    a.stmt(BPF_MISC | BPF_TXA, 0);
+    a.jump(BPF_JMP | BPF_JGE | BPF_K, IPV4_MIN_HEADER, Next, Drop);
+    a.stmt(BPF_LD | BPF_H | BPF_IND, UDP_DST_PORT);
+    a.jump(BPF_JMP | BPF_JEQ | BPF_K, port, Next, Drop);
+    a.stmt(BPF_LD | BPF_B | BPF_IND, UDP_HEADER);
+    a.jump(BPF_JMP | BPF_JEQ | BPF_K, INITIATION_TYPE, Accept, Drop);
+
+    a.label(Ipv6);
+    a.jump(BPF_JMP | BPF_JEQ | BPF_K, 6, Next, Drop);
+    a.stmt(BPF_LD | BPF_B | BPF_ABS, 6); // next header
+    a.jump(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_UDP, Next, Drop);
+    a.stmt(BPF_LD | BPF_H | BPF_ABS, IPV6_HEADER + UDP_DST_PORT);
+    a.jump(BPF_JMP | BPF_JEQ | BPF_K, port, Next, Drop);
+    a.stmt(BPF_LD | BPF_B | BPF_ABS, IPV6_HEADER + UDP_HEADER);
+    a.jump(BPF_JMP | BPF_JEQ | BPF_K, INITIATION_TYPE, Accept, Drop);
+
+    a.label(Accept);
+    a.stmt(BPF_RET | BPF_K, SNAP_LEN);
+    a.label(Drop);
+    a.stmt(BPF_RET | BPF_K, 0);
+    a.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What the kernel tells the filter about a packet besides its bytes.
+    const PACKET_HOST: u32 = 0;
+
+    /// A classic-BPF interpreter for exactly the opcodes `initiation_filter` emits,
+    /// following the kernel's rules: an out-of-bounds load ends the program with 0.
+    fn run(program: &[sock_filter], packet: &[u8], pkttype: u32) -> u32 {
+        use libc::*;
+        let load = |offset: u32, size: usize| -> Option<u32> {
+            let start = usize::try_from(offset).ok()?;
+            let bytes = packet.get(start..start.checked_add(size)?)?;
+            Some(bytes.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b)))
+        };
+        let size_of = |code: u32| match code & 0x18 {
+            c if c == BPF_W => 4,
+            c if c == BPF_H => 2,
+            _ => 1,
+        };
+        let (mut a, mut x, mut pc) = (0u32, 0u32, 0usize);
+        let pkttype_offset = (SKF_AD_OFF + SKF_AD_PKTTYPE) as u32;
+        loop {
+            let insn = program[pc];
+            let code = u32::from(insn.code);
+            pc += 1;
+            match code & 0x07 {
+                c if c == BPF_LD => {
+                    let mode = code & 0xe0;
+                    let offset = if mode == BPF_IND {
+                        x.wrapping_add(insn.k)
+                    } else {
+                        insn.k
+                    };
+                    a = if mode == BPF_ABS && offset == pkttype_offset {
+                        pkttype
+                    } else {
+                        match load(offset, size_of(code)) {
+                            Some(v) => v,
+                            None => return 0,
+                        }
+                    };
+                }
+                c if c == BPF_LDX => {
+                    assert_eq!(code, BPF_LDX | BPF_B | BPF_MSH);
+                    match load(insn.k, 1) {
+                        Some(v) => x = 4 * (v & 0xf),
+                        None => return 0,
+                    }
+                }
+                c if c == BPF_ALU => match code & 0xf0 {
+                    op if op == BPF_RSH => a >>= insn.k,
+                    op if op == BPF_AND => a &= insn.k,
+                    other => panic!("unexpected ALU op {other:#x}"),
+                },
+                c if c == BPF_JMP => {
+                    let taken = match code & 0xf0 {
+                        op if op == BPF_JEQ => a == insn.k,
+                        op if op == BPF_JGE => a >= insn.k,
+                        op if op == BPF_JSET => a & insn.k != 0,
+                        other => panic!("unexpected jump op {other:#x}"),
+                    };
+                    pc += usize::from(if taken { insn.jt } else { insn.jf });
+                }
+                c if c == BPF_MISC => {
+                    assert_eq!(code, BPF_MISC | BPF_TXA);
+                    a = x;
+                }
+                c if c == BPF_RET => return insn.k,
+                other => panic!("unexpected class {other:#x}"),
+            }
+        }
+    }
+
+    /// The plain-Rust statement of what the filter must accept.
+    fn reference(packet: &[u8], port: u16, pkttype: u32) -> bool {
+        if pkttype == PACKET_OUTGOING {
+            return false;
+        }
+        let udp_start = match packet.first().map(|b| b >> 4) {
+            Some(4) => {
+                let header = usize::from(packet[0] & 0x0f) * 4;
+                let fragment_offset = packet
+                    .get(6..8)
+                    .map(|b| u16::from_be_bytes([b[0], b[1]]) & 0x1fff);
+                if header < 20 || packet.get(9) != Some(&17) || fragment_offset != Some(0) {
+                    return false;
+                }
+                header
+            }
+            Some(6) => {
+                if packet.get(6) != Some(&17) {
+                    return false;
+                }
+                40
+            }
+            _ => return false,
+        };
+        let dst_port = packet
+            .get(udp_start + 2..udp_start + 4)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]));
+        dst_port == Some(port) && packet.get(udp_start + 8) == Some(&1)
+    }
+
+    fn accepts(packet: &[u8], port: u16, pkttype: u32) -> bool {
+        let verdict = run(&initiation_filter(port), packet, pkttype);
+        assert!(verdict == 0 || verdict == SNAP_LEN);
+        verdict == SNAP_LEN
+    }
+
+    fn ipv4(options: usize, proto: u8, frag: u16, port: u16, first: u8) -> Vec<u8> {
+        let ihl = 5 + options;
+        let mut p = vec![0u8; ihl * 4 + 8 + 4];
+        p[0] = 0x40 | ihl as u8;
+        p[9] = proto;
+        p[6..8].copy_from_slice(&frag.to_be_bytes());
+        p[ihl * 4 + 2..ihl * 4 + 4].copy_from_slice(&port.to_be_bytes());
+        p[ihl * 4 + 8] = first;
+        p
+    }
+
+    fn ipv6(next: u8, port: u16, first: u8) -> Vec<u8> {
+        let mut p = vec![0u8; 40 + 8 + 4];
+        p[0] = 0x60;
+        p[6] = next;
+        p[42..44].copy_from_slice(&port.to_be_bytes());
+        p[48] = first;
+        p
+    }
+
+    #[test]
+    fn jumps_stay_inside_program() {
+        let program = initiation_filter(51820);
+        for (i, insn) in program.iter().enumerate() {
+            assert!(i + 1 + usize::from(insn.jt) < program.len());
+            assert!(i + 1 + usize::from(insn.jf) < program.len());
+        }
+        assert!(program.len() < libc::BPF_MAXINSNS as usize);
+    }
+
+    #[test]
+    fn accepts_initiations_to_port() {
+        assert!(accepts(&ipv4(0, 17, 0, 51820, 1), 51820, PACKET_HOST));
+        assert!(accepts(&ipv4(10, 17, 0, 51820, 1), 51820, PACKET_HOST));
+        // First fragment (more-fragments set, offset 0) still carries the UDP header.
+        assert!(accepts(&ipv4(0, 17, 0x2000, 51820, 1), 51820, PACKET_HOST));
+        assert!(accepts(&ipv6(17, 51820, 1), 51820, PACKET_HOST));
+    }
+
+    #[test]
+    fn drops_everything_else() {
+        assert!(!accepts(&ipv4(0, 17, 0, 51820, 1), 51820, PACKET_OUTGOING));
+        assert!(!accepts(&ipv4(0, 17, 0, 51820, 4), 51820, PACKET_HOST));
+        assert!(!accepts(&ipv4(0, 17, 0, 51821, 1), 51820, PACKET_HOST));
+        assert!(!accepts(&ipv4(0, 6, 0, 51820, 1), 51820, PACKET_HOST));
+        assert!(!accepts(&ipv4(0, 17, 0x0001, 51820, 1), 51820, PACKET_HOST));
+        assert!(!accepts(&ipv6(17, 51820, 2), 51820, PACKET_HOST));
+        assert!(!accepts(&ipv6(0, 51820, 1), 51820, PACKET_HOST)); // hop-by-hop first
+        assert!(!accepts(&ipv6(17, 51820, 1), 51820, PACKET_OUTGOING));
+        assert!(!accepts(&[], 51820, PACKET_HOST));
+        assert!(!accepts(&[0x45], 51820, PACKET_HOST));
+    }
+
+    /// Packets shaped like IP/UDP, each field either right or random, then maybe cut
+    /// short, so both verdicts are common.
+    fn packet_strategy() -> impl Strategy<Value = (Vec<u8>, u16)> {
+        (
+            any::<u16>(),
+            prop_oneof![Just(4u8), Just(6u8), any::<u8>()],
+            0u8..16,
+            prop_oneof![Just(17u8), any::<u8>()],
+            prop_oneof![Just(0u16), Just(0x2000u16), any::<u16>()],
+            any::<bool>(),
+            prop_oneof![Just(1u8), any::<u8>()],
+            proptest::collection::vec(any::<u8>(), 80),
+            0usize..90,
+        )
+            .prop_map(
+                |(port, version, ihl, proto, frag, right_port, first, mut bytes, len)| {
+                    let dst_port = if right_port { port } else { port ^ 1 };
+                    bytes[0] = (version << 4) | ihl;
+                    let udp = if version == 6 {
+                        bytes[6] = proto;
+                        40
+                    } else {
+                        bytes[9] = proto;
+                        bytes[6..8].copy_from_slice(&frag.to_be_bytes());
+                        usize::from(ihl) * 4
+                    };
+                    if udp + 9 <= bytes.len() {
+                        bytes[udp + 2..udp + 4].copy_from_slice(&dst_port.to_be_bytes());
+                        bytes[udp + 8] = first;
+                    }
+                    bytes.truncate(len);
+                    (bytes, port)
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn filter_matches_reference(
+            (packet, port) in packet_strategy(),
+            pkttype in prop_oneof![Just(PACKET_HOST), Just(PACKET_OUTGOING), 0u32..8],
+        ) {
+            prop_assert_eq!(accepts(&packet, port, pkttype), reference(&packet, port, pkttype));
+        }
+
+        #[test]
+        fn filter_matches_reference_on_random_bytes(
+            packet in proptest::collection::vec(any::<u8>(), 0..80),
+            port in any::<u16>(),
+        ) {
+            prop_assert_eq!(accepts(&packet, port, PACKET_HOST), reference(&packet, port, PACKET_HOST));
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! Daemon configuration in two stages (ripgrep style): `Args` holds what the user wrote
+//! on the command line or in `JITWGD_*` variables, `ConfigFile` what the TOML file says;
+//! `resolve` layers them (flag > env > file > default), validates across settings, and
+//! returns the `Config` the daemon runs with.
+
+mod args;
+mod file;
+pub mod values;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::ValueEnum;
+use ipnet::IpNet;
+use serde::Serialize;
+
+pub use args::Args;
+pub use file::{ConfigFile, Switch};
+
+/// How the daemon talks to the WireGuard data plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// wireguard-go (or any UAPI implementation) via /var/run/wireguard/NAME.sock.
+    Userspace,
+    /// The in-kernel WireGuard module via netlink.
+    Kernel,
+}
+
+/// Where peers come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Install a peer when its first handshake initiation arrives.
+    Jit,
+    /// Legacy baseline: install every peer published on NATS.
+    Push,
+}
+
+/// What the daemon does at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Boot {
+    /// Start with an empty interface; ready at once.
+    Jit,
+    /// Install every stored peer before reporting ready (legacy).
+    Preload,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// The resolved settings the daemon runs with. Serializable so the daemon can log its
+/// effective configuration at start-up (durations print as `3m`, `30s`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    /// WireGuard interface to manage (validated: 1..=15 bytes, kernel naming rules).
+    pub interface: String,
+    pub backend: Backend,
+    /// Uplink to sniff; `None` = all interfaces.
+    pub capture_interface: Option<String>,
+    /// `None` = read the listen port from the interface.
+    pub listen_port: Option<u16>,
+    pub db: PathBuf,
+    /// Control-plane base URL without trailing `/`; always `Some` in jit mode.
+    pub api_url: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub api_timeout: Duration,
+    pub api_retries: u32,
+    /// `None` = no metrics endpoint.
+    pub metrics_addr: Option<SocketAddr>,
+    pub mode: Mode,
+    pub boot: Boot,
+    #[serde(with = "humantime_serde")]
+    pub evict_after: Duration,
+    #[serde(with = "humantime_serde")]
+    pub sweep_every: Duration,
+    /// Max peers removed per data-plane call (>= 1).
+    pub sweep_chunk: usize,
+    pub evict_in_push_mode: bool,
+    /// Install peers in the initiator role (handshake back at once).
+    pub initiate: bool,
+    /// Always `Some` in push mode.
+    pub nats_url: Option<String>,
+    pub nats_subject: String,
+    /// Tunnel prefix all allowed IPs must lie in (host bits cleared).
+    pub allowed_prefix: IpNet,
+    #[serde(with = "humantime_serde")]
+    pub positive_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+    /// Per-key control-plane rate limit.
+    #[serde(with = "humantime_serde")]
+    pub api_min_interval: Duration,
+    pub log_format: LogFormat,
+}
+
+/// Defaults, in one place so `--help` texts and `resolve` can be checked against them.
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const DB: &str = "/var/lib/jitwgd/jitwgd.db";
+    pub const API_TIMEOUT: Duration = Duration::from_secs(2);
+    pub const API_RETRIES: u32 = 3;
+    pub const EVICT_AFTER: Duration = Duration::from_secs(180);
+    pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
+    pub const SWEEP_CHUNK: usize = 256;
+    pub const EVICT_IN_PUSH_MODE: bool = false;
+    pub const INITIATE: bool = true;
+    pub const NATS_SUBJECT: &str = "jitwg.peers";
+    pub const ALLOWED_PREFIX: &str = "100.64.0.0/10";
+    pub const POSITIVE_TTL: Duration = Duration::from_secs(300);
+    pub const NEGATIVE_TTL: Duration = Duration::from_secs(60);
+    pub const API_MIN_INTERVAL: Duration = Duration::from_secs(1);
+}
+
+/// Why the configuration could not be resolved. Every message names the setting (and
+/// the file, when the bad value came from one).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {} is not valid: {source}", path.display())]
+    ParseFile {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("config file {}: `{key} = {value:?}`: {reason}", path.display())]
+    InvalidValue {
+        path: PathBuf,
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("missing required setting `{key}`{why}: {}", where_to_set(key))]
+    Missing {
+        key: &'static str,
+        why: &'static str,
+    },
+}
+
+/// How to provide a setting, spelled the three ways the user can.
+fn where_to_set(key: &str) -> String {
+    format!(
+        "pass --{}, set {}, or add `{key} = ...` to the --config file",
+        key.replace('_', "-"),
+        format!("JITWGD_{key}").to_ascii_uppercase()
+    )
+}
+
+/// Read the config file named by `args.config` (if any) and layer everything:
+/// flag > environment (both already in `args`, clap resolved that) > file > default.
+pub fn resolve(args: Args) -> Result<Config, ConfigError> {
+    let file = match &args.config {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+                path: path.clone(),
+                source,
+            })?;
+            let parsed = ConfigFile::parse(&text).map_err(|source| ConfigError::ParseFile {
+                path: path.clone(),
+                source,
+            })?;
+            Some((parsed, path.clone()))
+        }
+    };
+    match file {
+        Some((file, path)) => merge(args, file, &path),
+        None => merge(args, ConfigFile::default(), Path::new("(none)")),
+    }
+}
+
+/// Checks file values with the shared parsers, turning failures into errors that name
+/// the key and the file.
+struct FileValues<'a> {
+    path: &'a Path,
+}
+
+impl FileValues<'_> {
+    fn check<T>(
+        &self,
+        key: &'static str,
+        raw: Option<String>,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        raw.map(|value| {
+            parse(&value).map_err(|reason| ConfigError::InvalidValue {
+                path: self.path.to_path_buf(),
+                key,
+                value,
+                reason,
+            })
+        })
+        .transpose()
+    }
+
+    fn switch(&self, key: &'static str, raw: Option<Switch>) -> Result<Option<bool>, ConfigError> {
+        match raw {
+            None => Ok(None),
+            Some(Switch::Bool(b)) => Ok(Some(b)),
+            Some(Switch::Word(w)) => self.check(key, Some(w), values::switch),
+        }
+    }
+
+    fn count(&self, key: &'static str, raw: Option<usize>) -> Result<Option<usize>, ConfigError> {
+        self.check(key, raw.map(|n| n.to_string()), values::positive_count)
+    }
+}
+
+/// Parse one of a `ValueEnum`'s words exactly as the flag would accept it.
+fn word<E: ValueEnum>(s: &str) -> Result<E, String> {
+    E::from_str(s.trim(), false).map_err(|_| {
+        let names: Vec<String> = E::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value())
+            .map(|p| p.get_name().to_string())
+            .collect();
+        format!("expected one of: {}", names.join(", "))
+    })
+}
+
+fn merge(args: Args, file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
+    let f = FileValues { path };
+
+    let interface = args
+        .interface
+        .or(f.check("interface", file.interface, values::interface_name)?)
+        .ok_or(ConfigError::Missing {
+            key: "interface",
+            why: "",
+        })?;
+    let mode = args
+        .mode
+        .or(f.check("mode", file.mode, word::<Mode>)?)
+        .unwrap_or(Mode::Jit);
+    let api_url = args
+        .api_url
+        .or(f.check("api_url", file.api_url, values::api_url)?);
+    let nats_url = args
+        .nats_url
+        .or(f.check("nats_url", file.nats_url, values::nats_url)?);
+    match mode {
+        Mode::Jit if api_url.is_none() => {
+            return Err(ConfigError::Missing {
+                key: "api_url",
+                why: " (needed in jit mode)",
+            })
+        }
+        Mode::Push if nats_url.is_none() => {
+            return Err(ConfigError::Missing {
+                key: "nats_url",
+                why: " (needed in push mode)",
+            })
+        }
+        _ => {}
+    }
+    let default_prefix =
+        values::prefix(defaults::ALLOWED_PREFIX).map_err(|reason| ConfigError::InvalidValue {
+            path: PathBuf::from("(built-in default)"),
+            key: "allowed_prefix",
+            value: defaults::ALLOWED_PREFIX.to_string(),
+            reason,
+        })?;
+
+    Ok(Config {
+        interface,
+        backend: args
+            .backend
+            .or(f.check("backend", file.backend, word::<Backend>)?)
+            .unwrap_or(Backend::Userspace),
+        capture_interface: args.capture_interface.or(f.check(
+            "capture_interface",
+            file.capture_interface,
+            values::interface_name,
+        )?),
+        listen_port: args.listen_port.or(file.listen_port),
+        db: args
+            .db
+            .or(file.db)
+            .unwrap_or_else(|| PathBuf::from(defaults::DB)),
+        api_url,
+        api_timeout: args
+            .api_timeout
+            .or(f.check("api_timeout", file.api_timeout, values::positive_duration)?)
+            .unwrap_or(defaults::API_TIMEOUT),
+        api_retries: args
+            .api_retries
+            .or(file.api_retries)
+            .unwrap_or(defaults::API_RETRIES),
+        metrics_addr: args.metrics_addr.or(f.check(
+            "metrics_addr",
+            file.metrics_addr,
+            values::socket_addr,
+        )?),
+        mode,
+        boot: args
+            .boot
+            .or(f.check("boot", file.boot, word::<Boot>)?)
+            .unwrap_or(Boot::Jit),
+        evict_after: args
+            .evict_after
+            .or(f.check("evict_after", file.evict_after, values::positive_duration)?)
+            .unwrap_or(defaults::EVICT_AFTER),
+        sweep_every: args
+            .sweep_every
+            .or(f.check("sweep_every", file.sweep_every, values::positive_duration)?)
+            .unwrap_or(defaults::SWEEP_EVERY),
+        sweep_chunk: args
+            .sweep_chunk
+            .or(f.count("sweep_chunk", file.sweep_chunk)?)
+            .unwrap_or(defaults::SWEEP_CHUNK),
+        evict_in_push_mode: args
+            .evict_in_push_mode
+            .or(f.switch("evict_in_push_mode", file.evict_in_push_mode)?)
+            .unwrap_or(defaults::EVICT_IN_PUSH_MODE),
+        initiate: args
+            .initiate
+            .or(f.switch("initiate", file.initiate)?)
+            .unwrap_or(defaults::INITIATE),
+        nats_url,
+        nats_subject: args
+            .nats_subject
+            .or(f.check("nats_subject", file.nats_subject, values::nats_subject)?)
+            .unwrap_or_else(|| defaults::NATS_SUBJECT.to_string()),
+        allowed_prefix: args
+            .allowed_prefix
+            .map(|p| p.trunc())
+            .or(f.check("allowed_prefix", file.allowed_prefix, values::prefix)?)
+            .unwrap_or(default_prefix),
+        positive_ttl: args
+            .positive_ttl
+            .or(f.check("positive_ttl", file.positive_ttl, values::duration)?)
+            .unwrap_or(defaults::POSITIVE_TTL),
+        negative_ttl: args
+            .negative_ttl
+            .or(f.check("negative_ttl", file.negative_ttl, values::duration)?)
+            .unwrap_or(defaults::NEGATIVE_TTL),
+        api_min_interval: args
+            .api_min_interval
+            .or(f.check("api_min_interval", file.api_min_interval, values::duration)?)
+            .unwrap_or(defaults::API_MIN_INTERVAL),
+        log_format: args
+            .log_format
+            .or(f.check("log_format", file.log_format, word::<LogFormat>)?)
+            .unwrap_or(LogFormat::Text),
+    })
+}
+
+#[cfg(test)]
+mod tests;

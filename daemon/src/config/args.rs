@@ -1,0 +1,169 @@
+//! Stage one of configuration: exactly what the user wrote on the command line or in
+//! `JITWGD_*` environment variables, already syntax-checked. Every field is an `Option`
+//! so `resolve` can tell "not given" from "given the default" and let the config file
+//! fill the gap.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use ipnet::IpNet;
+
+use super::values;
+use super::{Backend, Boot, LogFormat, Mode};
+
+/// jitwgd: a just-in-time WireGuard gateway.
+///
+/// Keeps a WireGuard interface nearly empty and installs a peer only when it knocks:
+/// it sniffs handshake initiations, decrypts who is knocking, fetches that peer's
+/// config (local SQLite cache, then the control-plane HTTP API), installs it and
+/// handshakes back at once. A periodic sweep evicts idle peers.
+///
+/// Every setting can come from a flag, a JITWGD_* environment variable or the TOML
+/// file given with --config (key = long flag with dashes turned into underscores,
+/// e.g. evict_after = "180s"). Precedence: flag > environment > file > default.
+/// Durations are human strings: 250ms, 30s, 5m, 1h.
+#[derive(Parser, Debug, Clone, Default)]
+#[command(name = "jitwgd", version, about, long_about, max_term_width = 100)]
+pub struct Args {
+    /// TOML config file; its keys are the long flags below with `-` turned into `_`.
+    ///
+    /// Unknown keys are an error (a typo should not silently fall back to a default).
+    /// Flags and environment variables override values from this file.
+    #[arg(long, env = "JITWGD_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// WireGuard interface to manage (required; at most 15 characters).
+    ///
+    /// The interface must already exist: jitwgd never creates it (with the userspace
+    /// backend, creating it would start a stray wireguard-go process).
+    #[arg(long, env = "JITWGD_INTERFACE", value_name = "NAME", value_parser = values::interface_name)]
+    pub interface: Option<String>,
+
+    /// How to talk to the WireGuard data plane [default: userspace].
+    ///
+    /// `userspace` uses the UAPI socket /var/run/wireguard/NAME.sock (wireguard-go);
+    /// `kernel` uses netlink to the in-kernel module.
+    #[arg(long, env = "JITWGD_BACKEND", value_enum)]
+    pub backend: Option<Backend>,
+
+    /// Network interface to sniff handshake initiations on [default: all interfaces].
+    ///
+    /// Set it to the uplink that carries the WireGuard UDP traffic to avoid looking at
+    /// unrelated traffic.
+    #[arg(long, env = "JITWGD_CAPTURE_INTERFACE", value_name = "NAME", value_parser = values::interface_name)]
+    pub capture_interface: Option<String>,
+
+    /// UDP port WireGuard listens on, used in the capture filter [default: read from the interface].
+    #[arg(long, env = "JITWGD_LISTEN_PORT", value_name = "PORT")]
+    pub listen_port: Option<u16>,
+
+    /// SQLite database holding the peer cache (and, in push mode, every pushed peer)
+    /// [default: /var/lib/jitwgd/jitwgd.db].
+    #[arg(long, env = "JITWGD_DB", value_name = "PATH")]
+    pub db: Option<PathBuf>,
+
+    /// Control-plane base URL, e.g. http://198.18.0.1:8080 (required in jit mode).
+    ///
+    /// Unknown peers are fetched with GET {api_url}/v1/peers/{64 hex chars}. Plain
+    /// http only: jitwgd is built without TLS.
+    #[arg(long, env = "JITWGD_API_URL", value_name = "URL", value_parser = values::api_url)]
+    pub api_url: Option<String>,
+
+    /// Give up on one control-plane request after this long [default: 2s].
+    ///
+    /// A timeout means "unknown for now", never "revoked": the key is retried later.
+    #[arg(long, env = "JITWGD_API_TIMEOUT", value_name = "DURATION", value_parser = values::positive_duration)]
+    pub api_timeout: Option<Duration>,
+
+    /// Extra attempts after a failed control-plane request (errors, timeouts; never a 404)
+    /// [default: 3].
+    #[arg(long, env = "JITWGD_API_RETRIES", value_name = "COUNT")]
+    pub api_retries: Option<u32>,
+
+    /// Serve Prometheus metrics on GET /metrics and readiness on GET /ready at this
+    /// address, e.g. 127.0.0.1:9100 [default: no metrics endpoint].
+    #[arg(long, env = "JITWGD_METRICS_ADDR", value_name = "ADDR", value_parser = values::socket_addr)]
+    pub metrics_addr: Option<SocketAddr>,
+
+    /// Where peers come from [default: jit].
+    ///
+    /// `jit` installs a peer when its first handshake initiation arrives (pull);
+    /// `push` is the legacy baseline: install every peer published on NATS at once.
+    #[arg(long, env = "JITWGD_MODE", value_enum)]
+    pub mode: Option<Mode>,
+
+    /// What to do at start-up [default: jit].
+    ///
+    /// `jit` starts with an empty interface and is ready at once; `preload` installs
+    /// every stored peer first (the legacy behaviour, kept to measure reload time).
+    #[arg(long, env = "JITWGD_BOOT", value_enum)]
+    pub boot: Option<Boot>,
+
+    /// Evict a peer whose last handshake is older than this, or that never completed
+    /// one since install [default: 180s, WireGuard's REJECT_AFTER_TIME].
+    #[arg(long, env = "JITWGD_EVICT_AFTER", value_name = "DURATION", value_parser = values::positive_duration)]
+    pub evict_after: Option<Duration>,
+
+    /// How often the eviction sweep runs [default: 30s].
+    #[arg(long, env = "JITWGD_SWEEP_EVERY", value_name = "DURATION", value_parser = values::positive_duration)]
+    pub sweep_every: Option<Duration>,
+
+    /// At most this many peers are removed per data-plane call during a sweep
+    /// [default: 256].
+    ///
+    /// Removal is slow on the kernel backend (one RCU grace period per peer); bounded
+    /// chunks keep installs from starving behind a long sweep.
+    #[arg(long, env = "JITWGD_SWEEP_CHUNK", value_name = "COUNT", value_parser = values::positive_count)]
+    pub sweep_chunk: Option<usize>,
+
+    /// Also run the eviction sweep in push mode: on|off [default: off].
+    ///
+    /// Off reproduces the legacy gateway, which never forgets a pushed peer.
+    #[arg(long, env = "JITWGD_EVICT_IN_PUSH_MODE", value_name = "on|off", value_parser = values::switch)]
+    pub evict_in_push_mode: Option<bool>,
+
+    /// Install peers in the initiator role so the gateway handshakes back at once:
+    /// on|off [default: on].
+    ///
+    /// Off leaves the client to retry after WireGuard's 5 s REKEY_TIMEOUT, which is
+    /// what setup latency looks like without it.
+    #[arg(long, env = "JITWGD_INITIATE", value_name = "on|off", value_parser = values::switch)]
+    pub initiate: Option<bool>,
+
+    /// NATS server URL for push mode, e.g. nats://198.18.0.1:4222 (required in push mode).
+    #[arg(long, env = "JITWGD_NATS_URL", value_name = "URL", value_parser = values::nats_url)]
+    pub nats_url: Option<String>,
+
+    /// NATS subject peers are published on [default: jitwg.peers].
+    #[arg(long, env = "JITWGD_NATS_SUBJECT", value_name = "SUBJECT", value_parser = values::nats_subject)]
+    pub nats_subject: Option<String>,
+
+    /// Refuse any peer whose allowed IPs fall outside this prefix [default: 100.64.0.0/10].
+    ///
+    /// A guard against a control plane (or a NATS publisher) routing traffic it
+    /// should not, e.g. 0.0.0.0/0.
+    #[arg(long, env = "JITWGD_ALLOWED_PREFIX", value_name = "PREFIX", value_parser = values::prefix)]
+    pub allowed_prefix: Option<IpNet>,
+
+    /// Trust a cached peer config for this long before asking the control plane again
+    /// [default: 5m].
+    #[arg(long, env = "JITWGD_POSITIVE_TTL", value_name = "DURATION", value_parser = values::duration)]
+    pub positive_ttl: Option<Duration>,
+
+    /// Remember that the control plane does not know a key (HTTP 404) for this long
+    /// [default: 60s].
+    ///
+    /// Shields the control plane from scanners and from clients with deleted keys.
+    #[arg(long, env = "JITWGD_NEGATIVE_TTL", value_name = "DURATION", value_parser = values::duration)]
+    pub negative_ttl: Option<Duration>,
+
+    /// Ask the control plane about one key at most once per this interval [default: 1s].
+    #[arg(long, env = "JITWGD_API_MIN_INTERVAL", value_name = "DURATION", value_parser = values::duration)]
+    pub api_min_interval: Option<Duration>,
+
+    /// Log line format [default: text].
+    #[arg(long, env = "JITWGD_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}

@@ -1,0 +1,291 @@
+//! Tests for configuration layering: precedence, durations, file errors, required keys.
+
+use std::io::Write;
+use std::sync::Mutex;
+
+use clap::{CommandFactory, Parser};
+
+use super::*;
+
+/// Parsing `Args` reads `JITWGD_*` variables; tests that parse or change the
+/// environment hold this lock so they do not see each other's variables.
+static ENV_LOCK: Mutex<()> = Mutex::new(());
+
+fn parse(argv: &[&str]) -> Result<Args, clap::Error> {
+    Args::try_parse_from(std::iter::once("jitwgd").chain(argv.iter().copied()))
+}
+
+fn config_file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+fn resolve_argv(argv: &[&str]) -> Result<Config, ConfigError> {
+    let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    resolve(parse(argv).unwrap())
+}
+
+const MINIMAL: &[&str] = &["--interface", "wg0", "--api-url", "http://198.18.0.1:8080"];
+
+#[test]
+fn help_is_well_formed() {
+    Args::command().debug_assert();
+    let help = Args::command().render_long_help().to_string();
+    assert!(help.contains("JITWGD_EVICT_AFTER"), "{help}");
+    assert!(help.contains("default: 180s"), "{help}");
+}
+
+#[test]
+fn minimal_settings_get_documented_defaults() {
+    let c = resolve_argv(MINIMAL).unwrap();
+    assert_eq!(c.interface, "wg0");
+    assert_eq!(c.backend, Backend::Userspace);
+    assert_eq!(c.capture_interface, None);
+    assert_eq!(c.listen_port, None);
+    assert_eq!(c.db, PathBuf::from("/var/lib/jitwgd/jitwgd.db"));
+    assert_eq!(c.api_url.as_deref(), Some("http://198.18.0.1:8080"));
+    assert_eq!(c.api_timeout, Duration::from_secs(2));
+    assert_eq!(c.api_retries, 3);
+    assert_eq!(c.metrics_addr, None);
+    assert_eq!(c.mode, Mode::Jit);
+    assert_eq!(c.boot, Boot::Jit);
+    assert_eq!(c.evict_after, Duration::from_secs(180));
+    assert_eq!(c.sweep_every, Duration::from_secs(30));
+    assert_eq!(c.sweep_chunk, 256);
+    assert!(!c.evict_in_push_mode);
+    assert!(c.initiate);
+    assert_eq!(c.nats_url, None);
+    assert_eq!(c.nats_subject, "jitwg.peers");
+    assert_eq!(c.allowed_prefix.to_string(), "100.64.0.0/10");
+    assert_eq!(c.positive_ttl, Duration::from_secs(300));
+    assert_eq!(c.negative_ttl, Duration::from_secs(60));
+    assert_eq!(c.api_min_interval, Duration::from_secs(1));
+    assert_eq!(c.log_format, LogFormat::Text);
+}
+
+#[test]
+fn flag_beats_env_beats_file_beats_default() {
+    let file = config_file("interface = \"wgfile\"\napi_url = \"http://198.18.0.1:1\"\nevict_after = \"10s\"\nsweep_every = \"11s\"\nnegative_ttl = \"12s\"\n");
+    let path = file.path().to_str().unwrap();
+    let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    std::env::set_var("JITWGD_EVICT_AFTER", "20s");
+    std::env::set_var("JITWGD_SWEEP_EVERY", "21s");
+    let args = parse(&["--config", path, "--evict-after", "30s"]);
+    std::env::remove_var("JITWGD_EVICT_AFTER");
+    std::env::remove_var("JITWGD_SWEEP_EVERY");
+    let c = resolve(args.unwrap()).unwrap();
+    assert_eq!(c.evict_after, Duration::from_secs(30), "flag wins");
+    assert_eq!(c.sweep_every, Duration::from_secs(21), "env beats file");
+    assert_eq!(
+        c.negative_ttl,
+        Duration::from_secs(12),
+        "file beats default"
+    );
+    assert_eq!(
+        c.positive_ttl,
+        Duration::from_secs(300),
+        "default when unset"
+    );
+    assert_eq!(c.interface, "wgfile");
+}
+
+#[test]
+fn config_path_can_come_from_env() {
+    let file = config_file(
+        "interface = \"wgenv\"\nmode = \"push\"\nnats_url = \"nats://198.18.0.1:4222\"\n",
+    );
+    let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    std::env::set_var("JITWGD_CONFIG", file.path());
+    let args = parse(&[]);
+    std::env::remove_var("JITWGD_CONFIG");
+    let c = resolve(args.unwrap()).unwrap();
+    assert_eq!(c.interface, "wgenv");
+    assert_eq!(c.mode, Mode::Push);
+}
+
+#[test]
+fn file_durations_are_human_strings() {
+    let file = config_file("interface = \"wg0\"\napi_url = \"http://cp:8080\"\npositive_ttl = \"5m\"\napi_min_interval = \"250ms\"\napi_timeout = \"1h 30m\"\n");
+    let c = resolve_argv(&["--config", file.path().to_str().unwrap()]).unwrap();
+    assert_eq!(c.positive_ttl, Duration::from_secs(300));
+    assert_eq!(c.api_min_interval, Duration::from_millis(250));
+    assert_eq!(c.api_timeout, Duration::from_secs(5400));
+}
+
+#[test]
+fn bad_duration_in_file_names_key_and_file() {
+    let file =
+        config_file("interface = \"wg0\"\napi_url = \"http://cp:8080\"\nevict_after = \"180\"\n");
+    let path = file.path().to_str().unwrap();
+    let err = resolve_argv(&["--config", path]).unwrap_err().to_string();
+    assert!(err.contains("evict_after"), "{err}");
+    assert!(err.contains(path), "{err}");
+}
+
+#[test]
+fn bad_duration_flag_is_refused_by_the_parser() {
+    let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let err = parse(&["--interface", "wg0", "--sweep-every", "0s"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--sweep-every"), "{err}");
+}
+
+#[test]
+fn unknown_key_in_file_is_an_error_naming_key_and_file() {
+    let file = config_file("interface = \"wg0\"\nevict_afer = \"10s\"\n");
+    let path = file.path().to_str().unwrap();
+    let err = resolve_argv(&["--config", path]).unwrap_err();
+    assert!(matches!(err, ConfigError::ParseFile { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("evict_afer") && msg.contains(path), "{msg}");
+}
+
+#[test]
+fn missing_file_is_an_error_naming_the_file() {
+    let err = resolve_argv(&["--config", "/nonexistent/jitwgd.toml"]).unwrap_err();
+    assert!(matches!(err, ConfigError::ReadFile { .. }));
+    assert!(err.to_string().contains("/nonexistent/jitwgd.toml"));
+}
+
+#[test]
+fn missing_interface_says_how_to_set_it() {
+    let err = resolve_argv(&["--api-url", "http://cp:8080"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`interface`"), "{err}");
+    assert!(err.contains("--interface"), "{err}");
+    assert!(err.contains("JITWGD_INTERFACE"), "{err}");
+}
+
+#[test]
+fn jit_mode_needs_api_url() {
+    let err = resolve_argv(&["--interface", "wg0"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("api_url") && err.contains("jit mode"), "{err}");
+    assert!(
+        err.contains("--api-url") && err.contains("JITWGD_API_URL"),
+        "{err}"
+    );
+}
+
+#[test]
+fn push_mode_needs_nats_url_but_not_api_url() {
+    let err = resolve_argv(&["--interface", "wg0", "--mode", "push"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("nats_url") && err.contains("push mode"),
+        "{err}"
+    );
+    let c = resolve_argv(&[
+        "--interface",
+        "wg0",
+        "--mode",
+        "push",
+        "--nats-url",
+        "nats://198.18.0.1:4222",
+    ])
+    .unwrap();
+    assert_eq!(c.mode, Mode::Push);
+    assert_eq!(c.api_url, None);
+}
+
+#[test]
+fn switches_parse_on_and_off_everywhere() {
+    let mut argv = MINIMAL.to_vec();
+    argv.extend(["--initiate", "off", "--evict-in-push-mode", "on"]);
+    let c = resolve_argv(&argv).unwrap();
+    assert!(!c.initiate);
+    assert!(c.evict_in_push_mode);
+
+    let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let err = parse(&["--initiate", "maybe"]).unwrap_err().to_string();
+    assert!(err.contains("on or off"), "{err}");
+    drop(_env);
+
+    for (text, want) in [
+        ("\"off\"", false),
+        ("false", false),
+        ("\"on\"", true),
+        ("true", true),
+    ] {
+        let file = config_file(&format!("initiate = {text}\n"));
+        let mut argv = MINIMAL.to_vec();
+        argv.extend(["--config", file.path().to_str().unwrap()]);
+        assert_eq!(
+            resolve_argv(&argv).unwrap().initiate,
+            want,
+            "initiate = {text}"
+        );
+    }
+    let file = config_file("initiate = \"sometimes\"\n");
+    let mut argv = MINIMAL.to_vec();
+    argv.extend(["--config", file.path().to_str().unwrap()]);
+    let err = resolve_argv(&argv).unwrap_err().to_string();
+    assert!(
+        err.contains("initiate") && err.contains("on or off"),
+        "{err}"
+    );
+}
+
+#[test]
+fn long_interface_name_is_refused_from_flag_and_file() {
+    let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(parse(&["--interface", "a-very-long-name"]).is_err());
+    drop(_env);
+    let file = config_file("interface = \"a-very-long-name\"\napi_url = \"http://cp:8080\"\n");
+    let err = resolve_argv(&["--config", file.path().to_str().unwrap()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("interface") && err.contains("15"), "{err}");
+}
+
+#[test]
+fn enum_words_from_file_list_the_choices() {
+    let file = config_file("backend = \"kernel\"\nboot = \"preload\"\nlog_format = \"json\"\n");
+    let mut argv = MINIMAL.to_vec();
+    argv.extend(["--config", file.path().to_str().unwrap()]);
+    let c = resolve_argv(&argv).unwrap();
+    assert_eq!(
+        (c.backend, c.boot, c.log_format),
+        (Backend::Kernel, Boot::Preload, LogFormat::Json)
+    );
+
+    let file = config_file("backend = \"ebpf\"\n");
+    let mut argv = MINIMAL.to_vec();
+    argv.extend(["--config", file.path().to_str().unwrap()]);
+    let err = resolve_argv(&argv).unwrap_err().to_string();
+    assert!(
+        err.contains("backend") && err.contains("userspace, kernel"),
+        "{err}"
+    );
+}
+
+#[test]
+fn zero_sweep_chunk_in_file_is_refused() {
+    let file = config_file("sweep_chunk = 0\n");
+    let mut argv = MINIMAL.to_vec();
+    argv.extend(["--config", file.path().to_str().unwrap()]);
+    let err = resolve_argv(&argv).unwrap_err().to_string();
+    assert!(err.contains("sweep_chunk"), "{err}");
+}
+
+#[test]
+fn effective_config_serializes_with_human_durations() {
+    let mut argv = MINIMAL.to_vec();
+    argv.extend([
+        "--metrics-addr",
+        "127.0.0.1:9100",
+        "--allowed-prefix",
+        "100.64.1.1/10",
+    ]);
+    let c = resolve_argv(&argv).unwrap();
+    assert_eq!(c.allowed_prefix.to_string(), "100.64.0.0/10");
+    let json = serde_json::to_value(&c).unwrap();
+    assert_eq!(json["evict_after"], "3m");
+    assert_eq!(json["backend"], "userspace");
+    assert_eq!(json["metrics_addr"], "127.0.0.1:9100");
+}

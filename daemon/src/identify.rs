@@ -1,0 +1,1 @@
+//! placeholder: identify (being written)

@@ -1,0 +1,252 @@
+//! identify checked against an independent implementation: initiations made by
+//! boringtun's `noise::Tunn`, compared with boringtun's own first-leg parser and
+//! responder. (Captured wireguard-go vectors live in `daemon/tests/identify_vectors.rs`.)
+
+use super::*;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use proptest::prelude::*;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// TAI64 labels seconds from 2^62; boringtun also adds 37 leap seconds, wireguard-go 10.
+const TAI64_BASE: u64 = 1 << 62;
+
+fn public_of(private: [u8; 32]) -> DhPublic {
+    DhPublic::from(&StaticSecret::from(private))
+}
+
+fn initiator_tunn(initiator: [u8; 32], responder: [u8; 32], psk: Option<[u8; 32]>) -> Tunn {
+    Tunn::new(
+        StaticSecret::from(initiator),
+        public_of(responder),
+        psk,
+        None,
+        7,
+        None,
+    )
+}
+
+fn next_initiation(tunn: &mut Tunn) -> Vec<u8> {
+    let mut buf = [0u8; 256];
+    match tunn.format_handshake_initiation(&mut buf, true) {
+        TunnResult::WriteToNetwork(packet) => packet.to_vec(),
+        other => panic!("no initiation: {other:?}"),
+    }
+}
+
+fn initiation(initiator: [u8; 32], responder: [u8; 32], psk: Option<[u8; 32]>) -> Vec<u8> {
+    next_initiation(&mut initiator_tunn(initiator, responder, psk))
+}
+
+fn unix_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn tai64_seconds(t: Timestamp) -> u64 {
+    u64::from_be_bytes(t.0[..8].try_into().unwrap())
+}
+
+/// boringtun's stateless first-leg parser: initiator key and sender index.
+fn boringtun_anon(responder: [u8; 32], msg: &[u8]) -> Option<([u8; 32], u32)> {
+    let Ok(Packet::HandshakeInit(init)) = Tunn::parse_incoming_packet(msg) else {
+        return None;
+    };
+    let private = StaticSecret::from(responder);
+    let public = DhPublic::from(&private);
+    let half = parse_handshake_anon(&private, &public, &init).ok()?;
+    Some((half.peer_static_public, half.peer_index))
+}
+
+/// Whether a boringtun responder that knows the initiator accepts `msg` (this
+/// also checks the timestamp against the newest it has seen).
+fn boringtun_responder_accepts(responder: &mut Tunn, msg: &[u8]) -> bool {
+    let mut buf = [0u8; 256];
+    matches!(
+        responder.decapsulate(None, msg, &mut buf),
+        TunnResult::WriteToNetwork(_)
+    )
+}
+
+#[test]
+fn error_labels_match_vector_stages() {
+    let labels: Vec<_> = [
+        IdentifyError::Header,
+        IdentifyError::Length,
+        IdentifyError::Mac1,
+        IdentifyError::DecryptStatic,
+        IdentifyError::DecryptTimestamp,
+    ]
+    .iter()
+    .map(IdentifyError::as_str)
+    .collect();
+    assert_eq!(
+        labels,
+        ["header", "length", "mac1", "decrypt_static", "decrypt_timestamp"]
+    );
+}
+
+#[test]
+fn header_is_checked_before_length() {
+    let keys = ResponderKeys::new([1; 32]);
+    assert_eq!(identify(&keys, &[]), Err(IdentifyError::Header));
+    assert_eq!(identify(&keys, &[1, 0, 0]), Err(IdentifyError::Header));
+    assert_eq!(identify(&keys, &[2; 92]), Err(IdentifyError::Header));
+    assert_eq!(identify(&keys, &[1, 0, 0, 0]), Err(IdentifyError::Length));
+}
+
+#[test]
+fn low_order_ephemeral_is_rejected_before_aead() {
+    // A correct mac1 over an all-zero ephemeral (a low-order point): DH gives zero.
+    let keys = ResponderKeys::new([9; 32]);
+    let mut msg = [0u8; INITIATION_LEN];
+    msg[..4].copy_from_slice(&INITIATION_HEADER);
+    let mac = {
+        use blake2::digest::{Mac, Update};
+        let mut m = blake2::Blake2sMac::<blake2::digest::consts::U16>::new_from_slice(
+            &keys.mac1_key,
+        )
+        .unwrap();
+        Update::update(&mut m, &msg[..MAC1.start]);
+        m.finalize().into_bytes()
+    };
+    msg[MAC1].copy_from_slice(&mac);
+    assert!(mac1_valid(&keys, &msg));
+    assert_eq!(identify(&keys, &msg), Err(IdentifyError::DecryptStatic));
+}
+
+#[test]
+fn debug_hides_private_key() {
+    let keys = ResponderKeys::new([0x42; 32]);
+    let shown = format!("{keys:?}");
+    assert!(!shown.contains("66, 66"), "{shown}");
+    assert!(shown.contains(&keys.public_key().fingerprint()));
+}
+
+#[test]
+fn timestamps_follow_boringtun_order_and_replay_view() {
+    let (initiator, responder) = ([3u8; 32], [4u8; 32]);
+    let keys = ResponderKeys::new(responder);
+    let mut client = initiator_tunn(initiator, responder, None);
+    let first = next_initiation(&mut client);
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let second = next_initiation(&mut client);
+    let t1 = identify(&keys, &first).unwrap().timestamp;
+    let t2 = identify(&keys, &second).unwrap().timestamp;
+    assert!(t1 < t2);
+
+    // boringtun's responder, after the newer one, refuses the older one as a replay:
+    // the same ordering identify reports.
+    let mut server = Tunn::new(
+        StaticSecret::from(responder),
+        public_of(initiator),
+        None,
+        None,
+        9,
+        None,
+    );
+    assert!(boringtun_responder_accepts(&mut server, &second));
+    assert!(!boringtun_responder_accepts(&mut server, &first));
+}
+
+fn key() -> impl Strategy<Value = [u8; 32]> {
+    any::<[u8; 32]>()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn recovers_boringtun_initiator(
+        initiator in key(),
+        responder in key(),
+        psk in proptest::option::of(key()),
+    ) {
+        let before = unix_seconds();
+        let msg = initiation(initiator, responder, psk);
+        let after = unix_seconds();
+        let keys = ResponderKeys::new(responder);
+
+        let found = identify(&keys, &msg).unwrap();
+        prop_assert_eq!(found.initiator, PublicKey(public_of(initiator).to_bytes()));
+        prop_assert!(mac1_valid(&keys, &msg));
+
+        // Same key and index as boringtun's own stateless first leg.
+        let (anon_key, anon_index) = boringtun_anon(responder, &msg).unwrap();
+        prop_assert_eq!(found.initiator, PublicKey(anon_key));
+        prop_assert_eq!(found.sender_index, anon_index);
+
+        // The timestamp is boringtun's clock reading at creation, in TAI64N.
+        let secs = tai64_seconds(found.timestamp);
+        prop_assert!(secs >= TAI64_BASE + before && secs <= TAI64_BASE + after + 38, "{secs}");
+        let nanos = u32::from_be_bytes(found.timestamp.0[8..].try_into().unwrap());
+        prop_assert!(nanos < 1_000_000_000);
+
+        // A boringtun responder holding that initiator's key accepts the same bytes.
+        let mut server = Tunn::new(
+            StaticSecret::from(responder),
+            public_of(initiator),
+            psk,
+            None,
+            9,
+            None,
+        );
+        prop_assert!(boringtun_responder_accepts(&mut server, &msg));
+    }
+
+    #[test]
+    fn wrong_responder_fails_mac1(initiator in key(), responder in key(), other in key()) {
+        prop_assume!(public_of(responder) != public_of(other));
+        let msg = initiation(initiator, responder, None);
+        let keys = ResponderKeys::new(other);
+        prop_assert_eq!(identify(&keys, &msg), Err(IdentifyError::Mac1));
+        prop_assert!(!mac1_valid(&keys, &msg));
+    }
+
+    #[test]
+    fn any_flipped_bit_under_mac1_is_rejected(
+        initiator in key(),
+        responder in key(),
+        bit in 0usize..(MAC1.end * 8),
+    ) {
+        let mut msg = initiation(initiator, responder, None);
+        msg[bit / 8] ^= 1 << (bit % 8);
+        let expected = if bit < 32 { IdentifyError::Header } else { IdentifyError::Mac1 };
+        // The reserved/type bytes fail as Header, the rest (mac1 included) as Mac1.
+        prop_assert_eq!(identify(&ResponderKeys::new(responder), &msg), Err(expected));
+    }
+
+    #[test]
+    fn wrong_lengths_are_rejected(
+        initiator in key(),
+        responder in key(),
+        len in 0usize..400,
+        filler in any::<u8>(),
+    ) {
+        prop_assume!(len != INITIATION_LEN);
+        let mut msg = initiation(initiator, responder, None);
+        msg.resize(len, filler);
+        let keys = ResponderKeys::new(responder);
+        let result = identify(&keys, &msg);
+        let expected = if len < 4 { IdentifyError::Header } else { IdentifyError::Length };
+        prop_assert_eq!(result, Err(expected));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let keys = ResponderKeys::new([5; 32]);
+        let _ = identify(&keys, &bytes);
+        let _ = mac1_valid(&keys, &bytes);
+    }
+
+    #[test]
+    fn arbitrary_initiation_shaped_bytes_are_rejected(
+        mut bytes in proptest::collection::vec(any::<u8>(), INITIATION_LEN),
+    ) {
+        bytes[..4].copy_from_slice(&INITIATION_HEADER);
+        let keys = ResponderKeys::new([5; 32]);
+        prop_assert_eq!(identify(&keys, &bytes), Err(IdentifyError::Mac1));
+    }
+}

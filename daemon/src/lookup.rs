@@ -1,0 +1,1 @@
+//! placeholder: lookup (being written)

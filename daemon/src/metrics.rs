@@ -1,0 +1,345 @@
+//! What the daemon counts, in one Prometheus registry: every stage of the JIT pipeline
+//! (capture -> identify -> replay -> lookup -> install -> sweep), the legacy push path
+//! and readiness. `server` serves it over HTTP (`GET /metrics`, `GET /ready`).
+
+mod server;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+pub use server::{serve, MetricsError, MetricsServer, OPENMETRICS_CONTENT_TYPE};
+
+/// Values of the `stage` label of `jitwgd_identify_failed_total`.
+pub const IDENTIFY_STAGES: &[&str] = &[
+    "header",
+    "length",
+    "mac1",
+    "decrypt_static",
+    "decrypt_timestamp",
+];
+
+/// Values of the `outcome` label of `jitwgd_lookups_total`.
+pub const LOOKUP_OUTCOMES: &[&str] = &[
+    "cache_hit",
+    "negative_hit",
+    "api_found",
+    "api_not_found",
+    "api_error",
+    "refused",
+    "rate_limited",
+];
+
+/// Values of the `outcome` label of `jitwgd_push_messages_total`.
+pub const PUSH_OUTCOMES: &[&str] = &["installed", "refused", "bad_json"];
+
+/// Label set `{stage="..."}`: where identification of a captured packet gave up.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabel {
+    pub stage: &'static str,
+}
+
+/// Label set `{outcome="..."}`: how a lookup or a push message ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+/// All daemon metrics. Fields are cheap handles (atomics behind `Arc`s) that the
+/// pipeline updates directly; `registry` holds clones of them for encoding. Counter
+/// names get a `_total` suffix on the wire, e.g. `jitwgd_installs_total`.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Packets that passed the BPF filter and parsed as handshake initiations.
+    pub initiations_captured: Counter,
+    /// Initiations whose mac1 did not match our public key (no DH was spent on them).
+    pub mac1_rejected: Counter,
+    /// Identification failures by `stage` (see `IDENTIFY_STAGES`).
+    pub identify_failed: Family<StageLabel, Counter>,
+    /// Initiations whose timestamp was not newer than the last one seen for the key.
+    pub replays_ignored: Counter,
+    /// Initiations from peers already on the interface (the data plane handles those).
+    pub already_installed: Counter,
+    /// Lookups by `outcome` (see `LOOKUP_OUTCOMES`).
+    pub lookups: Family<OutcomeLabel, Counter>,
+    /// Control-plane request latency.
+    pub api_latency_seconds: Histogram,
+    /// Peers installed on the data plane.
+    pub installs: Counter,
+    /// Failed data-plane install calls.
+    pub install_errors: Counter,
+    /// From capture of the initiation to install done.
+    pub install_latency_seconds: Histogram,
+    /// Installs done with initiate=on (the gateway handshakes back at once).
+    pub role_inversions: Counter,
+    /// Peers removed by the sweep for being idle.
+    pub evictions: Counter,
+    /// Peers removed because the control plane no longer knows them.
+    pub revocations: Counter,
+    /// Peers currently configured on the interface.
+    pub installed_peers: Gauge,
+    /// Push-mode messages by `outcome` (see `PUSH_OUTCOMES`).
+    pub push_messages: Family<OutcomeLabel, Counter>,
+    /// Seconds from daemon start to ready (boot finished).
+    pub time_to_ready_seconds: Gauge<f64, AtomicU64>,
+    /// 0 until boot finished, then 1; `GET /ready` answers from it.
+    pub ready: Gauge,
+    /// Holds clones of the handles above for encoding.
+    registry: Registry,
+}
+
+impl Metrics {
+    /// A fresh set of metrics, all zero, registered under the `jitwgd_` prefix. Every
+    /// known label value starts at zero so dashboards and `rate()` see it from the start.
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new() -> Arc<Metrics> {
+        let m = Metrics {
+            initiations_captured: Counter::default(),
+            mac1_rejected: Counter::default(),
+            identify_failed: Family::default(),
+            replays_ignored: Counter::default(),
+            already_installed: Counter::default(),
+            lookups: Family::default(),
+            // 0.5 ms .. ~16 s
+            api_latency_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            installs: Counter::default(),
+            install_errors: Counter::default(),
+            // 50 µs .. ~6.5 s
+            install_latency_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
+            role_inversions: Counter::default(),
+            evictions: Counter::default(),
+            revocations: Counter::default(),
+            installed_peers: Gauge::default(),
+            push_messages: Family::default(),
+            time_to_ready_seconds: Gauge::default(),
+            ready: Gauge::default(),
+            registry: Registry::with_prefix("jitwgd"),
+        };
+        for &stage in IDENTIFY_STAGES {
+            m.identify_failed.get_or_create(&StageLabel { stage });
+        }
+        for &outcome in LOOKUP_OUTCOMES {
+            m.lookups.get_or_create(&OutcomeLabel { outcome });
+        }
+        for &outcome in PUSH_OUTCOMES {
+            m.push_messages.get_or_create(&OutcomeLabel { outcome });
+        }
+        Arc::new(m.registered())
+    }
+
+    fn registered(mut self) -> Self {
+        let r = &mut self.registry;
+        r.register(
+            "initiations_captured",
+            "Handshake initiations that passed the capture filter and parsed",
+            self.initiations_captured.clone(),
+        );
+        r.register(
+            "mac1_rejected",
+            "Initiations whose mac1 does not match this gateway's public key",
+            self.mac1_rejected.clone(),
+        );
+        r.register(
+            "identify_failed",
+            "Initiations that could not be identified, by the stage that failed",
+            self.identify_failed.clone(),
+        );
+        r.register(
+            "replays_ignored",
+            "Initiations ignored because their timestamp was not newer than the last seen for the key",
+            self.replays_ignored.clone(),
+        );
+        r.register(
+            "already_installed",
+            "Initiations from peers already configured on the interface",
+            self.already_installed.clone(),
+        );
+        r.register(
+            "lookups",
+            "Peer config lookups by outcome",
+            self.lookups.clone(),
+        );
+        r.register(
+            "api_latency_seconds",
+            "Control-plane request latency in seconds",
+            self.api_latency_seconds.clone(),
+        );
+        r.register(
+            "installs",
+            "Peers installed on the data plane",
+            self.installs.clone(),
+        );
+        r.register(
+            "install_errors",
+            "Data-plane install calls that failed",
+            self.install_errors.clone(),
+        );
+        r.register(
+            "install_latency_seconds",
+            "Seconds from capture of an initiation to its peer being installed",
+            self.install_latency_seconds.clone(),
+        );
+        r.register(
+            "role_inversions",
+            "Installs done in the initiator role (the gateway handshakes back at once)",
+            self.role_inversions.clone(),
+        );
+        r.register(
+            "evictions",
+            "Peers removed by the sweep for being idle",
+            self.evictions.clone(),
+        );
+        r.register(
+            "revocations",
+            "Peers removed because the control plane no longer knows them",
+            self.revocations.clone(),
+        );
+        r.register(
+            "installed_peers",
+            "Peers currently configured on the interface",
+            self.installed_peers.clone(),
+        );
+        r.register(
+            "push_messages",
+            "Push-mode NATS messages by outcome",
+            self.push_messages.clone(),
+        );
+        r.register(
+            "time_to_ready_seconds",
+            "Seconds from daemon start until boot finished",
+            self.time_to_ready_seconds.clone(),
+        );
+        r.register(
+            "ready",
+            "1 once boot has finished, 0 before",
+            self.ready.clone(),
+        );
+        self
+    }
+
+    /// Everything in the OpenMetrics text format (ends with `# EOF`).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail; an error here would be an encoder bug,
+        // and a partial scrape is better than none.
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            tracing::warn!("metrics encoding failed; serving partial output");
+        }
+        out
+    }
+
+    /// Whether boot has finished (`ready` gauge is 1).
+    pub fn is_ready(&self) -> bool {
+        self.ready.get() == 1
+    }
+}
+
+/// Count one identification failure at `stage` (one of `IDENTIFY_STAGES`).
+pub fn count_identify_failure(metrics: &Metrics, stage: &'static str) {
+    debug_assert!(IDENTIFY_STAGES.contains(&stage), "unknown stage {stage}");
+    metrics
+        .identify_failed
+        .get_or_create(&StageLabel { stage })
+        .inc();
+}
+
+/// Count one lookup ending in `outcome` (one of `LOOKUP_OUTCOMES`).
+pub fn count_lookup(metrics: &Metrics, outcome: &'static str) {
+    debug_assert!(
+        LOOKUP_OUTCOMES.contains(&outcome),
+        "unknown outcome {outcome}"
+    );
+    metrics
+        .lookups
+        .get_or_create(&OutcomeLabel { outcome })
+        .inc();
+}
+
+/// Count one push message ending in `outcome` (one of `PUSH_OUTCOMES`).
+pub fn count_push(metrics: &Metrics, outcome: &'static str) {
+    debug_assert!(
+        PUSH_OUTCOMES.contains(&outcome),
+        "unknown outcome {outcome}"
+    );
+    metrics
+        .push_messages
+        .get_or_create(&OutcomeLabel { outcome })
+        .inc();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_names_help_and_values() {
+        let m = Metrics::new();
+        m.initiations_captured.inc_by(3);
+        m.installed_peers.set(7);
+        m.time_to_ready_seconds.set(1.5);
+        count_lookup(&m, "api_found");
+        count_identify_failure(&m, "mac1");
+        count_push(&m, "bad_json");
+        m.api_latency_seconds.observe(0.001);
+        let text = m.encode();
+        assert!(
+            text.contains("jitwgd_initiations_captured_total 3"),
+            "{text}"
+        );
+        assert!(text.contains("jitwgd_installed_peers 7"), "{text}");
+        assert!(text.contains("jitwgd_time_to_ready_seconds 1.5"), "{text}");
+        assert!(
+            text.contains("jitwgd_lookups_total{outcome=\"api_found\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("jitwgd_identify_failed_total{stage=\"mac1\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("jitwgd_push_messages_total{outcome=\"bad_json\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("jitwgd_api_latency_seconds_count 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP jitwgd_installs Peers installed"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn known_label_values_start_at_zero() {
+        let text = Metrics::new().encode();
+        for stage in IDENTIFY_STAGES {
+            assert!(text.contains(&format!(
+                "jitwgd_identify_failed_total{{stage=\"{stage}\"}} 0"
+            )));
+        }
+        for outcome in LOOKUP_OUTCOMES {
+            assert!(text.contains(&format!("jitwgd_lookups_total{{outcome=\"{outcome}\"}} 0")));
+        }
+        for outcome in PUSH_OUTCOMES {
+            assert!(text.contains(&format!(
+                "jitwgd_push_messages_total{{outcome=\"{outcome}\"}} 0"
+            )));
+        }
+    }
+
+    #[test]
+    fn ready_follows_the_gauge() {
+        let m = Metrics::new();
+        assert!(!m.is_ready());
+        m.ready.set(1);
+        assert!(m.is_ready());
+    }
+}

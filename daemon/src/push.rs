@@ -1,0 +1,258 @@
+//! Legacy push mode's input: a NATS core subscription on which the control plane
+//! publishes each new peer. Core NATS is at-most-once: a message published while this
+//! gateway is down, reconnecting or not yet subscribed is simply lost. That is the
+//! baseline's flaw the testbed measures, so there is deliberately no JetStream here.
+
+use futures::StreamExt;
+
+use crate::peer::PeerDocument;
+
+/// One message from the push subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushMessage {
+    /// A peer document (not yet validated: the daemon checks it against its prefix).
+    Peer(PeerDocument),
+    /// The payload is not a peer document; the string says why.
+    BadJson(String),
+}
+
+/// Why the subscription could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        source: async_nats::ConnectError,
+    },
+    #[error("cannot subscribe to NATS subject {subject:?}: {source}")]
+    Subscribe {
+        subject: String,
+        source: async_nats::SubscribeError,
+    },
+    #[error("cannot send the NATS subscription: {0}")]
+    Flush(async_nats::client::FlushError),
+}
+
+/// A live subscription. async-nats reconnects on its own; messages published while
+/// it is disconnected are lost (at-most-once).
+pub struct PushSubscriber {
+    /// Kept so the connection lives exactly as long as the subscriber.
+    _client: async_nats::Client,
+    subscriber: async_nats::Subscriber,
+}
+
+impl PushSubscriber {
+    /// Connect to `url` (e.g. `nats://198.18.0.1:4222`) and subscribe to `subject`.
+    /// Fails at once if the server is unreachable, so a misconfigured gateway does not
+    /// start.
+    pub async fn connect(url: &str, subject: &str) -> Result<PushSubscriber, PushError> {
+        let client = async_nats::ConnectOptions::new()
+            .name("jitwgd")
+            .connect(url)
+            .await
+            .map_err(|source| PushError::Connect {
+                url: url.to_string(),
+                source,
+            })?;
+        let subscriber = client
+            .subscribe(subject.to_string())
+            .await
+            .map_err(|source| PushError::Subscribe {
+                subject: subject.to_string(),
+                source,
+            })?;
+        // Put the SUB on the wire now rather than with the next write.
+        client.flush().await.map_err(PushError::Flush)?;
+        Ok(PushSubscriber {
+            _client: client,
+            subscriber,
+        })
+    }
+
+    /// The next message, or `None` once the subscription has ended for good.
+    pub async fn next(&mut self) -> Option<PushMessage> {
+        let message = self.subscriber.next().await?;
+        Some(decode(&message.payload))
+    }
+}
+
+/// Decode one payload. Pure, so every malformed input is testable without a server.
+pub fn decode(payload: &[u8]) -> PushMessage {
+    match serde_json::from_slice::<PeerDocument>(payload) {
+        Ok(doc) => PushMessage::Peer(doc),
+        Err(e) => PushMessage::BadJson(format!("{} bytes: {e}", payload.len())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    fn doc(n: u8) -> PeerDocument {
+        PeerDocument {
+            public_key: crate::peer::PublicKey([n; 32]).to_base64(),
+            allowed_ips: vec![format!("100.64.0.{n}/32")],
+            preshared_key: None,
+        }
+    }
+
+    #[test]
+    fn decodes_a_peer_document() {
+        let json = serde_json::to_vec(&doc(2)).unwrap();
+        assert_eq!(decode(&json), PushMessage::Peer(doc(2)));
+    }
+
+    #[test]
+    fn preshared_key_may_be_absent() {
+        let json = br#"{"public_key":"k","allowed_ips":["100.64.0.2/32"]}"#;
+        assert!(matches!(decode(json), PushMessage::Peer(d) if d.preshared_key.is_none()));
+    }
+
+    #[test]
+    fn junk_is_bad_json_with_a_reason() {
+        for junk in [
+            &b"not json"[..],
+            b"{}",
+            b"{\"public_key\":1}",
+            b"",
+            b"\xff\xfe",
+        ] {
+            match decode(junk) {
+                PushMessage::BadJson(why) => assert!(!why.is_empty()),
+                other => panic!("{junk:?} decoded as {other:?}"),
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode(&bytes);
+        }
+    }
+
+    /// A `nats-server` on a free loopback port, killed on drop.
+    struct NatsServer {
+        child: Child,
+        url: String,
+    }
+
+    impl NatsServer {
+        /// `None` when nats-server is not installed (a failure in CI).
+        fn start() -> Option<NatsServer> {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let spawned = Command::new("nats-server")
+                .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn();
+            let child = match spawned {
+                Ok(child) => child,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    assert!(
+                        std::env::var("CI").as_deref() != Ok("true"),
+                        "nats-server is not installed"
+                    );
+                    eprintln!("skipping: nats-server is not installed");
+                    return None;
+                }
+                Err(e) => panic!("cannot start nats-server: {e}"),
+            };
+            let server = NatsServer {
+                child,
+                url: format!("nats://127.0.0.1:{port}"),
+            };
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while TcpStream::connect(addr).is_err() {
+                assert!(Instant::now() < deadline, "nats-server did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Some(server)
+        }
+    }
+
+    impl Drop for NatsServer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    async fn next_within(sub: &mut PushSubscriber, d: Duration) -> Option<PushMessage> {
+        tokio::time::timeout(d, sub.next()).await.ok().flatten()
+    }
+
+    #[tokio::test]
+    async fn receives_published_peers_and_flags_junk() {
+        let Some(server) = NatsServer::start() else {
+            return;
+        };
+        let subject = "jitwg.test.peers";
+        let publisher = async_nats::connect(server.url.as_str()).await.unwrap();
+
+        // Published before anyone listens: lost for good (at-most-once). The publisher
+        // waits for its own copy so the server has surely handled it.
+        let mut own = publisher.subscribe(subject).await.unwrap();
+        let lost = serde_json::to_vec(&doc(1)).unwrap();
+        publisher.publish(subject, lost.into()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), own.next())
+            .await
+            .unwrap()
+            .unwrap();
+
+        let mut sub = PushSubscriber::connect(&server.url, subject).await.unwrap();
+
+        // The server may register our SUB a moment after connect returns: publish until
+        // a copy arrives.
+        let wanted = serde_json::to_vec(&doc(2)).unwrap();
+        let first = loop {
+            publisher
+                .publish(subject, wanted.clone().into())
+                .await
+                .unwrap();
+            publisher.flush().await.unwrap();
+            if let Some(m) = next_within(&mut sub, Duration::from_millis(200)).await {
+                break m;
+            }
+        };
+        assert_eq!(first, PushMessage::Peer(doc(2)), "message 1 must be lost");
+
+        // Drain any extra copies of doc 2, then junk must come through as BadJson.
+        publisher
+            .publish(subject, "certainly not json".into())
+            .await
+            .unwrap();
+        publisher.flush().await.unwrap();
+        let junk = loop {
+            match next_within(&mut sub, Duration::from_secs(5)).await {
+                Some(PushMessage::Peer(d)) => assert_eq!(d, doc(2)),
+                other => break other,
+            }
+        };
+        assert!(matches!(junk, Some(PushMessage::BadJson(_))), "{junk:?}");
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_fails_at_connect() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("nats://127.0.0.1:{port}");
+        let err = PushSubscriber::connect(&url, "jitwg.peers")
+            .await
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains(&url), "{err}");
+    }
+}

@@ -1,0 +1,686 @@
+//! The daemon's memory on disk: one SQLite database (WAL mode) holding the positive peer
+//! cache (also the stored peers that preload boot and push mode install), the negative
+//! cache, and the replay guard's newest timestamp per key. Synchronous on purpose: callers
+//! hold it behind a `std::sync::Mutex` and call it from `spawn_blocking` when it matters.
+//! Time is always a parameter; nothing here reads the clock.
+
+mod schema;
+
+#[cfg(test)]
+mod crash_test;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ipnet::IpNet;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use crate::peer::{PeerConfig, PublicKey, Timestamp};
+use crate::replay::{self, ReplayVerdict};
+
+pub use schema::SCHEMA_VERSION;
+
+/// How long a writer waits for another connection's lock before giving up. Only one
+/// daemon should use a database, but `sqlite3` or a backup tool may briefly hold it.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What went wrong with the peer database.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open peer database {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot restrict permissions of peer database {path}")]
+    Permissions {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("peer database schema version {found} is newer than this jitwgd knows ({known})")]
+    SchemaTooNew { found: u32, known: u32 },
+    #[error("migrating peer database to schema version {version} failed")]
+    Migration {
+        version: u32,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("peer database integrity check failed: {0}")]
+    Corrupt(String),
+    #[error("stored row is malformed: {0}")]
+    BadRow(String),
+    #[error("peer database query failed")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// Where a stored peer came from; push-mode peers are kept apart from API-cached ones so
+/// the legacy baseline and the JIT path can be told apart in the database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PeerSource {
+    /// Pulled from the control-plane API on a cache miss.
+    Api,
+    /// Received from the control plane over NATS (legacy push mode).
+    Push,
+}
+
+impl PeerSource {
+    fn as_sql(self) -> &'static str {
+        match self {
+            PeerSource::Api => "api",
+            PeerSource::Push => "push",
+        }
+    }
+
+    fn from_sql(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "api" => Ok(PeerSource::Api),
+            "push" => Ok(PeerSource::Push),
+            other => Err(StoreError::BadRow(format!("unknown peer source {other:?}"))),
+        }
+    }
+}
+
+/// A positive cache entry: a peer config plus when it was fetched and when it expires.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CachedPeer {
+    pub config: PeerConfig,
+    pub source: PeerSource,
+    pub fetched_at: SystemTime,
+    pub expires_at: SystemTime,
+}
+
+impl CachedPeer {
+    /// Still inside its TTL at `now`.
+    pub fn is_fresh(&self, now: SystemTime) -> bool {
+        now < self.expires_at
+    }
+}
+
+/// The peer database. One connection; see the module docs for threading.
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Open (creating if needed) the database at `path`, restrict it to its owner (it holds
+    /// preshared keys), switch to WAL and bring the schema up to date.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let path = path.as_ref();
+        let conn = Connection::open(path).map_err(|source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        restrict_permissions(path)?;
+        // journal_mode answers with the mode in force; WAL lets readers (sqlite3, backups)
+        // work while the daemon writes, and with synchronous=NORMAL a commit costs no
+        // fsync yet survives a process crash (only an OS crash may lose the last commits).
+        let _mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Self::finish_open(conn)
+    }
+
+    /// A private in-memory database, for tests and for running without persistence.
+    pub fn open_in_memory() -> Result<Store, StoreError> {
+        let conn = Connection::open_in_memory().map_err(|source| StoreError::Open {
+            path: PathBuf::from(":memory:"),
+            source,
+        })?;
+        Self::finish_open(conn)
+    }
+
+    fn finish_open(mut conn: Connection) -> Result<Store, StoreError> {
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        schema::migrate(&mut conn)?;
+        Ok(Store { conn })
+    }
+
+    /// `PRAGMA integrity_check` must answer exactly "ok".
+    pub fn integrity_check(&self) -> Result<(), StoreError> {
+        let mut stmt = self.conn.prepare("PRAGMA integrity_check")?;
+        let lines: Vec<String> = stmt
+            .query_map([], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        if lines.len() == 1 && lines[0] == "ok" {
+            Ok(())
+        } else {
+            Err(StoreError::Corrupt(lines.join("; ")))
+        }
+    }
+
+    /// The positive entry for `key`, fresh or expired.
+    pub fn get_peer(&self, key: &PublicKey) -> Result<Option<CachedPeer>, StoreError> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT public_key, allowed_ips, preshared_key, source, fetched_at, expires_at
+                 FROM peers WHERE public_key = ?1",
+                [&key.0[..]],
+                RawPeer::from_row,
+            )
+            .optional()?;
+        row.map(RawPeer::decode).transpose()
+    }
+
+    /// Store (or replace) a positive entry valid for `ttl` from `now`, and drop any negative
+    /// entry for the same key: the control plane has just said the key exists.
+    /// `Duration::MAX` means "never expires" (push-mode peers).
+    pub fn put_peer(
+        &mut self,
+        config: &PeerConfig,
+        source: PeerSource,
+        now: SystemTime,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.put_peers(std::slice::from_ref(config), source, now, ttl)
+    }
+
+    /// A peer received in push mode: stored for good (until removed), source 'push'.
+    pub fn put_pushed_peer(&mut self, config: &PeerConfig, now: SystemTime) -> Result<(), StoreError> {
+        self.put_peer(config, PeerSource::Push, now, Duration::MAX)
+    }
+
+    /// `put_peer` for many peers in one transaction (push batches, imports).
+    pub fn put_peers(
+        &mut self,
+        configs: &[PeerConfig],
+        source: PeerSource,
+        now: SystemTime,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let fetched_at = unix_ms(now);
+        let expires_at = unix_ms_after(now, ttl);
+        let tx = self.conn.transaction()?;
+        {
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO peers
+                     (public_key, allowed_ips, preshared_key, source, fetched_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (public_key) DO UPDATE SET
+                     allowed_ips = excluded.allowed_ips,
+                     preshared_key = excluded.preshared_key,
+                     source = excluded.source,
+                     fetched_at = excluded.fetched_at,
+                     expires_at = excluded.expires_at",
+            )?;
+            let mut unnegate = tx.prepare_cached("DELETE FROM negative WHERE public_key = ?1")?;
+            for config in configs {
+                upsert.execute(params![
+                    &config.public_key.0[..],
+                    encode_allowed_ips(&config.allowed_ips),
+                    config.preshared_key.as_ref().map(|k| &k[..]),
+                    source.as_sql(),
+                    fetched_at,
+                    expires_at,
+                ])?;
+                unnegate.execute([&config.public_key.0[..]])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Forget the positive entry for `key`. Returns whether there was one.
+    pub fn remove_peer(&mut self, key: &PublicKey) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .execute("DELETE FROM peers WHERE public_key = ?1", [&key.0[..]])?;
+        Ok(n > 0)
+    }
+
+    /// Every stored peer config, ordered by key (preload boot installs these).
+    pub fn all_peers(&self) -> Result<Vec<PeerConfig>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT public_key, allowed_ips, preshared_key, source, fetched_at, expires_at
+             FROM peers ORDER BY public_key",
+        )?;
+        let rows = stmt.query_map([], RawPeer::from_row)?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row?.decode()?.config);
+        }
+        Ok(out)
+    }
+
+    /// How many positive entries are stored.
+    pub fn peer_count(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM peers", [], |row| row.get(0))?)
+    }
+
+    /// Keys whose positive entry has expired at `now`: candidates for revalidation.
+    pub fn expired_peers(&self, now: SystemTime) -> Result<Vec<PublicKey>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT public_key FROM peers WHERE expires_at <= ?1 ORDER BY expires_at")?;
+        let rows = stmt.query_map([unix_ms(now)], |row| row.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(decode_key(&row?)?);
+        }
+        Ok(out)
+    }
+
+    /// Remember that `key` is unknown to the control plane until `now + ttl`, and drop its
+    /// positive entry, both in one transaction.
+    pub fn put_negative(
+        &mut self,
+        key: &PublicKey,
+        now: SystemTime,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO negative (public_key, until) VALUES (?1, ?2)
+             ON CONFLICT (public_key) DO UPDATE SET until = excluded.until",
+            params![&key.0[..], unix_ms_after(now, ttl)],
+        )?;
+        tx.execute("DELETE FROM peers WHERE public_key = ?1", [&key.0[..]])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Whether a negative entry for `key` is still alive at `now`.
+    pub fn get_negative(&self, key: &PublicKey, now: SystemTime) -> Result<bool, StoreError> {
+        let until: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT until FROM negative WHERE public_key = ?1",
+                [&key.0[..]],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(until.is_some_and(|until| until > unix_ms(now)))
+    }
+
+    /// Forget the negative entry for `key`. Returns whether there was one.
+    pub fn remove_negative(&mut self, key: &PublicKey) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .execute("DELETE FROM negative WHERE public_key = ?1", [&key.0[..]])?;
+        Ok(n > 0)
+    }
+
+    /// Delete negative entries that have expired at `now`. Returns how many.
+    pub fn purge_expired_negative(&mut self, now: SystemTime) -> Result<usize, StoreError> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM negative WHERE until <= ?1", [unix_ms(now)])?)
+    }
+
+    /// The replay guard, atomically: if `timestamp` is strictly newer than the newest one
+    /// stored for `key`, store it and answer `Fresh`; otherwise change nothing and answer
+    /// `Replay`. An IMMEDIATE transaction takes the write lock before reading, so two
+    /// connections cannot both accept the same timestamp.
+    pub fn check_and_record_timestamp(
+        &mut self,
+        key: &PublicKey,
+        timestamp: Timestamp,
+    ) -> Result<ReplayVerdict, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let stored: Option<Vec<u8>> = tx
+            .query_row(
+                "SELECT newest FROM replay WHERE public_key = ?1",
+                [&key.0[..]],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let stored = stored
+            .map(|bytes| {
+                <[u8; 12]>::try_from(bytes.as_slice())
+                    .map(Timestamp)
+                    .map_err(|_| StoreError::BadRow("replay timestamp is not 12 bytes".into()))
+            })
+            .transpose()?;
+        let verdict = replay::judge(stored, timestamp);
+        if verdict == ReplayVerdict::Fresh {
+            tx.execute(
+                "INSERT INTO replay (public_key, newest) VALUES (?1, ?2)
+                 ON CONFLICT (public_key) DO UPDATE SET newest = excluded.newest",
+                params![&key.0[..], &timestamp.0[..]],
+            )?;
+            tx.commit()?;
+        }
+        Ok(verdict)
+    }
+}
+
+/// A `peers` row as SQLite returns it, before validation.
+struct RawPeer {
+    public_key: Vec<u8>,
+    allowed_ips: String,
+    preshared_key: Option<Vec<u8>>,
+    source: String,
+    fetched_at: i64,
+    expires_at: i64,
+}
+
+impl RawPeer {
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawPeer> {
+        Ok(RawPeer {
+            public_key: row.get(0)?,
+            allowed_ips: row.get(1)?,
+            preshared_key: row.get(2)?,
+            source: row.get(3)?,
+            fetched_at: row.get(4)?,
+            expires_at: row.get(5)?,
+        })
+    }
+
+    fn decode(self) -> Result<CachedPeer, StoreError> {
+        let preshared_key = match self.preshared_key {
+            None => None,
+            Some(bytes) => Some(
+                <[u8; 32]>::try_from(bytes.as_slice())
+                    .map_err(|_| StoreError::BadRow("preshared key is not 32 bytes".into()))?,
+            ),
+        };
+        Ok(CachedPeer {
+            config: PeerConfig {
+                public_key: decode_key(&self.public_key)?,
+                allowed_ips: decode_allowed_ips(&self.allowed_ips)?,
+                preshared_key,
+            },
+            source: PeerSource::from_sql(&self.source)?,
+            fetched_at: from_unix_ms(self.fetched_at),
+            expires_at: from_unix_ms(self.expires_at),
+        })
+    }
+}
+
+fn decode_key(bytes: &[u8]) -> Result<PublicKey, StoreError> {
+    <[u8; 32]>::try_from(bytes)
+        .map(PublicKey)
+        .map_err(|_| StoreError::BadRow("public key is not 32 bytes".into()))
+}
+
+/// Allowed IPs are stored as one comma-separated text column: readable with `sqlite3`,
+/// and always read and written together.
+fn encode_allowed_ips(ips: &[IpNet]) -> String {
+    ips.iter()
+        .map(|ip| ip.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn decode_allowed_ips(text: &str) -> Result<Vec<IpNet>, StoreError> {
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    text.split(',')
+        .map(|part| {
+            part.parse()
+                .map_err(|_| StoreError::BadRow(format!("allowed IP {part:?} does not parse")))
+        })
+        .collect()
+}
+
+/// Unix milliseconds; times before 1970 clamp to 0 and times past year 292 million to
+/// `i64::MAX`, so no input makes the conversion fail.
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// `now + ttl` in unix milliseconds, saturating (so `Duration::MAX` means "never").
+fn unix_ms_after(now: SystemTime, ttl: Duration) -> i64 {
+    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+    unix_ms(now).saturating_add(ttl_ms)
+}
+
+fn from_unix_ms(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+#[cfg(unix)]
+fn restrict_permissions(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        StoreError::Permissions {
+            path: path.to_owned(),
+            source,
+        }
+    })
+}
+
+#[cfg(not(unix))]
+fn restrict_permissions(_path: &Path) -> Result<(), StoreError> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn peer(byte: u8) -> PeerConfig {
+        PeerConfig {
+            public_key: PublicKey([byte; 32]),
+            allowed_ips: vec![format!("100.64.0.{byte}/32").parse().unwrap()],
+            preshared_key: None,
+        }
+    }
+
+    fn ts(secs: u64) -> Timestamp {
+        let mut bytes = [0u8; 12];
+        bytes[..8].copy_from_slice(&secs.to_be_bytes());
+        Timestamp(bytes)
+    }
+
+    #[test]
+    fn stored_peer_reads_back_with_its_expiry() {
+        let mut store = Store::open_in_memory().unwrap();
+        let p = peer(1);
+        store
+            .put_peer(&p, PeerSource::Api, at(1000), Duration::from_secs(60))
+            .unwrap();
+        let got = store.get_peer(&p.public_key).unwrap().unwrap();
+        assert_eq!(got.config, p);
+        assert_eq!(got.source, PeerSource::Api);
+        assert_eq!(got.fetched_at, at(1000));
+        assert_eq!(got.expires_at, at(1060));
+        assert!(got.is_fresh(at(1059)));
+        assert!(!got.is_fresh(at(1060)));
+    }
+
+    #[test]
+    fn missing_peer_is_none() {
+        let store = Store::open_in_memory().unwrap();
+        assert!(store.get_peer(&PublicKey([9; 32])).unwrap().is_none());
+    }
+
+    #[test]
+    fn negative_entry_replaces_positive_one() {
+        let mut store = Store::open_in_memory().unwrap();
+        let p = peer(2);
+        store
+            .put_peer(&p, PeerSource::Api, at(0), Duration::from_secs(60))
+            .unwrap();
+        store
+            .put_negative(&p.public_key, at(10), Duration::from_secs(30))
+            .unwrap();
+        assert!(store.get_peer(&p.public_key).unwrap().is_none());
+        assert!(store.get_negative(&p.public_key, at(39)).unwrap());
+        assert!(!store.get_negative(&p.public_key, at(40)).unwrap());
+    }
+
+    #[test]
+    fn positive_entry_clears_negative_one() {
+        let mut store = Store::open_in_memory().unwrap();
+        let p = peer(3);
+        store
+            .put_negative(&p.public_key, at(0), Duration::from_secs(60))
+            .unwrap();
+        store
+            .put_peer(&p, PeerSource::Push, at(1), Duration::MAX)
+            .unwrap();
+        assert!(!store.get_negative(&p.public_key, at(2)).unwrap());
+        let got = store.get_peer(&p.public_key).unwrap().unwrap();
+        assert!(got.is_fresh(at(u32::MAX as u64)));
+    }
+
+    #[test]
+    fn expired_negative_entries_are_purged() {
+        let mut store = Store::open_in_memory().unwrap();
+        store
+            .put_negative(&PublicKey([1; 32]), at(0), Duration::from_secs(10))
+            .unwrap();
+        store
+            .put_negative(&PublicKey([2; 32]), at(0), Duration::from_secs(100))
+            .unwrap();
+        assert_eq!(store.purge_expired_negative(at(50)).unwrap(), 1);
+        assert!(store.get_negative(&PublicKey([2; 32]), at(50)).unwrap());
+        assert!(store.remove_negative(&PublicKey([2; 32])).unwrap());
+        assert!(!store.get_negative(&PublicKey([2; 32]), at(50)).unwrap());
+    }
+
+    #[test]
+    fn expired_peers_lists_only_expired_ones() {
+        let mut store = Store::open_in_memory().unwrap();
+        store
+            .put_peer(&peer(1), PeerSource::Api, at(0), Duration::from_secs(10))
+            .unwrap();
+        store
+            .put_peer(&peer(2), PeerSource::Api, at(0), Duration::from_secs(100))
+            .unwrap();
+        assert_eq!(
+            store.expired_peers(at(50)).unwrap(),
+            vec![PublicKey([1; 32])]
+        );
+    }
+
+    #[test]
+    fn all_peers_and_removal() {
+        let mut store = Store::open_in_memory().unwrap();
+        let peers: Vec<_> = (1..=5).map(peer).collect();
+        store
+            .put_peers(&peers, PeerSource::Push, at(0), Duration::MAX)
+            .unwrap();
+        assert_eq!(store.all_peers().unwrap(), peers);
+        assert_eq!(store.peer_count().unwrap(), 5);
+        assert!(store.remove_peer(&PublicKey([3; 32])).unwrap());
+        assert!(!store.remove_peer(&PublicKey([3; 32])).unwrap());
+        assert_eq!(store.peer_count().unwrap(), 4);
+    }
+
+    #[test]
+    fn replay_guard_accepts_only_strictly_newer() {
+        let mut store = Store::open_in_memory().unwrap();
+        let k = PublicKey([4; 32]);
+        let other = PublicKey([5; 32]);
+        assert_eq!(
+            store.check_and_record_timestamp(&k, ts(10)).unwrap(),
+            ReplayVerdict::Fresh
+        );
+        assert_eq!(
+            store.check_and_record_timestamp(&k, ts(10)).unwrap(),
+            ReplayVerdict::Replay
+        );
+        assert_eq!(
+            store.check_and_record_timestamp(&k, ts(9)).unwrap(),
+            ReplayVerdict::Replay
+        );
+        assert_eq!(
+            store.check_and_record_timestamp(&other, ts(9)).unwrap(),
+            ReplayVerdict::Fresh
+        );
+        assert_eq!(
+            store.check_and_record_timestamp(&k, ts(11)).unwrap(),
+            ReplayVerdict::Fresh
+        );
+        // A replay must not have lowered the stored newest value.
+        assert_eq!(
+            store.check_and_record_timestamp(&k, ts(10)).unwrap(),
+            ReplayVerdict::Replay
+        );
+    }
+
+    #[test]
+    fn file_database_persists_and_passes_integrity_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("peers.db");
+        {
+            let mut store = Store::open(&path).unwrap();
+            store
+                .put_peer(&peer(7), PeerSource::Api, at(0), Duration::from_secs(60))
+                .unwrap();
+            store
+                .check_and_record_timestamp(&PublicKey([7; 32]), ts(5))
+                .unwrap();
+        }
+        let mut store = Store::open(&path).unwrap();
+        store.integrity_check().unwrap();
+        assert_eq!(store.all_peers().unwrap(), vec![peer(7)]);
+        assert_eq!(
+            store
+                .check_and_record_timestamp(&PublicKey([7; 32]), ts(5))
+                .unwrap(),
+            ReplayVerdict::Replay
+        );
+        let mode = std::fs::metadata(&path).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(mode.permissions().mode() & 0o777, 0o600);
+    }
+
+    fn arb_net() -> impl Strategy<Value = IpNet> {
+        prop_oneof![
+            (any::<u32>(), 0u8..=32).prop_map(|(a, len)| IpNet::V4(
+                ipnet::Ipv4Net::new(Ipv4Addr::from(a), len).unwrap()
+            )),
+            (any::<u128>(), 0u8..=128).prop_map(|(a, len)| IpNet::V6(
+                ipnet::Ipv6Net::new(Ipv6Addr::from(a), len).unwrap()
+            )),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn peer_round_trips_through_the_store(
+            key in any::<[u8; 32]>(),
+            ips in proptest::collection::vec(arb_net(), 0..5),
+            psk in proptest::option::of(any::<[u8; 32]>()),
+            push in any::<bool>(),
+            now_ms in 0u64..(1u64 << 45),
+            ttl_ms in any::<u64>(),
+        ) {
+            let mut store = Store::open_in_memory().unwrap();
+            let config = PeerConfig { public_key: PublicKey(key), allowed_ips: ips, preshared_key: psk };
+            let source = if push { PeerSource::Push } else { PeerSource::Api };
+            let now = UNIX_EPOCH + Duration::from_millis(now_ms);
+            store.put_peer(&config, source, now, Duration::from_millis(ttl_ms)).unwrap();
+            let got = store.get_peer(&config.public_key).unwrap().unwrap();
+            prop_assert_eq!(&got.config, &config);
+            prop_assert_eq!(got.source, source);
+            prop_assert_eq!(got.fetched_at, now);
+            prop_assert_eq!(store.all_peers().unwrap(), vec![config]);
+        }
+
+        #[test]
+        fn replay_guard_in_store_agrees_with_pure_judge(
+            stamps in proptest::collection::vec(0u64..20, 1..30),
+        ) {
+            let mut store = Store::open_in_memory().unwrap();
+            let key = PublicKey([1; 32]);
+            let mut newest = None;
+            for s in stamps {
+                let expected = replay::judge(newest, ts(s));
+                if expected == ReplayVerdict::Fresh {
+                    newest = Some(ts(s));
+                }
+                prop_assert_eq!(store.check_and_record_timestamp(&key, ts(s)).unwrap(), expected);
+            }
+        }
+    }
+}

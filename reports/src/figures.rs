@@ -1,0 +1,369 @@
+//! The numbers operators read off a run, computed from [`Results`] by the brief's measurement
+//! definitions, and the registry that names them for expectations, tables and comparisons.
+//!
+//! Setup-latency percentiles are taken over **connected** attempts only (nearest-rank method on the exact
+//! values); failed attempts are not latency samples but are counted in `failed` and lower
+//! `connected_ratio`, so a run cannot look fast by failing its slow clients.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use hdrhistogram::Histogram;
+
+use crate::schema::Results;
+
+/// Highest latency the histogram resolves exactly (1 hour in µs); larger values are clamped to it.
+const HISTOGRAM_MAX_US: u64 = 3_600_000_000;
+
+/// Resource use of one process, copied from the results.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProcessFigures {
+    pub cpu_seconds: f64,
+    pub peak_rss_bytes: u64,
+}
+
+/// Everything a report or a gate needs from one run.
+#[derive(Debug, Clone)]
+pub struct Figures {
+    pub clients: u64,
+    /// Connection attempts over all clients.
+    pub connections: u64,
+    pub connected: u64,
+    pub failed: u64,
+    /// `connected / connections`; `None` when there was no attempt at all.
+    pub connected_ratio: Option<f64>,
+    /// Percentiles over connected attempts (ms); `None` when nothing connected.
+    pub setup_p50_ms: Option<f64>,
+    pub setup_p90_ms: Option<f64>,
+    pub setup_p99_ms: Option<f64>,
+    pub setup_max_ms: Option<f64>,
+    /// Setup latencies of connected attempts in µs (3 significant digits).
+    pub setup_histogram_us: Histogram<u64>,
+    pub api_calls_total: u64,
+    /// Most requests for any one key; 0 when no key was requested.
+    pub api_calls_per_key_max: u64,
+    /// Keys requested more than once.
+    pub api_duplicate_keys: u64,
+    /// `None` when the run has no samples.
+    pub installed_peers_max: Option<u64>,
+    pub stale_peers_max: Option<u64>,
+    /// Stale peers at the last sample.
+    pub stale_peers_final: Option<u64>,
+    /// Daemon start to ready after a reboot (`Reload::ready_after_ms`).
+    pub reload_time_ms: Option<f64>,
+    /// Daemon start until every returning client was connected again.
+    pub reconnect_time_ms: Option<f64>,
+    /// By process name (`daemon`, `dataplane`, `driver`, `nats`).
+    pub processes: BTreeMap<String, ProcessFigures>,
+}
+
+impl Figures {
+    /// Computes every figure of `results` (pure).
+    pub fn from_results(results: &Results) -> Self {
+        let attempts = results.clients.iter().flat_map(|c| c.connections.iter());
+        let connections = attempts.clone().count() as u64;
+        let mut latencies: Vec<f64> = attempts
+            .filter_map(|c| c.setup_latency_ms)
+            .filter(|ms| ms.is_finite())
+            .collect();
+        latencies.sort_by(f64::total_cmp);
+        let connected = latencies.len() as u64;
+
+        let per_key = results.api.per_key.values();
+        let samples = &results.samples;
+        Figures {
+            clients: results.clients.len() as u64,
+            connections,
+            connected,
+            failed: connections - connected,
+            connected_ratio: (connections > 0).then(|| connected as f64 / connections as f64),
+            setup_p50_ms: nearest_rank(&latencies, 50.0),
+            setup_p90_ms: nearest_rank(&latencies, 90.0),
+            setup_p99_ms: nearest_rank(&latencies, 99.0),
+            setup_max_ms: latencies.last().copied(),
+            setup_histogram_us: histogram_us(&latencies),
+            api_calls_total: results.api.calls_total,
+            api_calls_per_key_max: per_key.clone().copied().max().unwrap_or(0),
+            api_duplicate_keys: per_key.filter(|&&n| n > 1).count() as u64,
+            installed_peers_max: samples.iter().map(|s| s.installed_peers).max(),
+            stale_peers_max: samples.iter().map(|s| s.stale_peers).max(),
+            stale_peers_final: samples.last().map(|s| s.stale_peers),
+            reload_time_ms: results.reload.as_ref().and_then(|r| r.ready_after_ms),
+            reconnect_time_ms: results
+                .reload
+                .as_ref()
+                .and_then(|r| r.all_reconnected_after_ms),
+            processes: results
+                .processes
+                .iter()
+                .map(|p| {
+                    let figures = ProcessFigures {
+                        cpu_seconds: p.cpu_seconds,
+                        peak_rss_bytes: p.peak_rss_bytes,
+                    };
+                    (p.name.clone(), figures)
+                })
+                .collect(),
+        }
+    }
+
+    fn process(&self, name: &str) -> Option<&ProcessFigures> {
+        self.processes.get(name)
+    }
+}
+
+/// Nearest-rank percentile of already sorted values: the smallest value with at least `p`% of values
+/// at or below it.
+fn nearest_rank(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
+}
+
+fn histogram_us(latencies_ms: &[f64]) -> Histogram<u64> {
+    let mut histogram = empty_histogram();
+    for ms in latencies_ms {
+        let us = (ms * 1000.0).round().clamp(1.0, HISTOGRAM_MAX_US as f64) as u64;
+        histogram.saturating_record(us);
+    }
+    histogram
+}
+
+fn empty_histogram() -> Histogram<u64> {
+    // Bounds and precision are constants within hdrhistogram's limits, so this cannot fail.
+    Histogram::new_with_bounds(1, HISTOGRAM_MAX_US, 3).expect("constant histogram bounds are valid")
+}
+
+/// The unit of a figure: how thresholds are parsed and values printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Ms,
+    Ratio,
+    Count,
+    Bytes,
+    Seconds,
+}
+
+impl Unit {
+    /// A short human rendering of `value` in this unit.
+    pub fn format(self, value: f64) -> String {
+        match self {
+            Unit::Ms if value >= 10_000.0 => format!("{:.2} s", value / 1000.0),
+            Unit::Ms if value >= 100.0 => format!("{value:.0} ms"),
+            Unit::Ms if value >= 10.0 => format!("{value:.1} ms"),
+            Unit::Ms => format!("{value:.2} ms"),
+            Unit::Ratio => format!("{:.2} %", value * 100.0),
+            Unit::Count => format!("{value:.0}"),
+            Unit::Bytes => format_bytes(value),
+            Unit::Seconds => format!("{value:.2} s"),
+        }
+    }
+
+    /// The unit's name as shown next to axis labels.
+    pub fn label(self) -> &'static str {
+        match self {
+            Unit::Ms => "ms",
+            Unit::Ratio => "ratio",
+            Unit::Count => "count",
+            Unit::Bytes => "bytes",
+            Unit::Seconds => "s",
+        }
+    }
+}
+
+fn format_bytes(value: f64) -> String {
+    const KIB: f64 = 1024.0;
+    match value {
+        v if v >= KIB * KIB * KIB => format!("{:.2} GiB", v / (KIB * KIB * KIB)),
+        v if v >= KIB * KIB => format!("{:.1} MiB", v / (KIB * KIB)),
+        v if v >= KIB => format!("{:.1} KiB", v / KIB),
+        v => format!("{v:.0} B"),
+    }
+}
+
+/// Which direction of a figure is an improvement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Better {
+    Lower,
+    Higher,
+}
+
+/// A named figure: the vocabulary of `[expect]` tables, report tables and comparisons.
+#[derive(Clone, Copy)]
+pub struct FigureDef {
+    pub name: &'static str,
+    /// Human label for tables.
+    pub label: &'static str,
+    pub unit: Unit,
+    pub better: Better,
+    /// `None` when the run did not measure it (e.g. no reboot, no samples, nothing connected).
+    pub get: fn(&Figures) -> Option<f64>,
+}
+
+impl fmt::Debug for FigureDef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FigureDef")
+            .field("name", &self.name)
+            .field("unit", &self.unit)
+            .field("better", &self.better)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for FigureDef {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+const fn def(
+    name: &'static str,
+    label: &'static str,
+    unit: Unit,
+    better: Better,
+    get: fn(&Figures) -> Option<f64>,
+) -> FigureDef {
+    FigureDef {
+        name,
+        label,
+        unit,
+        better,
+        get,
+    }
+}
+
+fn rss(f: &Figures, name: &str) -> Option<f64> {
+    f.process(name).map(|p| p.peak_rss_bytes as f64)
+}
+
+fn cpu(f: &Figures, name: &str) -> Option<f64> {
+    f.process(name).map(|p| p.cpu_seconds)
+}
+
+/// Every figure, in the order reports list them.
+pub static FIGURES: &[FigureDef] = &[
+    def("clients", "clients", Unit::Count, Better::Higher, |f| Some(f.clients as f64)),
+    def("connected", "connected", Unit::Count, Better::Higher, |f| Some(f.connected as f64)),
+    def("connected_ratio", "connected ratio", Unit::Ratio, Better::Higher, |f| f.connected_ratio),
+    def("failed", "failed", Unit::Count, Better::Lower, |f| Some(f.failed as f64)),
+    def("setup_p50", "setup p50", Unit::Ms, Better::Lower, |f| f.setup_p50_ms),
+    def("setup_p90", "setup p90", Unit::Ms, Better::Lower, |f| f.setup_p90_ms),
+    def("setup_p99", "setup p99", Unit::Ms, Better::Lower, |f| f.setup_p99_ms),
+    def("setup_max", "setup max", Unit::Ms, Better::Lower, |f| f.setup_max_ms),
+    def("api_calls_total", "API calls", Unit::Count, Better::Lower, |f| {
+        Some(f.api_calls_total as f64)
+    }),
+    def("api_calls_per_key_max", "API calls per key (max)", Unit::Count, Better::Lower, |f| {
+        Some(f.api_calls_per_key_max as f64)
+    }),
+    def("api_duplicate_keys", "keys requested more than once", Unit::Count, Better::Lower, |f| {
+        Some(f.api_duplicate_keys as f64)
+    }),
+    def("installed_peers_max", "installed peers (peak)", Unit::Count, Better::Lower, |f| {
+        f.installed_peers_max.map(|n| n as f64)
+    }),
+    def("stale_peers_max", "stale peers (peak)", Unit::Count, Better::Lower, |f| {
+        f.stale_peers_max.map(|n| n as f64)
+    }),
+    def("stale_peers_final", "stale peers (final)", Unit::Count, Better::Lower, |f| {
+        f.stale_peers_final.map(|n| n as f64)
+    }),
+    def("reload_time", "reload time", Unit::Ms, Better::Lower, |f| f.reload_time_ms),
+    def("reconnect_time", "all reconnected after", Unit::Ms, Better::Lower, |f| {
+        f.reconnect_time_ms
+    }),
+    def("daemon_rss_peak", "daemon peak RSS", Unit::Bytes, Better::Lower, |f| rss(f, "daemon")),
+    def("dataplane_rss_peak", "data plane peak RSS", Unit::Bytes, Better::Lower, |f| {
+        rss(f, "dataplane")
+    }),
+    def("driver_rss_peak", "driver peak RSS", Unit::Bytes, Better::Lower, |f| rss(f, "driver")),
+    def("daemon_cpu", "daemon CPU", Unit::Seconds, Better::Lower, |f| cpu(f, "daemon")),
+    def("dataplane_cpu", "data plane CPU", Unit::Seconds, Better::Lower, |f| cpu(f, "dataplane")),
+    def("driver_cpu", "driver CPU", Unit::Seconds, Better::Lower, |f| cpu(f, "driver")),
+];
+
+/// Looks a figure up by its registry name.
+pub fn figure(name: &str) -> Option<FigureDef> {
+    FIGURES.iter().find(|d| d.name == name).copied()
+}
+
+/// Every registered figure name, for error messages.
+pub fn figure_names() -> impl Iterator<Item = &'static str> {
+    FIGURES.iter().map(|d| d.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{ClientResult, Connection, RunInfo};
+
+    fn with_latencies(latencies: &[Option<f64>]) -> Results {
+        let mut r = Results::new(RunInfo::default());
+        for (i, l) in latencies.iter().enumerate() {
+            r.clients.push(ClientResult {
+                id: i as u32,
+                population: "p".into(),
+                connections: vec![Connection {
+                    setup_latency_ms: *l,
+                    ..Connection::default()
+                }],
+            });
+        }
+        r
+    }
+
+    #[test]
+    fn nearest_rank_matches_definition() {
+        let v: Vec<f64> = (1..=10).map(f64::from).collect();
+        assert_eq!(nearest_rank(&v, 50.0), Some(5.0));
+        assert_eq!(nearest_rank(&v, 90.0), Some(9.0));
+        assert_eq!(nearest_rank(&v, 99.0), Some(10.0));
+        assert_eq!(nearest_rank(&v, 0.0), Some(1.0));
+        assert_eq!(nearest_rank(&[], 50.0), None);
+    }
+
+    #[test]
+    fn failures_lower_the_ratio_not_the_percentiles() {
+        let f = Figures::from_results(&with_latencies(&[Some(2.0), None, Some(4.0), None]));
+        assert_eq!(f.connections, 4);
+        assert_eq!(f.connected, 2);
+        assert_eq!(f.failed, 2);
+        assert_eq!(f.connected_ratio, Some(0.5));
+        assert_eq!(f.setup_max_ms, Some(4.0));
+        assert_eq!(f.setup_histogram_us.len(), 2);
+    }
+
+    #[test]
+    fn empty_run_measures_nothing_but_counts() {
+        let f = Figures::from_results(&with_latencies(&[]));
+        assert_eq!(f.connected_ratio, None);
+        assert_eq!(f.setup_p50_ms, None);
+        assert_eq!(f.installed_peers_max, None);
+        assert_eq!((figure("failed").unwrap().get)(&f), Some(0.0));
+        assert_eq!((figure("reload_time").unwrap().get)(&f), None);
+    }
+
+    #[test]
+    fn registry_has_every_briefed_name() {
+        for name in [
+            "connected_ratio", "failed", "setup_p50", "setup_p90", "setup_p99", "setup_max",
+            "api_calls_total", "api_calls_per_key_max", "stale_peers_max", "stale_peers_final",
+            "installed_peers_max", "reload_time", "reconnect_time", "daemon_rss_peak",
+            "dataplane_rss_peak", "driver_rss_peak", "daemon_cpu", "dataplane_cpu",
+        ] {
+            assert!(figure(name).is_some(), "{name}");
+        }
+        assert!(figure("nope").is_none());
+    }
+
+    #[test]
+    fn units_format_readably() {
+        assert_eq!(Unit::Ms.format(1.5), "1.50 ms");
+        assert_eq!(Unit::Ms.format(5300.0), "5300 ms");
+        assert_eq!(Unit::Ms.format(12_500.0), "12.50 s");
+        assert_eq!(Unit::Ratio.format(0.995), "99.50 %");
+        assert_eq!(Unit::Bytes.format(200.0 * 1024.0 * 1024.0), "200.0 MiB");
+    }
+}

@@ -1,0 +1,476 @@
+//! The versioned results file: what a run measured, written by the driver and read by every report.
+//!
+//! All times are milliseconds (`f64`) relative to the run start unless a field's name says otherwise
+//! (`started_at_unix_ms`). The file is JSON; [`load`] reads every supported version and migrates older
+//! shapes to the current one, and refuses newer versions it does not know.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The schema version this crate writes. Bump it when a field changes meaning or shape, and add a
+/// migration step in [`migrate`].
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Everything one run measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Results {
+    /// Always [`SCHEMA_VERSION`] after [`load`]; older files are migrated.
+    pub schema_version: u32,
+    pub run: RunInfo,
+    pub clients: Vec<ClientResult>,
+    /// One per second (at least): the gateway's state over time.
+    pub samples: Vec<Sample>,
+    /// Marks on the timeline (reboots, outages) that charts draw as lines or bands.
+    pub events: Vec<Event>,
+    pub api: ApiSummary,
+    pub processes: Vec<ProcessUsage>,
+    /// Present only for runs whose scenario reboots the gateway.
+    pub reload: Option<Reload>,
+    /// Filled after the run by evaluating the scenario's `[expect]` table; empty before.
+    #[serde(default)]
+    pub expectations: Vec<ExpectationResult>,
+}
+
+impl Results {
+    /// An empty result set for `run`, at the current schema version: the driver fills the rest.
+    pub fn new(run: RunInfo) -> Self {
+        Self {
+            schema_version: SCHEMA_VERSION,
+            run,
+            clients: Vec::new(),
+            samples: Vec::new(),
+            events: Vec::new(),
+            api: ApiSummary::default(),
+            processes: Vec::new(),
+            reload: None,
+            expectations: Vec::new(),
+        }
+    }
+
+    /// Pretty JSON, the on-disk form.
+    pub fn to_json(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string_pretty(self)
+    }
+
+    /// Parses any supported version from JSON text (pure; [`load`] adds the file read).
+    pub fn from_json(text: &str) -> Result<Self, LoadError> {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|source| LoadError::Parse { source })?;
+        let value = migrate(value)?;
+        serde_json::from_value(value).map_err(|source| LoadError::Parse { source })
+    }
+}
+
+/// What ran, where, and with which settings: enough to reproduce it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// Unique per run (e.g. scenario name plus start time).
+    pub id: String,
+    pub scenario_name: String,
+    /// Path of the scenario TOML as given to the driver.
+    pub scenario_file: String,
+    /// The seed that reproduces client keys, addresses and arrival times.
+    pub seed: u64,
+    /// Wall-clock start, the origin of every `*_ms` time in the file.
+    pub started_at_unix_ms: u64,
+    pub duration_ms: f64,
+    /// The scenario after defaults and expansion, as the driver used it.
+    pub resolved_scenario: serde_json::Value,
+    pub tool: ToolInfo,
+    /// `"jit"` or `"push"`.
+    pub mode: String,
+    /// `"jit"` or `"preload"`.
+    pub boot: String,
+    /// Data-plane backend, e.g. `"userspace"` or `"kernel"`.
+    pub backend: String,
+    /// Whether the gateway initiates back to a knocking peer at install time.
+    pub initiate: bool,
+    /// A peer is stale when installed with no handshake within this many ms (or never).
+    pub stale_threshold_ms: f64,
+}
+
+/// Versions of the software and the machine a run measured.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ToolInfo {
+    pub jitwg_version: String,
+    pub wireguard_go_version: Option<String>,
+    pub kernel: String,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+}
+
+/// One simulated client and every connection it attempted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClientResult {
+    pub id: u32,
+    /// The scenario population this client belongs to.
+    pub population: String,
+    pub connections: Vec<Connection>,
+}
+
+/// One connection attempt: from the first initiation sent to a proven session (or giving up).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Connection {
+    /// When the first initiation was sent.
+    pub started_ms: f64,
+    /// Time to a usable session (one echo through the tunnel); `None` means the attempt failed.
+    pub setup_latency_ms: Option<f64>,
+    pub handshake_attempts: u32,
+    pub cookies_received: u32,
+    /// Why the attempt failed, when it did.
+    pub failure: Option<String>,
+}
+
+impl Connection {
+    /// Whether the attempt ended with a usable session.
+    pub fn connected(&self) -> bool {
+        self.setup_latency_ms.is_some()
+    }
+}
+
+/// The gateway's state at one instant.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub t_ms: f64,
+    /// Peers configured on the data plane.
+    pub installed_peers: u64,
+    /// Installed peers with no handshake within the stale threshold, or never.
+    pub stale_peers: u64,
+    /// Clients holding a usable session.
+    pub connected_clients: u64,
+    /// Clients that sent an initiation and have no session yet.
+    pub in_flight: u64,
+    /// Control-plane requests so far (cumulative).
+    pub api_calls_total: u64,
+    /// Daemon lookups so far, by outcome (e.g. `cache_hit`, `api_found`, `api_not_found`, `api_error`); cumulative.
+    #[serde(default)]
+    pub lookups: BTreeMap<String, u64>,
+}
+
+/// A mark on the run's timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub t_ms: f64,
+    pub kind: EventKind,
+    pub detail: String,
+}
+
+/// What happened at an [`Event`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    RebootStart,
+    DaemonReady,
+    AllReconnected,
+    ApiOutageStart,
+    ApiOutageEnd,
+    DaemonRestart,
+    RunEnd,
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EventKind::RebootStart => "reboot",
+            EventKind::DaemonReady => "daemon ready",
+            EventKind::AllReconnected => "all reconnected",
+            EventKind::ApiOutageStart => "API outage start",
+            EventKind::ApiOutageEnd => "API outage end",
+            EventKind::DaemonRestart => "daemon restart",
+            EventKind::RunEnd => "run end",
+        })
+    }
+}
+
+/// What the control plane served.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ApiSummary {
+    pub calls_total: u64,
+    /// Requests per peer key (64 lowercase hex characters).
+    pub per_key: BTreeMap<String, u64>,
+    /// Requests by HTTP status (`"200"`, `"404"`, ...) or transport failure (`"timeout"`).
+    pub by_status: BTreeMap<String, u64>,
+}
+
+/// Resource use of one process over the run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessUsage {
+    /// `"daemon"`, `"dataplane"`, `"driver"` or `"nats"`.
+    pub name: String,
+    /// User plus system CPU time.
+    pub cpu_seconds: f64,
+    pub peak_rss_bytes: u64,
+}
+
+/// The reload after a gateway reboot.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Reload {
+    /// When the daemon was started again.
+    pub reboot_at_ms: f64,
+    /// From daemon start to ready (listening and all boot-time peers installed); `None` if never ready.
+    pub ready_after_ms: Option<f64>,
+    /// Peers installed at boot (preload mode); 0 for a JIT boot.
+    pub peers_at_boot: u64,
+    /// From daemon start until every returning client was connected again; `None` if some never were.
+    pub all_reconnected_after_ms: Option<f64>,
+}
+
+/// A comparison operator of an expectation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CompareOp {
+    #[serde(rename = "<")]
+    Lt,
+    #[serde(rename = "<=")]
+    Le,
+    #[serde(rename = ">")]
+    Gt,
+    #[serde(rename = ">=")]
+    Ge,
+    #[serde(rename = "==")]
+    Eq,
+}
+
+impl CompareOp {
+    /// The operator as written in a scenario.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            CompareOp::Lt => "<",
+            CompareOp::Le => "<=",
+            CompareOp::Gt => ">",
+            CompareOp::Ge => ">=",
+            CompareOp::Eq => "==",
+        }
+    }
+
+    /// Whether `measured OP threshold` holds. `==` allows a relative error of 1e-9 so values that went
+    /// through unit conversions still compare equal.
+    pub fn holds(self, measured: f64, threshold: f64) -> bool {
+        match self {
+            CompareOp::Lt => measured < threshold,
+            CompareOp::Le => measured <= threshold,
+            CompareOp::Gt => measured > threshold,
+            CompareOp::Ge => measured >= threshold,
+            CompareOp::Eq => {
+                (measured - threshold).abs() <= 1e-9 * measured.abs().max(threshold.abs()).max(1.0)
+            }
+        }
+    }
+}
+
+impl fmt::Display for CompareOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.symbol())
+    }
+}
+
+/// One evaluated expectation: the CI gate's verdict on one figure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExpectationResult {
+    /// As written in the scenario, e.g. `setup_p99 <= 50ms`.
+    pub expr: String,
+    /// Figure name from the registry (`figures::figure`).
+    pub figure: String,
+    pub op: CompareOp,
+    /// In the figure's base unit (ms, ratio, count, bytes, seconds).
+    pub threshold: f64,
+    /// `None` when the run could not measure the figure: that is a breach.
+    pub measured: Option<f64>,
+    pub passed: bool,
+}
+
+/// Why a results file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read results file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("results file is not valid JSON of the expected shape")]
+    Parse {
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("results file has schema_version {found}, but this jitwg supports versions 0 to {supported}: use a newer jitwg to read it")]
+    UnsupportedVersion { found: u64, supported: u32 },
+    #[error("results file has an invalid schema_version field: {found}")]
+    InvalidVersion { found: String },
+    #[error("cannot migrate results file from schema_version {from}: {reason}")]
+    Migrate { from: u32, reason: String },
+}
+
+/// Why a results file could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    #[error("cannot serialize results")]
+    Serialize(#[from] serde_json::Error),
+    #[error("cannot write results file {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Reads a results file of any supported version, migrating it to the current shape.
+pub fn load(path: impl AsRef<Path>) -> Result<Results, LoadError> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Results::from_json(&text)
+}
+
+/// Writes `results` as pretty JSON.
+pub fn save(results: &Results, path: impl AsRef<Path>) -> Result<(), SaveError> {
+    let path = path.as_ref();
+    let text = results.to_json()?;
+    std::fs::write(path, text).map_err(|source| SaveError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Brings a parsed results document of any supported version to [`SCHEMA_VERSION`].
+///
+/// Version 0 (files written before the field existed, so `schema_version` is absent or 0) stored
+/// setup latency as integer microseconds in `setup_latency_us` and had no `expectations`.
+fn migrate(mut value: serde_json::Value) -> Result<serde_json::Value, LoadError> {
+    let version = match value.get("schema_version") {
+        None | Some(serde_json::Value::Null) => 0,
+        Some(v) => v.as_u64().ok_or_else(|| LoadError::InvalidVersion {
+            found: v.to_string(),
+        })?,
+    };
+    if version > u64::from(SCHEMA_VERSION) {
+        return Err(LoadError::UnsupportedVersion {
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if version == 0 {
+        migrate_v0_to_v1(&mut value)?;
+    }
+    Ok(value)
+}
+
+fn migrate_v0_to_v1(value: &mut serde_json::Value) -> Result<(), LoadError> {
+    let bad = |reason: &str| LoadError::Migrate {
+        from: 0,
+        reason: reason.to_string(),
+    };
+    let root = value
+        .as_object_mut()
+        .ok_or_else(|| bad("top level is not an object"))?;
+    if let Some(clients) = root.get_mut("clients") {
+        let clients = clients
+            .as_array_mut()
+            .ok_or_else(|| bad("`clients` is not an array"))?;
+        for client in clients {
+            let Some(connections) = client.get_mut("connections") else {
+                continue;
+            };
+            let connections = connections
+                .as_array_mut()
+                .ok_or_else(|| bad("`connections` is not an array"))?;
+            for connection in connections {
+                let connection = connection
+                    .as_object_mut()
+                    .ok_or_else(|| bad("a connection is not an object"))?;
+                let ms = match connection.remove("setup_latency_us") {
+                    None | Some(serde_json::Value::Null) => serde_json::Value::Null,
+                    Some(us) => {
+                        let us = us
+                            .as_f64()
+                            .ok_or_else(|| bad("`setup_latency_us` is not a number"))?;
+                        serde_json::json!(us / 1000.0)
+                    }
+                };
+                connection.entry("setup_latency_ms").or_insert(ms);
+            }
+        }
+    }
+    root.entry("expectations")
+        .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+    root.insert("schema_version".into(), serde_json::json!(SCHEMA_VERSION));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> Results {
+        let mut r = Results::new(RunInfo {
+            id: "r1".into(),
+            mode: "jit".into(),
+            ..RunInfo::default()
+        });
+        r.clients.push(ClientResult {
+            id: 1,
+            population: "ci".into(),
+            connections: vec![Connection {
+                started_ms: 10.0,
+                setup_latency_ms: Some(1.5),
+                handshake_attempts: 1,
+                ..Connection::default()
+            }],
+        });
+        r.events.push(Event {
+            t_ms: 5.0,
+            kind: EventKind::ApiOutageStart,
+            detail: String::new(),
+        });
+        r
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let r = minimal();
+        let back = Results::from_json(&r.to_json().unwrap()).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn event_kinds_are_snake_case() {
+        let json = serde_json::to_string(&EventKind::ApiOutageStart).unwrap();
+        assert_eq!(json, "\"api_outage_start\"");
+    }
+
+    #[test]
+    fn refuses_newer_versions_naming_both() {
+        let mut v = serde_json::to_value(minimal()).unwrap();
+        v["schema_version"] = serde_json::json!(7);
+        let err = Results::from_json(&v.to_string()).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("schema_version 7"), "{msg}");
+        assert!(msg.contains(&format!("0 to {SCHEMA_VERSION}")), "{msg}");
+    }
+
+    #[test]
+    fn migrates_v0_microseconds() {
+        let mut v = serde_json::to_value(minimal()).unwrap();
+        let root = v.as_object_mut().unwrap();
+        root.remove("schema_version");
+        root.remove("expectations");
+        let conn = root["clients"][0]["connections"][0].as_object_mut().unwrap();
+        conn.remove("setup_latency_ms");
+        conn.insert("setup_latency_us".into(), serde_json::json!(2500));
+        let r = Results::from_json(&v.to_string()).unwrap();
+        assert_eq!(r.schema_version, SCHEMA_VERSION);
+        assert_eq!(r.clients[0].connections[0].setup_latency_ms, Some(2.5));
+        assert!(r.expectations.is_empty());
+    }
+
+    #[test]
+    fn compare_op_equality_tolerates_rounding() {
+        assert!(CompareOp::Eq.holds(0.1 + 0.2, 0.3));
+        assert!(!CompareOp::Lt.holds(1.0, 1.0));
+        assert!(CompareOp::Le.holds(1.0, 1.0));
+    }
+}

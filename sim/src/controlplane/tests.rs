@@ -1,0 +1,343 @@
+//! End-to-end tests of the control plane over real HTTP on 127.0.0.1.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::json;
+
+use super::*;
+
+/// A running control plane on an ephemeral loopback port; dropping it shuts the server down.
+struct Running {
+    base: String,
+    handle: ControlPlaneHandle,
+    http: reqwest::Client,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(faults: FaultConfig, nats: Option<(String, String)>) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let cp = ControlPlane::open(ControlPlaneConfig {
+        db: dir.path().join("cp.db"),
+        nats,
+        faults,
+        seed: 1,
+    })
+    .await
+    .unwrap();
+    let handle = cp.handle();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(cp.serve(listener, async {
+        let _ = rx.await;
+    }));
+    Running {
+        base,
+        handle,
+        http: reqwest::Client::new(),
+        _shutdown: tx,
+        _dir: dir,
+    }
+}
+
+fn doc(i: u32) -> PeerDoc {
+    let mut key = [0u8; 32];
+    key[..4].copy_from_slice(&i.to_be_bytes());
+    key[31] = 1;
+    PeerDoc::new(&key, vec![format!("100.64.{}.{}/32", i / 256, i % 256)], None)
+}
+
+impl Running {
+    async fn get(&self, key: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}/v1/peers/{key}", self.base))
+            .send()
+            .await
+            .unwrap()
+    }
+    async fn register(&self, d: &PeerDoc) -> u16 {
+        self.http
+            .post(format!("{}/v1/peers", self.base))
+            .json(d)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+    async fn stats(&self) -> StatsSnapshot {
+        self.http
+            .get(format!("{}/v1/stats", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn register_then_get_returns_exact_contract_json() {
+    let cp = start(FaultConfig::default(), None).await;
+    let psk = [9u8; 32];
+    let d = PeerDoc::new(&[3u8; 32], vec!["100.64.0.2/32".into()], Some(&psk));
+    assert_eq!(cp.register(&d).await, 201);
+    let resp = cp.get(&hex::encode([3u8; 32])).await;
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({
+            "public_key": "AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM=",
+            "allowed_ips": ["100.64.0.2/32"],
+            "preshared_key": "CQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk=",
+        })
+    );
+    // Without a preshared key the field is an explicit null.
+    let d2 = doc(1);
+    cp.register(&d2).await;
+    let body: serde_json::Value = cp
+        .get(&d2.key_hex().unwrap())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["preshared_key"], serde_json::Value::Null);
+}
+
+#[tokio::test]
+async fn unknown_is_404_malformed_is_400_revoked_is_404() {
+    let cp = start(FaultConfig::default(), None).await;
+    assert_eq!(cp.get(&"ab".repeat(32)).await.status(), 404);
+    assert_eq!(cp.get("xyz").await.status(), 400);
+    assert_eq!(cp.get(&"AB".repeat(32)).await.status(), 400);
+    let d = doc(5);
+    cp.register(&d).await;
+    let key = d.key_hex().unwrap();
+    assert_eq!(cp.get(&key).await.status(), 200);
+    let del = cp
+        .http
+        .delete(format!("{}/v1/peers/{key}", cp.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 204);
+    assert_eq!(cp.get(&key).await.status(), 404);
+    // Bad allowed IPs are accepted on purpose; a bad public key is not.
+    let odd = PeerDoc::new(&[8u8; 32], vec!["10.0.0.0/8".into(), "junk".into()], None);
+    assert_eq!(cp.register(&odd).await, 201);
+    let bad = PeerDoc {
+        public_key: "nope".into(),
+        allowed_ips: vec![],
+        preshared_key: None,
+    };
+    assert_eq!(cp.register(&bad).await, 400);
+}
+
+#[tokio::test]
+async fn bulk_of_ten_thousand_in_one_call_and_stats() {
+    let cp = start(FaultConfig::default(), None).await;
+    let docs: Vec<PeerDoc> = (0..10_000).map(doc).collect();
+    let resp = cp
+        .http
+        .post(format!("{}/v1/peers/bulk", cp.base))
+        .json(&docs)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    for i in [0, 4_999, 9_999] {
+        assert_eq!(cp.get(&docs[i].key_hex().unwrap()).await.status(), 200);
+    }
+    let k0 = docs[0].key_hex().unwrap();
+    cp.get(&k0).await;
+    cp.get(&"cd".repeat(32)).await;
+    cp.get("bad").await;
+    let stats = cp.stats().await;
+    assert_eq!(stats.requests_total, 6);
+    assert_eq!(stats.by_status["200"], 4);
+    assert_eq!(stats.by_status["404"], 1);
+    assert_eq!(stats.by_status["400"], 1);
+    assert_eq!(stats.per_key[&k0], 2);
+    assert_eq!(stats.duplicate_lookups(), 1);
+    assert_eq!(stats.published, 0);
+    assert_eq!(cp.handle.stats(), stats);
+    // In-process registration is visible over HTTP.
+    cp.handle.register_many(&[doc(20_000)]).await.unwrap();
+    assert_eq!(cp.get(&doc(20_000).key_hex().unwrap()).await.status(), 200);
+}
+
+#[tokio::test]
+async fn error_rate_one_answers_all_503_and_can_be_changed_at_run_time() {
+    let cp = start(
+        FaultConfig {
+            error_rate: 1.0,
+            ..Default::default()
+        },
+        None,
+    )
+    .await;
+    let d = doc(1);
+    cp.register(&d).await;
+    let key = d.key_hex().unwrap();
+    for _ in 0..20 {
+        assert_eq!(cp.get(&key).await.status(), 503);
+    }
+    let put = cp
+        .http
+        .put(format!("{}/v1/faults", cp.base))
+        .json(&json!({ "error_rate": 0.0 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 204);
+    assert_eq!(cp.get(&key).await.status(), 200);
+    assert_eq!(cp.stats().await.by_status["503"], 20);
+}
+
+#[tokio::test]
+async fn outage_on_and_off() {
+    let cp = start(FaultConfig::default(), None).await;
+    let d = doc(1);
+    cp.register(&d).await;
+    let key = d.key_hex().unwrap();
+    let on = cp
+        .http
+        .post(format!("{}/v1/outage", cp.base))
+        .json(&json!({ "seconds": 600.0 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(on.status(), 204);
+    assert_eq!(cp.get(&key).await.status(), 503);
+    let off = cp
+        .http
+        .delete(format!("{}/v1/outage", cp.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(off.status(), 204);
+    assert_eq!(cp.get(&key).await.status(), 200);
+    // A short outage ends by itself.
+    cp.handle.start_outage(Duration::from_millis(100));
+    assert_eq!(cp.get(&key).await.status(), 503);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(cp.get(&key).await.status(), 200);
+}
+
+#[tokio::test]
+async fn hang_mode_holds_until_the_outage_ends() {
+    let cp = start(
+        FaultConfig {
+            outage_mode: OutageMode::Hang,
+            ..Default::default()
+        },
+        None,
+    )
+    .await;
+    cp.handle.start_outage(Duration::from_millis(200));
+    let t = Instant::now();
+    assert_eq!(cp.get(&"ab".repeat(32)).await.status(), 503);
+    assert!(t.elapsed() >= Duration::from_millis(150));
+}
+
+#[tokio::test]
+async fn latency_is_applied() {
+    let cp = start(
+        FaultConfig {
+            latency: Some(LatencyModel::Fixed {
+                delay: Duration::from_millis(50),
+            }),
+            ..Default::default()
+        },
+        None,
+    )
+    .await;
+    for _ in 0..3 {
+        let t = Instant::now();
+        assert_eq!(cp.get(&"ab".repeat(32)).await.status(), 404);
+        assert!(t.elapsed() >= Duration::from_millis(50));
+    }
+}
+
+/// A `nats-server` child on a free loopback port, killed on drop.
+struct NatsServer {
+    child: std::process::Child,
+    url: String,
+}
+
+impl NatsServer {
+    fn start() -> Option<NatsServer> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        match std::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+        {
+            Ok(child) => Some(NatsServer {
+                child,
+                url: format!("nats://127.0.0.1:{port}"),
+            }),
+            Err(e) => {
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "nats-server is required in CI: {e}"
+                );
+                eprintln!("skipping: nats-server not runnable: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn registration_publishes_new_peers_on_nats() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let mut sub_client = None;
+    for _ in 0..100 {
+        if let Ok(c) = async_nats::connect(&nats.url).await {
+            sub_client = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sub_client = sub_client.expect("nats-server did not come up");
+    let mut sub = sub_client.subscribe("jitwg.test.peers").await.unwrap();
+    sub_client.flush().await.unwrap();
+
+    let cp = start(
+        FaultConfig::default(),
+        Some((nats.url.clone(), "jitwg.test.peers".into())),
+    )
+    .await;
+    let docs: Vec<PeerDoc> = (0..3).map(doc).collect();
+    cp.handle.register_many(&docs).await.unwrap();
+    // Unchanged re-registration publishes nothing.
+    cp.handle.register_many(&docs[..1]).await.unwrap();
+    for want in &docs {
+        let msg = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let got: PeerDoc = serde_json::from_slice(&msg.payload).unwrap();
+        assert_eq!(&got, want);
+    }
+    assert_eq!(cp.stats().await.published, 3);
+}

@@ -1,0 +1,4 @@
+//! jitwg
+pub mod scenario;
+pub mod client;
+pub mod controlplane;

@@ -1,0 +1,434 @@
+//! Stage two: a `ScenarioFile` becomes the `Scenario` the run uses — values
+//! checked, populations expanded into clients with seeded keys, start times and
+//! addresses. Pure: no IO, so every check is unit-testable.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use boringtun::x25519::{PublicKey, StaticSecret};
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+use super::arrival::Arrival;
+use super::file::{
+    ArrivalFile, BackendName, BehaviourFile, BootName, EventKindName, ModeName, ScenarioFile,
+    Switch,
+};
+use super::FieldError;
+
+/// The most clients (plus extra registered peers) one run may hold: wireguard-go's
+/// peer limit, and the size of the client source range.
+pub const MAX_PEERS: u32 = 65_000;
+
+/// First host offset handed to clients inside 198.18.0.0/16 (lower ones are left
+/// for the lab's own link addresses).
+const CLIENT_SOURCE_FIRST_HOST: u32 = 256;
+/// 100.64.0.1 is the gateway's tunnel address; clients start at .2.
+const TUNNEL_FIRST_HOST: u32 = 2;
+
+/// A run, fully resolved.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// The effective file (after `--set` and `--seed`), kept for the results.
+    pub file: ScenarioFile,
+    pub name: String,
+    pub seed: u64,
+    pub backend: BackendName,
+    pub duration: Duration,
+    pub stale_threshold: Duration,
+    pub daemon: DaemonSettings,
+    pub control_plane: ControlPlaneSettings,
+    pub populations: Vec<Population>,
+    /// Every client, sorted by start time.
+    pub clients: Vec<ClientPlan>,
+    /// Registered, never connecting (`extra_registered`).
+    pub extra_peers: Vec<PeerIdentity>,
+    /// Sorted by `at`.
+    pub events: Vec<TimedEvent>,
+    /// `[expect]`, parsed by `jitwg_reports` (filled by `scenario::parse`).
+    pub expectations: Vec<jitwg_reports::Expectation>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonSettings {
+    pub mode: ModeName,
+    pub boot: BootName,
+    pub evict_after: Duration,
+    pub sweep_every: Duration,
+    pub initiate: bool,
+    pub positive_ttl: Duration,
+    pub negative_ttl: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlPlaneSettings {
+    pub register_clients: bool,
+    pub latency: Duration,
+    pub error_rate: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Population {
+    pub name: String,
+    pub count: u32,
+    pub arrival: Arrival,
+    pub behaviour: BehaviourFile,
+    pub link: Link,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Link {
+    pub delay: Duration,
+    pub jitter: Duration,
+    pub loss: f64,
+}
+
+/// A key pair and the tunnel address registered for it.
+#[derive(Clone)]
+pub struct PeerIdentity {
+    pub private_key: [u8; 32],
+    pub public_key: [u8; 32],
+    pub tunnel_ip: Ipv4Addr,
+}
+
+impl std::fmt::Debug for PeerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print private keys, even throwaway ones.
+        f.debug_struct("PeerIdentity")
+            .field("public_key", &hex::encode(self.public_key))
+            .field("tunnel_ip", &self.tunnel_ip)
+            .finish()
+    }
+}
+
+impl PeerIdentity {
+    pub fn public_hex(&self) -> String {
+        hex::encode(self.public_key)
+    }
+}
+
+/// One simulated client.
+#[derive(Debug, Clone)]
+pub struct ClientPlan {
+    /// Stable across runs with the same seed: index in population order.
+    pub id: u32,
+    /// Index into `Scenario::populations`.
+    pub population: usize,
+    /// When it starts, relative to the run start.
+    pub start: Duration,
+    pub identity: PeerIdentity,
+    /// Its own underlay address, so wireguard-go's per-source rate limit sees many sources.
+    pub source_ip: Ipv4Addr,
+    /// Seeds the client's link randomness (loss, jitter).
+    pub link_seed: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TimedEvent {
+    pub at: Duration,
+    pub action: EventAction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum EventAction {
+    Reboot,
+    ApiOutage { until: Duration },
+    DaemonRestart,
+}
+
+/// Random streams of one seed, separate so that adding a client does not shift
+/// every other client's arrival time.
+const STREAM_KEYS: u64 = 1;
+const STREAM_ARRIVALS: u64 = 2;
+const STREAM_LINKS: u64 = 3;
+
+fn rng(seed: u64, stream: u64) -> ChaCha20Rng {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    rng.set_stream(stream);
+    rng
+}
+
+fn identity(rng: &mut ChaCha20Rng, tunnel_host: u32) -> PeerIdentity {
+    let mut private_key = [0u8; 32];
+    rng.fill_bytes(&mut private_key);
+    let secret = StaticSecret::from(private_key);
+    PeerIdentity {
+        private_key: secret.to_bytes(),
+        public_key: PublicKey::from(&secret).to_bytes(),
+        tunnel_ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 0)) + tunnel_host),
+    }
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> FieldError {
+    FieldError {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+fn check_rate(key: &str, rate: f64) -> Result<(), FieldError> {
+    if rate.is_finite() && rate > 0.0 {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("rate must be a positive number, got {rate}"),
+        ))
+    }
+}
+
+fn check_fraction(key: &str, value: f64) -> Result<(), FieldError> {
+    if (0.0..=1.0).contains(&value) {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("must be between 0.0 and 1.0, got {value}"),
+        ))
+    }
+}
+
+fn arrival(key: &str, file: &ArrivalFile) -> Result<Arrival, FieldError> {
+    Ok(match *file {
+        ArrivalFile::Constant { rate } => {
+            check_rate(&format!("{key}.rate"), rate)?;
+            Arrival::Constant { rate }
+        }
+        ArrivalFile::Poisson { rate } => {
+            check_rate(&format!("{key}.rate"), rate)?;
+            Arrival::Poisson { rate }
+        }
+        ArrivalFile::Burst { at } => Arrival::Burst { at },
+        ArrivalFile::Ramp { from, to, over } => {
+            if !(from.is_finite() && from >= 0.0) {
+                return Err(invalid(format!("{key}.from"), "must be >= 0"));
+            }
+            check_rate(&format!("{key}.to"), to)?;
+            Arrival::Ramp { from, to, over }
+        }
+    })
+}
+
+fn check_behaviour(key: &str, b: &BehaviourFile) -> Result<(), FieldError> {
+    match *b {
+        BehaviourFile::ConnectOnce => Ok(()),
+        BehaviourFile::Stay { traffic_every, .. } if traffic_every.is_zero() => Err(invalid(
+            format!("{key}.traffic_every"),
+            "must be longer than 0s",
+        )),
+        BehaviourFile::Stay { .. } => Ok(()),
+        BehaviourFile::Return { times: 0, .. } => {
+            Err(invalid(format!("{key}.times"), "must be at least 1"))
+        }
+        BehaviourFile::Return { .. } => Ok(()),
+    }
+}
+
+/// Checks every value and expands populations. Errors name the offending key.
+pub fn resolve(file: ScenarioFile) -> Result<Scenario, FieldError> {
+    if file.name.is_empty()
+        || !file
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(invalid(
+            "name",
+            "must be non-empty and use only letters, digits, '-' and '_'",
+        ));
+    }
+    if file.duration.is_zero() {
+        return Err(invalid("duration", "must be longer than 0s"));
+    }
+    if file.stale_threshold.is_zero() {
+        return Err(invalid("stale_threshold", "must be longer than 0s"));
+    }
+    let d = &file.daemon;
+    if d.sweep_every.is_zero() {
+        return Err(invalid("daemon.sweep_every", "must be longer than 0s"));
+    }
+    if d.evict_after.is_zero() {
+        return Err(invalid("daemon.evict_after", "must be longer than 0s"));
+    }
+    check_fraction(
+        "control_plane.faults.error_rate",
+        file.control_plane.faults.error_rate,
+    )?;
+    if file.populations.is_empty() {
+        return Err(invalid(
+            "population",
+            "at least one [[population]] is required",
+        ));
+    }
+
+    let mut populations = Vec::with_capacity(file.populations.len());
+    let mut total: u64 = u64::from(file.control_plane.extra_registered);
+    for (i, p) in file.populations.iter().enumerate() {
+        let key = format!("population[{i}]");
+        if p.name.is_empty() {
+            return Err(invalid(format!("{key}.name"), "must not be empty"));
+        }
+        if file.populations[..i].iter().any(|q| q.name == p.name) {
+            return Err(invalid(
+                format!("{key}.name"),
+                format!("duplicate population name {:?}", p.name),
+            ));
+        }
+        if p.count == 0 {
+            return Err(invalid(format!("{key}.count"), "must be at least 1"));
+        }
+        total += u64::from(p.count);
+        check_fraction(&format!("{key}.link.loss"), p.link.loss)?;
+        check_behaviour(&format!("{key}.behaviour"), &p.behaviour)?;
+        populations.push(Population {
+            name: p.name.clone(),
+            count: p.count,
+            arrival: arrival(&format!("{key}.arrival"), &p.arrival)?,
+            behaviour: p.behaviour.clone(),
+            link: Link {
+                delay: p.link.delay,
+                jitter: p.link.jitter,
+                loss: p.link.loss,
+            },
+        });
+    }
+    if total > u64::from(MAX_PEERS) {
+        return Err(invalid(
+            "population",
+            format!("{total} clients plus extra_registered exceed the limit of {MAX_PEERS}"),
+        ));
+    }
+
+    let mut events = Vec::with_capacity(file.events.len());
+    for (i, e) in file.events.iter().enumerate() {
+        let key = format!("event[{i}]");
+        if e.at > file.duration {
+            return Err(invalid(
+                format!("{key}.at"),
+                "is after the end of the run (duration)",
+            ));
+        }
+        let action = match (e.kind, e.until) {
+            (EventKindName::ApiOutage, Some(until)) if until > e.at => {
+                EventAction::ApiOutage { until }
+            }
+            (EventKindName::ApiOutage, Some(_)) => {
+                return Err(invalid(format!("{key}.until"), "must be after `at`"))
+            }
+            (EventKindName::ApiOutage, None) => {
+                return Err(invalid(
+                    format!("{key}.until"),
+                    "is required for api_outage",
+                ))
+            }
+            (_, Some(_)) => {
+                return Err(invalid(
+                    format!("{key}.until"),
+                    "is only valid for api_outage",
+                ))
+            }
+            (EventKindName::Reboot, None) => EventAction::Reboot,
+            (EventKindName::DaemonRestart, None) => EventAction::DaemonRestart,
+        };
+        events.push(TimedEvent { at: e.at, action });
+    }
+    events.sort_by_key(|e| e.at);
+
+    let mut keys = rng(file.seed, STREAM_KEYS);
+    let mut arrivals = rng(file.seed, STREAM_ARRIVALS);
+    let mut links = rng(file.seed, STREAM_LINKS);
+    let mut clients = Vec::new();
+    let mut next_id: u32 = 0;
+    for (pi, p) in populations.iter().enumerate() {
+        for start in p.arrival.offsets(p.count, &mut arrivals) {
+            clients.push(ClientPlan {
+                id: next_id,
+                population: pi,
+                start,
+                identity: identity(&mut keys, TUNNEL_FIRST_HOST + next_id),
+                source_ip: Ipv4Addr::from(
+                    u32::from(Ipv4Addr::new(198, 18, 0, 0)) + CLIENT_SOURCE_FIRST_HOST + next_id,
+                ),
+                link_seed: links.next_u64(),
+            });
+            next_id += 1;
+        }
+    }
+    clients.sort_by_key(|c| (c.start, c.id));
+    let extra_peers = (0..file.control_plane.extra_registered)
+        .map(|i| identity(&mut keys, TUNNEL_FIRST_HOST + next_id + i))
+        .collect();
+
+    Ok(Scenario {
+        name: file.name.clone(),
+        seed: file.seed,
+        backend: file.backend,
+        duration: file.duration,
+        stale_threshold: file.stale_threshold,
+        daemon: DaemonSettings {
+            mode: d.mode,
+            boot: d.boot,
+            evict_after: d.evict_after,
+            sweep_every: d.sweep_every,
+            initiate: d.initiate == Switch::On,
+            positive_ttl: d.positive_ttl,
+            negative_ttl: d.negative_ttl,
+        },
+        control_plane: ControlPlaneSettings {
+            register_clients: file.control_plane.register_clients == Switch::On,
+            latency: file.control_plane.faults.latency,
+            error_rate: file.control_plane.faults.error_rate,
+        },
+        populations,
+        clients,
+        extra_peers,
+        events,
+        expectations: Vec::new(),
+        file,
+    })
+}
+
+impl Scenario {
+    /// Peers the control plane knows: registered clients plus the extras.
+    pub fn registered_peers(&self) -> impl Iterator<Item = &PeerIdentity> {
+        let clients = self
+            .clients
+            .iter()
+            .filter(|_| self.control_plane.register_clients)
+            .map(|c| &c.identity);
+        clients.chain(self.extra_peers.iter())
+    }
+
+    /// The effective scenario as JSON, for `RunInfo::resolved_scenario`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.file).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn mode_name(&self) -> &'static str {
+        match self.daemon.mode {
+            ModeName::Jit => "jit",
+            ModeName::Push => "push",
+        }
+    }
+
+    pub fn boot_name(&self) -> &'static str {
+        match self.daemon.boot {
+            BootName::Jit => "jit",
+            BootName::Preload => "preload",
+        }
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            BackendName::Userspace => "userspace",
+            BackendName::Kernel => "kernel",
+        }
+    }
+
+    /// Whether any event reboots or restarts the gateway (the run then reports a reload).
+    pub fn has_reboot(&self) -> bool {
+        self.events
+            .iter()
+            .any(|e| matches!(e.action, EventAction::Reboot | EventAction::DaemonRestart))
+    }
+}
