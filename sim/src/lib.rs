@@ -1,4 +1,7 @@
-//! jitwg
-pub mod scenario;
+//! jitwg, the scenario driver: builds the lab, starts the real daemon, data plane and control plane,
+//! runs simulated clients and writes results. `main.rs` is a thin CLI over this library.
+
 pub mod client;
 pub mod controlplane;
+pub mod lab;
+pub mod scenario;

@@ -1,1 +1,0 @@
-//! placeholder: identify (being written)
