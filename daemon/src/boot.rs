@@ -36,7 +36,9 @@ pub async fn preload(
         let store = store
             .lock()
             .map_err(|_| BootError::Store("store lock poisoned".into()))?;
-        store.all_peers().map_err(|e| BootError::Store(e.to_string()))
+        store
+            .all_peers()
+            .map_err(|e| BootError::Store(e.to_string()))
     })
     .await
     .map_err(|e| BootError::Store(e.to_string()))??;

@@ -186,7 +186,8 @@ pub async fn run(
             tasks.spawn(async move { capture_loop(socket, p, c).await });
             if config.api_url.is_some() {
                 let c = cancel.clone();
-                let every = (config.positive_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+                let every = (config.positive_ttl / 4)
+                    .clamp(Duration::from_secs(1), Duration::from_secs(60));
                 tasks.spawn(async move { revalidate_loop(pipeline, every, c).await });
             }
         }
@@ -319,7 +320,12 @@ async fn capture_loop(socket: CaptureSocket, pipeline: Arc<Pipeline>, cancel: Ca
 
 impl Pipeline {
     /// Everything after identification for one initiation.
-    async fn handle(self: Arc<Self>, initiation: Initiation, src: SocketAddr, captured_at: Instant) {
+    async fn handle(
+        self: Arc<Self>,
+        initiation: Initiation,
+        src: SocketAddr,
+        captured_at: Instant,
+    ) {
         let key = initiation.initiator;
 
         // Replay guard: only a strictly newer timestamp may cause work.
@@ -355,7 +361,11 @@ impl Pipeline {
             self.metrics.already_installed.inc();
             return;
         }
-        let fresh = self.pending.lock().map(|mut s| s.insert(key)).unwrap_or(false);
+        let fresh = self
+            .pending
+            .lock()
+            .map(|mut s| s.insert(key))
+            .unwrap_or(false);
         if !fresh {
             return;
         }
@@ -495,7 +505,10 @@ async fn revalidate_loop(pipeline: Arc<Pipeline>, every: Duration, cancel: Cance
             match pipeline.lookup.revalidate(key, now).await {
                 Revalidation::Revoked => {
                     tracing::info!(peer = %key, "peer revoked by the control plane; removing");
-                    let _ = pipeline.queue.remove(vec![key], RemovalReason::Revoked).await;
+                    let _ = pipeline
+                        .queue
+                        .remove(vec![key], RemovalReason::Revoked)
+                        .await;
                 }
                 Revalidation::StillValid(_) => {}
                 Revalidation::Unknown => {

@@ -123,13 +123,12 @@ impl DataPlane {
                 }
             }
             Backend::Kernel => {
-                let names = Device::list(Backend::Kernel).map_err(|source| {
-                    DataPlaneError::Missing {
+                let names =
+                    Device::list(Backend::Kernel).map_err(|source| DataPlaneError::Missing {
                         name: name.clone(),
                         backend: self.backend,
                         hint: format!(" (listing kernel WireGuard interfaces failed: {source})"),
-                    }
-                })?;
+                    })?;
                 if names.contains(&self.name) {
                     Ok(())
                 } else {

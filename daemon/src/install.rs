@@ -299,7 +299,11 @@ impl WorkerState {
                     Command::InstallMany { writes, reply } => {
                         let _ = reply.send(self.install_many(writes));
                     }
-                    Command::Remove { keys, reason, reply } => {
+                    Command::Remove {
+                        keys,
+                        reason,
+                        reply,
+                    } => {
                         let job = RemovalJob {
                             keys: keys.into(),
                             reason,
@@ -488,9 +492,9 @@ impl WorkerState {
         let n = self.settings.removal_chunk.max(1).min(job.keys.len());
         let chunk: Vec<PublicKey> = job.keys.drain(..n).collect();
         let reason = job.reason;
-        let update = chunk
-            .iter()
-            .fold(DeviceUpdate::new(), |u, k| u.add_peer(dataplane::removal(k)));
+        let update = chunk.iter().fold(DeviceUpdate::new(), |u, k| {
+            u.add_peer(dataplane::removal(k))
+        });
         match self.dataplane.apply(update) {
             Ok(()) => {
                 if let Some(job) = self.removals.front_mut() {
@@ -499,7 +503,7 @@ impl WorkerState {
                 match reason {
                     RemovalReason::Idle => self.metrics.evictions.inc_by(chunk.len() as u64),
                     RemovalReason::Revoked => self.metrics.revocations.inc_by(chunk.len() as u64),
-                }
+                };
                 for k in &chunk {
                     tracing::info!(peer = %k, reason = ?reason, "removed peer");
                 }

@@ -7,17 +7,17 @@ pub mod peer;
 
 pub mod config;
 
+pub mod api;
+pub mod boot;
 pub mod capture;
+pub mod dataplane;
 pub mod identify;
+pub mod install;
+pub mod lookup;
+pub mod push;
 pub mod replay;
 pub mod store;
-pub mod api;
-pub mod lookup;
-pub mod dataplane;
-pub mod install;
 pub mod sweep;
-pub mod boot;
-pub mod push;
 
-pub mod metrics;
 pub mod daemon;
+pub mod metrics;

@@ -122,13 +122,13 @@ impl Metrics {
             registry: Registry::with_prefix("jitwgd"),
         };
         for &stage in IDENTIFY_STAGES {
-            m.identify_failed.get_or_create(&StageLabel { stage });
+            let _ = m.identify_failed.get_or_create(&StageLabel { stage });
         }
         for &outcome in LOOKUP_OUTCOMES {
-            m.lookups.get_or_create(&OutcomeLabel { outcome });
+            let _ = m.lookups.get_or_create(&OutcomeLabel { outcome });
         }
         for &outcome in PUSH_OUTCOMES {
-            m.push_messages.get_or_create(&OutcomeLabel { outcome });
+            let _ = m.push_messages.get_or_create(&OutcomeLabel { outcome });
         }
         Arc::new(m.registered())
     }

@@ -190,7 +190,10 @@ mod tests {
         let cfg = doc(&["100.64.0.2/32"])
             .validate(Some(PublicKey([7; 32])), prefix())
             .unwrap();
-        assert_eq!(cfg.allowed_ips, vec!["100.64.0.2/32".parse::<IpNet>().unwrap()]);
+        assert_eq!(
+            cfg.allowed_ips,
+            vec!["100.64.0.2/32".parse::<IpNet>().unwrap()]
+        );
     }
 
     #[test]

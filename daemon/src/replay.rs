@@ -56,7 +56,10 @@ mod tests {
     #[test]
     fn older_timestamp_is_replay() {
         assert_eq!(judge(Some(ts(100, 5)), ts(100, 4)), ReplayVerdict::Replay);
-        assert_eq!(judge(Some(ts(101, 0)), ts(100, 999_999_999)), ReplayVerdict::Replay);
+        assert_eq!(
+            judge(Some(ts(101, 0)), ts(100, 999_999_999)),
+            ReplayVerdict::Replay
+        );
     }
 
     proptest! {

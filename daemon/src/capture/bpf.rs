@@ -115,8 +115,8 @@ impl Assembler {
 /// Accept returns [`SNAP_LEN`], reject returns 0.
 pub fn initiation_filter(port: u16) -> Vec<sock_filter> {
     use libc::{
-        BPF_ABS, BPF_ALU, BPF_B, BPF_H, BPF_IND, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_JSET,
-        BPF_K, BPF_LD, BPF_LDX, BPF_MISC, BPF_MSH, BPF_RET, BPF_RSH, BPF_TXA, BPF_W,
+        BPF_ABS, BPF_ALU, BPF_B, BPF_H, BPF_IND, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_JSET, BPF_K,
+        BPF_LD, BPF_LDX, BPF_MISC, BPF_MSH, BPF_RET, BPF_RSH, BPF_TXA, BPF_W,
     };
     use Target::{Accept, Drop, Ipv6, Next};
     let port = u32::from(port);
@@ -301,10 +301,18 @@ mod tests {
     #[test]
     fn jumps_stay_inside_program() {
         let program = initiation_filter(51820);
+        // Only conditional jumps use jt/jf; every other instruction leaves them 0.
+        let is_jump = |code: u16| u32::from(code) & 0x07 == libc::BPF_JMP;
         for (i, insn) in program.iter().enumerate() {
-            assert!(i + 1 + usize::from(insn.jt) < program.len());
-            assert!(i + 1 + usize::from(insn.jf) < program.len());
+            if is_jump(insn.code) {
+                assert!(i + 1 + usize::from(insn.jt) < program.len(), "insn {i}");
+                assert!(i + 1 + usize::from(insn.jf) < program.len(), "insn {i}");
+            } else {
+                assert_eq!((insn.jt, insn.jf), (0, 0), "insn {i}");
+            }
         }
+        let last = program.last().map(|insn| u32::from(insn.code) & 0x07);
+        assert_eq!(last, Some(libc::BPF_RET), "a program must end in a return");
         assert!(program.len() < libc::BPF_MAXINSNS as usize);
     }
 

@@ -54,19 +54,21 @@ pub fn parse_datagram(packet: &[u8]) -> Result<Captured<'_>, FrameError> {
         6 => parse_ipv6(packet)?,
         other => return Err(FrameError::Version(other)),
     };
-    let header = udp.get(..UDP_HEADER).ok_or(FrameError::TruncatedUdpHeader)?;
+    let header = udp
+        .get(..UDP_HEADER)
+        .ok_or(FrameError::TruncatedUdpHeader)?;
     let src_port = u16::from_be_bytes([header[0], header[1]]);
     let dst_port = u16::from_be_bytes([header[2], header[3]]);
     let udp_length = u16::from_be_bytes([header[4], header[5]]);
     if usize::from(udp_length) < UDP_HEADER {
         return Err(FrameError::UdpLength(udp_length));
     }
-    let payload = udp
-        .get(UDP_HEADER..usize::from(udp_length))
-        .ok_or(FrameError::TruncatedPayload {
-            udp_length,
-            available: udp.len(),
-        })?;
+    let payload =
+        udp.get(UDP_HEADER..usize::from(udp_length))
+            .ok_or(FrameError::TruncatedPayload {
+                udp_length,
+                available: udp.len(),
+            })?;
     Ok(Captured {
         src: SocketAddr::new(src, src_port),
         dst: SocketAddr::new(dst, dst_port),
@@ -134,7 +136,7 @@ pub(crate) fn build_datagram(
     udp.extend_from_slice(payload);
     let mut packet = match (src.ip(), dst.ip()) {
         (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) => {
-            assert!(ipv4_options.len() % 4 == 0 && ipv4_options.len() <= 40);
+            assert!(ipv4_options.len().is_multiple_of(4) && ipv4_options.len() <= 40);
             let header_len = IPV4_MIN_HEADER + ipv4_options.len();
             let mut h = vec![0u8; IPV4_MIN_HEADER];
             h[0] = 0x40 | (header_len / 4) as u8;
@@ -174,7 +176,12 @@ mod tests {
 
     #[test]
     fn parses_ipv4_with_options() {
-        let p = build_datagram(v4("198.18.0.2:4000"), v4("198.18.0.1:51820"), &[1; 8], b"\x01abc");
+        let p = build_datagram(
+            v4("198.18.0.2:4000"),
+            v4("198.18.0.1:51820"),
+            &[1; 8],
+            b"\x01abc",
+        );
         let c = parse_datagram(&p).unwrap();
         assert_eq!(c.src, v4("198.18.0.2:4000"));
         assert_eq!(c.dst, v4("198.18.0.1:51820"));
@@ -216,18 +223,26 @@ mod tests {
 
     fn addr_pair() -> impl Strategy<Value = (SocketAddr, SocketAddr)> {
         prop_oneof![
-            (any::<[u8; 4]>(), any::<u16>(), any::<[u8; 4]>(), any::<u16>()).prop_map(
-                |(s, sp, d, dp)| (
+            (
+                any::<[u8; 4]>(),
+                any::<u16>(),
+                any::<[u8; 4]>(),
+                any::<u16>()
+            )
+                .prop_map(|(s, sp, d, dp)| (
                     SocketAddr::new(Ipv4Addr::from(s).into(), sp),
                     SocketAddr::new(Ipv4Addr::from(d).into(), dp)
-                )
-            ),
-            (any::<[u8; 16]>(), any::<u16>(), any::<[u8; 16]>(), any::<u16>()).prop_map(
-                |(s, sp, d, dp)| (
+                )),
+            (
+                any::<[u8; 16]>(),
+                any::<u16>(),
+                any::<[u8; 16]>(),
+                any::<u16>()
+            )
+                .prop_map(|(s, sp, d, dp)| (
                     SocketAddr::new(Ipv6Addr::from(s).into(), sp),
                     SocketAddr::new(Ipv6Addr::from(d).into(), dp)
-                )
-            ),
+                )),
         ]
     }
 

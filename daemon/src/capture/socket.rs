@@ -60,7 +60,10 @@ impl CaptureSocket {
             .map_err(CaptureError::AttachFilter)?;
         drain(&fd)?;
         bind(&fd, ifindex)?;
-        let fd = AsyncFd::new(fd).map_err(CaptureError::Register)?;
+        // SAFETY: `fd` is an OwnedFd moved into the AsyncFd: it stays open, and its
+        // as_raw_fd() returns the same descriptor, until the AsyncFd is dropped.
+        let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+            .map_err(|e| CaptureError::Register(e.into()))?;
         Ok(CaptureSocket { fd })
     }
 
@@ -205,7 +208,9 @@ mod tests {
 
         let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
         let sender_addr = sender.local_addr().unwrap();
-        sender.send_to(&[1, 0xaa, 0xbb], ("127.0.0.1", port)).unwrap();
+        sender
+            .send_to(&[1, 0xaa, 0xbb], ("127.0.0.1", port))
+            .unwrap();
         sender.send_to(&[2, 0xcc], ("127.0.0.1", port)).unwrap();
 
         // Collect for a while; other processes may use loopback too, so keep only

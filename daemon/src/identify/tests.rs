@@ -84,7 +84,13 @@ fn error_labels_match_vector_stages() {
     .collect();
     assert_eq!(
         labels,
-        ["header", "length", "mac1", "decrypt_static", "decrypt_timestamp"]
+        [
+            "header",
+            "length",
+            "mac1",
+            "decrypt_static",
+            "decrypt_timestamp"
+        ]
     );
 }
 
@@ -105,10 +111,9 @@ fn low_order_ephemeral_is_rejected_before_aead() {
     msg[..4].copy_from_slice(&INITIATION_HEADER);
     let mac = {
         use blake2::digest::{Mac, Update};
-        let mut m = blake2::Blake2sMac::<blake2::digest::consts::U16>::new_from_slice(
-            &keys.mac1_key,
-        )
-        .unwrap();
+        let mut m =
+            blake2::Blake2sMac::<blake2::digest::consts::U16>::new_from_slice(&keys.mac1_key)
+                .unwrap();
         Update::update(&mut m, &msg[..MAC1.start]);
         m.finalize().into_bytes()
     };

@@ -179,7 +179,11 @@ impl Store {
     }
 
     /// A peer received in push mode: stored for good (until removed), source 'push'.
-    pub fn put_pushed_peer(&mut self, config: &PeerConfig, now: SystemTime) -> Result<(), StoreError> {
+    pub fn put_pushed_peer(
+        &mut self,
+        config: &PeerConfig,
+        now: SystemTime,
+    ) -> Result<(), StoreError> {
         self.put_peer(config, PeerSource::Push, now, Duration::MAX)
     }
 
