@@ -59,13 +59,12 @@ fn parse_one(key: &str, value: &str) -> Result<Expectation, ExpectError> {
         key: key.to_string(),
         value: value.to_string(),
     })?;
-    let threshold = parse_quantity(rest.trim(), figure.unit).map_err(|reason| {
-        ExpectError::BadThreshold {
+    let threshold =
+        parse_quantity(rest.trim(), figure.unit).map_err(|reason| ExpectError::BadThreshold {
             key: key.to_string(),
             value: value.to_string(),
             reason,
-        }
-    })?;
+        })?;
     Ok(Expectation {
         figure,
         op,
@@ -115,11 +114,17 @@ pub fn parse_quantity(text: &str, unit: Unit) -> Result<f64, String> {
         Unit::Seconds => duration_ms(suffix)
             .map(|ms| ms / 1000.0)
             .ok_or_else(|| format!("unknown duration unit {suffix:?}"))?,
-        Unit::Bytes => byte_multiplier(suffix).ok_or_else(|| format!("unknown size unit {suffix:?}"))?,
+        Unit::Bytes => {
+            byte_multiplier(suffix).ok_or_else(|| format!("unknown size unit {suffix:?}"))?
+        }
         Unit::Ratio => match suffix {
             "" => 1.0,
             "%" => 0.01,
-            _ => return Err(format!("a ratio is a plain number or a percentage, not {suffix:?}")),
+            _ => {
+                return Err(format!(
+                    "a ratio is a plain number or a percentage, not {suffix:?}"
+                ))
+            }
         },
         Unit::Count if suffix.is_empty() => 1.0,
         Unit::Count => return Err(format!("a count is a plain number, not {suffix:?}")),
@@ -191,7 +196,11 @@ mod tests {
     fn check(key: &str, value: &str, op: CompareOp, threshold: f64) {
         let parsed = parse_expectations(&table(&[(key, value)])).unwrap();
         assert_eq!(parsed[0].op, op, "{key} = {value}");
-        assert!((parsed[0].threshold - threshold).abs() < 1e-9, "{key} = {value}: {}", parsed[0].threshold);
+        assert!(
+            (parsed[0].threshold - threshold).abs() < 1e-9,
+            "{key} = {value}: {}",
+            parsed[0].threshold
+        );
     }
 
     #[test]
@@ -201,7 +210,12 @@ mod tests {
         check("stale_peers_max", "<= 100", CompareOp::Le, 100.0);
         check("api_calls_per_key_max", "<= 1", CompareOp::Le, 1.0);
         check("reload_time", "<= 2s", CompareOp::Le, 2000.0);
-        check("daemon_rss_peak", "< 200MiB", CompareOp::Lt, 200.0 * 1024.0 * 1024.0);
+        check(
+            "daemon_rss_peak",
+            "< 200MiB",
+            CompareOp::Lt,
+            200.0 * 1024.0 * 1024.0,
+        );
         check("connected_ratio", "> 99.5%", CompareOp::Gt, 0.995);
         check("daemon_cpu", "< 1.5", CompareOp::Lt, 1.5);
         check("daemon_cpu", "< 500ms", CompareOp::Lt, 0.5);
@@ -229,11 +243,24 @@ mod tests {
     #[test]
     fn unmeasured_figure_is_a_breach() {
         let figures = Figures::from_results(&crate::schema::Results::new(Default::default()));
-        let parsed = parse_expectations(&table(&[("reload_time", "<= 2s"), ("failed", "== 0")])).unwrap();
+        let parsed =
+            parse_expectations(&table(&[("reload_time", "<= 2s"), ("failed", "== 0")])).unwrap();
         let results = evaluate(&parsed, &figures);
         assert_eq!(results.len(), 2);
-        assert!(!results.iter().find(|r| r.figure == "reload_time").unwrap().passed);
-        assert!(results.iter().find(|r| r.figure == "failed").unwrap().passed);
+        assert!(
+            !results
+                .iter()
+                .find(|r| r.figure == "reload_time")
+                .unwrap()
+                .passed
+        );
+        assert!(
+            results
+                .iter()
+                .find(|r| r.figure == "failed")
+                .unwrap()
+                .passed
+        );
         assert!(!all_passed(&results));
     }
 

@@ -244,44 +244,128 @@ fn cpu(f: &Figures, name: &str) -> Option<f64> {
 
 /// Every figure, in the order reports list them.
 pub static FIGURES: &[FigureDef] = &[
-    def("clients", "clients", Unit::Count, Better::Higher, |f| Some(f.clients as f64)),
-    def("connected", "connected", Unit::Count, Better::Higher, |f| Some(f.connected as f64)),
-    def("connected_ratio", "connected ratio", Unit::Ratio, Better::Higher, |f| f.connected_ratio),
-    def("failed", "failed", Unit::Count, Better::Lower, |f| Some(f.failed as f64)),
-    def("setup_p50", "setup p50", Unit::Ms, Better::Lower, |f| f.setup_p50_ms),
-    def("setup_p90", "setup p90", Unit::Ms, Better::Lower, |f| f.setup_p90_ms),
-    def("setup_p99", "setup p99", Unit::Ms, Better::Lower, |f| f.setup_p99_ms),
-    def("setup_max", "setup max", Unit::Ms, Better::Lower, |f| f.setup_max_ms),
-    def("api_calls_total", "API calls", Unit::Count, Better::Lower, |f| {
-        Some(f.api_calls_total as f64)
+    def("clients", "clients", Unit::Count, Better::Higher, |f| {
+        Some(f.clients as f64)
     }),
-    def("api_calls_per_key_max", "API calls per key (max)", Unit::Count, Better::Lower, |f| {
-        Some(f.api_calls_per_key_max as f64)
+    def("connected", "connected", Unit::Count, Better::Higher, |f| {
+        Some(f.connected as f64)
     }),
-    def("api_duplicate_keys", "keys requested more than once", Unit::Count, Better::Lower, |f| {
-        Some(f.api_duplicate_keys as f64)
+    def(
+        "connected_ratio",
+        "connected ratio",
+        Unit::Ratio,
+        Better::Higher,
+        |f| f.connected_ratio,
+    ),
+    def("failed", "failed", Unit::Count, Better::Lower, |f| {
+        Some(f.failed as f64)
     }),
-    def("installed_peers_max", "installed peers (peak)", Unit::Count, Better::Lower, |f| {
-        f.installed_peers_max.map(|n| n as f64)
+    def("setup_p50", "setup p50", Unit::Ms, Better::Lower, |f| {
+        f.setup_p50_ms
     }),
-    def("stale_peers_max", "stale peers (peak)", Unit::Count, Better::Lower, |f| {
-        f.stale_peers_max.map(|n| n as f64)
+    def("setup_p90", "setup p90", Unit::Ms, Better::Lower, |f| {
+        f.setup_p90_ms
     }),
-    def("stale_peers_final", "stale peers (final)", Unit::Count, Better::Lower, |f| {
-        f.stale_peers_final.map(|n| n as f64)
+    def("setup_p99", "setup p99", Unit::Ms, Better::Lower, |f| {
+        f.setup_p99_ms
     }),
-    def("reload_time", "reload time", Unit::Ms, Better::Lower, |f| f.reload_time_ms),
-    def("reconnect_time", "all reconnected after", Unit::Ms, Better::Lower, |f| {
-        f.reconnect_time_ms
+    def("setup_max", "setup max", Unit::Ms, Better::Lower, |f| {
+        f.setup_max_ms
     }),
-    def("daemon_rss_peak", "daemon peak RSS", Unit::Bytes, Better::Lower, |f| rss(f, "daemon")),
-    def("dataplane_rss_peak", "data plane peak RSS", Unit::Bytes, Better::Lower, |f| {
-        rss(f, "dataplane")
+    def(
+        "api_calls_total",
+        "API calls",
+        Unit::Count,
+        Better::Lower,
+        |f| Some(f.api_calls_total as f64),
+    ),
+    def(
+        "api_calls_per_key_max",
+        "API calls per key (max)",
+        Unit::Count,
+        Better::Lower,
+        |f| Some(f.api_calls_per_key_max as f64),
+    ),
+    def(
+        "api_duplicate_keys",
+        "keys requested more than once",
+        Unit::Count,
+        Better::Lower,
+        |f| Some(f.api_duplicate_keys as f64),
+    ),
+    def(
+        "installed_peers_max",
+        "installed peers (peak)",
+        Unit::Count,
+        Better::Lower,
+        |f| f.installed_peers_max.map(|n| n as f64),
+    ),
+    def(
+        "stale_peers_max",
+        "stale peers (peak)",
+        Unit::Count,
+        Better::Lower,
+        |f| f.stale_peers_max.map(|n| n as f64),
+    ),
+    def(
+        "stale_peers_final",
+        "stale peers (final)",
+        Unit::Count,
+        Better::Lower,
+        |f| f.stale_peers_final.map(|n| n as f64),
+    ),
+    def("reload_time", "reload time", Unit::Ms, Better::Lower, |f| {
+        f.reload_time_ms
     }),
-    def("driver_rss_peak", "driver peak RSS", Unit::Bytes, Better::Lower, |f| rss(f, "driver")),
-    def("daemon_cpu", "daemon CPU", Unit::Seconds, Better::Lower, |f| cpu(f, "daemon")),
-    def("dataplane_cpu", "data plane CPU", Unit::Seconds, Better::Lower, |f| cpu(f, "dataplane")),
-    def("driver_cpu", "driver CPU", Unit::Seconds, Better::Lower, |f| cpu(f, "driver")),
+    def(
+        "reconnect_time",
+        "all reconnected after",
+        Unit::Ms,
+        Better::Lower,
+        |f| f.reconnect_time_ms,
+    ),
+    def(
+        "daemon_rss_peak",
+        "daemon peak RSS",
+        Unit::Bytes,
+        Better::Lower,
+        |f| rss(f, "daemon"),
+    ),
+    def(
+        "dataplane_rss_peak",
+        "data plane peak RSS",
+        Unit::Bytes,
+        Better::Lower,
+        |f| rss(f, "dataplane"),
+    ),
+    def(
+        "driver_rss_peak",
+        "driver peak RSS",
+        Unit::Bytes,
+        Better::Lower,
+        |f| rss(f, "driver"),
+    ),
+    def(
+        "daemon_cpu",
+        "daemon CPU",
+        Unit::Seconds,
+        Better::Lower,
+        |f| cpu(f, "daemon"),
+    ),
+    def(
+        "dataplane_cpu",
+        "data plane CPU",
+        Unit::Seconds,
+        Better::Lower,
+        |f| cpu(f, "dataplane"),
+    ),
+    def(
+        "driver_cpu",
+        "driver CPU",
+        Unit::Seconds,
+        Better::Lower,
+        |f| cpu(f, "driver"),
+    ),
 ];
 
 /// Looks a figure up by its registry name.
@@ -348,10 +432,24 @@ mod tests {
     #[test]
     fn registry_has_every_briefed_name() {
         for name in [
-            "connected_ratio", "failed", "setup_p50", "setup_p90", "setup_p99", "setup_max",
-            "api_calls_total", "api_calls_per_key_max", "stale_peers_max", "stale_peers_final",
-            "installed_peers_max", "reload_time", "reconnect_time", "daemon_rss_peak",
-            "dataplane_rss_peak", "driver_rss_peak", "daemon_cpu", "dataplane_cpu",
+            "connected_ratio",
+            "failed",
+            "setup_p50",
+            "setup_p90",
+            "setup_p99",
+            "setup_max",
+            "api_calls_total",
+            "api_calls_per_key_max",
+            "stale_peers_max",
+            "stale_peers_final",
+            "installed_peers_max",
+            "reload_time",
+            "reconnect_time",
+            "daemon_rss_peak",
+            "dataplane_rss_peak",
+            "driver_rss_peak",
+            "daemon_cpu",
+            "dataplane_cpu",
         ] {
             assert!(figure(name).is_some(), "{name}");
         }

@@ -458,7 +458,9 @@ mod tests {
         let root = v.as_object_mut().unwrap();
         root.remove("schema_version");
         root.remove("expectations");
-        let conn = root["clients"][0]["connections"][0].as_object_mut().unwrap();
+        let conn = root["clients"][0]["connections"][0]
+            .as_object_mut()
+            .unwrap();
         conn.remove("setup_latency_ms");
         conn.insert("setup_latency_us".into(), serde_json::json!(2500));
         let r = Results::from_json(&v.to_string()).unwrap();

@@ -27,7 +27,10 @@ fn log_bounds(all: &[Vec<f64>]) -> (f64, f64) {
         .copied()
         .fold(0.5, f64::min)
         .max(0.001);
-    let max = max_or(all.iter().filter_map(|v| v.last()).map(|m| m * 1.5), 10_000.0);
+    let max = max_or(
+        all.iter().filter_map(|v| v.last()).map(|m| m * 1.5),
+        10_000.0,
+    );
     (min / 1.5, max)
 }
 
@@ -65,13 +68,18 @@ pub fn setup_latency_cdf(runs: &Runs<'_>) -> Result<String, ChartError> {
                 .step_by(stride)
                 .map(|(k, v)| (*v, (k + 1) as f64 * 100.0 / *total as f64))
                 .collect();
-            points.push((values[values.len() - 1], values.len() as f64 * 100.0 / *total as f64));
+            points.push((
+                values[values.len() - 1],
+                values.len() as f64 * 100.0 / *total as f64,
+            ));
             let c = color(i);
             let name = series_label(runs, label, "setup latency");
             chart
                 .draw_series(LineSeries::new(points, c.stroke_width(2)))?
                 .label(name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()
@@ -86,7 +94,7 @@ pub fn setup_latency_cdf(runs: &Runs<'_>) -> Result<String, ChartError> {
 /// Buckets per decade of the histogram.
 const BUCKETS_PER_DECADE: f64 = 10.0;
 
-/// Number of connected attempts per log-spaced latency bucket.
+/// Number of connected attempts per log-spaced latency bucket (with several runs: each run's share in %).
 pub fn setup_latency_histogram(runs: &Runs<'_>) -> Result<String, ChartError> {
     const TITLE: &str = "Setup latency histogram";
     let values: Vec<Vec<f64>> = runs.iter().map(|(_, r)| latencies(r).0).collect();
@@ -111,7 +119,30 @@ pub fn setup_latency_histogram(runs: &Runs<'_>) -> Result<String, ChartError> {
             counts
         })
         .collect();
-    let y_max = max_or(counts.iter().flatten().map(|(_, n)| *n as f64 * 1.1), 1.0);
+    // One run: counts. Several runs: each run's share of its own connected attempts, so a small run
+    // stays visible next to a large one.
+    let share = runs.len() > 1;
+    let heights: Vec<Vec<(i64, f64)>> = counts
+        .iter()
+        .zip(&values)
+        .map(|(buckets, vs)| {
+            let scale = if share {
+                100.0 / vs.len().max(1) as f64
+            } else {
+                1.0
+            };
+            buckets
+                .iter()
+                .map(|(b, n)| (*b, *n as f64 * scale))
+                .collect()
+        })
+        .collect();
+    let y_max = max_or(heights.iter().flatten().map(|(_, h)| h * 1.1), 1.0);
+    let y_desc = if share {
+        "share of the run's connected attempts (%)"
+    } else {
+        "connected attempts"
+    };
     render(TITLE, |root| {
         let mut chart = ChartBuilder::on(root)
             .caption(TITLE, ("sans-serif", 20))
@@ -122,11 +153,11 @@ pub fn setup_latency_histogram(runs: &Runs<'_>) -> Result<String, ChartError> {
         chart
             .configure_mesh()
             .x_desc("setup latency (log scale, 10 buckets per decade)")
-            .y_desc("connected attempts")
+            .y_desc(y_desc)
             .x_label_formatter(&|v| ms_label(*v))
-            .y_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| super::trim_float(*v))
             .draw()?;
-        for (i, ((label, _), buckets)) in runs.iter().zip(&counts).enumerate() {
+        for (i, ((label, _), buckets)) in runs.iter().zip(&heights).enumerate() {
             if buckets.is_empty() {
                 continue;
             }
@@ -134,9 +165,11 @@ pub fn setup_latency_histogram(runs: &Runs<'_>) -> Result<String, ChartError> {
             let fill = c.mix(if runs.len() > 1 { 0.45 } else { 0.8 }).filled();
             let name = series_label(runs, label, "attempts");
             chart
-                .draw_series(buckets.iter().map(|(b, n)| {
-                    Rectangle::new([(edge(*b), 0.0), (edge(b + 1), *n as f64)], fill)
-                }))?
+                .draw_series(
+                    buckets
+                        .iter()
+                        .map(|(b, n)| Rectangle::new([(edge(*b), 0.0), (edge(b + 1), *n)], fill)),
+                )?
                 .label(name)
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], c.filled()));
         }

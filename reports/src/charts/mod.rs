@@ -49,7 +49,10 @@ pub fn all_charts(runs: &Runs<'_>) -> Result<Vec<Chart>, ChartError> {
     let mut fns: Vec<(&str, ChartFn)> = vec![
         ("Setup latency CDF", setup_latency_cdf),
         ("Setup latency histogram", setup_latency_histogram),
-        ("Connected clients and in-flight handshakes", connections_over_time),
+        (
+            "Connected clients and in-flight handshakes",
+            connections_over_time,
+        ),
         ("Installed and stale peers", peers_over_time),
         ("Control-plane API calls and lookups", api_over_time),
     ];
@@ -97,7 +100,9 @@ fn no_data(title: &str) -> Result<String, ChartError> {
         area.draw(&Text::new(
             "no data",
             (w as i32 / 2 - 40, h as i32 / 2),
-            ("sans-serif", 24).into_font().color(&RGBColor(120, 120, 120)),
+            ("sans-serif", 24)
+                .into_font()
+                .color(&RGBColor(120, 120, 120)),
         ))?;
         Ok(())
     })

@@ -72,7 +72,11 @@ pub fn reload_timeline(runs: &Runs<'_>) -> Result<String, ChartError> {
                         });
                         boot_drawn = true;
                     }
-                    chart.draw_series([Text::new(format!("ready {ready:.2} s"), (0.0, y + 0.45), text.clone())])?;
+                    chart.draw_series([Text::new(
+                        format!("ready {ready:.2} s"),
+                        (0.0, y + 0.45),
+                        text.clone(),
+                    )])?;
                 }
                 None => {
                     chart.draw_series([Text::new("never ready", (0.0, y), text.clone())])?;
@@ -84,9 +88,11 @@ pub fn reload_timeline(runs: &Runs<'_>) -> Result<String, ChartError> {
                     reconnect.mix(0.6).filled(),
                 )])?;
                 if !reconnect_drawn {
-                    series.label("ready to all clients reconnected").legend(move |(x, y)| {
-                        Rectangle::new([(x, y - 5), (x + 14, y + 5)], reconnect.filled())
-                    });
+                    series
+                        .label("ready to all clients reconnected")
+                        .legend(move |(x, y)| {
+                            Rectangle::new([(x, y - 5), (x + 14, y + 5)], reconnect.filled())
+                        });
                     reconnect_drawn = true;
                 }
                 chart.draw_series([Text::new(
@@ -95,7 +101,11 @@ pub fn reload_timeline(runs: &Runs<'_>) -> Result<String, ChartError> {
                     text.clone(),
                 )])?;
             } else if ready.is_some() {
-                chart.draw_series([Text::new("some clients never reconnected", (ready.unwrap_or(0.0), y - 0.4), text.clone())])?;
+                chart.draw_series([Text::new(
+                    "some clients never reconnected",
+                    (ready.unwrap_or(0.0), y - 0.4),
+                    text.clone(),
+                )])?;
             }
         }
         chart
