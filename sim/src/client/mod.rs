@@ -1,1 +1,17 @@
-//! Simulated WireGuard clients.
+//! Simulated WireGuard clients: thousands of boringtun `Tunn`s over plain UDP sockets, each
+//! from its own source address, proving their tunnel with an ICMP echo and measuring setup
+//! latency as the brief defines it.
+//!
+//! Code map: [`icmp`] builds and parses echo packets, [`link`] decides each packet's delay and
+//! loss, [`session`] is one connection's protocol state machine (no IO, time passed in),
+//! [`eventlog`] writes the per-event JSON lines, and [`fleet`] owns sockets, tasks and timers.
+
+pub mod eventlog;
+pub mod fleet;
+pub mod icmp;
+pub mod link;
+pub mod session;
+
+pub use fleet::{
+    bind_source, run_fleet, ClientError, FleetClient, FleetConfig, FleetProgress, ProgressSnapshot,
+};

@@ -180,9 +180,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = PeerStore::open(&dir.path().join("cp.db")).unwrap();
         let d = doc(7);
-        assert_eq!(store.upsert_many(&[d.clone()]).unwrap(), vec![d.clone()]);
+        assert_eq!(store.upsert_many(std::slice::from_ref(&d)).unwrap(), vec![d.clone()]);
         // Unchanged re-registration is not "new" (push mode would not republish it).
-        assert!(store.upsert_many(&[d.clone()]).unwrap().is_empty());
+        assert!(store.upsert_many(std::slice::from_ref(&d)).unwrap().is_empty());
         let key = d.key_hex().unwrap();
         assert_eq!(store.get(&key).unwrap(), Some(d));
         assert!(store.delete(&key).unwrap());

@@ -1,0 +1,592 @@
+//! The fleet: one tokio task per simulated client, each with its own UDP socket bound to the
+//! client's own source address, a [`Session`] per connection, the client's link model applied
+//! to every packet, progress counters for the driver's live display, and the results.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jitwg_reports::{ClientResult, Connection};
+use tokio::net::UdpSocket;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::eventlog::{EventLog, EventLogError, EventRecord, EventSink};
+use super::link::{Direction, LinkModel};
+use super::session::{
+    Action, Phase, Session, SessionConfig, SessionError, SessionEvent, MAX_SENDER_INDEX,
+};
+use crate::scenario::file::BehaviourFile;
+use crate::scenario::resolve::{ClientPlan, Link};
+
+/// How often boringtun's timers run (the brief asks for at least every 250 ms).
+const TICK: Duration = Duration::from_millis(250);
+/// How long to wait for an echo reply before sending the echo again.
+const ECHO_RETRY: Duration = Duration::from_secs(1);
+/// Receive buffer: larger than any WireGuard message the gateway sends here.
+const RECV_BUF: usize = 2048;
+
+/// Where the fleet connects and how patient it is.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// Gateway underlay endpoint, e.g. 198.19.0.1:51820.
+    pub gateway: SocketAddr,
+    pub gateway_public_key: [u8; 32],
+    /// The echo target inside the tunnel (the gateway kernel answers ICMP), e.g. 100.64.0.1.
+    pub gateway_tunnel_ip: Ipv4Addr,
+    /// An attempt without an echo reply this long after its first initiation fails
+    /// (90 s like WireGuard's REKEY_ATTEMPT_TIME).
+    pub give_up_after: Duration,
+    /// JSON lines, one per client event; `None` = off.
+    pub event_log: Option<PathBuf>,
+}
+
+/// One client to run.
+#[derive(Debug, Clone)]
+pub struct FleetClient {
+    pub plan: ClientPlan,
+    /// Population name, copied into the result.
+    pub population: String,
+    pub behaviour: BehaviourFile,
+    pub link: Link,
+}
+
+/// Live counters, updated by every client task; read with [`FleetProgress::snapshot`].
+#[derive(Debug, Default)]
+pub struct FleetProgress {
+    /// Connection attempts begun.
+    started: AtomicU64,
+    /// Sessions currently proven and held.
+    connected_now: AtomicU64,
+    /// Attempts that connected, ever.
+    connected_total: AtomicU64,
+    /// Attempts that gave up or were cancelled before connecting.
+    failed: AtomicU64,
+    /// Attempts begun and neither connected nor failed yet.
+    in_flight: AtomicU64,
+}
+
+/// A copy of [`FleetProgress`] at one instant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProgressSnapshot {
+    pub started: u64,
+    pub connected_now: u64,
+    pub connected_total: u64,
+    pub failed: u64,
+    pub in_flight: u64,
+}
+
+impl FleetProgress {
+    pub fn snapshot(&self) -> ProgressSnapshot {
+        ProgressSnapshot {
+            started: self.started.load(Ordering::Relaxed),
+            connected_now: self.connected_now.load(Ordering::Relaxed),
+            connected_total: self.connected_total.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+        }
+    }
+
+    fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn dec(counter: &AtomicU64) {
+        counter.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why the fleet as a whole failed (a single client's failure is a result, not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("client {id}: sender index {index} does not fit in 24 bits")]
+    SenderIndex { id: u32, index: u32 },
+    #[error(transparent)]
+    EventLog(#[from] EventLogError),
+    #[error("a client task panicked or was aborted")]
+    ClientTask(#[source] tokio::task::JoinError),
+}
+
+/// What every client task shares.
+struct Shared {
+    config: FleetConfig,
+    origin: Instant,
+    progress: Arc<FleetProgress>,
+    cancel: CancellationToken,
+    events: EventSink,
+}
+
+impl Shared {
+    fn ms_since_origin(&self, at: Instant) -> f64 {
+        at.saturating_duration_since(self.origin).as_secs_f64() * 1000.0
+    }
+}
+
+/// Runs every client (each starting at `origin + plan.start`) until it is done, gave up, or
+/// `cancel` fires; returns one result per client sorted by id. Runs on the caller's runtime,
+/// whose threads must be in the client namespace.
+pub async fn run_fleet(
+    config: FleetConfig,
+    clients: Vec<FleetClient>,
+    origin: Instant,
+    progress: Arc<FleetProgress>,
+    cancel: CancellationToken,
+) -> Result<Vec<ClientResult>, ClientError> {
+    for client in &clients {
+        let index = sender_index(client.plan.id);
+        if index > MAX_SENDER_INDEX {
+            return Err(ClientError::SenderIndex {
+                id: client.plan.id,
+                index,
+            });
+        }
+    }
+    raise_open_files_limit();
+    let (event_log, events) = match &config.event_log {
+        Some(path) => {
+            let (log, sink) = EventLog::start(path).await?;
+            (Some(log), sink)
+        }
+        None => (None, EventSink::disabled()),
+    };
+    let shared = Arc::new(Shared {
+        config,
+        origin,
+        progress,
+        cancel,
+        events,
+    });
+    let mut tasks = JoinSet::new();
+    for client in clients {
+        tasks.spawn(run_client(Arc::clone(&shared), client));
+    }
+    drop(shared);
+    let mut results = Vec::with_capacity(tasks.len());
+    let mut task_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(result) => results.push(result),
+            Err(e) => {
+                task_error.get_or_insert(e);
+            }
+        }
+    }
+    // Every task (and so every sink clone) is gone: the writer drains and stops.
+    if let Some(log) = event_log {
+        let lines = log.finish().await?;
+        tracing::debug!(lines, "client event log written");
+    }
+    if let Some(e) = task_error {
+        return Err(ClientError::ClientTask(e));
+    }
+    results.sort_by_key(|r| r.id);
+    Ok(results)
+}
+
+/// boringtun shifts the index left by 8; 0 is avoided so no client shares a gateway's default.
+fn sender_index(id: u32) -> u32 {
+    id.saturating_add(1)
+}
+
+/// Thousands of sockets exceed the usual 1024 soft limit: raise it to the hard limit.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own; no other memory is touched.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "reading RLIMIT_NOFILE");
+        return;
+    }
+    if limit.rlim_cur >= limit.rlim_max {
+        return;
+    }
+    let wanted = libc::rlimit {
+        rlim_cur: limit.rlim_max,
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: setrlimit only reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "raising RLIMIT_NOFILE");
+    } else {
+        tracing::debug!(
+            from = limit.rlim_cur,
+            to = limit.rlim_max,
+            "raised RLIMIT_NOFILE"
+        );
+    }
+}
+
+/// A UDP socket on `ip`, any port; falls back to IP_FREEBIND when the address is not local
+/// (the client namespace normally has a local route for the whole source range).
+/// Must run inside a tokio runtime.
+pub fn bind_source(ip: Ipv4Addr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_nonblocking(true)?;
+    let addr: SocketAddr = SocketAddrV4::new(ip, 0).into();
+    match socket.bind(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+            socket.set_freebind(true)?;
+            socket.bind(&addr.into())?;
+        }
+        Err(e) => return Err(e),
+    }
+    UdpSocket::from_std(socket.into())
+}
+
+/// What a client does once a connection is proven.
+#[derive(Debug, Clone, Copy)]
+enum Hold {
+    /// Close at once.
+    Leave,
+    /// Keep the session for `duration`, echoing every `every`.
+    Stay { duration: Duration, every: Duration },
+}
+
+async fn run_client(shared: Arc<Shared>, client: FleetClient) -> ClientResult {
+    let id = client.plan.id;
+    let mut result = ClientResult {
+        id,
+        population: client.population.clone(),
+        connections: Vec::new(),
+    };
+    let start_at = shared.origin + client.plan.start;
+    tokio::select! {
+        _ = shared.cancel.cancelled() => return result,
+        _ = tokio::time::sleep_until(start_at) => {}
+    }
+    let (times, gap, hold) = match client.behaviour {
+        BehaviourFile::ConnectOnce => (1, Duration::ZERO, Hold::Leave),
+        BehaviourFile::Stay {
+            duration,
+            traffic_every,
+        } => (
+            1,
+            Duration::ZERO,
+            Hold::Stay {
+                duration,
+                // A zero interval would spin; once per tick is plenty.
+                every: traffic_every.max(TICK),
+            },
+        ),
+        BehaviourFile::Return { gap, times } => (times.max(1), gap, Hold::Leave),
+    };
+    let mut link = LinkModel::new(client.link, client.plan.link_seed);
+    for n in 0..times {
+        if n > 0 {
+            tokio::select! {
+                _ = shared.cancel.cancelled() => break,
+                _ = tokio::time::sleep(gap) => {}
+            }
+        }
+        let connection = connect(&shared, &client, n, &mut link, hold).await;
+        result.connections.push(connection);
+        if shared.cancel.is_cancelled() {
+            break;
+        }
+    }
+    result
+}
+
+/// A packet travelling on the simulated link.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct InTransit {
+    due: Instant,
+    /// Keeps packets with equal `due` in send order.
+    order: u64,
+    up: bool,
+    bytes: Vec<u8>,
+}
+
+/// One connection's IO: the socket, the link in between, and the event log.
+struct Wire<'a> {
+    shared: &'a Shared,
+    client: u32,
+    connection: u32,
+    socket: UdpSocket,
+    link: &'a mut LinkModel,
+    transit: BinaryHeap<Reverse<InTransit>>,
+    order: u64,
+}
+
+impl Wire<'_> {
+    fn record(&self, event: &'static str, detail: Option<String>) {
+        self.shared.events.record(EventRecord {
+            client: self.client,
+            t_ms: self.shared.ms_since_origin(Instant::now()),
+            event,
+            connection: self.connection,
+            detail,
+        });
+    }
+
+    /// Carries out the session's actions: packets go onto the link, events into the log.
+    async fn apply(&mut self, actions: &mut Vec<Action>) {
+        for action in actions.drain(..) {
+            match action {
+                Action::Send(bytes) => self.travel(Direction::Up, bytes).await,
+                Action::Record(event) => {
+                    let detail = match &event {
+                        SessionEvent::EchoSent { seq } | SessionEvent::EchoReply { seq } => {
+                            Some(format!("seq={seq}"))
+                        }
+                        SessionEvent::Connected { setup_latency } => Some(format!(
+                            "setup_latency_ms={:.3}",
+                            setup_latency.as_secs_f64() * 1000.0
+                        )),
+                        _ => None,
+                    };
+                    self.record(event.name(), detail);
+                }
+            }
+        }
+    }
+
+    /// Sends now (transparent link, upward), drops, or schedules a packet going `direction`.
+    async fn travel(&mut self, direction: Direction, bytes: Vec<u8>) {
+        if self.link.is_transparent() && direction == Direction::Up {
+            self.send(&bytes).await;
+            return;
+        }
+        let Some(delay) = self.link.transit(direction) else {
+            return;
+        };
+        self.order += 1;
+        self.transit.push(Reverse(InTransit {
+            due: Instant::now() + delay,
+            order: self.order,
+            up: direction == Direction::Up,
+            bytes,
+        }));
+    }
+
+    async fn send(&self, bytes: &[u8]) {
+        if let Err(e) = self.socket.send_to(bytes, self.shared.config.gateway).await {
+            // The underlay lost it, like a dropped packet: the protocol's retries cover it.
+            tracing::debug!(client = self.client, error = %e, "send failed");
+        }
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.transit.peek().map(|Reverse(p)| p.due)
+    }
+
+    /// Takes the next packet that is due by `now`.
+    fn pop_due(&mut self, now: Instant) -> Option<InTransit> {
+        if self.next_due()? <= now {
+            self.transit.pop().map(|Reverse(p)| p)
+        } else {
+            None
+        }
+    }
+}
+
+/// Far enough to mean "never" for a disabled select branch.
+fn never() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+/// One connection attempt from first initiation to close; never fails, failures are results.
+async fn connect(
+    shared: &Shared,
+    client: &FleetClient,
+    n: u32,
+    link: &mut LinkModel,
+    hold: Hold,
+) -> Connection {
+    let progress = &shared.progress;
+    FleetProgress::inc(&progress.started);
+    FleetProgress::inc(&progress.in_flight);
+    let began = Instant::now();
+    let failed = |failure: String| {
+        FleetProgress::dec(&progress.in_flight);
+        FleetProgress::inc(&progress.failed);
+        Connection {
+            started_ms: shared.ms_since_origin(began),
+            setup_latency_ms: None,
+            handshake_attempts: 0,
+            cookies_received: 0,
+            failure: Some(failure),
+        }
+    };
+    let plan = &client.plan;
+    let socket = match bind_source(plan.source_ip) {
+        Ok(s) => s,
+        Err(e) => return failed(format!("binding {}: {e}", plan.source_ip)),
+    };
+    let session = Session::new(SessionConfig {
+        private_key: plan.identity.private_key,
+        gateway_public_key: shared.config.gateway_public_key,
+        sender_index: sender_index(plan.id),
+        tunnel_ip: plan.identity.tunnel_ip,
+        gateway_tunnel_ip: shared.config.gateway_tunnel_ip,
+        give_up_after: shared.config.give_up_after,
+        echo_retry: ECHO_RETRY,
+    });
+    let mut session = match session {
+        Ok(s) => s,
+        Err(e @ SessionError::SenderIndexTooLarge { .. }) => return failed(e.to_string()),
+    };
+    let mut wire = Wire {
+        shared,
+        client: plan.id,
+        connection: n,
+        socket,
+        link,
+        transit: BinaryHeap::new(),
+        order: 0,
+    };
+    let mut actions = Vec::new();
+    session.start(Instant::now().into_std(), &mut actions);
+    wire.apply(&mut actions).await;
+
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut buf = vec![0u8; RECV_BUF];
+    let mut counted_connected = false;
+    let mut stay_until: Option<Instant> = None;
+    let mut next_traffic: Option<Instant> = None;
+    let mut cancelled = false;
+    loop {
+        match session.phase() {
+            Phase::Failed => break,
+            Phase::Connected if !counted_connected => {
+                counted_connected = true;
+                FleetProgress::dec(&progress.in_flight);
+                FleetProgress::inc(&progress.connected_now);
+                FleetProgress::inc(&progress.connected_total);
+                match hold {
+                    Hold::Leave => break,
+                    Hold::Stay { duration, every } => {
+                        let now = Instant::now();
+                        stay_until = Some(now + duration);
+                        next_traffic = Some(now + every);
+                    }
+                }
+            }
+            _ => {}
+        }
+        let transit_due = wire.next_due();
+        tokio::select! {
+            biased;
+            _ = shared.cancel.cancelled() => {
+                cancelled = true;
+                break;
+            }
+            _ = tokio::time::sleep_until(stay_until.unwrap_or_else(never)), if stay_until.is_some() => break,
+            _ = tokio::time::sleep_until(transit_due.unwrap_or_else(never)), if transit_due.is_some() => {
+                let now = Instant::now();
+                while let Some(packet) = wire.pop_due(now) {
+                    if packet.up {
+                        wire.send(&packet.bytes).await;
+                    } else {
+                        session.on_datagram(now.into_std(), &packet.bytes, &mut actions);
+                    }
+                }
+            }
+            received = wire.socket.recv_from(&mut buf) => match received {
+                Ok((len, _from)) => {
+                    let datagram = &buf[..len];
+                    if wire.link.is_transparent() {
+                        session.on_datagram(Instant::now().into_std(), datagram, &mut actions);
+                    } else {
+                        wire.travel(Direction::Down, datagram.to_vec()).await;
+                    }
+                }
+                Err(e) => tracing::debug!(client = plan.id, error = %e, "receive failed"),
+            },
+            _ = tick.tick() => session.on_tick(Instant::now().into_std(), &mut actions),
+            _ = tokio::time::sleep_until(next_traffic.unwrap_or_else(never)), if next_traffic.is_some() => {
+                if let (Some(at), Hold::Stay { every, .. }) = (next_traffic, hold) {
+                    next_traffic = Some(at + every);
+                }
+                session.send_echo(Instant::now().into_std(), &mut actions);
+            }
+        }
+        wire.apply(&mut actions).await;
+    }
+
+    let setup_latency_ms = session.setup_latency().map(|d| d.as_secs_f64() * 1000.0);
+    let failure = if counted_connected {
+        FleetProgress::dec(&progress.connected_now);
+        None
+    } else {
+        FleetProgress::dec(&progress.in_flight);
+        FleetProgress::inc(&progress.failed);
+        if cancelled {
+            wire.record("cancelled", None);
+            Some("cancelled".to_string())
+        } else {
+            let failure = format!(
+                "gave up after {}s",
+                shared.config.give_up_after.as_secs_f64()
+            );
+            Some(failure)
+        }
+    };
+    let started_ms = match session.first_initiation_at() {
+        Some(at) => shared.ms_since_origin(Instant::from_std(at)),
+        None => shared.ms_since_origin(began),
+    };
+    wire.record("closed", None);
+    Connection {
+        started_ms,
+        setup_latency_ms,
+        handshake_attempts: session.handshake_attempts(),
+        cookies_received: session.cookies_received(),
+        failure,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_snapshot_reads_counters() {
+        let progress = FleetProgress::default();
+        FleetProgress::inc(&progress.started);
+        FleetProgress::inc(&progress.in_flight);
+        FleetProgress::inc(&progress.in_flight);
+        FleetProgress::dec(&progress.in_flight);
+        assert_eq!(
+            progress.snapshot(),
+            ProgressSnapshot {
+                started: 1,
+                in_flight: 1,
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn sender_indices_fit_for_every_planned_client() {
+        assert_eq!(sender_index(0), 1);
+        assert!(sender_index(crate::scenario::resolve::MAX_PEERS) <= MAX_SENDER_INDEX);
+    }
+
+    #[test]
+    fn transit_queue_orders_by_due_then_send_order() {
+        let now = Instant::now();
+        let mut heap = BinaryHeap::new();
+        for (due_ms, order) in [(30, 1), (10, 2), (10, 3)] {
+            heap.push(Reverse(InTransit {
+                due: now + Duration::from_millis(due_ms),
+                order,
+                up: true,
+                bytes: Vec::new(),
+            }));
+        }
+        let orders: Vec<u64> =
+            std::iter::from_fn(|| heap.pop().map(|Reverse(p)| p.order)).collect();
+        assert_eq!(orders, vec![2, 3, 1]);
+    }
+}
