@@ -11,7 +11,11 @@ pub enum LabError {
     InvalidRunId { id: String, reason: &'static str },
 
     #[error("name {name:?} is {len} characters long, the limit is {max}")]
-    NameTooLong { name: String, len: usize, max: usize },
+    NameTooLong {
+        name: String,
+        len: usize,
+        max: usize,
+    },
 
     #[error("invalid address plan: {0}")]
     AddressPlan(String),
@@ -69,7 +73,7 @@ pub enum LabError {
         ns: String,
         link: String,
         #[source]
-        source: rtnetlink::Error,
+        source: Box<rtnetlink::Error>,
     },
 
     #[error("link {link} not found in namespace {ns}")]
@@ -80,7 +84,7 @@ pub enum LabError {
         ns: String,
         link: String,
         #[source]
-        source: rtnetlink::Error,
+        source: Box<rtnetlink::Error>,
     },
 
     #[error("moving link {link} from namespace {ns} to namespace {target}")]
@@ -89,7 +93,7 @@ pub enum LabError {
         link: String,
         target: String,
         #[source]
-        source: rtnetlink::Error,
+        source: Box<rtnetlink::Error>,
     },
 
     #[error("setting link {link} up in namespace {ns}")]
@@ -97,7 +101,7 @@ pub enum LabError {
         ns: String,
         link: String,
         #[source]
-        source: rtnetlink::Error,
+        source: Box<rtnetlink::Error>,
     },
 
     #[error("deleting link {link} in namespace {ns}")]
@@ -105,14 +109,14 @@ pub enum LabError {
         ns: String,
         link: String,
         #[source]
-        source: rtnetlink::Error,
+        source: Box<rtnetlink::Error>,
     },
 
     #[error("listing links in namespace {ns}")]
     LinkList {
         ns: String,
         #[source]
-        source: rtnetlink::Error,
+        source: Box<rtnetlink::Error>,
     },
 
     #[error("adding address {address} to link {link} in namespace {ns}")]
@@ -121,7 +125,7 @@ pub enum LabError {
         link: String,
         address: String,
         #[source]
-        source: rtnetlink::Error,
+        source: Box<rtnetlink::Error>,
     },
 
     #[error("adding route {route} in namespace {ns}")]
@@ -129,21 +133,24 @@ pub enum LabError {
         ns: String,
         route: String,
         #[source]
-        source: rtnetlink::Error,
+        source: Box<rtnetlink::Error>,
     },
 
     #[error(
-        "the kernel has no WireGuard support: cannot create link {link} in namespace {ns} \
-         (use backend = userspace with wireguard-go)"
+        "this kernel has no WireGuard module; run inside the VM (see README) or use \
+         backend = userspace (cannot create link {link} in namespace {ns})"
     )]
     KernelWireguardUnavailable {
         ns: String,
         link: String,
         #[source]
-        source: rtnetlink::Error,
+        source: Box<rtnetlink::Error>,
     },
 
-    #[error("data plane program {program:?} not found (install wireguard-go)")]
+    #[error(
+        "data plane program {program:?} not found: install the Debian package wireguard-go \
+         (apt-get install wireguard-go wireguard-tools)"
+    )]
     DataPlaneBinaryMissing { program: String },
 
     #[error("opening log file {path}")]
@@ -161,7 +168,7 @@ pub enum LabError {
         source: std::io::Error,
     },
 
-    #[error("sending {signal} to process group {pid}")]
+    #[error("sending {signal} to process {pid}")]
     Signal {
         pid: u32,
         signal: &'static str,
@@ -204,20 +211,40 @@ pub enum LabError {
         source: std::io::Error,
     },
 
-    #[error("UAPI socket {path} for {iface} did not appear within {waited:?} (see {log})")]
+    #[error(
+        "UAPI socket {path} for {iface} did not appear within {waited:?}; its output \
+         ({log}): {output}"
+    )]
     UapiSocketTimeout {
         iface: String,
         path: PathBuf,
         waited: Duration,
         log: PathBuf,
+        output: String,
     },
 
-    #[error("data plane for {iface} exited during start with {status} (see {log})")]
+    #[error(
+        "data plane for {iface} exited during start with {status}; its output ({log}): {output}"
+    )]
     DataPlaneExited {
         iface: String,
         status: String,
         log: PathBuf,
+        output: String,
     },
+
+    #[error("data plane {iface} is not running (killed? restart it first)")]
+    DataPlaneDown { iface: String },
+
+    #[error("lock {path}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{name} is in use by a live run (lock {path} is held)")]
+    LockBusy { name: String, path: PathBuf },
 
     #[error("invalid WireGuard interface name {name:?}: {reason}")]
     InterfaceName { name: String, reason: String },

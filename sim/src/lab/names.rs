@@ -245,7 +245,11 @@ mod tests {
         assert!(check_ifname("123456789012345").is_ok());
         assert!(matches!(
             check_ifname("1234567890123456"),
-            Err(LabError::NameTooLong { len: 16, max: 15, .. })
+            Err(LabError::NameTooLong {
+                len: 16,
+                max: 15,
+                ..
+            })
         ));
     }
 

@@ -92,29 +92,30 @@ impl Netlink {
             Err(source) => Err(LabError::LinkLookup {
                 ns: self.ns.clone(),
                 link: name.into(),
-                source,
+                source: Box::new(source),
             }),
         }
     }
 
     /// Index of link `name`, which must exist.
     pub fn require_index(&self, name: &str) -> Result<u32, LabError> {
-        self.link_index(name)?.ok_or_else(|| LabError::LinkNotFound {
-            ns: self.ns.clone(),
-            link: name.into(),
-        })
+        self.link_index(name)?
+            .ok_or_else(|| LabError::LinkNotFound {
+                ns: self.ns.clone(),
+                link: name.into(),
+            })
     }
 
     /// Names of all links in this namespace.
     pub fn link_names(&self) -> Result<Vec<String>, LabError> {
         let request = self.handle.link().get().execute();
-        let links: Vec<LinkMessage> = self
-            .runtime
-            .block_on(request.try_collect())
-            .map_err(|source| LabError::LinkList {
-                ns: self.ns.clone(),
-                source,
-            })?;
+        let links: Vec<LinkMessage> =
+            self.runtime
+                .block_on(request.try_collect())
+                .map_err(|source| LabError::LinkList {
+                    ns: self.ns.clone(),
+                    source: Box::new(source),
+                })?;
         Ok(links.iter().filter_map(link_name).collect())
     }
 
@@ -130,7 +131,7 @@ impl Netlink {
             .map_err(|source| LabError::LinkCreate {
                 ns: self.ns.clone(),
                 link: format!("{name} (veth peer {peer})"),
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -147,13 +148,13 @@ impl Netlink {
                 LabError::KernelWireguardUnavailable {
                     ns: self.ns.clone(),
                     link: name.into(),
-                    source,
+                    source: Box::new(source),
                 }
             } else {
                 LabError::LinkCreate {
                     ns: self.ns.clone(),
                     link: name.into(),
-                    source,
+                    source: Box::new(source),
                 }
             }
         })
@@ -172,7 +173,7 @@ impl Netlink {
                 ns: self.ns.clone(),
                 link: name.into(),
                 target: target.name().into(),
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -189,7 +190,7 @@ impl Netlink {
             .map_err(|source| LabError::LinkUp {
                 ns: self.ns.clone(),
                 link: name.into(),
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -205,7 +206,7 @@ impl Netlink {
             Err(source) => Err(LabError::LinkDelete {
                 ns: self.ns.clone(),
                 link: name.into(),
-                source,
+                source: Box::new(source),
             }),
         }
     }
@@ -224,7 +225,7 @@ impl Netlink {
                 ns: self.ns.clone(),
                 link: name.into(),
                 address: address.to_string(),
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -242,7 +243,7 @@ impl Netlink {
             .map_err(|source| LabError::RouteAdd {
                 ns: self.ns.clone(),
                 route: format!("{dest} via {via} dev {dev}"),
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -263,7 +264,7 @@ impl Netlink {
             .map_err(|source| LabError::RouteAdd {
                 ns: self.ns.clone(),
                 route: format!("local {dest} dev {dev}"),
-                source,
+                source: Box::new(source),
             })
     }
 }

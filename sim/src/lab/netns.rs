@@ -11,6 +11,7 @@ use std::thread;
 
 use netns_rs::NetNs;
 
+use super::clean::RunLock;
 use super::names::check_netns_name;
 use super::{net, LabError};
 
@@ -25,6 +26,9 @@ pub struct Namespace {
     inner: Option<NetNs>,
     /// An fd of the namespace shared with runtime worker threads, which enter it on start.
     fd: Arc<File>,
+    /// Held while a namespace this process created lives, so `jitwg clean` leaves it alone;
+    /// released after the namespace is removed (fields drop after `Drop::drop`).
+    _lock: Option<RunLock>,
 }
 
 /// Which tokio runtime [`Namespace::spawn_runtime_thread`] builds.
@@ -62,6 +66,7 @@ impl Namespace {
     /// Creates the namespace `name` (which must not exist yet) and brings its `lo` up.
     pub fn create(name: &str) -> Result<Namespace, LabError> {
         check_netns_name(name)?;
+        let lock = RunLock::acquire(name)?;
         if Path::new(NETNS_DIR).join(name).exists() {
             return Err(LabError::NamespaceExists { ns: name.into() });
         }
@@ -69,7 +74,8 @@ impl Namespace {
             ns: name.into(),
             source,
         })?;
-        let ns = Self::from_netns(name, inner)?;
+        let mut ns = Self::from_netns(name, inner)?;
+        ns._lock = Some(lock);
         net::Netlink::with(&ns, |nl| nl.set_up("lo"))?;
         Ok(ns)
     }
@@ -96,6 +102,7 @@ impl Namespace {
             name: name.to_string(),
             inner: Some(inner),
             fd: Arc::new(fd),
+            _lock: None,
         })
     }
 

@@ -283,17 +283,27 @@ mod tests {
 
     #[test]
     fn validate_rejects_addresses_outside_the_brief() {
-        let mut plan = AddressPlan::default();
-        plan.underlay_link = net(10, 0, 0, 0, 30);
-        assert!(plan.validate().is_err());
-        let mut plan = AddressPlan::default();
-        plan.control_link = plan.underlay_link;
-        assert!(plan.validate().is_err());
-        let mut plan = AddressPlan::default();
-        plan.tunnel_gateway = Ipv4Addr::new(10, 0, 0, 1);
-        assert!(plan.validate().is_err());
-        let mut plan = AddressPlan::default();
-        plan.client_sources = net(198, 19, 0, 0, 16);
-        assert!(plan.validate().is_err());
+        let base = AddressPlan::default();
+        let bad = [
+            AddressPlan {
+                underlay_link: net(10, 0, 0, 0, 30),
+                ..base.clone()
+            },
+            AddressPlan {
+                control_link: base.underlay_link,
+                ..base.clone()
+            },
+            AddressPlan {
+                tunnel_gateway: Ipv4Addr::new(10, 0, 0, 1),
+                ..base.clone()
+            },
+            AddressPlan {
+                client_sources: net(198, 19, 0, 0, 16),
+                ..base.clone()
+            },
+        ];
+        for plan in bad {
+            assert!(plan.validate().is_err(), "{plan:?}");
+        }
     }
 }
