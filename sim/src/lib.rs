@@ -1,7 +1,9 @@
 //! jitwg, the scenario driver: builds the lab, starts the real daemon, data plane and control plane,
 //! runs simulated clients and writes results. `main.rs` is a thin CLI over this library.
 
+pub mod cli;
 pub mod client;
 pub mod controlplane;
 pub mod lab;
+pub mod run;
 pub mod scenario;

@@ -25,7 +25,11 @@ pub fn lookups_by_outcome(text: &str) -> BTreeMap<String, u64> {
             continue;
         };
         // Value, optionally followed by a timestamp.
-        let Some(value) = value.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()) else {
+        let Some(value) = value
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+        else {
             continue;
         };
         if value.is_finite() && value >= 0.0 {

@@ -11,7 +11,10 @@ pub fn driver_usage() -> (f64, u64) {
     }
     let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
     // ru_maxrss is in KiB on Linux.
-    (secs(ru.ru_utime) + secs(ru.ru_stime), (ru.ru_maxrss.max(0) as u64) * 1024)
+    (
+        secs(ru.ru_utime) + secs(ru.ru_stime),
+        (ru.ru_maxrss.max(0) as u64) * 1024,
+    )
 }
 
 /// Peak RSS (`VmHWM`) in bytes from the text of /proc/PID/status.
@@ -40,7 +43,10 @@ pub fn process_usage(pid: u32) -> Option<(f64, u64)> {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let ticks = if ticks > 0 { ticks as f64 } else { 100.0 };
-    Some((cpu_seconds_from_stat(&stat, ticks)?, peak_rss_from_status(&status)?))
+    Some((
+        cpu_seconds_from_stat(&stat, ticks)?,
+        peak_rss_from_status(&status)?,
+    ))
 }
 
 #[cfg(test)]
@@ -49,7 +55,8 @@ mod tests {
 
     #[test]
     fn parses_proc_files() {
-        let stat = "1234 (wireguard (go)) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 8 0 5 0 0";
+        let stat =
+            "1234 (wireguard (go)) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 8 0 5 0 0";
         assert_eq!(cpu_seconds_from_stat(stat, 100.0), Some(3.0));
         let status = "Name:\tx\nVmPeak:\t 100 kB\nVmHWM:\t    2048 kB\nVmRSS:\t 1000 kB\n";
         assert_eq!(peak_rss_from_status(status), Some(2048 * 1024));

@@ -1,0 +1,501 @@
+//! The `jitwg` command line: argument definitions (clap derive, with help that teaches) and the
+//! dispatch to the library. Every subcommand returns an [`ExitCode`] or a [`CliError`] that carries
+//! its exit code; `main.rs` only prints and exits.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::controlplane::{run_cli, ControlPlaneArgs};
+use crate::run::{FailureKind, RunError, RunOptions};
+use crate::scenario::{Adjustments, Override, Scenario};
+
+/// Process exit codes of `jitwg` (documented in `--help`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCode {
+    /// Everything went as expected.
+    Ok = 0,
+    /// A run finished but breached an expectation (or was interrupted).
+    Breach = 1,
+    /// Bad usage, or the scenario is invalid.
+    Usage = 2,
+    /// The machine cannot run it: not root, missing wireguard-go / nats-server / jitwgd, no
+    /// kernel WireGuard, or the lab could not be built.
+    Setup = 3,
+    /// Anything else: a bug or an unexpected runtime failure.
+    Internal = 4,
+    /// `compare` found a regression beyond the tolerance.
+    Regression = 5,
+}
+
+impl ExitCode {
+    pub fn code(self) -> i32 {
+        self as i32
+    }
+}
+
+/// An error with the exit code it maps to.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: ExitCode,
+    pub error: anyhow::Error,
+}
+
+impl CliError {
+    fn new(code: ExitCode, error: impl Into<anyhow::Error>) -> Self {
+        CliError {
+            code,
+            error: error.into(),
+        }
+    }
+}
+
+impl From<RunError> for CliError {
+    fn from(e: RunError) -> Self {
+        let code = match e.kind() {
+            FailureKind::Invalid => ExitCode::Usage,
+            FailureKind::Setup => ExitCode::Setup,
+            FailureKind::Internal => ExitCode::Internal,
+            FailureKind::Interrupted => ExitCode::Breach,
+        };
+        CliError::new(code, e)
+    }
+}
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  ok
+  1  a run breached an expectation of its scenario (or was interrupted with Ctrl-C)
+  2  usage error, or the scenario file is invalid (the message names the key and the file)
+  3  setup failure: not root, wireguard-go / nats-server / jitwgd missing, kernel lacks WireGuard,
+     or the network namespaces could not be built
+  4  internal error
+  5  `compare` found a regression beyond the tolerance
+
+Examples:
+  jitwg validate scenarios/smoke.toml
+  sudo jitwg run scenarios/smoke.toml --out /tmp/smoke
+  sudo jitwg run scenarios/reboot.toml --set daemon.boot=preload --seed 9
+  jitwg compare /tmp/base/results.json /tmp/new/results.json --tolerance 10%
+  sudo jitwg clean --dry-run
+
+Environment:
+  JITWGD_BIN   the jitwgd binary to run (default: next to the jitwg executable)
+  JITWG_LOG    log filter for the driver's own logs (default: warn,boringtun=error), e.g. info,jitwg=debug";
+
+/// jitwg: a testbed for just-in-time WireGuard gateways.
+///
+/// `jitwg run` builds network namespaces, starts a real WireGuard data plane (wireguard-go), the
+/// real jitwgd daemon and a control-plane API, then runs simulated clients doing real WireGuard
+/// handshakes against it. It samples installed and stale peers every second, fires the scenario's
+/// timed events (reboots, API outages), and writes results.json plus an HTML/Markdown report.
+/// A scenario's [expect] table turns a run into a CI gate.
+#[derive(Debug, Parser)]
+#[command(name = "jitwg", version, about, long_about, after_help = AFTER_HELP, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a scenario and write results and a report (needs root).
+    ///
+    /// Validates the scenario first, then checks root, wireguard-go (nats-server in push mode)
+    /// and jitwgd (next to this jitwg binary, or $JITWGD_BIN). It builds the namespaces
+    /// jwg-<run id>-{gw,cl,cp}, starts wireguard-go and jitwgd in gw, the control-plane API (and
+    /// NATS) in cp, and the simulated clients in cl. Every second it samples installed and stale
+    /// peers, connected clients, API calls and daemon lookups; it fires the scenario's timed
+    /// events (reboot, api_outage, daemon_restart) and stops when every client is done or
+    /// `duration` has passed.
+    ///
+    /// OUT then holds results.json, report.html, summary.md, and for debugging jitwgd.toml,
+    /// jitwgd.log, wireguard-go.log, nats.log (push mode) and both SQLite databases. The summary,
+    /// every breached expectation and, last, the report path are printed. Ctrl-C stops the run,
+    /// tears everything down and still writes the partial results (exit 1).
+    #[command(after_help = AFTER_HELP)]
+    Run(RunArgs),
+    /// Validate a scenario without running it and print what it resolves to.
+    Validate(ValidateArgs),
+    /// Render a report from results files: one file → a run report, several → a comparison.
+    Report(ReportArgs),
+    /// Compare a candidate run against a baseline; exit 5 on a regression.
+    ///
+    /// Every registered figure is compared in its own better direction (lower latency, higher
+    /// connected ratio, ...); a figure that got worse by more than the tolerance, or that the
+    /// candidate no longer measures, is a regression.
+    #[command(after_help = AFTER_HELP)]
+    Compare(CompareArgs),
+    /// Remove leftovers of crashed runs: jwg-* namespaces, links, UAPI sockets, processes.
+    Clean(CleanArgs),
+    /// Run the testbed's control-plane API on its own.
+    ControlPlane(ControlPlaneArgs),
+}
+
+/// Scenario adjustments shared by `run` and `validate`.
+#[derive(Debug, Clone, Args)]
+pub struct ScenarioArgs {
+    /// The scenario TOML file (see scenarios/ for examples).
+    pub scenario: PathBuf,
+    /// Override a scenario value by its dotted key, e.g. --set daemon.mode=push or
+    /// --set population.0.count=500. Repeatable; applied before validation.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Override the scenario's seed (client keys, arrival times, link randomness).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl ScenarioArgs {
+    fn adjustments(&self) -> Result<Adjustments, CliError> {
+        let overrides = self
+            .set
+            .iter()
+            .map(|s| Override::parse(s).with_context(|| format!("--set {s}")))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| CliError::new(ExitCode::Usage, e))?;
+        Ok(Adjustments {
+            overrides,
+            seed: self.seed,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub scenario: ScenarioArgs,
+    /// Output directory for results.json, logs and the report
+    /// [default: target/jitwg/<scenario name>-<run id>].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Also write every client's protocol events to OUT/client-events.jsonl (large).
+    #[arg(long)]
+    pub event_log: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub scenario: ScenarioArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// results.json files; the first one is the baseline of a comparison.
+    #[arg(required = true, value_name = "RESULTS.json")]
+    pub results: Vec<PathBuf>,
+    /// Where report.html and summary.md go.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// results.json of the baseline run.
+    pub baseline: PathBuf,
+    /// results.json of the candidate run.
+    pub candidate: PathBuf,
+    /// How much worse a figure may get before it counts as a regression: "10%" or "0.1".
+    #[arg(long, default_value = "10%", value_parser = parse_tolerance)]
+    pub tolerance: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanArgs {
+    /// Only list what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Parses "10%" as 0.10 and "0.1" as 0.1.
+pub fn parse_tolerance(text: &str) -> Result<f64, String> {
+    let text = text.trim();
+    let value = match text.strip_suffix('%') {
+        Some(pct) => pct.trim().parse::<f64>().map(|p| p / 100.0),
+        None => text.parse::<f64>(),
+    }
+    .map_err(|_| format!("`{text}` is not a tolerance like 10% or 0.1"))?;
+    if value.is_finite() && value >= 0.0 {
+        Ok(value)
+    } else {
+        Err(format!("tolerance must be zero or positive, got `{text}`"))
+    }
+}
+
+/// Runs the parsed command line.
+pub fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Validate(args) => validate(args),
+        Command::Report(args) => report(args),
+        Command::Compare(args) => compare(args),
+        Command::Clean(args) => clean(args),
+        Command::ControlPlane(args) => control_plane(args),
+    }
+}
+
+fn load_scenario(args: &ScenarioArgs) -> Result<(Scenario, Adjustments), CliError> {
+    let adjust = args.adjustments()?;
+    let scenario = crate::scenario::load(&args.scenario, &adjust)
+        .map_err(|e| CliError::new(ExitCode::Usage, e))?;
+    Ok((scenario, adjust))
+}
+
+fn run(args: RunArgs) -> Result<ExitCode, CliError> {
+    let (scenario, adjustments) = load_scenario(&args.scenario)?;
+    let opts = RunOptions {
+        scenario_file: args.scenario.scenario.clone(),
+        adjustments,
+        out: args.out,
+        quiet: args.quiet,
+        event_log: args.event_log,
+    };
+    let outcome = crate::run::run_scenario(scenario, &opts)?;
+    let report = jitwg_reports::write_report(&outcome.results, &outcome.out_dir)
+        .context("writing the report")
+        .map_err(|e| CliError::new(ExitCode::Internal, e))?;
+    print!("{}", jitwg_reports::text_summary(&outcome.results));
+    for e in outcome.results.expectations.iter().filter(|e| !e.passed) {
+        let measured = e
+            .measured
+            .map_or_else(|| "not measured".to_string(), |m| format!("measured {m}"));
+        println!("breach: {} ({measured})", e.expr);
+    }
+    if outcome.interrupted {
+        println!("interrupted: results are partial");
+    }
+    println!("results: {}", outcome.results_path.display());
+    println!("report: {}", report.html.display());
+    Ok(if outcome.passed() {
+        ExitCode::Ok
+    } else {
+        ExitCode::Breach
+    })
+}
+
+fn validate(args: ValidateArgs) -> Result<ExitCode, CliError> {
+    let (s, _) = load_scenario(&args.scenario)?;
+    println!("{}", describe(&s, &args.scenario.scenario));
+    Ok(ExitCode::Ok)
+}
+
+/// A few lines saying what a resolved scenario will do.
+pub fn describe(s: &Scenario, file: &Path) -> String {
+    let mut out = format!(
+        "{}: scenario \"{}\" is valid\n  seed {}, duration {}, backend {}, mode {}, boot {}, initiate {}\n  \
+         stale threshold {}, evict after {}, sweep every {}\n",
+        file.display(),
+        s.name,
+        s.seed,
+        humantime::format_duration(s.duration),
+        s.backend_name(),
+        s.mode_name(),
+        s.boot_name(),
+        if s.daemon.initiate { "on" } else { "off" },
+        humantime::format_duration(s.stale_threshold),
+        humantime::format_duration(s.daemon.evict_after),
+        humantime::format_duration(s.daemon.sweep_every),
+    );
+    for p in &s.populations {
+        out.push_str(&format!(
+            "  population {}: {} clients, {:?}, {:?}\n",
+            p.name, p.count, p.arrival, p.behaviour
+        ));
+    }
+    let last = s.clients.last().map_or_else(
+        || "-".to_string(),
+        |c| humantime::format_duration(c.start).to_string(),
+    );
+    out.push_str(&format!(
+        "  {} clients (last starts at {last}), {} registered peers ({} extra)\n",
+        s.clients.len(),
+        s.registered_peers().count(),
+        s.extra_peers.len()
+    ));
+    for e in &s.events {
+        out.push_str(&format!(
+            "  event at {}: {:?}\n",
+            humantime::format_duration(e.at),
+            e.action
+        ));
+    }
+    for e in &s.expectations {
+        out.push_str(&format!("  expect {}\n", e.expr));
+    }
+    out
+}
+
+fn load_results(path: &Path) -> Result<jitwg_reports::Results, CliError> {
+    jitwg_reports::load(path)
+        .with_context(|| format!("reading {}", path.display()))
+        .map_err(|e| CliError::new(ExitCode::Usage, e))
+}
+
+fn label(path: &Path, results: &jitwg_reports::Results) -> String {
+    if results.run.id.is_empty() {
+        path.display().to_string()
+    } else {
+        results.run.id.clone()
+    }
+}
+
+fn report(args: ReportArgs) -> Result<ExitCode, CliError> {
+    let paths = if let [single] = args.results.as_slice() {
+        let results = load_results(single)?;
+        jitwg_reports::write_report(&results, &args.out)
+    } else {
+        let runs = args
+            .results
+            .iter()
+            .map(|p| load_results(p).map(|r| (label(p, &r), r)))
+            .collect::<Result<Vec<_>, _>>()?;
+        jitwg_reports::write_comparison(&runs, &args.out)
+    }
+    .context("writing the report")
+    .map_err(|e| CliError::new(ExitCode::Internal, e))?;
+    println!("markdown: {}", paths.markdown.display());
+    println!("report: {}", paths.html.display());
+    Ok(ExitCode::Ok)
+}
+
+fn compare(args: CompareArgs) -> Result<ExitCode, CliError> {
+    let base = load_results(&args.baseline)?;
+    let cand = load_results(&args.candidate)?;
+    let cmp = jitwg_reports::compare(
+        &jitwg_reports::Figures::from_results(&base),
+        &jitwg_reports::Figures::from_results(&cand),
+        args.tolerance,
+    );
+    println!(
+        "baseline:  {}\ncandidate: {}\n",
+        label(&args.baseline, &base),
+        label(&args.candidate, &cand)
+    );
+    println!("{cmp}");
+    // The table ends with the regression count; the exit code carries the verdict.
+    Ok(if cmp.regressions().is_empty() {
+        ExitCode::Ok
+    } else {
+        ExitCode::Regression
+    })
+}
+
+fn clean(args: CleanArgs) -> Result<ExitCode, CliError> {
+    crate::run::prereq::require_root().map_err(|e| CliError::new(ExitCode::Setup, e))?;
+    let report = crate::lab::clean::clean(args.dry_run)
+        .context("cleaning up leftovers")
+        .map_err(|e| CliError::new(ExitCode::Internal, e))?;
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    let groups = [
+        ("process", &report.processes_killed),
+        ("namespace", &report.namespaces_removed),
+        ("link", &report.links_removed),
+        ("socket", &report.sockets_removed),
+    ];
+    let mut any = false;
+    for (what, items) in groups {
+        for item in items.iter() {
+            println!("{verb} {what} {item}");
+            any = true;
+        }
+    }
+    if !any {
+        println!("nothing to clean");
+    }
+    Ok(ExitCode::Ok)
+}
+
+fn control_plane(args: ControlPlaneArgs) -> Result<ExitCode, CliError> {
+    let runtime = tokio::runtime::Runtime::new()
+        .context("building the tokio runtime")
+        .map_err(|e| CliError::new(ExitCode::Internal, e))?;
+    runtime
+        .block_on(run_cli(args))
+        .map_err(|e| CliError::new(ExitCode::Setup, e))?;
+    Ok(ExitCode::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn tolerance_accepts_percent_and_fraction() {
+        assert_eq!(parse_tolerance("10%"), Ok(0.1));
+        assert_eq!(parse_tolerance("0.25"), Ok(0.25));
+        assert!(parse_tolerance("-5%").is_err());
+        assert!(parse_tolerance("ten").is_err());
+    }
+
+    #[test]
+    fn help_documents_exit_codes() {
+        let help = Cli::command().render_long_help().to_string();
+        for code in [
+            "0  ok",
+            "1  a run breached",
+            "2  usage",
+            "3  setup",
+            "4  internal",
+            "5  `compare`",
+        ] {
+            assert!(help.contains(code), "{code} missing from --help");
+        }
+    }
+
+    #[test]
+    fn run_args_parse() {
+        let cli = Cli::try_parse_from([
+            "jitwg",
+            "run",
+            "s.toml",
+            "--set",
+            "daemon.mode=push",
+            "--set",
+            "duration=5s",
+            "--seed",
+            "3",
+            "--quiet",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.scenario.set.len(), 2);
+        assert_eq!(args.scenario.seed, Some(3));
+        assert!(args.quiet && !args.event_log);
+        assert_eq!(args.scenario.adjustments().unwrap().overrides.len(), 2);
+    }
+
+    #[test]
+    fn invalid_scenario_is_a_usage_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "name = \"x\"\nduration = \"5s\"\nbogus = 1\n").unwrap();
+        let err = validate(ValidateArgs {
+            scenario: ScenarioArgs {
+                scenario: path.clone(),
+                set: vec![],
+                seed: None,
+            },
+        })
+        .unwrap_err();
+        assert_eq!(err.code, ExitCode::Usage);
+        let msg = format!("{:#}", err.error);
+        assert!(msg.contains("bad.toml") && msg.contains("bogus"), "{msg}");
+    }
+}
