@@ -242,8 +242,14 @@ mod tests {
         });
         let none = FaultState::default();
         for _ in 0..100 {
-            assert!(matches!(all.decide(Duration::ZERO, &mut r), Verdict::Unavailable { .. }));
-            assert!(matches!(none.decide(Duration::ZERO, &mut r), Verdict::Serve { .. }));
+            assert!(matches!(
+                all.decide(Duration::ZERO, &mut r),
+                Verdict::Unavailable { .. }
+            ));
+            assert!(matches!(
+                none.decide(Duration::ZERO, &mut r),
+                Verdict::Serve { .. }
+            ));
         }
     }
 

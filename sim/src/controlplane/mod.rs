@@ -112,7 +112,10 @@ pub async fn serve(
     cfg: ControlPlaneConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControlPlaneError> {
-    ControlPlane::open(cfg).await?.serve(listener, shutdown).await
+    ControlPlane::open(cfg)
+        .await?
+        .serve(listener, shutdown)
+        .await
 }
 
 impl ControlPlaneHandle {

@@ -44,7 +44,11 @@ impl Publisher {
                     continue;
                 }
             };
-            match self.client.publish(self.subject.clone(), payload.into()).await {
+            match self
+                .client
+                .publish(self.subject.clone(), payload.into())
+                .await
+            {
                 Ok(()) => sent += 1,
                 Err(e) => tracing::warn!(error = %e, "NATS publish failed; message lost"),
             }

@@ -22,7 +22,11 @@ pub struct PeerDoc {
 
 impl PeerDoc {
     /// Builds a document from raw key bytes (what the driver derives from its seed).
-    pub fn new(public_key: &[u8; 32], allowed_ips: Vec<String>, preshared: Option<&[u8; 32]>) -> Self {
+    pub fn new(
+        public_key: &[u8; 32],
+        allowed_ips: Vec<String>,
+        preshared: Option<&[u8; 32]>,
+    ) -> Self {
         let b64 = base64::engine::general_purpose::STANDARD;
         PeerDoc {
             public_key: b64.encode(public_key),
@@ -57,7 +61,9 @@ fn decode_key(b64: &str) -> Result<[u8; 32], StoreError> {
 
 /// True when `s` is exactly 64 lowercase hex characters (the contract's path format).
 pub fn is_key_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,9 +186,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = PeerStore::open(&dir.path().join("cp.db")).unwrap();
         let d = doc(7);
-        assert_eq!(store.upsert_many(std::slice::from_ref(&d)).unwrap(), vec![d.clone()]);
+        assert_eq!(
+            store.upsert_many(std::slice::from_ref(&d)).unwrap(),
+            vec![d.clone()]
+        );
         // Unchanged re-registration is not "new" (push mode would not republish it).
-        assert!(store.upsert_many(std::slice::from_ref(&d)).unwrap().is_empty());
+        assert!(store
+            .upsert_many(std::slice::from_ref(&d))
+            .unwrap()
+            .is_empty());
         let key = d.key_hex().unwrap();
         assert_eq!(store.get(&key).unwrap(), Some(d));
         assert!(store.delete(&key).unwrap());

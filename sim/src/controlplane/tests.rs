@@ -46,7 +46,11 @@ fn doc(i: u32) -> PeerDoc {
     let mut key = [0u8; 32];
     key[..4].copy_from_slice(&i.to_be_bytes());
     key[31] = 1;
-    PeerDoc::new(&key, vec![format!("100.64.{}.{}/32", i / 256, i % 256)], None)
+    PeerDoc::new(
+        &key,
+        vec![format!("100.64.{}.{}/32", i / 256, i % 256)],
+        None,
+    )
 }
 
 impl Running {
@@ -99,12 +103,7 @@ async fn register_then_get_returns_exact_contract_json() {
     // Without a preshared key the field is an explicit null.
     let d2 = doc(1);
     cp.register(&d2).await;
-    let body: serde_json::Value = cp
-        .get(&d2.key_hex().unwrap())
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body: serde_json::Value = cp.get(&d2.key_hex().unwrap()).await.json().await.unwrap();
     assert_eq!(body["preshared_key"], serde_json::Value::Null);
 }
 
