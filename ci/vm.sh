@@ -1,0 +1,226 @@
+#!/usr/bin/env bash
+# Runs a command inside a throwaway VM whose kernel has the WireGuard module, because these
+# hosts' kernels lack it: the kernel backend (issue 5) can only be exercised this way.
+# See `ci/vm.sh --help`. Uses virtme-ng (vng): the guest boots Debian's generic kernel on a
+# copy-on-write view of the host's root filesystem, with the project directory shared
+# read-write at the same path, so results written under target/ land on the host.
+set -euo pipefail
+
+PROJECT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STATE="$PROJECT/target/vm"
+APT_PKGS=()
+
+usage() {
+  cat <<EOF
+usage: ci/vm.sh [--memory 2G] [--cpus 2] [--kvm auto|on|off] [--kernel PATH]
+                [--timeout SECONDS] [--setup-only] -- COMMAND [ARG...]
+
+Boots Debian's generic kernel (/boot/vmlinuz-*-amd64, newest; not -rt/-cloud, the
+cloud flavour lacks 9p) in qemu via virtme-ng, on a copy-on-write view of this host's
+root filesystem, and runs COMMAND there as root after \`modprobe wireguard\`.
+COMMAND runs in the current directory if it is inside the project, else in the
+project directory ($PROJECT), which is shared read-write at the same
+path: anything written under it (e.g. target/) lands on the host. Everything else the
+guest writes is discarded. PATH, CI, RUST_LOG and RUST_BACKTRACE are passed through.
+
+Options:
+  --memory SIZE     guest memory (qemu -m), default 2G
+  --cpus N          guest vCPUs, default 2
+  --kvm MODE        auto (default): try KVM, fall back to TCG emulation if qemu cannot
+                    start a KVM guest (nested KVM fails on these hosts; the failure is
+                    remembered in target/vm/kvm-broken); on: KVM only; off: TCG only
+  --kernel PATH     boot this kernel image instead of the newest generic one
+  --timeout SECS    kill the VM after SECS seconds (default: no limit)
+  --setup-only      install/check prerequisites and print the chosen kernel, boot nothing
+
+Prerequisites (installed automatically when run as root, else reported):
+  apt: qemu-system-x86 busybox-static linux-image-amd64 wireguard-tools iproute2
+  pip: virtme-ng (into the current python3, else a venv under /opt/virtme-ng)
+
+Exit status: COMMAND's own status; 2 usage error; 3 missing prerequisite;
+4 the VM failed (did not boot, or did not report COMMAND's status); 5 the guest
+could not load the wireguard module or write to the project directory.
+Under TCG a boot takes ~20-60 s depending on host load.
+
+Example:
+  ci/vm.sh -- target/release/jitwg run scenarios/smoke.toml --set backend=kernel --out target/vm-smoke
+EOF
+}
+
+die() {
+  local code="$1"
+  shift
+  echo "ci/vm.sh: $*" >&2
+  exit "$code"
+}
+
+memory=2G
+cpus=2
+kvm=auto
+kernel=""
+timeout_s=0
+setup_only=0
+while (($#)); do
+  case "$1" in
+    -h | --help) usage; exit 0 ;;
+    --memory) memory="${2:?--memory needs a value}"; shift 2 ;;
+    --cpus) cpus="${2:?--cpus needs a value}"; shift 2 ;;
+    --kvm) kvm="${2:?--kvm needs auto, on or off}"; shift 2 ;;
+    --kernel) kernel="${2:?--kernel needs a path}"; shift 2 ;;
+    --timeout) timeout_s="${2:?--timeout needs seconds}"; shift 2 ;;
+    --setup-only) setup_only=1; shift ;;
+    --) shift; break ;;
+    *) usage >&2; die 2 "unexpected argument '$1' (put the command after --)" ;;
+  esac
+done
+case "$kvm" in auto | on | off) ;; *) die 2 "--kvm must be auto, on or off, not '$kvm'" ;; esac
+[[ "$cpus" =~ ^[1-9][0-9]*$ ]] || die 2 "--cpus must be a positive integer, not '$cpus'"
+[[ "$timeout_s" =~ ^[0-9]+$ ]] || die 2 "--timeout must be whole seconds, not '$timeout_s'"
+if ((setup_only == 0 && $# == 0)); then
+  usage >&2
+  die 2 "no command given (put it after --)"
+fi
+
+is_root() { [ "$(id -u)" = 0 ]; }
+
+# --- host prerequisites -------------------------------------------------------------
+find_vng() {
+  if command -v vng >/dev/null 2>&1; then
+    command -v vng
+  elif [ -x /opt/virtme-ng/bin/vng ]; then
+    echo /opt/virtme-ng/bin/vng
+  else
+    return 1
+  fi
+}
+
+# Newest Debian generic-flavour kernel image whose modules (with wireguard) are installed.
+find_kernel() {
+  local img ver
+  for img in /boot/vmlinuz-*; do
+    [ -e "$img" ] || continue
+    ver="${img#/boot/vmlinuz-}"
+    [[ "$ver" =~ ^[0-9]+\.[0-9]+.*-amd64$ ]] || continue
+    [[ "$ver" == *-rt-amd64 || "$ver" == *-cloud-amd64 ]] && continue
+    compgen -G "/lib/modules/$ver/kernel/drivers/net/wireguard/wireguard.ko*" >/dev/null || continue
+    echo "$ver"
+  done | sort -V | tail -n1
+}
+
+busybox_static() {
+  local bb
+  bb="$(command -v busybox 2>/dev/null)" || return 1
+  # A dynamic busybox cannot run as the guest's early userspace helper everywhere.
+  ! ldd "$bb" >/dev/null 2>&1
+}
+
+need_apt() { APT_PKGS+=("$1"); }
+command -v qemu-system-x86_64 >/dev/null 2>&1 || need_apt qemu-system-x86
+busybox_static || need_apt busybox-static
+command -v wg >/dev/null 2>&1 || need_apt wireguard-tools
+command -v ip >/dev/null 2>&1 || need_apt iproute2
+if [ -z "$kernel" ] && [ -z "$(find_kernel)" ]; then need_apt linux-image-amd64; fi
+need_pip=0
+find_vng >/dev/null || need_pip=1
+
+if ((${#APT_PKGS[@]} || need_pip)); then
+  if ! is_root; then
+    msg="missing prerequisites:"
+    ((${#APT_PKGS[@]})) && msg+=" apt packages ${APT_PKGS[*]} (sudo apt-get install ${APT_PKGS[*]});"
+    ((need_pip)) && msg+=" virtme-ng (pip install virtme-ng);"
+    die 3 "$msg run as root to install them automatically"
+  fi
+  if ((${#APT_PKGS[@]})); then
+    echo "ci/vm.sh: installing ${APT_PKGS[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq || die 3 "apt-get update failed"
+    apt-get install -y -qq --no-install-recommends "${APT_PKGS[@]}" >/dev/null ||
+      die 3 "apt-get install ${APT_PKGS[*]} failed"
+  fi
+  if ((need_pip)); then
+    echo "ci/vm.sh: installing virtme-ng" >&2
+    if ! python3 -m pip install -q virtme-ng 2>/dev/null &&
+      ! python3 -m pip install -q --break-system-packages virtme-ng 2>/dev/null; then
+      { python3 -m venv /opt/virtme-ng && /opt/virtme-ng/bin/pip install -q virtme-ng; } ||
+        die 3 "could not install virtme-ng (tried pip, pip --break-system-packages, venv /opt/virtme-ng; apt-get install python3-venv may help)"
+    fi
+    hash -r
+  fi
+fi
+VNG="$(find_vng)" || die 3 "virtme-ng installed but 'vng' not found on PATH or in /opt/virtme-ng/bin"
+command -v qemu-system-x86_64 >/dev/null 2>&1 || die 3 "qemu-system-x86_64 missing (apt-get install qemu-system-x86)"
+
+if [ -z "$kernel" ]; then
+  ver="$(find_kernel)"
+  [ -n "$ver" ] || die 3 "no generic /boot/vmlinuz-*-amd64 with a wireguard module in /lib/modules (apt-get install linux-image-amd64)"
+  kernel="/boot/vmlinuz-$ver"
+fi
+[ -r "$kernel" ] || die 3 "kernel image $kernel is not readable (run as root: Debian installs it mode 0600)"
+
+if ((setup_only)); then
+  echo "vng: $VNG ($("$VNG" --version 2>&1 | head -n1)); kernel: $kernel; qemu: $(qemu-system-x86_64 --version | head -n1)"
+  exit 0
+fi
+
+# --- run ------------------------------------------------------------------------------
+mkdir -p "$STATE"
+run_dir="$(mktemp -d "$STATE/run.XXXXXX")"
+trap 'rm -rf "$run_dir"' EXIT
+
+guest_cwd="$PWD"
+case "$guest_cwd/" in "$PROJECT"/*) ;; *) guest_cwd="$PROJECT" ;; esac
+
+# The guest gets a fresh environment: pass through what commands here commonly need.
+envs=("PATH=$PATH")
+for v in CI RUST_LOG RUST_BACKTRACE; do
+  if [ -n "${!v+x}" ]; then envs+=("$v=${!v}"); fi
+done
+inner="cd $(printf '%q' "$guest_cwd") && exec env"
+for e in "${envs[@]}"; do inner+=" $(printf '%q' "$e")"; done
+inner+=" bash $(printf '%q' "$PROJECT/ci/vm-inner.sh") exec $(printf '%q' "$run_dir")"
+inner+=" $(printf '%q' "$PROJECT") --"
+for a in "$@"; do inner+=" $(printf '%q' "$a")"; done
+
+# KVM state is remembered per host kernel and qemu version: a failed attempt costs ~10 s.
+kvm_key="$(uname -r) $(qemu-system-x86_64 --version | head -n1)"
+kvm_broken_file="$STATE/kvm-broken"
+
+boot() { # $1: "kvm" or "tcg"
+  local accel=()
+  [ "$1" = tcg ] && accel=(--disable-kvm)
+  local cmd=("$VNG" --run "$kernel" "${accel[@]}" --memory "$memory" --cpus "$cpus"
+    --rwdir="$PROJECT" --exec "$inner")
+  if ((timeout_s > 0)); then cmd=(timeout -k 10 "$timeout_s" "${cmd[@]}"); fi
+  echo "ci/vm.sh: booting $kernel ($1, ${cpus} vCPU, $memory)" >&2
+  local start=$SECONDS
+  "${cmd[@]}" </dev/null || true
+  echo "ci/vm.sh: VM session took $((SECONDS - start)) s" >&2
+}
+
+use_kvm=0
+if [ "$kvm" = on ]; then
+  use_kvm=1
+elif [ "$kvm" = auto ] && [ -w /dev/kvm ] && ! grep -qxF "$kvm_key" "$kvm_broken_file" 2>/dev/null; then
+  use_kvm=1
+fi
+
+if ((use_kvm)); then
+  boot kvm
+  if [ ! -e "$run_dir/started" ] && [ "$kvm" = auto ]; then
+    # The guest never reached the command, so nothing ran twice: retry under emulation.
+    echo "ci/vm.sh: KVM guest did not start; remembering that and falling back to TCG" >&2
+    echo "$kvm_key" >>"$kvm_broken_file"
+    boot tcg
+  fi
+else
+  boot tcg
+fi
+
+[ -e "$run_dir/started" ] || die 4 "the VM did not start the command (see qemu/vng output above)"
+if [ -e "$run_dir/setup-failed" ]; then
+  die 5 "guest setup failed: $(cat "$run_dir/setup-failed")"
+fi
+[ -s "$run_dir/rc" ] || die 4 "the VM ended without reporting the command's exit status (crash or --timeout?)"
+rc="$(cat "$run_dir/rc")"
+[[ "$rc" =~ ^[0-9]+$ ]] || die 4 "unreadable exit status '$rc' from the VM"
+exit "$rc"
