@@ -16,7 +16,7 @@ use wireguard_control::DeviceUpdate;
 use crate::dataplane::{self, DataPlane, DataPlaneError, InstalledPeer, PeerWrite};
 use crate::metrics::Metrics;
 use crate::peer::{PeerConfig, PublicKey};
-use crate::sweep;
+use crate::sweep::{self, RemovalPacer};
 
 /// Keepalive interval (seconds) set at install time to make the data plane send its
 /// own initiation at once; cleared again right after (see `clear_keepalive`).
@@ -39,6 +39,9 @@ pub struct InstallSettings {
     pub initiate: bool,
     /// Most peers removed in one data-plane call.
     pub removal_chunk: usize,
+    /// Time one removal call should take at most, so installs queued behind it wait no
+    /// longer than this (chunk sizes adapt to it: see `sweep::RemovalPacer`).
+    pub removal_budget: Duration,
 }
 
 /// Outcome of one JIT install, for the log line and the metrics.
@@ -202,7 +205,9 @@ impl InstallWorker {
         metrics.installed_peers.set(installed.len() as i64);
         let installed = Arc::new(Mutex::new(installed));
         let (tx, rx) = mpsc::channel();
+        let pacer = RemovalPacer::new(settings.removal_budget, settings.removal_chunk);
         let mut state = WorkerState {
+            pacer,
             dataplane,
             settings,
             metrics,
@@ -267,6 +272,7 @@ struct WorkerState {
     /// handshake is evicted `evict_after` after this.
     installed_at: HashMap<PublicKey, SystemTime>,
     removals: VecDeque<RemovalJob>,
+    pacer: RemovalPacer,
 }
 
 impl WorkerState {
@@ -489,13 +495,16 @@ impl WorkerState {
         let Some(job) = self.removals.front_mut() else {
             return;
         };
-        let n = self.settings.removal_chunk.max(1).min(job.keys.len());
+        let n = self.pacer.next_chunk().min(job.keys.len());
         let chunk: Vec<PublicKey> = job.keys.drain(..n).collect();
         let reason = job.reason;
         let update = chunk.iter().fold(DeviceUpdate::new(), |u, k| {
             u.add_peer(dataplane::removal(k))
         });
-        match self.dataplane.apply(update) {
+        let started = Instant::now();
+        let applied = self.dataplane.apply(update);
+        self.pacer.observe(chunk.len(), started.elapsed());
+        match applied {
             Ok(()) => {
                 if let Some(job) = self.removals.front_mut() {
                     job.removed += chunk.len();

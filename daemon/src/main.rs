@@ -52,7 +52,10 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("JITWGD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // netlink_packet_route warns on every link dump of newer kernels (an attribute grew);
+    // harmless, so it is quiet unless asked for.
+    let filter = EnvFilter::try_from_env("JITWGD_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,netlink_packet_route=error"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -36,8 +36,102 @@ pub fn select_idle(
         .collect()
 }
 
+/// Sizes removal chunks by time, not by count: each data-plane removal call should take
+/// about `budget`, so an install waiting behind it is delayed by at most that much. The
+/// cost of a removal differs by orders of magnitude between backends (wireguard-go: tens
+/// of microseconds per peer; a kernel paying an RCU grace period per peer: up to tens of
+/// milliseconds), so the chunk size is learnt from what the last calls cost. Pure: the
+/// caller measures and reports elapsed time.
+#[derive(Debug, Clone)]
+pub struct RemovalPacer {
+    budget: Duration,
+    max_chunk: usize,
+    /// Smoothed cost of removing one peer; `None` until the first observation.
+    per_peer: Option<Duration>,
+}
+
+impl RemovalPacer {
+    /// Chunks of at most `max_chunk` peers, each call aiming at `budget`.
+    pub fn new(budget: Duration, max_chunk: usize) -> Self {
+        RemovalPacer {
+            budget,
+            max_chunk: max_chunk.max(1),
+            per_peer: None,
+        }
+    }
+
+    /// How many peers the next removal call should carry. The first call is small (16)
+    /// until the cost is known.
+    pub fn next_chunk(&self) -> usize {
+        let Some(per_peer) = self.per_peer else {
+            return self.max_chunk.min(16);
+        };
+        let fit = if per_peer.is_zero() {
+            self.max_chunk
+        } else {
+            (self.budget.as_nanos() / per_peer.as_nanos()).min(self.max_chunk as u128) as usize
+        };
+        fit.clamp(1, self.max_chunk)
+    }
+
+    /// Record that removing `peers` peers took `elapsed`.
+    pub fn observe(&mut self, peers: usize, elapsed: Duration) {
+        if peers == 0 {
+            return;
+        }
+        let sample = elapsed / peers as u32;
+        // Exponential smoothing (new sample weighs 1/2): adapts within a few calls
+        // without letting one slow call collapse the chunk size for good.
+        self.per_peer = Some(match self.per_peer {
+            None => sample,
+            Some(old) => (old + sample) / 2,
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::RemovalPacer;
+
+    #[test]
+    fn pacer_starts_small_then_fits_the_budget() {
+        let mut p = RemovalPacer::new(Duration::from_millis(50), 256);
+        assert_eq!(p.next_chunk(), 16);
+        // Userspace-like cost: 20 µs per peer -> the max chunk fits easily.
+        p.observe(16, Duration::from_micros(320));
+        assert_eq!(p.next_chunk(), 256);
+    }
+
+    #[test]
+    fn pacer_shrinks_chunks_when_removals_are_slow() {
+        let mut p = RemovalPacer::new(Duration::from_millis(50), 256);
+        // Kernel with an RCU grace period per peer: ~30 ms each.
+        for _ in 0..8 {
+            let n = p.next_chunk();
+            p.observe(n, Duration::from_millis(30) * n as u32);
+        }
+        assert_eq!(p.next_chunk(), 1);
+        // ~1 ms per peer (generic kernel): about 50 per call.
+        for _ in 0..8 {
+            let n = p.next_chunk();
+            p.observe(n, Duration::from_millis(1) * n as u32);
+        }
+        let n = p.next_chunk();
+        assert!((40..=60).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn pacer_never_returns_zero_or_more_than_max() {
+        let mut p = RemovalPacer::new(Duration::ZERO, 8);
+        p.observe(4, Duration::from_secs(1));
+        assert_eq!(p.next_chunk(), 1);
+        let mut p = RemovalPacer::new(Duration::from_secs(10), 8);
+        p.observe(4, Duration::ZERO);
+        assert_eq!(p.next_chunk(), 8);
+        p.observe(0, Duration::from_secs(1));
+        assert_eq!(p.next_chunk(), 8);
+    }
+
     use super::*;
 
     const T: Duration = Duration::from_secs(180);
