@@ -101,6 +101,12 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error("creating the run's state directory (for its SQLite databases) in {}", parent.display())]
+    StateDir {
+        parent: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("rendering the jitwgd config")]
     DaemonConfig(#[source] toml::ser::Error),
     #[error("saving results")]
@@ -149,6 +155,7 @@ impl RunError {
             RunError::Setup(_)
             | RunError::Lab { .. }
             | RunError::ControlPlaneStart(_)
+            | RunError::StateDir { .. }
             | RunError::DaemonNotReady { .. } => FailureKind::Setup,
             RunError::InterruptedDuringSetup => FailureKind::Interrupted,
             _ => FailureKind::Internal,

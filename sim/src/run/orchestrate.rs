@@ -99,9 +99,14 @@ impl Drop for FleetThread {
 }
 
 /// Everything the run started. Dropping it stops them in reverse dependency order: clients,
-/// daemon, probe, control plane, NATS, data plane, and last the namespaces.
+/// daemon, probe, control plane, NATS, data plane, the namespaces, and last the state directory.
 #[derive(Default)]
 struct Lab {
+    /// The run's SQLite databases (control plane, daemon). Not in `--out`: SQLite's WAL needs
+    /// shared memory the output directory's filesystem may not offer (a 9p share in `ci/vm.sh`'s
+    /// VM), and databases are not results. One directory per run, so the daemon finds its own
+    /// database again after a reboot event; removed after everything using it has stopped.
+    state: Option<tempfile::TempDir>,
     fleet: Option<FleetThread>,
     daemon: Option<Child>,
     probe: Option<Probe>,
@@ -124,6 +129,12 @@ impl Drop for Lab {
                 tracing::info!(run = %t.run_id(), "tearing down the lab");
                 drop(t);
             }
+            if let Some(dir) = self.state.take() {
+                let path = dir.path().to_path_buf();
+                if let Err(e) = dir.close() {
+                    tracing::warn!(dir = %path.display(), error = %e, "could not remove the run's state directory");
+                }
+            }
         };
         // Inside the driver's multi-thread runtime the joins above must not stall a worker.
         match tokio::runtime::Handle::try_current() {
@@ -133,6 +144,16 @@ impl Drop for Lab {
             _ => teardown(),
         }
     }
+}
+
+/// Creates the run's state directory, `jitwg-<run id>-XXXXXX` under the system temporary
+/// directory (`$TMPDIR`, else `/tmp`): a local filesystem, unlike the output directory may be.
+fn state_dir(run_id: &RunId) -> Result<tempfile::TempDir, RunError> {
+    let parent = std::env::temp_dir();
+    tempfile::Builder::new()
+        .prefix(&format!("jitwg-{run_id}-"))
+        .tempdir_in(&parent)
+        .map_err(|source| RunError::StateDir { parent, source })
 }
 
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
@@ -283,6 +304,9 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
     raise_nofile_limit();
 
     let mut lab = Lab::default();
+    let state = state_dir(&run_id)?;
+    let state_path = state.path().to_path_buf();
+    lab.state = Some(state);
     let plan = AddressPlan::default();
     let topo = blocking(|| Topology::build(&plan, &run_id))
         .map_err(RunError::lab("building the network namespaces"))?;
@@ -325,7 +349,7 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
     }
     let nats_url = nats_program.as_ref().map(|_| format!("nats://{nats_addr}"));
     let cp_cfg = ControlPlaneConfig {
-        db: out.join("controlplane.db"),
+        db: state_path.join("controlplane.db"),
         nats: nats_url.clone().map(|u| (u, NATS_SUBJECT.to_string())),
         faults: FaultConfig {
             latency: (!scenario.control_plane.latency.is_zero()).then_some(LatencyModel::Fixed {
@@ -352,7 +376,7 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
     let endpoints = DaemonEndpoints {
         interface: names.wg_interface(),
         capture_interface: names.veth_gw_to_client(),
-        db: out.join("jitwgd.db"),
+        db: state_path.join("jitwgd.db"),
         api_url: format!("http://{cp_listen}"),
         metrics_addr,
         nats_url,

@@ -171,13 +171,13 @@ pub struct DaemonLaunch {
     pub log: PathBuf,
 }
 
-/// Starts `jitwgd --config CONFIG` inside `ns` with `JITWGD_LOG=info`, appending to its log.
+/// Starts `jitwgd --config CONFIG` inside `ns` with `JITWGD_LOG=info,netlink_packet_route=error`, appending to its log.
 pub fn start_daemon(ns: &Namespace, launch: &DaemonLaunch) -> Result<Child, RunError> {
     let (stdout, stderr) = log_stdio(&launch.log)?;
     let mut cmd = Command::new(&launch.program);
     cmd.arg("--config")
         .arg(&launch.config)
-        .env("JITWGD_LOG", "info")
+        .env("JITWGD_LOG", "info,netlink_packet_route=error")
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr);
