@@ -261,9 +261,12 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         .map_err(|e| CliError::new(ExitCode::Internal, e))?;
     print!("{}", jitwg_reports::text_summary(&outcome.results));
     for e in outcome.results.expectations.iter().filter(|e| !e.passed) {
-        let measured = e
-            .measured
-            .map_or_else(|| "not measured".to_string(), |m| format!("measured {m}"));
+        let unit = jitwg_reports::figure(&e.figure).map(|def| def.unit);
+        let measured = match (e.measured, unit) {
+            (None, _) => "not measured".to_string(),
+            (Some(m), Some(unit)) => format!("measured {}", unit.format(m)),
+            (Some(m), None) => format!("measured {m}"),
+        };
         println!("breach: {} ({measured})", e.expr);
     }
     if outcome.interrupted {
