@@ -402,3 +402,33 @@ fn push_mode_installs_published_peer() {
         m.text()
     );
 }
+
+/// The legacy design's flaw, pinned: NATS core is at-most-once, so a peer published
+/// while the gateway's daemon is down is lost for good, although the control plane
+/// holds it and the client holds a valid config. (The JIT path has no such window.)
+#[test]
+fn push_mode_loses_peers_published_while_the_daemon_is_down() {
+    let mut tools = TOOLS.to_vec();
+    tools.push("nats-server");
+    let Some(mut gw) = gateway(GatewayOptions::new(12).push(), &tools) else {
+        return;
+    };
+    gw.kill9_daemon().unwrap();
+    let missed = jitwg_tests::public_key(&random_key());
+    gw.register(&missed, &["100.64.0.10/32"]).unwrap();
+    gw.start_daemon().unwrap();
+    // Proof the restarted daemon is subscribed again: a peer published now arrives.
+    let later = jitwg_tests::public_key(&random_key());
+    gw.register(&later, &["100.64.0.11/32"]).unwrap();
+    assert!(
+        gw.wait_installed(&later, true, Duration::from_secs(10)),
+        "peer published after the restart was not installed:\n{}",
+        gw.daemon_log_tail(20)
+    );
+    // ...while the one published during the downtime never will be.
+    assert!(
+        !gw.wait_installed(&missed, true, Duration::from_secs(2)),
+        "a peer published while the daemon was down was installed: NATS core should have dropped it"
+    );
+    eprintln!("as in production: the peer published while the daemon was down is lost");
+}
