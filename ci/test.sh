@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The project's test command (README, and what CI runs): formatting, lints, every test
 # (unit, property, end-to-end in real namespaces; needs root), then the smoke scenario
-# as a regression gate. Artifacts land in target/ci-smoke/.
+# as a regression gate, on the userspace backend here and on the kernel backend inside a VM
+# (ci/vm.sh; these hosts' kernels lack WireGuard). Artifacts land in target/ci-smoke/ and
+# target/ci-smoke-kernel/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ci/install-deps.sh
@@ -21,3 +23,11 @@ cargo test --workspace --locked
 echo "== smoke scenario (regression gate)"
 rm -rf target/ci-smoke
 target/debug/jitwg run scenarios/smoke.toml --quiet --out target/ci-smoke
+echo "== smoke scenario, kernel backend, in a VM"
+# ci/vm.sh installs its own prerequisites (qemu, busybox-static, linux-image-amd64, virtme-ng)
+# and exits with the command's status. Under TCG emulation the step takes ~1-2 minutes; the
+# timeout only stops a wedged VM. The output goes through cat because vng reopens stdout, which
+# garbles it when stdout is a file.
+rm -rf target/ci-smoke-kernel
+bash ci/vm.sh --timeout 900 -- \
+  target/debug/jitwg run scenarios/smoke-kernel.toml --quiet --out target/ci-smoke-kernel | cat

@@ -35,6 +35,7 @@ Options:
 
 Prerequisites (installed automatically when run as root, else reported):
   apt: qemu-system-x86 busybox-static linux-image-amd64 wireguard-tools iproute2
+       (and python3, python3-venv when virtme-ng must be installed and pip is missing)
   pip: virtme-ng (into the current python3, else a venv under /opt/virtme-ng)
 
 Exit status: COMMAND's own status; 2 usage error; 3 missing prerequisite;
@@ -121,7 +122,13 @@ command -v wg >/dev/null 2>&1 || need_apt wireguard-tools
 command -v ip >/dev/null 2>&1 || need_apt iproute2
 if [ -z "$kernel" ] && [ -z "$(find_kernel)" ]; then need_apt linux-image-amd64; fi
 need_pip=0
-find_vng >/dev/null || need_pip=1
+if ! find_vng >/dev/null; then
+  need_pip=1
+  # A fresh Debian may lack python3, and its python3 has no pip and cannot create a venv
+  # without python3-venv: install what the venv fallback below needs.
+  command -v python3 >/dev/null 2>&1 || need_apt python3
+  python3 -m pip --version >/dev/null 2>&1 || need_apt python3-venv
+fi
 
 if ((${#APT_PKGS[@]} || need_pip)); then
   if ! is_root; then
