@@ -26,8 +26,8 @@ target/debug/jitwg run scenarios/smoke.toml --quiet --out target/ci-smoke
 echo "== smoke scenario, kernel backend, in a VM"
 # ci/vm.sh installs its own prerequisites (qemu, busybox-static, linux-image-amd64, virtme-ng)
 # and exits with the command's status. Under TCG emulation the step takes ~1-2 minutes; the
-# timeout only stops a wedged VM. The output goes through cat because vng reopens stdout, which
+# timeout only stops a wedged VM. Both streams go through cat because vng reopens them, which
 # garbles it when stdout is a file.
 rm -rf target/ci-smoke-kernel
 bash ci/vm.sh --timeout 900 -- \
-  target/debug/jitwg run scenarios/smoke-kernel.toml --quiet --out target/ci-smoke-kernel | cat
+  target/debug/jitwg run scenarios/smoke-kernel.toml --quiet --out target/ci-smoke-kernel 2>&1 | cat

@@ -263,8 +263,19 @@ arrival = { kind = "constant", rate = 2.0 }
     fn every_shipped_scenario_validates() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
         let mut seen = 0;
+        // scenarios/*.toml and one level below (scenarios/kernel/*.toml).
+        let mut paths = Vec::new();
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
+            if path.is_dir() {
+                for inner in std::fs::read_dir(&path).unwrap() {
+                    paths.push(inner.unwrap().path());
+                }
+            } else {
+                paths.push(path);
+            }
+        }
+        for path in paths {
             if path.extension().is_some_and(|e| e == "toml") {
                 let s = load(&path, &Adjustments::default()).unwrap_or_else(|e| panic!("{e}"));
                 assert!(!s.clients.is_empty(), "{}", path.display());
@@ -272,7 +283,7 @@ arrival = { kind = "constant", rate = 2.0 }
             }
         }
         assert!(
-            seen >= 5,
+            seen >= 9,
             "expected the shipped scenarios in {}",
             dir.display()
         );
