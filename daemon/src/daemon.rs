@@ -67,12 +67,6 @@ fn wg_backend(b: Backend) -> wireguard_control::Backend {
     }
 }
 
-/// How long one removal call may hold the data plane. On a kernel whose every removed
-/// peer costs an RCU grace period (measured in a VM: ~34 ms per peer on a PREEMPT_RT
-/// kernel, ~1 ms on Debian's generic one) a fixed chunk of hundreds would stall installs
-/// for seconds; sized by time, a knocking client waits at most about this long.
-const REMOVAL_TIME_BUDGET: Duration = Duration::from_millis(50);
-
 /// Run the daemon until `shutdown` resolves. `started` is process start, for the
 /// time-to-ready figure.
 pub async fn run(
@@ -131,7 +125,7 @@ pub async fn run(
         InstallSettings {
             initiate: config.initiate,
             removal_chunk: config.sweep_chunk.max(1),
-            removal_budget: REMOVAL_TIME_BUDGET,
+            removal_budget: config.sweep_budget,
         },
         metrics.clone(),
     )?;

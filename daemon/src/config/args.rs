@@ -118,6 +118,15 @@ pub struct Args {
     #[arg(long, env = "JITWGD_SWEEP_CHUNK", value_name = "COUNT", value_parser = values::positive_count)]
     pub sweep_chunk: Option<usize>,
 
+    /// How long one removal call may hold the data plane [default: 50ms].
+    ///
+    /// Chunks are sized by measured cost to fit this budget (never above --sweep-chunk),
+    /// so an install queued behind a sweep waits at most about this long. On a kernel that
+    /// pays an RCU grace period per removed peer this means a few peers per call; on
+    /// wireguard-go the full --sweep-chunk. A huge value (e.g. 1h) gives fixed chunks.
+    #[arg(long, env = "JITWGD_SWEEP_BUDGET", value_name = "DURATION", value_parser = values::positive_duration)]
+    pub sweep_budget: Option<Duration>,
+
     /// Also run the eviction sweep in push mode: on|off [default: off].
     ///
     /// Off reproduces the legacy gateway, which never forgets a pushed peer.

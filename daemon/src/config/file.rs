@@ -25,6 +25,7 @@ pub struct ConfigFile {
     pub evict_after: Option<String>,
     pub sweep_every: Option<String>,
     pub sweep_chunk: Option<usize>,
+    pub sweep_budget: Option<String>,
     pub evict_in_push_mode: Option<Switch>,
     pub initiate: Option<Switch>,
     pub nats_url: Option<String>,

@@ -53,6 +53,7 @@ fn minimal_settings_get_documented_defaults() {
     assert_eq!(c.evict_after, Duration::from_secs(180));
     assert_eq!(c.sweep_every, Duration::from_secs(30));
     assert_eq!(c.sweep_chunk, 256);
+    assert_eq!(c.sweep_budget, Duration::from_millis(50));
     assert!(!c.evict_in_push_mode);
     assert!(c.initiate);
     assert_eq!(c.nats_url, None);

@@ -36,6 +36,10 @@ struct DaemonConfigFile<'a> {
     boot: &'a str,
     evict_after: String,
     sweep_every: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sweep_chunk: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sweep_budget: Option<String>,
     initiate: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     nats_url: Option<&'a str>,
@@ -63,6 +67,8 @@ pub fn render(scenario: &Scenario, at: &DaemonEndpoints) -> Result<String, toml:
         boot: scenario.boot_name(),
         evict_after: human(d.evict_after),
         sweep_every: human(d.sweep_every),
+        sweep_chunk: d.sweep_chunk,
+        sweep_budget: d.sweep_budget.map(human),
         initiate: if d.initiate { "on" } else { "off" },
         nats_url: at.nats_url.as_deref(),
         nats_subject: &at.nats_subject,
@@ -104,5 +110,33 @@ mod tests {
         assert_eq!(out["metrics_addr"].as_str(), Some("127.0.0.1:9100"));
         assert_eq!(out["allowed_prefix"].as_str(), Some("100.64.0.0/10"));
         assert_eq!(out.len(), 16);
+    }
+
+    #[test]
+    fn sweep_pacing_keys_pass_through_only_when_set() {
+        let base = "name = \"t\"\nduration = \"5s\"\n[[population]]\nname = \"a\"\ncount = 1\n\
+                    arrival = { kind = \"burst\", at = \"0s\" }\n";
+        let at = DaemonEndpoints {
+            interface: "jwgabc-wg".into(),
+            capture_interface: "jwgabc-gc".into(),
+            db: "/tmp/x/daemon.db".into(),
+            api_url: "http://198.18.255.1:8080".into(),
+            metrics_addr: "127.0.0.1:9100".parse().unwrap(),
+            nats_url: None,
+            nats_subject: "jitwg.peers".into(),
+        };
+        let render_with = |sets: &[&str]| -> toml::Table {
+            let adjust = Adjustments {
+                overrides: sets.iter().map(|s| Override::parse(s).unwrap()).collect(),
+                seed: None,
+            };
+            let s = parse(Path::new("t.toml"), base, &adjust).unwrap();
+            toml::from_str(&render(&s, &at).unwrap()).unwrap()
+        };
+        let plain = render_with(&[]);
+        assert!(!plain.contains_key("sweep_chunk") && !plain.contains_key("sweep_budget"));
+        let paced = render_with(&["daemon.sweep_chunk=1000", "daemon.sweep_budget=1h"]);
+        assert_eq!(paced["sweep_chunk"].as_integer(), Some(1000));
+        assert_eq!(paced["sweep_budget"].as_str(), Some("1h"));
     }
 }

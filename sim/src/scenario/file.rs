@@ -98,6 +98,12 @@ pub struct DaemonFile {
     pub positive_ttl: Duration,
     #[serde(with = "humantime_serde", default = "default_negative_ttl")]
     pub negative_ttl: Duration,
+    /// Most peers per removal call (the daemon's `sweep_chunk`); unset = the daemon's default.
+    #[serde(default)]
+    pub sweep_chunk: Option<usize>,
+    /// Time budget per removal call (the daemon's `sweep_budget`); unset = the daemon's default.
+    #[serde(with = "humantime_serde", default)]
+    pub sweep_budget: Option<Duration>,
 }
 
 impl Default for DaemonFile {
@@ -110,6 +116,8 @@ impl Default for DaemonFile {
             initiate: Switch::default(),
             positive_ttl: default_positive_ttl(),
             negative_ttl: default_negative_ttl(),
+            sweep_chunk: None,
+            sweep_budget: None,
         }
     }
 }

@@ -55,6 +55,8 @@ pub struct DaemonSettings {
     pub boot: BootName,
     pub evict_after: Duration,
     pub sweep_every: Duration,
+    pub sweep_chunk: Option<usize>,
+    pub sweep_budget: Option<Duration>,
     pub initiate: bool,
     pub positive_ttl: Duration,
     pub negative_ttl: Duration,
@@ -247,6 +249,12 @@ pub fn resolve(file: ScenarioFile) -> Result<Scenario, FieldError> {
     if d.sweep_every.is_zero() {
         return Err(invalid("daemon.sweep_every", "must be longer than 0s"));
     }
+    if d.sweep_chunk == Some(0) {
+        return Err(invalid("daemon.sweep_chunk", "must be at least 1"));
+    }
+    if d.sweep_budget.is_some_and(|b| b.is_zero()) {
+        return Err(invalid("daemon.sweep_budget", "must be longer than 0s"));
+    }
     if d.evict_after.is_zero() {
         return Err(invalid("daemon.evict_after", "must be longer than 0s"));
     }
@@ -370,6 +378,8 @@ pub fn resolve(file: ScenarioFile) -> Result<Scenario, FieldError> {
             boot: d.boot,
             evict_after: d.evict_after,
             sweep_every: d.sweep_every,
+            sweep_chunk: d.sweep_chunk,
+            sweep_budget: d.sweep_budget,
             initiate: d.initiate == Switch::On,
             positive_ttl: d.positive_ttl,
             negative_ttl: d.negative_ttl,
