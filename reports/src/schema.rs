@@ -148,6 +148,11 @@ pub struct Sample {
     /// Daemon lookups so far, by outcome (e.g. `cache_hit`, `api_found`, `api_not_found`, `api_error`); cumulative.
     #[serde(default)]
     pub lookups: BTreeMap<String, u64>,
+    /// Resource use so far of each process (daemon, data plane, driver, nats): CPU seconds
+    /// used up to this instant (summed across restarts) and peak RSS up to this instant.
+    /// Absent in files written before it was recorded.
+    #[serde(default)]
+    pub processes: Vec<ProcessUsage>,
 }
 
 /// A mark on the run's timeline.

@@ -103,6 +103,7 @@ fn large(clients: u32, seconds: u32) -> Results {
                 in_flight: u64::from(s % 200),
                 api_calls_total: u64::from(s) * 10,
                 lookups,
+                processes: Vec::new(),
             }
         })
         .collect();

@@ -232,6 +232,16 @@ fn same_seed_gives_same_client_outcomes_and_leaves_nothing_behind() {
     assert_eq!(a, b);
     assert_ne!(run_id(&runs[0]), run_id(&runs[1]));
     assert!(!runs[0].samples.is_empty() && runs[0].processes.iter().any(|p| p.name == "daemon"));
+    // Every sample carries the resource use so far of each process.
+    let last = runs[0].samples.last().unwrap();
+    for name in ["daemon", "dataplane", "driver"] {
+        let p = last.processes.iter().find(|p| p.name == name);
+        assert!(
+            p.is_some_and(|p| p.peak_rss_bytes > 0),
+            "no {name} usage in the last sample: {:?}",
+            last.processes
+        );
+    }
 }
 
 #[test]

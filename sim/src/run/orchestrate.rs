@@ -853,6 +853,7 @@ impl LoopState {
             in_flight: snap.in_flight,
             api_calls_total: cp.stats().requests_total,
             lookups: self.lookups.clone(),
+            processes: self.usage.usage(),
         });
     }
 }
