@@ -76,7 +76,7 @@ Exit codes:
 Examples:
   jitwg validate scenarios/smoke.toml
   sudo jitwg run scenarios/smoke.toml --out /tmp/smoke
-  sudo jitwg run scenarios/reboot.toml --set daemon.boot=preload --seed 9
+  sudo jitwg run scenarios/storm.toml --set population.0.count=2000 --seed 9
   jitwg compare /tmp/base/results.json /tmp/new/results.json --tolerance 10%
   sudo jitwg clean --dry-run
 
