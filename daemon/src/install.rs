@@ -513,8 +513,11 @@ impl WorkerState {
                     RemovalReason::Idle => self.metrics.evictions.inc_by(chunk.len() as u64),
                     RemovalReason::Revoked => self.metrics.revocations.inc_by(chunk.len() as u64),
                 };
+                // One info line per chunk: a line per peer on this thread cost 0.3-0.7 ms
+                // each (measured in the VM) and held installs back longer than the removal.
+                tracing::info!(peers = chunk.len(), reason = ?reason, "removed peers");
                 for k in &chunk {
-                    tracing::info!(peer = %k, reason = ?reason, "removed peer");
+                    tracing::debug!(peer = %k, reason = ?reason, "removed peer");
                 }
                 self.mark_removed(&chunk);
             }
