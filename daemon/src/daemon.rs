@@ -20,10 +20,10 @@ use crate::identify::{self, IdentifyError, Initiation, ResponderKeys};
 use crate::install::{InstallQueue, InstallSettings, InstallWorker, RemovalReason};
 use crate::lookup::{Lookup, LookupConfig, LookupOutcome, Revalidation};
 use crate::metrics::{self, Metrics};
-use crate::peer::PublicKey;
+use crate::peer::{PeerConfig, PublicKey};
 use crate::push::{PushMessage, PushSubscriber};
 use crate::replay::ReplayVerdict;
-use crate::store::Store;
+use crate::store::{PeerSource, Store};
 
 /// What stopped the daemon from starting or running.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +79,7 @@ pub async fn run(
 
     // 1. The data plane must already exist: attach, read our identity.
     let dataplane = DataPlane::attach(&config.interface, wg_backend(config.backend))?;
-    let identity = dataplane.identity()?;
+    let (identity, installed) = dataplane.identity_and_peers()?;
     let listen_port = match config.listen_port.or(identity.listen_port) {
         Some(p) => p,
         None => {
@@ -122,6 +122,7 @@ pub async fn run(
     // 4. The install worker owns all data-plane writes.
     let (worker, queue) = InstallWorker::start(
         dataplane,
+        installed,
         InstallSettings {
             initiate: config.initiate,
             removal_chunk: config.sweep_chunk.max(1),
@@ -446,10 +447,17 @@ async fn sweep_loop(
             _ = tick.tick() => {}
         }
         match queue.sweep(SystemTime::now(), evict_after).await {
-            Ok(Ok(s)) if s.selected > 0 => {
-                tracing::info!(installed = s.installed, evicting = s.selected, "sweep")
-            }
-            Ok(Ok(s)) => tracing::debug!(installed = s.installed, "sweep: nothing idle"),
+            Ok(Ok(s)) if s.selected > 0 => tracing::info!(
+                installed = s.installed,
+                evicting = s.selected,
+                read_ms = s.read.as_secs_f64() * 1000.0,
+                "sweep"
+            ),
+            Ok(Ok(s)) => tracing::debug!(
+                installed = s.installed,
+                read_ms = s.read.as_secs_f64() * 1000.0,
+                "sweep: nothing idle"
+            ),
             Ok(Err(e)) => tracing::warn!(error = %e, "sweep could not read the data plane"),
             Err(_) => return,
         }
@@ -518,57 +526,79 @@ struct PushContext {
     allowed_prefix: ipnet::IpNet,
 }
 
+/// Peers taken from the subscription at most per store transaction and data-plane write.
+const PUSH_BATCH: usize = 512;
+
 /// Legacy push mode: install every peer published on NATS at once and store it (so
 /// a preload boot reinstalls it). Messages published while we were down are lost.
+/// Messages that arrived together are handled together: one transaction, one write.
 async fn push_loop(mut sub: PushSubscriber, ctx: PushContext, cancel: CancellationToken) {
     loop {
-        let msg = tokio::select! {
+        let batch = tokio::select! {
             _ = cancel.cancelled() => return,
-            m = sub.next() => match m {
-                Some(m) => m,
+            m = sub.next_batch(PUSH_BATCH) => match m {
+                Some(batch) => batch,
                 None => {
                     tracing::error!("NATS subscription ended");
                     return;
                 }
             },
         };
-        let doc = match msg {
-            PushMessage::Peer(doc) => doc,
-            PushMessage::BadJson(why) => {
-                metrics::count_push(&ctx.metrics, "bad_json");
-                tracing::warn!(error = %why, "push message is not a peer document");
-                continue;
-            }
-        };
-        let config = match doc.validate(None, ctx.allowed_prefix) {
-            Ok(c) => c,
-            Err(e) => {
-                metrics::count_push(&ctx.metrics, "refused");
-                tracing::warn!(reason = %e, "pushed peer refused");
-                continue;
-            }
-        };
-        let key = config.public_key;
+        let configs: Vec<PeerConfig> = batch
+            .into_iter()
+            .filter_map(|msg| accept_pushed(msg, &ctx))
+            .collect();
+        if configs.is_empty() {
+            continue;
+        }
         let store = ctx.store.clone();
-        let stored = config.clone();
+        let stored = configs.clone();
         let saved = tokio::task::spawn_blocking(move || {
             store
                 .lock()
                 .map_err(|_| "store lock poisoned".to_string())?
-                .put_pushed_peer(&stored, SystemTime::now())
+                .put_peers(&stored, PeerSource::Push, SystemTime::now(), Duration::MAX)
                 .map_err(|e| e.to_string())
         })
         .await;
         if let Ok(Err(e)) = saved {
-            tracing::warn!(peer = %key, error = %e, "storing pushed peer failed");
+            tracing::warn!(peers = configs.len(), error = %e, "storing pushed peers failed");
         }
-        match ctx.queue.install_many(vec![config]).await {
+        let count = configs.len();
+        let keys: Vec<PublicKey> = configs.iter().map(|c| c.public_key).collect();
+        match ctx.queue.install_many(configs).await {
             Ok(Ok(_)) => {
-                metrics::count_push(&ctx.metrics, "installed");
-                tracing::info!(peer = %key, "pushed peer installed");
+                for key in &keys {
+                    metrics::count_push(&ctx.metrics, "installed");
+                    tracing::debug!(peer = %key, "pushed peer installed");
+                }
+                tracing::info!(peers = count, "pushed peers installed");
             }
-            Ok(Err(e)) => tracing::warn!(peer = %key, error = %e, "installing pushed peer failed"),
+            Ok(Err(e)) => {
+                tracing::warn!(peers = count, error = %e, "installing pushed peers failed")
+            }
             Err(_) => return,
+        }
+    }
+}
+
+/// A pushed message's peer, if it is one and lies inside our prefix (counted and logged
+/// otherwise).
+fn accept_pushed(msg: PushMessage, ctx: &PushContext) -> Option<PeerConfig> {
+    let doc = match msg {
+        PushMessage::Peer(doc) => doc,
+        PushMessage::BadJson(why) => {
+            metrics::count_push(&ctx.metrics, "bad_json");
+            tracing::warn!(error = %why, "push message is not a peer document");
+            return None;
+        }
+    };
+    match doc.validate(None, ctx.allowed_prefix) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            metrics::count_push(&ctx.metrics, "refused");
+            tracing::warn!(reason = %e, "pushed peer refused");
+            None
         }
     }
 }

@@ -150,30 +150,26 @@ impl DataPlane {
         })
     }
 
-    /// The interface's private key and listen port.
-    pub fn identity(&self) -> Result<InterfaceIdentity, DataPlaneError> {
-        let device = self.device()?;
+    /// The interface's private key and listen port, and the peers already installed, from
+    /// one read: at attach time with tens of thousands of peers, every full read counts.
+    pub fn identity_and_peers(
+        &self,
+    ) -> Result<(InterfaceIdentity, Vec<InstalledPeer>), DataPlaneError> {
+        let mut device = self.device()?;
         let private_key = device
             .private_key
+            .take()
             .ok_or_else(|| DataPlaneError::NoPrivateKey { name: self.name() })?;
-        Ok(InterfaceIdentity {
+        let identity = InterfaceIdentity {
             private_key: private_key.0,
             listen_port: device.listen_port.filter(|p| *p != 0),
-        })
+        };
+        Ok((identity, installed_peers(device)))
     }
 
     /// All installed peers with their last handshake.
     pub fn peers(&self) -> Result<Vec<InstalledPeer>, DataPlaneError> {
-        Ok(self
-            .device()?
-            .peers
-            .into_iter()
-            .map(|p| InstalledPeer {
-                public_key: PublicKey(p.config.public_key.0),
-                last_handshake: p.stats.last_handshake_time,
-                endpoint: p.config.endpoint,
-            })
-            .collect())
+        Ok(installed_peers(self.device()?))
     }
 
     /// Apply one batch of changes. The existence check comes first so that the
@@ -187,6 +183,18 @@ impl DataPlane {
                 source,
             })
     }
+}
+
+fn installed_peers(device: Device) -> Vec<InstalledPeer> {
+    device
+        .peers
+        .into_iter()
+        .map(|p| InstalledPeer {
+            public_key: PublicKey(p.config.public_key.0),
+            last_handshake: p.stats.last_handshake_time,
+            endpoint: p.config.endpoint,
+        })
+        .collect()
 }
 
 /// What the install worker writes for one peer.

@@ -68,7 +68,13 @@ enum Command {
         reason: RemovalReason,
         reply: Option<oneshot::Sender<usize>>,
     },
+    /// A sweep is about to read the data plane: journal writes from now on.
+    SweepBegin {
+        reply: oneshot::Sender<()>,
+    },
+    /// The read is done (or failed): reconcile, select, queue the removals.
     Sweep {
+        read: Result<Vec<InstalledPeer>, String>,
         now: SystemTime,
         evict_after: Duration,
         reply: oneshot::Sender<Result<SweepStarted, String>>,
@@ -81,6 +87,8 @@ enum Command {
 pub struct SweepStarted {
     pub installed: usize,
     pub selected: usize,
+    /// How long reading every peer from the data plane took (off the install worker).
+    pub read: Duration,
 }
 
 /// The worker went away (the daemon is stopping).
@@ -93,6 +101,8 @@ pub struct WorkerGone;
 pub struct InstallQueue {
     tx: Sender<Command>,
     installed: Arc<Mutex<HashSet<PublicKey>>>,
+    /// For the sweep's full read, which runs beside the worker, not on it.
+    reader: DataPlane,
 }
 
 impl InstallQueue {
@@ -167,21 +177,40 @@ impl InstallQueue {
     }
 
     /// Read the data plane, select idle peers and queue their removal. Returns as soon
-    /// as the removal is queued: chunks then run between installs.
+    /// as the removal is queued: chunks then run between installs. The read runs on a
+    /// blocking thread while the worker keeps installing; the worker journals its writes
+    /// meanwhile and reconciles the read with them (`sweep::reconcile`).
     pub async fn sweep(
         &self,
         now: SystemTime,
         evict_after: Duration,
     ) -> Result<Result<SweepStarted, String>, WorkerGone> {
+        let (begun, rx) = oneshot::channel();
+        self.tx
+            .send(Command::SweepBegin { reply: begun })
+            .map_err(|_| WorkerGone)?;
+        rx.await.map_err(|_| WorkerGone)?;
+        let reader = self.reader.clone();
+        let started = Instant::now();
+        let read = tokio::task::spawn_blocking(move || reader.peers())
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        let read_took = started.elapsed();
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Sweep {
+                read,
                 now,
                 evict_after,
                 reply,
             })
             .map_err(|_| WorkerGone)?;
-        rx.await.map_err(|_| WorkerGone)
+        let result = rx.await.map_err(|_| WorkerGone)?;
+        Ok(result.map(|s| SweepStarted {
+            read: read_took,
+            ..s
+        }))
     }
 }
 
@@ -192,23 +221,25 @@ pub struct InstallWorker {
 }
 
 impl InstallWorker {
-    /// Start the worker. It reads the data plane once so the installed set is right
-    /// from the start.
+    /// Start the worker. `peers`: what the data plane holds now (read by the caller at attach time); they
+    /// are adopted as installed.
     pub fn start(
         dataplane: DataPlane,
+        peers: Vec<InstalledPeer>,
         settings: InstallSettings,
         metrics: Arc<Metrics>,
     ) -> Result<(Self, InstallQueue), DataPlaneError> {
-        let peers = dataplane.peers()?;
         let now = SystemTime::now();
         let installed: HashSet<PublicKey> = peers.iter().map(|p| p.public_key).collect();
         metrics.installed_peers.set(installed.len() as i64);
         let installed = Arc::new(Mutex::new(installed));
         let (tx, rx) = mpsc::channel();
         let pacer = RemovalPacer::new(settings.removal_budget, settings.removal_chunk);
+        let reader = dataplane.clone();
         let mut state = WorkerState {
             pacer,
             dataplane,
+            journal: None,
             settings,
             metrics,
             installed: installed.clone(),
@@ -227,6 +258,7 @@ impl InstallWorker {
         let queue = InstallQueue {
             tx: tx.clone(),
             installed,
+            reader,
         };
         Ok((
             Self {
@@ -273,6 +305,8 @@ struct WorkerState {
     installed_at: HashMap<PublicKey, SystemTime>,
     removals: VecDeque<RemovalJob>,
     pacer: RemovalPacer,
+    /// Writes made while a sweep's read is in flight (`None` when no sweep is reading).
+    journal: Option<Vec<sweep::Change>>,
 }
 
 impl WorkerState {
@@ -322,12 +356,18 @@ impl WorkerState {
                             RemovalReason::Idle => self.removals.push_back(job),
                         }
                     }
+                    Command::SweepBegin { reply } => {
+                        self.journal = Some(Vec::new());
+                        let _ = reply.send(());
+                    }
                     Command::Sweep {
+                        read,
                         now,
                         evict_after,
                         reply,
                     } => {
-                        let _ = reply.send(self.sweep(now, evict_after));
+                        let journal = self.journal.take().unwrap_or_default();
+                        let _ = reply.send(read.map(|r| self.sweep(r, &journal, now, evict_after)));
                     }
                 }
                 if installs.len() >= MAX_INSTALL_BATCH {
@@ -349,6 +389,9 @@ impl WorkerState {
             for k in keys {
                 set.insert(k);
                 self.installed_at.insert(k, now);
+                if let Some(j) = self.journal.as_mut() {
+                    j.push(sweep::Change::Installed(k));
+                }
             }
             self.metrics.installed_peers.set(set.len() as i64);
         }
@@ -359,6 +402,9 @@ impl WorkerState {
             for k in keys {
                 set.remove(k);
                 self.installed_at.remove(k);
+                if let Some(j) = self.journal.as_mut() {
+                    j.push(sweep::Change::Removed(*k));
+                }
             }
             self.metrics.installed_peers.set(set.len() as i64);
         }
@@ -453,10 +499,22 @@ impl WorkerState {
         Ok(done)
     }
 
-    fn sweep(&mut self, now: SystemTime, evict_after: Duration) -> Result<SweepStarted, String> {
-        let peers: Vec<InstalledPeer> = self.dataplane.peers().map_err(|e| e.to_string())?;
-        // The data plane is the truth: resynchronise the installed set with it.
-        let present: HashSet<PublicKey> = peers.iter().map(|p| p.public_key).collect();
+    /// `read`: every peer, read off this thread after `SweepBegin`; `journal`: what this
+    /// worker wrote since.
+    fn sweep(
+        &mut self,
+        read: Vec<InstalledPeer>,
+        journal: &[sweep::Change],
+        now: SystemTime,
+        evict_after: Duration,
+    ) -> SweepStarted {
+        // The data plane is the truth (someone may have removed peers behind our back):
+        // resynchronise the installed set with the read, brought up to date.
+        let sweep::Reconciled { present, touched } = sweep::reconcile(&read, journal);
+        let peers: Vec<InstalledPeer> = read
+            .into_iter()
+            .filter(|p| present.contains(&p.public_key) && !touched.contains(&p.public_key))
+            .collect();
         self.installed_at.retain(|k, _| present.contains(k));
         for p in &peers {
             self.installed_at.entry(p.public_key).or_insert(now);
@@ -472,14 +530,15 @@ impl WorkerState {
                 .into_iter()
                 .filter(|k| !queued.contains(k))
                 .collect();
+        let started = SweepStarted {
+            installed: present.len(),
+            selected: selected.len(),
+            read: Duration::ZERO,
+        };
         if let Ok(mut set) = self.installed.lock() {
             *set = present;
             self.metrics.installed_peers.set(set.len() as i64);
         }
-        let started = SweepStarted {
-            installed: peers.len(),
-            selected: selected.len(),
-        };
         if !selected.is_empty() {
             self.removals.push_back(RemovalJob {
                 keys: selected.into(),
@@ -488,7 +547,7 @@ impl WorkerState {
                 reply: None,
             });
         }
-        Ok(started)
+        started
     }
 
     fn remove_one_chunk(&mut self) {

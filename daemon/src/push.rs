@@ -3,7 +3,7 @@
 //! gateway is down, reconnecting or not yet subscribed is simply lost. That is the
 //! baseline's flaw the testbed measures, so there is deliberately no JetStream here.
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 
 use crate::peer::PeerDocument;
 
@@ -73,6 +73,23 @@ impl PushSubscriber {
     pub async fn next(&mut self) -> Option<PushMessage> {
         let message = self.subscriber.next().await?;
         Some(decode(&message.payload))
+    }
+
+    /// Waits for the next message, then takes up to `max - 1` more that have already
+    /// arrived, without waiting for them: a burst of publications (a bulk registration)
+    /// becomes one store transaction and one data-plane write instead of one each.
+    /// `None` once the subscription has ended for good.
+    pub async fn next_batch(&mut self, max: usize) -> Option<Vec<PushMessage>> {
+        let first = self.next().await?;
+        let mut batch = vec![first];
+        while batch.len() < max.max(1) {
+            match self.subscriber.next().now_or_never() {
+                Some(Some(message)) => batch.push(decode(&message.payload)),
+                // Ended: hand over what we have; the next call returns `None`.
+                Some(None) | None => break,
+            }
+        }
+        Some(batch)
     }
 }
 
@@ -191,6 +208,26 @@ mod tests {
         tokio::time::timeout(d, sub.next()).await.ok().flatten()
     }
 
+    /// The server may register our SUB a moment after connect returns: publish `body`
+    /// until a copy arrives, and return that copy.
+    async fn publish_until_received(
+        publisher: &async_nats::Client,
+        subject: &'static str,
+        sub: &mut PushSubscriber,
+        body: Vec<u8>,
+    ) -> PushMessage {
+        loop {
+            publisher
+                .publish(subject, body.clone().into())
+                .await
+                .unwrap();
+            publisher.flush().await.unwrap();
+            if let Some(m) = next_within(sub, Duration::from_millis(200)).await {
+                return m;
+            }
+        }
+    }
+
     #[tokio::test]
     async fn receives_published_peers_and_flags_junk() {
         let Some(server) = NatsServer::start() else {
@@ -211,19 +248,8 @@ mod tests {
 
         let mut sub = PushSubscriber::connect(&server.url, subject).await.unwrap();
 
-        // The server may register our SUB a moment after connect returns: publish until
-        // a copy arrives.
         let wanted = serde_json::to_vec(&doc(2)).unwrap();
-        let first = loop {
-            publisher
-                .publish(subject, wanted.clone().into())
-                .await
-                .unwrap();
-            publisher.flush().await.unwrap();
-            if let Some(m) = next_within(&mut sub, Duration::from_millis(200)).await {
-                break m;
-            }
-        };
+        let first = publish_until_received(&publisher, subject, &mut sub, wanted).await;
         assert_eq!(first, PushMessage::Peer(doc(2)), "message 1 must be lost");
 
         // Drain any extra copies of doc 2, then junk must come through as BadJson.
@@ -239,6 +265,50 @@ mod tests {
             }
         };
         assert!(matches!(junk, Some(PushMessage::BadJson(_))), "{junk:?}");
+    }
+
+    #[tokio::test]
+    async fn a_burst_arrives_in_bounded_batches_in_order() {
+        let Some(server) = NatsServer::start() else {
+            return;
+        };
+        let subject = "jitwg.test.batch";
+        let publisher = async_nats::connect(server.url.as_str()).await.unwrap();
+        let mut sub = PushSubscriber::connect(&server.url, subject).await.unwrap();
+        // Wait until our SUB is live (a probe comes back).
+        let probe = serde_json::to_vec(&doc(0)).unwrap();
+        publish_until_received(&publisher, subject, &mut sub, probe).await;
+        // Drain stray probe copies.
+        while next_within(&mut sub, Duration::from_millis(200))
+            .await
+            .is_some()
+        {}
+
+        for n in 1..=50u8 {
+            let body = serde_json::to_vec(&doc(n)).unwrap();
+            publisher.publish(subject, body.into()).await.unwrap();
+        }
+        publisher.flush().await.unwrap();
+        // Let the burst reach our buffer, so batching has something to take.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
+        let mut got = Vec::new();
+        let mut largest = 0;
+        while got.len() < 50 {
+            let batch = tokio::time::timeout(Duration::from_secs(5), sub.next_batch(16))
+                .await
+                .expect("burst delivered")
+                .expect("subscription alive");
+            assert!((1..=16).contains(&batch.len()), "{}", batch.len());
+            largest = largest.max(batch.len());
+            got.extend(batch);
+        }
+        let want: Vec<PushMessage> = (1..=50u8).map(|n| PushMessage::Peer(doc(n))).collect();
+        assert_eq!(got, want);
+        assert_eq!(
+            largest, 16,
+            "messages already buffered must be taken together"
+        );
     }
 
     #[tokio::test]

@@ -1,9 +1,11 @@
 //! The sweep: every `sweep-every`, evict peers whose last handshake is older than
 //! `evict-after` (or that never completed one within `evict-after` of being installed),
 //! so the interface never fills with stale peers. Selection is pure; the install worker
-//! performs the removals in bounded chunks.
+//! performs the removals in bounded chunks. The data plane is read off the install
+//! worker (a full read of 50,000 kernel peers takes seconds, and installs must not wait
+//! for it), so the worker reconciles that read with what it wrote meanwhile.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use crate::dataplane::InstalledPeer;
@@ -34,6 +36,44 @@ pub fn select_idle(
         })
         .map(|p| p.public_key)
         .collect()
+}
+
+/// A data-plane write the install worker made while a sweep's read was in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Installed(PublicKey),
+    Removed(PublicKey),
+}
+
+/// The data plane's peers as of a read plus the writes made after it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// What the data plane holds now.
+    pub present: HashSet<PublicKey>,
+    /// Keys written after the read: the read says nothing current about them, so they are
+    /// not judged idle by it.
+    pub touched: HashSet<PublicKey>,
+}
+
+/// Applies `since` (in order) to `read`. Pure.
+pub fn reconcile(read: &[InstalledPeer], since: &[Change]) -> Reconciled {
+    let mut out = Reconciled {
+        present: read.iter().map(|p| p.public_key).collect(),
+        touched: HashSet::new(),
+    };
+    for change in since {
+        match *change {
+            Change::Installed(k) => {
+                out.present.insert(k);
+                out.touched.insert(k);
+            }
+            Change::Removed(k) => {
+                out.present.remove(&k);
+                out.touched.insert(k);
+            }
+        }
+    }
+    out
 }
 
 /// Sizes removal chunks by time, not by count: each data-plane removal call should take
@@ -192,5 +232,58 @@ mod tests {
     #[test]
     fn handshake_in_the_future_is_kept() {
         check(&[peer(1, Some(at(1000)))], &[], 10, &[]);
+    }
+
+    fn keys(ks: &[u8]) -> HashSet<PublicKey> {
+        ks.iter().map(|k| PublicKey([*k; 32])).collect()
+    }
+
+    #[test]
+    fn reconcile_applies_writes_made_after_the_read_in_order() {
+        let read = [peer(1, None), peer(2, None), peer(3, None)];
+        let k = |n: u8| PublicKey([n; 32]);
+        let r = reconcile(
+            &read,
+            &[
+                Change::Installed(k(4)),
+                Change::Removed(k(2)),
+                Change::Removed(k(3)),
+                Change::Installed(k(3)),
+                Change::Installed(k(5)),
+                Change::Removed(k(5)),
+            ],
+        );
+        assert_eq!(r.present, keys(&[1, 3, 4]));
+        assert_eq!(r.touched, keys(&[2, 3, 4, 5]));
+        let r = reconcile(&read, &[]);
+        assert_eq!(r.present, keys(&[1, 2, 3]));
+        assert!(r.touched.is_empty());
+    }
+
+    proptest::proptest! {
+        /// Whatever the read and the writes, the result is the last word on each key: a
+        /// key written after the read is present iff its last write installed it, any
+        /// other key iff the read had it.
+        #[test]
+        fn reconcile_is_the_last_word_per_key(
+            read in proptest::collection::btree_set(0u8..16, 0..16),
+            writes in proptest::collection::vec((0u8..16, proptest::bool::ANY), 0..32),
+        ) {
+            let peers: Vec<InstalledPeer> = read.iter().map(|k| peer(*k, None)).collect();
+            let since: Vec<Change> = writes
+                .iter()
+                .map(|(k, add)| {
+                    let key = PublicKey([*k; 32]);
+                    if *add { Change::Installed(key) } else { Change::Removed(key) }
+                })
+                .collect();
+            let r = reconcile(&peers, &since);
+            for k in 0u8..16 {
+                let key = PublicKey([k; 32]);
+                let last = writes.iter().rev().find(|(w, _)| *w == k).map(|(_, add)| *add);
+                proptest::prop_assert_eq!(r.present.contains(&key), last.unwrap_or(read.contains(&k)));
+                proptest::prop_assert_eq!(r.touched.contains(&key), last.is_some());
+            }
+        }
     }
 }
