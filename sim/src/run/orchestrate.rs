@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use indicatif::{ProgressBar, ProgressStyle};
+use ipnet::{IpNet, Ipv4Net};
 use jitwg_reports::{
     ApiSummary, ClientResult, Event, EventKind, Figures, Reload, Results, RunInfo, Sample,
 };
@@ -26,7 +27,7 @@ use crate::lab::process::Child;
 use crate::lab::topology::{AddressPlan, Topology};
 use crate::lab::{LabError, RuntimeFlavor};
 use crate::scenario::file::{BackendName, ModeName};
-use crate::scenario::{EventAction, Scenario};
+use crate::scenario::{EventAction, PreinstalledPeer, Scenario};
 
 use super::daemon_config::{self, DaemonEndpoints};
 use super::probe::{Probe, ProbeClient};
@@ -40,7 +41,6 @@ use super::{
 
 /// How often the loop wakes up (events fire with this resolution); samples are taken every second.
 const TICK: Duration = Duration::from_millis(100);
-const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// How often `/ready` is polled while waiting for the daemon.
 const READY_POLL: Duration = Duration::from_millis(10);
 /// Grace period for SIGTERM before SIGKILL when the daemon restarts.
@@ -154,6 +154,28 @@ fn state_dir(run_id: &RunId) -> Result<tempfile::TempDir, RunError> {
         .prefix(&format!("jitwg-{run_id}-"))
         .tempdir_in(&parent)
         .map_err(|source| RunError::StateDir { parent, source })
+}
+
+/// Puts the scenario's synthetic peers into the data plane (one bulk request), so the
+/// daemon starts with them installed.
+fn preinstall(dp: &DataPlane, peers: &[PreinstalledPeer]) -> Result<(), LabError> {
+    let start = Instant::now();
+    let nets: Vec<[IpNet; 1]> = peers
+        .iter()
+        .map(|p| [IpNet::V4(Ipv4Net::from(p.tunnel_ip))])
+        .collect();
+    dp.add_peers(
+        peers
+            .iter()
+            .zip(&nets)
+            .map(|(p, net)| (p.public_key, net.as_slice())),
+    )?;
+    tracing::info!(
+        peers = peers.len(),
+        took_ms = ms(start.elapsed()),
+        "preinstalled synthetic peers"
+    );
+    Ok(())
 }
 
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
@@ -338,6 +360,14 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
         .map_err(RunError::lab("starting the data plane"))?;
     let gateway_public_key = dataplane.public_key();
     lab.dataplane = Some(dataplane);
+    if !scenario.preinstalled.is_empty() {
+        let dp = lab
+            .dataplane
+            .as_ref()
+            .ok_or(RunError::InterruptedDuringSetup)?;
+        blocking(|| preinstall(dp, &scenario.preinstalled))
+            .map_err(RunError::lab("preinstalling peers into the data plane"))?;
+    }
 
     // NATS (push mode), then the control plane.
     let cp_ip = plan.control_plane();
@@ -510,7 +540,7 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
                     &scenario,
                 )
                 .await;
-            next_sample += SAMPLE_EVERY;
+            next_sample += scenario.sample_every;
             update_bar(&bar, &progress, state.samples.last());
         }
         let fleet_done = lab

@@ -26,6 +26,19 @@ pub struct ScenarioFile {
     /// An installed peer without a handshake for this long counts as stale.
     #[serde(with = "humantime_serde", default = "default_stale_threshold")]
     pub stale_threshold: Duration,
+    /// How often the driver samples the data plane (installed and stale peers), the
+    /// daemon's metrics and process usage. Each sample dumps every installed peer, so
+    /// with tens of thousands installed a longer interval keeps the driver's own load
+    /// off what it measures.
+    #[serde(with = "humantime_serde", default = "default_sample_every")]
+    pub sample_every: Duration,
+    /// Synthetic peers put into the data plane before jitwgd starts: random keys, one
+    /// `/32` each after the clients' tunnel addresses, never registered and never
+    /// connecting. jitwgd adopts them as installed (as after a restart with the data
+    /// plane kept) and evicts them `evict_after` later, so first contacts are measured
+    /// with this many peers already installed.
+    #[serde(default)]
+    pub preinstalled_peers: u32,
     #[serde(default)]
     pub daemon: DaemonFile,
     #[serde(default)]
@@ -41,6 +54,10 @@ pub struct ScenarioFile {
 
 fn default_stale_threshold() -> Duration {
     Duration::from_secs(180)
+}
+
+fn default_sample_every() -> Duration {
+    Duration::from_secs(1)
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

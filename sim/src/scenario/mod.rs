@@ -16,7 +16,7 @@ pub use file::ScenarioFile;
 pub use overrides::{Override, OverrideError};
 pub use resolve::{
     ClientPlan, ControlPlaneSettings, DaemonSettings, EventAction, Link, PeerIdentity, Population,
-    Scenario, TimedEvent,
+    PreinstalledPeer, Scenario, TimedEvent,
 };
 
 /// A value that parsed but makes no sense, named by its key (`population[0].count`).
@@ -194,6 +194,53 @@ arrival = { kind = "constant", rate = 2.0 }
         sources.dedup();
         assert_eq!(sources.len(), 4);
         assert!(sources.iter().all(|ip| ip.octets()[..2] == [198, 18]));
+    }
+
+    #[test]
+    fn preinstalled_peers_are_seeded_distinct_and_leave_clients_alone() {
+        let plain = with_sets(MINIMAL, &["control_plane.extra_registered=3"]).unwrap();
+        let s = with_sets(
+            MINIMAL,
+            &["control_plane.extra_registered=3", "preinstalled_peers=500"],
+        )
+        .unwrap();
+        assert_eq!(s.preinstalled.len(), 500);
+        assert_eq!(
+            s.preinstalled,
+            with_sets(
+                MINIMAL,
+                &["control_plane.extra_registered=3", "preinstalled_peers=500"]
+            )
+            .unwrap()
+            .preinstalled
+        );
+        // Adding them does not change any client's or extra peer's key or address.
+        let keys = |s: &Scenario| {
+            s.registered_peers()
+                .map(|p| (p.public_key, p.tunnel_ip))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keys(&plain), keys(&s));
+        // No tunnel address and no key is shared with anyone.
+        let mut tunnels: Vec<_> = s.registered_peers().map(|p| p.tunnel_ip).collect();
+        tunnels.extend(s.preinstalled.iter().map(|p| p.tunnel_ip));
+        let mut all_keys: Vec<_> = s.registered_peers().map(|p| p.public_key).collect();
+        all_keys.extend(s.preinstalled.iter().map(|p| p.public_key));
+        tunnels.sort();
+        tunnels.dedup();
+        all_keys.sort();
+        all_keys.dedup();
+        assert_eq!(tunnels.len(), 507);
+        assert_eq!(all_keys.len(), 507);
+        assert!(tunnels.iter().all(|t| t.octets()[..2] == [100, 64]));
+    }
+
+    #[test]
+    fn preinstalled_peers_count_towards_the_peer_limit() {
+        let err = with_sets(MINIMAL, &["preinstalled_peers=65000"]).unwrap_err();
+        assert!(err.to_string().contains("preinstalled_peers"), "{err}");
+        let err = with_sets(MINIMAL, &["sample_every=10ms"]).unwrap_err();
+        assert!(err.to_string().contains("sample_every"), "{err}");
     }
 
     #[test]

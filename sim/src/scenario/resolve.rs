@@ -43,6 +43,10 @@ pub struct Scenario {
     pub clients: Vec<ClientPlan>,
     /// Registered, never connecting (`extra_registered`).
     pub extra_peers: Vec<PeerIdentity>,
+    /// How often the driver samples the data plane and the daemon.
+    pub sample_every: Duration,
+    /// Put into the data plane before the daemon starts (`preinstalled_peers`).
+    pub preinstalled: Vec<PreinstalledPeer>,
     /// Sorted by `at`.
     pub events: Vec<TimedEvent>,
     /// `[expect]`, parsed by `jitwg_reports` (filled by `scenario::parse`).
@@ -143,11 +147,20 @@ pub enum EventAction {
 const STREAM_KEYS: u64 = 1;
 const STREAM_ARRIVALS: u64 = 2;
 const STREAM_LINKS: u64 = 3;
+const STREAM_PREINSTALLED: u64 = 4;
 
 fn rng(seed: u64, stream: u64) -> ChaCha20Rng {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     rng.set_stream(stream);
     rng
+}
+
+/// A synthetic peer for `preinstalled_peers`: it only has to occupy the data plane, so
+/// its key is random bytes (no private key, never used in a handshake).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreinstalledPeer {
+    pub public_key: [u8; 32],
+    pub tunnel_ip: Ipv4Addr,
 }
 
 fn identity(rng: &mut ChaCha20Rng, tunnel_host: u32) -> PeerIdentity {
@@ -245,6 +258,9 @@ pub fn resolve(file: ScenarioFile) -> Result<Scenario, FieldError> {
     if file.stale_threshold.is_zero() {
         return Err(invalid("stale_threshold", "must be longer than 0s"));
     }
+    if file.sample_every < Duration::from_millis(100) {
+        return Err(invalid("sample_every", "must be at least 100ms"));
+    }
     let d = &file.daemon;
     if d.sweep_every.is_zero() {
         return Err(invalid("daemon.sweep_every", "must be longer than 0s"));
@@ -270,7 +286,8 @@ pub fn resolve(file: ScenarioFile) -> Result<Scenario, FieldError> {
     }
 
     let mut populations = Vec::with_capacity(file.populations.len());
-    let mut total: u64 = u64::from(file.control_plane.extra_registered);
+    let mut total: u64 =
+        u64::from(file.control_plane.extra_registered) + u64::from(file.preinstalled_peers);
     for (i, p) in file.populations.iter().enumerate() {
         let key = format!("population[{i}]");
         if p.name.is_empty() {
@@ -303,7 +320,10 @@ pub fn resolve(file: ScenarioFile) -> Result<Scenario, FieldError> {
     if total > u64::from(MAX_PEERS) {
         return Err(invalid(
             "population",
-            format!("{total} clients plus extra_registered exceed the limit of {MAX_PEERS}"),
+            format!(
+                "{total} clients plus extra_registered plus preinstalled_peers exceed the \
+                 limit of {MAX_PEERS}"
+            ),
         ));
     }
 
@@ -366,6 +386,20 @@ pub fn resolve(file: ScenarioFile) -> Result<Scenario, FieldError> {
     let extra_peers = (0..file.control_plane.extra_registered)
         .map(|i| identity(&mut keys, TUNNEL_FIRST_HOST + next_id + i))
         .collect();
+    let mut synthetic = rng(file.seed, STREAM_PREINSTALLED);
+    let first_preinstalled = TUNNEL_FIRST_HOST + next_id + file.control_plane.extra_registered;
+    let preinstalled = (0..file.preinstalled_peers)
+        .map(|i| {
+            let mut public_key = [0u8; 32];
+            synthetic.fill_bytes(&mut public_key);
+            PreinstalledPeer {
+                public_key,
+                tunnel_ip: Ipv4Addr::from(
+                    u32::from(Ipv4Addr::new(100, 64, 0, 0)) + first_preinstalled + i,
+                ),
+            }
+        })
+        .collect();
 
     Ok(Scenario {
         name: file.name.clone(),
@@ -373,6 +407,8 @@ pub fn resolve(file: ScenarioFile) -> Result<Scenario, FieldError> {
         backend: file.backend,
         duration: file.duration,
         stale_threshold: file.stale_threshold,
+        sample_every: file.sample_every,
+        preinstalled,
         daemon: DaemonSettings {
             mode: d.mode,
             boot: d.boot,
