@@ -36,9 +36,6 @@ pub enum HarnessError {
         source: std::io::Error,
     },
 
-    #[error("UAPI socket of {iface}: {what}")]
-    Uapi { iface: String, what: String },
-
     #[error("{what} did not happen within {secs:.1}s{detail}")]
     Timeout {
         what: String,

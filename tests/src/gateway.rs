@@ -18,12 +18,11 @@ use jitwg::controlplane::{
 };
 use jitwg::lab::{
     spawn_in, AddressPlan, Child, DataPlane, DataPlaneBackend, DataPlaneOptions, DataPlaneSpec,
-    LabError, Namespace, NsThread, RunId, RuntimeFlavor, Topology,
+    LabError, Namespace, NsThread, PeerState, RunId, RuntimeFlavor, Topology,
 };
 
 use crate::knock::Knocker;
 use crate::metrics::{http_get, Scrape};
-use crate::uapi::{self, PeerState};
 use crate::{wait_for, HarnessError};
 
 /// WireGuard port of the gateway.
@@ -403,18 +402,21 @@ impl Gateway {
         Ok(Scrape::parse(body))
     }
 
-    /// Peers configured on the gateway's data plane (read over UAPI).
+    /// Peers configured on the gateway's data plane.
     pub fn peers(&self) -> Result<Vec<PeerState>, HarnessError> {
-        uapi::peers(self.interface())
+        Ok(self.data_plane.peers()?)
     }
 
     pub fn peer(&self, public_key: &[u8; 32]) -> Result<Option<PeerState>, HarnessError> {
-        uapi::peer(self.interface(), public_key)
+        Ok(self
+            .peers()?
+            .into_iter()
+            .find(|p| &p.public_key == public_key))
     }
 
     /// Removes a peer from the data plane by hand, behind the daemon's back.
     pub fn remove_peer(&self, public_key: &[u8; 32]) -> Result<(), HarnessError> {
-        uapi::remove_peer(self.interface(), public_key)
+        Ok(self.data_plane.remove_peer(*public_key)?)
     }
 
     /// Waits until `public_key` is (or is not) installed.

@@ -8,14 +8,13 @@ pub mod gateway;
 pub mod knock;
 pub mod metrics;
 pub mod prereq;
-pub mod uapi;
 
 pub use error::HarnessError;
 pub use gateway::{Gateway, GatewayOptions, StockClient};
+pub use jitwg::lab::PeerState;
 pub use knock::Knocker;
 pub use metrics::Scrape;
 pub use prereq::{daemon_binary, prerequisites_met};
-pub use uapi::PeerState;
 
 use std::time::{Duration, Instant};
 
