@@ -11,6 +11,20 @@ use crate::controlplane::{run_cli, ControlPlaneArgs};
 use crate::run::{FailureKind, RunError, RunOptions};
 use crate::scenario::{Adjustments, Override, Scenario};
 
+/// `println!` to stdout that ignores a reader that went away (`jitwg validate f | head`):
+/// the rest of the output is dropped instead of panicking with "Broken pipe".
+macro_rules! say {
+    ($($arg:tt)*) => {
+        say_raw(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// Writes to stdout, ignoring write errors (see [`say!`]).
+fn say_raw(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_fmt(args);
+}
+
 /// Process exit codes of `jitwg` (documented in `--help`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitCode {
@@ -259,7 +273,10 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     let report = jitwg_reports::write_report(&outcome.results, &outcome.out_dir)
         .context("writing the report")
         .map_err(|e| CliError::new(ExitCode::Internal, e))?;
-    print!("{}", jitwg_reports::text_summary(&outcome.results));
+    say_raw(format_args!(
+        "{}",
+        jitwg_reports::text_summary(&outcome.results)
+    ));
     for e in outcome.results.expectations.iter().filter(|e| !e.passed) {
         let unit = jitwg_reports::figure(&e.figure).map(|def| def.unit);
         let measured = match (e.measured, unit) {
@@ -267,13 +284,13 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
             (Some(m), Some(unit)) => format!("measured {}", unit.format(m)),
             (Some(m), None) => format!("measured {m}"),
         };
-        println!("breach: {} ({measured})", e.expr);
+        say!("breach: {} ({measured})", e.expr);
     }
     if outcome.interrupted {
-        println!("interrupted: results are partial");
+        say!("interrupted: results are partial");
     }
-    println!("results: {}", outcome.results_path.display());
-    println!("report: {}", report.html.display());
+    say!("results: {}", outcome.results_path.display());
+    say!("report: {}", report.html.display());
     Ok(if outcome.passed() {
         ExitCode::Ok
     } else {
@@ -283,7 +300,7 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
 
 fn validate(args: ValidateArgs) -> Result<ExitCode, CliError> {
     let (s, _) = load_scenario(&args.scenario)?;
-    println!("{}", describe(&s, &args.scenario.scenario));
+    say!("{}", describe(&s, &args.scenario.scenario));
     Ok(ExitCode::Ok)
 }
 
@@ -315,10 +332,13 @@ pub fn describe(s: &Scenario, file: &Path) -> String {
         |c| humantime::format_duration(c.start).to_string(),
     );
     out.push_str(&format!(
-        "  {} clients (last starts at {last}), {} registered peers ({} extra)\n",
+        "  {} clients (last starts at {last}), {} registered peers ({} extra), {} preinstalled \
+         peers, sampled every {}\n",
         s.clients.len(),
         s.registered_peers().count(),
-        s.extra_peers.len()
+        s.extra_peers.len(),
+        s.preinstalled.len(),
+        humantime::format_duration(s.sample_every),
     ));
     for e in &s.events {
         out.push_str(&format!(
@@ -361,8 +381,8 @@ fn report(args: ReportArgs) -> Result<ExitCode, CliError> {
     }
     .context("writing the report")
     .map_err(|e| CliError::new(ExitCode::Internal, e))?;
-    println!("markdown: {}", paths.markdown.display());
-    println!("report: {}", paths.html.display());
+    say!("markdown: {}", paths.markdown.display());
+    say!("report: {}", paths.html.display());
     Ok(ExitCode::Ok)
 }
 
@@ -374,12 +394,12 @@ fn compare(args: CompareArgs) -> Result<ExitCode, CliError> {
         &jitwg_reports::Figures::from_results(&cand),
         args.tolerance,
     );
-    println!(
+    say!(
         "baseline:  {}\ncandidate: {}\n",
         label(&args.baseline, &base),
         label(&args.candidate, &cand)
     );
-    println!("{cmp}");
+    say!("{cmp}");
     // The table ends with the regression count; the exit code carries the verdict.
     Ok(if cmp.regressions().is_empty() {
         ExitCode::Ok
@@ -407,12 +427,12 @@ fn clean(args: CleanArgs) -> Result<ExitCode, CliError> {
     let mut any = false;
     for (what, items) in groups {
         for item in items.iter() {
-            println!("{verb} {what} {item}");
+            say!("{verb} {what} {item}");
             any = true;
         }
     }
     if !any {
-        println!("nothing to clean");
+        say!("nothing to clean");
     }
     Ok(ExitCode::Ok)
 }

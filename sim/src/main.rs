@@ -1,6 +1,8 @@
 //! `jitwg`, the scenario driver's binary: parse arguments, run the library, print the whole error
 //! chain and exit with the documented code (see `jitwg --help`).
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use jitwg::cli::{dispatch, Cli, ExitCode};
 
@@ -10,6 +12,7 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
