@@ -13,7 +13,8 @@ APT_PKGS=()
 usage() {
   cat <<EOF
 usage: ci/vm.sh [--memory 2G] [--cpus 2] [--kvm auto|on|off] [--kernel PATH]
-                [--timeout SECONDS] [--setup-only] -- COMMAND [ARG...]
+                [--timeout SECONDS] [--boot-deadline SECONDS] [--setup-only]
+                -- COMMAND [ARG...]
 
 Boots Debian's generic kernel (/boot/vmlinuz-*-amd64, newest; not -rt/-cloud, the
 cloud flavour lacks 9p) in qemu via virtme-ng, on a copy-on-write view of this host's
@@ -26,17 +27,30 @@ guest writes is discarded. PATH, CI, RUST_LOG and RUST_BACKTRACE are passed thro
 Options:
   --memory SIZE     guest memory (qemu -m), default 2G
   --cpus N          guest vCPUs, default 2
-  --kvm MODE        auto (default): try KVM, fall back to TCG emulation if qemu cannot
-                    start a KVM guest (nested KVM fails on these hosts; the failure is
-                    remembered in target/vm/kvm-broken); on: KVM only; off: TCG only
+  --kvm MODE        auto (default): try KVM, fall back to TCG emulation if the KVM
+                    guest fails or does not boot within --boot-deadline (nested KVM
+                    fails or hangs on these hosts); the failure is remembered per host
+                    in the cache directory below, so later runs go straight to TCG;
+                    on: KVM only; off: TCG only
   --kernel PATH     boot this kernel image instead of the newest generic one
-  --timeout SECS    kill the VM after SECS seconds (default: no limit)
+  --timeout SECS    kill the VM after SECS seconds in all (default: no limit); a KVM
+                    attempt abandoned at the boot deadline counts towards it
+  --boot-deadline SECS
+                    give a KVM guest SECS seconds to reach the command (the guest
+                    signals it by writing a marker into the shared directory), else
+                    kill its whole qemu process group and, with --kvm auto, boot under
+                    TCG instead (default 60; a working KVM guest needs a few seconds;
+                    0: no deadline). TCG boots are not held to it (they take 20-60 s).
   --setup-only      install/check prerequisites and print the chosen kernel, boot nothing
 
 Prerequisites (installed automatically when run as root, else reported):
   apt: qemu-system-x86 busybox-static linux-image-amd64 wireguard-tools iproute2
        (and python3, python3-venv when virtme-ng must be installed and pip is missing)
   pip: virtme-ng (into the current python3, else a venv under /opt/virtme-ng)
+
+Cache: \$JITWG_CACHE_DIR if set, else /var/cache/jitwg when writable (root), else
+\${XDG_CACHE_HOME:-~/.cache}/jitwg. It holds kvm-broken: one line per host kernel and
+qemu version under which KVM failed; delete it to make the next run try KVM again.
 
 Exit status: COMMAND's own status; 2 usage error; 3 missing prerequisite;
 4 the VM failed (did not boot, or did not report COMMAND's status); 5 the guest
@@ -60,6 +74,7 @@ cpus=2
 kvm=auto
 kernel=""
 timeout_s=0
+boot_deadline_s=60
 setup_only=0
 while (($#)); do
   case "$1" in
@@ -69,6 +84,7 @@ while (($#)); do
     --kvm) kvm="${2:?--kvm needs auto, on or off}"; shift 2 ;;
     --kernel) kernel="${2:?--kernel needs a path}"; shift 2 ;;
     --timeout) timeout_s="${2:?--timeout needs seconds}"; shift 2 ;;
+    --boot-deadline) boot_deadline_s="${2:?--boot-deadline needs seconds}"; shift 2 ;;
     --setup-only) setup_only=1; shift ;;
     --) shift; break ;;
     *) usage >&2; die 2 "unexpected argument '$1' (put the command after --)" ;;
@@ -77,6 +93,8 @@ done
 case "$kvm" in auto | on | off) ;; *) die 2 "--kvm must be auto, on or off, not '$kvm'" ;; esac
 [[ "$cpus" =~ ^[1-9][0-9]*$ ]] || die 2 "--cpus must be a positive integer, not '$cpus'"
 [[ "$timeout_s" =~ ^[0-9]+$ ]] || die 2 "--timeout must be whole seconds, not '$timeout_s'"
+[[ "$boot_deadline_s" =~ ^[0-9]+$ ]] ||
+  die 2 "--boot-deadline must be whole seconds, not '$boot_deadline_s'"
 if ((setup_only == 0 && $# == 0)); then
   usage >&2
   die 2 "no command given (put it after --)"
@@ -188,41 +206,110 @@ inner+=" bash $(printf '%q' "$PROJECT/ci/vm-inner.sh") exec $(printf '%q' "$run_
 inner+=" $(printf '%q' "$PROJECT") --"
 for a in "$@"; do inner+=" $(printf '%q' "$a")"; done
 
-# KVM state is remembered per host kernel and qemu version: a failed attempt costs ~10 s.
+# Whether KVM works is a property of the host (kernel, qemu, nesting), not of the clone:
+# it is remembered in a per-host cache so that every fresh CI clone does not pay for a
+# failed KVM attempt again.
+cache_dir() {
+  if [ -n "${JITWG_CACHE_DIR:-}" ]; then
+    echo "$JITWG_CACHE_DIR"
+  elif mkdir -p /var/cache/jitwg 2>/dev/null && [ -w /var/cache/jitwg ]; then
+    echo /var/cache/jitwg
+  else
+    echo "${XDG_CACHE_HOME:-$HOME/.cache}/jitwg"
+  fi
+}
+CACHE="$(cache_dir)"
 kvm_key="$(uname -r) $(qemu-system-x86_64 --version | head -n1)"
-kvm_broken_file="$STATE/kvm-broken"
+kvm_broken_file="$CACHE/kvm-broken"
 
-boot() { # $1: "kvm" or "tcg"
+remember_kvm_broken() {
+  if mkdir -p "$CACHE" 2>/dev/null && echo "$kvm_key" >>"$kvm_broken_file" 2>/dev/null; then
+    echo "ci/vm.sh: remembered in $kvm_broken_file (delete it to try KVM again)" >&2
+  else
+    echo "ci/vm.sh: could not write $kvm_broken_file; the next run will try KVM again" >&2
+  fi
+}
+
+# The VM runs in its own session (setsid) so that vng, qemu and anything they start can be
+# killed as one process group: killing only vng leaves a wedged qemu behind.
+vm_pgid=""
+kill_vm() {
+  [ -n "$vm_pgid" ] || return 0
+  kill -TERM -- "-$vm_pgid" 2>/dev/null || true
+  local i
+  for ((i = 0; i < 20; i++)); do
+    kill -0 -- "-$vm_pgid" 2>/dev/null || break
+    sleep 0.5
+  done
+  kill -KILL -- "-$vm_pgid" 2>/dev/null || true
+  wait "$vm_pgid" 2>/dev/null || true
+  vm_pgid=""
+}
+trap 'kill_vm; rm -rf "$run_dir"' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+overall_start=$SECONDS
+boot_outcome=""
+boot() { # $1: "kvm" or "tcg". Sets boot_outcome: done, no-boot (deadline) or timeout.
   local accel=()
   [ "$1" = tcg ] && accel=(--disable-kvm)
-  local cmd=("$VNG" --run "$kernel" "${accel[@]}" --memory "$memory" --cpus "$cpus"
-    --rwdir="$PROJECT" --exec "$inner")
-  if ((timeout_s > 0)); then cmd=(timeout -k 10 "$timeout_s" "${cmd[@]}"); fi
+  local deadline=0
+  [ "$1" = kvm ] && deadline=$boot_deadline_s
   echo "ci/vm.sh: booting $kernel ($1, ${cpus} vCPU, $memory)" >&2
   local start=$SECONDS
-  "${cmd[@]}" </dev/null || true
+  setsid "$VNG" --run "$kernel" "${accel[@]}" --memory "$memory" --cpus "$cpus" \
+    --rwdir="$PROJECT" --exec "$inner" </dev/null &
+  vm_pgid=$!
+  boot_outcome=done
+  while kill -0 "$vm_pgid" 2>/dev/null; do
+    if ((deadline > 0 && SECONDS - start >= deadline)) && [ ! -e "$run_dir/started" ]; then
+      echo "ci/vm.sh: the $1 guest did not reach the command within --boot-deadline ${deadline} s; stopping it" >&2
+      boot_outcome=no-boot
+      kill_vm
+      break
+    fi
+    if ((timeout_s > 0 && SECONDS - overall_start >= timeout_s)); then
+      echo "ci/vm.sh: --timeout ${timeout_s} s reached; stopping the VM" >&2
+      boot_outcome=timeout
+      kill_vm
+      break
+    fi
+    sleep 1
+  done
+  if [ -n "$vm_pgid" ]; then
+    wait "$vm_pgid" 2>/dev/null || true
+    # Whatever qemu or vng left running in the session goes too.
+    kill -KILL -- "-$vm_pgid" 2>/dev/null || true
+    vm_pgid=""
+  fi
   echo "ci/vm.sh: VM session took $((SECONDS - start)) s" >&2
 }
 
 use_kvm=0
 if [ "$kvm" = on ]; then
   use_kvm=1
-elif [ "$kvm" = auto ] && [ -w /dev/kvm ] && ! grep -qxF "$kvm_key" "$kvm_broken_file" 2>/dev/null; then
-  use_kvm=1
+elif [ "$kvm" = auto ] && [ -w /dev/kvm ]; then
+  if grep -qxF "$kvm_key" "$kvm_broken_file" 2>/dev/null; then
+    echo "ci/vm.sh: KVM failed here before ($kvm_broken_file); using TCG" >&2
+  else
+    use_kvm=1
+  fi
 fi
 
 if ((use_kvm)); then
   boot kvm
-  if [ ! -e "$run_dir/started" ] && [ "$kvm" = auto ]; then
+  if [ ! -e "$run_dir/started" ] && [ "$kvm" = auto ] && [ "$boot_outcome" != timeout ]; then
     # The guest never reached the command, so nothing ran twice: retry under emulation.
-    echo "ci/vm.sh: KVM guest did not start; remembering that and falling back to TCG" >&2
-    echo "$kvm_key" >>"$kvm_broken_file"
+    echo "ci/vm.sh: KVM guest did not start; falling back to TCG" >&2
+    remember_kvm_broken
     boot tcg
   fi
 else
   boot tcg
 fi
 
+[ "$boot_outcome" = no-boot ] && die 4 "the KVM guest did not boot within --boot-deadline ${boot_deadline_s} s"
 [ -e "$run_dir/started" ] || die 4 "the VM did not start the command (see qemu/vng output above)"
 if [ -e "$run_dir/setup-failed" ]; then
   die 5 "guest setup failed: $(cat "$run_dir/setup-failed")"
