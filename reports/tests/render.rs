@@ -355,3 +355,37 @@ fn dump_sample_charts() {
         }
     }
 }
+
+/// Series lines (stroke width 2, unlike axes, ticks and event marks) of `svg` whose points do not all
+/// share one y (a flat series or a legend swatch does).
+fn sloped_series_lines(svg: &str) -> usize {
+    let doc = roxmltree::Document::parse(svg).unwrap();
+    doc.descendants()
+        .filter(|n| n.tag_name().name() == "polyline" && n.attribute("stroke-width") == Some("2"))
+        .filter(|n| {
+            let ys: Vec<&str> = n
+                .attribute("points")
+                .unwrap_or("")
+                .split_whitespace()
+                .filter_map(|p| p.split(',').nth(1))
+                .collect();
+            ys.windows(2).any(|w| w[0] != w[1])
+        })
+        .count()
+}
+
+#[test]
+fn connection_chart_climbs_for_clients_that_leave_after_their_echo() {
+    // A connect_once population: every client leaves right after its echo, so no sample ever sees a
+    // client holding a tunnel; the chart must still show that connections were made.
+    let mut r = fixed();
+    for s in &mut r.samples {
+        s.connected_clients = 0;
+        s.in_flight = 0;
+    }
+    let svg = charts::connections_over_time(&[("once", &r)]).unwrap();
+    check_svg("connections", &svg);
+    assert!(svg.contains("connections made (cumulative)"), "{svg}");
+    assert!(svg.contains("holding a tunnel now"), "{svg}");
+    assert_eq!(sloped_series_lines(&svg), 1, "{svg}");
+}

@@ -1,4 +1,5 @@
-//! Charts of the gateway's sampled state over a run's time: connected clients and in-flight handshakes,
+//! Charts of the gateway's sampled state over a run's time: connections made, clients holding a tunnel
+//! and in-flight handshakes,
 //! installed and stale peers, control-plane API calls and lookup outcomes. Scenario events (reboots,
 //! daemon restarts, API outages) are marked on the connection chart so a dip can be read against its cause.
 
@@ -46,7 +47,13 @@ fn series_of(samples: &[&Sample], name: &str, value: impl Fn(&Sample) -> Option<
     }
 }
 
-/// Connected clients and in-flight handshakes per sample, with scenario events marked.
+/// Connections made so far, clients holding a tunnel now and in-flight handshakes per sample, with
+/// scenario events marked.
+///
+/// "Holding a tunnel now" alone reads as a flat zero for populations that leave right after their echo
+/// (`connect_once`), so the cumulative count of connections that reached a usable session is drawn
+/// beside it. It is computed from the per-connection records, so files written before it existed draw
+/// it too.
 pub fn connections_over_time(runs: &Runs<'_>) -> Result<String, ChartError> {
     let per_run = runs
         .iter()
@@ -56,7 +63,8 @@ pub fn connections_over_time(runs: &Runs<'_>) -> Result<String, ChartError> {
                 label,
                 results,
                 series: vec![
-                    series_of(&samples, "connected clients", |s| {
+                    connections_made(results, &samples),
+                    series_of(&samples, "holding a tunnel now", |s| {
                         Some(s.connected_clients as f64)
                     }),
                     series_of(&samples, "in-flight handshakes", |s| {
@@ -68,11 +76,33 @@ pub fn connections_over_time(runs: &Runs<'_>) -> Result<String, ChartError> {
         .collect();
     time_chart(
         "Connected clients and in-flight handshakes",
-        "clients (count)",
+        "count",
         runs,
         per_run,
         true,
     )
+}
+
+/// At each sample's time, how many connections of `results` had reached a usable session.
+fn connections_made(results: &Results, samples: &[&Sample]) -> Series {
+    let made = connected_times_ms(results);
+    series_of(samples, "connections made (cumulative)", |s| {
+        Some(made.partition_point(|t| *t <= s.t_ms) as f64)
+    })
+}
+
+/// When each connection of `results` reached a usable session (start plus setup latency), in ms since
+/// the run start, sorted; failed attempts and non-finite times are left out.
+fn connected_times_ms(results: &Results) -> Vec<f64> {
+    let mut times: Vec<f64> = results
+        .clients
+        .iter()
+        .flat_map(|c| &c.connections)
+        .filter_map(|c| c.setup_latency_ms.map(|latency| c.started_ms + latency))
+        .filter(|t| t.is_finite())
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times
 }
 
 /// Installed peers and stale peers (installed, no handshake within the stale threshold) per sample.
@@ -347,7 +377,7 @@ fn time_chart(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::{Event, RunInfo};
+    use crate::schema::{ClientResult, Connection, Event, RunInfo};
 
     fn event(t_ms: f64, kind: EventKind) -> Event {
         Event {
@@ -385,5 +415,61 @@ mod tests {
         });
         let svg = api_over_time(&[("a", &r)]).unwrap();
         assert!(svg.contains("lookups: no data"), "{svg}");
+    }
+
+    fn connection(started_ms: f64, setup_latency_ms: Option<f64>) -> Connection {
+        Connection {
+            started_ms,
+            setup_latency_ms,
+            handshake_attempts: 1,
+            ..Connection::default()
+        }
+    }
+
+    #[test]
+    fn connected_times_leave_out_failures_and_sort() {
+        let mut r = Results::new(RunInfo::default());
+        r.clients = vec![
+            ClientResult {
+                id: 1,
+                population: "once".into(),
+                connections: vec![connection(3000.0, Some(5.0)), connection(100.0, None)],
+            },
+            ClientResult {
+                id: 2,
+                population: "once".into(),
+                connections: vec![connection(1000.0, Some(2.5))],
+            },
+        ];
+        assert_eq!(connected_times_ms(&r), vec![1002.5, 3005.0]);
+    }
+
+    #[test]
+    fn cumulative_connections_are_drawn_when_nobody_holds_a_tunnel() {
+        // Clients that leave right after their echo: every sample has 0 connected clients, but the
+        // cumulative line climbs to 2.
+        let mut r = Results::new(RunInfo::default());
+        r.clients = vec![ClientResult {
+            id: 1,
+            population: "once".into(),
+            connections: vec![
+                connection(100.0, Some(10.0)),
+                connection(1500.0, Some(10.0)),
+            ],
+        }];
+        r.samples = (0..4)
+            .map(|i| Sample {
+                t_ms: f64::from(i) * 1000.0,
+                ..Sample::default()
+            })
+            .collect();
+        let svg = connections_over_time(&[("a", &r)]).unwrap();
+        assert!(svg.contains("connections made (cumulative)"), "{svg}");
+        assert!(svg.contains("holding a tunnel now"), "{svg}");
+        let made = connections_made(&r, &sorted_samples(&r));
+        assert_eq!(
+            made.points,
+            vec![(0.0, 0.0), (1.0, 1.0), (2.0, 2.0), (3.0, 2.0)]
+        );
     }
 }
