@@ -309,8 +309,11 @@ else
   boot tcg
 fi
 
-[ "$boot_outcome" = no-boot ] && die 4 "the KVM guest did not boot within --boot-deadline ${boot_deadline_s} s"
-[ -e "$run_dir/started" ] || die 4 "the VM did not start the command (see qemu/vng output above)"
+if [ ! -e "$run_dir/started" ]; then
+  [ "$boot_outcome" = no-boot ] &&
+    die 4 "the KVM guest did not reach the command within --boot-deadline ${boot_deadline_s} s"
+  die 4 "the VM did not start the command (see qemu/vng output above)"
+fi
 if [ -e "$run_dir/setup-failed" ]; then
   die 5 "guest setup failed: $(cat "$run_dir/setup-failed")"
 fi
