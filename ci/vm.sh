@@ -312,6 +312,8 @@ fi
 if [ ! -e "$run_dir/started" ]; then
   [ "$boot_outcome" = no-boot ] &&
     die 4 "the KVM guest did not reach the command within --boot-deadline ${boot_deadline_s} s"
+  [ "$boot_outcome" = timeout ] &&
+    die 4 "--timeout ${timeout_s} s ran out before the guest reached the command"
   die 4 "the VM did not start the command (see qemu/vng output above)"
 fi
 if [ -e "$run_dir/setup-failed" ]; then
