@@ -290,3 +290,48 @@ fn effective_config_serializes_with_human_durations() {
     assert_eq!(json["backend"], "userspace");
     assert_eq!(json["metrics_addr"], "127.0.0.1:9100");
 }
+
+#[test]
+fn lookup_stage_defaults_are_the_resolved_defaults() {
+    let c = resolve_argv(MINIMAL).unwrap();
+    let l = crate::lookup::LookupConfig::default();
+    assert_eq!(
+        (
+            l.positive_ttl,
+            l.negative_ttl,
+            l.api_min_interval,
+            l.api_retries,
+            l.tunnel_prefix
+        ),
+        (
+            c.positive_ttl,
+            c.negative_ttl,
+            c.api_min_interval,
+            c.api_retries,
+            c.allowed_prefix
+        )
+    );
+}
+
+#[test]
+fn resolve_text_layers_a_file_without_reading_one() {
+    let c = resolve_text(
+        Args::default(),
+        "interface = \"wg0\"\napi_url = \"http://198.18.0.1:8080\"\nsweep_budget = \"1h\"\n",
+        Path::new("rendered.toml"),
+    )
+    .unwrap();
+    assert_eq!(c.sweep_budget, Duration::from_secs(3600));
+    assert_eq!(c.sweep_every, defaults::SWEEP_EVERY);
+    let err = resolve_text(
+        Args::default(),
+        "interface = \"wg0\"\napi_url = \"http://cp:8080\"\nsweep_every = \"0s\"\n",
+        Path::new("r.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("r.toml") && err.contains("sweep_every"),
+        "{err}"
+    );
+}
