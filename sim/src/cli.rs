@@ -131,6 +131,9 @@ pub enum Command {
     #[command(after_help = AFTER_HELP)]
     Run(RunArgs),
     /// Validate a scenario without running it and print what it resolves to.
+    ///
+    /// The daemon's settings are shown as jitwgd itself resolves them; `*` marks jitwgd's own
+    /// defaults (the scenario's [daemon] table left the key unset).
     Validate(ValidateArgs),
     /// Render a report from results files: one file → a run report, several → a comparison.
     Report(ReportArgs),
