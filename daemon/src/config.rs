@@ -106,10 +106,20 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-/// Defaults, in one place so `--help` texts and `resolve` can be checked against them.
+/// Defaults, in one place so `--help` texts, `resolve`, the stages' own `Default`s and
+/// programs that write jitwgd's config file can be checked against them.
 pub mod defaults {
+    use std::net::Ipv4Addr;
     use std::time::Duration;
 
+    use ipnet::{IpNet, Ipv4Net};
+
+    use super::{Backend, Boot, LogFormat, Mode};
+
+    pub const BACKEND: Backend = Backend::Userspace;
+    pub const MODE: Mode = Mode::Jit;
+    pub const BOOT: Boot = Boot::Jit;
+    pub const LOG_FORMAT: LogFormat = LogFormat::Text;
     pub const DB: &str = "/var/lib/jitwgd/jitwgd.db";
     pub const API_TIMEOUT: Duration = Duration::from_secs(2);
     pub const API_RETRIES: u32 = 3;
@@ -124,7 +134,8 @@ pub mod defaults {
     pub const EVICT_IN_PUSH_MODE: bool = false;
     pub const INITIATE: bool = true;
     pub const NATS_SUBJECT: &str = "jitwg.peers";
-    pub const ALLOWED_PREFIX: &str = "100.64.0.0/10";
+    pub const ALLOWED_PREFIX: IpNet =
+        IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(100, 64, 0, 0), 10));
     pub const POSITIVE_TTL: Duration = Duration::from_secs(300);
     pub const NEGATIVE_TTL: Duration = Duration::from_secs(60);
     pub const API_MIN_INTERVAL: Duration = Duration::from_secs(1);
@@ -170,24 +181,27 @@ fn where_to_set(key: &str) -> String {
 /// Read the config file named by `args.config` (if any) and layer everything:
 /// flag > environment (both already in `args`, clap resolved that) > file > default.
 pub fn resolve(args: Args) -> Result<Config, ConfigError> {
-    let file = match &args.config {
-        None => None,
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
-                path: path.clone(),
-                source,
-            })?;
-            let parsed = ConfigFile::parse(&text).map_err(|source| ConfigError::ParseFile {
-                path: path.clone(),
-                source,
-            })?;
-            Some((parsed, path.clone()))
-        }
-    };
-    match file {
-        Some((file, path)) => merge(args, file, &path),
+    match args.config.clone() {
         None => merge(args, ConfigFile::default(), Path::new("(none)")),
+        Some(path) => {
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::ReadFile {
+                path: path.clone(),
+                source,
+            })?;
+            resolve_text(args, &text, &path)
+        }
     }
+}
+
+/// Layer `args` over the config file text `text` (named `path` in errors) and the
+/// defaults, exactly as `resolve` does once it has read the file. Pure, so a program that
+/// writes jitwgd's config can check what jitwgd will make of it.
+pub fn resolve_text(args: Args, text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let file = ConfigFile::parse(text).map_err(|source| ConfigError::ParseFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    merge(args, file, path)
 }
 
 /// Checks file values with the shared parsers, turning failures into errors that name
@@ -252,7 +266,7 @@ fn merge(args: Args, file: ConfigFile, path: &Path) -> Result<Config, ConfigErro
     let mode = args
         .mode
         .or(f.check("mode", file.mode, word::<Mode>)?)
-        .unwrap_or(Mode::Jit);
+        .unwrap_or(defaults::MODE);
     let api_url = args
         .api_url
         .or(f.check("api_url", file.api_url, values::api_url)?);
@@ -274,20 +288,13 @@ fn merge(args: Args, file: ConfigFile, path: &Path) -> Result<Config, ConfigErro
         }
         _ => {}
     }
-    let default_prefix =
-        values::prefix(defaults::ALLOWED_PREFIX).map_err(|reason| ConfigError::InvalidValue {
-            path: PathBuf::from("(built-in default)"),
-            key: "allowed_prefix",
-            value: defaults::ALLOWED_PREFIX.to_string(),
-            reason,
-        })?;
 
     Ok(Config {
         interface,
         backend: args
             .backend
             .or(f.check("backend", file.backend, word::<Backend>)?)
-            .unwrap_or(Backend::Userspace),
+            .unwrap_or(defaults::BACKEND),
         capture_interface: args.capture_interface.or(f.check(
             "capture_interface",
             file.capture_interface,
@@ -316,7 +323,7 @@ fn merge(args: Args, file: ConfigFile, path: &Path) -> Result<Config, ConfigErro
         boot: args
             .boot
             .or(f.check("boot", file.boot, word::<Boot>)?)
-            .unwrap_or(Boot::Jit),
+            .unwrap_or(defaults::BOOT),
         evict_after: args
             .evict_after
             .or(f.check("evict_after", file.evict_after, values::positive_duration)?)
@@ -350,7 +357,7 @@ fn merge(args: Args, file: ConfigFile, path: &Path) -> Result<Config, ConfigErro
             .allowed_prefix
             .map(|p| p.trunc())
             .or(f.check("allowed_prefix", file.allowed_prefix, values::prefix)?)
-            .unwrap_or(default_prefix),
+            .unwrap_or(defaults::ALLOWED_PREFIX),
         positive_ttl: args
             .positive_ttl
             .or(f.check("positive_ttl", file.positive_ttl, values::duration)?)
@@ -366,7 +373,7 @@ fn merge(args: Args, file: ConfigFile, path: &Path) -> Result<Config, ConfigErro
         log_format: args
             .log_format
             .or(f.check("log_format", file.log_format, word::<LogFormat>)?)
-            .unwrap_or(LogFormat::Text),
+            .unwrap_or(defaults::LOG_FORMAT),
     })
 }
 

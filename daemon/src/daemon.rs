@@ -125,8 +125,8 @@ pub async fn run(
         installed,
         InstallSettings {
             initiate: config.initiate,
-            removal_chunk: config.sweep_chunk.max(1),
-            removal_budget: config.sweep_budget,
+            sweep_chunk: config.sweep_chunk.max(1),
+            sweep_budget: config.sweep_budget,
         },
         metrics.clone(),
     )?;

@@ -38,10 +38,10 @@ pub struct InstallSettings {
     /// Role inversion: make the data plane initiate to the captured endpoint at once.
     pub initiate: bool,
     /// Most peers removed in one data-plane call.
-    pub removal_chunk: usize,
+    pub sweep_chunk: usize,
     /// Time one removal call should take at most, so installs queued behind it wait no
     /// longer than this (chunk sizes adapt to it: see `sweep::RemovalPacer`).
-    pub removal_budget: Duration,
+    pub sweep_budget: Duration,
 }
 
 /// Outcome of one JIT install, for the log line and the metrics.
@@ -234,7 +234,7 @@ impl InstallWorker {
         metrics.installed_peers.set(installed.len() as i64);
         let installed = Arc::new(Mutex::new(installed));
         let (tx, rx) = mpsc::channel();
-        let pacer = RemovalPacer::new(settings.removal_budget, settings.removal_chunk);
+        let pacer = RemovalPacer::new(settings.sweep_budget, settings.sweep_chunk);
         let reader = dataplane.clone();
         let mut state = WorkerState {
             pacer,

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use ipnet::IpNet;
 
 use crate::api::{ApiAnswer, ApiClient};
+use crate::config::defaults;
 use crate::peer::{PeerConfig, PublicKey};
 use crate::store::{PeerSource, Store};
 
@@ -34,17 +35,15 @@ pub struct LookupConfig {
 
 impl Default for LookupConfig {
     fn default() -> Self {
+        // The settings a user can change come from the one place jitwgd keeps defaults.
         LookupConfig {
-            positive_ttl: Duration::from_secs(300),
-            negative_ttl: Duration::from_secs(60),
-            api_min_interval: Duration::from_secs(1),
-            api_retries: 2,
+            positive_ttl: defaults::POSITIVE_TTL,
+            negative_ttl: defaults::NEGATIVE_TTL,
+            api_min_interval: defaults::API_MIN_INTERVAL,
+            api_retries: defaults::API_RETRIES,
             backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(1),
-            tunnel_prefix: IpNet::V4(ipnet::Ipv4Net::new_assert(
-                std::net::Ipv4Addr::new(100, 64, 0, 0),
-                10,
-            )),
+            tunnel_prefix: defaults::ALLOWED_PREFIX,
         }
     }
 }
@@ -465,7 +464,9 @@ mod tests {
     async fn api_errors_are_retried_and_never_mean_revoked() {
         let (api, url) = serve().await;
         api.register(key(4), "100.64.0.4/32");
-        let lookup = lookup_with(&url, quick());
+        let config = quick();
+        let retries = config.api_retries;
+        let lookup = lookup_with(&url, config);
         let now = SystemTime::now();
         assert!(matches!(
             lookup.lookup(key(4), now).await,
@@ -479,7 +480,7 @@ mod tests {
             LookupOutcome::CacheHit(_)
         ));
         // ...each lookup tried 1 + api_retries times...
-        assert_eq!(api.calls(key(4)), 1 + 3);
+        assert_eq!(api.calls(key(4)), 1 + (1 + retries));
         // ...and revalidation during the outage keeps the peer.
         assert!(matches!(
             lookup.revalidate(key(4), later).await,

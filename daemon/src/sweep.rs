@@ -77,25 +77,27 @@ pub fn reconcile(read: &[InstalledPeer], since: &[Change]) -> Reconciled {
 }
 
 /// Sizes removal chunks by time, not by count: each data-plane removal call should take
-/// about `budget`, so an install waiting behind it is delayed by at most that much. The
+/// about `sweep_budget`, so an install waiting behind it is delayed by at most that much. The
 /// cost of a removal differs by orders of magnitude between backends (wireguard-go: tens
 /// of microseconds per peer; a kernel paying an RCU grace period per peer: up to tens of
 /// milliseconds), so the chunk size is learnt from what the last calls cost. Pure: the
 /// caller measures and reports elapsed time.
 #[derive(Debug, Clone)]
 pub struct RemovalPacer {
-    budget: Duration,
-    max_chunk: usize,
+    /// The `sweep_budget` setting: time one removal call should take at most.
+    sweep_budget: Duration,
+    /// The `sweep_chunk` setting: most peers in one removal call.
+    sweep_chunk: usize,
     /// Smoothed cost of removing one peer; `None` until the first observation.
     per_peer: Option<Duration>,
 }
 
 impl RemovalPacer {
-    /// Chunks of at most `max_chunk` peers, each call aiming at `budget`.
-    pub fn new(budget: Duration, max_chunk: usize) -> Self {
+    /// Chunks of at most `sweep_chunk` peers, each call aiming at `sweep_budget`.
+    pub fn new(sweep_budget: Duration, sweep_chunk: usize) -> Self {
         RemovalPacer {
-            budget,
-            max_chunk: max_chunk.max(1),
+            sweep_budget,
+            sweep_chunk: sweep_chunk.max(1),
             per_peer: None,
         }
     }
@@ -104,14 +106,15 @@ impl RemovalPacer {
     /// until the cost is known.
     pub fn next_chunk(&self) -> usize {
         let Some(per_peer) = self.per_peer else {
-            return self.max_chunk.min(16);
+            return self.sweep_chunk.min(16);
         };
         let fit = if per_peer.is_zero() {
-            self.max_chunk
+            self.sweep_chunk
         } else {
-            (self.budget.as_nanos() / per_peer.as_nanos()).min(self.max_chunk as u128) as usize
+            (self.sweep_budget.as_nanos() / per_peer.as_nanos()).min(self.sweep_chunk as u128)
+                as usize
         };
-        fit.clamp(1, self.max_chunk)
+        fit.clamp(1, self.sweep_chunk)
     }
 
     /// Record that removing `peers` peers took `elapsed`.

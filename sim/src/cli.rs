@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::controlplane::{run_cli, ControlPlaneArgs};
-use crate::run::{FailureKind, RunError, RunOptions};
+use crate::run::{daemon_config, FailureKind, RunError, RunOptions};
 use crate::scenario::{Adjustments, Override, Scenario};
 
 /// `println!` to stdout that ignores a reader that went away (`jitwg validate f | head`):
@@ -131,6 +131,9 @@ pub enum Command {
     #[command(after_help = AFTER_HELP)]
     Run(RunArgs),
     /// Validate a scenario without running it and print what it resolves to.
+    ///
+    /// The daemon's settings are shown as jitwgd itself resolves them; `*` marks jitwgd's own
+    /// defaults (the scenario's [daemon] table left the key unset).
     Validate(ValidateArgs),
     /// Render a report from results files: one file → a run report, several → a comparison.
     Report(ReportArgs),
@@ -257,6 +260,10 @@ fn load_scenario(args: &ScenarioArgs) -> Result<(Scenario, Adjustments), CliErro
     let adjust = args.adjustments()?;
     let scenario = crate::scenario::load(&args.scenario, &adjust)
         .map_err(|e| CliError::new(ExitCode::Usage, e))?;
+    // jitwgd's own resolver has the last word on `[daemon]`: refuse now, not at daemon start.
+    daemon_config::resolve(&scenario, &daemon_config::DaemonEndpoints::stand_in())
+        .with_context(|| format!("{}: [daemon]", args.scenario.display()))
+        .map_err(|e| CliError::new(ExitCode::Usage, e))?;
     Ok((scenario, adjust))
 }
 
@@ -300,26 +307,38 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
 
 fn validate(args: ValidateArgs) -> Result<ExitCode, CliError> {
     let (s, _) = load_scenario(&args.scenario)?;
-    say!("{}", describe(&s, &args.scenario.scenario));
+    let daemon = daemon_config::describe(&s).map_err(|e| CliError::new(ExitCode::Usage, e))?;
+    say!("{}", describe(&s, &daemon, &args.scenario.scenario));
     Ok(ExitCode::Ok)
 }
 
+/// jitwgd's settings as it will resolve them; `*` marks jitwgd's own defaults.
+fn describe_daemon(settings: &[daemon_config::Setting]) -> String {
+    let words: Vec<String> = settings
+        .iter()
+        .map(|s| {
+            let mark = if s.jitwgd_default { "*" } else { "" };
+            format!("{} {}{mark}", s.key, s.value)
+        })
+        .collect();
+    let mut out = String::from("  jitwgd (* = jitwgd default):");
+    for line in words.chunks(5) {
+        out.push_str(&format!("\n    {}", line.join(", ")));
+    }
+    out.push('\n');
+    out
+}
+
 /// A few lines saying what a resolved scenario will do.
-pub fn describe(s: &Scenario, file: &Path) -> String {
+pub fn describe(s: &Scenario, daemon: &[daemon_config::Setting], file: &Path) -> String {
     let mut out = format!(
-        "{}: scenario \"{}\" is valid\n  seed {}, duration {}, backend {}, mode {}, boot {}, initiate {}\n  \
-         stale threshold {}, evict after {}, sweep every {}\n",
+        "{}: scenario \"{}\" is valid\n  seed {}, duration {}, stale threshold {}\n{}",
         file.display(),
         s.name,
         s.seed,
         humantime::format_duration(s.duration),
-        s.backend_name(),
-        s.mode_name(),
-        s.boot_name(),
-        if s.daemon.initiate { "on" } else { "off" },
         humantime::format_duration(s.stale_threshold),
-        humantime::format_duration(s.daemon.evict_after),
-        humantime::format_duration(s.daemon.sweep_every),
+        describe_daemon(daemon),
     );
     for p in &s.populations {
         out.push_str(&format!(

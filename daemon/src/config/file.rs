@@ -1,45 +1,72 @@
 //! The TOML config file exactly as written. Values that need more than TOML's own types
 //! (durations, addresses, enum words) stay strings here and are checked by `resolve`
 //! with the same parsers the flags use, so an error can name the key and the file.
+//! `Serialize` too, so a program that writes jitwgd's config (the testbed driver) uses
+//! this very struct and cannot invent a key jitwgd would refuse.
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// One key per long flag, dashes turned into underscores. Unknown keys are refused:
-/// `evict_afer = "10s"` must not silently leave the default in place.
-#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
+/// `evict_afer = "10s"` must not silently leave the default in place. A key left `None`
+/// means jitwgd's default (`config::defaults`) and is not written when serialized.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub capture_interface: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub listen_port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub db: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub api_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub api_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub api_retries: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub boot: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub evict_after: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub sweep_every: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub sweep_chunk: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub sweep_budget: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub evict_in_push_mode: Option<Switch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub initiate: Option<Switch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub nats_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub nats_subject: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub allowed_prefix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub positive_ttl: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub negative_ttl: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub api_min_interval: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<String>,
 }
 
 /// An on/off setting as written in TOML: `initiate = "off"` (like the flag) or
 /// `initiate = false` (like TOML).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(untagged)]
 pub enum Switch {
     Bool(bool),
@@ -79,6 +106,19 @@ mod tests {
     fn unknown_key_is_named_in_the_error() {
         let err = ConfigFile::parse("evict_afer = \"10s\"").unwrap_err();
         assert!(err.to_string().contains("evict_afer"), "{err}");
+    }
+
+    #[test]
+    fn serializes_only_the_keys_that_are_set() {
+        let f = ConfigFile {
+            interface: Some("wg0".into()),
+            sweep_chunk: Some(64),
+            initiate: Some(Switch::Word("off".into())),
+            ..ConfigFile::default()
+        };
+        let text = toml::to_string(&f).unwrap();
+        assert_eq!(ConfigFile::parse(&text).unwrap(), f);
+        assert_eq!(text.lines().count(), 3, "{text}");
     }
 
     #[test]

@@ -290,3 +290,109 @@ fn effective_config_serializes_with_human_durations() {
     assert_eq!(json["backend"], "userspace");
     assert_eq!(json["metrics_addr"], "127.0.0.1:9100");
 }
+
+#[test]
+fn lookup_stage_defaults_are_the_resolved_defaults() {
+    let c = resolve_argv(MINIMAL).unwrap();
+    let l = crate::lookup::LookupConfig::default();
+    assert_eq!(
+        (
+            l.positive_ttl,
+            l.negative_ttl,
+            l.api_min_interval,
+            l.api_retries,
+            l.tunnel_prefix
+        ),
+        (
+            c.positive_ttl,
+            c.negative_ttl,
+            c.api_min_interval,
+            c.api_retries,
+            c.allowed_prefix
+        )
+    );
+}
+
+#[test]
+fn resolve_text_layers_a_file_without_reading_one() {
+    let c = resolve_text(
+        Args::default(),
+        "interface = \"wg0\"\napi_url = \"http://198.18.0.1:8080\"\nsweep_budget = \"1h\"\n",
+        Path::new("rendered.toml"),
+    )
+    .unwrap();
+    assert_eq!(c.sweep_budget, Duration::from_secs(3600));
+    assert_eq!(c.sweep_every, defaults::SWEEP_EVERY);
+    let err = resolve_text(
+        Args::default(),
+        "interface = \"wg0\"\napi_url = \"http://cp:8080\"\nsweep_every = \"0s\"\n",
+        Path::new("r.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("r.toml") && err.contains("sweep_every"),
+        "{err}"
+    );
+}
+
+/// The `[default: ...]` a flag's long help states, read back as the flag would parse it.
+fn documented_default(id: &str) -> String {
+    let cmd = Args::command();
+    let arg = cmd
+        .get_arguments()
+        .find(|a| a.get_id() == id)
+        .unwrap_or_else(|| panic!("no flag {id}"));
+    let help = arg
+        .get_long_help()
+        .or(arg.get_help())
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let start = help
+        .find("[default: ")
+        .unwrap_or_else(|| panic!("--{id} states no default: {help}"))
+        + "[default: ".len();
+    let rest = &help[start..];
+    let end = rest.find([']', ',']).unwrap_or(rest.len());
+    rest[..end].trim().to_string()
+}
+
+#[test]
+fn help_states_the_defaults_resolve_uses() {
+    let dur = |id: &str| values::duration(&documented_default(id)).unwrap();
+    let count = |id: &str| documented_default(id).parse::<u64>().unwrap();
+    let switch = |id: &str| values::switch(&documented_default(id)).unwrap();
+    assert_eq!(dur("api_timeout"), defaults::API_TIMEOUT);
+    assert_eq!(count("api_retries"), u64::from(defaults::API_RETRIES));
+    assert_eq!(dur("evict_after"), defaults::EVICT_AFTER);
+    assert_eq!(dur("sweep_every"), defaults::SWEEP_EVERY);
+    assert_eq!(count("sweep_chunk"), defaults::SWEEP_CHUNK as u64);
+    assert_eq!(dur("sweep_budget"), defaults::SWEEP_BUDGET);
+    assert_eq!(switch("evict_in_push_mode"), defaults::EVICT_IN_PUSH_MODE);
+    assert_eq!(switch("initiate"), defaults::INITIATE);
+    assert_eq!(documented_default("nats_subject"), defaults::NATS_SUBJECT);
+    assert_eq!(
+        values::prefix(&documented_default("allowed_prefix")).unwrap(),
+        defaults::ALLOWED_PREFIX
+    );
+    assert_eq!(dur("positive_ttl"), defaults::POSITIVE_TTL);
+    assert_eq!(dur("negative_ttl"), defaults::NEGATIVE_TTL);
+    assert_eq!(dur("api_min_interval"), defaults::API_MIN_INTERVAL);
+    assert_eq!(documented_default("db"), defaults::DB);
+    assert_eq!(
+        word::<Backend>(&documented_default("backend")),
+        Ok(defaults::BACKEND)
+    );
+    assert_eq!(
+        word::<Mode>(&documented_default("mode")),
+        Ok(defaults::MODE)
+    );
+    assert_eq!(
+        word::<Boot>(&documented_default("boot")),
+        Ok(defaults::BOOT)
+    );
+    assert_eq!(
+        word::<LogFormat>(&documented_default("log_format")),
+        Ok(defaults::LOG_FORMAT)
+    );
+}

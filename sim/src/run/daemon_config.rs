@@ -1,12 +1,15 @@
-//! The TOML config file the driver writes for `jitwgd`: keys are the daemon's
-//! long flags with underscores. Pure: settings in, text out.
+//! The TOML config file the driver writes for `jitwgd`, built from jitwgd's own
+//! `ConfigFile` so the keys are jitwgd's and a key the scenario leaves unset stays
+//! unwritten (jitwgd's default applies). Resolving the rendered text with jitwgd's own
+//! resolver tells what the daemon will run with. Pure: settings in, text out.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Serialize;
+use jitwgd::config::{self as daemon, ConfigFile};
 
+use crate::scenario::file::{DaemonFile, Switch};
 use crate::scenario::Scenario;
 
 /// Where this run's daemon finds its collaborators.
@@ -24,119 +27,177 @@ pub struct DaemonEndpoints {
     pub nats_subject: String,
 }
 
-#[derive(Debug, Serialize)]
-struct DaemonConfigFile<'a> {
-    interface: &'a str,
-    backend: &'a str,
-    capture_interface: &'a str,
-    db: String,
-    api_url: &'a str,
-    metrics_addr: String,
-    mode: &'a str,
-    boot: &'a str,
-    evict_after: String,
-    sweep_every: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sweep_chunk: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sweep_budget: Option<String>,
-    initiate: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    nats_url: Option<&'a str>,
-    nats_subject: &'a str,
-    allowed_prefix: &'a str,
-    positive_ttl: String,
-    negative_ttl: String,
+impl DaemonEndpoints {
+    /// Stand-ins shaped like a run's endpoints, for resolving a scenario's daemon settings
+    /// before any lab exists (`jitwg validate`); a run allocates its own.
+    pub fn stand_in() -> Self {
+        DaemonEndpoints {
+            interface: "jwg-wg".into(),
+            capture_interface: "jwg-gc".into(),
+            db: "jitwgd.db".into(),
+            api_url: "http://198.18.255.1:8080".into(),
+            metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9100)),
+            nats_url: Some("nats://198.18.255.1:4222".into()),
+            nats_subject: daemon::defaults::NATS_SUBJECT.into(),
+        }
+    }
+}
+
+/// The lab routes tunnel addresses from this prefix, so the daemon must accept it
+/// whatever jitwgd's default is.
+const LAB_TUNNEL_PREFIX: &str = "100.64.0.0/10";
+
+/// Why the rendered config does not resolve.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonConfigError {
+    #[error("cannot render jitwgd.toml: {0}")]
+    Render(#[from] toml::ser::Error),
+    #[error("jitwgd would refuse the rendered config: {0}")]
+    Resolve(#[from] daemon::ConfigError),
 }
 
 fn human(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }
 
+fn switch(s: Switch) -> daemon::Switch {
+    daemon::Switch::Bool(s == Switch::On)
+}
+
+/// The scenario's `[daemon]` table as jitwgd config keys: exactly the keys it sets.
+pub fn settings(d: &DaemonFile) -> ConfigFile {
+    // Spelled out field by field (no `..`) so a key added to `[daemon]` must be mapped.
+    let DaemonFile {
+        mode,
+        boot,
+        evict_after,
+        sweep_every,
+        sweep_chunk,
+        sweep_budget,
+        evict_in_push_mode,
+        initiate,
+        positive_ttl,
+        negative_ttl,
+        api_timeout,
+        api_retries,
+        api_min_interval,
+    } = d.clone();
+    ConfigFile {
+        mode: mode.map(|m| mode_word(m.into()).to_string()),
+        boot: boot.map(|b| boot_word(b.into()).to_string()),
+        evict_after: evict_after.map(human),
+        sweep_every: sweep_every.map(human),
+        sweep_chunk,
+        sweep_budget: sweep_budget.map(human),
+        evict_in_push_mode: evict_in_push_mode.map(switch),
+        initiate: initiate.map(switch),
+        positive_ttl: positive_ttl.map(human),
+        negative_ttl: negative_ttl.map(human),
+        api_timeout: api_timeout.map(human),
+        api_retries,
+        api_min_interval: api_min_interval.map(human),
+        ..ConfigFile::default()
+    }
+}
+
+fn mode_word(m: daemon::Mode) -> &'static str {
+    match m {
+        daemon::Mode::Jit => "jit",
+        daemon::Mode::Push => "push",
+    }
+}
+
+fn boot_word(b: daemon::Boot) -> &'static str {
+    match b {
+        daemon::Boot::Jit => "jit",
+        daemon::Boot::Preload => "preload",
+    }
+}
+
+/// The whole config file for `scenario`: its `[daemon]` settings, its backend, and
+/// where this run's collaborators are.
+pub fn config_file(scenario: &Scenario, at: &DaemonEndpoints) -> ConfigFile {
+    ConfigFile {
+        interface: Some(at.interface.clone()),
+        backend: Some(scenario.backend_name().to_string()),
+        capture_interface: Some(at.capture_interface.clone()),
+        db: Some(at.db.clone()),
+        api_url: Some(at.api_url.clone()),
+        metrics_addr: Some(at.metrics_addr.to_string()),
+        nats_url: at.nats_url.clone(),
+        nats_subject: Some(at.nats_subject.clone()),
+        allowed_prefix: Some(LAB_TUNNEL_PREFIX.to_string()),
+        ..settings(&scenario.daemon.set)
+    }
+}
+
 /// Renders the daemon's config file for `scenario`.
 pub fn render(scenario: &Scenario, at: &DaemonEndpoints) -> Result<String, toml::ser::Error> {
-    let d = &scenario.daemon;
-    toml::to_string(&DaemonConfigFile {
-        interface: &at.interface,
-        backend: scenario.backend_name(),
-        capture_interface: &at.capture_interface,
-        db: at.db.display().to_string(),
-        api_url: &at.api_url,
-        metrics_addr: at.metrics_addr.to_string(),
-        mode: scenario.mode_name(),
-        boot: scenario.boot_name(),
-        evict_after: human(d.evict_after),
-        sweep_every: human(d.sweep_every),
-        sweep_chunk: d.sweep_chunk,
-        sweep_budget: d.sweep_budget.map(human),
-        initiate: if d.initiate { "on" } else { "off" },
-        nats_url: at.nats_url.as_deref(),
-        nats_subject: &at.nats_subject,
-        allowed_prefix: "100.64.0.0/10",
-        positive_ttl: human(d.positive_ttl),
-        negative_ttl: human(d.negative_ttl),
-    })
+    toml::to_string(&config_file(scenario, at))
+}
+
+/// What jitwgd will run with, read back from the rendered file by jitwgd's own resolver.
+pub fn resolve(
+    scenario: &Scenario,
+    at: &DaemonEndpoints,
+) -> Result<daemon::Config, DaemonConfigError> {
+    let text = render(scenario, at)?;
+    Ok(daemon::resolve_text(
+        daemon::Args::default(),
+        &text,
+        Path::new("jitwgd.toml"),
+    )?)
+}
+
+/// One resolved daemon setting for display.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Setting {
+    pub key: &'static str,
+    pub value: String,
+    /// Not set by the scenario: jitwgd's own default.
+    pub jitwgd_default: bool,
+}
+
+/// The settings a scenario may set (`[daemon]` plus the top-level `backend`), resolved
+/// by jitwgd, in the order `jitwg validate` prints them.
+pub fn describe(scenario: &Scenario) -> Result<Vec<Setting>, DaemonConfigError> {
+    let resolved =
+        serde_json::to_value(resolve(scenario, &DaemonEndpoints::stand_in())?).unwrap_or_default();
+    let set = toml::Table::try_from(settings(&scenario.daemon.set))?;
+    const KEYS: [&str; 14] = [
+        "backend",
+        "mode",
+        "boot",
+        "initiate",
+        "evict_after",
+        "sweep_every",
+        "sweep_chunk",
+        "sweep_budget",
+        "evict_in_push_mode",
+        "positive_ttl",
+        "negative_ttl",
+        "api_timeout",
+        "api_retries",
+        "api_min_interval",
+    ];
+    Ok(KEYS
+        .iter()
+        .map(|&key| Setting {
+            key,
+            value: match &resolved[key] {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Bool(b) => if *b { "on" } else { "off" }.to_string(),
+                other => other.to_string(),
+            },
+            // `backend` is the scenario's top-level key; the rest live in `[daemon]`.
+            jitwgd_default: if key == "backend" {
+                scenario.file.backend.is_none()
+            } else {
+                !set.contains_key(key)
+            },
+        })
+        .collect())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::scenario::{parse, Adjustments, Override};
-    use std::path::Path;
-
-    #[test]
-    fn renders_every_key_with_human_durations() {
-        let text = "name = \"t\"\nduration = \"5s\"\n[daemon]\nevict_after = \"90s\"\ninitiate = \"off\"\n\
-                    [[population]]\nname = \"a\"\ncount = 1\narrival = { kind = \"burst\", at = \"0s\" }\n";
-        let adjust = Adjustments {
-            overrides: vec![Override::parse("daemon.mode=push").unwrap()],
-            seed: None,
-        };
-        let s = parse(Path::new("t.toml"), text, &adjust).unwrap();
-        let at = DaemonEndpoints {
-            interface: "jwgabc-wg".into(),
-            capture_interface: "jwgabc-gc".into(),
-            db: "/tmp/x/daemon.db".into(),
-            api_url: "http://198.18.255.1:8080".into(),
-            metrics_addr: "127.0.0.1:9100".parse().unwrap(),
-            nats_url: Some("nats://198.18.255.1:4222".into()),
-            nats_subject: "jitwg.peers".into(),
-        };
-        let out: toml::Table = toml::from_str(&render(&s, &at).unwrap()).unwrap();
-        assert_eq!(out["evict_after"].as_str(), Some("1m 30s"));
-        assert_eq!(out["initiate"].as_str(), Some("off"));
-        assert_eq!(out["mode"].as_str(), Some("push"));
-        assert_eq!(out["backend"].as_str(), Some("userspace"));
-        assert_eq!(out["metrics_addr"].as_str(), Some("127.0.0.1:9100"));
-        assert_eq!(out["allowed_prefix"].as_str(), Some("100.64.0.0/10"));
-        assert_eq!(out.len(), 16);
-    }
-
-    #[test]
-    fn sweep_pacing_keys_pass_through_only_when_set() {
-        let base = "name = \"t\"\nduration = \"5s\"\n[[population]]\nname = \"a\"\ncount = 1\n\
-                    arrival = { kind = \"burst\", at = \"0s\" }\n";
-        let at = DaemonEndpoints {
-            interface: "jwgabc-wg".into(),
-            capture_interface: "jwgabc-gc".into(),
-            db: "/tmp/x/daemon.db".into(),
-            api_url: "http://198.18.255.1:8080".into(),
-            metrics_addr: "127.0.0.1:9100".parse().unwrap(),
-            nats_url: None,
-            nats_subject: "jitwg.peers".into(),
-        };
-        let render_with = |sets: &[&str]| -> toml::Table {
-            let adjust = Adjustments {
-                overrides: sets.iter().map(|s| Override::parse(s).unwrap()).collect(),
-                seed: None,
-            };
-            let s = parse(Path::new("t.toml"), base, &adjust).unwrap();
-            toml::from_str(&render(&s, &at).unwrap()).unwrap()
-        };
-        let plain = render_with(&[]);
-        assert!(!plain.contains_key("sweep_chunk") && !plain.contains_key("sweep_budget"));
-        let paced = render_with(&["daemon.sweep_chunk=1000", "daemon.sweep_budget=1h"]);
-        assert_eq!(paced["sweep_chunk"].as_integer(), Some(1000));
-        assert_eq!(paced["sweep_budget"].as_str(), Some("1h"));
-    }
-}
+mod tests;

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use jitwgd::config::{defaults, Backend, Boot, Mode};
 use serde::{Deserialize, Serialize};
 
 /// The whole file. Every table is optional except `name` and at least one
@@ -17,9 +18,10 @@ pub struct ScenarioFile {
     /// Seeds client keys, arrival times and link randomness; `--seed` overrides it.
     #[serde(default)]
     pub seed: u64,
-    /// Which WireGuard data plane the gateway drives.
-    #[serde(default)]
-    pub backend: BackendName,
+    /// Which WireGuard data plane the gateway drives (jitwgd's `backend`); unset means
+    /// jitwgd's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<BackendName>,
     /// How long the run lasts from the moment the first client may start.
     #[serde(with = "humantime_serde")]
     pub duration: Duration,
@@ -60,32 +62,106 @@ fn default_sample_every() -> Duration {
     Duration::from_secs(1)
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// jitwgd's `backend` as a scenario spells it; unset means jitwgd's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BackendName {
-    #[default]
     Userspace,
     Kernel,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// jitwgd's `mode` as a scenario spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ModeName {
     /// Pull each peer on its first initiation (the design under test).
-    #[default]
     Jit,
     /// Legacy baseline: the control plane pushes every new peer over NATS.
     Push,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// jitwgd's `boot` as a scenario spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BootName {
     /// Start with an empty interface; ready at once.
-    #[default]
     Jit,
     /// Install every stored peer before reporting ready (legacy).
     Preload,
+}
+
+// The defaults and the words of these three are jitwgd's: converting both ways keeps
+// the scenario from having an opinion of its own.
+impl Default for BackendName {
+    fn default() -> Self {
+        defaults::BACKEND.into()
+    }
+}
+
+impl From<Backend> for BackendName {
+    fn from(b: Backend) -> Self {
+        match b {
+            Backend::Userspace => BackendName::Userspace,
+            Backend::Kernel => BackendName::Kernel,
+        }
+    }
+}
+
+impl From<BackendName> for Backend {
+    fn from(b: BackendName) -> Self {
+        match b {
+            BackendName::Userspace => Backend::Userspace,
+            BackendName::Kernel => Backend::Kernel,
+        }
+    }
+}
+
+impl Default for ModeName {
+    fn default() -> Self {
+        defaults::MODE.into()
+    }
+}
+
+impl From<Mode> for ModeName {
+    fn from(m: Mode) -> Self {
+        match m {
+            Mode::Jit => ModeName::Jit,
+            Mode::Push => ModeName::Push,
+        }
+    }
+}
+
+impl From<ModeName> for Mode {
+    fn from(m: ModeName) -> Self {
+        match m {
+            ModeName::Jit => Mode::Jit,
+            ModeName::Push => Mode::Push,
+        }
+    }
+}
+
+impl Default for BootName {
+    fn default() -> Self {
+        defaults::BOOT.into()
+    }
+}
+
+impl From<Boot> for BootName {
+    fn from(b: Boot) -> Self {
+        match b {
+            Boot::Jit => BootName::Jit,
+            Boot::Preload => BootName::Preload,
+        }
+    }
+}
+
+impl From<BootName> for Boot {
+    fn from(b: BootName) -> Self {
+        match b {
+            BootName::Jit => Boot::Jit,
+            BootName::Preload => Boot::Preload,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,60 +172,69 @@ pub enum Switch {
     Off,
 }
 
-/// `[daemon]`: passed to jitwgd through its config file.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `[daemon]`: jitwgd's own settings, under jitwgd's own key names, passed to it through
+/// its config file. Every key is optional: unset means jitwgd's default (its
+/// `config::defaults`), never a default of the driver's. `jitwg validate` shows which is which.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DaemonFile {
-    #[serde(default)]
-    pub mode: ModeName,
-    #[serde(default)]
-    pub boot: BootName,
-    #[serde(with = "humantime_serde", default = "default_evict_after")]
-    pub evict_after: Duration,
-    #[serde(with = "humantime_serde", default = "default_sweep_every")]
-    pub sweep_every: Duration,
-    /// Whether the gateway initiates back at install (off shows the 5 s REKEY_TIMEOUT cost).
-    #[serde(default)]
-    pub initiate: Switch,
-    #[serde(with = "humantime_serde", default = "default_positive_ttl")]
-    pub positive_ttl: Duration,
-    #[serde(with = "humantime_serde", default = "default_negative_ttl")]
-    pub negative_ttl: Duration,
-    /// Most peers per removal call (the daemon's `sweep_chunk`); unset = the daemon's default.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<ModeName>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<BootName>,
+    #[serde(
+        with = "humantime_serde",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub evict_after: Option<Duration>,
+    #[serde(
+        with = "humantime_serde",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sweep_every: Option<Duration>,
+    /// Most peers per removal call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sweep_chunk: Option<usize>,
-    /// Time budget per removal call (the daemon's `sweep_budget`); unset = the daemon's default.
-    #[serde(with = "humantime_serde", default)]
+    /// Time budget per removal call.
+    #[serde(
+        with = "humantime_serde",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub sweep_budget: Option<Duration>,
-}
-
-impl Default for DaemonFile {
-    fn default() -> Self {
-        Self {
-            mode: ModeName::default(),
-            boot: BootName::default(),
-            evict_after: default_evict_after(),
-            sweep_every: default_sweep_every(),
-            initiate: Switch::default(),
-            positive_ttl: default_positive_ttl(),
-            negative_ttl: default_negative_ttl(),
-            sweep_chunk: None,
-            sweep_budget: None,
-        }
-    }
-}
-
-fn default_evict_after() -> Duration {
-    Duration::from_secs(180)
-}
-fn default_sweep_every() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_positive_ttl() -> Duration {
-    Duration::from_secs(300)
-}
-fn default_negative_ttl() -> Duration {
-    Duration::from_secs(5)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evict_in_push_mode: Option<Switch>,
+    /// Whether the gateway initiates back at install (off shows the 5 s REKEY_TIMEOUT cost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initiate: Option<Switch>,
+    #[serde(
+        with = "humantime_serde",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub positive_ttl: Option<Duration>,
+    #[serde(
+        with = "humantime_serde",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub negative_ttl: Option<Duration>,
+    #[serde(
+        with = "humantime_serde",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub api_timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_retries: Option<u32>,
+    #[serde(
+        with = "humantime_serde",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub api_min_interval: Option<Duration>,
 }
 
 /// `[control_plane]`: who is registered and how badly the API behaves.

@@ -11,8 +11,8 @@ use rand_chacha::ChaCha20Rng;
 
 use super::arrival::Arrival;
 use super::file::{
-    ArrivalFile, BackendName, BehaviourFile, BootName, EventKindName, ModeName, ScenarioFile,
-    Switch,
+    ArrivalFile, BackendName, BehaviourFile, BootName, DaemonFile, EventKindName, ModeName,
+    ScenarioFile, Switch,
 };
 use super::FieldError;
 
@@ -53,17 +53,16 @@ pub struct Scenario {
     pub expectations: Vec<jitwg_reports::Expectation>,
 }
 
+/// jitwgd's settings for this run. `set` is rendered into jitwgd's config file as is
+/// (`run::daemon_config`); the three effective values below are the ones the driver
+/// itself acts on (NATS or not, what a run reports), resolved against jitwgd's defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DaemonSettings {
+    /// The `[daemon]` table; `None` keys are left to jitwgd.
+    pub set: DaemonFile,
     pub mode: ModeName,
     pub boot: BootName,
-    pub evict_after: Duration,
-    pub sweep_every: Duration,
-    pub sweep_chunk: Option<usize>,
-    pub sweep_budget: Option<Duration>,
     pub initiate: bool,
-    pub positive_ttl: Duration,
-    pub negative_ttl: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -262,17 +261,20 @@ pub fn resolve(file: ScenarioFile) -> Result<Scenario, FieldError> {
         return Err(invalid("sample_every", "must be at least 100ms"));
     }
     let d = &file.daemon;
-    if d.sweep_every.is_zero() {
-        return Err(invalid("daemon.sweep_every", "must be longer than 0s"));
+    // The same rules jitwgd's resolver applies, checked here so a bad scenario fails
+    // `jitwg validate` naming its own key instead of failing at daemon start.
+    for (key, value) in [
+        ("daemon.sweep_every", d.sweep_every),
+        ("daemon.sweep_budget", d.sweep_budget),
+        ("daemon.evict_after", d.evict_after),
+        ("daemon.api_timeout", d.api_timeout),
+    ] {
+        if value.is_some_and(|v| v.is_zero()) {
+            return Err(invalid(key, "must be longer than 0s"));
+        }
     }
     if d.sweep_chunk == Some(0) {
         return Err(invalid("daemon.sweep_chunk", "must be at least 1"));
-    }
-    if d.sweep_budget.is_some_and(|b| b.is_zero()) {
-        return Err(invalid("daemon.sweep_budget", "must be longer than 0s"));
-    }
-    if d.evict_after.is_zero() {
-        return Err(invalid("daemon.evict_after", "must be longer than 0s"));
     }
     check_fraction(
         "control_plane.faults.error_rate",
@@ -404,21 +406,18 @@ pub fn resolve(file: ScenarioFile) -> Result<Scenario, FieldError> {
     Ok(Scenario {
         name: file.name.clone(),
         seed: file.seed,
-        backend: file.backend,
+        backend: file.backend.unwrap_or_default(),
         duration: file.duration,
         stale_threshold: file.stale_threshold,
         sample_every: file.sample_every,
         preinstalled,
         daemon: DaemonSettings {
-            mode: d.mode,
-            boot: d.boot,
-            evict_after: d.evict_after,
-            sweep_every: d.sweep_every,
-            sweep_chunk: d.sweep_chunk,
-            sweep_budget: d.sweep_budget,
-            initiate: d.initiate == Switch::On,
-            positive_ttl: d.positive_ttl,
-            negative_ttl: d.negative_ttl,
+            set: d.clone(),
+            mode: d.mode.unwrap_or_default(),
+            boot: d.boot.unwrap_or_default(),
+            initiate: d
+                .initiate
+                .map_or(jitwgd::config::defaults::INITIATE, |s| s == Switch::On),
         },
         control_plane: ControlPlaneSettings {
             register_clients: file.control_plane.register_clients == Switch::On,

@@ -1,0 +1,232 @@
+//! The daemon-config contract: what the driver renders, read back by jitwgd's own
+//! resolver, is what the scenario set, and jitwgd's defaults where it set nothing.
+
+use std::path::{Path, PathBuf};
+
+use jitwgd::config::{defaults, Backend, Boot, Config, Mode};
+
+use super::*;
+use crate::scenario::{load, parse, Adjustments, Override};
+
+fn endpoints(push: bool) -> DaemonEndpoints {
+    DaemonEndpoints {
+        interface: "jwgabc-wg".into(),
+        capture_interface: "jwgabc-gc".into(),
+        db: "/tmp/x/daemon.db".into(),
+        api_url: "http://198.18.255.1:8080".into(),
+        metrics_addr: "127.0.0.1:9100".parse().unwrap(),
+        nats_url: push.then(|| "nats://198.18.255.1:4222".into()),
+        nats_subject: "jitwg.peers".into(),
+    }
+}
+
+const BASE: &str = "name = \"t\"\nduration = \"5s\"\n[[population]]\nname = \"a\"\ncount = 1\n\
+                    arrival = { kind = \"burst\", at = \"0s\" }\n";
+
+fn with_sets(sets: &[&str]) -> Scenario {
+    let adjust = Adjustments {
+        overrides: sets.iter().map(|s| Override::parse(s).unwrap()).collect(),
+        seed: None,
+    };
+    parse(Path::new("t.toml"), BASE, &adjust).unwrap()
+}
+
+fn on(s: Switch) -> bool {
+    s == Switch::On
+}
+
+/// The one check: every setting jitwgd resolved equals the scenario's value when the
+/// scenario set it and jitwgd's own default when it did not; the endpoints are this run's.
+fn check(s: &Scenario) -> Config {
+    let push = s.daemon.mode == crate::scenario::file::ModeName::Push;
+    let at = endpoints(push);
+    let c = resolve(s, &at).unwrap_or_else(|e| panic!("{}: {e}", s.name));
+    let d = &s.file.daemon;
+    let name = &s.name;
+    assert_eq!(
+        c.backend,
+        s.file.backend.map_or(defaults::BACKEND, Backend::from),
+        "{name}"
+    );
+    assert_eq!(c.mode, d.mode.map_or(defaults::MODE, Mode::from), "{name}");
+    assert_eq!(c.boot, d.boot.map_or(defaults::BOOT, Boot::from), "{name}");
+    let dur = |set: Option<std::time::Duration>, default| set.unwrap_or(default);
+    assert_eq!(
+        c.evict_after,
+        dur(d.evict_after, defaults::EVICT_AFTER),
+        "{name}"
+    );
+    assert_eq!(
+        c.sweep_every,
+        dur(d.sweep_every, defaults::SWEEP_EVERY),
+        "{name}"
+    );
+    assert_eq!(
+        c.sweep_chunk,
+        d.sweep_chunk.unwrap_or(defaults::SWEEP_CHUNK),
+        "{name}"
+    );
+    assert_eq!(
+        c.sweep_budget,
+        dur(d.sweep_budget, defaults::SWEEP_BUDGET),
+        "{name}"
+    );
+    assert_eq!(
+        c.evict_in_push_mode,
+        d.evict_in_push_mode
+            .map_or(defaults::EVICT_IN_PUSH_MODE, on),
+        "{name}"
+    );
+    assert_eq!(
+        c.initiate,
+        d.initiate.map_or(defaults::INITIATE, on),
+        "{name}"
+    );
+    assert_eq!(
+        c.initiate, s.daemon.initiate,
+        "{name}: the driver reports what jitwgd does"
+    );
+    assert_eq!(
+        c.positive_ttl,
+        dur(d.positive_ttl, defaults::POSITIVE_TTL),
+        "{name}"
+    );
+    assert_eq!(
+        c.negative_ttl,
+        dur(d.negative_ttl, defaults::NEGATIVE_TTL),
+        "{name}"
+    );
+    assert_eq!(
+        c.api_timeout,
+        dur(d.api_timeout, defaults::API_TIMEOUT),
+        "{name}"
+    );
+    assert_eq!(
+        c.api_retries,
+        d.api_retries.unwrap_or(defaults::API_RETRIES),
+        "{name}"
+    );
+    assert_eq!(
+        c.api_min_interval,
+        dur(d.api_min_interval, defaults::API_MIN_INTERVAL),
+        "{name}"
+    );
+    // Where this run's collaborators are, and the lab's tunnel prefix.
+    assert_eq!(c.interface, at.interface);
+    assert_eq!(
+        c.capture_interface.as_deref(),
+        Some(at.capture_interface.as_str())
+    );
+    assert_eq!(c.db, at.db);
+    assert_eq!(c.api_url.as_deref(), Some(at.api_url.as_str()));
+    assert_eq!(c.metrics_addr, Some(at.metrics_addr));
+    assert_eq!(c.nats_url, at.nats_url);
+    assert_eq!(c.nats_subject, at.nats_subject);
+    assert_eq!(c.allowed_prefix.to_string(), LAB_TUNNEL_PREFIX);
+    c
+}
+
+#[test]
+fn an_empty_daemon_table_leaves_every_setting_to_jitwgd() {
+    let s = with_sets(&[]);
+    let text = render(&s, &endpoints(false)).unwrap();
+    for key in [
+        "mode",
+        "boot",
+        "evict_after",
+        "sweep_every",
+        "negative_ttl",
+        "api_retries",
+    ] {
+        assert!(!text.contains(key), "{key} written though unset:\n{text}");
+    }
+    let c = check(&s);
+    assert_eq!(c.sweep_every, defaults::SWEEP_EVERY);
+    assert_eq!(c.negative_ttl, defaults::NEGATIVE_TTL);
+}
+
+#[test]
+fn every_daemon_key_reaches_jitwgd_under_its_own_name() {
+    let s = with_sets(&[
+        "backend=kernel",
+        "daemon.mode=push",
+        "daemon.boot=preload",
+        "daemon.evict_after=90s",
+        "daemon.sweep_every=7s",
+        "daemon.sweep_chunk=1000",
+        "daemon.sweep_budget=1h",
+        "daemon.evict_in_push_mode=on",
+        "daemon.initiate=off",
+        "daemon.positive_ttl=1m",
+        "daemon.negative_ttl=5s",
+        "daemon.api_timeout=750ms",
+        "daemon.api_retries=0",
+        "daemon.api_min_interval=250ms",
+    ]);
+    let c = check(&s);
+    assert_eq!((c.sweep_chunk, c.api_retries), (1000, 0));
+    assert!(!c.initiate && c.evict_in_push_mode);
+    let settings = describe(&s).unwrap();
+    assert!(settings.iter().all(|s| !s.jitwgd_default), "{settings:?}");
+}
+
+#[test]
+fn a_few_keys_set_the_rest_default() {
+    check(&with_sets(&["daemon.sweep_chunk=1"]));
+    check(&with_sets(&[
+        "daemon.initiate=off",
+        "daemon.negative_ttl=0s",
+    ]));
+    let s = with_sets(&["daemon.mode=push", "daemon.sweep_budget=250ms"]);
+    check(&s);
+    let settings = describe(&s).unwrap();
+    let shown = |key: &str| settings.iter().find(|s| s.key == key).unwrap().clone();
+    assert!(!shown("mode").jitwgd_default && shown("mode").value == "push");
+    assert!(!shown("sweep_budget").jitwgd_default && shown("sweep_budget").value == "250ms");
+    assert!(shown("sweep_every").jitwgd_default && shown("sweep_every").value == "30s");
+    assert!(shown("backend").jitwgd_default && shown("backend").value == "userspace");
+    assert!(shown("initiate").jitwgd_default && shown("initiate").value == "on");
+}
+
+#[test]
+fn every_shipped_scenario_renders_what_it_says() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+    let mut seen = 0;
+    for dir in [root.clone(), root.join("kernel")] {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let s = load(&path, &Adjustments::default())
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                check(&s);
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 17, "only {seen} shipped scenarios found");
+}
+
+#[test]
+fn shipped_scenarios_keep_the_sweep_and_negative_ttl_they_ran_with() {
+    // Before scenario keys meant jitwgd's defaults, the driver silently wrote
+    // sweep_every = 10s and negative_ttl = 5s; the shipped scenarios now say so.
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+    for name in [
+        "storm.toml",
+        "reboot.toml",
+        "api-outage.toml",
+        "kernel/jit-reboot.toml",
+    ] {
+        let s = load(&root.join(name), &Adjustments::default()).unwrap();
+        let c = check(&s);
+        assert_eq!(c.sweep_every, std::time::Duration::from_secs(10), "{name}");
+        assert_eq!(c.negative_ttl, std::time::Duration::from_secs(5), "{name}");
+    }
+}
+
+#[test]
+fn unknown_daemon_keys_are_refused_by_the_scenario() {
+    let adjust = Adjustments::default();
+    let text = format!("{BASE}[daemon]\nremoval_chunk = 8\n");
+    assert!(parse(Path::new("t.toml"), &text, &adjust).is_err());
+}
