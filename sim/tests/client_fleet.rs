@@ -25,27 +25,11 @@ const LISTEN_PORT: u16 = 51820;
 
 /// True when the test can run; false (skip) outside CI; panics in CI.
 fn prerequisites() -> bool {
-    let mut missing = Vec::new();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        missing.push("root");
-    }
-    for tool in ["wireguard-go", "wg", "ip"] {
-        let found = std::env::var_os("PATH")
-            .map(|paths| std::env::split_paths(&paths).any(|p| p.join(tool).is_file()))
-            .unwrap_or(false);
-        if !found {
-            missing.push(tool);
-        }
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("missing prerequisites: {}", missing.join(", "));
-    }
-    eprintln!("SKIPPED: missing prerequisites: {}", missing.join(", "));
-    false
+    jitwg_testsupport::require(&jitwg_testsupport::missing_root_and_tools(&[
+        "wireguard-go",
+        "wg",
+        "ip",
+    ]))
 }
 
 fn keypair() -> ([u8; 32], [u8; 32]) {

@@ -23,25 +23,9 @@ use rand::Rng;
 
 /// True when the test can run; false (skip) outside CI; panics in CI.
 fn prerequisites() -> bool {
-    let mut missing = Vec::new();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        missing.push("root");
-    }
-    let have_wg_go = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|p| p.join("wireguard-go").is_file()))
-        .unwrap_or(false);
-    if !have_wg_go {
-        missing.push("wireguard-go (apt-get install wireguard-go)");
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("missing prerequisites: {}", missing.join(", "));
-    }
-    eprintln!("SKIPPED: missing prerequisites: {}", missing.join(", "));
-    false
+    jitwg_testsupport::require(&jitwg_testsupport::missing_root_and_tools(&[
+        "wireguard-go",
+    ]))
 }
 
 fn random_key() -> [u8; 32] {

@@ -12,7 +12,6 @@ pub mod prometheus;
 pub mod services;
 pub mod stale;
 pub mod tracker;
-pub mod usage;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

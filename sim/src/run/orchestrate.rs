@@ -33,7 +33,7 @@ use super::daemon_config::{self, DaemonEndpoints};
 use super::probe::{Probe, ProbeClient};
 use super::services::{self, ControlPlaneService, DaemonLaunch};
 use super::tracker::{all_reconnected_after, UsageTracker};
-use super::{prereq, prometheus, stale, usage};
+use super::{prereq, prometheus, stale};
 use super::{
     RunError, RunOptions, RunOutcome, CONTROL_PLANE_PORT, FLEET_STOP_TIMEOUT, METRICS_PORT,
     NATS_PORT, NATS_SUBJECT, READY_TIMEOUT, WG_PORT,
@@ -204,20 +204,6 @@ fn watch_signals() -> Result<CancellationToken, RunError> {
     Ok(token)
 }
 
-/// Raises the soft open-files limit to the hard limit: thousands of client sockets need it.
-fn raise_nofile_limit() {
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        let mut lim: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                tracing::warn!("could not raise the open-files limit");
-            }
-        }
-    }
-}
-
 fn gateway_private_key(seed: u64) -> [u8; 32] {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     rng.set_stream(GATEWAY_KEY_STREAM);
@@ -323,7 +309,6 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
         path: out.clone(),
         source,
     })?;
-    raise_nofile_limit();
 
     let mut lab = Lab::default();
     let state = state_dir(&run_id)?;
@@ -822,9 +807,8 @@ impl LoopState {
     }
 
     fn observe_usage(&mut self, lab: &Lab) {
-        let (cpu, peak) = usage::driver_usage();
-        self.usage.observe("driver", cpu, peak);
         let procs = [
+            ("driver", crate::lab::process::own_usage()),
             ("daemon", lab.daemon.as_ref().and_then(Child::usage)),
             (
                 "dataplane",
