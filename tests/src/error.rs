@@ -19,8 +19,9 @@ pub enum HarnessError {
     #[error("control plane")]
     ControlPlane(#[source] Box<jitwg::controlplane::ControlPlaneError>),
 
-    #[error("control plane did not start: {0}")]
-    ControlPlaneStart(String),
+    /// Building or driving the lab (the driver's builder reports these).
+    #[error("lab builder")]
+    Run(#[source] Box<jitwg::run::RunError>),
 
     #[error("spawning {program}")]
     Spawn {
@@ -66,6 +67,12 @@ impl From<jitwg::lab::LabError> for HarnessError {
 impl From<jitwg::controlplane::ControlPlaneError> for HarnessError {
     fn from(e: jitwg::controlplane::ControlPlaneError) -> Self {
         HarnessError::ControlPlane(Box::new(e))
+    }
+}
+
+impl From<jitwg::run::RunError> for HarnessError {
+    fn from(e: jitwg::run::RunError) -> Self {
+        HarnessError::Run(Box::new(e))
     }
 }
 

@@ -1,6 +1,7 @@
 //! The TOML config file the driver writes for `jitwgd`: keys are the daemon's
 //! long flags with underscores. Pure: settings in, text out.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -78,6 +79,34 @@ pub fn render(scenario: &Scenario, at: &DaemonEndpoints) -> Result<String, toml:
     })
 }
 
+/// Renders a config naming only where the collaborators are and the backend, with
+/// `settings` (daemon keys, string values) on top; every other key keeps the daemon's
+/// default. For the end-to-end tests, which set the keys they exercise one by one.
+pub fn render_settings(
+    at: &DaemonEndpoints,
+    backend: &str,
+    settings: &BTreeMap<&str, String>,
+) -> Result<String, toml::ser::Error> {
+    let mut table = toml::Table::new();
+    let mut set = |key: &str, value: String| {
+        table.insert(key.to_string(), toml::Value::String(value));
+    };
+    set("interface", at.interface.clone());
+    set("backend", backend.to_string());
+    set("capture_interface", at.capture_interface.clone());
+    set("db", at.db.display().to_string());
+    set("api_url", at.api_url.clone());
+    set("metrics_addr", at.metrics_addr.to_string());
+    if let Some(url) = &at.nats_url {
+        set("nats_url", url.clone());
+        set("nats_subject", at.nats_subject.clone());
+    }
+    for (key, value) in settings {
+        set(key, value.clone());
+    }
+    toml::to_string(&table)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +167,29 @@ mod tests {
         let paced = render_with(&["daemon.sweep_chunk=1000", "daemon.sweep_budget=1h"]);
         assert_eq!(paced["sweep_chunk"].as_integer(), Some(1000));
         assert_eq!(paced["sweep_budget"].as_str(), Some("1h"));
+    }
+
+    #[test]
+    fn explicit_settings_name_endpoints_and_override_on_top() {
+        let at = DaemonEndpoints {
+            interface: "jwgabc-wg".into(),
+            capture_interface: "jwgabc-gc".into(),
+            db: "/tmp/x/daemon.db".into(),
+            api_url: "http://198.18.255.1:8080".into(),
+            metrics_addr: "127.0.0.1:9100".parse().unwrap(),
+            nats_url: None,
+            nats_subject: "jitwg.peers".into(),
+        };
+        let settings = BTreeMap::from([
+            ("initiate", "off".to_string()),
+            ("backend", "kernel".into()),
+        ]);
+        let out: toml::Table =
+            toml::from_str(&render_settings(&at, "userspace", &settings).unwrap()).unwrap();
+        assert_eq!(out["initiate"].as_str(), Some("off"));
+        assert_eq!(out["backend"].as_str(), Some("kernel"));
+        assert_eq!(out["api_url"].as_str(), Some("http://198.18.255.1:8080"));
+        assert!(!out.contains_key("nats_url") && !out.contains_key("mode"));
+        assert_eq!(out.len(), 7);
     }
 }
