@@ -32,6 +32,20 @@ fn prerequisites() -> bool {
     ]))
 }
 
+/// A client that connects once over a perfect link.
+fn connect_once(plan: ClientPlan, population: &str) -> FleetClient {
+    FleetClient {
+        plan,
+        population: population.into(),
+        behaviour: BehaviourFile::ConnectOnce,
+        link: Link {
+            delay: Duration::ZERO,
+            jitter: Duration::ZERO,
+            loss: 0.0,
+        },
+    }
+}
+
 fn keypair() -> ([u8; 32], [u8; 32]) {
     let private: [u8; 32] = rand::thread_rng().gen();
     let secret = StaticSecret::from(private);
@@ -265,16 +279,7 @@ fn twenty_connect_once_clients_all_connect() {
     let log_path = dir.path().join("events.jsonl");
     let clients = plans
         .into_iter()
-        .map(|plan| FleetClient {
-            plan,
-            population: "ci".into(),
-            behaviour: BehaviourFile::ConnectOnce,
-            link: Link {
-                delay: Duration::ZERO,
-                jitter: Duration::ZERO,
-                loss: 0.0,
-            },
-        })
+        .map(|plan| connect_once(plan, "ci"))
         .collect();
     let (results, progress) = fleet(
         &gateway,
@@ -423,16 +428,7 @@ fn unanswered_clients_give_up_and_report_it() {
     let gateway = Gateway::start("c", &[]);
     let clients = plans
         .into_iter()
-        .map(|plan| FleetClient {
-            plan,
-            population: "strangers".into(),
-            behaviour: BehaviourFile::ConnectOnce,
-            link: Link {
-                delay: Duration::ZERO,
-                jitter: Duration::ZERO,
-                loss: 0.0,
-            },
-        })
+        .map(|plan| connect_once(plan, "strangers"))
         .collect();
     let (results, progress) = fleet(&gateway, clients, Duration::from_secs(8), None);
     for result in &results {
@@ -545,16 +541,7 @@ fn cancelling_ends_attempts_and_unstarted_clients() {
     };
     let clients = plans
         .into_iter()
-        .map(|plan| FleetClient {
-            plan,
-            population: "cancelled".into(),
-            behaviour: BehaviourFile::ConnectOnce,
-            link: Link {
-                delay: Duration::ZERO,
-                jitter: Duration::ZERO,
-                loss: 0.0,
-            },
-        })
+        .map(|plan| connect_once(plan, "cancelled"))
         .collect();
     let progress = Arc::new(FleetProgress::default());
     let progress_in = Arc::clone(&progress);
@@ -609,16 +596,7 @@ fn client_connects_when_the_gateway_initiates() {
         give_up_after: Duration::from_secs(30),
         event_log: None,
     };
-    let clients = vec![FleetClient {
-        plan,
-        population: "jit".into(),
-        behaviour: BehaviourFile::ConnectOnce,
-        link: Link {
-            delay: Duration::ZERO,
-            jitter: Duration::ZERO,
-            loss: 0.0,
-        },
-    }];
+    let clients = vec![connect_once(plan, "jit")];
     let progress = Arc::new(FleetProgress::default());
     let progress_in = Arc::clone(&progress);
     let thread = gateway

@@ -1,12 +1,12 @@
 //! End-to-end tests of `jitwgd`: the real daemon binary against a real wireguard-go data
 //! plane, the testbed control plane and real or boringtun clients, in private network
 //! namespaces. Each test builds its own `Gateway` fixture, so they run in parallel.
-//! Needs root and wireguard-go/wg/ping/ip; with CI=true a missing one fails the test.
+//! Needs root and wireguard-go/wg/ping/ip; in CI (`CI` set, not 0/false) a missing one fails the test.
 
 use std::time::Duration;
 
 use jitwg_tests::prereq::TOOLS;
-use jitwg_tests::{prerequisites_met, random_key, wait_for, Gateway, GatewayOptions};
+use jitwg_tests::{prerequisites_met, random_key, wait_for, Gateway, GatewayOptions, StockClient};
 
 /// The fixture, or `None` when prerequisites are missing outside CI (skipped loudly).
 fn gateway(opts: GatewayOptions, tools: &[&str]) -> Option<Gateway> {
@@ -16,6 +16,17 @@ fn gateway(opts: GatewayOptions, tools: &[&str]) -> Option<Gateway> {
     Some(Gateway::start(opts).unwrap())
 }
 
+/// A stock client registered as 100.64.0.2/32, and how long its first ping through the
+/// tunnel took (it must get through).
+fn first_ping(gw: &Gateway) -> (StockClient, Duration) {
+    let client = gw.stock_client(0, random_key()).unwrap();
+    gw.register(&client.public_key(), &["100.64.0.2/32"])
+        .unwrap();
+    let (ok, took) = client.ping(gw.plan().tunnel_gateway, 10).unwrap();
+    assert!(ok, "first ping through the tunnel failed (took {took:?})");
+    (client, took)
+}
+
 const INSTALLS: &str = "jitwgd_installs_total";
 
 #[test]
@@ -23,12 +34,7 @@ fn stock_client_connects_on_first_attempt_with_initiate_on() {
     let Some(gw) = gateway(GatewayOptions::new(1).set("initiate", "on"), TOOLS) else {
         return;
     };
-    let client = gw.stock_client(0, random_key()).unwrap();
-    gw.register(&client.public_key(), &["100.64.0.2/32"])
-        .unwrap();
-
-    let (ok, took) = client.ping(gw.plan().tunnel_gateway, 10).unwrap();
-    assert!(ok, "first ping through the tunnel failed (took {took:?})");
+    let (client, took) = first_ping(&gw);
     assert!(
         took < Duration::from_secs(4),
         "first ping took {took:?}: the gateway did not handshake back at once"
@@ -49,12 +55,7 @@ fn initiate_off_needs_the_5s_retry() {
     let Some(gw) = gateway(GatewayOptions::new(2).set("initiate", "off"), TOOLS) else {
         return;
     };
-    let client = gw.stock_client(0, random_key()).unwrap();
-    gw.register(&client.public_key(), &["100.64.0.2/32"])
-        .unwrap();
-
-    let (ok, took) = client.ping(gw.plan().tunnel_gateway, 10).unwrap();
-    assert!(ok, "first ping through the tunnel failed (took {took:?})");
+    let (client, took) = first_ping(&gw);
     assert!(
         took >= Duration::from_millis(4500),
         "first ping took only {took:?}: without initiate the client must wait for REKEY_TIMEOUT"

@@ -113,6 +113,18 @@ mod tests {
     use crate::scenario::{parse, Adjustments, Override};
     use std::path::Path;
 
+    fn endpoints(nats_url: Option<&str>) -> DaemonEndpoints {
+        DaemonEndpoints {
+            interface: "jwgabc-wg".into(),
+            capture_interface: "jwgabc-gc".into(),
+            db: "/tmp/x/daemon.db".into(),
+            api_url: "http://198.18.255.1:8080".into(),
+            metrics_addr: "127.0.0.1:9100".parse().unwrap(),
+            nats_url: nats_url.map(str::to_string),
+            nats_subject: "jitwg.peers".into(),
+        }
+    }
+
     #[test]
     fn renders_every_key_with_human_durations() {
         let text = "name = \"t\"\nduration = \"5s\"\n[daemon]\nevict_after = \"90s\"\ninitiate = \"off\"\n\
@@ -122,15 +134,7 @@ mod tests {
             seed: None,
         };
         let s = parse(Path::new("t.toml"), text, &adjust).unwrap();
-        let at = DaemonEndpoints {
-            interface: "jwgabc-wg".into(),
-            capture_interface: "jwgabc-gc".into(),
-            db: "/tmp/x/daemon.db".into(),
-            api_url: "http://198.18.255.1:8080".into(),
-            metrics_addr: "127.0.0.1:9100".parse().unwrap(),
-            nats_url: Some("nats://198.18.255.1:4222".into()),
-            nats_subject: "jitwg.peers".into(),
-        };
+        let at = endpoints(Some("nats://198.18.255.1:4222"));
         let out: toml::Table = toml::from_str(&render(&s, &at).unwrap()).unwrap();
         assert_eq!(out["evict_after"].as_str(), Some("1m 30s"));
         assert_eq!(out["initiate"].as_str(), Some("off"));
@@ -145,15 +149,7 @@ mod tests {
     fn sweep_pacing_keys_pass_through_only_when_set() {
         let base = "name = \"t\"\nduration = \"5s\"\n[[population]]\nname = \"a\"\ncount = 1\n\
                     arrival = { kind = \"burst\", at = \"0s\" }\n";
-        let at = DaemonEndpoints {
-            interface: "jwgabc-wg".into(),
-            capture_interface: "jwgabc-gc".into(),
-            db: "/tmp/x/daemon.db".into(),
-            api_url: "http://198.18.255.1:8080".into(),
-            metrics_addr: "127.0.0.1:9100".parse().unwrap(),
-            nats_url: None,
-            nats_subject: "jitwg.peers".into(),
-        };
+        let at = endpoints(None);
         let render_with = |sets: &[&str]| -> toml::Table {
             let adjust = Adjustments {
                 overrides: sets.iter().map(|s| Override::parse(s).unwrap()).collect(),
@@ -171,15 +167,7 @@ mod tests {
 
     #[test]
     fn explicit_settings_name_endpoints_and_override_on_top() {
-        let at = DaemonEndpoints {
-            interface: "jwgabc-wg".into(),
-            capture_interface: "jwgabc-gc".into(),
-            db: "/tmp/x/daemon.db".into(),
-            api_url: "http://198.18.255.1:8080".into(),
-            metrics_addr: "127.0.0.1:9100".parse().unwrap(),
-            nats_url: None,
-            nats_subject: "jitwg.peers".into(),
-        };
+        let at = endpoints(None);
         let settings = BTreeMap::from([
             ("initiate", "off".to_string()),
             ("backend", "kernel".into()),
