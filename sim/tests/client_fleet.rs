@@ -1,7 +1,7 @@
 //! Root tests of the simulated client fleet against a real wireguard-go gateway in its own
 //! namespace (loopback only): clients from many 198.18.x.y sources handshake, prove their
 //! tunnel with an echo the gateway kernel answers, and report results. Without root or
-//! wireguard-go they skip, except with CI=true where they fail.
+//! wireguard-go they skip, except in CI (`CI` set, not 0/false) where they fail.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt;

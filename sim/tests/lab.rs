@@ -1,6 +1,6 @@
 //! Root tests of the lab against the real kernel and wireguard-go: topology build/teardown,
 //! processes in namespaces, the data plane's life cycle, and `clean` on deliberately leaked
-//! objects. Without root or wireguard-go they skip, except with CI=true where they fail.
+//! objects. Without root or wireguard-go they skip, except in CI (`CI` set, not 0/false) where they fail.
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
