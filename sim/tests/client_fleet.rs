@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use boringtun::x25519::{PublicKey, StaticSecret};
 use jitwg::client::{bind_source, run_fleet, FleetClient, FleetConfig, FleetProgress};
-use jitwg::lab::netns::{Namespace, RuntimeFlavor};
+use jitwg::lab::netns::{Namespace, NsThread, RuntimeFlavor};
 use jitwg::scenario::file::BehaviourFile;
 use jitwg::scenario::resolve::{ClientPlan, Link, PeerIdentity};
 use jitwg_reports::ClientResult;
@@ -230,6 +230,27 @@ fn plans(count: u32, start_spacing: Duration) -> Vec<ClientPlan> {
 }
 
 /// Runs `clients` against `gateway` on a runtime inside its namespace.
+type FleetThread =
+    NsThread<Result<Result<Vec<ClientResult>, jitwg::client::ClientError>, jitwg::lab::LabError>>;
+
+/// Runs `clients` on a runtime of `flavor` in the gateway test's namespace, never cancelled.
+fn spawn_fleet(
+    gateway: &Gateway,
+    flavor: RuntimeFlavor,
+    config: FleetConfig,
+    clients: Vec<FleetClient>,
+    progress: &Arc<FleetProgress>,
+) -> FleetThread {
+    let progress = Arc::clone(progress);
+    gateway
+        .ns
+        .spawn_runtime_thread("fleet", flavor, move || async move {
+            let origin = tokio::time::Instant::now();
+            run_fleet(config, clients, origin, progress, CancellationToken::new()).await
+        })
+        .unwrap()
+}
+
 fn fleet(
     gateway: &Gateway,
     clients: Vec<FleetClient>,
@@ -244,25 +265,13 @@ fn fleet(
         event_log,
     };
     let progress = Arc::new(FleetProgress::default());
-    let progress_in = Arc::clone(&progress);
-    let thread = gateway
-        .ns
-        .spawn_runtime_thread(
-            "fleet",
-            RuntimeFlavor::MultiThread { workers: 2 },
-            move || async move {
-                let origin = tokio::time::Instant::now();
-                run_fleet(
-                    config,
-                    clients,
-                    origin,
-                    progress_in,
-                    CancellationToken::new(),
-                )
-                .await
-            },
-        )
-        .unwrap();
+    let thread = spawn_fleet(
+        gateway,
+        RuntimeFlavor::MultiThread { workers: 2 },
+        config,
+        clients,
+        &progress,
+    );
     let results = thread.join().unwrap().unwrap().unwrap();
     (results, progress)
 }
@@ -598,21 +607,13 @@ fn client_connects_when_the_gateway_initiates() {
     };
     let clients = vec![connect_once(plan, "jit")];
     let progress = Arc::new(FleetProgress::default());
-    let progress_in = Arc::clone(&progress);
-    let thread = gateway
-        .ns
-        .spawn_runtime_thread("fleet", RuntimeFlavor::CurrentThread, move || async move {
-            let origin = tokio::time::Instant::now();
-            run_fleet(
-                config,
-                clients,
-                origin,
-                progress_in,
-                CancellationToken::new(),
-            )
-            .await
-        })
-        .unwrap();
+    let thread = spawn_fleet(
+        &gateway,
+        RuntimeFlavor::CurrentThread,
+        config,
+        clients,
+        &progress,
+    );
 
     // Capture the client's endpoint the way the daemon would see it (here: from the socket table).
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use jitwg_tests::prereq::TOOLS;
-use jitwg_tests::{prerequisites_met, random_key, wait_for, Gateway, GatewayOptions, StockClient};
+use jitwg_tests::{
+    prerequisites_met, random_key, wait_for, Gateway, GatewayOptions, Knocker, StockClient,
+};
 
 /// The fixture, or `None` when prerequisites are missing outside CI (skipped loudly).
 fn gateway(opts: GatewayOptions, tools: &[&str]) -> Option<Gateway> {
@@ -25,6 +27,15 @@ fn first_ping(gw: &Gateway) -> (StockClient, Duration) {
     let (ok, took) = client.ping(gw.plan().tunnel_gateway, 10).unwrap();
     assert!(ok, "first ping through the tunnel failed (took {took:?})");
     (client, took)
+}
+
+/// A boringtun client registered as 100.64.0.2/32 that completed a handshake, and its key.
+fn connected_knocker(gw: &Gateway) -> (Knocker, [u8; 32]) {
+    let mut client = gw.knocker(0, random_key()).unwrap();
+    let key = client.public_key();
+    gw.register(&key, &["100.64.0.2/32"]).unwrap();
+    client.connect(Duration::from_secs(10)).unwrap();
+    (client, key)
 }
 
 const INSTALLS: &str = "jitwgd_installs_total";
@@ -55,7 +66,7 @@ fn initiate_off_needs_the_5s_retry() {
     let Some(gw) = gateway(GatewayOptions::new(2).set("initiate", "off"), TOOLS) else {
         return;
     };
-    let (client, took) = first_ping(&gw);
+    let (_client, took) = first_ping(&gw);
     assert!(
         took >= Duration::from_millis(4500),
         "first ping took only {took:?}: without initiate the client must wait for REKEY_TIMEOUT"
@@ -242,10 +253,7 @@ fn revoked_key_is_removed_and_not_reinstalled() {
     let Some(gw) = gateway(opts, TOOLS) else {
         return;
     };
-    let mut client = gw.knocker(0, random_key()).unwrap();
-    let key = client.public_key();
-    gw.register(&key, &["100.64.0.2/32"]).unwrap();
-    client.connect(Duration::from_secs(10)).unwrap();
+    let (mut client, key) = connected_knocker(&gw);
     assert!(gw.wait_installed(&key, true, Duration::from_secs(2)));
 
     assert!(gw.revoke(&key).unwrap());
@@ -299,10 +307,7 @@ fn idle_peer_is_evicted_and_returns() {
     let Some(gw) = gateway(opts, TOOLS) else {
         return;
     };
-    let mut client = gw.knocker(0, random_key()).unwrap();
-    let key = client.public_key();
-    gw.register(&key, &["100.64.0.2/32"]).unwrap();
-    client.connect(Duration::from_secs(10)).unwrap();
+    let (mut client, key) = connected_knocker(&gw);
     let peer = gw.peer(&key).unwrap().expect("installed");
     assert!(peer.last_handshake.is_some());
     let cleared = wait_for(Duration::from_secs(2), || {
