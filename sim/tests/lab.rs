@@ -28,6 +28,13 @@ fn prerequisites() -> bool {
     ]))
 }
 
+/// A fresh run id and its gateway namespace.
+fn gateway_namespace() -> (RunId, Arc<Namespace>) {
+    let run = RunId::random();
+    let ns = Arc::new(Namespace::create(&format!("jwg-{run}-gw")).unwrap());
+    (run, ns)
+}
+
 fn random_key() -> [u8; 32] {
     rand::thread_rng().gen()
 }
@@ -156,8 +163,7 @@ fn userspace_data_plane_life_cycle() {
     if !prerequisites() {
         return;
     }
-    let run = RunId::random();
-    let ns = Arc::new(Namespace::create(&format!("jwg-{run}-gw")).unwrap());
+    let (run, ns) = gateway_namespace();
     let iface = format!("jwg{run}");
     let spec = spec(&iface);
     let mut plane = DataPlane::start(&ns, spec.clone()).unwrap();
@@ -223,8 +229,7 @@ fn a_missing_wireguard_go_is_a_distinct_error() {
     if !prerequisites() {
         return;
     }
-    let run = RunId::random();
-    let ns = Arc::new(Namespace::create(&format!("jwg-{run}-gw")).unwrap());
+    let (run, ns) = gateway_namespace();
     let options = DataPlaneOptions {
         program: "/nonexistent/wireguard-go".into(),
         ..DataPlaneOptions::default()
@@ -242,8 +247,7 @@ fn kernel_backend_works_or_says_there_is_no_module() {
     if !prerequisites() {
         return;
     }
-    let run = RunId::random();
-    let ns = Arc::new(Namespace::create(&format!("jwg-{run}-gw")).unwrap());
+    let (run, ns) = gateway_namespace();
     let iface = format!("jwg{run}");
     let spec = DataPlaneSpec {
         backend: DataPlaneBackend::Kernel,

@@ -29,11 +29,17 @@ fn first_ping(gw: &Gateway) -> (StockClient, Duration) {
     (client, took)
 }
 
-/// A boringtun client registered as 100.64.0.2/32 that completed a handshake, and its key.
-fn connected_knocker(gw: &Gateway) -> (Knocker, [u8; 32]) {
-    let mut client = gw.knocker(0, random_key()).unwrap();
+/// A boringtun client registered as 100.64.0.2/32, and its key.
+fn registered_knocker(gw: &Gateway) -> (Knocker, [u8; 32]) {
+    let client = gw.knocker(0, random_key()).unwrap();
     let key = client.public_key();
     gw.register(&key, &["100.64.0.2/32"]).unwrap();
+    (client, key)
+}
+
+/// A boringtun client registered as 100.64.0.2/32 that completed a handshake, and its key.
+fn connected_knocker(gw: &Gateway) -> (Knocker, [u8; 32]) {
+    let (mut client, key) = registered_knocker(gw);
     client.connect(Duration::from_secs(10)).unwrap();
     (client, key)
 }
@@ -131,9 +137,7 @@ fn replayed_initiation_from_another_source_changes_nothing() {
     let Some(gw) = gateway(GatewayOptions::new(4), TOOLS) else {
         return;
     };
-    let mut client = gw.knocker(0, random_key()).unwrap();
-    let key = client.public_key();
-    gw.register(&key, &["100.64.0.2/32"]).unwrap();
+    let (mut client, key) = registered_knocker(&gw);
     let first = client.knock().unwrap();
     assert!(
         gw.wait_installed(&key, true, Duration::from_secs(5)),
@@ -178,9 +182,7 @@ fn replayed_initiation_while_installed_keeps_the_endpoint() {
     let Some(gw) = gateway(GatewayOptions::new(5), TOOLS) else {
         return;
     };
-    let mut client = gw.knocker(0, random_key()).unwrap();
-    let key = client.public_key();
-    gw.register(&key, &["100.64.0.2/32"]).unwrap();
+    let (mut client, key) = registered_knocker(&gw);
     let first = client.knock().unwrap();
     assert!(gw.wait_installed(&key, true, Duration::from_secs(5)));
     // Complete a handshake (a newer initiation reaches wireguard-go itself).

@@ -54,6 +54,14 @@ fn doc(i: u32) -> PeerDoc {
 }
 
 impl Running {
+    async fn delete(&self, path: &str) -> reqwest::Response {
+        self.http
+            .delete(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+    }
+
     async fn get(&self, key: &str) -> reqwest::Response {
         self.http
             .get(format!("{}/v1/peers/{key}", self.base))
@@ -117,12 +125,7 @@ async fn unknown_is_404_malformed_is_400_revoked_is_404() {
     cp.register(&d).await;
     let key = d.key_hex().unwrap();
     assert_eq!(cp.get(&key).await.status(), 200);
-    let del = cp
-        .http
-        .delete(format!("{}/v1/peers/{key}", cp.base))
-        .send()
-        .await
-        .unwrap();
+    let del = cp.delete(&format!("/v1/peers/{key}")).await;
     assert_eq!(del.status(), 204);
     assert_eq!(cp.get(&key).await.status(), 404);
     // Bad allowed IPs are accepted on purpose; a bad public key is not.
@@ -212,12 +215,7 @@ async fn outage_on_and_off() {
         .unwrap();
     assert_eq!(on.status(), 204);
     assert_eq!(cp.get(&key).await.status(), 503);
-    let off = cp
-        .http
-        .delete(format!("{}/v1/outage", cp.base))
-        .send()
-        .await
-        .unwrap();
+    let off = cp.delete("/v1/outage").await;
     assert_eq!(off.status(), 204);
     assert_eq!(cp.get(&key).await.status(), 200);
     // A short outage ends by itself.
