@@ -32,6 +32,14 @@ fn prerequisites() -> bool {
     ]))
 }
 
+/// `count` client plans and a gateway (test `name`) with all of them preinstalled.
+fn preinstalled(name: &str, count: u32, start_spacing: Duration) -> (Vec<ClientPlan>, Gateway) {
+    let plans = plans(count, start_spacing);
+    let identities: Vec<PeerIdentity> = plans.iter().map(|p| p.identity.clone()).collect();
+    let gateway = Gateway::start(name, &identities);
+    (plans, gateway)
+}
+
 /// A client that connects once over a perfect link.
 fn connect_once(plan: ClientPlan, population: &str) -> FleetClient {
     FleetClient {
@@ -281,9 +289,7 @@ fn twenty_connect_once_clients_all_connect() {
     if !prerequisites() {
         return;
     }
-    let plans = plans(20, Duration::from_millis(10));
-    let identities: Vec<PeerIdentity> = plans.iter().map(|p| p.identity.clone()).collect();
-    let gateway = Gateway::start("a", &identities);
+    let (plans, gateway) = preinstalled("a", 20, Duration::from_millis(10));
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("events.jsonl");
     let clients = plans
@@ -353,9 +359,7 @@ fn stay_return_and_lossy_links_against_wireguard_go() {
     if !prerequisites() {
         return;
     }
-    let plans = plans(12, Duration::from_millis(5));
-    let identities: Vec<PeerIdentity> = plans.iter().map(|p| p.identity.clone()).collect();
-    let gateway = Gateway::start("b", &identities);
+    let (plans, gateway) = preinstalled("b", 12, Duration::from_millis(5));
     let clients = plans
         .into_iter()
         .map(|plan| {
@@ -462,9 +466,7 @@ fn five_thousand_clients_connect() {
         .map(|v| v.parse().unwrap())
         .unwrap_or(5_000);
     let event_log = std::env::var_os("JITWG_STRESS_EVENT_LOG").map(std::path::PathBuf::from);
-    let plans = plans(count, Duration::from_millis(1));
-    let identities: Vec<PeerIdentity> = plans.iter().map(|p| p.identity.clone()).collect();
-    let gateway = Gateway::start("d", &identities);
+    let (plans, gateway) = preinstalled("d", count, Duration::from_millis(1));
     let clients = plans
         .into_iter()
         .map(|plan| FleetClient {

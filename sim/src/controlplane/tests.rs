@@ -54,6 +54,20 @@ fn doc(i: u32) -> PeerDoc {
 }
 
 impl Running {
+    async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> reqwest::Response {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     async fn delete(&self, path: &str) -> reqwest::Response {
         self.http
             .delete(format!("{}{path}", self.base))
@@ -189,12 +203,12 @@ async fn error_rate_one_answers_all_503_and_can_be_changed_at_run_time() {
         assert_eq!(cp.get(&key).await.status(), 503);
     }
     let put = cp
-        .http
-        .put(format!("{}/v1/faults", cp.base))
-        .json(&json!({ "error_rate": 0.0 }))
-        .send()
-        .await
-        .unwrap();
+        .send_json(
+            reqwest::Method::PUT,
+            "/v1/faults",
+            &json!({ "error_rate": 0.0 }),
+        )
+        .await;
     assert_eq!(put.status(), 204);
     assert_eq!(cp.get(&key).await.status(), 200);
     assert_eq!(cp.stats().await.by_status["503"], 20);
@@ -207,12 +221,12 @@ async fn outage_on_and_off() {
     cp.register(&d).await;
     let key = d.key_hex().unwrap();
     let on = cp
-        .http
-        .post(format!("{}/v1/outage", cp.base))
-        .json(&json!({ "seconds": 600.0 }))
-        .send()
-        .await
-        .unwrap();
+        .send_json(
+            reqwest::Method::POST,
+            "/v1/outage",
+            &json!({ "seconds": 600.0 }),
+        )
+        .await;
     assert_eq!(on.status(), 204);
     assert_eq!(cp.get(&key).await.status(), 503);
     let off = cp.delete("/v1/outage").await;
