@@ -23,13 +23,6 @@ pub enum HarnessError {
     #[error("lab builder")]
     Run(#[source] Box<jitwg::run::RunError>),
 
-    #[error("spawning {program}")]
-    Spawn {
-        program: String,
-        #[source]
-        source: std::io::Error,
-    },
-
     #[error("{what}")]
     Io {
         what: String,
@@ -42,13 +35,6 @@ pub enum HarnessError {
         what: String,
         secs: f64,
         detail: String,
-    },
-
-    #[error("{program} exited early with {status}; log:\n{log}")]
-    ExitedEarly {
-        program: String,
-        status: String,
-        log: String,
     },
 
     #[error("metrics endpoint: {0}")]
