@@ -1,7 +1,7 @@
 //! Root tests of the simulated client fleet against a real wireguard-go gateway in its own
 //! namespace (loopback only): clients from many 198.18.x.y sources handshake, prove their
 //! tunnel with an echo the gateway kernel answers, and report results. Without root or
-//! wireguard-go they skip, except with CI=true where they fail.
+//! wireguard-go they skip, except in CI (`CI` set, not 0/false) where they fail.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt;
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use boringtun::x25519::{PublicKey, StaticSecret};
 use jitwg::client::{bind_source, run_fleet, FleetClient, FleetConfig, FleetProgress};
-use jitwg::lab::netns::{Namespace, RuntimeFlavor};
+use jitwg::lab::netns::{Namespace, NsThread, RuntimeFlavor};
 use jitwg::scenario::file::BehaviourFile;
 use jitwg::scenario::resolve::{ClientPlan, Link, PeerIdentity};
 use jitwg_reports::ClientResult;
@@ -25,27 +25,33 @@ const LISTEN_PORT: u16 = 51820;
 
 /// True when the test can run; false (skip) outside CI; panics in CI.
 fn prerequisites() -> bool {
-    let mut missing = Vec::new();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        missing.push("root");
+    jitwg_testsupport::require(&jitwg_testsupport::missing_root_and_tools(&[
+        "wireguard-go",
+        "wg",
+        "ip",
+    ]))
+}
+
+/// `count` client plans and a gateway (test `name`) with all of them preinstalled.
+fn preinstalled(name: &str, count: u32, start_spacing: Duration) -> (Vec<ClientPlan>, Gateway) {
+    let plans = plans(count, start_spacing);
+    let identities: Vec<PeerIdentity> = plans.iter().map(|p| p.identity.clone()).collect();
+    let gateway = Gateway::start(name, &identities);
+    (plans, gateway)
+}
+
+/// A client that connects once over a perfect link.
+fn connect_once(plan: ClientPlan, population: &str) -> FleetClient {
+    FleetClient {
+        plan,
+        population: population.into(),
+        behaviour: BehaviourFile::ConnectOnce,
+        link: Link {
+            delay: Duration::ZERO,
+            jitter: Duration::ZERO,
+            loss: 0.0,
+        },
     }
-    for tool in ["wireguard-go", "wg", "ip"] {
-        let found = std::env::var_os("PATH")
-            .map(|paths| std::env::split_paths(&paths).any(|p| p.join(tool).is_file()))
-            .unwrap_or(false);
-        if !found {
-            missing.push(tool);
-        }
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("missing prerequisites: {}", missing.join(", "));
-    }
-    eprintln!("SKIPPED: missing prerequisites: {}", missing.join(", "));
-    false
 }
 
 fn keypair() -> ([u8; 32], [u8; 32]) {
@@ -232,6 +238,27 @@ fn plans(count: u32, start_spacing: Duration) -> Vec<ClientPlan> {
 }
 
 /// Runs `clients` against `gateway` on a runtime inside its namespace.
+type FleetThread =
+    NsThread<Result<Result<Vec<ClientResult>, jitwg::client::ClientError>, jitwg::lab::LabError>>;
+
+/// Runs `clients` on a runtime of `flavor` in the gateway test's namespace, never cancelled.
+fn spawn_fleet(
+    gateway: &Gateway,
+    flavor: RuntimeFlavor,
+    config: FleetConfig,
+    clients: Vec<FleetClient>,
+    progress: &Arc<FleetProgress>,
+) -> FleetThread {
+    let progress = Arc::clone(progress);
+    gateway
+        .ns
+        .spawn_runtime_thread("fleet", flavor, move || async move {
+            let origin = tokio::time::Instant::now();
+            run_fleet(config, clients, origin, progress, CancellationToken::new()).await
+        })
+        .unwrap()
+}
+
 fn fleet(
     gateway: &Gateway,
     clients: Vec<FleetClient>,
@@ -246,25 +273,13 @@ fn fleet(
         event_log,
     };
     let progress = Arc::new(FleetProgress::default());
-    let progress_in = Arc::clone(&progress);
-    let thread = gateway
-        .ns
-        .spawn_runtime_thread(
-            "fleet",
-            RuntimeFlavor::MultiThread { workers: 2 },
-            move || async move {
-                let origin = tokio::time::Instant::now();
-                run_fleet(
-                    config,
-                    clients,
-                    origin,
-                    progress_in,
-                    CancellationToken::new(),
-                )
-                .await
-            },
-        )
-        .unwrap();
+    let thread = spawn_fleet(
+        gateway,
+        RuntimeFlavor::MultiThread { workers: 2 },
+        config,
+        clients,
+        &progress,
+    );
     let results = thread.join().unwrap().unwrap().unwrap();
     (results, progress)
 }
@@ -274,23 +289,12 @@ fn twenty_connect_once_clients_all_connect() {
     if !prerequisites() {
         return;
     }
-    let plans = plans(20, Duration::from_millis(10));
-    let identities: Vec<PeerIdentity> = plans.iter().map(|p| p.identity.clone()).collect();
-    let gateway = Gateway::start("a", &identities);
+    let (plans, gateway) = preinstalled("a", 20, Duration::from_millis(10));
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("events.jsonl");
     let clients = plans
         .into_iter()
-        .map(|plan| FleetClient {
-            plan,
-            population: "ci".into(),
-            behaviour: BehaviourFile::ConnectOnce,
-            link: Link {
-                delay: Duration::ZERO,
-                jitter: Duration::ZERO,
-                loss: 0.0,
-            },
-        })
+        .map(|plan| connect_once(plan, "ci"))
         .collect();
     let (results, progress) = fleet(
         &gateway,
@@ -355,9 +359,7 @@ fn stay_return_and_lossy_links_against_wireguard_go() {
     if !prerequisites() {
         return;
     }
-    let plans = plans(12, Duration::from_millis(5));
-    let identities: Vec<PeerIdentity> = plans.iter().map(|p| p.identity.clone()).collect();
-    let gateway = Gateway::start("b", &identities);
+    let (plans, gateway) = preinstalled("b", 12, Duration::from_millis(5));
     let clients = plans
         .into_iter()
         .map(|plan| {
@@ -439,16 +441,7 @@ fn unanswered_clients_give_up_and_report_it() {
     let gateway = Gateway::start("c", &[]);
     let clients = plans
         .into_iter()
-        .map(|plan| FleetClient {
-            plan,
-            population: "strangers".into(),
-            behaviour: BehaviourFile::ConnectOnce,
-            link: Link {
-                delay: Duration::ZERO,
-                jitter: Duration::ZERO,
-                loss: 0.0,
-            },
-        })
+        .map(|plan| connect_once(plan, "strangers"))
         .collect();
     let (results, progress) = fleet(&gateway, clients, Duration::from_secs(8), None);
     for result in &results {
@@ -473,9 +466,7 @@ fn five_thousand_clients_connect() {
         .map(|v| v.parse().unwrap())
         .unwrap_or(5_000);
     let event_log = std::env::var_os("JITWG_STRESS_EVENT_LOG").map(std::path::PathBuf::from);
-    let plans = plans(count, Duration::from_millis(1));
-    let identities: Vec<PeerIdentity> = plans.iter().map(|p| p.identity.clone()).collect();
-    let gateway = Gateway::start("d", &identities);
+    let (plans, gateway) = preinstalled("d", count, Duration::from_millis(1));
     let clients = plans
         .into_iter()
         .map(|plan| FleetClient {
@@ -561,16 +552,7 @@ fn cancelling_ends_attempts_and_unstarted_clients() {
     };
     let clients = plans
         .into_iter()
-        .map(|plan| FleetClient {
-            plan,
-            population: "cancelled".into(),
-            behaviour: BehaviourFile::ConnectOnce,
-            link: Link {
-                delay: Duration::ZERO,
-                jitter: Duration::ZERO,
-                loss: 0.0,
-            },
-        })
+        .map(|plan| connect_once(plan, "cancelled"))
         .collect();
     let progress = Arc::new(FleetProgress::default());
     let progress_in = Arc::clone(&progress);
@@ -625,32 +607,15 @@ fn client_connects_when_the_gateway_initiates() {
         give_up_after: Duration::from_secs(30),
         event_log: None,
     };
-    let clients = vec![FleetClient {
-        plan,
-        population: "jit".into(),
-        behaviour: BehaviourFile::ConnectOnce,
-        link: Link {
-            delay: Duration::ZERO,
-            jitter: Duration::ZERO,
-            loss: 0.0,
-        },
-    }];
+    let clients = vec![connect_once(plan, "jit")];
     let progress = Arc::new(FleetProgress::default());
-    let progress_in = Arc::clone(&progress);
-    let thread = gateway
-        .ns
-        .spawn_runtime_thread("fleet", RuntimeFlavor::CurrentThread, move || async move {
-            let origin = tokio::time::Instant::now();
-            run_fleet(
-                config,
-                clients,
-                origin,
-                progress_in,
-                CancellationToken::new(),
-            )
-            .await
-        })
-        .unwrap();
+    let thread = spawn_fleet(
+        &gateway,
+        RuntimeFlavor::CurrentThread,
+        config,
+        clients,
+        &progress,
+    );
 
     // Capture the client's endpoint the way the daemon would see it (here: from the socket table).
     let deadline = Instant::now() + Duration::from_secs(5);

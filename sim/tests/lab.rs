@@ -1,6 +1,6 @@
 //! Root tests of the lab against the real kernel and wireguard-go: topology build/teardown,
 //! processes in namespaces, the data plane's life cycle, and `clean` on deliberately leaked
-//! objects. Without root or wireguard-go they skip, except with CI=true where they fail.
+//! objects. Without root or wireguard-go they skip, except in CI (`CI` set, not 0/false) where they fail.
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -23,25 +23,16 @@ use rand::Rng;
 
 /// True when the test can run; false (skip) outside CI; panics in CI.
 fn prerequisites() -> bool {
-    let mut missing = Vec::new();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        missing.push("root");
-    }
-    let have_wg_go = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|p| p.join("wireguard-go").is_file()))
-        .unwrap_or(false);
-    if !have_wg_go {
-        missing.push("wireguard-go (apt-get install wireguard-go)");
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("missing prerequisites: {}", missing.join(", "));
-    }
-    eprintln!("SKIPPED: missing prerequisites: {}", missing.join(", "));
-    false
+    jitwg_testsupport::require(&jitwg_testsupport::missing_root_and_tools(&[
+        "wireguard-go",
+    ]))
+}
+
+/// A fresh run id and its gateway namespace.
+fn gateway_namespace() -> (RunId, Arc<Namespace>) {
+    let run = RunId::random();
+    let ns = Arc::new(Namespace::create(&format!("jwg-{run}-gw")).unwrap());
+    (run, ns)
 }
 
 fn random_key() -> [u8; 32] {
@@ -172,8 +163,7 @@ fn userspace_data_plane_life_cycle() {
     if !prerequisites() {
         return;
     }
-    let run = RunId::random();
-    let ns = Arc::new(Namespace::create(&format!("jwg-{run}-gw")).unwrap());
+    let (run, ns) = gateway_namespace();
     let iface = format!("jwg{run}");
     let spec = spec(&iface);
     let mut plane = DataPlane::start(&ns, spec.clone()).unwrap();
@@ -239,8 +229,7 @@ fn a_missing_wireguard_go_is_a_distinct_error() {
     if !prerequisites() {
         return;
     }
-    let run = RunId::random();
-    let ns = Arc::new(Namespace::create(&format!("jwg-{run}-gw")).unwrap());
+    let (run, ns) = gateway_namespace();
     let options = DataPlaneOptions {
         program: "/nonexistent/wireguard-go".into(),
         ..DataPlaneOptions::default()
@@ -258,8 +247,7 @@ fn kernel_backend_works_or_says_there_is_no_module() {
     if !prerequisites() {
         return;
     }
-    let run = RunId::random();
-    let ns = Arc::new(Namespace::create(&format!("jwg-{run}-gw")).unwrap());
+    let (run, ns) = gateway_namespace();
     let iface = format!("jwg{run}");
     let spec = DataPlaneSpec {
         backend: DataPlaneBackend::Kernel,

@@ -1,7 +1,7 @@
 //! End-to-end runs of the real `jitwg` binary (root, wireguard-go, jitwgd built next to it): a
 //! tiny scenario run twice with one seed gives the same per-client outcomes, and neither a
 //! finished run nor one interrupted with SIGINT leaves a namespace, link, UAPI socket or process
-//! behind. Without the prerequisites they skip loudly, except with CI=true where they fail.
+//! behind. Without the prerequisites they skip loudly, except in CI (`CI` set, not 0/false) where they fail.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -17,33 +17,14 @@ fn jitwgd_path() -> PathBuf {
 
 /// True when the test can run; false (skip) outside CI; panics in CI.
 fn prerequisites() -> bool {
-    let mut missing = Vec::new();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        missing.push("root".to_string());
-    }
-    let on_path = |bin: &str| {
-        std::env::var_os("PATH")
-            .map(|paths| std::env::split_paths(&paths).any(|p| p.join(bin).is_file()))
-            .unwrap_or(false)
-    };
-    if !on_path("wireguard-go") {
-        missing.push("wireguard-go (apt-get install wireguard-go)".into());
-    }
+    let mut missing = jitwg_testsupport::missing_root_and_tools(&["wireguard-go"]);
     if !jitwgd_path().is_file() {
         missing.push(format!(
             "{} (cargo build -p jitwgd)",
             jitwgd_path().display()
         ));
     }
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("missing prerequisites: {}", missing.join(", "));
-    }
-    eprintln!("SKIPPED: missing prerequisites: {}", missing.join(", "));
-    false
+    jitwg_testsupport::require(&missing)
 }
 
 fn write_scenario(dir: &Path, name: &str, clients: u32, rate: f64, duration: &str) -> PathBuf {

@@ -19,15 +19,9 @@ pub enum HarnessError {
     #[error("control plane")]
     ControlPlane(#[source] Box<jitwg::controlplane::ControlPlaneError>),
 
-    #[error("control plane did not start: {0}")]
-    ControlPlaneStart(String),
-
-    #[error("spawning {program}")]
-    Spawn {
-        program: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// Building or driving the lab (the driver's builder reports these).
+    #[error("lab builder")]
+    Run(#[source] Box<jitwg::run::RunError>),
 
     #[error("{what}")]
     Io {
@@ -41,13 +35,6 @@ pub enum HarnessError {
         what: String,
         secs: f64,
         detail: String,
-    },
-
-    #[error("{program} exited early with {status}; log:\n{log}")]
-    ExitedEarly {
-        program: String,
-        status: String,
-        log: String,
     },
 
     #[error("metrics endpoint: {0}")]
@@ -66,6 +53,12 @@ impl From<jitwg::lab::LabError> for HarnessError {
 impl From<jitwg::controlplane::ControlPlaneError> for HarnessError {
     fn from(e: jitwg::controlplane::ControlPlaneError) -> Self {
         HarnessError::ControlPlane(Box::new(e))
+    }
+}
+
+impl From<jitwg::run::RunError> for HarnessError {
+    fn from(e: jitwg::run::RunError) -> Self {
+        HarnessError::Run(Box::new(e))
     }
 }
 

@@ -6,14 +6,14 @@
 pub mod error;
 pub mod gateway;
 pub mod knock;
-pub mod metrics;
+
 pub mod prereq;
 
 pub use error::HarnessError;
 pub use gateway::{Gateway, GatewayOptions, StockClient};
 pub use jitwg::lab::PeerState;
+pub use jitwg::run::prometheus::Scrape;
 pub use knock::Knocker;
-pub use metrics::Scrape;
 pub use prereq::{daemon_binary, prerequisites_met};
 
 use std::time::{Duration, Instant};

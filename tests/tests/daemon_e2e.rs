@@ -1,12 +1,15 @@
 //! End-to-end tests of `jitwgd`: the real daemon binary against a real wireguard-go data
 //! plane, the testbed control plane and real or boringtun clients, in private network
 //! namespaces. Each test builds its own `Gateway` fixture, so they run in parallel.
-//! Needs root and wireguard-go/wg/ping/ip; with CI=true a missing one fails the test.
+//! Needs root and wireguard-go/wg/ping/ip; in CI (`CI` set, not 0/false) a missing one fails the test.
 
 use std::time::Duration;
 
+use jitwg::scenario::file::Switch;
 use jitwg_tests::prereq::TOOLS;
-use jitwg_tests::{prerequisites_met, random_key, wait_for, Gateway, GatewayOptions};
+use jitwg_tests::{
+    prerequisites_met, random_key, wait_for, Gateway, GatewayOptions, Knocker, StockClient,
+};
 
 /// The fixture, or `None` when prerequisites are missing outside CI (skipped loudly).
 fn gateway(opts: GatewayOptions, tools: &[&str]) -> Option<Gateway> {
@@ -16,19 +19,43 @@ fn gateway(opts: GatewayOptions, tools: &[&str]) -> Option<Gateway> {
     Some(Gateway::start(opts).unwrap())
 }
 
+/// A stock client registered as 100.64.0.2/32, and how long its first ping through the
+/// tunnel took (it must get through).
+fn first_ping(gw: &Gateway) -> (StockClient, Duration) {
+    let client = gw.stock_client(0, random_key()).unwrap();
+    gw.register(&client.public_key(), &["100.64.0.2/32"])
+        .unwrap();
+    let (ok, took) = client.ping(gw.plan().tunnel_gateway, 10).unwrap();
+    assert!(ok, "first ping through the tunnel failed (took {took:?})");
+    (client, took)
+}
+
+/// A boringtun client registered as 100.64.0.2/32, and its key.
+fn registered_knocker(gw: &Gateway) -> (Knocker, [u8; 32]) {
+    let client = gw.knocker(0, random_key()).unwrap();
+    let key = client.public_key();
+    gw.register(&key, &["100.64.0.2/32"]).unwrap();
+    (client, key)
+}
+
+/// A boringtun client registered as 100.64.0.2/32 that completed a handshake, and its key.
+fn connected_knocker(gw: &Gateway) -> (Knocker, [u8; 32]) {
+    let (mut client, key) = registered_knocker(gw);
+    client.connect(Duration::from_secs(10)).unwrap();
+    (client, key)
+}
+
 const INSTALLS: &str = "jitwgd_installs_total";
 
 #[test]
 fn stock_client_connects_on_first_attempt_with_initiate_on() {
-    let Some(gw) = gateway(GatewayOptions::new(1).set("initiate", "on"), TOOLS) else {
+    let Some(gw) = gateway(
+        GatewayOptions::new(1).daemon(|d| d.initiate = Some(Switch::On)),
+        TOOLS,
+    ) else {
         return;
     };
-    let client = gw.stock_client(0, random_key()).unwrap();
-    gw.register(&client.public_key(), &["100.64.0.2/32"])
-        .unwrap();
-
-    let (ok, took) = client.ping(gw.plan().tunnel_gateway, 10).unwrap();
-    assert!(ok, "first ping through the tunnel failed (took {took:?})");
+    let (client, took) = first_ping(&gw);
     assert!(
         took < Duration::from_secs(4),
         "first ping took {took:?}: the gateway did not handshake back at once"
@@ -46,15 +73,13 @@ fn stock_client_connects_on_first_attempt_with_initiate_on() {
 
 #[test]
 fn initiate_off_needs_the_5s_retry() {
-    let Some(gw) = gateway(GatewayOptions::new(2).set("initiate", "off"), TOOLS) else {
+    let Some(gw) = gateway(
+        GatewayOptions::new(2).daemon(|d| d.initiate = Some(Switch::Off)),
+        TOOLS,
+    ) else {
         return;
     };
-    let client = gw.stock_client(0, random_key()).unwrap();
-    gw.register(&client.public_key(), &["100.64.0.2/32"])
-        .unwrap();
-
-    let (ok, took) = client.ping(gw.plan().tunnel_gateway, 10).unwrap();
-    assert!(ok, "first ping through the tunnel failed (took {took:?})");
+    let (_client, took) = first_ping(&gw);
     assert!(
         took >= Duration::from_millis(4500),
         "first ping took only {took:?}: without initiate the client must wait for REKEY_TIMEOUT"
@@ -66,7 +91,10 @@ fn initiate_off_needs_the_5s_retry() {
 
 #[test]
 fn unknown_key_gets_one_api_call_per_negative_ttl() {
-    let Some(gw) = gateway(GatewayOptions::new(3).set("negative_ttl", "3s"), TOOLS) else {
+    let Some(gw) = gateway(
+        GatewayOptions::new(3).daemon(|d| d.negative_ttl = Some(Duration::from_secs(3))),
+        TOOLS,
+    ) else {
         return;
     };
     let mut client = gw.knocker(0, random_key()).unwrap();
@@ -119,9 +147,7 @@ fn replayed_initiation_from_another_source_changes_nothing() {
     let Some(gw) = gateway(GatewayOptions::new(4), TOOLS) else {
         return;
     };
-    let mut client = gw.knocker(0, random_key()).unwrap();
-    let key = client.public_key();
-    gw.register(&key, &["100.64.0.2/32"]).unwrap();
+    let (mut client, key) = registered_knocker(&gw);
     let first = client.knock().unwrap();
     assert!(
         gw.wait_installed(&key, true, Duration::from_secs(5)),
@@ -166,9 +192,7 @@ fn replayed_initiation_while_installed_keeps_the_endpoint() {
     let Some(gw) = gateway(GatewayOptions::new(5), TOOLS) else {
         return;
     };
-    let mut client = gw.knocker(0, random_key()).unwrap();
-    let key = client.public_key();
-    gw.register(&key, &["100.64.0.2/32"]).unwrap();
+    let (mut client, key) = registered_knocker(&gw);
     let first = client.knock().unwrap();
     assert!(gw.wait_installed(&key, true, Duration::from_secs(5)));
     // Complete a handshake (a newer initiation reaches wireguard-go itself).
@@ -236,15 +260,12 @@ fn random_garbage_causes_no_api_calls_or_installs() {
 #[test]
 fn revoked_key_is_removed_and_not_reinstalled() {
     let opts = GatewayOptions::new(7)
-        .set("positive_ttl", "1s")
-        .set("api_min_interval", "100ms");
+        .daemon(|d| d.positive_ttl = Some(Duration::from_secs(1)))
+        .daemon(|d| d.api_min_interval = Some(Duration::from_millis(100)));
     let Some(gw) = gateway(opts, TOOLS) else {
         return;
     };
-    let mut client = gw.knocker(0, random_key()).unwrap();
-    let key = client.public_key();
-    gw.register(&key, &["100.64.0.2/32"]).unwrap();
-    client.connect(Duration::from_secs(10)).unwrap();
+    let (mut client, key) = connected_knocker(&gw);
     assert!(gw.wait_installed(&key, true, Duration::from_secs(2)));
 
     assert!(gw.revoke(&key).unwrap());
@@ -266,7 +287,7 @@ fn revoked_key_is_removed_and_not_reinstalled() {
 
 #[test]
 fn allowed_ip_outside_prefix_is_refused() {
-    let opts = GatewayOptions::new(8).set("allowed_prefix", "100.64.0.0/10");
+    let opts = GatewayOptions::new(8);
     let Some(gw) = gateway(opts, TOOLS) else {
         return;
     };
@@ -293,15 +314,12 @@ fn allowed_ip_outside_prefix_is_refused() {
 #[test]
 fn idle_peer_is_evicted_and_returns() {
     let opts = GatewayOptions::new(9)
-        .set("evict_after", "2s")
-        .set("sweep_every", "1s");
+        .daemon(|d| d.evict_after = Some(Duration::from_secs(2)))
+        .daemon(|d| d.sweep_every = Some(Duration::from_secs(1)));
     let Some(gw) = gateway(opts, TOOLS) else {
         return;
     };
-    let mut client = gw.knocker(0, random_key()).unwrap();
-    let key = client.public_key();
-    gw.register(&key, &["100.64.0.2/32"]).unwrap();
-    client.connect(Duration::from_secs(10)).unwrap();
+    let (mut client, key) = connected_knocker(&gw);
     let peer = gw.peer(&key).unwrap().expect("installed");
     assert!(peer.last_handshake.is_some());
     let cleared = wait_for(Duration::from_secs(2), || {

@@ -180,12 +180,7 @@ mod tests {
         if is_root() {
             return true;
         }
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "capture socket test needs root and CI=true"
-        );
-        eprintln!("skipping: capture socket test needs root");
-        false
+        jitwg_testsupport::require(&["root (capture socket test)"])
     }
 
     #[test]

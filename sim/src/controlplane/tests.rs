@@ -54,6 +54,28 @@ fn doc(i: u32) -> PeerDoc {
 }
 
 impl Running {
+    async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> reqwest::Response {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn delete(&self, path: &str) -> reqwest::Response {
+        self.http
+            .delete(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+    }
+
     async fn get(&self, key: &str) -> reqwest::Response {
         self.http
             .get(format!("{}/v1/peers/{key}", self.base))
@@ -117,12 +139,7 @@ async fn unknown_is_404_malformed_is_400_revoked_is_404() {
     cp.register(&d).await;
     let key = d.key_hex().unwrap();
     assert_eq!(cp.get(&key).await.status(), 200);
-    let del = cp
-        .http
-        .delete(format!("{}/v1/peers/{key}", cp.base))
-        .send()
-        .await
-        .unwrap();
+    let del = cp.delete(&format!("/v1/peers/{key}")).await;
     assert_eq!(del.status(), 204);
     assert_eq!(cp.get(&key).await.status(), 404);
     // Bad allowed IPs are accepted on purpose; a bad public key is not.
@@ -186,12 +203,12 @@ async fn error_rate_one_answers_all_503_and_can_be_changed_at_run_time() {
         assert_eq!(cp.get(&key).await.status(), 503);
     }
     let put = cp
-        .http
-        .put(format!("{}/v1/faults", cp.base))
-        .json(&json!({ "error_rate": 0.0 }))
-        .send()
-        .await
-        .unwrap();
+        .send_json(
+            reqwest::Method::PUT,
+            "/v1/faults",
+            &json!({ "error_rate": 0.0 }),
+        )
+        .await;
     assert_eq!(put.status(), 204);
     assert_eq!(cp.get(&key).await.status(), 200);
     assert_eq!(cp.stats().await.by_status["503"], 20);
@@ -204,20 +221,15 @@ async fn outage_on_and_off() {
     cp.register(&d).await;
     let key = d.key_hex().unwrap();
     let on = cp
-        .http
-        .post(format!("{}/v1/outage", cp.base))
-        .json(&json!({ "seconds": 600.0 }))
-        .send()
-        .await
-        .unwrap();
+        .send_json(
+            reqwest::Method::POST,
+            "/v1/outage",
+            &json!({ "seconds": 600.0 }),
+        )
+        .await;
     assert_eq!(on.status(), 204);
     assert_eq!(cp.get(&key).await.status(), 503);
-    let off = cp
-        .http
-        .delete(format!("{}/v1/outage", cp.base))
-        .send()
-        .await
-        .unwrap();
+    let off = cp.delete("/v1/outage").await;
     assert_eq!(off.status(), 204);
     assert_eq!(cp.get(&key).await.status(), 200);
     // A short outage ends by itself.
@@ -286,11 +298,7 @@ impl NatsServer {
                 url: format!("nats://127.0.0.1:{port}"),
             }),
             Err(e) => {
-                assert!(
-                    std::env::var("CI").as_deref() != Ok("true"),
-                    "nats-server is required in CI: {e}"
-                );
-                eprintln!("skipping: nats-server not runnable: {e}");
+                jitwg_testsupport::require(&[format!("a runnable nats-server ({e})")]);
                 None
             }
         }

@@ -237,14 +237,7 @@ impl Netlink {
             .gateway(via)
             .output_interface(index)
             .build();
-        let request = self.handle.route().add(route).execute();
-        self.runtime
-            .block_on(request)
-            .map_err(|source| LabError::RouteAdd {
-                ns: self.ns.clone(),
-                route: format!("{dest} via {via} dev {dev}"),
-                source: Box::new(source),
-            })
+        self.add_route(route, format!("{dest} via {via} dev {dev}"))
     }
 
     /// `ip route add local DEST dev NAME` (table local, scope host): every address of `dest`
@@ -258,12 +251,21 @@ impl Netlink {
             .scope(RouteScope::Host)
             .table_id(RT_TABLE_LOCAL)
             .build();
+        self.add_route(route, format!("local {dest} dev {dev}"))
+    }
+
+    /// Adds `route`; `shown` is how errors name it (in `ip route` words).
+    fn add_route(
+        &self,
+        route: rtnetlink::packet_route::route::RouteMessage,
+        shown: String,
+    ) -> Result<(), LabError> {
         let request = self.handle.route().add(route).execute();
         self.runtime
             .block_on(request)
             .map_err(|source| LabError::RouteAdd {
                 ns: self.ns.clone(),
-                route: format!("local {dest} dev {dev}"),
+                route: shown,
                 source: Box::new(source),
             })
     }

@@ -176,43 +176,24 @@ fn program_name(cmd: &Command) -> String {
     program.rsplit('/').next().unwrap_or(&program).to_string()
 }
 
-/// Reads the usage of any live process from /proc/PID/{stat,status}.
+/// Reads the usage of any live process from /proc/PID/{stat,status} (through `procfs`, the
+/// one /proc reader of the testbed); `None` once it is gone.
 pub fn process_usage(pid: u32) -> Option<Usage> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    usage_from_proc(&stat, &status, clock_ticks())
-}
-
-/// Parses `/proc/PID/stat` and `/proc/PID/status` texts into a [`Usage`].
-pub fn usage_from_proc(stat: &str, status: &str, ticks_per_second: f64) -> Option<Usage> {
-    // The command name may contain spaces and ')': fields start after the last ')'.
-    let rest = stat.get(stat.rfind(')')? + 1..)?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After ')' index 0 is `state` (field 3); utime is field 14, stime field 15.
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    let kib = |key: &str| {
-        status.lines().find_map(|line| {
-            let value = line.strip_prefix(key)?.trim().strip_suffix("kB")?.trim();
-            value.parse::<u64>().ok().map(|kb| kb * 1024)
-        })
-    };
+    let process = procfs::process::Process::new(i32::try_from(pid).ok()?).ok()?;
+    let stat = process.stat().ok()?;
+    let status = process.status().ok()?;
+    let ticks = procfs::ticks_per_second() as f64;
     Some(Usage {
-        cpu_seconds: (utime + stime) / ticks_per_second,
+        cpu_seconds: (stat.utime + stat.stime) as f64 / ticks,
         // Zombies and kernel threads have no memory lines.
-        rss_bytes: kib("VmRSS:").unwrap_or(0),
-        peak_rss_bytes: kib("VmHWM:").unwrap_or(0),
+        rss_bytes: status.vmrss.unwrap_or(0) * 1024,
+        peak_rss_bytes: status.vmhwm.unwrap_or(0) * 1024,
     })
 }
 
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 {
-        ticks as f64
-    } else {
-        100.0
-    }
+/// The usage of this process (the driver).
+pub fn own_usage() -> Option<Usage> {
+    process_usage(std::process::id())
 }
 
 #[cfg(test)]
@@ -220,21 +201,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_proc_files() {
-        let stat =
-            "1234 (wireguard (go)) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 8 0 5 0 0";
-        let status = "Name:\tx\nVmPeak:\t 100 kB\nVmHWM:\t    2048 kB\nVmRSS:\t 1000 kB\n";
-        let usage = usage_from_proc(stat, status, 100.0).unwrap();
-        assert_eq!(usage.cpu_seconds, 3.0);
-        assert_eq!(usage.peak_rss_bytes, 2048 * 1024);
-        assert_eq!(usage.rss_bytes, 1000 * 1024);
-        assert_eq!(usage_from_proc("no paren", status, 100.0), None);
-        assert_eq!(usage_from_proc("1 (x) S 1", status, 100.0), None);
+    fn reads_own_usage() {
+        let usage = own_usage().unwrap();
+        assert!(usage.rss_bytes > 0 && usage.peak_rss_bytes >= usage.rss_bytes);
+        assert!(usage.cpu_seconds >= 0.0);
     }
 
     #[test]
-    fn reads_own_usage() {
-        let usage = process_usage(std::process::id()).unwrap();
-        assert!(usage.rss_bytes > 0 && usage.peak_rss_bytes >= usage.rss_bytes);
+    fn a_process_that_is_gone_has_no_usage() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert_eq!(process_usage(pid), None);
     }
 }

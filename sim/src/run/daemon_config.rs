@@ -117,9 +117,15 @@ fn boot_word(b: daemon::Boot) -> &'static str {
 /// The whole config file for `scenario`: its `[daemon]` settings, its backend, and
 /// where this run's collaborators are.
 pub fn config_file(scenario: &Scenario, at: &DaemonEndpoints) -> ConfigFile {
+    config_file_for(at, scenario.backend_name(), &scenario.daemon.set)
+}
+
+/// The whole config file from explicit `[daemon]` settings (the end-to-end fixture's
+/// way in): the same keys, types and endpoints as a scenario's, without a scenario.
+pub fn config_file_for(at: &DaemonEndpoints, backend: &str, set: &DaemonFile) -> ConfigFile {
     ConfigFile {
         interface: Some(at.interface.clone()),
-        backend: Some(scenario.backend_name().to_string()),
+        backend: Some(backend.to_string()),
         capture_interface: Some(at.capture_interface.clone()),
         db: Some(at.db.clone()),
         api_url: Some(at.api_url.clone()),
@@ -127,8 +133,17 @@ pub fn config_file(scenario: &Scenario, at: &DaemonEndpoints) -> ConfigFile {
         nats_url: at.nats_url.clone(),
         nats_subject: Some(at.nats_subject.clone()),
         allowed_prefix: Some(LAB_TUNNEL_PREFIX.to_string()),
-        ..settings(&scenario.daemon.set)
+        ..settings(set)
     }
+}
+
+/// Renders the config file from explicit settings; see [`config_file_for`].
+pub fn render_settings(
+    at: &DaemonEndpoints,
+    backend: &str,
+    set: &DaemonFile,
+) -> Result<String, toml::ser::Error> {
+    toml::to_string(&config_file_for(at, backend, set))
 }
 
 /// Renders the daemon's config file for `scenario`.

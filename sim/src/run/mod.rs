@@ -3,16 +3,19 @@
 //! and firing the scenario's timed events, then tear everything down and hand back `Results`.
 //! The CLI (`cli.rs`) prints and writes reports; this module never exits the process.
 
+mod context;
 pub mod daemon_config;
 pub mod info;
+pub mod lab;
 mod orchestrate;
 pub mod prereq;
 pub mod probe;
 pub mod prometheus;
+mod results;
 pub mod services;
 pub mod stale;
+mod timeline;
 pub mod tracker;
-pub mod usage;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -38,6 +41,8 @@ pub const METRICS_PORT: u16 = 9187;
 pub const NATS_SUBJECT: &str = "jitwg.peers";
 /// How long the daemon may take to become ready at start and after a reboot.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// `JITWGD_LOG` of the driver's daemon: info, without netlink's per-message chatter.
+pub const DAEMON_LOG_FILTER: &str = "info,netlink_packet_route=error";
 /// How long the fleet may take to stop after it was cancelled.
 pub const FLEET_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 

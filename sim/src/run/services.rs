@@ -169,15 +169,17 @@ pub struct DaemonLaunch {
     pub program: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
+    /// `JITWGD_LOG`: the driver's is [`super::DAEMON_LOG_FILTER`], tests ask for `debug`.
+    pub log_filter: String,
 }
 
-/// Starts `jitwgd --config CONFIG` inside `ns` with `JITWGD_LOG=info,netlink_packet_route=error`, appending to its log.
+/// Starts `jitwgd --config CONFIG` inside `ns` with `JITWGD_LOG` set, appending to its log.
 pub fn start_daemon(ns: &Namespace, launch: &DaemonLaunch) -> Result<Child, RunError> {
     let (stdout, stderr) = log_stdio(&launch.log)?;
     let mut cmd = Command::new(&launch.program);
     cmd.arg("--config")
         .arg(&launch.config)
-        .env("JITWGD_LOG", "info,netlink_packet_route=error")
+        .env("JITWGD_LOG", &launch.log_filter)
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr);

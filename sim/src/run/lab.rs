@@ -1,0 +1,424 @@
+//! The lab builder: the one place that brings up a complete JIT gateway (namespaces, data
+//! plane, optional NATS, control plane, `jitwgd`) for both `jitwg run` and the end-to-end
+//! tests (`tests/src/gateway.rs` is a thin fixture over it). Every part sits behind a guard;
+//! dropping the [`Lab`] stops them in reverse dependency order, also on errors and panics.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::{IpNet, Ipv4Net};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::controlplane::{ControlPlaneConfig, ControlPlaneHandle, FaultConfig};
+use crate::lab::dataplane::{DataPlane, DataPlaneBackend, DataPlaneOptions, DataPlaneSpec};
+use crate::lab::names::RunId;
+use crate::lab::process::Child;
+use crate::lab::topology::{AddressPlan, Topology};
+use crate::lab::{LabError, Namespace};
+use crate::scenario::PreinstalledPeer;
+
+use super::daemon_config::DaemonEndpoints;
+use super::probe::{Probe, ProbeClient};
+use super::services::{self, ControlPlaneService, DaemonLaunch};
+use super::{RunError, CONTROL_PLANE_PORT, METRICS_PORT, NATS_PORT, NATS_SUBJECT, READY_TIMEOUT};
+use super::{DAEMON_LOG_FILTER, WG_PORT};
+
+/// How often `/ready` is polled while waiting for the daemon.
+pub const READY_POLL: Duration = Duration::from_millis(10);
+
+/// What to build. Log files (`wireguard-go.log`, `nats.log`, `jitwgd.toml`, `jitwgd.log`) go
+/// to `logs`; the SQLite databases to a fresh state directory the lab removes last.
+#[derive(Debug, Clone)]
+pub struct LabSpec {
+    pub run_id: RunId,
+    pub plan: AddressPlan,
+    pub backend: DataPlaneBackend,
+    pub gateway_private_key: [u8; 32],
+    /// The wireguard-go binary (userspace backend).
+    pub wireguard_go: PathBuf,
+    /// Synthetic peers put into the data plane before the daemon starts.
+    pub preinstalled: Vec<PreinstalledPeer>,
+    /// `nats-server` to start (push mode); `None`: no NATS.
+    pub nats_server: Option<PathBuf>,
+    pub control_plane_faults: FaultConfig,
+    pub seed: u64,
+    /// The `jitwgd` binary.
+    pub jitwgd: PathBuf,
+    /// `JITWGD_LOG` of the daemon.
+    pub daemon_log_filter: String,
+    pub logs: PathBuf,
+}
+
+impl LabSpec {
+    /// A spec with the driver's defaults: userspace backend, no NATS, no faults.
+    pub fn new(plan: AddressPlan, jitwgd: PathBuf, logs: PathBuf) -> LabSpec {
+        LabSpec {
+            run_id: RunId::random(),
+            plan,
+            backend: DataPlaneBackend::Userspace,
+            gateway_private_key: rand::random(),
+            wireguard_go: PathBuf::from("wireguard-go"),
+            preinstalled: Vec::new(),
+            nats_server: None,
+            control_plane_faults: FaultConfig::default(),
+            seed: 1,
+            jitwgd,
+            daemon_log_filter: DAEMON_LOG_FILTER.to_string(),
+            logs,
+        }
+    }
+}
+
+/// The guarded parts; fields are stopped in this order by [`Parts::drop`].
+#[derive(Default)]
+struct Parts {
+    daemon: Option<Child>,
+    probe: Option<Probe>,
+    control_plane: Option<ControlPlaneService>,
+    nats: Option<Child>,
+    dataplane: Option<DataPlane>,
+    topology: Option<Topology>,
+    /// The run's SQLite databases (control plane, daemon). Not in the log directory: SQLite's
+    /// WAL needs shared memory the output directory's filesystem may not offer (a 9p share in
+    /// `ci/vm.sh`'s VM), and databases are not results. One directory per lab, so the daemon
+    /// finds its own database again after a reboot; removed after everything using it stopped.
+    state: Option<tempfile::TempDir>,
+}
+
+impl Drop for Parts {
+    fn drop(&mut self) {
+        let teardown = || {
+            drop(self.daemon.take());
+            drop(self.probe.take());
+            drop(self.control_plane.take());
+            drop(self.nats.take());
+            drop(self.dataplane.take());
+            if let Some(t) = self.topology.take() {
+                tracing::info!(run = %t.run_id(), "tearing down the lab");
+                drop(t);
+            }
+            if let Some(dir) = self.state.take() {
+                let path = dir.path().to_path_buf();
+                if let Err(e) = dir.close() {
+                    tracing::warn!(dir = %path.display(), error = %e, "could not remove the lab's state directory");
+                }
+            }
+        };
+        blocking(teardown);
+    }
+}
+
+/// A running gateway and everything it depends on.
+pub struct Lab {
+    parts: Parts,
+    plan: AddressPlan,
+    endpoints: DaemonEndpoints,
+    launch: DaemonLaunch,
+    probe: ProbeClient,
+    control: ControlPlaneHandle,
+    gateway_public_key: [u8; 32],
+}
+
+/// Runs blocking lab work: inside a multi-thread runtime without stalling a worker, elsewhere
+/// (a current-thread runtime, or none) directly.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+impl Lab {
+    /// Builds the lab in dependency order and waits until `jitwgd` answers `/ready`.
+    /// `render` writes the daemon's config file from where its collaborators are.
+    pub async fn build(
+        spec: LabSpec,
+        render: impl FnOnce(&DaemonEndpoints) -> Result<String, RunError>,
+        interrupt: &CancellationToken,
+    ) -> Result<Lab, RunError> {
+        let mut parts = Parts::default();
+        let state = state_dir(&spec.run_id)?;
+        let state_path = state.path().to_path_buf();
+        parts.state = Some(state);
+        let topo = blocking(|| Topology::build(&spec.plan, &spec.run_id))
+            .map_err(RunError::lab("building the network namespaces"))?;
+        let names = topo.names.clone();
+        let gateway_ns = Arc::clone(&topo.gateway);
+        let control_ns = Arc::clone(&topo.control);
+        parts.topology = Some(topo);
+
+        let dataplane = start_dataplane(&gateway_ns, names.wg_interface(), &spec)?;
+        let gateway_public_key = dataplane.public_key();
+        if !spec.preinstalled.is_empty() {
+            blocking(|| preinstall(&dataplane, &spec.preinstalled))
+                .map_err(RunError::lab("preinstalling peers into the data plane"))?;
+        }
+        parts.dataplane = Some(dataplane);
+
+        // NATS (push mode), then the control plane.
+        let cp_ip = spec.plan.control_plane();
+        let nats_addr = SocketAddr::new(IpAddr::V4(cp_ip), NATS_PORT);
+        if let Some(program) = &spec.nats_server {
+            let log = spec.logs.join("nats.log");
+            parts.nats = Some(blocking(|| {
+                services::start_nats(&control_ns, program, nats_addr, &log)
+            })?);
+        }
+        let nats_url = spec
+            .nats_server
+            .as_ref()
+            .map(|_| format!("nats://{nats_addr}"));
+        let cp_listen = SocketAddr::new(IpAddr::V4(cp_ip), CONTROL_PLANE_PORT);
+        let cp = ControlPlaneService::start(
+            &control_ns,
+            cp_listen,
+            ControlPlaneConfig {
+                db: state_path.join("controlplane.db"),
+                nats: nats_url.clone().map(|u| (u, NATS_SUBJECT.to_string())),
+                faults: spec.control_plane_faults.clone(),
+                seed: spec.seed,
+            },
+            spec.nats_server.as_ref().map(|_| nats_addr),
+        )
+        .await?;
+        let control = cp.handle().clone();
+        parts.control_plane = Some(cp);
+
+        // The daemon.
+        let metrics_addr = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), METRICS_PORT);
+        let endpoints = DaemonEndpoints {
+            interface: names.wg_interface(),
+            capture_interface: names.veth_gw_to_client(),
+            db: state_path.join("jitwgd.db"),
+            api_url: format!("http://{cp_listen}"),
+            metrics_addr,
+            nats_url,
+            nats_subject: NATS_SUBJECT.to_string(),
+        };
+        let launch = DaemonLaunch {
+            program: spec.jitwgd.clone(),
+            config: spec.logs.join("jitwgd.toml"),
+            log: spec.logs.join("jitwgd.log"),
+            log_filter: spec.daemon_log_filter.clone(),
+        };
+        let config_text = render(&endpoints)?;
+        std::fs::write(&launch.config, config_text).map_err(|source| RunError::Output {
+            path: launch.config.clone(),
+            source,
+        })?;
+        let probe = Probe::start(&gateway_ns, metrics_addr)
+            .map_err(RunError::lab("starting the gateway probe thread"))?;
+        let probe_client = probe.client();
+        parts.probe = Some(probe);
+        let Some(probe) = probe_client else {
+            return Err(RunError::ControlPlaneStart(
+                "gateway probe has no client".into(),
+            ));
+        };
+        let mut lab = Lab {
+            parts,
+            plan: spec.plan,
+            endpoints,
+            launch,
+            probe,
+            control,
+            gateway_public_key,
+        };
+        lab.start_daemon()?;
+        lab.wait_daemon_ready(interrupt).await?;
+        Ok(lab)
+    }
+
+    /// Starts `jitwgd` (again: after a kill, on the same config and database). Does not wait.
+    pub fn start_daemon(&mut self) -> Result<(), RunError> {
+        let gateway = Arc::clone(&self.topology().gateway);
+        let child = blocking(|| services::start_daemon(&gateway, &self.launch))?;
+        self.parts.daemon = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILLs the daemon (no cleanup, as in a crash).
+    pub fn kill9_daemon(&mut self) -> Result<(), LabError> {
+        match self.parts.daemon.take() {
+            Some(mut d) => blocking(|| d.kill9()),
+            None => Ok(()),
+        }
+    }
+
+    /// SIGTERMs the daemon, SIGKILLs it after `grace`.
+    pub fn terminate_daemon(&mut self, grace: Duration) -> Result<(), LabError> {
+        match self.parts.daemon.take() {
+            Some(mut d) => blocking(|| d.terminate(grace)).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the daemon process is still alive.
+    pub fn daemon_running(&mut self) -> Result<bool, LabError> {
+        match self.parts.daemon.as_mut() {
+            Some(d) => Ok(d.try_wait()?.is_none()),
+            None => Ok(false),
+        }
+    }
+
+    /// Kills the daemon and restarts the data plane (its peers are gone), as a reboot does.
+    pub fn reboot_dataplane(&mut self) -> Result<(), LabError> {
+        if let Err(e) = self.kill9_daemon() {
+            tracing::warn!(error = %e, "killing jitwgd");
+        }
+        match self.parts.dataplane.as_mut() {
+            Some(dp) => blocking(|| dp.restart()),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for `/ready`, failing early if the daemon exits or `interrupt` fires.
+    pub async fn wait_daemon_ready(
+        &mut self,
+        interrupt: &CancellationToken,
+    ) -> Result<(), RunError> {
+        let started = Instant::now();
+        let log = self.launch.log.clone();
+        let not_ready = |reason: String| RunError::DaemonNotReady {
+            waited: started.elapsed(),
+            reason,
+            tail: services::log_tail(&log, 2048),
+            log: log.clone(),
+        };
+        loop {
+            if self.probe.is_ready().await {
+                return Ok(());
+            }
+            if let Some(daemon) = self.parts.daemon.as_mut() {
+                match daemon.try_wait() {
+                    Ok(Some(status)) => return Err(not_ready(format!("it exited with {status}"))),
+                    Ok(None) => {}
+                    Err(e) => return Err(not_ready(format!("cannot check on it: {e}"))),
+                }
+            }
+            if interrupt.is_cancelled() {
+                return Err(RunError::InterruptedDuringSetup);
+            }
+            if started.elapsed() >= READY_TIMEOUT {
+                return Err(not_ready("timed out".into()));
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+    }
+
+    pub fn topology(&self) -> &Topology {
+        // Set by `build` and only taken on drop.
+        self.parts
+            .topology
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("a built lab has its topology"))
+    }
+
+    pub fn plan(&self) -> &AddressPlan {
+        &self.plan
+    }
+
+    pub fn gateway_ns(&self) -> &Arc<Namespace> {
+        &self.topology().gateway
+    }
+
+    /// The gateway's data plane.
+    pub fn dataplane(&self) -> &DataPlane {
+        // Set by `build` and only taken on drop.
+        self.parts
+            .dataplane
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("a built lab has its data plane"))
+    }
+
+    pub fn daemon(&self) -> Option<&Child> {
+        self.parts.daemon.as_ref()
+    }
+
+    pub fn nats(&self) -> Option<&Child> {
+        self.parts.nats.as_ref()
+    }
+
+    pub fn control(&self) -> &ControlPlaneHandle {
+        &self.control
+    }
+
+    pub fn probe(&self) -> &ProbeClient {
+        &self.probe
+    }
+
+    pub fn endpoints(&self) -> &DaemonEndpoints {
+        &self.endpoints
+    }
+
+    pub fn daemon_log(&self) -> &Path {
+        &self.launch.log
+    }
+
+    pub fn gateway_public_key(&self) -> [u8; 32] {
+        self.gateway_public_key
+    }
+
+    /// Where clients send their initiations.
+    pub fn gateway_endpoint(&self) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(self.plan.gateway_underlay()), WG_PORT)
+    }
+}
+
+fn start_dataplane(
+    gateway_ns: &Arc<Namespace>,
+    interface: String,
+    spec: &LabSpec,
+) -> Result<DataPlane, RunError> {
+    let dp_spec = DataPlaneSpec {
+        interface,
+        backend: spec.backend,
+        private_key: spec.gateway_private_key,
+        listen_port: WG_PORT,
+        address: spec.plan.tunnel_gateway_net(),
+    };
+    let options = DataPlaneOptions {
+        program: spec.wireguard_go.clone(),
+        log: Some(spec.logs.join("wireguard-go.log")),
+        ..DataPlaneOptions::default()
+    };
+    blocking(|| DataPlane::start_with(gateway_ns, dp_spec, options))
+        .map_err(RunError::lab("starting the data plane"))
+}
+
+/// Creates the lab's state directory, `jitwg-<run id>-XXXXXX` under the system temporary
+/// directory (`$TMPDIR`, else `/tmp`): a local filesystem, unlike the output directory may be.
+fn state_dir(run_id: &RunId) -> Result<tempfile::TempDir, RunError> {
+    let parent = std::env::temp_dir();
+    tempfile::Builder::new()
+        .prefix(&format!("jitwg-{run_id}-"))
+        .tempdir_in(&parent)
+        .map_err(|source| RunError::StateDir { parent, source })
+}
+
+/// Puts the scenario's synthetic peers into the data plane (one bulk request), so the
+/// daemon starts with them installed.
+fn preinstall(dp: &DataPlane, peers: &[PreinstalledPeer]) -> Result<(), LabError> {
+    let start = Instant::now();
+    let nets: Vec<[IpNet; 1]> = peers
+        .iter()
+        .map(|p| [IpNet::V4(Ipv4Net::from(p.tunnel_ip))])
+        .collect();
+    dp.add_peers(
+        peers
+            .iter()
+            .zip(&nets)
+            .map(|(p, net)| (p.public_key, net.as_slice())),
+    )?;
+    tracing::info!(
+        peers = peers.len(),
+        took_ms = start.elapsed().as_secs_f64() * 1000.0,
+        "preinstalled synthetic peers"
+    );
+    Ok(())
+}
