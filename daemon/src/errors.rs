@@ -1,0 +1,35 @@
+//! Printing an error with all its causes on one log line (`top: cause: root`), the same
+//! shape `main` prints with anyhow's `{:#}`; `%e` alone would drop the causes.
+
+use std::error::Error;
+use std::fmt;
+
+/// Displays an error followed by each of its sources, separated by `: `.
+pub struct Causes<'a>(pub &'a (dyn Error + 'static));
+
+impl fmt::Display for Causes<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(cause) = next {
+            write!(f, ": {cause}")?;
+            next = cause.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn every_cause_appears_once_in_order() {
+        let e = Outer(std::io::Error::other("inner"));
+        assert_eq!(Causes(&e).to_string(), "outer: inner");
+    }
+}
