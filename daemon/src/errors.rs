@@ -32,4 +32,27 @@ mod tests {
         let e = Outer(std::io::Error::other("inner"));
         assert_eq!(Causes(&e).to_string(), "outer: inner");
     }
+
+    /// The exit line names the errno once, however deep it sits.
+    #[test]
+    fn daemon_errors_print_each_cause_once_from_top_to_errno() {
+        use crate::capture::CaptureError;
+        use crate::daemon::DaemonError;
+        use crate::dataplane::DataPlaneError;
+        use crate::install::InstallError;
+        let errno = || std::io::Error::from_raw_os_error(libc::EPERM);
+        let cases = [
+            DaemonError::Capture(CaptureError::Bind(errno())),
+            DaemonError::DataPlane(DataPlaneError::Apply {
+                name: "wg0".into(),
+                source: errno(),
+            }),
+            DaemonError::Install(InstallError::Spawn(errno())),
+        ];
+        for e in cases {
+            let line = Causes(&e).to_string();
+            assert_eq!(line, format!("{:#}", anyhow::Error::from(e)));
+            assert_eq!(line.matches("Operation not permitted").count(), 1, "{line}");
+        }
+    }
 }
