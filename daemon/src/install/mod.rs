@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 use wireguard_control::DeviceUpdate;
 
 use crate::dataplane::{self, DataPlane, DataPlaneError, InstalledPeer, PeerWrite};
+use crate::errors::Causes;
 use crate::metrics::Metrics;
 use crate::peer::{PeerConfig, PublicKey};
 
@@ -95,7 +96,7 @@ impl Backend for DataPlane {
 }
 
 /// One plan as one wireguard-control update.
-pub fn device_update(plan: &Plan) -> DeviceUpdate {
+fn device_update(plan: &Plan) -> DeviceUpdate {
     plan.0.iter().fold(DeviceUpdate::new(), |u, change| {
         u.add_peer(match change {
             PeerChange::Install { write, keepalive } => dataplane::peer_builder(write, *keepalive),
@@ -408,6 +409,22 @@ impl Shell {
             self.backend.apply(&chunk.plan)
         };
         let took = started.elapsed();
+        match &applied {
+            Ok(()) => {
+                let (peers, reason) = (chunk.keys.len(), chunk.reason);
+                // One info line per chunk: a line per peer on this thread cost 0.3-0.7 ms
+                // each (measured in the VM) and held installs back longer than the removal.
+                tracing::info!(peers, reason = ?reason, "removed peers");
+                for k in &chunk.keys {
+                    tracing::debug!(peer = %k, reason = ?reason, "removed peer");
+                }
+            }
+            Err(e) => tracing::warn!(
+                error = %Causes(e),
+                peers = chunk.keys.len(),
+                "removing peers failed; the next sweep will retry"
+            ),
+        }
         if let Some((Some(reply), removed)) = self.scheduler.removal_applied(chunk, took, applied) {
             let _ = reply.send(removed);
         }

@@ -2,7 +2,8 @@
 //! data plane in which order, as `Plan`s. Installs go out in batches (a failed batch is
 //! split so one bad peer fails alone) and always before removals; removals run in chunks
 //! sized by `RemovalPacer`, revocations ahead of idle evictions; writes made while a
-//! sweep reads the data plane are journalled and reconciled with that read. No IO and no
+//! sweep reads the data plane are journalled and reconciled with that read. No IO (bar two
+//! `tracing` warnings about a batch that had to be split or a keepalive not cleared) and no
 //! clock: plans are applied through `Backend`, and the time comes in as arguments.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -314,26 +315,16 @@ impl<R> Scheduler<R> {
     ) -> Option<(Option<R>, usize)> {
         let RemovalChunk { keys, reason, .. } = chunk;
         self.pacer.observe(keys.len(), took);
-        match result {
-            Ok(()) => {
-                if let Some(job) = self.removals.front_mut() {
-                    job.removed += keys.len();
-                }
-                match reason {
-                    RemovalReason::Idle => self.metrics.evictions.inc_by(keys.len() as u64),
-                    RemovalReason::Revoked => self.metrics.revocations.inc_by(keys.len() as u64),
-                };
-                // One info line per chunk: a line per peer on this thread cost 0.3-0.7 ms
-                // each (measured in the VM) and held installs back longer than the removal.
-                tracing::info!(peers = keys.len(), reason = ?reason, "removed peers");
-                for k in &keys {
-                    tracing::debug!(peer = %k, reason = ?reason, "removed peer");
-                }
-                self.mark_removed(&keys);
+        // A failure is logged by the caller, which saw it.
+        if result.is_ok() {
+            if let Some(job) = self.removals.front_mut() {
+                job.removed += keys.len();
             }
-            Err(e) => {
-                tracing::warn!(error = %crate::errors::Causes(&e), peers = keys.len(), "removing peers failed; the next sweep will retry");
-            }
+            match reason {
+                RemovalReason::Idle => self.metrics.evictions.inc_by(keys.len() as u64),
+                RemovalReason::Revoked => self.metrics.revocations.inc_by(keys.len() as u64),
+            };
+            self.mark_removed(&keys);
         }
         if self.removals.front().is_some_and(|j| j.keys.is_empty()) {
             return self.removals.pop_front().map(|j| (j.ticket, j.removed));
