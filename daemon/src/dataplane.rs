@@ -39,13 +39,13 @@ pub enum DataPlaneError {
     NoPrivateKey { name: String },
     #[error("interface {name} has no listen port and none was configured")]
     NoListenPort { name: String },
-    #[error("reading interface {name} failed: {source}")]
+    #[error("reading interface {name} failed")]
     Read {
         name: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("configuring interface {name} failed: {source}")]
+    #[error("configuring interface {name} failed")]
     Apply {
         name: String,
         #[source]
@@ -198,7 +198,7 @@ fn installed_peers(device: Device) -> Vec<InstalledPeer> {
 }
 
 /// What the install worker writes for one peer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerWrite {
     pub config: PeerConfig,
     /// The captured source of its initiation (JIT) or `None` (preload, push).

@@ -2,10 +2,19 @@
 //! publishes each new peer. Core NATS is at-most-once: a message published while this
 //! gateway is down, reconnecting or not yet subscribed is simply lost. That is the
 //! baseline's flaw the testbed measures, so there is deliberately no JetStream here.
+//! `push_loop` installs and stores what arrives.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use futures::{FutureExt, StreamExt};
+use tokio_util::sync::CancellationToken;
 
-use crate::peer::PeerDocument;
+use crate::errors::Causes;
+use crate::install::{InstallError, InstallQueue};
+use crate::metrics::{self, Metrics};
+use crate::peer::{PeerConfig, PeerDocument, PublicKey};
+use crate::store::{PeerSource, SharedStore};
 
 /// One message from the push subject.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,18 +28,18 @@ pub enum PushMessage {
 /// Why the subscription could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
-    #[error("cannot connect to NATS at {url}: {source}")]
+    #[error("cannot connect to NATS at {url}")]
     Connect {
         url: String,
         source: async_nats::ConnectError,
     },
-    #[error("cannot subscribe to NATS subject {subject:?}: {source}")]
+    #[error("cannot subscribe to NATS subject {subject:?}")]
     Subscribe {
         subject: String,
         source: async_nats::SubscribeError,
     },
-    #[error("cannot send the NATS subscription: {0}")]
-    Flush(async_nats::client::FlushError),
+    #[error("cannot send the NATS subscription")]
+    Flush(#[source] async_nats::client::FlushError),
 }
 
 /// A live subscription. async-nats reconnects on its own; messages published while
@@ -98,6 +107,89 @@ pub fn decode(payload: &[u8]) -> PushMessage {
     match serde_json::from_slice::<PeerDocument>(payload) {
         Ok(doc) => PushMessage::Peer(doc),
         Err(e) => PushMessage::BadJson(format!("{} bytes: {e}", payload.len())),
+    }
+}
+
+/// What the push loop needs besides its subscription.
+pub struct PushContext {
+    pub store: SharedStore,
+    pub queue: InstallQueue,
+    pub metrics: Arc<Metrics>,
+    /// Every allowed IP of a pushed peer must lie inside this prefix.
+    pub allowed_prefix: ipnet::IpNet,
+}
+
+/// Peers taken from the subscription at most per store transaction and data-plane write.
+const PUSH_BATCH: usize = 512;
+
+/// Legacy push mode: install every peer published on NATS at once and store it (so
+/// a preload boot reinstalls it). Messages published while we were down are lost.
+/// Messages that arrived together are handled together: one transaction, one write.
+pub async fn push_loop(mut sub: PushSubscriber, ctx: PushContext, cancel: CancellationToken) {
+    loop {
+        let batch = tokio::select! {
+            _ = cancel.cancelled() => return,
+            m = sub.next_batch(PUSH_BATCH) => match m {
+                Some(batch) => batch,
+                None => {
+                    tracing::error!("NATS subscription ended");
+                    return;
+                }
+            },
+        };
+        let configs: Vec<PeerConfig> = batch
+            .into_iter()
+            .filter_map(|msg| accept_pushed(msg, &ctx))
+            .collect();
+        if configs.is_empty() {
+            continue;
+        }
+        let stored = configs.clone();
+        let saved = ctx
+            .store
+            .call(move |store| {
+                store.put_peers(&stored, PeerSource::Push, SystemTime::now(), Duration::MAX)
+            })
+            .await;
+        if let Err(e) = saved {
+            tracing::warn!(peers = configs.len(), error = %Causes(&e), "storing pushed peers failed");
+        }
+        let count = configs.len();
+        let keys: Vec<PublicKey> = configs.iter().map(|c| c.public_key).collect();
+        match ctx.queue.install_many(configs).await {
+            Ok(_) => {
+                for key in &keys {
+                    metrics::count_push(&ctx.metrics, "installed");
+                    tracing::debug!(peer = %key, "pushed peer installed");
+                }
+                tracing::info!(peers = count, "pushed peers installed");
+            }
+            Err(InstallError::WorkerGone) => return,
+            Err(e) => {
+                tracing::warn!(peers = count, error = %Causes(&e), "installing pushed peers failed")
+            }
+        }
+    }
+}
+
+/// A pushed message's peer, if it is one and lies inside our prefix (counted and logged
+/// otherwise).
+fn accept_pushed(msg: PushMessage, ctx: &PushContext) -> Option<PeerConfig> {
+    let doc = match msg {
+        PushMessage::Peer(doc) => doc,
+        PushMessage::BadJson(why) => {
+            metrics::count_push(&ctx.metrics, "bad_json");
+            tracing::warn!(error = %why, "push message is not a peer document");
+            return None;
+        }
+    };
+    match doc.validate(None, ctx.allowed_prefix) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            metrics::count_push(&ctx.metrics, "refused");
+            tracing::warn!(reason = %e, "pushed peer refused");
+            None
+        }
     }
 }
 

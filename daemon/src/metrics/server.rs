@@ -22,13 +22,13 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
 /// Why the metrics endpoint could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
-    #[error("cannot listen for metrics on {addr}: {source}")]
+    #[error("cannot listen for metrics on {addr}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("metrics endpoint failed: {0}")]
-    Serve(std::io::Error),
+    #[error("metrics endpoint failed")]
+    Serve(#[source] std::io::Error),
 }
 
 /// A bound, not yet serving, metrics endpoint.

@@ -1,10 +1,11 @@
 //! The daemon's memory on disk: one SQLite database (WAL mode) holding the positive peer
 //! cache (also the stored peers that preload boot and push mode install), the negative
-//! cache, and the replay guard's newest timestamp per key. Synchronous on purpose: callers
-//! hold it behind a `std::sync::Mutex` and call it from `spawn_blocking` when it matters.
+//! cache, and the replay guard's newest timestamp per key. Synchronous on purpose: async
+//! callers use it through `SharedStore`, which runs each call on the blocking pool.
 //! Time is always a parameter; nothing here reads the clock.
 
 mod schema;
+mod shared;
 
 #[cfg(test)]
 mod crash_test;
@@ -19,6 +20,7 @@ use crate::peer::{PeerConfig, PublicKey, Timestamp};
 use crate::replay::{self, ReplayVerdict};
 
 pub use schema::SCHEMA_VERSION;
+pub use shared::{SharedStore, StoreCallError};
 
 /// How long a writer waits for another connection's lock before giving up. Only one
 /// daemon should use a database, but `sqlite3` or a backup tool may briefly hold it.

@@ -3,13 +3,18 @@
 //! so the interface never fills with stale peers. Selection is pure; the install worker
 //! performs the removals in bounded chunks. The data plane is read off the install
 //! worker (a full read of 50,000 kernel peers takes seconds, and installs must not wait
-//! for it), so the worker reconciles that read with what it wrote meanwhile.
+//! for it), so the worker reconciles that read with what it wrote meanwhile. Everything
+//! here but `task` (the timer that starts each sweep) is pure.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use crate::dataplane::InstalledPeer;
 use crate::peer::PublicKey;
+
+mod task;
+
+pub use task::sweep_loop;
 
 /// Peers to evict at `now`. A peer's age is measured from the later of its last
 /// handshake and its install (a re-installed peer may still report an old handshake on

@@ -1,0 +1,58 @@
+//! Printing an error with all its causes on one log line (`top: cause: root`), the same
+//! shape `main` prints with anyhow's `{:#}`; `%e` alone would drop the causes.
+
+use std::error::Error;
+use std::fmt;
+
+/// Displays an error followed by each of its sources, separated by `: `.
+pub struct Causes<'a>(pub &'a (dyn Error + 'static));
+
+impl fmt::Display for Causes<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(cause) = next {
+            write!(f, ": {cause}")?;
+            next = cause.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn every_cause_appears_once_in_order() {
+        let e = Outer(std::io::Error::other("inner"));
+        assert_eq!(Causes(&e).to_string(), "outer: inner");
+    }
+
+    /// The exit line names the errno once, however deep it sits.
+    #[test]
+    fn daemon_errors_print_each_cause_once_from_top_to_errno() {
+        use crate::capture::CaptureError;
+        use crate::daemon::DaemonError;
+        use crate::dataplane::DataPlaneError;
+        use crate::install::InstallError;
+        let errno = || std::io::Error::from_raw_os_error(libc::EPERM);
+        let cases = [
+            DaemonError::Capture(CaptureError::Bind(errno())),
+            DaemonError::DataPlane(DataPlaneError::Apply {
+                name: "wg0".into(),
+                source: errno(),
+            }),
+            DaemonError::Install(InstallError::Spawn(errno())),
+        ];
+        for e in cases {
+            let line = Causes(&e).to_string();
+            assert_eq!(line, format!("{:#}", anyhow::Error::from(e)));
+            assert_eq!(line.matches("Operation not permitted").count(), 1, "{line}");
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! The install worker's rules, apart from its thread and channels: which writes go to the
+//! data plane in which order, as `Plan`s. Installs go out in batches (a failed batch is
+//! split so one bad peer fails alone) and always before removals; removals run in chunks
+//! sized by `RemovalPacer`, revocations ahead of idle evictions; writes made while a
+//! sweep reads the data plane are journalled and reconciled with that read. No IO (bar two
+//! `tracing` warnings about a batch that had to be split or a keepalive not cleared) and no
+//! clock: plans are applied through `Backend`, and the time comes in as arguments.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use crate::dataplane::{DataPlaneError, InstalledPeer, PeerWrite};
+use crate::metrics::Metrics;
+use crate::peer::PublicKey;
+use crate::sweep::{self, RemovalPacer};
+
+/// Keepalive interval (seconds) set at install time to make the data plane send its
+/// own initiation at once; cleared again right after (see `PeerChange::ClearKeepalive`).
+pub const ROLE_INVERSION_KEEPALIVE: u16 = 1;
+
+/// Most peers written in one JIT install call.
+pub const MAX_INSTALL_BATCH: usize = 512;
+
+/// Most peers written in one bulk (preload, push) install call.
+pub const BULK_INSTALL_CHUNK: usize = 4096;
+
+/// Why a peer is being removed (counted separately).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemovalReason {
+    Idle,
+    Revoked,
+}
+
+/// Settings of the worker.
+#[derive(Debug, Clone)]
+pub struct InstallSettings {
+    /// Role inversion: make the data plane initiate to the captured endpoint at once.
+    pub initiate: bool,
+    /// Most peers removed in one data-plane call.
+    pub sweep_chunk: usize,
+    /// Time one removal call should take at most, so installs queued behind it wait no
+    /// longer than this (chunk sizes adapt to it: see `sweep::RemovalPacer`).
+    pub sweep_budget: Duration,
+}
+
+/// One peer's part of a data-plane write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerChange {
+    /// Add or replace the peer; `keepalive` set makes the data plane initiate at once.
+    Install {
+        write: PeerWrite,
+        keepalive: Option<u16>,
+    },
+    /// Turn the install-time keepalive off again, so the peer can go idle.
+    ClearKeepalive(PublicKey),
+    Remove(PublicKey),
+}
+
+/// One data-plane write (one UAPI or netlink call); converted into a
+/// `wireguard_control::DeviceUpdate` by the backend.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan(pub Vec<PeerChange>);
+
+impl Plan {
+    fn install(writes: &[PeerWrite], keepalive: Option<u16>) -> Plan {
+        Plan(
+            writes
+                .iter()
+                .map(|w| PeerChange::Install {
+                    write: w.clone(),
+                    keepalive,
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Where plans are applied: the real data plane, or a fake in tests.
+pub trait Backend: Send + Sync {
+    /// Apply one plan as one call.
+    fn apply(&self, plan: &Plan) -> Result<(), DataPlaneError>;
+    /// Every installed peer with its last handshake.
+    fn peers(&self) -> Result<Vec<InstalledPeer>, DataPlaneError>;
+}
+
+/// What a sweep found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SweepStarted {
+    pub installed: usize,
+    pub selected: usize,
+    /// How long reading every peer from the data plane took (off the install worker).
+    pub read: Duration,
+}
+
+/// Peers queued for removal; `ticket` is handed back when the last chunk is done.
+struct RemovalJob<R> {
+    keys: VecDeque<PublicKey>,
+    reason: RemovalReason,
+    removed: usize,
+    ticket: Option<R>,
+}
+
+/// The next removal call: apply `plan`, then report with `Scheduler::removal_applied`.
+#[derive(Debug)]
+pub struct RemovalChunk {
+    pub plan: Plan,
+    pub keys: Vec<PublicKey>,
+    pub reason: RemovalReason,
+}
+
+/// The worker's state and rules. `R`: what a removal's requester waits on (a reply
+/// channel in the worker, anything in tests).
+pub struct Scheduler<R> {
+    settings: InstallSettings,
+    metrics: Arc<Metrics>,
+    /// Shared with `InstallQueue::is_installed`, read by the packet path.
+    installed: Arc<Mutex<HashSet<PublicKey>>>,
+    /// When each peer was installed (or first seen): a peer that never completes a
+    /// handshake is evicted `evict_after` after this.
+    installed_at: HashMap<PublicKey, SystemTime>,
+    removals: VecDeque<RemovalJob<R>>,
+    pacer: RemovalPacer,
+    /// Writes made while a sweep's read is in flight (`None` when no sweep is reading).
+    journal: Option<Vec<sweep::Change>>,
+}
+
+impl<R> Scheduler<R> {
+    /// `adopted`: what the data plane holds at start; those peers count as installed and
+    /// first seen at `now`, so they get a full evict-after period to show a handshake.
+    pub fn new(
+        settings: InstallSettings,
+        metrics: Arc<Metrics>,
+        adopted: &[InstalledPeer],
+        now: SystemTime,
+    ) -> Self {
+        let installed: HashSet<PublicKey> = adopted.iter().map(|p| p.public_key).collect();
+        metrics.installed_peers.set(installed.len() as i64);
+        Scheduler {
+            pacer: RemovalPacer::new(settings.sweep_budget, settings.sweep_chunk),
+            settings,
+            metrics,
+            installed: Arc::new(Mutex::new(installed)),
+            installed_at: adopted.iter().map(|p| (p.public_key, now)).collect(),
+            removals: VecDeque::new(),
+            journal: None,
+        }
+    }
+
+    /// The installed set, for readers on other threads.
+    pub fn installed(&self) -> Arc<Mutex<HashSet<PublicKey>>> {
+        self.installed.clone()
+    }
+
+    pub fn initiate(&self) -> bool {
+        self.settings.initiate
+    }
+
+    /// Whether removal work is waiting (then the worker must not block on its queue).
+    pub fn has_removals(&self) -> bool {
+        !self.removals.is_empty()
+    }
+
+    /// Queue keys for removal. Revocations jump the queue: they are few and
+    /// security-relevant.
+    pub fn queue_removal(
+        &mut self,
+        keys: Vec<PublicKey>,
+        reason: RemovalReason,
+        ticket: Option<R>,
+    ) {
+        let job = RemovalJob {
+            keys: keys.into(),
+            reason,
+            removed: 0,
+            ticket,
+        };
+        match reason {
+            RemovalReason::Revoked => self.removals.push_front(job),
+            RemovalReason::Idle => self.removals.push_back(job),
+        }
+    }
+
+    /// JIT installs: one call for the whole batch, then (role inversion) a second call
+    /// that clears the keepalive that made the data plane initiate. A failed batch is
+    /// retried peer by peer so one bad peer fails alone. One result per write, in order.
+    pub fn install_batch(
+        &mut self,
+        backend: &dyn Backend,
+        writes: &[PeerWrite],
+        now: SystemTime,
+    ) -> Vec<Result<(), DataPlaneError>> {
+        let initiate = self.settings.initiate;
+        let keepalive = initiate.then_some(ROLE_INVERSION_KEEPALIVE);
+        if let Err(e) = backend.apply(&Plan::install(writes, keepalive)) {
+            if writes.len() > 1 {
+                tracing::warn!(error = %crate::errors::Causes(&e), batch = writes.len(), "batched install failed; retrying peer by peer");
+                return writes
+                    .iter()
+                    .flat_map(|w| self.install_batch(backend, std::slice::from_ref(w), now))
+                    .collect();
+            }
+            return vec![Err(e)];
+        }
+        if initiate {
+            let clear = Plan(
+                writes
+                    .iter()
+                    .map(|w| PeerChange::ClearKeepalive(w.config.public_key))
+                    .collect(),
+            );
+            if let Err(e) = backend.apply(&clear) {
+                // The peers are installed; they just keep a keepalive until the next
+                // install or eviction. Worth a warning, not a failure.
+                tracing::warn!(error = %crate::errors::Causes(&e), "clearing the role-inversion keepalive failed");
+            }
+        }
+        self.mark_installed(writes.iter().map(|w| w.config.public_key), now);
+        writes.iter().map(|_| Ok(())).collect()
+    }
+
+    /// Bulk installs without endpoints (preload, push), in chunks; stops at the first
+    /// failed chunk (the chunks before it stay installed).
+    pub fn install_many(
+        &mut self,
+        backend: &dyn Backend,
+        writes: &[PeerWrite],
+        now: SystemTime,
+    ) -> Result<usize, DataPlaneError> {
+        let mut done = 0;
+        for chunk in writes.chunks(BULK_INSTALL_CHUNK) {
+            if let Err(e) = backend.apply(&Plan::install(chunk, None)) {
+                self.metrics.install_errors.inc();
+                return Err(e);
+            }
+            self.metrics.installs.inc_by(chunk.len() as u64);
+            self.mark_installed(chunk.iter().map(|w| w.config.public_key), now);
+            done += chunk.len();
+        }
+        Ok(done)
+    }
+
+    /// A sweep is about to read the data plane: journal writes from now on.
+    pub fn begin_sweep(&mut self) {
+        self.journal = Some(Vec::new());
+    }
+
+    /// The sweep's read is done: reconcile it with the journal, select idle peers and
+    /// queue their removal. A failed read only ends the journal.
+    pub fn finish_sweep<E>(
+        &mut self,
+        read: Result<Vec<InstalledPeer>, E>,
+        now: SystemTime,
+        evict_after: Duration,
+    ) -> Result<SweepStarted, E> {
+        let journal = self.journal.take().unwrap_or_default();
+        let read = read?;
+        // The data plane is the truth (someone may have removed peers behind our back):
+        // resynchronise the installed set with the read, brought up to date.
+        let sweep::Reconciled { present, touched } = sweep::reconcile(&read, &journal);
+        let peers: Vec<InstalledPeer> = read
+            .into_iter()
+            .filter(|p| present.contains(&p.public_key) && !touched.contains(&p.public_key))
+            .collect();
+        self.installed_at.retain(|k, _| present.contains(k));
+        for p in &peers {
+            self.installed_at.entry(p.public_key).or_insert(now);
+        }
+        // Do not select what is already queued for removal.
+        let queued: HashSet<PublicKey> = self
+            .removals
+            .iter()
+            .flat_map(|j| j.keys.iter().copied())
+            .collect();
+        let selected: Vec<PublicKey> =
+            sweep::select_idle(&peers, &self.installed_at, now, evict_after)
+                .into_iter()
+                .filter(|k| !queued.contains(k))
+                .collect();
+        let started = SweepStarted {
+            installed: present.len(),
+            selected: selected.len(),
+            read: Duration::ZERO,
+        };
+        if let Ok(mut set) = self.installed.lock() {
+            *set = present;
+            self.metrics.installed_peers.set(set.len() as i64);
+        }
+        if !selected.is_empty() {
+            self.queue_removal(selected, RemovalReason::Idle, None);
+        }
+        Ok(started)
+    }
+
+    /// The next removal call, sized by the pacer; `None` when nothing is queued.
+    pub fn next_removal(&mut self) -> Option<RemovalChunk> {
+        let job = self.removals.front_mut()?;
+        let n = self.pacer.next_chunk().min(job.keys.len());
+        let keys: Vec<PublicKey> = job.keys.drain(..n).collect();
+        Some(RemovalChunk {
+            plan: Plan(keys.iter().map(|k| PeerChange::Remove(*k)).collect()),
+            keys,
+            reason: job.reason,
+        })
+    }
+
+    /// Report the call made for `chunk` (which took `took`). A failed chunk is dropped:
+    /// the next sweep finds its peers again. Returns the ticket and the count removed when
+    /// this finished a job.
+    pub fn removal_applied(
+        &mut self,
+        chunk: RemovalChunk,
+        took: Duration,
+        result: Result<(), DataPlaneError>,
+    ) -> Option<(Option<R>, usize)> {
+        let RemovalChunk { keys, reason, .. } = chunk;
+        self.pacer.observe(keys.len(), took);
+        // A failure is logged by the caller, which saw it.
+        if result.is_ok() {
+            if let Some(job) = self.removals.front_mut() {
+                job.removed += keys.len();
+            }
+            match reason {
+                RemovalReason::Idle => self.metrics.evictions.inc_by(keys.len() as u64),
+                RemovalReason::Revoked => self.metrics.revocations.inc_by(keys.len() as u64),
+            };
+            self.mark_removed(&keys);
+        }
+        if self.removals.front().is_some_and(|j| j.keys.is_empty()) {
+            return self.removals.pop_front().map(|j| (j.ticket, j.removed));
+        }
+        None
+    }
+
+    fn mark_installed(&mut self, keys: impl IntoIterator<Item = PublicKey>, now: SystemTime) {
+        if let Ok(mut set) = self.installed.lock() {
+            for k in keys {
+                set.insert(k);
+                self.installed_at.insert(k, now);
+                if let Some(j) = self.journal.as_mut() {
+                    j.push(sweep::Change::Installed(k));
+                }
+            }
+            self.metrics.installed_peers.set(set.len() as i64);
+        }
+    }
+
+    fn mark_removed(&mut self, keys: &[PublicKey]) {
+        if let Ok(mut set) = self.installed.lock() {
+            for k in keys {
+                set.remove(k);
+                self.installed_at.remove(k);
+                if let Some(j) = self.journal.as_mut() {
+                    j.push(sweep::Change::Removed(*k));
+                }
+            }
+            self.metrics.installed_peers.set(set.len() as i64);
+        }
+    }
+}

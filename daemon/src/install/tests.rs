@@ -1,0 +1,409 @@
+//! The install scheduler and worker against a fake data plane that records every plan
+//! and fails on request: no root, no interface.
+
+use std::collections::HashSet;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use super::*;
+use crate::peer::PeerConfig;
+
+/// Records plans; installs of `bad` keys fail the whole call; removal calls can be held
+/// at a gate.
+#[derive(Default)]
+struct FakeDataPlane {
+    plans: Mutex<Vec<Plan>>,
+    peers: Mutex<Vec<InstalledPeer>>,
+    bad: Mutex<HashSet<PublicKey>>,
+    fail_removals: std::sync::atomic::AtomicBool,
+    /// (entered, release): a removal call signals `entered`, then waits on `release`.
+    gate: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
+}
+
+fn failure() -> DataPlaneError {
+    DataPlaneError::Apply {
+        name: "fake0".into(),
+        source: std::io::Error::other("refused by the fake"),
+    }
+}
+
+impl Backend for FakeDataPlane {
+    fn apply(&self, plan: &Plan) -> Result<(), DataPlaneError> {
+        let removal = plan.0.iter().any(|c| matches!(c, PeerChange::Remove(_)));
+        if removal {
+            if let Some((entered, release)) = self.gate.lock().unwrap().as_ref() {
+                entered.send(()).unwrap();
+                release.recv().unwrap();
+            }
+        }
+        self.plans.lock().unwrap().push(plan.clone());
+        let bad = self.bad.lock().unwrap();
+        let refused = plan.0.iter().any(|c| match c {
+            PeerChange::Install { write, .. } => bad.contains(&write.config.public_key),
+            _ => false,
+        });
+        if refused || (removal && self.fail_removals.load(std::sync::atomic::Ordering::SeqCst)) {
+            return Err(failure());
+        }
+        let mut peers = self.peers.lock().unwrap();
+        for change in &plan.0 {
+            match change {
+                PeerChange::Install { write, .. } => {
+                    peers.retain(|p| p.public_key != write.config.public_key);
+                    peers.push(installed(write.config.public_key, None));
+                }
+                PeerChange::Remove(k) => peers.retain(|p| p.public_key != *k),
+                PeerChange::ClearKeepalive(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn peers(&self) -> Result<Vec<InstalledPeer>, DataPlaneError> {
+        Ok(self.peers.lock().unwrap().clone())
+    }
+}
+
+impl FakeDataPlane {
+    fn plans(&self) -> Vec<Plan> {
+        self.plans.lock().unwrap().clone()
+    }
+}
+
+fn key(n: u16) -> PublicKey {
+    let mut k = [0u8; 32];
+    k[..2].copy_from_slice(&n.to_be_bytes());
+    PublicKey(k)
+}
+
+fn write(n: u16) -> PeerWrite {
+    PeerWrite {
+        config: PeerConfig {
+            public_key: key(n),
+            allowed_ips: vec!["100.64.0.2/32".parse().unwrap()],
+            preshared_key: None,
+        },
+        endpoint: Some("198.18.0.2:51820".parse().unwrap()),
+    }
+}
+
+fn installed(k: PublicKey, handshake: Option<SystemTime>) -> InstalledPeer {
+    InstalledPeer {
+        public_key: k,
+        last_handshake: handshake,
+        endpoint: None,
+    }
+}
+
+fn at(s: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + s)
+}
+
+fn settings(initiate: bool) -> InstallSettings {
+    InstallSettings {
+        initiate,
+        sweep_chunk: 256,
+        sweep_budget: Duration::from_millis(50),
+    }
+}
+
+fn scheduler(initiate: bool) -> Scheduler<u32> {
+    Scheduler::new(settings(initiate), Metrics::new(), &[], at(0))
+}
+
+fn keys_of(plan: &Plan) -> Vec<PublicKey> {
+    plan.0
+        .iter()
+        .map(|c| match c {
+            PeerChange::Install { write, .. } => write.config.public_key,
+            PeerChange::ClearKeepalive(k) | PeerChange::Remove(k) => *k,
+        })
+        .collect()
+}
+
+fn is_installed(s: &Scheduler<u32>, k: PublicKey) -> bool {
+    s.installed().lock().unwrap().contains(&k)
+}
+
+/// Drives every queued removal to completion; returns the finished tickets.
+fn drain_removals(s: &mut Scheduler<u32>, dp: &FakeDataPlane) -> Vec<(Option<u32>, usize)> {
+    let mut done = Vec::new();
+    while let Some(chunk) = s.next_removal() {
+        let result = dp.apply(&chunk.plan);
+        if let Some(finished) = s.removal_applied(chunk, Duration::from_micros(10), result) {
+            done.push(finished);
+        }
+    }
+    done
+}
+
+#[test]
+fn a_batch_is_one_install_call_then_one_call_clearing_the_keepalive() {
+    let dp = FakeDataPlane::default();
+    let mut s = scheduler(true);
+    let results = s.install_batch(&dp, &[write(1), write(2), write(3)], at(1));
+    assert!(results.iter().all(Result::is_ok));
+    let plans = dp.plans();
+    assert_eq!(plans.len(), 2);
+    assert!(plans[0].0.iter().all(|c| matches!(
+        c,
+        PeerChange::Install { keepalive: Some(k), .. } if *k == scheduler::ROLE_INVERSION_KEEPALIVE
+    )));
+    assert_eq!(keys_of(&plans[0]), vec![key(1), key(2), key(3)]);
+    assert!(plans[1]
+        .0
+        .iter()
+        .all(|c| matches!(c, PeerChange::ClearKeepalive(_))));
+    assert_eq!(keys_of(&plans[1]), vec![key(1), key(2), key(3)]);
+    assert!(is_installed(&s, key(2)));
+}
+
+#[test]
+fn without_role_inversion_there_is_no_keepalive_and_no_second_call() {
+    let dp = FakeDataPlane::default();
+    let mut s = scheduler(false);
+    s.install_batch(&dp, &[write(1)], at(1));
+    let plans = dp.plans();
+    assert_eq!(plans.len(), 1);
+    assert!(matches!(
+        plans[0].0[0],
+        PeerChange::Install {
+            keepalive: None,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_failed_batch_is_split_so_only_the_bad_peer_fails() {
+    let dp = FakeDataPlane::default();
+    dp.bad.lock().unwrap().insert(key(2));
+    let mut s = scheduler(false);
+    let results = s.install_batch(&dp, &[write(1), write(2), write(3)], at(1));
+    let ok: Vec<bool> = results.iter().map(Result::is_ok).collect();
+    assert_eq!(ok, vec![true, false, true]);
+    // The whole batch, then each peer alone.
+    let sizes: Vec<usize> = dp.plans().iter().map(|p| p.0.len()).collect();
+    assert_eq!(sizes, vec![3, 1, 1, 1]);
+    assert!(is_installed(&s, key(1)) && is_installed(&s, key(3)));
+    assert!(!is_installed(&s, key(2)));
+}
+
+#[test]
+fn bulk_installs_go_in_chunks_and_stop_at_the_first_failed_chunk() {
+    let dp = FakeDataPlane::default();
+    let mut s = scheduler(true);
+    let writes: Vec<PeerWrite> = (0..5000).map(write).collect();
+    assert_eq!(s.install_many(&dp, &writes, at(1)).unwrap(), 5000);
+    let sizes: Vec<usize> = dp.plans().iter().map(|p| p.0.len()).collect();
+    assert_eq!(
+        sizes,
+        vec![
+            scheduler::BULK_INSTALL_CHUNK,
+            5000 - scheduler::BULK_INSTALL_CHUNK
+        ]
+    );
+    // Bulk installs never carry the role-inversion keepalive (there is no endpoint).
+    assert!(dp.plans()[0].0.iter().all(|c| matches!(
+        c,
+        PeerChange::Install {
+            keepalive: None,
+            ..
+        }
+    )));
+
+    let dp = FakeDataPlane::default();
+    dp.bad.lock().unwrap().insert(key(4100));
+    let mut s = scheduler(false);
+    assert!(s.install_many(&dp, &writes, at(1)).is_err());
+    assert!(is_installed(&s, key(0)));
+    assert!(!is_installed(&s, key(4999)));
+}
+
+#[test]
+fn removal_chunks_start_small_and_grow_when_removals_are_cheap() {
+    let dp = FakeDataPlane::default();
+    let mut s = scheduler(false);
+    s.queue_removal((0..1000).map(key).collect(), RemovalReason::Idle, Some(7));
+    let first = s.next_removal().unwrap();
+    assert_eq!(first.keys.len(), 16);
+    let result = dp.apply(&first.plan);
+    assert!(s
+        .removal_applied(first, Duration::from_micros(160), result)
+        .is_none());
+    // 10 µs per peer against a 50 ms budget: the configured maximum.
+    assert_eq!(s.next_removal().unwrap().keys.len(), 256);
+}
+
+#[test]
+fn a_removal_job_hands_back_its_ticket_and_count_when_its_last_chunk_is_done() {
+    let dp = FakeDataPlane::default();
+    let mut s = scheduler(false);
+    s.install_many(&dp, &(0..40).map(write).collect::<Vec<_>>(), at(1))
+        .unwrap();
+    s.queue_removal((0..40).map(key).collect(), RemovalReason::Idle, Some(7));
+    assert_eq!(drain_removals(&mut s, &dp), vec![(Some(7), 40)]);
+    assert!(!s.has_removals());
+    assert!(s.installed().lock().unwrap().is_empty());
+}
+
+#[test]
+fn a_failed_removal_chunk_is_dropped_and_not_counted() {
+    let dp = FakeDataPlane::default();
+    let mut s = scheduler(false);
+    s.install_many(&dp, &[write(1), write(2)], at(1)).unwrap();
+    dp.fail_removals
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    s.queue_removal(vec![key(1), key(2)], RemovalReason::Idle, Some(1));
+    assert_eq!(drain_removals(&mut s, &dp), vec![(Some(1), 0)]);
+    // Still installed as far as anyone knows: the next sweep finds them again.
+    assert!(is_installed(&s, key(1)) && is_installed(&s, key(2)));
+}
+
+#[test]
+fn revocations_jump_ahead_of_queued_idle_evictions() {
+    let dp = FakeDataPlane::default();
+    let mut s = scheduler(false);
+    s.queue_removal((0..100).map(key).collect(), RemovalReason::Idle, Some(1));
+    s.queue_removal(vec![key(500)], RemovalReason::Revoked, Some(2));
+    let chunk = s.next_removal().unwrap();
+    assert_eq!(chunk.reason, RemovalReason::Revoked);
+    assert_eq!(chunk.keys, vec![key(500)]);
+    let result = dp.apply(&chunk.plan);
+    assert_eq!(
+        s.removal_applied(chunk, Duration::ZERO, result),
+        Some((Some(2), 1))
+    );
+    assert_eq!(s.next_removal().unwrap().reason, RemovalReason::Idle);
+}
+
+#[test]
+fn a_sweep_queues_idle_peers_once_and_keeps_adopted_peers_a_full_period() {
+    let adopted = [installed(key(1), Some(at(0))), installed(key(2), None)];
+    let mut s: Scheduler<u32> = Scheduler::new(settings(false), Metrics::new(), &adopted, at(100));
+    let evict_after = Duration::from_secs(180);
+    // Key 1's handshake is old but it was first seen at 100: kept until 280.
+    s.begin_sweep();
+    let found = s
+        .finish_sweep::<()>(Ok(adopted.to_vec()), at(200), evict_after)
+        .unwrap();
+    assert_eq!((found.installed, found.selected), (2, 0));
+    s.begin_sweep();
+    let found = s
+        .finish_sweep::<()>(Ok(adopted.to_vec()), at(281), evict_after)
+        .unwrap();
+    assert_eq!(found.selected, 2);
+    // A second sweep before the removals ran does not queue them again.
+    s.begin_sweep();
+    let again = s
+        .finish_sweep::<()>(Ok(adopted.to_vec()), at(282), evict_after)
+        .unwrap();
+    assert_eq!(again.selected, 0);
+    let chunk = s.next_removal().unwrap();
+    assert_eq!(chunk.keys.len(), 2);
+    assert_eq!(chunk.reason, RemovalReason::Idle);
+    // A sweep's removals have no requester waiting: no ticket.
+    assert_eq!(
+        s.removal_applied(chunk, Duration::ZERO, Ok(())),
+        Some((None, 2))
+    );
+    assert!(!s.has_removals());
+}
+
+#[test]
+fn writes_made_while_a_sweep_reads_are_reconciled_with_the_read() {
+    let dp = FakeDataPlane::default();
+    let old = [
+        installed(key(1), Some(at(0))),
+        installed(key(2), Some(at(0))),
+    ];
+    let mut s: Scheduler<u32> = Scheduler::new(settings(false), Metrics::new(), &old, at(0));
+    s.begin_sweep();
+    let read = old.to_vec(); // the read, taken before the writes below
+                             // Key 1 re-installed and key 3 installed during the read; key 2 removed.
+    s.install_batch(&dp, &[write(1), write(3)], at(500));
+    s.queue_removal(vec![key(2)], RemovalReason::Revoked, None);
+    drain_removals(&mut s, &dp);
+    let found = s
+        .finish_sweep::<()>(Ok(read), at(1000), Duration::from_secs(180))
+        .unwrap();
+    // Present: 1 and 3 (2 was removed after the read). Key 1's stale handshake in the
+    // read does not get it evicted: it was written after the read.
+    assert_eq!(found.installed, 2);
+    assert_eq!(found.selected, 0);
+    assert!(is_installed(&s, key(3)) && !is_installed(&s, key(2)));
+}
+
+#[test]
+fn a_failed_sweep_read_ends_the_journal_and_changes_nothing() {
+    let dp = FakeDataPlane::default();
+    let mut s = scheduler(false);
+    s.install_batch(&dp, &[write(1)], at(1));
+    s.begin_sweep();
+    assert_eq!(
+        s.finish_sweep(Err("read failed"), at(1000), Duration::from_secs(1)),
+        Err("read failed")
+    );
+    assert!(is_installed(&s, key(1)));
+    assert!(!s.has_removals());
+}
+
+#[test]
+fn the_worker_serves_an_install_before_the_next_removal_chunk() {
+    let dp = Arc::new(FakeDataPlane::default());
+    let (entered_tx, entered) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel();
+    *dp.gate.lock().unwrap() = Some((entered_tx, release_rx));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let (worker, queue) =
+        InstallWorker::start(dp.clone(), Vec::new(), settings(false), Metrics::new()).unwrap();
+    rt.block_on(async {
+        let q = queue.clone();
+        let removal = tokio::spawn(async move {
+            q.remove((0..100).map(key).collect(), RemovalReason::Idle)
+                .await
+        });
+        // Let the spawned task send its command, then wait for the first chunk's call.
+        tokio::task::yield_now().await;
+        entered.recv().unwrap();
+        // The first removal chunk is in the data plane; an install arrives meanwhile.
+        let q = queue.clone();
+        let install = tokio::spawn(async move {
+            let w = write(1000);
+            q.install(
+                w.config,
+                "198.18.0.2:51820".parse().unwrap(),
+                std::time::Instant::now(),
+            )
+            .await
+        });
+        tokio::task::yield_now().await;
+        // Give the install command time to reach the channel before releasing the gate.
+        std::thread::sleep(Duration::from_millis(50));
+        release.send(()).unwrap();
+        assert!(install.await.unwrap().is_ok());
+        // Let the remaining chunks through (the release channel buffers).
+        for _ in 0..100 {
+            release.send(()).unwrap();
+        }
+        assert_eq!(removal.await.unwrap().unwrap(), 100);
+    });
+    let kinds: Vec<bool> = dp
+        .plans()
+        .iter()
+        .map(|p| matches!(p.0[0], PeerChange::Remove(_)))
+        .collect();
+    assert_eq!(
+        &kinds[..2],
+        &[true, false],
+        "removal chunk, then the install"
+    );
+    worker.stop();
+    assert!(matches!(
+        rt.block_on(queue.install_many(vec![write(1).config])),
+        Err(InstallError::WorkerGone)
+    ));
+}

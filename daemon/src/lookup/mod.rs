@@ -1,0 +1,318 @@
+//! Lookup: who is this key? The SQLite cache answers first (positive entries with a TTL,
+//! negative entries for 404s with their own TTL); on a miss the control-plane API is asked,
+//! at most once at a time per key, at most once per `api_min_interval` per key, with
+//! retries and backoff for transport errors. API errors never mean "revoked", and a cached
+//! positive entry keeps working while the API is down. Every answer is validated before use.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use ipnet::IpNet;
+
+use crate::api::{ApiAnswer, ApiClient, ApiError};
+use crate::config::defaults;
+use crate::errors::Causes;
+use crate::peer::{PeerConfig, PeerRejected, PublicKey};
+use crate::store::{PeerSource, SharedStore, StoreCallError};
+
+mod revalidate;
+
+#[cfg(test)]
+mod tests;
+
+pub use revalidate::revalidate_loop;
+
+/// Why a lookup found no answer to act on.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("reading the peer cache failed")]
+    Cache(#[source] StoreCallError),
+    #[error("no control-plane API is configured")]
+    NoApi,
+    #[error("the control plane could not be asked")]
+    Api(#[source] ApiError),
+}
+
+/// How the lookup stage behaves.
+#[derive(Clone, Debug)]
+pub struct LookupConfig {
+    /// How long a control-plane answer "this key exists" is trusted before revalidation.
+    pub positive_ttl: Duration,
+    /// How long a 404 is remembered: no API call for the key until it passes.
+    pub negative_ttl: Duration,
+    /// At most one API call per key per this interval, whatever the traffic.
+    pub api_min_interval: Duration,
+    /// Extra attempts after a transport error or a 5xx (not after a 404).
+    pub api_retries: u32,
+    /// First retry delay; doubled per attempt, capped at `max_backoff`.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    /// Every allowed IP of an answer must lie inside this prefix.
+    pub tunnel_prefix: IpNet,
+}
+
+impl Default for LookupConfig {
+    fn default() -> Self {
+        // The settings a user can change come from the one place jitwgd keeps defaults.
+        LookupConfig {
+            positive_ttl: defaults::POSITIVE_TTL,
+            negative_ttl: defaults::NEGATIVE_TTL,
+            api_min_interval: defaults::API_MIN_INTERVAL,
+            api_retries: defaults::API_RETRIES,
+            backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(1),
+            tunnel_prefix: defaults::ALLOWED_PREFIX,
+        }
+    }
+}
+
+/// The answer of one lookup, with where it came from (the daemon counts each kind).
+#[derive(Debug)]
+pub enum LookupOutcome {
+    /// A cached positive entry (fresh, or expired while the API could not be asked).
+    CacheHit(PeerConfig),
+    /// A live negative entry: the control plane said 404 recently.
+    NegativeHit,
+    /// The control plane answered 200 and the answer passed validation (now cached).
+    ApiFound {
+        config: PeerConfig,
+        latency: Duration,
+    },
+    /// The control plane answered 404 (now cached negatively).
+    ApiNotFound { latency: Duration },
+    /// The control plane could not be asked or answered badly; nothing was cached.
+    ApiError {
+        error: LookupError,
+        latency: Option<Duration>,
+    },
+    /// The control plane answered 200 with a document we must not install.
+    Refused { reason: PeerRejected },
+    /// The key was looked up too recently; try again on a later initiation.
+    RateLimited,
+}
+
+/// The verdict of revalidating an installed peer whose positive entry expired.
+#[derive(Debug)]
+pub enum Revalidation {
+    /// Still known (entry refreshed).
+    StillValid(PeerConfig),
+    /// The control plane now answers 404: remove the peer (negative entry stored).
+    Revoked,
+    /// No verdict (API error, rate limit, or an answer that failed validation): keep the peer.
+    Unknown,
+}
+
+/// The lookup stage. Shared by all capture tasks.
+pub struct Lookup {
+    store: SharedStore,
+    api: Option<ApiClient>,
+    config: LookupConfig,
+    /// One async lock per key with a lookup in progress: the single-flight guarantee.
+    in_flight: Mutex<HashMap<PublicKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// When each key last went to the API (entries older than `api_min_interval` are pruned).
+    last_call: Mutex<HashMap<PublicKey, Instant>>,
+}
+
+/// What the cache says about a key.
+enum Cached {
+    Negative,
+    Fresh(PeerConfig),
+    Stale(PeerConfig),
+    Missing,
+}
+
+impl Lookup {
+    pub fn new(store: SharedStore, api: Option<ApiClient>, config: LookupConfig) -> Self {
+        Lookup {
+            store,
+            api,
+            config,
+            in_flight: Mutex::new(HashMap::new()),
+            last_call: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Who is `key`? See the module docs for the order of sources.
+    pub async fn lookup(&self, key: PublicKey, now: SystemTime) -> LookupOutcome {
+        let _flight = self.single_flight(key).await;
+        // Re-read the cache under the key's lock: a concurrent lookup may just have filled it.
+        let cached = match self.read_cache(key, now).await {
+            Ok(c) => c,
+            Err(error) => {
+                return LookupOutcome::ApiError {
+                    error: LookupError::Cache(error),
+                    latency: None,
+                }
+            }
+        };
+        let stale = match cached {
+            Cached::Negative => return LookupOutcome::NegativeHit,
+            Cached::Fresh(config) => return LookupOutcome::CacheHit(config),
+            Cached::Stale(config) => Some(config),
+            Cached::Missing => None,
+        };
+        let Some(api) = &self.api else {
+            return match stale {
+                Some(config) => LookupOutcome::CacheHit(config),
+                None => LookupOutcome::ApiError {
+                    error: LookupError::NoApi,
+                    latency: None,
+                },
+            };
+        };
+        if !self.take_api_slot(key) {
+            return match stale {
+                Some(config) => LookupOutcome::CacheHit(config),
+                None => LookupOutcome::RateLimited,
+            };
+        }
+        let (answer, latency) = self.ask_with_retries(api, key).await;
+        match answer {
+            ApiAnswer::Found(doc) => match doc.validate(Some(key), self.config.tunnel_prefix) {
+                Ok(config) => {
+                    if let Err(e) = self.store_positive(&config, now).await {
+                        tracing::warn!(peer = %key, error = %Causes(&e), "caching the peer failed");
+                    }
+                    LookupOutcome::ApiFound { config, latency }
+                }
+                Err(reason) => LookupOutcome::Refused { reason },
+            },
+            ApiAnswer::NotFound => {
+                if let Err(e) = self.store_negative(key, now).await {
+                    tracing::warn!(peer = %key, error = %Causes(&e), "caching the 404 failed");
+                }
+                LookupOutcome::ApiNotFound { latency }
+            }
+            ApiAnswer::Unavailable(error) => match stale {
+                // The API being down is never a reason to stop serving a known peer.
+                Some(config) => LookupOutcome::CacheHit(config),
+                None => LookupOutcome::ApiError {
+                    error: LookupError::Api(error),
+                    latency: Some(latency),
+                },
+            },
+        }
+    }
+
+    /// Asks the control plane again about an installed peer whose entry expired.
+    pub async fn revalidate(&self, key: PublicKey, now: SystemTime) -> Revalidation {
+        let Some(api) = &self.api else {
+            return Revalidation::Unknown;
+        };
+        let _flight = self.single_flight(key).await;
+        if !self.take_api_slot(key) {
+            return Revalidation::Unknown;
+        }
+        let (answer, _latency) = self.ask_with_retries(api, key).await;
+        match answer {
+            ApiAnswer::Found(doc) => match doc.validate(Some(key), self.config.tunnel_prefix) {
+                Ok(config) => {
+                    if let Err(e) = self.store_positive(&config, now).await {
+                        tracing::warn!(peer = %key, error = %Causes(&e), "refreshing the cache entry failed");
+                    }
+                    Revalidation::StillValid(config)
+                }
+                Err(reason) => {
+                    tracing::warn!(peer = %key, reason = %reason, "revalidation answer refused; keeping the peer");
+                    Revalidation::Unknown
+                }
+            },
+            ApiAnswer::NotFound => {
+                if let Err(e) = self.store_negative(key, now).await {
+                    tracing::warn!(peer = %key, error = %Causes(&e), "storing the revocation failed");
+                }
+                Revalidation::Revoked
+            }
+            ApiAnswer::Unavailable(_) => Revalidation::Unknown,
+        }
+    }
+
+    async fn single_flight(&self, key: PublicKey) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut map = self
+                .in_flight
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            // Forget locks nobody holds or waits for, so the map stays small.
+            map.retain(|_, l| Arc::strong_count(l) > 1);
+            map.entry(key).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    /// Whether `key` may go to the API now; records the call when it may.
+    fn take_api_slot(&self, key: PublicKey) -> bool {
+        let now = Instant::now();
+        let interval = self.config.api_min_interval;
+        let mut map = self
+            .last_call
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if map.len() > 4096 {
+            map.retain(|_, at| now.duration_since(*at) < interval);
+        }
+        match map.get(&key) {
+            Some(at) if now.duration_since(*at) < interval => false,
+            _ => {
+                map.insert(key, now);
+                true
+            }
+        }
+    }
+
+    async fn ask_with_retries(&self, api: &ApiClient, key: PublicKey) -> (ApiAnswer, Duration) {
+        let mut delay = self.config.backoff;
+        let mut attempt = 0;
+        loop {
+            let timed = api.fetch_timed(&key).await;
+            let retry = matches!(timed.answer, ApiAnswer::Unavailable(_))
+                && attempt < self.config.api_retries;
+            if !retry {
+                return (timed.answer, timed.latency);
+            }
+            attempt += 1;
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(self.config.max_backoff);
+        }
+    }
+
+    async fn read_cache(&self, key: PublicKey, now: SystemTime) -> Result<Cached, StoreCallError> {
+        self.store
+            .call(move |store| {
+                if store.get_negative(&key, now)? {
+                    return Ok(Cached::Negative);
+                }
+                Ok(match store.get_peer(&key)? {
+                    Some(entry) if entry.is_fresh(now) => Cached::Fresh(entry.config),
+                    Some(entry) => Cached::Stale(entry.config),
+                    None => Cached::Missing,
+                })
+            })
+            .await
+    }
+
+    async fn store_positive(
+        &self,
+        config: &PeerConfig,
+        now: SystemTime,
+    ) -> Result<(), StoreCallError> {
+        let config = config.clone();
+        let ttl = self.config.positive_ttl;
+        self.store
+            .call(move |store| store.put_peer(&config, PeerSource::Api, now, ttl))
+            .await
+    }
+
+    async fn store_negative(&self, key: PublicKey, now: SystemTime) -> Result<(), StoreCallError> {
+        let ttl = self.config.negative_ttl;
+        self.store
+            .call(move |store| store.put_negative(&key, now, ttl))
+            .await
+    }
+
+    /// Keys whose positive cache entry has expired (candidates for revalidation).
+    pub async fn expired(&self, now: SystemTime) -> Result<Vec<PublicKey>, StoreCallError> {
+        self.store.call(move |store| store.expired_peers(now)).await
+    }
+}

@@ -1,0 +1,280 @@
+//! The lookup stage against a real HTTP server on loopback whose answers and
+//! call counts the tests control.
+use super::*;
+use crate::peer::PeerDocument;
+use crate::store::Store;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use std::collections::HashMap as Map;
+
+#[derive(Default)]
+struct Api {
+    docs: Mutex<Map<String, PeerDocument>>,
+    calls: Mutex<Map<String, u32>>,
+    /// Answer 503 to everything.
+    failing: std::sync::atomic::AtomicBool,
+    delay_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Api {
+    fn calls(&self, key: PublicKey) -> u32 {
+        self.calls
+            .lock()
+            .unwrap()
+            .get(&key.to_hex())
+            .copied()
+            .unwrap_or(0)
+    }
+    fn register(&self, key: PublicKey, allowed: &str) {
+        self.docs.lock().unwrap().insert(
+            key.to_hex(),
+            PeerDocument {
+                public_key: key.to_base64(),
+                allowed_ips: vec![allowed.into()],
+                preshared_key: None,
+            },
+        );
+    }
+}
+
+async fn answer(State(api): State<Arc<Api>>, Path(key): Path<String>) -> Response {
+    *api.calls.lock().unwrap().entry(key.clone()).or_default() += 1;
+    let delay = api.delay_ms.load(std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(delay)).await;
+    if api.failing.load(std::sync::atomic::Ordering::SeqCst) {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    let doc = api.docs.lock().unwrap().get(&key).cloned();
+    match doc {
+        Some(doc) => Json(doc).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn serve() -> (Arc<Api>, String) {
+    let api = Arc::new(Api::default());
+    let router = Router::new()
+        .route("/v1/peers/{key}", get(answer))
+        .with_state(api.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (api, url)
+}
+
+fn lookup_with(url: &str, config: LookupConfig) -> Lookup {
+    let store = SharedStore::new(Store::open_in_memory().unwrap());
+    let api = ApiClient::new(url, Duration::from_secs(2)).unwrap();
+    Lookup::new(store, Some(api), config)
+}
+
+fn quick() -> LookupConfig {
+    LookupConfig {
+        api_min_interval: Duration::ZERO,
+        backoff: Duration::from_millis(1),
+        ..LookupConfig::default()
+    }
+}
+
+fn key(n: u8) -> PublicKey {
+    PublicKey([n; 32])
+}
+
+#[tokio::test]
+async fn found_then_cached() {
+    let (api, url) = serve().await;
+    api.register(key(1), "100.64.0.2/32");
+    let lookup = lookup_with(&url, quick());
+    let now = SystemTime::now();
+    assert!(matches!(
+        lookup.lookup(key(1), now).await,
+        LookupOutcome::ApiFound { .. }
+    ));
+    assert!(matches!(
+        lookup.lookup(key(1), now).await,
+        LookupOutcome::CacheHit(_)
+    ));
+    assert_eq!(api.calls(key(1)), 1);
+}
+
+#[tokio::test]
+async fn many_concurrent_initiations_make_one_request() {
+    let (api, url) = serve().await;
+    api.register(key(2), "100.64.0.3/32");
+    api.delay_ms.store(100, std::sync::atomic::Ordering::SeqCst);
+    let lookup = Arc::new(lookup_with(&url, quick()));
+    let now = SystemTime::now();
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let l = lookup.clone();
+            tokio::spawn(async move { l.lookup(key(2), now).await })
+        })
+        .collect();
+    for t in tasks {
+        let outcome = t.await.unwrap();
+        assert!(matches!(
+            outcome,
+            LookupOutcome::ApiFound { .. } | LookupOutcome::CacheHit(_)
+        ));
+    }
+    assert_eq!(api.calls(key(2)), 1);
+}
+
+#[tokio::test]
+async fn not_found_is_cached_negatively_until_its_ttl() {
+    let (api, url) = serve().await;
+    let config = LookupConfig {
+        negative_ttl: Duration::from_secs(60),
+        ..quick()
+    };
+    let lookup = lookup_with(&url, config);
+    let now = SystemTime::now();
+    assert!(matches!(
+        lookup.lookup(key(3), now).await,
+        LookupOutcome::ApiNotFound { .. }
+    ));
+    for _ in 0..10 {
+        assert!(matches!(
+            lookup.lookup(key(3), now).await,
+            LookupOutcome::NegativeHit
+        ));
+    }
+    assert_eq!(api.calls(key(3)), 1);
+    // After the TTL the API is asked again.
+    let later = now + Duration::from_secs(61);
+    assert!(matches!(
+        lookup.lookup(key(3), later).await,
+        LookupOutcome::ApiNotFound { .. }
+    ));
+    assert_eq!(api.calls(key(3)), 2);
+}
+
+#[tokio::test]
+async fn api_errors_are_retried_and_never_mean_revoked() {
+    let (api, url) = serve().await;
+    api.register(key(4), "100.64.0.4/32");
+    let config = quick();
+    let retries = config.api_retries;
+    let lookup = lookup_with(&url, config);
+    let now = SystemTime::now();
+    assert!(matches!(
+        lookup.lookup(key(4), now).await,
+        LookupOutcome::ApiFound { .. }
+    ));
+    api.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Expired entry, API down: the cached config is still used...
+    let later = now + Duration::from_secs(3600);
+    assert!(matches!(
+        lookup.lookup(key(4), later).await,
+        LookupOutcome::CacheHit(_)
+    ));
+    // ...each lookup tried 1 + api_retries times...
+    assert_eq!(api.calls(key(4)), 1 + (1 + retries));
+    // ...and revalidation during the outage keeps the peer.
+    assert!(matches!(
+        lookup.revalidate(key(4), later).await,
+        Revalidation::Unknown
+    ));
+    // An unknown key during the outage is an error, not a negative entry.
+    assert!(matches!(
+        lookup.lookup(key(5), now).await,
+        LookupOutcome::ApiError { .. }
+    ));
+    api.failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(matches!(
+        lookup.lookup(key(5), now).await,
+        LookupOutcome::ApiNotFound { .. }
+    ));
+}
+
+#[tokio::test]
+async fn per_key_rate_limit_bounds_api_calls() {
+    let (api, url) = serve().await;
+    let config = LookupConfig {
+        api_min_interval: Duration::from_secs(60),
+        negative_ttl: Duration::ZERO,
+        ..quick()
+    };
+    let lookup = lookup_with(&url, config);
+    let now = SystemTime::now();
+    assert!(matches!(
+        lookup.lookup(key(6), now).await,
+        LookupOutcome::ApiNotFound { .. }
+    ));
+    for _ in 0..5 {
+        assert!(matches!(
+            lookup.lookup(key(6), now).await,
+            LookupOutcome::RateLimited
+        ));
+    }
+    assert_eq!(api.calls(key(6)), 1);
+}
+
+#[tokio::test]
+async fn answers_outside_the_prefix_or_for_another_key_are_refused() {
+    let (api, url) = serve().await;
+    api.register(key(7), "100.128.0.1/32");
+    // The server answers key 8's URL with key 9's document.
+    api.docs.lock().unwrap().insert(
+        key(8).to_hex(),
+        PeerDocument {
+            public_key: key(9).to_base64(),
+            allowed_ips: vec!["100.64.0.9/32".into()],
+            preshared_key: None,
+        },
+    );
+    let lookup = lookup_with(&url, quick());
+    let now = SystemTime::now();
+    assert!(matches!(
+        lookup.lookup(key(7), now).await,
+        LookupOutcome::Refused { .. }
+    ));
+    assert!(matches!(
+        lookup.lookup(key(8), now).await,
+        LookupOutcome::Refused { .. }
+    ));
+    // Nothing refused was cached.
+    assert!(lookup
+        .store
+        .call(|s| s.get_peer(&key(7)))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(lookup
+        .store
+        .call(|s| s.get_peer(&key(8)))
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test]
+async fn revocation_is_detected_and_blocks_reinstall() {
+    let (api, url) = serve().await;
+    api.register(key(10), "100.64.0.10/32");
+    let lookup = lookup_with(&url, quick());
+    let now = SystemTime::now();
+    assert!(matches!(
+        lookup.lookup(key(10), now).await,
+        LookupOutcome::ApiFound { .. }
+    ));
+    assert!(matches!(
+        lookup.revalidate(key(10), now).await,
+        Revalidation::StillValid(_)
+    ));
+    api.docs.lock().unwrap().clear();
+    assert!(matches!(
+        lookup.revalidate(key(10), now).await,
+        Revalidation::Revoked
+    ));
+    let calls = api.calls(key(10));
+    assert!(matches!(
+        lookup.lookup(key(10), now).await,
+        LookupOutcome::NegativeHit
+    ));
+    assert_eq!(api.calls(key(10)), calls);
+}
