@@ -148,7 +148,8 @@ pub async fn run(
             let api = match &config.api_url {
                 Some(url) => Some(
                     ApiClient::new(url, config.api_timeout)
-                        .map_err(|e| DaemonError::Api(e.to_string()))?,
+                        .map_err(|e| DaemonError::Api(e.to_string()))?
+                        .counting_requests_in(metrics.api_requests.clone()),
                 ),
                 None => None,
             };
