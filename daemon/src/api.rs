@@ -6,10 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use reqwest::StatusCode;
-
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use reqwest::StatusCode;
 
 use crate::metrics::{OutcomeLabel, API_REQUEST_OUTCOMES};
 use crate::peer::{PeerDocument, PublicKey};

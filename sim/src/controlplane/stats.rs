@@ -15,10 +15,10 @@ use serde::{Deserialize, Serialize};
 
 /// `by_status` key of lookups whose caller closed the connection before the answer (its timeout
 /// fired, or it was killed): axum drops the handler's future, and [`InFlight`]'s drop records it.
-pub const ABORTED: &str = "aborted";
+pub const ABORTED: &str = jitwg_reports::BY_STATUS_ABORTED;
 /// `by_status` key of lookups still unanswered when the snapshot was taken (at the end of a run:
 /// requests held by an outage in `hang` mode or by injected latency).
-pub const PENDING: &str = "pending";
+pub const PENDING: &str = jitwg_reports::BY_STATUS_PENDING;
 
 /// What `GET /v1/stats` returns. Counts cover `GET /v1/peers/{key}` only (the gateway's calls), not
 /// the driver's registrations.

@@ -33,7 +33,7 @@ use super::daemon_config::{self, DaemonEndpoints};
 use super::probe::{Probe, ProbeClient};
 use super::services::{self, ControlPlaneService, DaemonLaunch};
 use super::tracker::{all_reconnected_after, UsageTracker};
-use super::{prereq, prometheus, stale, usage};
+use super::{api_count, prereq, prometheus, stale, usage};
 use super::{
     RunError, RunOptions, RunOutcome, CONTROL_PLANE_PORT, FLEET_STOP_TIMEOUT, METRICS_PORT,
     NATS_PORT, NATS_SUBJECT, READY_TIMEOUT, WG_PORT,
@@ -494,6 +494,7 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
         events: Vec::new(),
         usage: UsageTracker::default(),
         lookups: BTreeMap::new(),
+        api_sent: api_count::CountAcrossRestarts::default(),
         reload: None,
         pending_ready: Vec::new(),
         dataplane_down: false,
@@ -626,6 +627,8 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
         calls_total: stats.requests_total,
         per_key: stats.per_key,
         by_status: stats.by_status,
+        sent_by_daemon: state.api_sent.total(),
+        sent_by_daemon_by_outcome: state.api_sent.by_outcome(),
     };
     results.processes = state.usage.usage();
     results.reload = reload;
@@ -683,6 +686,8 @@ struct LoopState {
     usage: UsageTracker,
     /// Last successful scrape, kept when a scrape fails (e.g. during a reboot).
     lookups: BTreeMap<String, u64>,
+    /// jitwgd's count of the API requests it sent, over its restarts.
+    api_sent: api_count::CountAcrossRestarts,
     reload: Option<ReloadWatch>,
     /// Readiness waits of restarts after the first, with their start (ms into the run).
     pending_ready: Vec<(JoinHandle<Option<Duration>>, f64)>,
@@ -714,6 +719,10 @@ impl LoopState {
             }
             Action::Reboot | Action::DaemonRestart => {
                 self.observe_usage(lab);
+                // Its last count before it goes (what it sends after this is lost with it).
+                if let Ok((200, body)) = probe.get("/metrics").await {
+                    self.api_sent.observe(api_count::requests_by_outcome(&body));
+                }
                 let reboot = matches!(action, Action::Reboot);
                 if reboot {
                     self.push_event(
@@ -740,6 +749,7 @@ impl LoopState {
                     }
                 }
                 self.usage.restarted("daemon");
+                self.api_sent.restarted();
                 let start = Instant::now();
                 lab.daemon = Some(blocking(|| services::start_daemon(gateway_ns, launch))?);
                 if self.reload.is_none() {
@@ -873,6 +883,7 @@ impl LoopState {
         };
         if let Ok((200, body)) = probe.get("/metrics").await {
             self.lookups = prometheus::lookups_by_outcome(&body);
+            self.api_sent.observe(api_count::requests_by_outcome(&body));
         }
         let snap = progress.snapshot();
         self.samples.push(Sample {
