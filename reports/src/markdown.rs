@@ -103,7 +103,11 @@ mod tests {
         r.api.calls_total = 1_000;
         assert!(!render(&r).contains("API co"));
         r.api.sent_by_daemon = Some(800);
-        assert!(render(&r).contains("**API COUNT MISMATCH"), "{}", render(&r));
+        assert!(
+            render(&r).contains("**API COUNT MISMATCH"),
+            "{}",
+            render(&r)
+        );
         r.api.sent_by_daemon = Some(1_000);
         assert!(render(&r).contains("API counts agree"));
     }
