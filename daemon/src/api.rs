@@ -6,8 +6,11 @@
 
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use reqwest::StatusCode;
 
+use crate::metrics::{OutcomeLabel, API_REQUEST_OUTCOMES};
 use crate::peer::{PeerDocument, PublicKey};
 
 /// A peer document is a few hundred bytes; anything past this is a broken control plane.
@@ -57,6 +60,18 @@ pub enum ApiAnswer {
     Unavailable(ApiError),
 }
 
+impl ApiAnswer {
+    /// The `outcome` label of `jitwgd_api_requests_total` for this answer.
+    pub fn request_outcome(&self) -> &'static str {
+        match self {
+            ApiAnswer::Found(_) => "ok",
+            ApiAnswer::NotFound => "not_found",
+            ApiAnswer::Unavailable(ApiError::Timeout) => "timeout",
+            ApiAnswer::Unavailable(_) => "error",
+        }
+    }
+}
+
 /// An answer plus how long the call took (request sent to body read).
 #[derive(Debug)]
 pub struct TimedAnswer {
@@ -70,6 +85,9 @@ pub struct ApiClient {
     http: reqwest::Client,
     /// Base URL without trailing `/`.
     base: String,
+    /// `jitwgd_api_requests_total`, when the daemon counts: every request this client sends
+    /// (so retries too) ends in one of its outcomes.
+    requests: Option<Family<OutcomeLabel, Counter>>,
 }
 
 impl ApiClient {
@@ -95,7 +113,15 @@ impl ApiClient {
         Ok(Self {
             http,
             base: base_url.trim_end_matches('/').to_owned(),
+            requests: None,
         })
+    }
+
+    /// Counts every request this client sends in `requests` by outcome
+    /// (`metrics::API_REQUEST_OUTCOMES`).
+    pub fn counting_requests_in(mut self, requests: Family<OutcomeLabel, Counter>) -> Self {
+        self.requests = Some(requests);
+        self
     }
 
     /// The URL asked for `key`.
@@ -113,11 +139,11 @@ impl ApiClient {
         let started = Instant::now();
         let answer = self.ask(key).await;
         let latency = started.elapsed();
-        let outcome = match &answer {
-            ApiAnswer::Found(_) => "found",
-            ApiAnswer::NotFound => "not_found",
-            ApiAnswer::Unavailable(_) => "unavailable",
-        };
+        let outcome = answer.request_outcome();
+        debug_assert!(API_REQUEST_OUTCOMES.contains(&outcome));
+        if let Some(requests) = &self.requests {
+            requests.get_or_create(&OutcomeLabel { outcome }).inc();
+        }
         tracing::debug!(peer = %key, outcome, latency_us = latency.as_micros() as u64, "control-plane call");
         TimedAnswer { answer, latency }
     }
@@ -254,6 +280,28 @@ mod tests {
             client.fetch(&PublicKey([1; 32])).await,
             ApiAnswer::Unavailable(_)
         ));
+    }
+
+    #[tokio::test]
+    async fn every_request_is_counted_by_outcome() {
+        let base = serve().await;
+        let metrics = crate::metrics::Metrics::new();
+        let client = ApiClient::new(&base, Duration::from_millis(300))
+            .unwrap()
+            .counting_requests_in(metrics.api_requests.clone());
+        for byte in [1, 1, 2, 3, 4, 5] {
+            let _ = client.fetch(&PublicKey([byte; 32])).await;
+        }
+        let count = |outcome| {
+            metrics
+                .api_requests
+                .get_or_create(&OutcomeLabel { outcome })
+                .get()
+        };
+        assert_eq!(count("ok"), 2);
+        assert_eq!(count("not_found"), 1);
+        assert_eq!(count("error"), 2);
+        assert_eq!(count("timeout"), 1);
     }
 
     #[test]

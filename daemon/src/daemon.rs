@@ -139,9 +139,11 @@ pub async fn run(
     match config.mode {
         Mode::Jit => {
             let api = match &config.api_url {
-                Some(url) => {
-                    Some(ApiClient::new(url, config.api_timeout).map_err(DaemonError::Api)?)
-                }
+                Some(url) => Some(
+                    ApiClient::new(url, config.api_timeout)
+                        .map_err(DaemonError::Api)?
+                        .counting_requests_in(metrics.api_requests.clone()),
+                ),
                 None => None,
             };
             let lookup = Arc::new(Lookup::new(

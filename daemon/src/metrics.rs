@@ -36,6 +36,12 @@ pub const LOOKUP_OUTCOMES: &[&str] = &[
     "rate_limited",
 ];
 
+/// Values of the `outcome` label of `jitwgd_api_requests_total`: how each request sent to the
+/// control plane ended (retries are requests too). `ok`: 200 with a peer document; `not_found`:
+/// 404; `timeout`: no answer within `api_timeout`; `error`: anything else (other status, refused
+/// connection, bad body).
+pub const API_REQUEST_OUTCOMES: &[&str] = &["ok", "not_found", "error", "timeout"];
+
 /// Values of the `outcome` label of `jitwgd_push_messages_total`.
 pub const PUSH_OUTCOMES: &[&str] = &["installed", "refused", "bad_json"];
 
@@ -68,6 +74,9 @@ pub struct Metrics {
     pub already_installed: Counter,
     /// Lookups by `outcome` (see `LOOKUP_OUTCOMES`).
     pub lookups: Family<OutcomeLabel, Counter>,
+    /// Control-plane requests sent, by `outcome` (see `API_REQUEST_OUTCOMES`), retries included;
+    /// counted when the request ends. The testbed compares it with the control plane's count.
+    pub api_requests: Family<OutcomeLabel, Counter>,
     /// Control-plane request latency.
     pub api_latency_seconds: Histogram,
     /// Peers installed on the data plane.
@@ -106,6 +115,7 @@ impl Metrics {
             replays_ignored: Counter::default(),
             already_installed: Counter::default(),
             lookups: Family::default(),
+            api_requests: Family::default(),
             // 0.5 ms .. ~16 s
             api_latency_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             installs: Counter::default(),
@@ -126,6 +136,9 @@ impl Metrics {
         }
         for &outcome in LOOKUP_OUTCOMES {
             let _ = m.lookups.get_or_create(&OutcomeLabel { outcome });
+        }
+        for &outcome in API_REQUEST_OUTCOMES {
+            let _ = m.api_requests.get_or_create(&OutcomeLabel { outcome });
         }
         for &outcome in PUSH_OUTCOMES {
             let _ = m.push_messages.get_or_create(&OutcomeLabel { outcome });
@@ -164,6 +177,11 @@ impl Metrics {
             "lookups",
             "Peer config lookups by outcome",
             self.lookups.clone(),
+        );
+        r.register(
+            "api_requests",
+            "Requests sent to the control plane (retries included), by outcome",
+            self.api_requests.clone(),
         );
         r.register(
             "api_latency_seconds",
@@ -327,6 +345,11 @@ mod tests {
         }
         for outcome in LOOKUP_OUTCOMES {
             assert!(text.contains(&format!("jitwgd_lookups_total{{outcome=\"{outcome}\"}} 0")));
+        }
+        for outcome in API_REQUEST_OUTCOMES {
+            assert!(text.contains(&format!(
+                "jitwgd_api_requests_total{{outcome=\"{outcome}\"}} 0"
+            )));
         }
         for outcome in PUSH_OUTCOMES {
             assert!(text.contains(&format!(

@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 
+use crate::api_check::api_accounting;
 use crate::charts::{all_charts, Chart, ChartError, Runs};
 use crate::compare::Verdict;
 use crate::figures::Figures;
@@ -132,6 +133,14 @@ pub fn render(results: &Results) -> Result<String, ChartError> {
         "<p class=\"verdict {class}\">{}</p>",
         escape(&verdict(results, &figures))
     );
+    if let Some(check) = api_accounting(results) {
+        let class = if check.mismatch() { "fail" } else { "none" };
+        let _ = writeln!(
+            out,
+            "<p class=\"verdict {class}\">{}</p>",
+            escape(&check.describe())
+        );
+    }
     out.push_str(
         "<h2>Summary</h2>\n<table>\n<tr><th>figure</th><th>value</th><th>name</th></tr>\n",
     );

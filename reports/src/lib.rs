@@ -3,6 +3,7 @@
 //!
 //! **Invariant:** this is the only crate that draws (plotters); it depends on neither `sim` nor `jitwgd`.
 
+pub mod api_check;
 pub mod charts;
 pub mod compare;
 pub mod expect;
@@ -14,6 +15,7 @@ pub mod summary;
 
 use std::path::{Path, PathBuf};
 
+pub use api_check::{api_accounting, ApiAccounting};
 pub use charts::ChartError;
 pub use compare::{compare, Comparison, ComparisonRow, Verdict};
 pub use expect::{all_passed, evaluate, parse_expectations, ExpectError, Expectation};
@@ -21,7 +23,7 @@ pub use figures::{figure, Better, FigureDef, Figures, Unit, FIGURES};
 pub use schema::{
     load, save, ApiSummary, ClientResult, CompareOp, Connection, Event, EventKind,
     ExpectationResult, LoadError, ProcessUsage, Reload, Results, RunInfo, Sample, SaveError,
-    ToolInfo, SCHEMA_VERSION,
+    ToolInfo, BY_STATUS_ABORTED, BY_STATUS_PENDING, SCHEMA_VERSION,
 };
 pub use summary::{text_summary, DEFAULT_TOLERANCE};
 

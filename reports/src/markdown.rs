@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 
+use crate::api_check::api_accounting;
 use crate::figures::Figures;
 use crate::schema::Results;
 use crate::summary::{compared_figures, comparison_verdict, summary_rows, verdict};
@@ -24,6 +25,10 @@ pub fn render(results: &Results) -> String {
         format!("jitwg report: {}", results.run.scenario_name)
     };
     let _ = writeln!(out, "# {title}\n\n{}\n", verdict(results, &figures));
+    if let Some(check) = api_accounting(results) {
+        let mark = if check.mismatch() { "**" } else { "" };
+        let _ = writeln!(out, "{mark}{}{mark}\n", cell(&check.describe()));
+    }
     out.push_str("| figure | value | name |\n|---|---:|---|\n");
     for row in summary_rows(&figures) {
         let _ = writeln!(
@@ -91,6 +96,21 @@ pub fn render_comparison(runs: &[(String, Results)], tolerance: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_count_mismatch_is_flagged_and_older_files_say_nothing() {
+        let mut r = Results::new(crate::schema::RunInfo::default());
+        r.api.calls_total = 1_000;
+        assert!(!render(&r).contains("API co"));
+        r.api.sent_by_daemon = Some(800);
+        assert!(
+            render(&r).contains("**API COUNT MISMATCH"),
+            "{}",
+            render(&r)
+        );
+        r.api.sent_by_daemon = Some(1_000);
+        assert!(render(&r).contains("API counts agree"));
+    }
 
     #[test]
     fn cells_cannot_break_the_table() {

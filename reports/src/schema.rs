@@ -190,15 +190,36 @@ impl fmt::Display for EventKind {
     }
 }
 
-/// What the control plane served.
+/// What the control plane served, and what jitwgd says it sent.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ApiSummary {
+    /// Lookups that arrived at the control plane, counted on arrival (files written before
+    /// arrival counting counted only answered ones, so they miss requests that hung past the
+    /// daemon's timeout).
     pub calls_total: u64,
     /// Requests per peer key (64 lowercase hex characters).
     pub per_key: BTreeMap<String, u64>,
-    /// Requests by HTTP status (`"200"`, `"404"`, ...) or transport failure (`"timeout"`).
+    /// How each arrival ended; sums to `calls_total`. Keys: an HTTP status (`"200"`, `"404"`,
+    /// `"503"`, ...) for answered requests; [`BY_STATUS_ABORTED`] for requests whose client went
+    /// away before the answer (its timeout fired, or it was killed); [`BY_STATUS_PENDING`] for
+    /// requests still unanswered when the run ended (held by an outage in `hang` mode or by
+    /// injected latency).
     pub by_status: BTreeMap<String, u64>,
+    /// Requests jitwgd counted as sent (`jitwgd_api_requests_total`, all outcomes, retries
+    /// included), summed over daemon restarts: each incarnation counts from its last scrape
+    /// before it stopped. `None`: not measured (files written before it was recorded, or no scrape
+    /// of jitwgd's `/metrics` succeeded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_by_daemon: Option<u64>,
+    /// `sent_by_daemon` by outcome: `ok`, `not_found`, `error`, `timeout`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sent_by_daemon_by_outcome: BTreeMap<String, u64>,
 }
+
+/// `ApiSummary::by_status` key of requests whose client went away before the answer.
+pub const BY_STATUS_ABORTED: &str = "aborted";
+/// `ApiSummary::by_status` key of requests still unanswered at the end of the run.
+pub const BY_STATUS_PENDING: &str = "pending";
 
 /// Resource use of one process over the run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

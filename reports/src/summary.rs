@@ -178,11 +178,23 @@ pub fn text_summary(results: &Results) -> String {
             names.join("; ")
         )
     };
+    // Said only when jitwgd's own count was recorded (not in older files).
+    let daemon_count = crate::api_check::api_accounting(results).map_or_else(String::new, |c| {
+        let agreement = if c.mismatch() {
+            format!(
+                "MISMATCH: differs by {}, tolerance {}",
+                c.difference, c.tolerance
+            )
+        } else {
+            "agrees".to_string()
+        };
+        format!("; jitwgd sent {} ({agreement})", c.sent_by_daemon)
+    });
     format!(
         "clients:    {}\n\
          connected:  {} of {} attempts ({ratio}), failed {}\n\
          setup:      p50 {}, p99 {}, max {}\n\
-         API calls:  {} total, {} max per key\n\
+         API calls:  {} total, {} max per key{daemon_count}\n\
          peers:      {} installed (peak), {} stale (peak)\n\
          verdict:    {verdict}\n",
         f.clients,
@@ -333,6 +345,17 @@ mod tests {
             measured,
             passed,
         }
+    }
+
+    #[test]
+    fn text_summary_gives_the_daemon_count_only_when_recorded() {
+        let mut r = Results::new(RunInfo::default());
+        r.api.calls_total = 1_000;
+        assert!(!text_summary(&r).contains("jitwgd sent"));
+        r.api.sent_by_daemon = Some(1_000);
+        assert!(text_summary(&r).contains("1000 total, 0 max per key; jitwgd sent 1000 (agrees)"));
+        r.api.sent_by_daemon = Some(900);
+        assert!(text_summary(&r).contains("(MISMATCH: differs by 100, tolerance 10)"));
     }
 
     #[test]

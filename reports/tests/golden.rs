@@ -172,3 +172,23 @@ fn comparison_deltas_and_verdicts() {
     assert_eq!(per_key.cells[1].text, "10");
     assert_eq!(per_key.cells[1].change.as_deref(), Some("+100.0 %"));
 }
+
+/// Files written before jitwgd's own API count was recorded still load, with nothing to check;
+/// the new fields round-trip when present.
+#[test]
+fn api_sent_by_daemon_is_optional_in_older_files_and_round_trips() {
+    for name in ["fixed-results.json", "v0-results.json"] {
+        let r = load(fixture(name)).unwrap();
+        assert_eq!(r.api.sent_by_daemon, None, "{name}");
+        assert!(r.api.sent_by_daemon_by_outcome.is_empty(), "{name}");
+        assert_eq!(jitwg_reports::api_accounting(&r), None, "{name}");
+    }
+    let mut r = fixed();
+    r.api.sent_by_daemon = Some(7);
+    r.api.sent_by_daemon_by_outcome = [("ok".to_string(), 5), ("timeout".to_string(), 2)].into();
+    r.api
+        .by_status
+        .insert(jitwg_reports::BY_STATUS_ABORTED.into(), 2);
+    let back = Results::from_json(&r.to_json().unwrap()).unwrap();
+    assert_eq!(back, r);
+}

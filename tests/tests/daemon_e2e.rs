@@ -140,6 +140,10 @@ fn unknown_key_gets_one_api_call_per_negative_ttl() {
         "more than one request after the negative TTL"
     );
     assert!(gw.peers().unwrap().is_empty(), "unknown key was installed");
+    // jitwgd counts the same requests the control plane saw arrive.
+    let m = gw.scrape().unwrap();
+    let not_found = m.value("jitwgd_api_requests_total", &[("outcome", "not_found")]);
+    assert_eq!(not_found as u64, gw.api_calls_total(), "{}", m.text());
 }
 
 #[test]

@@ -109,11 +109,22 @@ fn error_response(e: ControlPlaneError) -> Response {
 }
 
 async fn get_peer(State(st): State<Arc<AppState>>, Path(key): Path<String>) -> Response {
-    if !is_key_hex(&key) {
-        st.stats.record_lookup(None, 400);
-        return (StatusCode::BAD_REQUEST, "key must be 64 lowercase hex").into_response();
-    }
-    let response = match st.verdict() {
+    let well_formed = is_key_hex(&key);
+    // Counted now, before any injected delay: a request its caller gives up on is still a call.
+    // If axum drops this future (the client closed the connection), the guard records "aborted".
+    let in_flight = st.stats.arrived(well_formed.then_some(key.as_str()));
+    let response = if well_formed {
+        answer_lookup(&st, key.clone()).await
+    } else {
+        (StatusCode::BAD_REQUEST, "key must be 64 lowercase hex").into_response()
+    };
+    in_flight.answered(response.status().as_u16());
+    response
+}
+
+/// The answer to a well-formed lookup, after whatever the fault injection decides.
+async fn answer_lookup(st: &AppState, key: String) -> Response {
+    match st.verdict() {
         Verdict::Hang { until } => {
             tokio::time::sleep_until(st.started + until).await;
             StatusCode::SERVICE_UNAVAILABLE.into_response()
@@ -124,17 +135,13 @@ async fn get_peer(State(st): State<Arc<AppState>>, Path(key): Path<String>) -> R
         }
         Verdict::Serve { delay } => {
             tokio::time::sleep(delay).await;
-            let k = key.clone();
-            match st.with_store(move |s| s.get(&k)).await {
+            match st.with_store(move |s| s.get(&key)).await {
                 Ok(Some(doc)) => Json(doc).into_response(),
                 Ok(None) => StatusCode::NOT_FOUND.into_response(),
                 Err(e) => error_response(e),
             }
         }
-    };
-    st.stats
-        .record_lookup(Some(&key), response.status().as_u16());
-    response
+    }
 }
 
 async fn delete_peer(State(st): State<Arc<AppState>>, Path(key): Path<String>) -> Response {

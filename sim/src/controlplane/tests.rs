@@ -274,6 +274,73 @@ async fn latency_is_applied() {
     }
 }
 
+/// Polls the stats until `done` holds (the server learns of a closed connection asynchronously).
+async fn stats_when(cp: &Running, done: impl Fn(&StatsSnapshot) -> bool) -> StatsSnapshot {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = cp.handle.stats();
+        if done(&stats) || Instant::now() >= deadline {
+            return stats;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_times_out_against_latency_is_counted_as_aborted() {
+    let cp = start(
+        FaultConfig {
+            latency: Some(LatencyModel::Fixed {
+                delay: Duration::from_secs(5),
+            }),
+            ..Default::default()
+        },
+        None,
+    )
+    .await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let key = "ab".repeat(32);
+    let err = impatient
+        .get(format!("{}/v1/peers/{key}", cp.base))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    // Counted on arrival, while the handler still sleeps.
+    let stats = stats_when(&cp, |s| s.by_status.contains_key(ABORTED)).await;
+    assert_eq!(stats.requests_total, 1);
+    assert_eq!(stats.per_key[&key], 1);
+    assert_eq!(stats.by_status.get(ABORTED), Some(&1), "{stats:?}");
+    assert!(!stats.by_status.contains_key(PENDING), "{stats:?}");
+    assert_eq!(stats.by_status.values().sum::<u64>(), stats.requests_total);
+}
+
+#[tokio::test]
+async fn a_request_hanging_in_an_outage_is_pending_then_aborted() {
+    let cp = start(
+        FaultConfig {
+            outage_mode: OutageMode::Hang,
+            ..Default::default()
+        },
+        None,
+    )
+    .await;
+    cp.handle.start_outage(Duration::from_secs(600));
+    let url = format!("{}/v1/peers/{}", cp.base, "cd".repeat(32));
+    let hanging = tokio::spawn(reqwest::Client::new().get(url).send());
+    let stats = stats_when(&cp, |s| s.requests_total == 1).await;
+    assert_eq!(stats.requests_total, 1);
+    assert_eq!(stats.by_status.get(PENDING), Some(&1), "{stats:?}");
+    // The caller goes away (a killed daemon): the hang ends as aborted, not as a 503.
+    hanging.abort();
+    let stats = stats_when(&cp, |s| !s.by_status.contains_key(PENDING)).await;
+    assert_eq!(stats.by_status.get(ABORTED), Some(&1), "{stats:?}");
+    assert!(!stats.by_status.contains_key("503"), "{stats:?}");
+}
+
 /// A `nats-server` child on a free loopback port, killed on drop.
 struct NatsServer {
     child: std::process::Child,

@@ -3,6 +3,7 @@
 //! and firing the scenario's timed events, then tear everything down and hand back `Results`.
 //! The CLI (`cli.rs`) prints and writes reports; this module never exits the process.
 
+pub mod api_count;
 mod context;
 pub mod daemon_config;
 pub mod info;

@@ -58,6 +58,8 @@ pub(super) fn assemble(run: Finished<'_>) -> Results {
         calls_total: run.api.requests_total,
         per_key: run.api.per_key,
         by_status: run.api.by_status,
+        sent_by_daemon: run.timeline.api_sent.total(),
+        sent_by_daemon_by_outcome: run.timeline.api_sent.by_outcome(),
     };
     results.reload = run.reload;
     results.expectations =

@@ -16,7 +16,7 @@ use super::context::{ms, RunContext};
 use super::lab::{blocking, Lab, READY_POLL};
 use super::probe::ProbeClient;
 use super::tracker::{all_reconnected_after, UsageTracker};
-use super::{prometheus, stale, RunError, READY_TIMEOUT};
+use super::{api_count, prometheus, stale, RunError, READY_TIMEOUT};
 
 /// Grace period for SIGTERM before SIGKILL when the daemon restarts.
 const DAEMON_GRACE: Duration = Duration::from_secs(5);
@@ -82,6 +82,8 @@ pub(super) struct Timeline {
     pub usage: UsageTracker,
     /// Last successful scrape, kept when a scrape fails (e.g. during a reboot).
     lookups: BTreeMap<String, u64>,
+    /// jitwgd's count of the API requests it sent, over its restarts.
+    pub api_sent: api_count::CountAcrossRestarts,
     reload: Option<ReloadWatch>,
     /// Readiness waits of restarts after the first, with their start (ms into the run).
     pending_ready: Vec<(JoinHandle<Option<Duration>>, f64)>,
@@ -109,6 +111,10 @@ impl Timeline {
             }
             Action::Reboot | Action::DaemonRestart => {
                 self.observe_usage(&ctx.lab);
+                // Its last count before it goes (what it sends after this is lost with it).
+                if let Ok((200, body)) = ctx.lab.probe().get("/metrics").await {
+                    self.api_sent.observe(api_count::requests_by_outcome(&body));
+                }
                 if matches!(action, Action::Reboot) {
                     self.push_event(
                         t_ms,
@@ -126,6 +132,7 @@ impl Timeline {
                     }
                 }
                 self.usage.restarted("daemon");
+                self.api_sent.restarted();
                 let start = Instant::now();
                 ctx.lab.start_daemon()?;
                 let waiter = wait_ready(ctx.lab.probe().clone(), start);
@@ -233,6 +240,7 @@ impl Timeline {
         };
         if let Ok((200, body)) = ctx.lab.probe().get("/metrics").await {
             self.lookups = prometheus::lookups_by_outcome(&body);
+            self.api_sent.observe(api_count::requests_by_outcome(&body));
         }
         let snap = ctx.progress.snapshot();
         self.samples.push(Sample {
