@@ -348,6 +348,8 @@ impl Wire<'_> {
         for action in actions.drain(..) {
             match action {
                 Action::Send(bytes) => self.travel(Direction::Up, bytes).await,
+                // Formatting details costs more than the rest of a record; skip it unlogged.
+                Action::Record(_) if !self.shared.events.is_enabled() => {}
                 Action::Record(event) => {
                     let detail = match &event {
                         SessionEvent::EchoSent { seq } | SessionEvent::EchoReply { seq } => {
