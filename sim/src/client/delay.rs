@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 /// How long before a packet is due the thread stops sleeping and polls: covers the kernel's
 /// wake-up latency of a SCHED_FIFO thread (measured medians landed 10–40 µs late with 50 or
@@ -130,6 +130,42 @@ impl Delivery {
             // The client's connection ended while its packet was in flight: the packet dies.
             Delivery::Down { to, bytes } => drop(to.send(bytes)),
         }
+    }
+}
+
+/// One connection's end of the delay line.
+#[derive(Debug)]
+pub struct DelayPort {
+    pub line: DelayHandle,
+    /// A duplicate of the connection's socket, so delayed packets leave from the client's
+    /// own address without going back through its task.
+    pub up: Arc<UdpSocket>,
+    /// Delayed gateway packets come back to the task here.
+    pub down: UnboundedSender<Vec<u8>>,
+}
+
+impl DelayPort {
+    /// A port for the connection on `socket`, and where its delayed gateway packets arrive.
+    pub fn open(
+        line: &DelayHandle,
+        socket: &tokio::net::UdpSocket,
+    ) -> std::io::Result<(Self, UnboundedReceiver<Vec<u8>>)> {
+        let up = socket2::SockRef::from(socket).try_clone()?;
+        let (down, rx) = tokio::sync::mpsc::unbounded_channel();
+        let port = DelayPort {
+            line: line.clone(),
+            up: Arc::new(up.into()),
+            down,
+        };
+        Ok((port, rx))
+    }
+}
+
+/// The next delayed gateway packet; pends forever without a receiver (transparent link).
+pub async fn delayed_down(rx: &mut Option<UnboundedReceiver<Vec<u8>>>) -> Option<Vec<u8>> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

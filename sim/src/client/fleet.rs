@@ -12,12 +12,11 @@ use std::time::Duration;
 
 use jitwg_reports::{ClientResult, Connection};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::delay::{DelayHandle, DelayLine, DelayLineError, Delivery};
+use super::delay::{delayed_down, DelayHandle, DelayLine, DelayLineError, DelayPort, Delivery};
 use super::eventlog::{EventLog, EventLogError, EventRecord, EventSink};
 use super::link::{is_transparent, Direction, LinkModel};
 use super::session::{
@@ -311,16 +310,6 @@ async fn run_client(shared: Arc<Shared>, client: FleetClient) -> ClientResult {
     result
 }
 
-/// One connection's end of the delay line.
-struct DelayPort {
-    line: DelayHandle,
-    /// A duplicate of the connection's socket, so delayed packets leave from the client's
-    /// own address without going back through its task.
-    up: Arc<std::net::UdpSocket>,
-    /// Delayed gateway packets come back to the task here.
-    down: UnboundedSender<Vec<u8>>,
-}
-
 /// One connection's IO: the socket, the link in between, and the event log.
 struct Wire<'a> {
     shared: &'a Shared,
@@ -400,33 +389,6 @@ impl Wire<'_> {
     }
 }
 
-/// The next delayed gateway packet; pends forever on a transparent link (no receiver).
-async fn delayed_down(rx: &mut Option<UnboundedReceiver<Vec<u8>>>) -> Option<Vec<u8>> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The connection's end of the delay line when its link is not transparent.
-fn delay_port(
-    shared: &Shared,
-    link: &LinkModel,
-    socket: &UdpSocket,
-) -> std::io::Result<Option<(DelayPort, UnboundedReceiver<Vec<u8>>)>> {
-    let Some(line) = shared.delay.as_ref().filter(|_| !link.is_transparent()) else {
-        return Ok(None);
-    };
-    let up = socket2::SockRef::from(socket).try_clone()?;
-    let (down, rx) = unbounded_channel();
-    let port = DelayPort {
-        line: line.clone(),
-        up: Arc::new(up.into()),
-        down,
-    };
-    Ok(Some((port, rx)))
-}
-
 /// Far enough to mean "never" for a disabled select branch.
 fn never() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365)
@@ -473,10 +435,13 @@ async fn connect(
         Ok(s) => s,
         Err(e @ SessionError::SenderIndexTooLarge { .. }) => return failed(e.to_string()),
     };
-    let (delay, mut delayed) = match delay_port(shared, link, &socket) {
-        Ok(Some((port, rx))) => (Some(port), Some(rx)),
-        Ok(None) => (None, None),
-        Err(e) => return failed(format!("duplicating the socket of {}: {e}", plan.source_ip)),
+    let line = shared.delay.as_ref().filter(|_| !link.is_transparent());
+    let (delay, mut delayed) = match line.map(|line| DelayPort::open(line, &socket)) {
+        Some(Ok((port, rx))) => (Some(port), Some(rx)),
+        None => (None, None),
+        Some(Err(e)) => {
+            return failed(format!("duplicating the socket of {}: {e}", plan.source_ip))
+        }
     };
     let mut wire = Wire {
         shared,
