@@ -92,6 +92,24 @@ fn render(
     Ok(svg)
 }
 
+/// Draws the series legend every chart uses (white box, black border) at `position`.
+fn draw_legend<'a, 'b, CT>(
+    chart: &mut ChartContext<'a, SVGBackend<'b>, CT>,
+    position: SeriesLabelPosition,
+) -> DrawResult
+where
+    'b: 'a,
+    CT: plotters::coord::CoordTranslate,
+{
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
 /// A chart that only says it has nothing to show.
 fn no_data(title: &str) -> Result<String, ChartError> {
     render(title, |root| {

@@ -353,12 +353,7 @@ fn time_chart(
                 });
             }
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
+        super::draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
 
         if !empty_notes.is_empty() {
             let (w, h) = root.dim_in_pixel();

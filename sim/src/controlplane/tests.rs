@@ -53,6 +53,11 @@ fn doc(i: u32) -> PeerDoc {
     )
 }
 
+/// Sends a request the test cannot do without.
+async fn send(request: reqwest::RequestBuilder) -> reqwest::Response {
+    request.send().await.unwrap()
+}
+
 impl Running {
     async fn send_json(
         &self,
@@ -60,45 +65,30 @@ impl Running {
         path: &str,
         body: &serde_json::Value,
     ) -> reqwest::Response {
-        self.http
-            .request(method, format!("{}{path}", self.base))
-            .json(body)
-            .send()
-            .await
-            .unwrap()
+        send(
+            self.http
+                .request(method, format!("{}{path}", self.base))
+                .json(body),
+        )
+        .await
     }
 
     async fn delete(&self, path: &str) -> reqwest::Response {
-        self.http
-            .delete(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap()
+        send(self.http.delete(format!("{}{path}", self.base))).await
     }
 
     async fn get(&self, key: &str) -> reqwest::Response {
-        self.http
-            .get(format!("{}/v1/peers/{key}", self.base))
-            .send()
-            .await
-            .unwrap()
+        send(self.http.get(format!("{}/v1/peers/{key}", self.base))).await
     }
     async fn register(&self, d: &PeerDoc) -> u16 {
-        self.http
-            .post(format!("{}/v1/peers", self.base))
-            .json(d)
-            .send()
+        send(self.http.post(format!("{}/v1/peers", self.base)).json(d))
             .await
-            .unwrap()
             .status()
             .as_u16()
     }
     async fn stats(&self) -> StatsSnapshot {
-        self.http
-            .get(format!("{}/v1/stats", self.base))
-            .send()
+        send(self.http.get(format!("{}/v1/stats", self.base)))
             .await
-            .unwrap()
             .json()
             .await
             .unwrap()
@@ -255,18 +245,22 @@ async fn hang_mode_holds_until_the_outage_ends() {
     assert!(t.elapsed() >= Duration::from_millis(150));
 }
 
-#[tokio::test]
-async fn latency_is_applied() {
-    let cp = start(
+/// A control plane that answers every request after a fixed `delay`.
+async fn with_latency(delay: Duration) -> Running {
+    let latency = Some(LatencyModel::Fixed { delay });
+    start(
         FaultConfig {
-            latency: Some(LatencyModel::Fixed {
-                delay: Duration::from_millis(50),
-            }),
+            latency,
             ..Default::default()
         },
         None,
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn latency_is_applied() {
+    let cp = with_latency(Duration::from_millis(50)).await;
     for _ in 0..3 {
         let t = Instant::now();
         assert_eq!(cp.get(&"ab".repeat(32)).await.status(), 404);
@@ -288,16 +282,7 @@ async fn stats_when(cp: &Running, done: impl Fn(&StatsSnapshot) -> bool) -> Stat
 
 #[tokio::test]
 async fn a_client_that_times_out_against_latency_is_counted_as_aborted() {
-    let cp = start(
-        FaultConfig {
-            latency: Some(LatencyModel::Fixed {
-                delay: Duration::from_secs(5),
-            }),
-            ..Default::default()
-        },
-        None,
-    )
-    .await;
+    let cp = with_latency(Duration::from_secs(5)).await;
     let impatient = reqwest::Client::builder()
         .timeout(Duration::from_millis(200))
         .build()
