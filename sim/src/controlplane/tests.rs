@@ -231,18 +231,24 @@ async fn outage_on_and_off() {
 
 #[tokio::test]
 async fn hang_mode_holds_until_the_outage_ends() {
-    let cp = start(
-        FaultConfig {
-            outage_mode: OutageMode::Hang,
-            ..Default::default()
-        },
-        None,
-    )
-    .await;
+    let cp = hanging_in_outages().await;
     cp.handle.start_outage(Duration::from_millis(200));
     let t = Instant::now();
     assert_eq!(cp.get(&"ab".repeat(32)).await.status(), 503);
     assert!(t.elapsed() >= Duration::from_millis(150));
+}
+
+/// A control plane whose outages hold requests open instead of answering 503.
+async fn hanging_in_outages() -> Running {
+    let outage_mode = OutageMode::Hang;
+    start(
+        FaultConfig {
+            outage_mode,
+            ..Default::default()
+        },
+        None,
+    )
+    .await
 }
 
 /// A control plane that answers every request after a fixed `delay`.
@@ -305,14 +311,7 @@ async fn a_client_that_times_out_against_latency_is_counted_as_aborted() {
 
 #[tokio::test]
 async fn a_request_hanging_in_an_outage_is_pending_then_aborted() {
-    let cp = start(
-        FaultConfig {
-            outage_mode: OutageMode::Hang,
-            ..Default::default()
-        },
-        None,
-    )
-    .await;
+    let cp = hanging_in_outages().await;
     cp.handle.start_outage(Duration::from_secs(600));
     let url = format!("{}/v1/peers/{}", cp.base, "cd".repeat(32));
     let hanging = tokio::spawn(reqwest::Client::new().get(url).send());
