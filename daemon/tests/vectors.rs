@@ -65,16 +65,20 @@ fn every_captured_initiation_identifies_its_sender_and_timestamp() {
     }
 }
 
+/// The responder key an invalid case was made for, when it is not the file's own.
+fn other_responder(case: &Invalid) -> Option<ResponderKeys> {
+    case.responder_private_key
+        .as_ref()
+        .map(|k| ResponderKeys::new(jitwgd::peer::decode_key_base64(k).unwrap()))
+}
+
 #[test]
 fn every_invalid_packet_is_rejected_at_its_stage() {
     let (v, keys) = vectors();
     assert!(!v.invalid.is_empty());
     for case in &v.invalid {
         let packet = hex::decode(&case.packet).unwrap();
-        let other = case
-            .responder_private_key
-            .as_ref()
-            .map(|k| ResponderKeys::new(jitwgd::peer::decode_key_base64(k).unwrap()));
+        let other = other_responder(case);
         match identify(other.as_ref().unwrap_or(&keys), &packet) {
             Ok(_) => panic!("accepted an invalid packet ({})", case.why),
             Err(e) => assert_eq!(e.as_str(), case.stage, "{}", case.why),
@@ -100,10 +104,7 @@ fn a_warm_static_static_cache_changes_no_result() {
     }
     for case in &v.invalid {
         let packet = hex::decode(&case.packet).unwrap();
-        let other = case
-            .responder_private_key
-            .as_ref()
-            .map(|k| ResponderKeys::new(jitwgd::peer::decode_key_base64(k).unwrap()));
+        let other = other_responder(case);
         let responder = other.as_ref().unwrap_or(&keys);
         match identify_cached(responder, &cache, &packet) {
             Ok(_) => panic!("accepted an invalid packet ({})", case.why),

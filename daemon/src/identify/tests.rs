@@ -27,6 +27,19 @@ fn initiator_tunn(initiator: [u8; 32], responder: [u8; 32], psk: Option<[u8; 32]
     )
 }
 
+/// boringtun's responder holding `initiator_public`: the independent check of what
+/// identify accepts.
+fn responder_tunn(responder: [u8; 32], initiator_public: DhPublic, psk: Option<[u8; 32]>) -> Tunn {
+    Tunn::new(
+        StaticSecret::from(responder),
+        initiator_public,
+        psk,
+        None,
+        9,
+        None,
+    )
+}
+
 fn next_initiation(tunn: &mut Tunn) -> Vec<u8> {
     let mut buf = [0u8; 256];
     match tunn.format_handshake_initiation(&mut buf, true) {
@@ -145,14 +158,7 @@ fn timestamps_follow_boringtun_order_and_replay_view() {
 
     // boringtun's responder, after the newer one, refuses the older one as a replay:
     // the same ordering identify reports.
-    let mut server = Tunn::new(
-        StaticSecret::from(responder),
-        public_of(initiator),
-        None,
-        None,
-        9,
-        None,
-    );
+    let mut server = responder_tunn(responder, public_of(initiator), None);
     assert!(boringtun_responder_accepts(&mut server, &second));
     assert!(!boringtun_responder_accepts(&mut server, &first));
 }
@@ -191,14 +197,7 @@ proptest! {
         prop_assert!(nanos < 1_000_000_000);
 
         // A boringtun responder holding that initiator's key accepts the same bytes.
-        let mut server = Tunn::new(
-            StaticSecret::from(responder),
-            public_of(initiator),
-            psk,
-            None,
-            9,
-            None,
-        );
+        let mut server = responder_tunn(responder, public_of(initiator), psk);
         prop_assert!(boringtun_responder_accepts(&mut server, &msg));
     }
 
@@ -339,14 +338,7 @@ fn crafted_initiation_is_honest_with_the_claimed_key() {
     let msg = crafted_initiation(&keys, claimed, [3; 32], [5; 32]);
     let found = identify(&keys, &msg).unwrap();
     assert_eq!(found.initiator, PublicKey(claimed));
-    let mut server = Tunn::new(
-        StaticSecret::from([4; 32]),
-        DhPublic::from(claimed),
-        None,
-        None,
-        9,
-        None,
-    );
+    let mut server = responder_tunn([4; 32], DhPublic::from(claimed), None);
     assert!(boringtun_responder_accepts(&mut server, &msg));
 }
 
@@ -382,14 +374,7 @@ proptest! {
         tampered[bit / 8] ^= 1 << (bit % 8);
         let tampered = with_mac1(&keys, tampered);
         let result = check_cache_agrees(&keys, &known, &tampered)?;
-        let mut server = Tunn::new(
-            StaticSecret::from(responder),
-            public_of(initiator),
-            psk,
-            None,
-            9,
-            None,
-        );
+        let mut server = responder_tunn(responder, public_of(initiator), psk);
         prop_assert_eq!(result.is_ok(), boringtun_responder_accepts(&mut server, &tampered));
         // Only the sender index is outside the AEADs.
         prop_assert_eq!(result.is_ok(), bit < 8 * 8);
@@ -409,14 +394,7 @@ proptest! {
         // The victim's secret is cached; the claim still fails at the timestamp.
         let result = check_cache_agrees(&keys, &[victim, spoofer], &msg)?;
         prop_assert_eq!(result, Err(IdentifyError::DecryptTimestamp));
-        let mut server = Tunn::new(
-            StaticSecret::from(responder),
-            DhPublic::from(claimed),
-            None,
-            None,
-            9,
-            None,
-        );
+        let mut server = responder_tunn(responder, DhPublic::from(claimed), None);
         prop_assert!(!boringtun_responder_accepts(&mut server, &msg));
     }
 }
