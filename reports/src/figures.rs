@@ -95,7 +95,10 @@ impl Figures {
             installed_peers_max: samples.iter().map(|s| s.installed_peers).max(),
             stale_peers_max: samples.iter().map(|s| s.stale_peers).max(),
             stale_peers_final: samples.last().map(|s| s.stale_peers),
-            never_handshaked_max: samples.iter().filter_map(|s| s.never_handshaked_peers).max(),
+            never_handshaked_max: samples
+                .iter()
+                .filter_map(|s| s.never_handshaked_peers)
+                .max(),
             reload_time_ms: results.reload.as_ref().and_then(|r| r.ready_after_ms),
             recovery_time_ms: results.reload.as_ref().and_then(|r| r.recovery_after_ms),
             recovery_p50_ms: results.reload.as_ref().and_then(|r| r.recovery_p50_ms),

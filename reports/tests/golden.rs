@@ -212,10 +212,13 @@ fn version_1_files_load_with_recovery_not_measured() {
     // Figures it did measure are unchanged.
     assert_eq!(f.reload_time_ms, Some(1200.0));
     assert_eq!(f.stale_peers_max, Some(6));
-    let table: BTreeMap<String, String> = [("recovery_time", "< 20s"), ("never_handshaked_max", "<= 100")]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let table: BTreeMap<String, String> = [
+        ("recovery_time", "< 20s"),
+        ("never_handshaked_max", "<= 100"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
     let results = evaluate(&parse_expectations(&table).unwrap(), &f);
     assert!(results.iter().all(|r| !r.passed && r.measured.is_none()));
     // Compared against a version-2 run, the missing figure is shown, not invented.

@@ -70,9 +70,11 @@ pub fn reload_timeline(runs: &Runs<'_>) -> Result<String, ChartError> {
                         boot.mix(0.8).filled(),
                     )])?;
                     if !boot_drawn {
-                        series.label("reboot to daemon ready").legend(move |(x, y)| {
-                            Rectangle::new([(x, y - 5), (x + 14, y + 5)], boot.filled())
-                        });
+                        series
+                            .label("reboot to daemon ready")
+                            .legend(move |(x, y)| {
+                                Rectangle::new([(x, y - 5), (x + 14, y + 5)], boot.filled())
+                            });
                         boot_drawn = true;
                     }
                     chart.draw_series([Text::new(
