@@ -2,6 +2,7 @@
 //! start the fleet, then tick the timeline (events and one sample a second) until the fleet is
 //! done or time is up; teardown runs through the lab's guards, also on errors and panics.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -143,6 +144,23 @@ fn stored_peers(scenario: &Scenario) -> Option<StoredPeers> {
     Some(StoredPeers { peers, source, ttl })
 }
 
+/// Clients that send traffic all along (`stay`): the ones that can see recovery time.
+fn continuous_traffic(scenario: &Scenario) -> HashSet<u32> {
+    scenario
+        .clients
+        .iter()
+        .filter(|c| {
+            scenario.populations.get(c.population).is_some_and(|p| {
+                matches!(
+                    p.behaviour,
+                    crate::scenario::file::BehaviourFile::Stay { .. }
+                )
+            })
+        })
+        .map(|c| c.id)
+        .collect()
+}
+
 /// The fleet's event log: written when asked for, and for every scenario that restarts the
 /// daemon, whose recovery time is read from the clients' echo replies in it.
 fn event_log_path(scenario: &Scenario, opts: &RunOptions, out: &Path) -> Option<PathBuf> {
@@ -265,7 +283,7 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
     drop(ctx);
 
     let event_log = event_log_path(&scenario, opts, &out);
-    let reload = timeline.finish(event_log.as_deref());
+    let reload = timeline.finish(event_log.as_deref(), &continuous_traffic(&scenario));
     if let Some(path) = event_log.filter(|_| !opts.event_log) {
         // Written only to measure recovery: not asked for, so not left behind.
         if let Err(e) = std::fs::remove_file(&path) {

@@ -1,7 +1,7 @@
 //! The run's timeline: the scenario's timed events (reboots, daemon restarts, API outages)
 //! fired against the lab, and the samples taken of the gateway while the fleet runs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::BufRead;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -111,8 +111,14 @@ fn stored_peer_count(db: &Path) -> Option<u64> {
         .and_then(|n| u64::try_from(n).ok())
 }
 
-/// Feeds every `echo_reply` line of the fleet's event log to `watch`.
-pub(super) fn read_replies(path: &Path, watch: &mut RecoveryWatch) -> std::io::Result<()> {
+/// Feeds the `echo_reply` lines of the fleet's event log to `watch`, for the clients in
+/// `continuous` only (clients that send traffic all along: anyone else's next reply is set by
+/// its own schedule, not by the gateway).
+pub(super) fn read_replies(
+    path: &Path,
+    continuous: &HashSet<u32>,
+    watch: &mut RecoveryWatch,
+) -> std::io::Result<()> {
     #[derive(serde::Deserialize)]
     struct Line<'a> {
         client: u32,
@@ -127,7 +133,7 @@ pub(super) fn read_replies(path: &Path, watch: &mut RecoveryWatch) -> std::io::R
             continue;
         }
         if let Ok(l) = serde_json::from_str::<Line<'_>>(&line) {
-            if l.event == "echo_reply" {
+            if l.event == "echo_reply" && continuous.contains(&l.client) {
                 watch.reply(l.client, l.t_ms);
             }
         }
@@ -339,12 +345,16 @@ impl Timeline {
     /// Closes the timeline: the reload's figures (with a Recovered event when every client that
     /// had a tunnel at the reboot passed traffic again), recovery read from the fleet's event log
     /// (`None`: no log, so recovery is not measured), and the events in time order.
-    pub fn finish(&mut self, event_log: Option<&Path>) -> Option<Reload> {
+    pub fn finish(
+        &mut self,
+        event_log: Option<&Path>,
+        continuous: &HashSet<u32>,
+    ) -> Option<Reload> {
         let reload = self.reload.take().map(|r| {
             let mut watch =
                 RecoveryWatch::new(r.reboot_start_ms, r.daemon_start_ms, RECOVERY_WINDOW_MS);
             let read = event_log.map(|path| {
-                read_replies(path, &mut watch).map_err(|e| {
+                read_replies(path, continuous, &mut watch).map_err(|e| {
                     tracing::warn!(log = %path.display(), error = %e, "reading echo replies for recovery time");
                 })
             });
@@ -373,5 +383,31 @@ impl Timeline {
         });
         self.events.sort_by(|a, b| a.t_ms.total_cmp(&b.t_ms));
         reload
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recovery_reads_only_echo_replies_of_clients_with_continuous_traffic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client-events.jsonl");
+        let lines = [
+            r#"{"client":0,"t_ms":19900.0,"event":"echo_reply","connection":0,"detail":"seq=1"}"#,
+            r#"{"client":0,"t_ms":35000.0,"event":"echo_sent","connection":0,"detail":"seq=2"}"#,
+            r#"{"client":0,"t_ms":36000.0,"event":"echo_reply","connection":0,"detail":"seq=2"}"#,
+            // A returning client: up just before the reboot, back on its own schedule. Ignored.
+            r#"{"client":1,"t_ms":19950.0,"event":"echo_reply","connection":0,"detail":"seq=1"}"#,
+            r#"{"client":1,"t_ms":45000.0,"event":"echo_reply","connection":1,"detail":"seq=1"}"#,
+            "not json",
+        ];
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        let mut watch = RecoveryWatch::new(20_000.0, 20_050.0, RECOVERY_WINDOW_MS);
+        read_replies(&path, &HashSet::from([0]), &mut watch).unwrap();
+        let r = watch.finish();
+        assert_eq!((r.clients, r.recovered), (1, 1));
+        assert_eq!(r.all_after_ms, Some(16_000.0));
     }
 }
