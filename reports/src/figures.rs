@@ -47,12 +47,19 @@ pub struct Figures {
     /// `None` when the run has no samples.
     pub installed_peers_max: Option<u64>,
     pub stale_peers_max: Option<u64>,
+    /// Peak of installed peers that never completed a handshake (`None` before schema 2).
+    pub never_handshaked_max: Option<u64>,
     /// Stale peers at the last sample.
     pub stale_peers_final: Option<u64>,
     /// Daemon start to ready after a reboot (`Reload::ready_after_ms`).
     pub reload_time_ms: Option<f64>,
-    /// Daemon start until every returning client was connected again.
-    pub reconnect_time_ms: Option<f64>,
+    /// Reboot until every client with a working tunnel before it passed traffic again.
+    pub recovery_time_ms: Option<f64>,
+    /// Per-client recovery, p50 and p99.
+    pub recovery_p50_ms: Option<f64>,
+    pub recovery_p99_ms: Option<f64>,
+    /// Peers in the daemon's database when it started again after the reboot.
+    pub stored_peers: Option<u64>,
     /// By process name (`daemon`, `dataplane`, `driver`, `nats`).
     pub processes: BTreeMap<String, ProcessFigures>,
 }
@@ -88,11 +95,15 @@ impl Figures {
             installed_peers_max: samples.iter().map(|s| s.installed_peers).max(),
             stale_peers_max: samples.iter().map(|s| s.stale_peers).max(),
             stale_peers_final: samples.last().map(|s| s.stale_peers),
+            never_handshaked_max: samples
+                .iter()
+                .filter_map(|s| s.never_handshaked_peers)
+                .max(),
             reload_time_ms: results.reload.as_ref().and_then(|r| r.ready_after_ms),
-            reconnect_time_ms: results
-                .reload
-                .as_ref()
-                .and_then(|r| r.all_reconnected_after_ms),
+            recovery_time_ms: results.reload.as_ref().and_then(|r| r.recovery_after_ms),
+            recovery_p50_ms: results.reload.as_ref().and_then(|r| r.recovery_p50_ms),
+            recovery_p99_ms: results.reload.as_ref().and_then(|r| r.recovery_p99_ms),
+            stored_peers: results.reload.as_ref().and_then(|r| r.stored_peers),
             processes: results
                 .processes
                 .iter()
@@ -114,7 +125,7 @@ impl Figures {
 
 /// Nearest-rank percentile of already sorted values: the smallest value with at least `p`% of values
 /// at or below it.
-fn nearest_rank(sorted: &[f64], p: f64) -> Option<f64> {
+pub fn nearest_rank(sorted: &[f64], p: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
     }
@@ -308,6 +319,13 @@ pub static FIGURES: &[FigureDef] = &[
         |f| f.stale_peers_max.map(|n| n as f64),
     ),
     def(
+        "never_handshaked_max",
+        "never-handshaked peers (peak)",
+        Unit::Count,
+        Better::Lower,
+        |f| f.never_handshaked_max.map(|n| n as f64),
+    ),
+    def(
         "stale_peers_final",
         "stale peers (final)",
         Unit::Count,
@@ -318,11 +336,32 @@ pub static FIGURES: &[FigureDef] = &[
         f.reload_time_ms
     }),
     def(
-        "reconnect_time",
-        "all reconnected after",
+        "recovery_time",
+        "recovery time (all clients)",
         Unit::Ms,
         Better::Lower,
-        |f| f.reconnect_time_ms,
+        |f| f.recovery_time_ms,
+    ),
+    def(
+        "recovery_p50",
+        "recovery p50",
+        Unit::Ms,
+        Better::Lower,
+        |f| f.recovery_p50_ms,
+    ),
+    def(
+        "recovery_p99",
+        "recovery p99",
+        Unit::Ms,
+        Better::Lower,
+        |f| f.recovery_p99_ms,
+    ),
+    def(
+        "stored_peers",
+        "peers stored at reboot",
+        Unit::Count,
+        Better::Lower,
+        |f| f.stored_peers.map(|n| n as f64),
     ),
     def(
         "daemon_rss_peak",
@@ -458,7 +497,10 @@ mod tests {
             "stale_peers_final",
             "installed_peers_max",
             "reload_time",
-            "reconnect_time",
+            "recovery_time",
+            "recovery_p50",
+            "recovery_p99",
+            "never_handshaked_max",
             "daemon_rss_peak",
             "dataplane_rss_peak",
             "driver_rss_peak",
@@ -468,6 +510,8 @@ mod tests {
             assert!(figure(name).is_some(), "{name}");
         }
         assert!(figure("nope").is_none());
+        // Replaced by recovery_time (schema 2): it measured the clients' own return schedule.
+        assert!(figure("reconnect_time").is_none());
     }
 
     #[test]

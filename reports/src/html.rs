@@ -9,7 +9,7 @@ use crate::compare::Verdict;
 use crate::figures::Figures;
 use crate::schema::Results;
 use crate::summary::{
-    compared_figures, comparison_verdict, passed, summary_rows, verdict, ComparedFigure,
+    compared_figures, comparison_verdict, passed, summary_rows, verdict, ComparedFigure, GLOSSARY,
 };
 
 const STYLE: &str = "body{font-family:sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}\
@@ -154,10 +154,24 @@ pub fn render(results: &Results) -> Result<String, ChartError> {
         );
     }
     out.push_str("</table>\n");
+    glossary(&mut out);
     charts_section(&mut out, &charts);
     run_section(&mut out, None, results);
     close(&mut out);
     Ok(out)
+}
+
+fn glossary(out: &mut String) {
+    out.push_str("<h2>Definitions</h2>\n<dl>\n");
+    for (term, definition) in GLOSSARY {
+        let _ = writeln!(
+            out,
+            "<dt>{}</dt><dd>{}</dd>",
+            escape(term),
+            escape(definition)
+        );
+    }
+    out.push_str("</dl>\n");
 }
 
 fn verdict_class(verdict: Option<Verdict>) -> &'static str {

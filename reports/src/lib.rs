@@ -19,13 +19,13 @@ pub use api_check::{api_accounting, ApiAccounting};
 pub use charts::ChartError;
 pub use compare::{compare, Comparison, ComparisonRow, Verdict};
 pub use expect::{all_passed, evaluate, parse_expectations, ExpectError, Expectation};
-pub use figures::{figure, Better, FigureDef, Figures, Unit, FIGURES};
+pub use figures::{figure, nearest_rank, Better, FigureDef, Figures, Unit, FIGURES};
 pub use schema::{
     load, save, ApiSummary, ClientResult, CompareOp, Connection, Event, EventKind,
     ExpectationResult, LoadError, ProcessUsage, Reload, Results, RunInfo, Sample, SaveError,
-    ToolInfo, BY_STATUS_ABORTED, BY_STATUS_PENDING, SCHEMA_VERSION,
+    ToolInfo, BY_STATUS_ABORTED, BY_STATUS_PENDING, RECOVERY_WINDOW_MS, SCHEMA_VERSION,
 };
-pub use summary::{text_summary, DEFAULT_TOLERANCE};
+pub use summary::{text_summary, DEFAULT_TOLERANCE, GLOSSARY};
 
 /// File name of the HTML report inside the output directory.
 pub const HTML_FILE: &str = "report.html";

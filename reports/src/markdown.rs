@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use crate::api_check::api_accounting;
 use crate::figures::Figures;
 use crate::schema::Results;
-use crate::summary::{compared_figures, comparison_verdict, summary_rows, verdict};
+use crate::summary::{compared_figures, comparison_verdict, summary_rows, verdict, GLOSSARY};
 
 /// Escapes text for a Markdown table cell (pipes would split the cell, newlines the row).
 fn cell(text: &str) -> String {
@@ -38,6 +38,10 @@ pub fn render(results: &Results) -> String {
             cell(&row.text),
             row.name
         );
+    }
+    out.push_str("\nDefinitions:\n\n");
+    for (term, definition) in GLOSSARY {
+        let _ = writeln!(out, "- **{term}**: {}", cell(definition));
     }
     let run = &results.run;
     let _ = writeln!(

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 /// The schema version this crate writes. Bump it when a field changes meaning or shape, and add a
 /// migration step in [`migrate`].
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Everything one run measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -137,8 +137,16 @@ pub struct Sample {
     pub t_ms: f64,
     /// Peers configured on the data plane.
     pub installed_peers: u64,
-    /// Installed peers with no handshake within the stale threshold, or never.
+    /// Stale installed peers: the last handshake is older than the stale threshold, or there
+    /// was none and the peer was installed longer ago than the threshold. Its install time is
+    /// when it first appeared on the data plane: the first sample that showed it (preinstalled
+    /// and adopted peers count from the first sample). A peer that is merely new is not stale.
+    /// (Version 1 files counted every peer without a handshake, however new.)
     pub stale_peers: u64,
+    /// Installed peers that have never completed a handshake, however new. `None`: not
+    /// measured (files before version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub never_handshaked_peers: Option<u64>,
     /// Clients holding a usable session.
     pub connected_clients: u64,
     /// Clients that sent an initiation and have no session yet.
@@ -169,7 +177,10 @@ pub struct Event {
 pub enum EventKind {
     RebootStart,
     DaemonReady,
+    /// Version 1 files only: every client that attempted again after a reboot was up.
     AllReconnected,
+    /// Every client that had a working tunnel before the reboot passed traffic again.
+    Recovered,
     ApiOutageStart,
     ApiOutageEnd,
     DaemonRestart,
@@ -182,6 +193,7 @@ impl fmt::Display for EventKind {
             EventKind::RebootStart => "reboot",
             EventKind::DaemonReady => "daemon ready",
             EventKind::AllReconnected => "all reconnected",
+            EventKind::Recovered => "all recovered",
             EventKind::ApiOutageStart => "API outage start",
             EventKind::ApiOutageEnd => "API outage end",
             EventKind::DaemonRestart => "daemon restart",
@@ -238,11 +250,40 @@ pub struct Reload {
     pub reboot_at_ms: f64,
     /// From daemon start to ready (listening and all boot-time peers installed); `None` if never ready.
     pub ready_after_ms: Option<f64>,
-    /// Peers installed at boot (preload mode); 0 for a JIT boot.
+    /// Peers installed when the daemon reported ready (its `jitwgd_installed_peers` gauge read
+    /// right after `/ready` first answered); 0 for a JIT boot onto an emptied data plane.
     pub peers_at_boot: u64,
-    /// From daemon start until every returning client was connected again; `None` if some never were.
-    pub all_reconnected_after_ms: Option<f64>,
+    /// Peers the daemon's database held just before the daemon started again (rows counted in
+    /// its SQLite store). `None`: not measured (files before version 2, or the database could
+    /// not be read).
+    #[serde(default)]
+    pub stored_peers: Option<u64>,
+    /// When the reboot (or restart) began, ms into the run; the origin of `recovery_*`.
+    #[serde(default)]
+    pub reboot_start_ms: f64,
+    /// Recovery time: from the reboot until every client that had a working tunnel just before
+    /// it (an echo reply within [`RECOVERY_WINDOW_MS`] before the reboot) got an echo reply
+    /// again. Seen by clients with continuous traffic. `None`: not measured (no such client,
+    /// one of them never passed traffic again, or a file before version 2).
+    #[serde(default)]
+    pub recovery_after_ms: Option<f64>,
+    /// Per-client recovery (reboot to that client's first echo reply after it), p50 and p99
+    /// (nearest rank) over the clients that recovered.
+    #[serde(default)]
+    pub recovery_p50_ms: Option<f64>,
+    #[serde(default)]
+    pub recovery_p99_ms: Option<f64>,
+    /// Clients that had a working tunnel just before the reboot, and how many of them passed
+    /// traffic again before the run ended.
+    #[serde(default)]
+    pub recovery_clients: u64,
+    #[serde(default)]
+    pub recovered_clients: u64,
 }
+
+/// A client "had a working tunnel just before the reboot" when it received an echo reply
+/// within this many ms before the reboot began.
+pub const RECOVERY_WINDOW_MS: f64 = 1000.0;
 
 /// A comparison operator of an expectation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -382,7 +423,30 @@ fn migrate(mut value: serde_json::Value) -> Result<serde_json::Value, LoadError>
     if version == 0 {
         migrate_v0_to_v1(&mut value)?;
     }
+    if version <= 1 {
+        migrate_v1_to_v2(&mut value)?;
+    }
     Ok(value)
+}
+
+/// Version 1 had `reload.all_reconnected_after_ms`: from daemon start until every client that
+/// *attempted again* after the reboot was up, so it measured the clients' own return schedule.
+/// It is dropped, not renamed: a version-1 file has no recovery time ("not measured").
+/// Version 1's `stale_peers` counted every peer without a handshake (however new); it is kept
+/// as written, and `never_handshaked_peers` stays absent.
+fn migrate_v1_to_v2(value: &mut serde_json::Value) -> Result<(), LoadError> {
+    let root = value.as_object_mut().ok_or_else(|| LoadError::Migrate {
+        from: 1,
+        reason: "top level is not an object".into(),
+    })?;
+    if let Some(reload) = root.get_mut("reload").and_then(|r| r.as_object_mut()) {
+        reload.remove("all_reconnected_after_ms");
+        if let Some(at) = reload.get("reboot_at_ms").cloned() {
+            reload.entry("reboot_start_ms").or_insert(at);
+        }
+    }
+    root.insert("schema_version".into(), serde_json::json!(SCHEMA_VERSION));
+    Ok(())
 }
 
 fn migrate_v0_to_v1(value: &mut serde_json::Value) -> Result<(), LoadError> {
@@ -493,6 +557,30 @@ mod tests {
         assert_eq!(r.schema_version, SCHEMA_VERSION);
         assert_eq!(r.clients[0].connections[0].setup_latency_ms, Some(2.5));
         assert!(r.expectations.is_empty());
+    }
+
+    #[test]
+    fn migrates_v1_reload_dropping_the_old_reconnect_figure() {
+        let mut v = serde_json::to_value(minimal()).unwrap();
+        v["schema_version"] = serde_json::json!(1);
+        v["reload"] = serde_json::json!({
+            "reboot_at_ms": 20100.0,
+            "ready_after_ms": 3.0,
+            "peers_at_boot": 0,
+            "all_reconnected_after_ms": 8935.0
+        });
+        v["samples"] = serde_json::json!([{
+            "t_ms": 0.0, "installed_peers": 5, "stale_peers": 5,
+            "connected_clients": 0, "in_flight": 5, "api_calls_total": 0
+        }]);
+        let r = Results::from_json(&v.to_string()).unwrap();
+        assert_eq!(r.schema_version, SCHEMA_VERSION);
+        let reload = r.reload.unwrap();
+        assert_eq!(reload.recovery_after_ms, None);
+        assert_eq!(reload.stored_peers, None);
+        assert_eq!(reload.reboot_start_ms, 20100.0);
+        assert_eq!(r.samples[0].stale_peers, 5);
+        assert_eq!(r.samples[0].never_handshaked_peers, None);
     }
 
     #[test]

@@ -25,8 +25,12 @@ const SUMMARY_FIGURES: &[&str] = &[
     "installed_peers_max",
     "stale_peers_max",
     "stale_peers_final",
+    "never_handshaked_max",
     "reload_time",
-    "reconnect_time",
+    "stored_peers",
+    "recovery_time",
+    "recovery_p50",
+    "recovery_p99",
     "daemon_rss_peak",
     "daemon_cpu",
     "dataplane_rss_peak",
@@ -34,6 +38,35 @@ const SUMMARY_FIGURES: &[&str] = &[
     "driver_rss_peak",
     "driver_cpu",
     "driver_cpu_per_client_ms",
+];
+
+/// The definitions behind the figures whose meaning is easy to get wrong, printed under every
+/// report's summary table (term, definition).
+pub const GLOSSARY: &[(&str, &str)] = &[
+    (
+        "installed peer",
+        "A peer configured on the data plane. Its install time is when it first appeared there:          the first sample that showed it (peers preinstalled or adopted at start count from the          first sample).",
+    ),
+    (
+        "stale peer",
+        "An installed peer whose last handshake is older than the stale threshold, or that never          completed one and was installed more than the stale threshold ago. A peer that is          merely new is not stale.",
+    ),
+    (
+        "never-handshaked peers (peak)",
+        "The most installed peers at one sample that had never completed a handshake, however          new (peers installed for clients still knocking, or for keys that never come back).",
+    ),
+    (
+        "reload time",
+        "From the daemon's start after the reboot to ready (listening and every boot-time peer          installed).",
+    ),
+    (
+        "peers stored at reboot",
+        "Rows in the daemon's database when it started again: what a preload boot installs.",
+    ),
+    (
+        "recovery time",
+        "From the reboot until every client that had a working tunnel just before it (an echo          reply within 1 s before the reboot) got an echo reply through the tunnel again. Seen          by clients with continuous traffic, never by a client's own return schedule. p50/p99          are over each such client's own recovery. Not measured when no client had a working          tunnel at the reboot or one never passed traffic again.",
+    ),
 ];
 
 /// Shown for a figure the run did not measure.

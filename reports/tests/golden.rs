@@ -39,7 +39,12 @@ fn figures_of_the_fixed_run() {
     assert_eq!(f.stale_peers_max, Some(6));
     assert_eq!(f.stale_peers_final, Some(1));
     assert_eq!(f.reload_time_ms, Some(1200.0));
-    assert_eq!(f.reconnect_time_ms, Some(3400.0));
+    // Samples never-handshaked 0 5 4 2 1 -> peak 5.
+    assert_eq!(f.never_handshaked_max, Some(5));
+    assert_eq!(f.stored_peers, Some(40));
+    assert_eq!(f.recovery_time_ms, Some(3450.0));
+    assert_eq!(value(&f, "recovery_p50"), Some(1500.0));
+    assert_eq!(value(&f, "recovery_p99"), Some(3450.0));
     assert_eq!(value(&f, "daemon_rss_peak"), Some(52_428_800.0));
     assert_eq!(value(&f, "dataplane_cpu"), Some(3.5));
     assert_eq!(value(&f, "driver_rss_peak"), Some(209_715_200.0));
@@ -169,7 +174,7 @@ fn comparison_deltas_and_verdicts() {
 /// the new fields round-trip when present.
 #[test]
 fn api_sent_by_daemon_is_optional_in_older_files_and_round_trips() {
-    for name in ["fixed-results.json", "v0-results.json"] {
+    for name in ["fixed-results.json", "v1-results.json", "v0-results.json"] {
         let r = load(fixture(name)).unwrap();
         assert_eq!(r.api.sent_by_daemon, None, "{name}");
         assert!(r.api.sent_by_daemon_by_outcome.is_empty(), "{name}");
@@ -183,4 +188,36 @@ fn api_sent_by_daemon_is_optional_in_older_files_and_round_trips() {
         .insert(jitwg_reports::BY_STATUS_ABORTED.into(), 2);
     let back = Results::from_json(&r.to_json().unwrap()).unwrap();
     assert_eq!(back, r);
+}
+
+/// A version-1 file (before recovery time and the stale rule's age condition) still loads and
+/// compares: its old reconnect figure is dropped (it measured the clients' return schedule), so
+/// recovery and the never-handshaked peak read "not measured" and fail any expectation on them.
+#[test]
+fn version_1_files_load_with_recovery_not_measured() {
+    let old = load(fixture("v1-results.json")).unwrap();
+    assert_eq!(old.schema_version, jitwg_reports::SCHEMA_VERSION);
+    let f = Figures::from_results(&old);
+    assert_eq!(f.recovery_time_ms, None);
+    assert_eq!(f.never_handshaked_max, None);
+    assert_eq!(f.stored_peers, None);
+    // Figures it did measure are unchanged.
+    assert_eq!(f.reload_time_ms, Some(1200.0));
+    assert_eq!(f.stale_peers_max, Some(6));
+    let table: BTreeMap<String, String> = [
+        ("recovery_time", "< 20s"),
+        ("never_handshaked_max", "<= 100"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let results = evaluate(&parse_expectations(&table).unwrap(), &f);
+    assert!(results.iter().all(|r| !r.passed && r.measured.is_none()));
+    // Compared against a version-2 run, the missing figure is shown, not invented.
+    let rows = compared_figures(&[f, Figures::from_results(&fixed())], 0.1);
+    let recovery = rows
+        .iter()
+        .find(|r| r.figure.name == "recovery_time")
+        .unwrap();
+    assert_eq!(recovery.cells[0].text, "not measured");
 }

@@ -56,7 +56,7 @@ fn one_point() -> Results {
         reboot_at_ms: 0.0,
         ready_after_ms: Some(3.0),
         peers_at_boot: 0,
-        all_reconnected_after_ms: None,
+        ..Reload::default()
     });
     r
 }
@@ -92,6 +92,7 @@ fn large(clients: u32, seconds: u32) -> Results {
                 t_ms: f64::from(s) * 1000.0,
                 installed_peers: u64::from(s * 13 % 50_000),
                 stale_peers: u64::from(s * 7 % 1000),
+                never_handshaked_peers: Some(u64::from(s * 3 % 500)),
                 connected_clients: u64::from(s * 13 % 50_000),
                 in_flight: u64::from(s % 200),
                 api_calls_total: u64::from(s) * 10,
@@ -121,7 +122,10 @@ fn large(clients: u32, seconds: u32) -> Results {
         reboot_at_ms: 1_800_000.0,
         ready_after_ms: Some(812.0),
         peers_at_boot: 50_000,
-        all_reconnected_after_ms: Some(7_400.0),
+        stored_peers: Some(50_000),
+        reboot_start_ms: 1_799_950.0,
+        recovery_after_ms: Some(7_400.0),
+        ..Reload::default()
     });
     r
 }

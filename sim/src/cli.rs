@@ -190,7 +190,9 @@ pub struct RunArgs {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
-    /// Also write every client's protocol events to OUT/client-events.jsonl (large).
+    /// Keep every client's protocol events in OUT/client-events.jsonl (large). Scenarios with
+    /// a reboot or daemon restart always write it, to measure recovery time, and remove it after
+    /// the run unless this is given.
     #[arg(long)]
     pub event_log: bool,
 }

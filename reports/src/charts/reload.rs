@@ -1,21 +1,24 @@
-//! The reload timeline of runs that rebooted their gateway: time from daemon start to ready, then to every
-//! returning client connected again, one bar per run, measured from the reboot.
+//! The reload timeline of runs that rebooted their gateway, one bar per run, measured from the
+//! reboot: until the daemon was ready, then until every client that had a working tunnel just
+//! before the reboot passed traffic again (recovery time).
 
 use plotters::prelude::*;
 
 use super::{color, max_or, no_data, render, ChartError, Runs};
 
-/// Booting and reconnecting phases, in seconds after the daemon start, per run that has a reload.
+/// Booting and recovery phases, in seconds after the reboot, per run that has a reload.
 pub fn reload_timeline(runs: &Runs<'_>) -> Result<String, ChartError> {
     const TITLE: &str = "Reload after reboot";
     let bars: Vec<(String, Option<f64>, Option<f64>)> = runs
         .iter()
         .filter_map(|(label, r)| {
             r.reload.as_ref().map(|reload| {
+                // The daemon starts once the data plane is back, a little after the reboot.
+                let restart = (reload.reboot_at_ms - reload.reboot_start_ms).max(0.0);
                 (
                     label.to_string(),
-                    reload.ready_after_ms.map(|ms| ms / 1000.0),
-                    reload.all_reconnected_after_ms.map(|ms| ms / 1000.0),
+                    reload.ready_after_ms.map(|ms| (restart + ms) / 1000.0),
+                    reload.recovery_after_ms.map(|ms| ms / 1000.0),
                 )
             })
         })
@@ -37,7 +40,7 @@ pub fn reload_timeline(runs: &Runs<'_>) -> Result<String, ChartError> {
         chart
             .configure_mesh()
             .disable_y_mesh()
-            .x_desc("time since daemon start (s)")
+            .x_desc("time since the reboot (s)")
             .y_labels(n)
             .y_label_formatter(&|y| {
                 let i = y.round();
@@ -62,9 +65,11 @@ pub fn reload_timeline(runs: &Runs<'_>) -> Result<String, ChartError> {
                         boot.mix(0.8).filled(),
                     )])?;
                     if !boot_drawn {
-                        series.label("daemon start to ready").legend(move |(x, y)| {
-                            Rectangle::new([(x, y - 5), (x + 14, y + 5)], boot.filled())
-                        });
+                        series
+                            .label("reboot to daemon ready")
+                            .legend(move |(x, y)| {
+                                Rectangle::new([(x, y - 5), (x + 14, y + 5)], boot.filled())
+                            });
                         boot_drawn = true;
                     }
                     chart.draw_series([Text::new(
@@ -84,20 +89,20 @@ pub fn reload_timeline(runs: &Runs<'_>) -> Result<String, ChartError> {
                 )])?;
                 if !reconnect_drawn {
                     series
-                        .label("ready to all clients reconnected")
+                        .label("ready to every client passing traffic again")
                         .legend(move |(x, y)| {
                             Rectangle::new([(x, y - 5), (x + 14, y + 5)], reconnect.filled())
                         });
                     reconnect_drawn = true;
                 }
                 chart.draw_series([Text::new(
-                    format!("all reconnected {all:.2} s"),
+                    format!("recovered {all:.2} s"),
                     (*ready, y - 0.4),
                     text.clone(),
                 )])?;
             } else if ready.is_some() {
                 chart.draw_series([Text::new(
-                    "some clients never reconnected",
+                    "recovery not measured",
                     (ready.unwrap_or(0.0), y - 0.4),
                     text.clone(),
                 )])?;

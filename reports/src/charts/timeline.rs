@@ -119,6 +119,9 @@ pub fn peers_over_time(runs: &Runs<'_>) -> Result<String, ChartError> {
                 Some(s.installed_peers as f64)
             }),
             series_of(samples, "stale peers", |s| Some(s.stale_peers as f64)),
+            series_of(samples, "never handshaked", |s| {
+                s.never_handshaked_peers.map(|n| n as f64)
+            }),
         ]
     });
     time_chart(

@@ -6,7 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use ipnet::{IpNet, Ipv4Net};
 use tokio::time::Instant;
@@ -41,6 +41,8 @@ pub struct LabSpec {
     pub wireguard_go: PathBuf,
     /// Synthetic peers put into the data plane before the daemon starts.
     pub preinstalled: Vec<PreinstalledPeer>,
+    /// Written into jitwgd's database before it first starts (`stored_peers`); `None`: nothing.
+    pub stored: Option<StoredPeers>,
     /// `nats-server` to start (push mode); `None`: no NATS.
     pub nats_server: Option<PathBuf>,
     pub control_plane_faults: FaultConfig,
@@ -62,6 +64,7 @@ impl LabSpec {
             gateway_private_key: rand::random(),
             wireguard_go: PathBuf::from("wireguard-go"),
             preinstalled: Vec::new(),
+            stored: None,
             nats_server: None,
             control_plane_faults: FaultConfig::default(),
             seed: 1,
@@ -70,6 +73,27 @@ impl LabSpec {
             logs,
         }
     }
+}
+
+/// Peers put into jitwgd's database before it starts, as jitwgd itself stores them.
+#[derive(Debug, Clone)]
+pub struct StoredPeers {
+    pub peers: Vec<jitwgd::peer::PeerConfig>,
+    /// `Api` (a positive cache entry, valid for `ttl`) or `Push` (kept for good).
+    pub source: jitwgd::store::PeerSource,
+    pub ttl: Duration,
+}
+
+/// Writes `stored` through jitwgd's own store (its schema and migrations), in one transaction.
+fn seed_store(db: &Path, stored: &StoredPeers) -> Result<(), RunError> {
+    let seed = || {
+        let mut store = jitwgd::store::Store::open(db)?;
+        store.put_peers(&stored.peers, stored.source, SystemTime::now(), stored.ttl)
+    };
+    seed().map_err(|source| RunError::SeedStore {
+        db: db.to_path_buf(),
+        source,
+    })
 }
 
 /// The guarded parts; fields are stopped in this order by [`Parts::drop`].
@@ -229,6 +253,10 @@ impl Lab {
             control,
             gateway_public_key,
         };
+        if let Some(stored) = &spec.stored {
+            let db = lab.endpoints.db.clone();
+            blocking(|| seed_store(&db, stored))?;
+        }
         lab.start_daemon()?;
         lab.wait_daemon_ready(interrupt).await?;
         Ok(lab)

@@ -113,6 +113,12 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error("seeding jitwgd's database {} with the scenario's stored_peers", db.display())]
+    SeedStore {
+        db: std::path::PathBuf,
+        #[source]
+        source: jitwgd::store::StoreError,
+    },
     #[error("rendering the jitwgd config")]
     DaemonConfig(#[source] toml::ser::Error),
     #[error("saving results")]

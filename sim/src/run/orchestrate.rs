@@ -2,12 +2,16 @@
 //! start the fleet, then tick the timeline (events and one sample a second) until the fleet is
 //! done or time is up; teardown runs through the lab's guards, also on errors and panics.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use indicatif::{ProgressBar, ProgressStyle};
+use ipnet::{IpNet, Ipv4Net};
 use jitwg_reports::{Event, EventKind, Sample};
+use jitwgd::peer::PeerConfig;
+use jitwgd::store::PeerSource;
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use tokio::time::Instant;
@@ -20,11 +24,11 @@ use crate::lab::names::RunId;
 use crate::lab::topology::AddressPlan;
 use crate::lab::RuntimeFlavor;
 use crate::scenario::file::{BackendName, ModeName};
-use crate::scenario::Scenario;
+use crate::scenario::{EventAction, Scenario};
 
-use super::context::{ms, FleetThread, RunContext};
+use super::context::{FleetThread, RunContext};
 use super::daemon_config;
-use super::lab::{Lab, LabSpec};
+use super::lab::{Lab, LabSpec, StoredPeers};
 use super::results::{assemble, Finished};
 use super::timeline::{schedule, Timeline};
 use super::{prereq, RunError, RunOptions, RunOutcome};
@@ -99,6 +103,7 @@ fn lab_spec(scenario: &Scenario, run_id: &RunId, out: &Path) -> Result<LabSpec, 
     spec.run_id = run_id.clone();
     spec.gateway_private_key = gateway_private_key(scenario.seed);
     spec.preinstalled = scenario.preinstalled.clone();
+    spec.stored = stored_peers(scenario);
     spec.seed = scenario.seed;
     spec.control_plane_faults = FaultConfig {
         latency: (!scenario.control_plane.latency.is_zero()).then_some(LatencyModel::Fixed {
@@ -108,6 +113,63 @@ fn lab_spec(scenario: &Scenario, run_id: &RunId, out: &Path) -> Result<LabSpec, 
         ..FaultConfig::default()
     };
     Ok(spec)
+}
+
+/// The scenario's `stored_peers` as jitwgd stores them: push-mode entries (kept for good) in
+/// push mode, else positive cache entries valid for jitwgd's `positive_ttl`.
+fn stored_peers(scenario: &Scenario) -> Option<StoredPeers> {
+    if scenario.stored_peers.is_empty() {
+        return None;
+    }
+    let peers = scenario
+        .stored_peers
+        .iter()
+        .map(|p| PeerConfig {
+            public_key: jitwgd::peer::PublicKey(p.public_key),
+            allowed_ips: vec![IpNet::V4(Ipv4Net::from(p.tunnel_ip))],
+            preshared_key: None,
+        })
+        .collect();
+    let (source, ttl) = match scenario.daemon.mode {
+        ModeName::Push => (PeerSource::Push, Duration::MAX),
+        ModeName::Jit => (
+            PeerSource::Api,
+            scenario
+                .file
+                .daemon
+                .positive_ttl
+                .unwrap_or(jitwgd::config::defaults::POSITIVE_TTL),
+        ),
+    };
+    Some(StoredPeers { peers, source, ttl })
+}
+
+/// Clients that send traffic all along (`stay`): the ones that can see recovery time.
+fn continuous_traffic(scenario: &Scenario) -> HashSet<u32> {
+    scenario
+        .clients
+        .iter()
+        .filter(|c| {
+            scenario.populations.get(c.population).is_some_and(|p| {
+                matches!(
+                    p.behaviour,
+                    crate::scenario::file::BehaviourFile::Stay { .. }
+                )
+            })
+        })
+        .map(|c| c.id)
+        .collect()
+}
+
+/// The fleet's event log: written when asked for, and for every scenario that restarts the
+/// daemon, whose recovery time is read from the clients' echo replies in it.
+fn event_log_path(scenario: &Scenario, opts: &RunOptions, out: &Path) -> Option<PathBuf> {
+    (opts.event_log
+        || !scenario
+            .events
+            .iter()
+            .all(|e| matches!(e.action, EventAction::ApiOutage { .. })))
+    .then(|| out.join("client-events.jsonl"))
 }
 
 /// Starts the client fleet on its own runtime in the client namespace.
@@ -124,7 +186,7 @@ fn start_fleet(
         gateway_public_key: lab.gateway_public_key(),
         gateway_tunnel_ip: lab.plan().tunnel_gateway,
         give_up_after: GIVE_UP_AFTER,
-        event_log: opts.event_log.then(|| out.join("client-events.jsonl")),
+        event_log: event_log_path(scenario, opts, out),
     };
     let clients: Vec<FleetClient> = scenario
         .clients
@@ -207,7 +269,7 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
     clients.sort_by_key(|c| c.id);
     let end = ctx.now_ms();
     timeline.check_ready(&ctx.lab).await;
-    timeline.sample(end, &ctx).await;
+    timeline.sample(&ctx).await;
     timeline.events.push(Event {
         t_ms: end,
         kind: EventKind::RunEnd,
@@ -220,7 +282,14 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
     let api = ctx.lab.control().stats();
     drop(ctx);
 
-    let reload = timeline.finish(&clients);
+    let event_log = event_log_path(&scenario, opts, &out);
+    let reload = timeline.finish(event_log.as_deref(), &continuous_traffic(&scenario));
+    if let Some(path) = event_log.filter(|_| !opts.event_log) {
+        // Written only to measure recovery: not asked for, so not left behind.
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!(log = %path.display(), error = %e, "removing the fleet's event log");
+        }
+    }
     let results = assemble(Finished {
         scenario: &scenario,
         opts,
@@ -274,7 +343,7 @@ async fn run_loop(
         }
         timeline.check_ready(&ctx.lab).await;
         if elapsed >= next_sample {
-            timeline.sample(ms(elapsed), ctx).await;
+            timeline.sample(ctx).await;
             next_sample += scenario.sample_every;
             update_bar(&bar, &ctx.progress, timeline.samples.last());
         }

@@ -1,22 +1,23 @@
 //! The run's timeline: the scenario's timed events (reboots, daemon restarts, API outages)
 //! fired against the lab, and the samples taken of the gateway while the fleet runs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::io::BufRead;
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use jitwg_reports::{Event, EventKind, Reload, Sample};
+use jitwg_reports::{Event, EventKind, Reload, Sample, RECOVERY_WINDOW_MS};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-
-use crate::lab::process::{own_usage, Child};
-use crate::scenario::{EventAction, Scenario};
-use jitwg_reports::ClientResult;
 
 use super::context::{ms, RunContext};
 use super::lab::{blocking, Lab, READY_POLL};
 use super::probe::ProbeClient;
-use super::tracker::{all_reconnected_after, UsageTracker};
+use super::stale::StaleTracker;
+use super::tracker::{RecoveryWatch, UsageTracker};
 use super::{api_count, prometheus, stale, RunError, READY_TIMEOUT};
+use crate::lab::process::{own_usage, Child};
+use crate::scenario::{EventAction, Scenario};
 
 /// Grace period for SIGTERM before SIGKILL when the daemon restarts.
 const DAEMON_GRACE: Duration = Duration::from_secs(5);
@@ -54,24 +55,90 @@ pub(super) fn schedule(scenario: &Scenario) -> Vec<(Duration, Action)> {
 
 /// The reload after the first reboot or daemon restart.
 struct ReloadWatch {
+    /// When the daemon (and, for a reboot, the data plane) was killed.
     reboot_start_ms: f64,
     daemon_start_ms: f64,
-    /// Resolves to "ready after" once `/ready` answers 200 (or `None` on timeout).
-    waiter: Option<JoinHandle<Option<Duration>>>,
+    /// Rows in the daemon's database just before it started again.
+    stored_peers: Option<u64>,
+    /// Resolves once `/ready` answers 200 (or `None` on timeout).
+    waiter: Option<JoinHandle<Option<Ready>>>,
     ready_after_ms: Option<f64>,
     peers_at_boot: u64,
 }
 
-fn wait_ready(probe: ProbeClient, started: Instant) -> JoinHandle<Option<Duration>> {
+/// The daemon's first 200 from `/ready`.
+struct Ready {
+    after: Duration,
+    /// jitwgd's `jitwgd_installed_peers` gauge, read right after that 200 (`None`: not exported).
+    installed: Option<u64>,
+}
+
+const INSTALLED_GAUGE: &str = "jitwgd_installed_peers";
+
+fn wait_ready(probe: ProbeClient, started: Instant) -> JoinHandle<Option<Ready>> {
     tokio::spawn(async move {
         while started.elapsed() < READY_TIMEOUT {
             if probe.is_ready().await {
-                return Some(started.elapsed());
+                let after = started.elapsed();
+                // The count at the instant it reported ready: its own gauge, read at once (a
+                // JIT boot starts installing knocking peers straight away).
+                let installed = match probe.get("/metrics").await {
+                    Ok((200, body)) => {
+                        let scrape = prometheus::Scrape::parse(body);
+                        let exported = scrape.series().iter().any(|s| s.name == INSTALLED_GAUGE);
+                        exported.then(|| scrape.value(INSTALLED_GAUGE, &[]) as u64)
+                    }
+                    _ => None,
+                };
+                return Some(Ready { after, installed });
             }
             tokio::time::sleep(READY_POLL).await;
         }
         None
     })
+}
+
+/// Rows in jitwgd's store, read-only (the daemon is not running while this is called).
+fn stored_peer_count(db: &Path) -> Option<u64> {
+    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| tracing::warn!(db = %db.display(), error = %e, "opening jitwgd's database to count stored peers"))
+        .ok()?;
+    conn.query_row("SELECT COUNT(*) FROM peers", [], |row| row.get::<_, i64>(0))
+        .map_err(
+            |e| tracing::warn!(db = %db.display(), error = %e, "counting jitwgd's stored peers"),
+        )
+        .ok()
+        .and_then(|n| u64::try_from(n).ok())
+}
+
+/// Feeds the `echo_reply` lines of the fleet's event log to `watch`, for the clients in
+/// `continuous` only (clients that send traffic all along: anyone else's next reply is set by
+/// its own schedule, not by the gateway).
+pub(super) fn read_replies(
+    path: &Path,
+    continuous: &HashSet<u32>,
+    watch: &mut RecoveryWatch,
+) -> std::io::Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Line<'a> {
+        client: u32,
+        t_ms: f64,
+        event: &'a str,
+    }
+    let file = std::io::BufReader::new(std::fs::File::open(path)?);
+    for line in file.lines() {
+        let line = line?;
+        // Cheap filter first: most lines are other events.
+        if !line.contains("\"echo_reply\"") {
+            continue;
+        }
+        if let Ok(l) = serde_json::from_str::<Line<'_>>(&line) {
+            if l.event == "echo_reply" && continuous.contains(&l.client) {
+                watch.reply(l.client, l.t_ms);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Events and samples so far, and what is needed to take the next ones.
@@ -80,13 +147,15 @@ pub(super) struct Timeline {
     pub samples: Vec<Sample>,
     pub events: Vec<Event>,
     pub usage: UsageTracker,
+    /// Install times of the peers on the data plane, for the stale rule (set at the first sample).
+    stale: Option<StaleTracker>,
     /// Last successful scrape, kept when a scrape fails (e.g. during a reboot).
     lookups: BTreeMap<String, u64>,
     /// jitwgd's count of the API requests it sent, over its restarts.
     pub api_sent: api_count::CountAcrossRestarts,
     reload: Option<ReloadWatch>,
     /// Readiness waits of restarts after the first, with their start (ms into the run).
-    pending_ready: Vec<(JoinHandle<Option<Duration>>, f64)>,
+    pending_ready: Vec<(JoinHandle<Option<Ready>>, f64)>,
     /// Set while the data plane does not answer, so the warning is logged once per outage.
     dataplane_down: bool,
 }
@@ -115,6 +184,9 @@ impl Timeline {
                 if let Ok((200, body)) = ctx.lab.probe().get("/metrics").await {
                     self.api_sent.observe(api_count::requests_by_outcome(&body));
                 }
+                // The reboot's time is the kill's, read after the scrape above, not the
+                // (earlier) time it was due.
+                let t_ms = ctx.now_ms();
                 if matches!(action, Action::Reboot) {
                     self.push_event(
                         t_ms,
@@ -125,6 +197,10 @@ impl Timeline {
                         .reboot_dataplane()
                         .map_err(RunError::lab("restarting the data plane after a reboot"))?;
                     self.usage.restarted("dataplane");
+                    // Everything on the restarted data plane is a new install.
+                    if let Some(stale) = self.stale.as_mut() {
+                        stale.forget_all();
+                    }
                 } else {
                     self.push_event(t_ms, EventKind::DaemonRestart, "SIGTERM daemon".into());
                     if let Err(e) = ctx.lab.terminate_daemon(DAEMON_GRACE) {
@@ -133,6 +209,12 @@ impl Timeline {
                 }
                 self.usage.restarted("daemon");
                 self.api_sent.restarted();
+                let stored_peers = if self.reload.is_none() {
+                    let db = ctx.lab.endpoints().db.clone();
+                    blocking(|| stored_peer_count(&db))
+                } else {
+                    None
+                };
                 let start = Instant::now();
                 ctx.lab.start_daemon()?;
                 let waiter = wait_ready(ctx.lab.probe().clone(), start);
@@ -141,6 +223,7 @@ impl Timeline {
                     self.reload = Some(ReloadWatch {
                         reboot_start_ms: t_ms,
                         daemon_start_ms,
+                        stored_peers,
                         waiter: Some(waiter),
                         ready_after_ms: None,
                         peers_at_boot: 0,
@@ -170,18 +253,22 @@ impl Timeline {
             }
         }
         if let Some((start_ms, ready)) = done {
-            let peers = blocking(|| lab.dataplane().peers()).map_or(0, |p| p.len() as u64);
+            let peers = match ready.as_ref().and_then(|r| r.installed) {
+                Some(n) => n,
+                // A jitwgd without the gauge: the data plane now, a little after ready.
+                None => blocking(|| lab.dataplane().peers()).map_or(0, |p| p.len() as u64),
+            };
             if let Some(r) = self.reload.as_mut() {
-                r.ready_after_ms = ready.map(ms);
+                r.ready_after_ms = ready.as_ref().map(|r| ms(r.after));
                 r.peers_at_boot = peers;
             }
-            self.ready_event(start_ms, ready);
+            self.ready_event(start_ms, ready.map(|r| r.after));
         }
         let mut still = Vec::new();
         for (h, start_ms) in std::mem::take(&mut self.pending_ready) {
             if h.is_finished() {
                 let ready = h.await.ok().flatten();
-                self.ready_event(start_ms, ready);
+                self.ready_event(start_ms, ready.map(|r| r.after));
             } else {
                 still.push((h, start_ms));
             }
@@ -214,19 +301,18 @@ impl Timeline {
         }
     }
 
-    /// Takes one sample of the gateway at `t_ms` into the run.
-    pub async fn sample(&mut self, t_ms: f64, ctx: &RunContext<'_>) {
+    /// Takes one sample of the gateway; its time is when the data plane was read.
+    pub async fn sample(&mut self, ctx: &RunContext<'_>) {
         self.observe_usage(&ctx.lab);
-        let now = SystemTime::now();
         let listing = blocking(|| ctx.lab.dataplane().peers());
-        let (installed_peers, stale_peers) = match listing {
+        let (t_ms, now) = (ctx.now_ms(), SystemTime::now());
+        let stale = self
+            .stale
+            .get_or_insert_with(|| StaleTracker::new(ctx.scenario.stale_threshold));
+        let counts = match listing {
             Ok(peers) => {
                 self.dataplane_down = false;
-                stale::count(
-                    peers.iter().map(|p| p.last_handshake),
-                    now,
-                    ctx.scenario.stale_threshold,
-                )
+                stale.observe(peers.iter().map(|p| (p.public_key, p.last_handshake)), now)
             }
             // Reboots restart the data plane before the next sample, so this is a crash (or
             // someone else killed it): say so once, and count nothing installed.
@@ -235,7 +321,7 @@ impl Timeline {
                     tracing::warn!(error = %e, "the data plane stopped answering; sampling 0 installed peers");
                 }
                 self.dataplane_down = true;
-                (0, 0)
+                stale::PeerCounts::default()
             }
         };
         if let Ok((200, body)) = ctx.lab.probe().get("/metrics").await {
@@ -245,8 +331,9 @@ impl Timeline {
         let snap = ctx.progress.snapshot();
         self.samples.push(Sample {
             t_ms,
-            installed_peers,
-            stale_peers,
+            installed_peers: counts.installed,
+            stale_peers: counts.stale,
+            never_handshaked_peers: Some(counts.never_handshaked),
             connected_clients: snap.connected_now,
             in_flight: snap.in_flight,
             api_calls_total: ctx.lab.control().stats().requests_total,
@@ -255,26 +342,72 @@ impl Timeline {
         });
     }
 
-    /// Closes the timeline: the reload's figures (with an AllReconnected event when every
-    /// client came back) and the events in time order.
-    pub fn finish(&mut self, clients: &[ClientResult]) -> Option<Reload> {
+    /// Closes the timeline: the reload's figures (with a Recovered event when every client that
+    /// had a tunnel at the reboot passed traffic again), recovery read from the fleet's event log
+    /// (`None`: no log, so recovery is not measured), and the events in time order.
+    pub fn finish(
+        &mut self,
+        event_log: Option<&Path>,
+        continuous: &HashSet<u32>,
+    ) -> Option<Reload> {
         let reload = self.reload.take().map(|r| {
-            let after = all_reconnected_after(clients, r.reboot_start_ms, r.daemon_start_ms);
+            let mut watch =
+                RecoveryWatch::new(r.reboot_start_ms, r.daemon_start_ms, RECOVERY_WINDOW_MS);
+            let read = event_log.map(|path| {
+                read_replies(path, continuous, &mut watch).map_err(|e| {
+                    tracing::warn!(log = %path.display(), error = %e, "reading echo replies for recovery time");
+                })
+            });
+            let recovery = watch.finish();
+            let measured = matches!(read, Some(Ok(())));
+            let after = recovery.all_after_ms.filter(|_| measured);
             if let Some(after) = after {
                 self.events.push(Event {
-                    t_ms: r.daemon_start_ms + after,
-                    kind: EventKind::AllReconnected,
-                    detail: String::new(),
+                    t_ms: r.reboot_start_ms + after,
+                    kind: EventKind::Recovered,
+                    detail: format!("{} clients", recovery.clients),
                 });
             }
             Reload {
                 reboot_at_ms: r.daemon_start_ms,
                 ready_after_ms: r.ready_after_ms,
                 peers_at_boot: r.peers_at_boot,
-                all_reconnected_after_ms: after,
+                stored_peers: r.stored_peers,
+                reboot_start_ms: r.reboot_start_ms,
+                recovery_after_ms: after,
+                recovery_p50_ms: recovery.p50_ms.filter(|_| measured),
+                recovery_p99_ms: recovery.p99_ms.filter(|_| measured),
+                recovery_clients: recovery.clients,
+                recovered_clients: recovery.recovered,
             }
         });
         self.events.sort_by(|a, b| a.t_ms.total_cmp(&b.t_ms));
         reload
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recovery_reads_only_echo_replies_of_clients_with_continuous_traffic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client-events.jsonl");
+        let lines = [
+            r#"{"client":0,"t_ms":19900.0,"event":"echo_reply","connection":0,"detail":"seq=1"}"#,
+            r#"{"client":0,"t_ms":35000.0,"event":"echo_sent","connection":0,"detail":"seq=2"}"#,
+            r#"{"client":0,"t_ms":36000.0,"event":"echo_reply","connection":0,"detail":"seq=2"}"#,
+            // A returning client: up just before the reboot, back on its own schedule. Ignored.
+            r#"{"client":1,"t_ms":19950.0,"event":"echo_reply","connection":0,"detail":"seq=1"}"#,
+            r#"{"client":1,"t_ms":45000.0,"event":"echo_reply","connection":1,"detail":"seq=1"}"#,
+            "not json",
+        ];
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        let mut watch = RecoveryWatch::new(20_000.0, 20_050.0, RECOVERY_WINDOW_MS);
+        read_replies(&path, &HashSet::from([0]), &mut watch).unwrap();
+        let r = watch.finish();
+        assert_eq!((r.clients, r.recovered), (1, 1));
+        assert_eq!(r.all_after_ms, Some(16_000.0));
     }
 }

@@ -1,10 +1,10 @@
 //! Bookkeeping the run loop does while things restart under it: per-process CPU and peak RSS
-//! summed over every incarnation of a process, and the post-run reconnect figure of a reboot.
+//! summed over every incarnation of a process, and the recovery figures of a reboot.
 //! Pure: observations in, figures out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use jitwg_reports::{ClientResult, ProcessUsage};
+use jitwg_reports::{nearest_rank, ProcessUsage};
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Incarnations {
@@ -52,41 +52,84 @@ impl UsageTracker {
     }
 }
 
-/// How long after `daemon_start_ms` every returning client was connected again. A returning
-/// client connected before `reboot_start_ms` and attempted again at or after it. `None` when some
-/// returning client never connected again, or when no client returned (nothing was measured).
-pub fn all_reconnected_after(
-    clients: &[ClientResult],
-    reboot_start_ms: f64,
-    daemon_start_ms: f64,
-) -> Option<f64> {
-    let mut latest: Option<f64> = None;
-    for client in clients {
-        let was_up = client
-            .connections
-            .iter()
-            .any(|c| c.started_ms < reboot_start_ms && c.connected());
-        let after: Vec<_> = client
-            .connections
-            .iter()
-            .filter(|c| c.started_ms >= reboot_start_ms)
-            .collect();
-        if !was_up || after.is_empty() {
-            continue;
+/// Recovery after a reboot, from the echo replies clients with continuous traffic received.
+///
+/// A client "had a working tunnel just before the reboot" when it got a reply within `window_ms`
+/// before `reboot_ms`; it "passes traffic again" at its first reply at or after `back_ms`, when
+/// the restarted data plane was up (a reply between the reboot and then can only have come
+/// through the old data plane on its way down). Pure: replies in any order, figures out.
+#[derive(Debug, Clone)]
+pub struct RecoveryWatch {
+    reboot_ms: f64,
+    back_ms: f64,
+    window_ms: f64,
+    /// Clients with a reply in the window before the reboot.
+    had_tunnel: HashSet<u32>,
+    /// Each client's first reply after `back_ms`.
+    first_after: HashMap<u32, f64>,
+}
+
+/// What [`RecoveryWatch::finish`] measured.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Recovery {
+    /// Clients that had a working tunnel just before the reboot.
+    pub clients: u64,
+    /// Of those, how many passed traffic again.
+    pub recovered: u64,
+    /// Reboot until the last of them passed traffic again; `None` when some never did, or
+    /// there was no such client (nothing to measure).
+    pub all_after_ms: Option<f64>,
+    /// Per-client recovery over the clients that recovered (nearest rank).
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+impl RecoveryWatch {
+    pub fn new(reboot_ms: f64, back_ms: f64, window_ms: f64) -> Self {
+        Self {
+            reboot_ms,
+            back_ms: back_ms.max(reboot_ms),
+            window_ms,
+            had_tunnel: HashSet::new(),
+            first_after: HashMap::new(),
         }
-        let up_again = after
-            .iter()
-            .filter_map(|c| c.setup_latency_ms.map(|l| c.started_ms + l))
-            .reduce(f64::min)?;
-        latest = Some(latest.map_or(up_again, |l: f64| l.max(up_again)));
     }
-    latest.map(|t| (t - daemon_start_ms).max(0.0))
+
+    /// One echo reply that `client` received at `t_ms`.
+    pub fn reply(&mut self, client: u32, t_ms: f64) {
+        if t_ms < self.reboot_ms && t_ms >= self.reboot_ms - self.window_ms {
+            self.had_tunnel.insert(client);
+        } else if t_ms >= self.back_ms {
+            let first = self.first_after.entry(client).or_insert(t_ms);
+            *first = first.min(t_ms);
+        }
+    }
+
+    pub fn finish(&self) -> Recovery {
+        let mut per_client: Vec<f64> = self
+            .had_tunnel
+            .iter()
+            .filter_map(|c| self.first_after.get(c))
+            .map(|t| t - self.reboot_ms)
+            .collect();
+        per_client.sort_by(f64::total_cmp);
+        let clients = self.had_tunnel.len() as u64;
+        let recovered = per_client.len() as u64;
+        Recovery {
+            clients,
+            recovered,
+            all_after_ms: (clients > 0 && recovered == clients)
+                .then(|| per_client.last().copied())
+                .flatten(),
+            p50_ms: nearest_rank(&per_client, 50.0),
+            p99_ms: nearest_rank(&per_client, 99.0),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jitwg_reports::Connection;
 
     #[test]
     fn cpu_adds_up_over_restarts_and_peak_is_the_max() {
@@ -104,43 +147,74 @@ mod tests {
         assert_eq!(u[1].cpu_seconds, 3.0);
     }
 
-    fn conn(started_ms: f64, latency: Option<f64>) -> Connection {
-        Connection {
-            started_ms,
-            setup_latency_ms: latency,
-            handshake_attempts: 1,
-            ..Connection::default()
-        }
-    }
-
-    fn client(id: u32, connections: Vec<Connection>) -> ClientResult {
-        ClientResult {
-            id,
-            population: "p".into(),
-            connections,
-        }
+    fn watch() -> RecoveryWatch {
+        // Reboot at 20 s, data plane back at 20.05 s, 1 s window.
+        RecoveryWatch::new(20_000.0, 20_050.0, 1_000.0)
     }
 
     #[test]
-    fn reconnect_time_is_the_last_returning_client() {
-        let clients = vec![
-            client(0, vec![conn(0.0, Some(2.0)), conn(25_000.0, Some(3.0))]),
-            client(1, vec![conn(1.0, Some(2.0)), conn(26_000.0, Some(5.0))]),
-            // Arrived after the reboot only: not a returning client.
-            client(2, vec![conn(30_000.0, Some(1.0))]),
-            // Never came back: not returning either.
-            client(3, vec![conn(2.0, Some(1.0))]),
-        ];
-        assert_eq!(
-            all_reconnected_after(&clients, 20_000.0, 20_100.0),
-            Some(5_905.0)
-        );
+    fn recovery_is_the_last_client_with_a_tunnel_before_the_reboot() {
+        let mut w = watch();
+        for (client, t) in [
+            (0, 19_900.0), // had a tunnel
+            (0, 35_000.0), // back after 15 s
+            (0, 35_100.0),
+            (1, 19_500.0), // had a tunnel
+            (1, 21_000.0), // back after 1 s
+            (2, 10_000.0), // silent in the window: not counted, even though it returns late
+            (2, 60_000.0),
+            (3, 25_000.0), // only after the reboot: a newcomer, not counted
+        ] {
+            w.reply(client, t);
+        }
+        let r = w.finish();
+        assert_eq!(r.clients, 2);
+        assert_eq!(r.recovered, 2);
+        assert_eq!(r.all_after_ms, Some(15_000.0));
+        assert_eq!(r.p50_ms, Some(1_000.0));
+        assert_eq!(r.p99_ms, Some(15_000.0));
     }
 
     #[test]
-    fn a_returning_client_that_never_connects_means_no_figure() {
-        let clients = vec![client(0, vec![conn(0.0, Some(2.0)), conn(25_000.0, None)])];
-        assert_eq!(all_reconnected_after(&clients, 20_000.0, 20_100.0), None);
-        assert_eq!(all_reconnected_after(&[], 20_000.0, 20_100.0), None);
+    fn replies_before_the_data_plane_is_back_are_the_old_one_going_down() {
+        let mut w = watch();
+        w.reply(0, 19_990.0);
+        w.reply(0, 20_010.0); // between reboot and restart: not a recovery
+        assert_eq!(w.finish().all_after_ms, None);
+        w.reply(0, 20_050.0); // first reply through the new data plane
+        assert_eq!(w.finish().all_after_ms, Some(50.0));
+    }
+
+    #[test]
+    fn one_client_that_never_passes_traffic_again_means_not_measured() {
+        let mut w = watch();
+        w.reply(0, 19_900.0);
+        w.reply(1, 19_900.0);
+        w.reply(0, 30_000.0);
+        let r = w.finish();
+        assert_eq!((r.clients, r.recovered), (2, 1));
+        assert_eq!(r.all_after_ms, None);
+        // The clients that did recover still give their percentiles.
+        assert_eq!(r.p50_ms, Some(10_000.0));
+    }
+
+    #[test]
+    fn no_client_with_a_tunnel_measures_nothing() {
+        let mut w = watch();
+        w.reply(0, 18_000.0); // before the window
+        w.reply(0, 30_000.0);
+        assert_eq!(w.finish(), Recovery::default());
+    }
+
+    #[test]
+    fn reply_order_does_not_matter_and_the_window_edges_are_exact() {
+        let mut w = watch();
+        w.reply(0, 40_000.0);
+        w.reply(0, 30_000.0);
+        w.reply(0, 19_000.0); // exactly the window's start: inside
+        w.reply(1, 20_000.0); // exactly at the reboot: not "before" it
+        let r = w.finish();
+        assert_eq!(r.clients, 1);
+        assert_eq!(r.all_after_ms, Some(10_000.0));
     }
 }

@@ -41,6 +41,12 @@ pub struct ScenarioFile {
     /// with this many peers already installed.
     #[serde(default)]
     pub preinstalled_peers: u32,
+    /// Peers in jitwgd's database before it first starts: registered in the control plane
+    /// and stored as valid positive cache entries (push-mode entries in push mode), never
+    /// connecting. They are what a `preload` boot installs after a reboot, so a JIT and a
+    /// preload scenario with the same `stored_peers` start from the same database.
+    #[serde(default)]
+    pub stored_peers: u32,
     #[serde(default)]
     pub daemon: DaemonFile,
     #[serde(default)]

@@ -236,6 +236,33 @@ arrival = { kind = "constant", rate = 2.0 }
     }
 
     #[test]
+    fn stored_peers_are_registered_distinct_and_shift_nobody() {
+        let sets = ["control_plane.extra_registered=3", "preinstalled_peers=5"];
+        let plain = with_sets(MINIMAL, &sets).unwrap();
+        let s = with_sets(MINIMAL, &[sets[0], sets[1], "stored_peers=40"]).unwrap();
+        assert_eq!(s.stored_peers.len(), 40);
+        // Every earlier peer keeps its key and address; the stored ones come after them.
+        let registered: Vec<_> = s
+            .registered_peers()
+            .map(|p| (p.public_key, p.tunnel_ip))
+            .collect();
+        let before: Vec<_> = plain
+            .registered_peers()
+            .map(|p| (p.public_key, p.tunnel_ip))
+            .collect();
+        assert_eq!(registered[..before.len()], before[..]);
+        assert_eq!(registered.len(), before.len() + 40);
+        assert_eq!(s.preinstalled, plain.preinstalled);
+        let mut tunnels: Vec<_> = registered.iter().map(|(_, ip)| *ip).collect();
+        tunnels.extend(s.preinstalled.iter().map(|p| p.tunnel_ip));
+        tunnels.sort();
+        tunnels.dedup();
+        assert_eq!(tunnels.len(), registered.len() + 5);
+        let err = with_sets(MINIMAL, &["stored_peers=65000"]).unwrap_err();
+        assert!(err.to_string().contains("stored_peers"), "{err}");
+    }
+
+    #[test]
     fn preinstalled_peers_count_towards_the_peer_limit() {
         let err = with_sets(MINIMAL, &["preinstalled_peers=65000"]).unwrap_err();
         assert!(err.to_string().contains("preinstalled_peers"), "{err}");

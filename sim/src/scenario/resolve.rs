@@ -43,6 +43,8 @@ pub struct Scenario {
     pub clients: Vec<ClientPlan>,
     /// Registered, never connecting (`extra_registered`).
     pub extra_peers: Vec<PeerIdentity>,
+    /// Registered and in jitwgd's database before it starts, never connecting (`stored_peers`).
+    pub stored_peers: Vec<PeerIdentity>,
     /// How often the driver samples the data plane and the daemon.
     pub sample_every: Duration,
     /// Put into the data plane before the daemon starts (`preinstalled_peers`).
@@ -288,8 +290,9 @@ pub fn resolve(file: ScenarioFile) -> Result<Scenario, FieldError> {
     }
 
     let mut populations = Vec::with_capacity(file.populations.len());
-    let mut total: u64 =
-        u64::from(file.control_plane.extra_registered) + u64::from(file.preinstalled_peers);
+    let mut total: u64 = u64::from(file.control_plane.extra_registered)
+        + u64::from(file.preinstalled_peers)
+        + u64::from(file.stored_peers);
     for (i, p) in file.populations.iter().enumerate() {
         let key = format!("population[{i}]");
         if p.name.is_empty() {
@@ -323,7 +326,7 @@ pub fn resolve(file: ScenarioFile) -> Result<Scenario, FieldError> {
         return Err(invalid(
             "population",
             format!(
-                "{total} clients plus extra_registered plus preinstalled_peers exceed the \
+                "{total} clients plus extra_registered, preinstalled_peers and stored_peers exceed the \
                  limit of {MAX_PEERS}"
             ),
         ));
@@ -402,6 +405,12 @@ pub fn resolve(file: ScenarioFile) -> Result<Scenario, FieldError> {
             }
         })
         .collect();
+    // After the extras on the key stream and after the preinstalled peers in the tunnel
+    // range, so adding stored peers shifts no other peer's key or address.
+    let first_stored = first_preinstalled + file.preinstalled_peers;
+    let stored_peers = (0..file.stored_peers)
+        .map(|i| identity(&mut keys, first_stored + i))
+        .collect();
 
     Ok(Scenario {
         name: file.name.clone(),
@@ -427,6 +436,7 @@ pub fn resolve(file: ScenarioFile) -> Result<Scenario, FieldError> {
         populations,
         clients,
         extra_peers,
+        stored_peers,
         events,
         expectations: Vec::new(),
         file,
@@ -434,14 +444,16 @@ pub fn resolve(file: ScenarioFile) -> Result<Scenario, FieldError> {
 }
 
 impl Scenario {
-    /// Peers the control plane knows: registered clients plus the extras.
+    /// Peers the control plane knows: registered clients, the extras and the stored peers.
     pub fn registered_peers(&self) -> impl Iterator<Item = &PeerIdentity> {
         let clients = self
             .clients
             .iter()
             .filter(|_| self.control_plane.register_clients)
             .map(|c| &c.identity);
-        clients.chain(self.extra_peers.iter())
+        clients
+            .chain(self.extra_peers.iter())
+            .chain(self.stored_peers.iter())
     }
 
     /// The effective scenario as JSON, for `RunInfo::resolved_scenario`.
