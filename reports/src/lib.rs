@@ -21,7 +21,7 @@ pub use compare::{compare, Comparison, ComparisonRow, Verdict};
 pub use expect::{all_passed, evaluate, parse_expectations, ExpectError, Expectation};
 pub use figures::{figure, Better, FigureDef, Figures, Unit, FIGURES};
 pub use schema::{
-    load, save, ApiSummary, ClientResult, CompareOp, Connection, Event, EventKind,
+    load, save, ApiSummary, ClientResult, CompareOp, Connection, CpuSplitInfo, Event, EventKind,
     ExpectationResult, LoadError, ProcessUsage, Reload, Results, RunInfo, Sample, SaveError,
     ToolInfo, BY_STATUS_ABORTED, BY_STATUS_PENDING, SCHEMA_VERSION,
 };

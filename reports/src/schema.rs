@@ -90,6 +90,24 @@ pub struct RunInfo {
     pub initiate: bool,
     /// A peer is stale when installed with no handshake within this many ms (or never).
     pub stale_threshold_ms: f64,
+    /// The CPUs gateway and driver were confined to (`[lab] cpus`); `None`: they shared every
+    /// CPU (split `off`, one CPU, or a file from before the split existed).
+    #[serde(default)]
+    pub cpu_split: Option<CpuSplitInfo>,
+    /// What a reader must know about how the run was measured (e.g. the split was off on one CPU).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// Where gateway and driver ran.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuSplitInfo {
+    /// CPU list (kernel syntax, `0-1,3`) of jitwgd and wireguard-go.
+    pub gateway: String,
+    /// CPU list of the driver: fleet, control plane, NATS, sampling.
+    pub driver: String,
+    /// `cgroup2`, `cgroup1` (cpuset cgroups) or `affinity` (sched_setaffinity).
+    pub mechanism: String,
 }
 
 /// Versions of the software and the machine a run measured.

@@ -165,7 +165,15 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
             .clone()
             .unwrap_or_else(|| super::default_out_dir(&scenario.name, &run_id)),
     )?;
-    let spec = lab_spec(&scenario, &run_id, &out)?;
+    let mut spec = lab_spec(&scenario, &run_id, &out)?;
+    let available = crate::lab::cpuset::available_cpus()
+        .map_err(RunError::lab("reading the CPUs this process may use"))?;
+    let cpu_plan = crate::scenario::plan_cpus(&opts.scenario_file, &scenario, &available)?;
+    let mut warnings: Vec<String> = cpu_plan.warning.iter().cloned().collect();
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    spec.cpu_split = cpu_plan.split;
     let dataplane_program =
         (spec.backend == DataPlaneBackend::Userspace).then(|| spec.wireguard_go.clone());
     std::fs::create_dir_all(&out).map_err(|source| RunError::Output {
@@ -218,6 +226,20 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
         },
     });
     let api = ctx.lab.control().stats();
+    let cpu_split = ctx.lab.cpus().map(|c| jitwg_reports::CpuSplitInfo {
+        gateway: c.split().gateway.to_string(),
+        driver: c.split().driver.to_string(),
+        mechanism: c.mechanism().name().to_string(),
+    });
+    if cpu_split
+        .as_ref()
+        .is_some_and(|c| c.mechanism == "affinity")
+    {
+        warnings.push(
+            "CPU split by sched_setaffinity (no usable cpuset cgroup): a process may widen its own mask"
+                .into(),
+        );
+    }
     drop(ctx);
 
     let reload = timeline.finish(&clients);
@@ -232,6 +254,8 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
         timeline,
         reload,
         api,
+        cpu_split,
+        warnings,
     });
     let results_path = out.join("results.json");
     jitwg_reports::save(&results, &results_path).map_err(RunError::Save)?;

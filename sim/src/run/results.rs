@@ -27,6 +27,10 @@ pub(super) struct Finished<'a> {
     pub timeline: Timeline,
     pub reload: Option<Reload>,
     pub api: StatsSnapshot,
+    /// `run.cpu_split`: where gateway and driver ran.
+    pub cpu_split: Option<jitwg_reports::CpuSplitInfo>,
+    /// `run.warnings`.
+    pub warnings: Vec<String>,
 }
 
 pub(super) fn assemble(run: Finished<'_>) -> Results {
@@ -49,6 +53,8 @@ pub(super) fn assemble(run: Finished<'_>) -> Results {
         backend: scenario.backend_name().into(),
         initiate: scenario.daemon.initiate,
         stale_threshold_ms: ms(scenario.stale_threshold),
+        cpu_split: run.cpu_split,
+        warnings: run.warnings,
     });
     results.clients = run.clients;
     results.processes = run.timeline.usage.usage();

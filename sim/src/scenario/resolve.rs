@@ -51,6 +51,8 @@ pub struct Scenario {
     pub events: Vec<TimedEvent>,
     /// `[expect]`, parsed by `jitwg_reports` (filled by `scenario::parse`).
     pub expectations: Vec<jitwg_reports::Expectation>,
+    /// `[lab] cpus`; checked against the machine's CPUs by `run` and `validate`.
+    pub cpus: super::cpus::CpuChoice,
 }
 
 /// jitwgd's settings for this run. `set` is rendered into jitwgd's config file as is
@@ -403,6 +405,7 @@ pub fn resolve(file: ScenarioFile) -> Result<Scenario, FieldError> {
         })
         .collect();
 
+    let cpus = super::cpus::CpuChoice::from_file(&file.lab.cpus)?;
     Ok(Scenario {
         name: file.name.clone(),
         seed: file.seed,
@@ -429,6 +432,7 @@ pub fn resolve(file: ScenarioFile) -> Result<Scenario, FieldError> {
         extra_peers,
         events,
         expectations: Vec::new(),
+        cpus,
         file,
     })
 }
