@@ -32,6 +32,9 @@ pub struct Results {
     /// Filled after the run by evaluating the scenario's `[expect]` table; empty before.
     #[serde(default)]
     pub expectations: Vec<ExpectationResult>,
+    /// How the load generator kept up (`load::assess`); `None` in files from before it existed.
+    #[serde(default)]
+    pub load: Option<crate::load::LoadSummary>,
 }
 
 impl Results {
@@ -47,6 +50,7 @@ impl Results {
             processes: Vec::new(),
             reload: None,
             expectations: Vec::new(),
+            load: None,
         }
     }
 
@@ -132,6 +136,10 @@ pub struct ClientResult {
 /// One connection attempt: from the first initiation sent to a proven session (or giving up).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Connection {
+    /// When the arrival process meant the connection to start (the client's planned start, or
+    /// the end of its planned gap for a return); `None` in files from before it was recorded.
+    #[serde(default)]
+    pub scheduled_ms: Option<f64>,
     /// When the first initiation was sent.
     pub started_ms: f64,
     /// Time to a usable session (one echo through the tunnel); `None` means the attempt failed.
@@ -323,6 +331,10 @@ pub struct ExpectationResult {
     /// `None` when the run could not measure the figure: that is a breach.
     pub measured: Option<f64>,
     pub passed: bool,
+    /// A timing figure on a run whose load generator saturated: whatever was measured, the
+    /// expectation did not count and `passed` is false (`expect::evaluate`).
+    #[serde(default)]
+    pub inconclusive: bool,
 }
 
 /// Why a results file could not be read.
