@@ -20,6 +20,8 @@ const SUMMARY_FIGURES: &[&str] = &[
     "setup_p90",
     "setup_p99",
     "setup_max",
+    "setup_from_intent_p99",
+    "driver_lag_p99",
     "api_calls_total",
     "api_calls_per_key_max",
     "installed_peers_max",
