@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::figures::{figure, figure_names, FigureDef, Figures, Unit};
+use crate::figures::{figure, figure_names, is_timing, FigureDef, Figures, Unit};
 use crate::schema::{CompareOp, ExpectationResult};
 
 /// One parsed threshold.
@@ -159,18 +159,26 @@ fn byte_multiplier(suffix: &str) -> Option<f64> {
 }
 
 /// Checks every expectation; a figure the run could not measure is a breach, never a pass.
+///
+/// On a run whose load generator saturated (`figures.saturated`), a timing goal
+/// ([`is_timing`]) is **inconclusive** and fails, whatever it measured: a latency met while the
+/// driver was overloaded says nothing, and a CI gate must not pass on it (a false failure asks
+/// for a rerun on a bigger machine; a false pass hides a regression). Survival goals
+/// (`connected_ratio`, `failed`) and resource goals still count.
 pub fn evaluate(expectations: &[Expectation], figures: &Figures) -> Vec<ExpectationResult> {
     expectations
         .iter()
         .map(|e| {
             let measured = (e.figure.get)(figures);
+            let inconclusive = figures.saturated && is_timing(&e.figure);
             ExpectationResult {
                 expr: e.expr.clone(),
                 figure: e.figure.name.to_string(),
                 op: e.op,
                 threshold: e.threshold,
                 measured,
-                passed: measured.is_some_and(|m| e.op.holds(m, e.threshold)),
+                passed: !inconclusive && measured.is_some_and(|m| e.op.holds(m, e.threshold)),
+                inconclusive,
             }
         })
         .collect()
@@ -238,6 +246,51 @@ mod tests {
             let err = parse_expectations(&table(&[(key, value)])).unwrap_err();
             assert!(err.to_string().contains(key), "{err}");
         }
+    }
+
+    #[test]
+    fn timing_goals_on_a_saturated_run_are_inconclusive_survival_goals_count() {
+        use crate::schema::{ClientResult, Connection, Results};
+        let mut run = Results::new(Default::default());
+        run.clients.push(ClientResult {
+            id: 1,
+            population: "p".into(),
+            connections: vec![Connection {
+                scheduled_ms: Some(0.0),
+                started_ms: 1.0,
+                setup_latency_ms: Some(2.0),
+                ..Connection::default()
+            }],
+        });
+        let parsed = parse_expectations(&table(&[
+            ("setup_p99", "<= 50ms"),
+            ("setup_from_intent_p99", "<= 50ms"),
+            ("driver_lag_p99", "<= 20ms"),
+            ("connected_ratio", ">= 1.0"),
+        ]))
+        .unwrap();
+        let kept_up = evaluate(&parsed, &Figures::from_results(&run));
+        assert!(all_passed(&kept_up) && kept_up.iter().all(|r| !r.inconclusive));
+        let intent = kept_up.iter().find(|r| r.figure == "setup_from_intent_p99");
+        assert_eq!(
+            intent.unwrap().measured,
+            Some(3.0),
+            "intent → session = lag + setup"
+        );
+        run.load = Some(crate::load::LoadSummary {
+            saturated: true,
+            reasons: vec!["driver CPU 97 %".into()],
+            ..Default::default()
+        });
+        let saturated = evaluate(&parsed, &Figures::from_results(&run));
+        let verdict = |figure: &str| {
+            let r = saturated.iter().find(|r| r.figure == figure).unwrap();
+            (r.passed, r.inconclusive)
+        };
+        assert_eq!(verdict("setup_p99"), (false, true));
+        assert_eq!(verdict("setup_from_intent_p99"), (false, true));
+        assert_eq!(verdict("driver_lag_p99"), (true, false));
+        assert_eq!(verdict("connected_ratio"), (true, false));
     }
 
     #[test]

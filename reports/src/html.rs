@@ -133,6 +133,9 @@ pub fn render(results: &Results) -> Result<String, ChartError> {
         "<p class=\"verdict {class}\">{}</p>",
         escape(&verdict(results, &figures))
     );
+    if let Some(banner) = crate::load::banner(results) {
+        let _ = writeln!(out, "<p class=\"verdict fail\">{}</p>", escape(&banner));
+    }
     if let Some(check) = api_accounting(results) {
         let class = if check.mismatch() { "fail" } else { "none" };
         let _ = writeln!(

@@ -9,6 +9,7 @@ pub mod compare;
 pub mod expect;
 pub mod figures;
 pub mod html;
+pub mod load;
 pub mod markdown;
 pub mod schema;
 pub mod summary;
@@ -20,8 +21,9 @@ pub use charts::ChartError;
 pub use compare::{compare, Comparison, ComparisonRow, Verdict};
 pub use expect::{all_passed, evaluate, parse_expectations, ExpectError, Expectation};
 pub use figures::{figure, nearest_rank, Better, FigureDef, Figures, Unit, FIGURES};
+pub use load::{assess as assess_load, LoadSummary};
 pub use schema::{
-    load, save, ApiSummary, ClientResult, CompareOp, Connection, Event, EventKind,
+    load, save, ApiSummary, ClientResult, CompareOp, Connection, CpuSplitInfo, Event, EventKind,
     ExpectationResult, LoadError, ProcessUsage, Reload, Results, RunInfo, Sample, SaveError,
     ToolInfo, BY_STATUS_ABORTED, BY_STATUS_PENDING, RECOVERY_WINDOW_MS, SCHEMA_VERSION,
 };

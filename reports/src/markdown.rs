@@ -25,6 +25,9 @@ pub fn render(results: &Results) -> String {
         format!("jitwg report: {}", results.run.scenario_name)
     };
     let _ = writeln!(out, "# {title}\n\n{}\n", verdict(results, &figures));
+    if let Some(banner) = crate::load::banner(results) {
+        let _ = writeln!(out, "> **{}**\n", cell(&banner));
+    }
     if let Some(check) = api_accounting(results) {
         let mark = if check.mismatch() { "**" } else { "" };
         let _ = writeln!(out, "{mark}{}{mark}\n", cell(&check.describe()));

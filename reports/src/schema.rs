@@ -32,6 +32,9 @@ pub struct Results {
     /// Filled after the run by evaluating the scenario's `[expect]` table; empty before.
     #[serde(default)]
     pub expectations: Vec<ExpectationResult>,
+    /// How the load generator kept up (`load::assess`); `None` in files from before it existed.
+    #[serde(default)]
+    pub load: Option<crate::load::LoadSummary>,
 }
 
 impl Results {
@@ -47,6 +50,7 @@ impl Results {
             processes: Vec::new(),
             reload: None,
             expectations: Vec::new(),
+            load: None,
         }
     }
 
@@ -90,6 +94,24 @@ pub struct RunInfo {
     pub initiate: bool,
     /// A peer is stale when installed with no handshake within this many ms (or never).
     pub stale_threshold_ms: f64,
+    /// The CPUs gateway and driver were confined to (`[lab] cpus`); `None`: they shared every
+    /// CPU (split `off`, one CPU, or a file from before the split existed).
+    #[serde(default)]
+    pub cpu_split: Option<CpuSplitInfo>,
+    /// What a reader must know about how the run was measured (e.g. the split was off on one CPU).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// Where gateway and driver ran.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuSplitInfo {
+    /// CPU list (kernel syntax, `0-1,3`) of jitwgd and wireguard-go.
+    pub gateway: String,
+    /// CPU list of the driver: fleet, control plane, NATS, sampling.
+    pub driver: String,
+    /// `cgroup2`, `cgroup1` (cpuset cgroups) or `affinity` (sched_setaffinity).
+    pub mechanism: String,
 }
 
 /// Versions of the software and the machine a run measured.
@@ -114,6 +136,10 @@ pub struct ClientResult {
 /// One connection attempt: from the first initiation sent to a proven session (or giving up).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Connection {
+    /// When the arrival process meant the connection to start (the client's planned start, or
+    /// the end of its planned gap for a return); `None` in files from before it was recorded.
+    #[serde(default)]
+    pub scheduled_ms: Option<f64>,
     /// When the first initiation was sent.
     pub started_ms: f64,
     /// Time to a usable session (one echo through the tunnel); `None` means the attempt failed.
@@ -346,6 +372,10 @@ pub struct ExpectationResult {
     /// `None` when the run could not measure the figure: that is a breach.
     pub measured: Option<f64>,
     pub passed: bool,
+    /// A timing figure on a run whose load generator saturated: whatever was measured, the
+    /// expectation did not count and `passed` is false (`expect::evaluate`).
+    #[serde(default)]
+    pub inconclusive: bool,
 }
 
 /// Why a results file could not be read.

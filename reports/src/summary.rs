@@ -20,6 +20,8 @@ const SUMMARY_FIGURES: &[&str] = &[
     "setup_p90",
     "setup_p99",
     "setup_max",
+    "setup_from_intent_p99",
+    "driver_lag_p99",
     "api_calls_total",
     "api_calls_per_key_max",
     "installed_peers_max",
@@ -117,6 +119,12 @@ fn describe(result: &ExpectationResult) -> String {
     let measured = result
         .measured
         .map_or_else(|| NOT_MEASURED.to_string(), |m| unit_of(result).format(m));
+    if result.inconclusive {
+        return format!(
+            "{} (measured {measured}; INCONCLUSIVE: the load generator saturated)",
+            result.expr
+        );
+    }
     format!("{} (measured {measured})", result.expr)
 }
 
@@ -224,12 +232,28 @@ pub fn text_summary(results: &Results) -> String {
         };
         format!("; jitwgd sent {} ({agreement})", c.sent_by_daemon)
     });
+    let load = results.load.as_ref().map_or_else(String::new, |l| {
+        let cpu = l
+            .driver_cpu_utilization
+            .map_or_else(|| "-".to_string(), |u| Unit::Ratio.format(u));
+        let state = if l.saturated {
+            format!("SATURATED: {}", l.reasons.join("; "))
+        } else {
+            "kept up".to_string()
+        };
+        format!(
+            "load gen:   lag p50 {}, p99 {}, driver CPU {cpu} of its CPUs: {state}\n",
+            ms(l.lag_p50_ms),
+            ms(l.lag_p99_ms)
+        )
+    });
     format!(
         "clients:    {}\n\
          connected:  {} of {} attempts ({ratio}), failed {}\n\
          setup:      p50 {}, p99 {}, max {}\n\
          API calls:  {} total, {} max per key{daemon_count}\n\
          peers:      {} installed (peak), {} stale (peak)\n\
+         {load}\
          verdict:    {verdict}\n",
         f.clients,
         f.connected,
@@ -378,6 +402,7 @@ mod tests {
             threshold: 1.0,
             measured,
             passed,
+            inconclusive: false,
         }
     }
 

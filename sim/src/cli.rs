@@ -310,8 +310,25 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
 fn validate(args: ValidateArgs) -> Result<ExitCode, CliError> {
     let (s, _) = load_scenario(&args.scenario)?;
     let daemon = daemon_config::describe(&s).map_err(|e| CliError::new(ExitCode::Usage, e))?;
+    let available =
+        crate::lab::cpuset::available_cpus().map_err(|e| CliError::new(ExitCode::Internal, e))?;
+    let cpus = crate::scenario::plan_cpus(&args.scenario.scenario, &s, &available)
+        .map_err(|e| CliError::new(ExitCode::Usage, e))?;
+    say!("cpus: {}", describe_cpus(&cpus));
     say!("{}", describe(&s, &daemon, &args.scenario.scenario));
     Ok(ExitCode::Ok)
+}
+
+/// `[lab] cpus` as it will be on this machine.
+fn describe_cpus(plan: &crate::scenario::CpuPlan) -> String {
+    let split = match &plan.split {
+        Some(s) => format!("gateway {}, driver {}", s.gateway, s.driver),
+        None => "not split (gateway and driver share every CPU)".into(),
+    };
+    match &plan.warning {
+        Some(w) => format!("{split}; warning: {w}"),
+        None => split,
+    }
 }
 
 /// jitwgd's settings as it will resolve them; `*` marks jitwgd's own defaults.
@@ -444,6 +461,7 @@ fn clean(args: CleanArgs) -> Result<ExitCode, CliError> {
         ("namespace", &report.namespaces_removed),
         ("link", &report.links_removed),
         ("socket", &report.sockets_removed),
+        ("cgroup", &report.cgroups_removed),
     ];
     let mut any = false;
     for (what, items) in groups {

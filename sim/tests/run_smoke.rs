@@ -309,3 +309,166 @@ fn missing_jitwgd_is_a_setup_failure_that_creates_nothing() {
         "a setup failure must not create the output directory"
     );
 }
+
+/// A scenario with `[lab] cpus = { gateway = "0", driver = "1" }`.
+fn write_split_scenario(dir: &Path, name: &str, clients: u32, duration: &str) -> PathBuf {
+    let path = write_scenario(dir, name, clients, 2.0, duration);
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text = text.replace(
+        "[daemon]",
+        "[lab]\ncpus = { gateway = \"0\", driver = \"1\" }\n[daemon]",
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The kernel's `Cpus_allowed_list` of a process (`None` once it is gone).
+fn cpus_allowed(pid: u32) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_string())
+}
+
+/// Pids of live processes named `comm` whose command line contains `needle`.
+fn pids_of(comm: &str, needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let c = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            c.trim() == comm && String::from_utf8_lossy(&cmd).contains(needle)
+        })
+        .collect()
+}
+
+/// The run's data-plane interface, from the jitwgd.toml it wrote (`interface = "jwg…"`).
+fn run_interface(out: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(out.join("jitwgd.toml")).ok()?;
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("interface"))?;
+    Some(line.split('"').nth(1)?.to_string())
+}
+
+/// The run's `[lab] cpus` cgroup subtrees still present, in any cpuset hierarchy.
+fn cgroups_of(id: &str) -> Vec<PathBuf> {
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/cpuset"]
+        .iter()
+        .map(|root| Path::new(root).join(format!("jwg-{id}-cpus")))
+        .filter(|p| p.exists())
+        .collect()
+}
+
+fn two_cpus() -> bool {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if n < 2 {
+        eprintln!("SKIP: the CPU split needs at least 2 CPUs, this machine offers {n}");
+    }
+    n >= 2
+}
+
+/// Waits for the run in `out` to have started jitwgd and wireguard-go; returns the interface.
+fn wait_for_gateway(out: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(iface) = run_interface(out) {
+            if !pids_of("jitwgd", &out.display().to_string()).is_empty() {
+                return iface;
+            }
+        }
+        assert!(Instant::now() < deadline, "the run never started jitwgd");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn gateway_processes_are_confined_to_the_gateway_cpus_and_the_cgroup_goes() {
+    if !prerequisites() || !two_cpus() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_split_scenario(dir.path(), "jwgtest-split", 8, "6s");
+    let out = dir.path().join("out");
+    let driver = Driver::start(&scenario, &out, 1);
+    let iface = wait_for_gateway(&out);
+    let id = iface.trim_start_matches("jwg").to_string();
+    let jitwgd = pids_of("jitwgd", &out.display().to_string());
+    let wg = pids_of("wireguard-go", &iface);
+    assert!(!wg.is_empty(), "no wireguard-go for {iface}");
+    for pid in jitwgd.iter().chain(&wg) {
+        assert_eq!(
+            cpus_allowed(*pid).as_deref(),
+            Some("0"),
+            "gateway pid {pid}"
+        );
+    }
+    assert_eq!(cpus_allowed(driver.pid() as u32).as_deref(), Some("1"));
+    let (status, stdout) = driver.wait(Duration::from_secs(120));
+    assert_eq!(status.code(), Some(0), "{stdout}");
+    let r = results(&out);
+    let split = r.run.cpu_split.clone().expect("run.cpu_split recorded");
+    assert_eq!((split.gateway.as_str(), split.driver.as_str()), ("0", "1"));
+    assert!(r.run.tool.cpus >= 2, "tool.cpus is the machine's count");
+    assert_eq!(cgroups_of(&id), Vec::<PathBuf>::new(), "cgroup left behind");
+    assert_no_leftovers(&id, &out);
+}
+
+#[test]
+fn a_crashed_runs_cgroup_is_removed_by_clean() {
+    if !prerequisites() || !two_cpus() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_split_scenario(dir.path(), "jwgtest-splitcrash", 50, "60s");
+    let out = dir.path().join("out");
+    let mut driver = Driver::start(&scenario, &out, 1);
+    let iface = wait_for_gateway(&out);
+    let id = iface.trim_start_matches("jwg").to_string();
+    let had_cgroup = !cgroups_of(&id).is_empty();
+    // A crash: SIGKILL leaves the gateway processes, the namespaces and the cgroup behind.
+    let mut child = driver.0.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    if had_cgroup {
+        assert!(
+            !cgroups_of(&id).is_empty(),
+            "the crash left no cgroup to clean"
+        );
+    } else {
+        eprintln!("note: no cpuset cgroup on this machine (sched_setaffinity split)");
+    }
+    let clean = Command::new(JITWG).arg("clean").output().unwrap();
+    assert_eq!(clean.status.code(), Some(0), "{clean:?}");
+    let said = String::from_utf8_lossy(&clean.stdout);
+    if had_cgroup {
+        assert!(said.contains("removed cgroup"), "{said}");
+    }
+    assert_eq!(
+        cgroups_of(&id),
+        Vec::<PathBuf>::new(),
+        "clean left the cgroup"
+    );
+    assert_no_leftovers(&id, &out);
+}
+
+#[test]
+fn a_cpu_the_machine_lacks_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(dir.path(), "jwgtest-nocpu", 1, 1.0, "5s");
+    let out = Command::new(JITWG)
+        .args(["validate", "--set", "lab.cpus.gateway=\"0\"", "--set"])
+        .arg("lab.cpus.driver=\"4000\"")
+        .arg(&scenario)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("lab.cpus.driver") && stderr.contains("4000"),
+        "{stderr}"
+    );
+}

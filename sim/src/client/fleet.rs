@@ -294,14 +294,18 @@ async fn run_client(shared: Arc<Shared>, client: FleetClient) -> ClientResult {
         BehaviourFile::Return { gap, times } => (times.max(1), gap, Hold::Leave),
     };
     let mut link = LinkModel::new(client.link, client.plan.link_seed);
+    // When the arrival process meant each connection to start, against which lag is measured.
+    let mut scheduled = start_at;
     for n in 0..times {
         if n > 0 {
+            scheduled = Instant::now() + gap;
             tokio::select! {
                 _ = shared.cancel.cancelled() => break,
-                _ = tokio::time::sleep(gap) => {}
+                _ = tokio::time::sleep_until(scheduled) => {}
             }
         }
-        let connection = connect(&shared, &client, n, &mut link, hold).await;
+        let mut connection = connect(&shared, &client, n, &mut link, hold).await;
+        connection.scheduled_ms = Some(shared.ms_since_origin(scheduled));
         result.connections.push(connection);
         if shared.cancel.is_cancelled() {
             break;
@@ -410,6 +414,7 @@ async fn connect(
         FleetProgress::dec(&progress.in_flight);
         FleetProgress::inc(&progress.failed);
         Connection {
+            scheduled_ms: None,
             started_ms: shared.ms_since_origin(began),
             setup_latency_ms: None,
             handshake_attempts: 0,
@@ -537,6 +542,7 @@ async fn connect(
     };
     wire.record("closed", None);
     Connection {
+        scheduled_ms: None,
         started_ms,
         setup_latency_ms,
         handshake_attempts: session.handshake_attempts(),

@@ -91,6 +91,8 @@ pub struct CleanReport {
     pub namespaces_removed: Vec<String>,
     pub links_removed: Vec<String>,
     pub sockets_removed: Vec<String>,
+    /// `[lab] cpus` subtrees (`jwg-<id>-cpus`), by path.
+    pub cgroups_removed: Vec<String>,
 }
 
 impl CleanReport {
@@ -99,6 +101,7 @@ impl CleanReport {
             && self.namespaces_removed.is_empty()
             && self.links_removed.is_empty()
             && self.sockets_removed.is_empty()
+            && self.cgroups_removed.is_empty()
     }
 }
 
@@ -114,6 +117,12 @@ pub fn clean(dry_run: bool) -> Result<CleanReport, LabError> {
     // listed here that belongs to a live run has its lock held by the time we check.
     let namespaces = jwg_entries(Path::new(NETNS_DIR), "")?;
     let sockets = jwg_entries(Path::new(UAPI_DIR), ".sock")?;
+    let mut cgroups = Vec::new();
+    for hierarchy in super::cpuset::hierarchies() {
+        for name in jwg_entries(&hierarchy, "")? {
+            cgroups.push((name.clone(), hierarchy.join(name)));
+        }
+    }
     let root_links: Vec<String> = Netlink::with_current(|nl| nl.link_names())?
         .into_iter()
         .filter(|name| run_id_of(name).is_some())
@@ -174,6 +183,17 @@ pub fn clean(dry_run: bool) -> Result<CleanReport, LabError> {
             let _ = std::fs::remove_file(Path::new(UAPI_DIR).join(format!("{iface}.name")));
         }
         report.sockets_removed.push(path.display().to_string());
+    }
+    // Processes still in a dead run's cgroup are killed by `remove_subtree` before the rmdir.
+    for (name, dir) in cgroups.iter().filter(|(n, _)| dead(n)) {
+        if !dry_run {
+            for pid in super::cpuset::remove_subtree(dir)? {
+                report
+                    .processes_killed
+                    .push(format!("pid {pid} (in cgroup {name})"));
+            }
+        }
+        report.cgroups_removed.push(dir.display().to_string());
     }
     Ok(report)
 }

@@ -269,4 +269,18 @@ pub enum LabError {
         #[source]
         source: std::io::Error,
     },
+
+    #[error("cgroup {path}")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("setting the CPU affinity of thread {tid}")]
+    Affinity {
+        tid: i32,
+        #[source]
+        source: std::io::Error,
+    },
 }

@@ -14,6 +14,7 @@
 //! ([`clean()`]) removes only objects whose lock is free, i.e. leftovers of dead runs.
 
 pub mod clean;
+pub mod cpuset;
 pub mod dataplane;
 pub mod error;
 pub mod names;

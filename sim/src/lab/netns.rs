@@ -29,6 +29,9 @@ pub struct Namespace {
     /// Held while a namespace this process created lives, so `jitwg clean` leaves it alone;
     /// released after the namespace is removed (fields drop after `Drop::drop`).
     _lock: Option<RunLock>,
+    /// CPUs (cgroup or affinity) every process started in this namespace gets: the gateway
+    /// namespace's processes are the gateway's (`[lab] cpus`). Unset: the driver's own.
+    placement: std::sync::OnceLock<super::cpuset::Placement>,
 }
 
 /// Which tokio runtime [`Namespace::spawn_runtime_thread`] builds.
@@ -103,7 +106,18 @@ impl Namespace {
             inner: Some(inner),
             fd: Arc::new(fd),
             _lock: None,
+            placement: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets where processes started in this namespace run (once; later calls are ignored).
+    pub fn place_processes(&self, placement: super::cpuset::Placement) {
+        let _ = self.placement.set(placement);
+    }
+
+    /// Where processes started in this namespace run, if the run splits CPUs.
+    pub fn placement(&self) -> Option<&super::cpuset::Placement> {
+        self.placement.get()
     }
 
     pub fn name(&self) -> &str {

@@ -37,14 +37,24 @@ pub struct Usage {
 }
 
 /// Starts `cmd` inside `ns`: the child enters the namespace between fork and exec, so the
-/// caller's threads never change namespace.
+/// caller's threads never change namespace; in a run that splits CPUs it also joins the
+/// namespace's cgroup (or takes its CPU mask) there, before it runs a single instruction of
+/// its own, so every thread it ever starts is confined.
 pub fn spawn_in(ns: &Namespace, mut cmd: Command) -> Result<Child, LabError> {
     let name = program_name(&cmd);
     let fd = ns.fd().as_raw_fd();
-    // SAFETY: the closure only calls setns (async-signal-safe, allocates nothing); `fd` stays
-    // open for the duration of spawn because `ns` is borrowed across it.
+    let placement = ns.placement().cloned();
+    // SAFETY: the closure only calls setns and `Placement::enter` (open/write/close or
+    // sched_setaffinity: async-signal-safe, no allocation); `fd` stays open for the duration
+    // of spawn because `ns` is borrowed across it.
     unsafe {
-        cmd.pre_exec(move || enter_fd(fd));
+        cmd.pre_exec(move || {
+            enter_fd(fd)?;
+            match &placement {
+                Some(p) => p.enter(),
+                None => Ok(()),
+            }
+        });
     }
     let inner = cmd.spawn().map_err(|source| LabError::Spawn {
         program: name.clone(),

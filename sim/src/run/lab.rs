@@ -13,12 +13,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::controlplane::{ControlPlaneConfig, ControlPlaneHandle, FaultConfig};
+use crate::lab::cpuset::CpuConfinement;
 use crate::lab::dataplane::{DataPlane, DataPlaneBackend, DataPlaneOptions, DataPlaneSpec};
 use crate::lab::names::RunId;
 use crate::lab::process::Child;
 use crate::lab::topology::{AddressPlan, Topology};
 use crate::lab::{LabError, Namespace};
-use crate::scenario::PreinstalledPeer;
+use crate::scenario::{CpuSplit, PreinstalledPeer};
 
 use super::daemon_config::DaemonEndpoints;
 use super::probe::{Probe, ProbeClient};
@@ -52,6 +53,8 @@ pub struct LabSpec {
     /// `JITWGD_LOG` of the daemon.
     pub daemon_log_filter: String,
     pub logs: PathBuf,
+    /// Gateway and driver CPUs (`[lab] cpus`); `None`: shared, as before the split existed.
+    pub cpu_split: Option<CpuSplit>,
 }
 
 impl LabSpec {
@@ -71,6 +74,7 @@ impl LabSpec {
             jitwgd,
             daemon_log_filter: DAEMON_LOG_FILTER.to_string(),
             logs,
+            cpu_split: None,
         }
     }
 }
@@ -110,6 +114,8 @@ struct Parts {
     /// `ci/vm.sh`'s VM), and databases are not results. One directory per lab, so the daemon
     /// finds its own database again after a reboot; removed after everything using it stopped.
     state: Option<tempfile::TempDir>,
+    /// The CPU split: undone once every process it confined is gone.
+    cpus: Option<CpuConfinement>,
 }
 
 impl Drop for Parts {
@@ -120,6 +126,9 @@ impl Drop for Parts {
             drop(self.control_plane.take());
             drop(self.nats.take());
             drop(self.dataplane.take());
+            // Every confined process is gone; undone before the namespaces (and their run
+            // locks) go, so `jitwg clean` never sees this run's cgroup without a held lock.
+            drop(self.cpus.take());
             if let Some(t) = self.topology.take() {
                 tracing::info!(run = %t.run_id(), "tearing down the lab");
                 drop(t);
@@ -175,6 +184,14 @@ impl Lab {
         let gateway_ns = Arc::clone(&topo.gateway);
         let control_ns = Arc::clone(&topo.control);
         parts.topology = Some(topo);
+        // After the namespaces: their run locks tell `jitwg clean` this run's cgroup is live.
+        if let Some(split) = &spec.cpu_split {
+            let cpus = blocking(|| CpuConfinement::establish(&spec.run_id, split)).map_err(
+                RunError::lab("splitting the CPUs between gateway and driver"),
+            )?;
+            gateway_ns.place_processes(cpus.gateway_placement());
+            parts.cpus = Some(cpus);
+        }
 
         let dataplane = start_dataplane(&gateway_ns, names.wg_interface(), &spec)?;
         let gateway_public_key = dataplane.public_key();
@@ -349,6 +366,11 @@ impl Lab {
 
     pub fn plan(&self) -> &AddressPlan {
         &self.plan
+    }
+
+    /// The CPU split in force, if any.
+    pub fn cpus(&self) -> Option<&CpuConfinement> {
+        self.parts.cpus.as_ref()
     }
 
     pub fn gateway_ns(&self) -> &Arc<Namespace> {

@@ -227,7 +227,15 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
             .clone()
             .unwrap_or_else(|| super::default_out_dir(&scenario.name, &run_id)),
     )?;
-    let spec = lab_spec(&scenario, &run_id, &out)?;
+    let mut spec = lab_spec(&scenario, &run_id, &out)?;
+    let available = crate::lab::cpuset::available_cpus()
+        .map_err(RunError::lab("reading the CPUs this process may use"))?;
+    let cpu_plan = crate::scenario::plan_cpus(&opts.scenario_file, &scenario, &available)?;
+    let mut warnings: Vec<String> = cpu_plan.warning.iter().cloned().collect();
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    spec.cpu_split = cpu_plan.split;
     let dataplane_program =
         (spec.backend == DataPlaneBackend::Userspace).then(|| spec.wireguard_go.clone());
     std::fs::create_dir_all(&out).map_err(|source| RunError::Output {
@@ -252,6 +260,10 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
     }
 
     let progress = Arc::new(FleetProgress::default());
+    let driver_cpus = lab
+        .cpus()
+        .map_or(available.len(), |c| c.split().driver.len());
+    let driver_cpu_at_start = crate::lab::process::own_usage().map(|u| u.cpu_seconds);
     let started_at = SystemTime::now();
     let origin = Instant::now();
     let fleet = start_fleet(&lab, &scenario, opts, &out, &progress, origin)?;
@@ -280,6 +292,26 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
         },
     });
     let api = ctx.lab.control().stats();
+    let driver_cpu_utilization = driver_utilization(
+        driver_cpu_at_start,
+        crate::lab::process::own_usage().map(|u| u.cpu_seconds),
+        ctx.origin.elapsed(),
+        driver_cpus,
+    );
+    let cpu_split = ctx.lab.cpus().map(|c| jitwg_reports::CpuSplitInfo {
+        gateway: c.split().gateway.to_string(),
+        driver: c.split().driver.to_string(),
+        mechanism: c.mechanism().name().to_string(),
+    });
+    if cpu_split
+        .as_ref()
+        .is_some_and(|c| c.mechanism == "affinity")
+    {
+        warnings.push(
+            "CPU split by sched_setaffinity (no usable cpuset cgroup): a process may widen its own mask"
+                .into(),
+        );
+    }
     drop(ctx);
 
     let event_log = event_log_path(&scenario, opts, &out);
@@ -301,6 +333,9 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
         timeline,
         reload,
         api,
+        cpu_split,
+        warnings,
+        driver_cpu_utilization,
     });
     let results_path = out.join("results.json");
     jitwg_reports::save(&results, &results_path).map_err(RunError::Save)?;
@@ -310,6 +345,19 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
         results_path,
         interrupted,
     })
+}
+
+/// The driver's CPU time over the fleet's run relative to the CPUs it was allotted: 1.0 means
+/// every allotted CPU was busy with the driver the whole time.
+fn driver_utilization(
+    cpu_start: Option<f64>,
+    cpu_end: Option<f64>,
+    wall: Duration,
+    cpus: usize,
+) -> Option<f64> {
+    let busy = cpu_end? - cpu_start?;
+    let capacity = wall.as_secs_f64() * cpus as f64;
+    (capacity > 0.0 && busy >= 0.0).then(|| busy / capacity)
 }
 
 /// Fires the scheduled events and samples every `sample_every` until the fleet is done, the
@@ -376,4 +424,23 @@ fn update_bar(bar: &ProgressBar, progress: &FleetProgress, sample: Option<&Sampl
         "{clients} clients: {} attempts started, {} connected, {} failed, {} in flight | peers installed {installed}, stale {stale}",
         snap.started, snap.connected_now, snap.failed, snap.in_flight
     ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn driver_utilization_is_cpu_time_over_allotted_capacity() {
+        let u = driver_utilization(Some(1.0), Some(4.0), Duration::from_secs(2), 2);
+        assert_eq!(u, Some(0.75));
+        assert_eq!(
+            driver_utilization(None, Some(4.0), Duration::from_secs(2), 2),
+            None
+        );
+        assert_eq!(
+            driver_utilization(Some(0.0), Some(1.0), Duration::ZERO, 2),
+            None
+        );
+    }
 }

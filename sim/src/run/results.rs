@@ -27,6 +27,12 @@ pub(super) struct Finished<'a> {
     pub timeline: Timeline,
     pub reload: Option<Reload>,
     pub api: StatsSnapshot,
+    /// `run.cpu_split`: where gateway and driver ran.
+    pub cpu_split: Option<jitwg_reports::CpuSplitInfo>,
+    /// `run.warnings`.
+    pub warnings: Vec<String>,
+    /// For `results.load` (see `jitwg_reports::load`).
+    pub driver_cpu_utilization: Option<f64>,
 }
 
 pub(super) fn assemble(run: Finished<'_>) -> Results {
@@ -49,6 +55,8 @@ pub(super) fn assemble(run: Finished<'_>) -> Results {
         backend: scenario.backend_name().into(),
         initiate: scenario.daemon.initiate,
         stale_threshold_ms: ms(scenario.stale_threshold),
+        cpu_split: run.cpu_split,
+        warnings: run.warnings,
     });
     results.clients = run.clients;
     results.processes = run.timeline.usage.usage();
@@ -62,6 +70,11 @@ pub(super) fn assemble(run: Finished<'_>) -> Results {
         sent_by_daemon_by_outcome: run.timeline.api_sent.by_outcome(),
     };
     results.reload = run.reload;
+    // Before the expectations: on a saturated run timing goals do not count.
+    results.load = Some(jitwg_reports::assess_load(
+        &results,
+        run.driver_cpu_utilization,
+    ));
     results.expectations =
         jitwg_reports::evaluate(&scenario.expectations, &Figures::from_results(&results));
     results

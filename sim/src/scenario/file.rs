@@ -51,6 +51,9 @@ pub struct ScenarioFile {
     pub daemon: DaemonFile,
     #[serde(default)]
     pub control_plane: ControlPlaneFile,
+    /// `[lab]`: how the testbed itself is laid out on the machine.
+    #[serde(default)]
+    pub lab: LabFile,
     #[serde(default, rename = "population")]
     pub populations: Vec<PopulationFile>,
     #[serde(default, rename = "event")]
@@ -176,6 +179,15 @@ pub enum Switch {
     #[default]
     On,
     Off,
+}
+
+/// `[lab]`: the testbed's own layout on the machine.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabFile {
+    /// `"auto"` (default: two halves), `"off"`, or `{ gateway = "0", driver = "1" }`.
+    #[serde(default)]
+    pub cpus: super::cpus::CpusFile,
 }
 
 /// `[daemon]`: jitwgd's own settings, under jitwgd's own key names, passed to it through

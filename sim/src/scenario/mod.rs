@@ -3,6 +3,7 @@
 //! uses. Everything is validated here, before anything is started.
 
 pub mod arrival;
+pub mod cpus;
 pub mod file;
 pub mod overrides;
 pub mod resolve;
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 pub use arrival::Arrival;
+pub use cpus::{CpuChoice, CpuList, CpuPlan, CpuSplit};
 pub use file::ScenarioFile;
 pub use overrides::{Override, OverrideError};
 pub use resolve::{
@@ -113,6 +115,22 @@ pub fn parse(path: &Path, text: &str, adjust: &Adjustments) -> Result<Scenario, 
         resolve::resolve(parsed).map_err(|source| ScenarioError::Invalid { file, source })?;
     scenario.expectations = expectations;
     Ok(scenario)
+}
+
+/// `[lab] cpus` on this machine, whose driver may use `available` CPUs: a CPU it does not
+/// offer is invalid (exit 2, naming the key), for `jitwg validate` as for `jitwg run`.
+pub fn plan_cpus(
+    path: &Path,
+    scenario: &Scenario,
+    available: &CpuList,
+) -> Result<CpuPlan, ScenarioError> {
+    scenario
+        .cpus
+        .plan(available)
+        .map_err(|source| ScenarioError::Invalid {
+            file: path.to_path_buf(),
+            source,
+        })
 }
 
 #[cfg(test)]

@@ -53,6 +53,8 @@ pub struct Scenario {
     pub events: Vec<TimedEvent>,
     /// `[expect]`, parsed by `jitwg_reports` (filled by `scenario::parse`).
     pub expectations: Vec<jitwg_reports::Expectation>,
+    /// `[lab] cpus`; checked against the machine's CPUs by `run` and `validate`.
+    pub cpus: super::cpus::CpuChoice,
 }
 
 /// jitwgd's settings for this run. `set` is rendered into jitwgd's config file as is
@@ -412,6 +414,7 @@ pub fn resolve(file: ScenarioFile) -> Result<Scenario, FieldError> {
         .map(|i| identity(&mut keys, first_stored + i))
         .collect();
 
+    let cpus = super::cpus::CpuChoice::from_file(&file.lab.cpus)?;
     Ok(Scenario {
         name: file.name.clone(),
         seed: file.seed,
@@ -439,6 +442,7 @@ pub fn resolve(file: ScenarioFile) -> Result<Scenario, FieldError> {
         stored_peers,
         events,
         expectations: Vec::new(),
+        cpus,
         file,
     })
 }
