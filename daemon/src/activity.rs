@@ -30,8 +30,15 @@ pub fn observations(read: &[InstalledPeer]) -> Vec<Activity> {
         .collect()
 }
 
+/// Handshake times from wireguard-control's userspace backend come in whole seconds
+/// (it ignores `last_handshake_time_nsec`), so one may read up to this much before the
+/// install that caused it.
+const HANDSHAKE_RESOLUTION: Duration = Duration::from_secs(1);
+
 /// Settles boot's follow-up against one read: peers re-installed at boot (key -> when)
-/// that show a handshake at or after their re-install are counted and forgotten; those
+/// that show a handshake at or after their re-install (within the data plane's
+/// resolution: the peer was absent from it before, so any handshake is a new one) are
+/// counted and forgotten; those
 /// waiting longer than `give_up_after` are forgotten uncounted (they were evicted, or
 /// will be: the client has gone). Returns how many completed a handshake. Pure.
 pub fn settle(
@@ -43,7 +50,7 @@ pub fn settle(
     let mut completed = 0;
     for p in read {
         if let (Some(since), Some(h)) = (awaiting.get(&p.public_key), p.last_handshake) {
-            if h >= *since {
+            if h + HANDSHAKE_RESOLUTION >= *since {
                 awaiting.remove(&p.public_key);
                 completed += 1;
             }
@@ -128,6 +135,7 @@ impl ActivityLog {
                 }
             })
             .unwrap_or(0);
+        tracing::debug!(handshakes = read.len(), completed, "activity: sweep read");
         self.metrics
             .boot_reinstalled_handshakes
             .inc_by(completed as u64);
@@ -197,13 +205,13 @@ mod tests {
     fn settle_counts_handshakes_after_reinstall_and_gives_up_on_the_rest() {
         let mut awaiting: HashMap<PublicKey, SystemTime> = [1u8, 2, 3, 4]
             .iter()
-            .map(|&b| (PublicKey([b; 32]), at(100)))
+            .map(|&b| (PublicKey([b; 32]), at(100) - Duration::from_millis(500)))
             .collect();
         let give_up = Duration::from_secs(180);
-        // 1: handshake after the re-install; 2: only the handshake from before the
-        // restart (a kernel may report it); 3: none yet; 4: not in the read (evicted).
+        // 1: handshake after the re-install, read in whole seconds (may round below it);
+        // 2: an older handshake; 3: none yet; 4: not in the read (evicted).
         let first = [
-            read(1, Some(101), true),
+            read(1, Some(99), true),
             read(2, Some(90), true),
             read(3, None, true),
         ];
