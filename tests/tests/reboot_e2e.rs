@@ -8,7 +8,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use jitwg::scenario::file::Switch;
+use jitwg::scenario::file::{BootName, Switch};
 use jitwg_tests::prereq::TOOLS;
 use jitwg_tests::{prerequisites_met, random_key, wait_for, Gateway, GatewayOptions};
 
@@ -86,6 +86,31 @@ fn client_with_traffic_recovers_within_seconds_of_a_reboot() {
         (m.counter("jitwgd_boot_reinstalled_handshakes_total") == 1).then_some(())
     });
     assert!(settled.is_some(), "{}", gw.scrape().unwrap().text());
+}
+
+#[test]
+fn preload_boot_reinstalls_active_peers_with_their_endpoint_first() {
+    let opts = GatewayOptions::new(23).daemon(|d| {
+        d.initiate = Some(Switch::On);
+        d.boot = Some(BootName::Preload);
+    });
+    let Some(result) = recovery_after_reboot(opts, Duration::from_secs(20)) else {
+        return;
+    };
+    let (gw, recovered) = result;
+    assert!(
+        recovered < Duration::from_secs(3),
+        "replies resumed {recovered:?} after the reboot with preload boot"
+    );
+    let m = gw.scrape().unwrap();
+    assert_eq!(
+        m.counter("jitwgd_boot_reinstalled_total"),
+        1,
+        "{}",
+        m.text()
+    );
+    // Installed once: by the re-install, not a second time by the preload.
+    assert_eq!(m.counter("jitwgd_installs_total"), 1, "{}", m.text());
 }
 
 /// The same reboot with the feature off: the client waits for WireGuard's own timers.
