@@ -1,11 +1,17 @@
 //! Boot policy: `jit` starts empty and is ready at once; `preload` installs every
 //! stored peer before reporting ready (the legacy behaviour whose reload cost the
-//! testbed measures).
+//! testbed measures). Under both, the peers active just before the shutdown are
+//! re-installed with their last endpoint and the gateway initiates to them
+//! (`--reinstall-active`): their clients' traffic went unanswered across the restart,
+//! and WireGuard alone would only re-handshake after ~15 s (keepalive + rekey timeouts).
 
-use std::time::{Duration, Instant};
+use std::collections::HashSet;
+use std::time::{Duration, Instant, SystemTime};
 
+use crate::activity::ActivityLog;
 use crate::install::{InstallError, InstallQueue};
-use crate::store::{SharedStore, StoreCallError};
+use crate::peer::PublicKey;
+use crate::store::{ActivePeer, SharedStore, StoreCallError};
 
 /// What boot did, for the log line and the metrics.
 #[derive(Debug, Clone, Copy)]
@@ -23,13 +29,82 @@ pub enum BootError {
     Install(#[source] InstallError),
 }
 
-/// Install every peer stored in the database (preload boot).
-pub async fn preload(store: &SharedStore, queue: &InstallQueue) -> Result<BootReport, BootError> {
+/// Which recorded peers to re-install: those seen within `window` before the shutdown.
+/// A crash records no shutdown time, so it is taken as the newest activity on record
+/// (the last install or sweep before it), capped at `now` in case the clock went back:
+/// a gateway down for an hour still re-installs what was active when it went down.
+/// A zero window selects nothing. Pure; keeps the rows' order.
+pub fn select_reinstall(
+    rows: Vec<ActivePeer>,
+    now: SystemTime,
+    window: Duration,
+) -> Vec<ActivePeer> {
+    if window.is_zero() {
+        return Vec::new();
+    }
+    let Some(newest) = rows.iter().map(|r| r.seen_at).max() else {
+        return Vec::new();
+    };
+    let shutdown = newest.min(now);
+    let Some(since) = shutdown.checked_sub(window) else {
+        return rows;
+    };
+    rows.into_iter().filter(|r| r.seen_at >= since).collect()
+}
+
+/// Re-install the peers active within the window before the shutdown with their last
+/// endpoint, through the install worker's batch path (role inversion: the data plane
+/// initiates at once). Peers the data plane still holds (only jitwgd restarted) are
+/// left alone. Boot's follow-up (`ActivityLog::reinstalled`) then counts how many
+/// complete a handshake.
+pub async fn reinstall_active(
+    log: &ActivityLog,
+    queue: &InstallQueue,
+    now: SystemTime,
+) -> Result<BootReport, BootError> {
     let start = Instant::now();
-    let peers = store
+    if !log.enabled() {
+        return Ok(BootReport {
+            peers_installed: 0,
+            took: start.elapsed(),
+        });
+    }
+    let rows = log
+        .store()
+        .call(|store| store.active_peers())
+        .await
+        .map_err(BootError::Store)?;
+    let peers: Vec<_> = select_reinstall(rows, now, log.window())
+        .into_iter()
+        .filter(|p| !queue.is_installed(&p.config.public_key))
+        .map(|p| (p.config, p.endpoint))
+        .collect();
+    let keys: Vec<PublicKey> = peers.iter().map(|(c, _)| c.public_key).collect();
+    let installed = if peers.is_empty() {
+        0
+    } else {
+        queue.reinstall(peers).await.map_err(BootError::Install)?
+    };
+    log.reinstalled(keys, now);
+    Ok(BootReport {
+        peers_installed: installed,
+        took: start.elapsed(),
+    })
+}
+
+/// Install every peer stored in the database but those in `skip` (preload boot; `skip`
+/// holds the peers `reinstall_active` has just installed with their endpoints).
+pub async fn preload(
+    store: &SharedStore,
+    queue: &InstallQueue,
+    skip: &HashSet<PublicKey>,
+) -> Result<BootReport, BootError> {
+    let start = Instant::now();
+    let mut peers = store
         .call(|store| store.all_peers())
         .await
         .map_err(BootError::Store)?;
+    peers.retain(|p| !skip.contains(&p.public_key));
     let count = peers.len();
     if count > 0 {
         queue
@@ -41,4 +116,82 @@ pub async fn preload(store: &SharedStore, queue: &InstallQueue) -> Result<BootRe
         peers_installed: count,
         took: start.elapsed(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::UNIX_EPOCH;
+
+    use super::*;
+    use crate::peer::PeerConfig;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+    }
+
+    fn row(byte: u8, seen: u64) -> ActivePeer {
+        ActivePeer {
+            config: PeerConfig {
+                public_key: PublicKey([byte; 32]),
+                allowed_ips: Vec::new(),
+                preshared_key: None,
+            },
+            endpoint: SocketAddr::from(([198, 18, 0, byte], 51820)),
+            seen_at: at(seen),
+        }
+    }
+
+    fn keys(rows: &[ActivePeer]) -> Vec<u8> {
+        rows.iter().map(|r| r.config.public_key.0[0]).collect()
+    }
+
+    /// One place the selection is exercised: rows as (key byte, seen at), now, window.
+    fn check(rows: &[(u8, u64)], now: u64, window_secs: u64, expected: &[u8]) {
+        let rows = rows.iter().map(|&(b, s)| row(b, s)).collect();
+        let got = select_reinstall(rows, at(now), Duration::from_secs(window_secs));
+        assert_eq!(keys(&got), expected);
+    }
+
+    #[test]
+    fn selects_peers_seen_within_the_window_before_the_newest_activity() {
+        // Shut down around t=1000 (newest activity), rebooted at t=1005.
+        check(
+            &[(1, 1000), (2, 830), (3, 819), (4, 10)],
+            1005,
+            180,
+            &[1, 2],
+        );
+        // The boundary itself is inside the window.
+        check(&[(1, 1000), (2, 820)], 1005, 180, &[1, 2]);
+    }
+
+    #[test]
+    fn a_long_outage_still_reinstalls_what_was_active_at_the_shutdown() {
+        check(
+            &[(1, 1000), (2, 900), (3, 700)],
+            1000 + 86_400,
+            180,
+            &[1, 2],
+        );
+    }
+
+    #[test]
+    fn a_clock_that_went_back_caps_the_reference_at_now() {
+        // Activity recorded "in the future": the window ends at now, not at t=2000.
+        check(&[(1, 2000), (2, 950), (3, 700)], 1000, 180, &[1, 2]);
+    }
+
+    #[test]
+    fn off_or_nothing_recorded_selects_nothing() {
+        check(&[(1, 1000)], 1000, 0, &[]);
+        check(&[], 1000, 180, &[]);
+    }
+
+    #[test]
+    fn a_window_longer_than_the_epoch_keeps_everything() {
+        let rows = vec![row(1, 5), row(2, 0)];
+        let got = select_reinstall(rows, at(10), Duration::from_secs(u64::MAX / 4));
+        assert_eq!(keys(&got), vec![1, 2]);
+    }
 }

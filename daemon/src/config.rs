@@ -91,6 +91,10 @@ pub struct Config {
     pub evict_in_push_mode: bool,
     /// Install peers in the initiator role (handshake back at once).
     pub initiate: bool,
+    /// At boot, re-install with their endpoint (and initiate to) the peers active within
+    /// this long before the shutdown; zero = off.
+    #[serde(with = "humantime_serde")]
+    pub reinstall_active: Duration,
     /// Always `Some` in push mode.
     pub nats_url: Option<String>,
     pub nats_subject: String,
@@ -133,6 +137,10 @@ pub mod defaults {
     pub const SWEEP_BUDGET: Duration = Duration::from_millis(50);
     pub const EVICT_IN_PUSH_MODE: bool = false;
     pub const INITIATE: bool = true;
+    /// WireGuard re-keys an active session every 120 s (REKEY_AFTER_TIME), so a client
+    /// with traffic shows a handshake at least that often; 3 min adds a sweep period and
+    /// jitter on top, and matches the default `evict_after`.
+    pub const REINSTALL_ACTIVE: Duration = Duration::from_secs(180);
     pub const NATS_SUBJECT: &str = "jitwg.peers";
     pub const ALLOWED_PREFIX: IpNet =
         IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(100, 64, 0, 0), 10));
@@ -348,6 +356,14 @@ fn merge(args: Args, file: ConfigFile, path: &Path) -> Result<Config, ConfigErro
             .initiate
             .or(f.switch("initiate", file.initiate)?)
             .unwrap_or(defaults::INITIATE),
+        reinstall_active: args
+            .reinstall_active
+            .or(f.check(
+                "reinstall_active",
+                file.reinstall_active,
+                values::duration_or_off,
+            )?)
+            .unwrap_or(defaults::REINSTALL_ACTIVE),
         nats_url,
         nats_subject: args
             .nats_subject

@@ -3,13 +3,15 @@
 //! until one dies, and stops them all cleanly. `run` is the whole entry point; the
 //! stages' work lives in their own modules (`pipeline`, `lookup`, `sweep`, `push`).
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::activity::ActivityLog;
 use crate::api::{ApiClient, ApiError};
 use crate::boot::{self, BootError};
 use crate::capture::{CaptureError, CaptureSocket};
@@ -68,6 +70,27 @@ fn wg_backend(b: Backend) -> wireguard_control::Backend {
     match b {
         Backend::Userspace => wireguard_control::Backend::Userspace,
         Backend::Kernel => wireguard_control::Backend::Kernel,
+    }
+}
+
+/// Logs how boot's re-install of active peers went; returns how many it installed. A
+/// failure is not fatal: those clients fall back to WireGuard's own timers.
+fn log_reinstall(result: Result<boot::BootReport, BootError>) -> usize {
+    match result {
+        Ok(r) => {
+            if r.peers_installed > 0 {
+                tracing::info!(
+                    peers = r.peers_installed,
+                    took_ms = r.took.as_secs_f64() * 1000.0,
+                    "re-installed peers active before the shutdown, initiating to them"
+                );
+            }
+            r.peers_installed
+        }
+        Err(e) => {
+            tracing::warn!(error = %Causes(&e), "re-installing active peers failed");
+            0
+        }
     }
 }
 
@@ -135,6 +158,15 @@ pub async fn run(
         "attached to data plane"
     );
 
+    // What the daemon remembers of active peers, for re-installing them at the next boot.
+    // Re-installing without initiating would not help their clients, so it needs initiate.
+    let reinstall_window = if config.initiate {
+        config.reinstall_active
+    } else {
+        Duration::ZERO
+    };
+    let activity = ActivityLog::new(store.clone(), reinstall_window, metrics.clone());
+
     // 5. Listening: capture (JIT) or the NATS subscription (push).
     match config.mode {
         Mode::Jit => {
@@ -160,13 +192,16 @@ pub async fn run(
             ));
             let socket = CaptureSocket::open(config.capture_interface.as_deref(), listen_port)
                 .map_err(DaemonError::Capture)?;
-            let pipeline = Arc::new(Pipeline::new(
-                keys,
-                store.clone(),
-                lookup.clone(),
-                queue.clone(),
-                metrics.clone(),
-            ));
+            let pipeline = Arc::new(
+                Pipeline::new(
+                    keys,
+                    store.clone(),
+                    lookup.clone(),
+                    queue.clone(),
+                    metrics.clone(),
+                )
+                .with_activity(activity.clone()),
+            );
             tasks.spawn(capture_loop(socket, pipeline, cancel.clone()));
             if config.api_url.is_some() {
                 let every = (config.positive_ttl / 4)
@@ -200,13 +235,43 @@ pub async fn run(
     // 6. Sweep.
     if config.mode == Mode::Jit || config.evict_in_push_mode {
         let (every, after) = (config.sweep_every, config.evict_after);
-        tasks.spawn(sweep_loop(queue.clone(), every, after, cancel.clone()));
+        tasks.spawn(sweep_loop(
+            queue.clone(),
+            activity.clone(),
+            every,
+            after,
+            cancel.clone(),
+        ));
     }
 
-    // 7. Boot, then ready.
+    // 7. Boot, then ready. Peers active before the shutdown are re-installed with their
+    // endpoints and initiated to: in jit boot beside readiness (ready does not wait), in
+    // preload boot first, so their clients need not wait for the whole preload.
     let booted = match config.boot {
-        Boot::Jit => 0,
-        Boot::Preload => boot::preload(&store, &queue).await?.peers_installed,
+        Boot::Jit => {
+            let (activity, queue) = (activity.clone(), queue.clone());
+            // Not in `tasks`: its end is not the daemon's.
+            tokio::spawn(async move {
+                log_reinstall(boot::reinstall_active(&activity, &queue, SystemTime::now()).await)
+            });
+            0
+        }
+        Boot::Preload => {
+            let reinstalled =
+                log_reinstall(boot::reinstall_active(&activity, &queue, SystemTime::now()).await);
+            let skip: HashSet<_> = if reinstalled > 0 {
+                store
+                    .call(|s| s.activity_keys())
+                    .await
+                    .map_err(|e| DaemonError::Boot(BootError::Store(e)))?
+                    .into_iter()
+                    .filter(|k| queue.is_installed(k))
+                    .collect()
+            } else {
+                HashSet::new()
+            };
+            reinstalled + boot::preload(&store, &queue, &skip).await?.peers_installed
+        }
     };
     let ready_after = started.elapsed();
     metrics.time_to_ready_seconds.set(ready_after.as_secs_f64());

@@ -1,6 +1,6 @@
 //! jitwgd: a just-in-time WireGuard gateway. Modules are listed in the order a
 //! handshake initiation travels through them: capture -> identify -> replay ->
-//! lookup (store, api) -> install (dataplane) -> sweep; `pipeline` strings the JIT
+//! lookup (store, api) -> install (dataplane) -> sweep (activity); `pipeline` strings the JIT
 //! stages together, boot and push are the start-up and legacy paths, and `daemon`
 //! wires it all up.
 //!
@@ -33,6 +33,8 @@ pub mod install;
 pub mod dataplane;
 
 pub mod sweep;
+
+pub mod activity;
 
 // The stages strung together for the JIT path.
 pub mod pipeline;

@@ -95,6 +95,12 @@ pub struct Metrics {
     pub installed_peers: Gauge,
     /// Push-mode messages by `outcome` (see `PUSH_OUTCOMES`).
     pub push_messages: Family<OutcomeLabel, Counter>,
+    /// Peers re-installed at boot because they were active before the shutdown
+    /// (`--reinstall-active`), with their last endpoint and an initiation.
+    pub boot_reinstalled: Counter,
+    /// Of those, how many completed a handshake after boot (seen by a sweep): the rest
+    /// were initiations sent to clients that had gone.
+    pub boot_reinstalled_handshakes: Counter,
     /// Seconds from daemon start to ready (boot finished).
     pub time_to_ready_seconds: Gauge<f64, AtomicU64>,
     /// 0 until boot finished, then 1; `GET /ready` answers from it.
@@ -127,6 +133,8 @@ impl Metrics {
             revocations: Counter::default(),
             installed_peers: Gauge::default(),
             push_messages: Family::default(),
+            boot_reinstalled: Counter::default(),
+            boot_reinstalled_handshakes: Counter::default(),
             time_to_ready_seconds: Gauge::default(),
             ready: Gauge::default(),
             registry: Registry::with_prefix("jitwgd"),
@@ -229,6 +237,16 @@ impl Metrics {
             self.push_messages.clone(),
         );
         r.register(
+            "boot_reinstalled",
+            "Peers re-installed at boot with their last endpoint because they were active before the shutdown",
+            self.boot_reinstalled.clone(),
+        );
+        r.register(
+            "boot_reinstalled_handshakes",
+            "Peers re-installed at boot that then completed a handshake (seen by a sweep)",
+            self.boot_reinstalled_handshakes.clone(),
+        );
+        r.register(
             "time_to_ready_seconds",
             "Seconds from daemon start until boot finished",
             self.time_to_ready_seconds.clone(),
@@ -312,6 +330,11 @@ mod tests {
         );
         assert!(text.contains("jitwgd_installed_peers 7"), "{text}");
         assert!(text.contains("jitwgd_time_to_ready_seconds 1.5"), "{text}");
+        assert!(text.contains("jitwgd_boot_reinstalled_total 0"), "{text}");
+        assert!(
+            text.contains("jitwgd_boot_reinstalled_handshakes_total 0"),
+            "{text}"
+        );
         assert!(
             text.contains("jitwgd_lookups_total{outcome=\"api_found\"} 1"),
             "{text}"

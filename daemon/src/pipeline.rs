@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::activity::ActivityLog;
 use crate::capture::{self, CaptureSocket};
 use crate::errors::Causes;
 use crate::identify::{self, IdentifyError, Initiation, ResponderKeys};
@@ -31,6 +32,8 @@ pub struct Pipeline {
     /// Keys with a lookup/install in progress: later initiations of the same key do
     /// not start a second one.
     pending: Mutex<HashSet<PublicKey>>,
+    /// Where each install's endpoint is remembered for re-install at boot (`None`: off).
+    activity: Option<Arc<ActivityLog>>,
 }
 
 /// Removes a key from `pending` however the handling ends.
@@ -62,7 +65,14 @@ impl Pipeline {
             queue,
             metrics,
             pending: Mutex::new(HashSet::new()),
+            activity: None,
         }
+    }
+
+    /// Record each install's endpoint in `activity` (boot re-installs active peers).
+    pub fn with_activity(mut self, activity: Arc<ActivityLog>) -> Self {
+        self.activity = activity.enabled().then_some(activity);
+        self
     }
 
     /// Everything after identification for one initiation.
@@ -150,14 +160,21 @@ impl Pipeline {
         };
 
         match self.queue.install(config, src, captured_at).await {
-            Ok(done) => tracing::info!(
-                peer = %key,
-                src = %src,
-                lookup = source,
-                install_us = done.latency.as_micros() as u64,
-                initiated = done.initiated,
-                "peer installed"
-            ),
+            Ok(done) => {
+                tracing::info!(
+                    peer = %key,
+                    src = %src,
+                    lookup = source,
+                    install_us = done.latency.as_micros() as u64,
+                    initiated = done.initiated,
+                    "peer installed"
+                );
+                if let Some(activity) = &self.activity {
+                    if let Err(e) = activity.installed(key, src, SystemTime::now()).await {
+                        tracing::warn!(peer = %key, error = %Causes(&e), "recording peer activity failed");
+                    }
+                }
+            }
             Err(InstallError::WorkerGone) => {}
             Err(e) => {
                 tracing::warn!(peer = %key, src = %src, error = %Causes(&e), "install failed")

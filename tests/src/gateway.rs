@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ipnet::{IpNet, Ipv4Net};
 use jitwg::controlplane::{ControlPlaneHandle, PeerDoc};
@@ -41,6 +41,9 @@ pub struct GatewayOptions {
     /// Legacy push mode: start nats-server, let the control plane publish, run the
     /// daemon with `mode = "push"`.
     pub push: bool,
+    /// jitwgd config-file lines appended as written, for keys the scenario `[daemon]`
+    /// table does not carry (e.g. `reinstall_active = "off"`).
+    pub raw_daemon_toml: String,
 }
 
 impl GatewayOptions {
@@ -49,7 +52,15 @@ impl GatewayOptions {
             slot,
             daemon: DaemonFile::default(),
             push: false,
+            raw_daemon_toml: String::new(),
         }
+    }
+
+    /// Appends one jitwgd config-file line (TOML) to the rendered config.
+    pub fn raw_daemon_key(mut self, line: &str) -> GatewayOptions {
+        self.raw_daemon_toml.push_str(line);
+        self.raw_daemon_toml.push('\n');
+        self
     }
 
     /// Adjusts the daemon's settings, typed as a scenario's `[daemon]` table, e.g.
@@ -101,6 +112,7 @@ impl Gateway {
         }
         let render = |at: &_| {
             daemon_config::render_settings(at, "userspace", &settings)
+                .map(|text| text + &opts.raw_daemon_toml)
                 .map_err(RunError::DaemonConfig)
         };
         let never = CancellationToken::new();
@@ -122,6 +134,12 @@ impl Gateway {
     /// SIGKILL the daemon (no cleanup, as in a crash).
     pub fn kill9_daemon(&mut self) -> Result<(), HarnessError> {
         Ok(self.lab.kill9_daemon()?)
+    }
+
+    /// SIGKILL the daemon and restart the data plane (same key and port, no peers), as a
+    /// reboot does; `start_daemon` brings jitwgd back on the same database.
+    pub fn reboot_dataplane(&mut self) -> Result<(), HarnessError> {
+        Ok(self.lab.reboot_dataplane()?)
     }
 
     /// Whether the daemon process is still alive.
@@ -313,6 +331,33 @@ impl Drop for Gateway {
     }
 }
 
+/// `ping -D -i INTERVAL` running in the client namespace into a log file; dropping it
+/// stops it. Continuous traffic, the way a client that notices a gateway reboot sees it.
+pub struct Pinger {
+    _child: jitwg::lab::Child,
+    log: PathBuf,
+}
+
+impl Pinger {
+    /// When each reply arrived (ping's `-D` unix timestamps), in order.
+    pub fn replies(&self) -> Vec<SystemTime> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .filter(|l| l.contains("bytes from"))
+            .filter_map(|l| {
+                let stamp = l.strip_prefix('[')?.split(']').next()?;
+                let secs: f64 = stamp.parse().ok()?;
+                Some(UNIX_EPOCH + Duration::from_secs_f64(secs))
+            })
+            .collect()
+    }
+
+    /// The first reply that arrived after `t`.
+    pub fn first_reply_after(&self, t: SystemTime) -> Option<SystemTime> {
+        self.replies().into_iter().find(|r| *r > t)
+    }
+}
+
 /// A stock wireguard-go client; dropping it stops it.
 pub struct StockClient {
     ns: Arc<Namespace>,
@@ -332,6 +377,38 @@ impl StockClient {
 
     pub fn data_plane(&self) -> &DataPlane {
         &self.plane
+    }
+
+    /// Pings `dst` every `interval` until dropped (`-W1`: a lost reply is given up after 1 s).
+    pub fn ping_continuously(
+        &self,
+        dst: Ipv4Addr,
+        interval: Duration,
+    ) -> Result<Pinger, HarnessError> {
+        let log_path = self.log_dir.join(format!("ping-continuous-{dst}.log"));
+        let log = File::create(&log_path).map_err(HarnessError::io("creating ping log"))?;
+        let log2 = log
+            .try_clone()
+            .map_err(HarnessError::io("duplicating ping log"))?;
+        // stdbuf: ping's stdout is a file, which libc would block-buffer.
+        let mut cmd = Command::new("stdbuf");
+        cmd.args([
+            "-oL",
+            "ping",
+            "-n",
+            "-D",
+            "-W1",
+            "-i",
+            &format!("{:.3}", interval.as_secs_f64()),
+            &dst.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2);
+        Ok(Pinger {
+            _child: spawn_in(&self.ns, cmd)?,
+            log: log_path,
+        })
     }
 
     /// `ping -c1 -W<wait_secs> dst` from the client namespace; returns whether it got a

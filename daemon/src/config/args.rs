@@ -143,6 +143,19 @@ pub struct Args {
     #[arg(long, env = "JITWGD_INITIATE", value_name = "on|off", value_parser = values::switch)]
     pub initiate: Option<bool>,
 
+    /// At boot, re-install the peers active within this long before the shutdown, with
+    /// their last endpoint, and initiate to them at once [default: 3m, off or 0 disables].
+    ///
+    /// Without it, a client whose traffic goes unanswered after a gateway restart only
+    /// re-handshakes after WireGuard's own ~15 s (keepalive + rekey timeouts). Activity
+    /// (last handshake, endpoint) is stored at each install and each sweep; 3m covers
+    /// WireGuard's 120 s re-key of an active session. Both boot policies do it; in `jit`
+    /// boot `/ready` does not wait for it, in `preload` boot these peers go first. A
+    /// client that has gone gets the gateway's initiations for up to 90 s (WireGuard's
+    /// retry limit) and is then evicted as usual.
+    #[arg(long, env = "JITWGD_REINSTALL_ACTIVE", value_name = "DURATION", value_parser = values::duration_or_off)]
+    pub reinstall_active: Option<Duration>,
+
     /// NATS server URL for push mode, e.g. nats://198.18.0.1:4222 (required in push mode).
     #[arg(long, env = "JITWGD_NATS_URL", value_name = "URL", value_parser = values::nats_url)]
     pub nats_url: Option<String>,

@@ -56,6 +56,7 @@ fn minimal_settings_get_documented_defaults() {
     assert_eq!(c.sweep_budget, Duration::from_millis(50));
     assert!(!c.evict_in_push_mode);
     assert!(c.initiate);
+    assert_eq!(c.reinstall_active, Duration::from_secs(180));
     assert_eq!(c.nats_url, None);
     assert_eq!(c.nats_subject, "jitwg.peers");
     assert_eq!(c.allowed_prefix.to_string(), "100.64.0.0/10");
@@ -233,6 +234,34 @@ fn switches_parse_on_and_off_everywhere() {
 }
 
 #[test]
+fn reinstall_active_takes_a_duration_or_off() {
+    for (text, want) in [("off", 0), ("0", 0), ("0s", 0), ("90s", 90), ("5m", 300)] {
+        let mut argv = MINIMAL.to_vec();
+        argv.extend(["--reinstall-active", text]);
+        assert_eq!(
+            resolve_argv(&argv).unwrap().reinstall_active,
+            Duration::from_secs(want),
+            "--reinstall-active {text}"
+        );
+    }
+    let file = config_file("reinstall_active = \"off\"\n");
+    let mut argv = MINIMAL.to_vec();
+    argv.extend(["--config", file.path().to_str().unwrap()]);
+    assert_eq!(
+        resolve_argv(&argv).unwrap().reinstall_active,
+        Duration::ZERO
+    );
+    let file = config_file("reinstall_active = \"soon\"\n");
+    let mut argv = MINIMAL.to_vec();
+    argv.extend(["--config", file.path().to_str().unwrap()]);
+    let err = resolve_argv(&argv).unwrap_err().to_string();
+    assert!(
+        err.contains("reinstall_active") && err.contains("or off"),
+        "{err}"
+    );
+}
+
+#[test]
 fn long_interface_name_is_refused_from_flag_and_file() {
     let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     assert!(parse(&["--interface", "a-very-long-name"]).is_err());
@@ -370,6 +399,7 @@ fn help_states_the_defaults_resolve_uses() {
     assert_eq!(dur("sweep_budget"), defaults::SWEEP_BUDGET);
     assert_eq!(switch("evict_in_push_mode"), defaults::EVICT_IN_PUSH_MODE);
     assert_eq!(switch("initiate"), defaults::INITIATE);
+    assert_eq!(dur("reinstall_active"), defaults::REINSTALL_ACTIVE);
     assert_eq!(documented_default("nats_subject"), defaults::NATS_SUBJECT);
     assert_eq!(
         values::prefix(&documented_default("allowed_prefix")).unwrap(),

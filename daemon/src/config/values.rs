@@ -22,6 +22,14 @@ pub fn positive_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A duration where `off` (or `0`) means zero: the feature it sizes is disabled.
+pub fn duration_or_off(s: &str) -> Result<Duration, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "off" | "0" => Ok(Duration::ZERO),
+        _ => duration(s).map_err(|e| format!("{e}, or off")),
+    }
+}
+
 /// An on/off switch. `on|off` is the documented spelling; the usual boolean words
 /// are accepted too because people type them.
 pub fn switch(s: &str) -> Result<bool, String> {

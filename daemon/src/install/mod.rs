@@ -65,6 +65,12 @@ enum Command {
         writes: Vec<PeerWrite>,
         reply: oneshot::Sender<Result<usize, InstallError>>,
     },
+    /// Peers active before a restart, with their last endpoint: installed like JIT ones
+    /// (same batch path, role inversion included), at most `MAX_INSTALL_BATCH` a command.
+    Reinstall {
+        writes: Vec<PeerWrite>,
+        reply: oneshot::Sender<usize>,
+    },
     Remove {
         keys: Vec<PublicKey>,
         reason: RemovalReason,
@@ -173,6 +179,34 @@ impl InstallQueue {
             .await?
     }
 
+    /// Re-install peers that were active before a restart with their last endpoint, in the
+    /// initiator role like a JIT install (when `initiate` is on), one batch at a time so
+    /// JIT installs queued meanwhile go between batches. Returns how many were installed.
+    pub async fn reinstall(
+        &self,
+        peers: Vec<(PeerConfig, SocketAddr)>,
+    ) -> Result<usize, InstallError> {
+        let mut writes: Vec<PeerWrite> = peers
+            .into_iter()
+            .map(|(config, endpoint)| PeerWrite {
+                config,
+                endpoint: Some(endpoint),
+            })
+            .collect();
+        let mut done = 0;
+        while !writes.is_empty() {
+            let rest = writes.split_off(writes.len().min(MAX_INSTALL_BATCH));
+            let batch = std::mem::replace(&mut writes, rest);
+            done += self
+                .ask(|reply| Command::Reinstall {
+                    writes: batch,
+                    reply,
+                })
+                .await?;
+        }
+        Ok(done)
+    }
+
     /// Remove peers; resolves once all are removed (in chunks).
     pub async fn remove(
         &self,
@@ -190,12 +224,13 @@ impl InstallQueue {
     /// Read the data plane, select idle peers and queue their removal. Returns as soon
     /// as the removal is queued: chunks then run between installs. The read runs on a
     /// blocking thread while the worker keeps installing; the worker journals its writes
-    /// meanwhile and reconciles the read with them (`sweep::reconcile`).
+    /// meanwhile and reconciles the read with them (`sweep::reconcile`). Also returns the
+    /// read's peers that have completed a handshake, for the activity record.
     pub async fn sweep(
         &self,
         now: SystemTime,
         evict_after: Duration,
-    ) -> Result<SweepStarted, InstallError> {
+    ) -> Result<(SweepStarted, Vec<InstalledPeer>), InstallError> {
         self.ask(|reply| Command::SweepBegin { reply }).await?;
         let reader = self.reader.clone();
         let started = Instant::now();
@@ -204,6 +239,16 @@ impl InstallQueue {
             Err(e) => Err(InstallError::SweepTask(e)),
         };
         let read_took = started.elapsed();
+        let active: Vec<InstalledPeer> = read
+            .as_ref()
+            .map(|peers| {
+                peers
+                    .iter()
+                    .filter(|p| p.last_handshake.is_some())
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
         let found = self
             .ask(|reply| Command::Sweep {
                 read,
@@ -212,10 +257,13 @@ impl InstallQueue {
                 reply,
             })
             .await??;
-        Ok(SweepStarted {
-            read: read_took,
-            ..found
-        })
+        Ok((
+            SweepStarted {
+                read: read_took,
+                ..found
+            },
+            active,
+        ))
     }
 }
 
@@ -347,6 +395,21 @@ impl Shell {
                     .scheduler
                     .install_many(self.backend.as_ref(), &writes, SystemTime::now())
                     .map_err(InstallError::Write);
+                let _ = reply.send(done);
+            }
+            Command::Reinstall { writes, reply } => {
+                let results =
+                    self.scheduler
+                        .install_batch(self.backend.as_ref(), &writes, SystemTime::now());
+                let done = results.iter().filter(|r| r.is_ok()).count();
+                self.metrics.installs.inc_by(done as u64);
+                if self.scheduler.initiate() {
+                    self.metrics.role_inversions.inc_by(done as u64);
+                }
+                if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+                    self.metrics.install_errors.inc();
+                    tracing::warn!(error = %Causes(e), failed = writes.len() - done, "re-installing active peers failed");
+                }
                 let _ = reply.send(done);
             }
             Command::Remove {

@@ -1,9 +1,11 @@
 //! The daemon's memory on disk: one SQLite database (WAL mode) holding the positive peer
 //! cache (also the stored peers that preload boot and push mode install), the negative
-//! cache, and the replay guard's newest timestamp per key. Synchronous on purpose: async
+//! cache, the replay guard's newest timestamp per key, and each peer's last activity and
+//! endpoint (`activity`, for re-installing active peers at boot). Synchronous on purpose: async
 //! callers use it through `SharedStore`, which runs each call on the blocking pool.
 //! Time is always a parameter; nothing here reads the clock.
 
+mod activity;
 mod schema;
 mod shared;
 
@@ -19,6 +21,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use crate::peer::{PeerConfig, PublicKey, Timestamp};
 use crate::replay::{self, ReplayVerdict};
 
+pub use activity::{ActivePeer, Activity};
 pub use schema::SCHEMA_VERSION;
 pub use shared::{SharedStore, StoreCallError};
 

@@ -31,6 +31,17 @@ const MIGRATIONS: &[&str] = &[
         public_key BLOB PRIMARY KEY NOT NULL CHECK (length(public_key) = 32),
         newest     BLOB NOT NULL CHECK (length(newest) = 12)
     ) WITHOUT ROWID;",
+    // 2: when each peer was last seen active (a handshake, or its install) and from which
+    // endpoint, so boot can re-install recently active peers and initiate to them. Kept
+    // apart from `peers` (a cache refresh must not forget activity); read joined with it,
+    // so a revoked or forgotten peer is never re-installed. Rows older than the
+    // re-install window are pruned by the sweep that writes them.
+    "CREATE TABLE activity (
+        public_key BLOB PRIMARY KEY NOT NULL CHECK (length(public_key) = 32),
+        endpoint   TEXT NOT NULL,
+        seen_at    INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX activity_by_seen ON activity (seen_at);",
 ];
 
 /// The schema version this build writes.
@@ -77,6 +88,32 @@ mod tests {
         let mut conn = Connection::open_in_memory().unwrap();
         migrate(&mut conn).unwrap();
         migrate(&mut conn).unwrap();
+    }
+
+    #[test]
+    fn version_1_database_gains_the_activity_table_and_keeps_its_rows() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO peers VALUES (zeroblob(32), '100.64.0.2/32', NULL, 'api', 0, 10)",
+            [],
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let v: u32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 2);
+        let peers: u32 = conn
+            .query_row("SELECT count(*) FROM peers", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(peers, 1);
+        conn.execute(
+            "INSERT INTO activity VALUES (zeroblob(32), '198.18.0.2:51820', 5)",
+            [],
+        )
+        .unwrap();
     }
 
     #[test]
