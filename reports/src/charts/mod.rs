@@ -93,6 +93,13 @@ fn render(
     Ok(svg)
 }
 
+/// A chart's plotting area on an SVG canvas, with the coordinates `X` and `Y` describe.
+type Plot<'a, 'b, X, Y> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<<X as AsRangedCoord>::CoordDescType, <Y as AsRangedCoord>::CoordDescType>,
+>;
+
 /// The titled plotting area every chart starts from, with room for `y_label_area` pixels of
 /// y-axis labels.
 fn cartesian<'a, 'b, X: AsRangedCoord, Y: AsRangedCoord>(
@@ -101,10 +108,7 @@ fn cartesian<'a, 'b, X: AsRangedCoord, Y: AsRangedCoord>(
     y_label_area: u32,
     x: X,
     y: Y,
-) -> Result<
-    ChartContext<'a, SVGBackend<'b>, Cartesian2d<X::CoordDescType, Y::CoordDescType>>,
-    Box<dyn Error>,
-> {
+) -> Result<Plot<'a, 'b, X, Y>, Box<dyn Error>> {
     Ok(ChartBuilder::on(root)
         .caption(title, ("sans-serif", 20))
         .margin(12)

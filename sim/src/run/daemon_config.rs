@@ -81,6 +81,7 @@ pub fn settings(d: &DaemonFile) -> ConfigFile {
         api_timeout,
         api_retries,
         api_min_interval,
+        reinstall_active,
     } = d.clone();
     ConfigFile {
         mode: mode.map(|m| mode_word(m.into()).to_string()),
@@ -96,6 +97,13 @@ pub fn settings(d: &DaemonFile) -> ConfigFile {
         api_timeout: api_timeout.map(human),
         api_retries,
         api_min_interval: api_min_interval.map(human),
+        reinstall_active: reinstall_active.map(|d| {
+            if d.is_zero() {
+                "off".to_string()
+            } else {
+                human(d)
+            }
+        }),
         ..ConfigFile::default()
     }
 }
@@ -179,7 +187,7 @@ pub fn describe(scenario: &Scenario) -> Result<Vec<Setting>, DaemonConfigError> 
     let resolved =
         serde_json::to_value(resolve(scenario, &DaemonEndpoints::stand_in())?).unwrap_or_default();
     let set = toml::Table::try_from(settings(&scenario.daemon.set))?;
-    const KEYS: [&str; 14] = [
+    const KEYS: [&str; 15] = [
         "backend",
         "mode",
         "boot",
@@ -194,6 +202,7 @@ pub fn describe(scenario: &Scenario) -> Result<Vec<Setting>, DaemonConfigError> 
         "api_timeout",
         "api_retries",
         "api_min_interval",
+        "reinstall_active",
     ];
     Ok(KEYS
         .iter()

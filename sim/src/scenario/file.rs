@@ -253,6 +253,14 @@ pub struct DaemonFile {
         skip_serializing_if = "Option::is_none"
     )]
     pub api_min_interval: Option<Duration>,
+    /// Peers active within this long before a restart are re-installed, and initiated to, at
+    /// boot; `0s` turns it off.
+    #[serde(
+        with = "humantime_serde",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub reinstall_active: Option<Duration>,
 }
 
 /// `[control_plane]`: who is registered and how badly the API behaves.

@@ -79,6 +79,10 @@ fn check(s: &Scenario) -> Config {
         api_min_interval,
         dur(d.api_min_interval, defaults::API_MIN_INTERVAL)
     );
+    same!(
+        reinstall_active,
+        dur(d.reinstall_active, defaults::REINSTALL_ACTIVE)
+    );
     // Where this run's collaborators are, and the lab's tunnel prefix.
     assert_eq!(c.interface, at.interface);
     assert_eq!(
@@ -130,10 +134,12 @@ fn every_daemon_key_reaches_jitwgd_under_its_own_name() {
         "daemon.api_timeout=750ms",
         "daemon.api_retries=0",
         "daemon.api_min_interval=250ms",
+        "daemon.reinstall_active=0s",
     ]);
     let c = check(&s);
     assert_eq!((c.sweep_chunk, c.api_retries), (1000, 0));
     assert!(!c.initiate && c.evict_in_push_mode);
+    assert!(c.reinstall_active.is_zero(), "0s turns the re-install off");
     let settings = describe(&s).unwrap();
     assert!(settings.iter().all(|s| !s.jitwgd_default), "{settings:?}");
 }
