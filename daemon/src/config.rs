@@ -91,6 +91,8 @@ pub struct Config {
     pub evict_in_push_mode: bool,
     /// Install peers in the initiator role (handshake back at once).
     pub initiate: bool,
+    /// Role-inversion initiations per second; 0 = unpaced.
+    pub initiate_rate: u32,
     /// Always `Some` in push mode.
     pub nats_url: Option<String>,
     pub nats_subject: String,
@@ -133,6 +135,8 @@ pub mod defaults {
     pub const SWEEP_BUDGET: Duration = Duration::from_millis(50);
     pub const EVICT_IN_PUSH_MODE: bool = false;
     pub const INITIATE: bool = true;
+    /// Unpaced until measured otherwise (BENCHMARKS.md, storm).
+    pub const INITIATE_RATE: u32 = 0;
     pub const NATS_SUBJECT: &str = "jitwg.peers";
     pub const ALLOWED_PREFIX: IpNet =
         IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(100, 64, 0, 0), 10));
@@ -348,6 +352,10 @@ fn merge(args: Args, file: ConfigFile, path: &Path) -> Result<Config, ConfigErro
             .initiate
             .or(f.switch("initiate", file.initiate)?)
             .unwrap_or(defaults::INITIATE),
+        initiate_rate: args
+            .initiate_rate
+            .or(file.initiate_rate)
+            .unwrap_or(defaults::INITIATE_RATE),
         nats_url,
         nats_subject: args
             .nats_subject

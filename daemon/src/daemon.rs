@@ -117,6 +117,7 @@ pub async fn run(
         installed,
         InstallSettings {
             initiate: config.initiate,
+            initiate_rate: config.initiate_rate,
             sweep_chunk: config.sweep_chunk.max(1),
             sweep_budget: config.sweep_budget,
         },
@@ -131,6 +132,7 @@ pub async fn run(
         mode = ?config.mode,
         boot = ?config.boot,
         initiate = config.initiate,
+        initiate_rate = config.initiate_rate,
         installed = queue.installed_count(),
         "attached to data plane"
     );

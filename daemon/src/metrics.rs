@@ -85,8 +85,11 @@ pub struct Metrics {
     pub install_errors: Counter,
     /// From capture of the initiation to install done.
     pub install_latency_seconds: Histogram,
-    /// Installs done with initiate=on (the gateway handshakes back at once).
+    /// Role-inversion initiations sent (at install, or deferred by the initiation pacer).
     pub role_inversions: Counter,
+    /// Deferred role inversions dropped: waited past the client's own retry, or the peer
+    /// was removed meanwhile.
+    pub deferred_initiations_dropped: Counter,
     /// Peers removed by the sweep for being idle.
     pub evictions: Counter,
     /// Peers removed because the control plane no longer knows them.
@@ -123,6 +126,7 @@ impl Metrics {
             // 50 µs .. ~6.5 s
             install_latency_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
             role_inversions: Counter::default(),
+            deferred_initiations_dropped: Counter::default(),
             evictions: Counter::default(),
             revocations: Counter::default(),
             installed_peers: Gauge::default(),
@@ -205,8 +209,13 @@ impl Metrics {
         );
         r.register(
             "role_inversions",
-            "Installs done in the initiator role (the gateway handshakes back at once)",
+            "Role-inversion initiations the data plane was told to send (at install or paced)",
             self.role_inversions.clone(),
+        );
+        r.register(
+            "deferred_initiations_dropped",
+            "Paced role inversions dropped: the client's own retry was due, or the peer left",
+            self.deferred_initiations_dropped.clone(),
         );
         r.register(
             "evictions",

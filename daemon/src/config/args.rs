@@ -143,6 +143,16 @@ pub struct Args {
     #[arg(long, env = "JITWGD_INITIATE", value_name = "on|off", value_parser = values::switch)]
     pub initiate: Option<bool>,
 
+    /// Role-inversion initiations per second at most; 0 = unpaced [default: 0 (set after
+    /// measurement, see BENCHMARKS.md "storm")].
+    ///
+    /// Each gateway initiation comes back as a handshake response the data plane must
+    /// process; a storm of them fills its handshake queue (wireguard-go: 128), which then
+    /// answers responses with cookie replies, and those clients wait for the 5 s retry.
+    /// Installs beyond the rate are written at once and initiate as the rate allows.
+    #[arg(long, env = "JITWGD_INITIATE_RATE", value_name = "PER_SECOND")]
+    pub initiate_rate: Option<u32>,
+
     /// NATS server URL for push mode, e.g. nats://198.18.0.1:4222 (required in push mode).
     #[arg(long, env = "JITWGD_NATS_URL", value_name = "URL", value_parser = values::nats_url)]
     pub nats_url: Option<String>,

@@ -49,6 +49,8 @@ pub struct ConfigFile {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub initiate: Option<Switch>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub initiate_rate: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub nats_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nats_subject: Option<String>,
