@@ -25,6 +25,10 @@ pub const IDENTIFY_STAGES: &[&str] = &[
     "decrypt_timestamp",
 ];
 
+/// Values of the `reason` label of `jitwgd_capture_dropped_total`: why a captured
+/// initiation was never identified (`identify_pool::DropReason`).
+pub const CAPTURE_DROP_REASONS: &[&str] = &["identify_queue_full", "identify_stopped"];
+
 /// Values of the `outcome` label of `jitwgd_lookups_total`.
 pub const LOOKUP_OUTCOMES: &[&str] = &[
     "cache_hit",
@@ -51,6 +55,12 @@ pub struct StageLabel {
     pub stage: &'static str,
 }
 
+/// Label set `{reason="..."}`: why a captured initiation was dropped.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
 /// Label set `{outcome="..."}`: how a lookup or a push message ended.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -64,6 +74,9 @@ pub struct OutcomeLabel {
 pub struct Metrics {
     /// Packets that passed the BPF filter and parsed as handshake initiations.
     pub initiations_captured: Counter,
+    /// Captured initiations dropped before identification, by `reason` (see
+    /// `CAPTURE_DROP_REASONS`).
+    pub capture_dropped: Family<ReasonLabel, Counter>,
     /// Initiations whose mac1 did not match our public key (no DH was spent on them).
     pub mac1_rejected: Counter,
     /// Identification failures by `stage` (see `IDENTIFY_STAGES`).
@@ -113,6 +126,7 @@ impl Metrics {
     pub fn new() -> Arc<Metrics> {
         let m = Metrics {
             initiations_captured: Counter::default(),
+            capture_dropped: Family::default(),
             mac1_rejected: Counter::default(),
             identify_failed: Family::default(),
             replays_ignored: Counter::default(),
@@ -135,6 +149,9 @@ impl Metrics {
             ready: Gauge::default(),
             registry: Registry::with_prefix("jitwgd"),
         };
+        for &reason in CAPTURE_DROP_REASONS {
+            let _ = m.capture_dropped.get_or_create(&ReasonLabel { reason });
+        }
         for &stage in IDENTIFY_STAGES {
             let _ = m.identify_failed.get_or_create(&StageLabel { stage });
         }
@@ -156,6 +173,11 @@ impl Metrics {
             "initiations_captured",
             "Handshake initiations that passed the capture filter and parsed",
             self.initiations_captured.clone(),
+        );
+        r.register(
+            "capture_dropped",
+            "Captured initiations dropped before identification, by reason",
+            self.capture_dropped.clone(),
         );
         r.register(
             "mac1_rejected",
@@ -265,6 +287,18 @@ impl Metrics {
     pub fn is_ready(&self) -> bool {
         self.ready.get() == 1
     }
+}
+
+/// Count one captured initiation dropped for `reason` (one of `CAPTURE_DROP_REASONS`).
+pub fn count_capture_drop(metrics: &Metrics, reason: &'static str) {
+    debug_assert!(
+        CAPTURE_DROP_REASONS.contains(&reason),
+        "unknown reason {reason}"
+    );
+    metrics
+        .capture_dropped
+        .get_or_create(&ReasonLabel { reason })
+        .inc();
 }
 
 /// Count one identification failure at `stage` (one of `IDENTIFY_STAGES`).
