@@ -143,8 +143,9 @@ pub struct Args {
     #[arg(long, env = "JITWGD_INITIATE", value_name = "on|off", value_parser = values::switch)]
     pub initiate: Option<bool>,
 
-    /// Role-inversion initiations per second at most; 0 = unpaced [default: 0 (set after
-    /// measurement, see BENCHMARKS.md "storm")].
+    /// Role-inversion initiations per second at most; 0 = unpaced [default: 1500, about
+    /// what one core of wireguard-go completes; the best of 0, 800, 1500 in BENCHMARKS.md,
+    /// storm].
     ///
     /// Each gateway initiation comes back as a handshake response the data plane must
     /// process; a storm of them fills its handshake queue (wireguard-go: 128), which then
