@@ -3,7 +3,7 @@
 //! vectors): every valid one yields the right key and timestamp, every invalid one is
 //! rejected at exactly the stage the vector names.
 
-use jitwgd::identify::{identify, ResponderKeys};
+use jitwgd::identify::{identify, identify_cached, ResponderKeys, StaticStaticCache};
 use jitwgd::peer::PublicKey;
 use serde::Deserialize;
 
@@ -65,17 +65,48 @@ fn every_captured_initiation_identifies_its_sender_and_timestamp() {
     }
 }
 
+/// The responder key an invalid case was made for, when it is not the file's own.
+fn other_responder(case: &Invalid) -> Option<ResponderKeys> {
+    case.responder_private_key
+        .as_ref()
+        .map(|k| ResponderKeys::new(jitwgd::peer::decode_key_base64(k).unwrap()))
+}
+
 #[test]
 fn every_invalid_packet_is_rejected_at_its_stage() {
     let (v, keys) = vectors();
     assert!(!v.invalid.is_empty());
     for case in &v.invalid {
         let packet = hex::decode(&case.packet).unwrap();
-        let other = case
-            .responder_private_key
-            .as_ref()
-            .map(|k| ResponderKeys::new(jitwgd::peer::decode_key_base64(k).unwrap()));
+        let other = other_responder(case);
         match identify(other.as_ref().unwrap_or(&keys), &packet) {
+            Ok(_) => panic!("accepted an invalid packet ({})", case.why),
+            Err(e) => assert_eq!(e.as_str(), case.stage, "{}", case.why),
+        }
+    }
+}
+
+#[test]
+fn a_warm_static_static_cache_changes_no_result() {
+    let (v, keys) = vectors();
+    let cache = StaticStaticCache::new(&keys, 256);
+    for case in &v.valid {
+        let key = PublicKey::from_base64(&case.initiator_public_key).unwrap();
+        assert!(cache.remember(&keys, key));
+    }
+    assert!(!cache.is_empty());
+    for (i, case) in v.valid.iter().enumerate() {
+        let packet = hex::decode(&case.packet).unwrap();
+        let cached = identify_cached(&keys, &cache, &packet);
+        assert_eq!(cached, identify(&keys, &packet), "vector {i}");
+        let got = cached.unwrap_or_else(|e| panic!("vector {i}: {e:?}"));
+        assert_eq!(hex::encode(got.timestamp.0), case.tai64n, "vector {i}");
+    }
+    for case in &v.invalid {
+        let packet = hex::decode(&case.packet).unwrap();
+        let other = other_responder(case);
+        let responder = other.as_ref().unwrap_or(&keys);
+        match identify_cached(responder, &cache, &packet) {
             Ok(_) => panic!("accepted an invalid packet ({})", case.why),
             Err(e) => assert_eq!(e.as_str(), case.stage, "{}", case.why),
         }

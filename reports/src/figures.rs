@@ -366,7 +366,21 @@ pub static FIGURES: &[FigureDef] = &[
         Better::Lower,
         |f| cpu(f, "driver"),
     ),
+    def(
+        "driver_cpu_per_client_ms",
+        "driver CPU per client",
+        Unit::Ms,
+        Better::Lower,
+        driver_cpu_per_client_ms,
+    ),
 ];
+
+/// The driver's own cost per simulated client, so a run's capacity can be planned: how many
+/// clients one core of driver can simulate. `None` without a driver measurement or clients.
+fn driver_cpu_per_client_ms(f: &Figures) -> Option<f64> {
+    let seconds = cpu(f, "driver")?;
+    (f.clients > 0).then(|| seconds * 1000.0 / f.clients as f64)
+}
 
 /// Looks a figure up by its registry name.
 pub fn figure(name: &str) -> Option<FigureDef> {
@@ -454,6 +468,19 @@ mod tests {
             assert!(figure(name).is_some(), "{name}");
         }
         assert!(figure("nope").is_none());
+    }
+
+    #[test]
+    fn driver_cpu_per_client_divides_by_clients() {
+        let mut r = with_latencies(&[Some(1.0), Some(2.0), None, Some(3.0)]);
+        r.processes.push(crate::schema::ProcessUsage {
+            name: "driver".into(),
+            cpu_seconds: 2.0,
+            peak_rss_bytes: 0,
+        });
+        let get = figure("driver_cpu_per_client_ms").unwrap().get;
+        assert_eq!(get(&Figures::from_results(&r)), Some(500.0));
+        assert_eq!(get(&Figures::from_results(&with_latencies(&[]))), None);
     }
 
     #[test]

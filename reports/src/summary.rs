@@ -33,6 +33,7 @@ const SUMMARY_FIGURES: &[&str] = &[
     "dataplane_cpu",
     "driver_rss_peak",
     "driver_cpu",
+    "driver_cpu_per_client_ms",
 ];
 
 /// Shown for a figure the run did not measure.

@@ -2,21 +2,13 @@
 //! fixture `data/fixed-results.json`, asserted against values worked out by hand (see comments).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use jitwg_reports::compare::{compare, format_change, Verdict};
 use jitwg_reports::summary::{compared_figures, verdict};
 use jitwg_reports::{evaluate, figure, load, parse_expectations, Figures, Results};
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data")
-        .join(name)
-}
-
-fn fixed() -> Results {
-    load(fixture("fixed-results.json")).unwrap()
-}
+mod common;
+use common::{fixed, fixture};
 
 fn value(figures: &Figures, name: &str) -> Option<f64> {
     (figure(name).unwrap().get)(figures)

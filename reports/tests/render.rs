@@ -11,15 +11,8 @@ use jitwg_reports::{
     LoadError, Reload, Results, RunInfo, Sample, SCHEMA_VERSION,
 };
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data")
-        .join(name)
-}
-
-fn fixed() -> Results {
-    load(fixture("fixed-results.json")).unwrap()
-}
+mod common;
+use common::{fixed, fixture};
 
 /// Parses `svg` as XML and checks it is an `<svg>` document; returns the number of drawn polylines.
 fn check_svg(title: &str, svg: &str) -> usize {

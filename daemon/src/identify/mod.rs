@@ -6,8 +6,15 @@
 //! junk costs one BLAKE2s: header, length, then mac1 — no Diffie-Hellman until mac1
 //! proves the sender knows our public key. A sniffer cannot check mac2 (cookies) and
 //! keeps no timestamp state; replay protection is the caller's job (`replay`).
+//!
+//! The second DH (responder static x initiator static) depends only on the key pair,
+//! so `identify_cached` takes it from a `StaticStaticCache` for keys the caller has
+//! said it knows: a repeat initiation from a known key then costs one DH.
 
+mod cache;
 mod noise;
+
+pub use cache::StaticStaticCache;
 
 use x25519_dalek::{PublicKey as DhPublic, StaticSecret};
 
@@ -133,6 +140,27 @@ pub fn mac1_valid(keys: &ResponderKeys, msg: &[u8]) -> bool {
 /// Recover the initiator's static public key and timestamp from a handshake
 /// initiation addressed to `keys`. Costs two X25519 operations once mac1 passes.
 pub fn identify(keys: &ResponderKeys, msg: &[u8]) -> Result<Initiation, IdentifyError> {
+    identify_with(keys, None, msg)
+}
+
+/// `identify`, taking the static-static DH from `cache` when the initiator's key is
+/// in it: one X25519 instead of two for a known key. Same result as `identify` for
+/// every input (the cached secret is the one `identify` would compute, and the AEAD
+/// on the timestamp still authenticates it). Never fills the cache: call
+/// `StaticStaticCache::remember` for keys found to be known.
+pub fn identify_cached(
+    keys: &ResponderKeys,
+    cache: &StaticStaticCache,
+    msg: &[u8],
+) -> Result<Initiation, IdentifyError> {
+    identify_with(keys, Some(cache), msg)
+}
+
+fn identify_with(
+    keys: &ResponderKeys,
+    cache: Option<&StaticStaticCache>,
+    msg: &[u8],
+) -> Result<Initiation, IdentifyError> {
     let msg = initiation_bytes(msg)?;
     if !mac1_matches(keys, msg) {
         return Err(IdentifyError::Mac1);
@@ -160,17 +188,24 @@ pub fn identify(keys: &ResponderKeys, msg: &[u8]) -> Result<Initiation, Identify
 
     // ss: decrypt the timestamp, proving the initiator holds its static private key
     // (the preshared key only enters at the second message, so it is not needed here).
-    let shared = keys.private.diffie_hellman(&DhPublic::from(initiator));
-    if !shared.was_contributory() {
-        return Err(IdentifyError::DecryptTimestamp);
-    }
-    let (_chaining_key, key) = noise::kdf2(&chaining_key, shared.as_bytes());
+    // The cache only holds contributory results, so a hit skips that check too.
+    let initiator_key = PublicKey(initiator);
+    let key = match cache.and_then(|c| c.get(keys, &initiator_key)) {
+        Some(shared) => noise::kdf2(&chaining_key, shared.as_bytes()).1,
+        None => {
+            let shared = keys.private.diffie_hellman(&DhPublic::from(initiator));
+            if !shared.was_contributory() {
+                return Err(IdentifyError::DecryptTimestamp);
+            }
+            noise::kdf2(&chaining_key, shared.as_bytes()).1
+        }
+    };
     let timestamp: [u8; 12] =
         noise::open(&key, encrypted_timestamp, &hash).ok_or(IdentifyError::DecryptTimestamp)?;
 
     Ok(Initiation {
         sender_index: u32::from_le_bytes(sender_index),
-        initiator: PublicKey(initiator),
+        initiator: initiator_key,
         timestamp: Timestamp(timestamp),
     })
 }

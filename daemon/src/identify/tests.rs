@@ -6,6 +6,7 @@ use super::*;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// TAI64 labels seconds from 2^62; boringtun also adds 37 leap seconds, wireguard-go 10.
@@ -22,6 +23,19 @@ fn initiator_tunn(initiator: [u8; 32], responder: [u8; 32], psk: Option<[u8; 32]
         psk,
         None,
         7,
+        None,
+    )
+}
+
+/// boringtun's responder holding `initiator_public`: the independent check of what
+/// identify accepts.
+fn responder_tunn(responder: [u8; 32], initiator_public: DhPublic, psk: Option<[u8; 32]>) -> Tunn {
+    Tunn::new(
+        StaticSecret::from(responder),
+        initiator_public,
+        psk,
+        None,
+        9,
         None,
     )
 }
@@ -144,14 +158,7 @@ fn timestamps_follow_boringtun_order_and_replay_view() {
 
     // boringtun's responder, after the newer one, refuses the older one as a replay:
     // the same ordering identify reports.
-    let mut server = Tunn::new(
-        StaticSecret::from(responder),
-        public_of(initiator),
-        None,
-        None,
-        9,
-        None,
-    );
+    let mut server = responder_tunn(responder, public_of(initiator), None);
     assert!(boringtun_responder_accepts(&mut server, &second));
     assert!(!boringtun_responder_accepts(&mut server, &first));
 }
@@ -190,14 +197,7 @@ proptest! {
         prop_assert!(nanos < 1_000_000_000);
 
         // A boringtun responder holding that initiator's key accepts the same bytes.
-        let mut server = Tunn::new(
-            StaticSecret::from(responder),
-            public_of(initiator),
-            psk,
-            None,
-            9,
-            None,
-        );
+        let mut server = responder_tunn(responder, public_of(initiator), psk);
         prop_assert!(boringtun_responder_accepts(&mut server, &msg));
     }
 
@@ -253,5 +253,148 @@ proptest! {
         bytes[..4].copy_from_slice(&INITIATION_HEADER);
         let keys = ResponderKeys::new([5; 32]);
         prop_assert_eq!(identify(&keys, &bytes), Err(IdentifyError::Mac1));
+    }
+}
+
+/// `msg` with a correct mac1 for `keys` over its (possibly altered) first 116 bytes, so
+/// an alteration reaches the Diffie-Hellman stages instead of failing at mac1.
+fn with_mac1(keys: &ResponderKeys, mut msg: Vec<u8>) -> Vec<u8> {
+    use blake2::digest::{Mac, Update};
+    let mut m =
+        blake2::Blake2sMac::<blake2::digest::consts::U16>::new_from_slice(&keys.mac1_key).unwrap();
+    Update::update(&mut m, &msg[..MAC1.start]);
+    msg[MAC1].copy_from_slice(&m.finalize().into_bytes());
+    msg
+}
+
+fn seal(key: &[u8; 32], plaintext: &[u8], associated: &[u8]) -> Vec<u8> {
+    use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+    use chacha20poly1305::{ChaCha20Poly1305, Nonce};
+    let payload = Payload {
+        msg: plaintext,
+        aad: associated,
+    };
+    ChaCha20Poly1305::new(key.into())
+        .encrypt(&Nonce::default(), payload)
+        .unwrap()
+}
+
+/// An initiation claiming `claimed` as its static key, built by someone holding
+/// `signer`'s static private key and its own ephemeral: a spoofer can encrypt any
+/// claimed key (it owns the ephemeral), but can only key the timestamp with a DH of a
+/// static private key it holds. When `signer` is the private key of `claimed`, this
+/// is an honest initiation.
+fn crafted_initiation(
+    keys: &ResponderKeys,
+    claimed: [u8; 32],
+    signer: [u8; 32],
+    ephemeral: [u8; 32],
+) -> Vec<u8> {
+    let responder = DhPublic::from(keys.public);
+    let e_pub = public_of(ephemeral).to_bytes();
+    let ck = noise::kdf1(&keys.initial_chaining_key, &e_pub);
+    let h = noise::hash(&keys.initial_hash, &e_pub);
+    let es = StaticSecret::from(ephemeral).diffie_hellman(&responder);
+    let (ck, k) = noise::kdf2(&ck, es.as_bytes());
+    let encrypted_static = seal(&k, &claimed, &h);
+    let h = noise::hash(&h, &encrypted_static);
+    let ss = StaticSecret::from(signer).diffie_hellman(&responder);
+    let (_, k) = noise::kdf2(&ck, ss.as_bytes());
+    let timestamp = [0x40, 0, 0, 0, 0x66, 0, 0, 0, 0, 0, 0, 1];
+    let encrypted_timestamp = seal(&k, &timestamp, &h);
+    let mut msg = INITIATION_HEADER.to_vec();
+    msg.extend_from_slice(&7u32.to_le_bytes());
+    msg.extend_from_slice(&e_pub);
+    msg.extend_from_slice(&encrypted_static);
+    msg.extend_from_slice(&encrypted_timestamp);
+    msg.resize(INITIATION_LEN, 0);
+    with_mac1(keys, msg)
+}
+
+/// identify with no cache, a cold cache and a cache warm for `known` all agree.
+fn check_cache_agrees(
+    keys: &ResponderKeys,
+    known: &[[u8; 32]],
+    msg: &[u8],
+) -> Result<Result<Initiation, IdentifyError>, TestCaseError> {
+    let plain = identify(keys, msg);
+    let cold = StaticStaticCache::new(keys, 64);
+    prop_assert_eq!(identify_cached(keys, &cold, msg), plain);
+    let warm = StaticStaticCache::new(keys, 64);
+    for k in known {
+        warm.remember(keys, PublicKey(public_of(*k).to_bytes()));
+    }
+    prop_assert_eq!(identify_cached(keys, &warm, msg), plain);
+    // Twice: a hit does not change the entry.
+    prop_assert_eq!(identify_cached(keys, &warm, msg), plain);
+    Ok(plain)
+}
+
+#[test]
+fn crafted_initiation_is_honest_with_the_claimed_key() {
+    // Guards the helper the spoofing property relies on.
+    let keys = ResponderKeys::new([4; 32]);
+    let claimed = public_of([3; 32]).to_bytes();
+    let msg = crafted_initiation(&keys, claimed, [3; 32], [5; 32]);
+    let found = identify(&keys, &msg).unwrap();
+    assert_eq!(found.initiator, PublicKey(claimed));
+    let mut server = responder_tunn([4; 32], DhPublic::from(claimed), None);
+    assert!(boringtun_responder_accepts(&mut server, &msg));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn cache_gives_identical_results_for_valid_tampered_and_replayed(
+        initiator in key(),
+        responder in key(),
+        psk in proptest::option::of(key()),
+        bit in (4 * 8)..(MAC1.start * 8),
+    ) {
+        let keys = ResponderKeys::new(responder);
+        let mut client = initiator_tunn(initiator, responder, psk);
+        let first = next_initiation(&mut client);
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        let second = next_initiation(&mut client);
+        let known = [initiator];
+
+        // Valid, in order, then the first replayed: all identify, same as boringtun's
+        // stateless parser, with or without a cache.
+        let got_second = check_cache_agrees(&keys, &known, &second)?.unwrap();
+        let got_first = check_cache_agrees(&keys, &known, &first)?.unwrap();
+        prop_assert_eq!(got_first.initiator, got_second.initiator);
+        prop_assert!(got_first.timestamp < got_second.timestamp, "replay is visible");
+        let (anon_key, _) = boringtun_anon(responder, &second).unwrap();
+        prop_assert_eq!(got_second.initiator, PublicKey(anon_key));
+
+        // Tampered under a recomputed mac1: rejected at the same stage either way, and
+        // by boringtun's responder that knows the initiator.
+        let mut tampered = second.clone();
+        tampered[bit / 8] ^= 1 << (bit % 8);
+        let tampered = with_mac1(&keys, tampered);
+        let result = check_cache_agrees(&keys, &known, &tampered)?;
+        let mut server = responder_tunn(responder, public_of(initiator), psk);
+        prop_assert_eq!(result.is_ok(), boringtun_responder_accepts(&mut server, &tampered));
+        // Only the sender index is outside the AEADs.
+        prop_assert_eq!(result.is_ok(), bit < 8 * 8);
+    }
+
+    #[test]
+    fn cached_known_key_does_not_let_a_spoofer_claim_it(
+        victim in key(),
+        spoofer in key(),
+        responder in key(),
+        ephemeral in key(),
+    ) {
+        prop_assume!(public_of(victim) != public_of(spoofer));
+        let keys = ResponderKeys::new(responder);
+        let claimed = public_of(victim).to_bytes();
+        let msg = crafted_initiation(&keys, claimed, spoofer, ephemeral);
+        // The victim's secret is cached; the claim still fails at the timestamp.
+        let result = check_cache_agrees(&keys, &[victim, spoofer], &msg)?;
+        prop_assert_eq!(result, Err(IdentifyError::DecryptTimestamp));
+        let mut server = responder_tunn(responder, DhPublic::from(claimed), None);
+        prop_assert!(!boringtun_responder_accepts(&mut server, &msg));
     }
 }

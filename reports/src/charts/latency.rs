@@ -44,12 +44,7 @@ pub fn setup_latency_cdf(runs: &Runs<'_>) -> Result<String, ChartError> {
     let values: Vec<Vec<f64>> = data.iter().map(|(v, _)| v.clone()).collect();
     let (lo, hi) = log_bounds(&values);
     render(TITLE, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(TITLE, ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(45)
-            .y_label_area_size(60)
-            .build_cartesian_2d((lo..hi).log_scale(), 0.0..100.0)?;
+        let mut chart = super::cartesian(root, TITLE, 60, (lo..hi).log_scale(), 0.0..100.0)?;
         chart
             .configure_mesh()
             .x_desc("setup latency (log scale)")
@@ -81,12 +76,7 @@ pub fn setup_latency_cdf(runs: &Runs<'_>) -> Result<String, ChartError> {
                     PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
                 });
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
+        super::draw_legend(&mut chart, SeriesLabelPosition::LowerRight)?;
         Ok(())
     })
 }
@@ -144,12 +134,7 @@ pub fn setup_latency_histogram(runs: &Runs<'_>) -> Result<String, ChartError> {
         "connected attempts"
     };
     render(TITLE, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(TITLE, ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(45)
-            .y_label_area_size(60)
-            .build_cartesian_2d((lo..hi).log_scale(), 0.0..y_max)?;
+        let mut chart = super::cartesian(root, TITLE, 60, (lo..hi).log_scale(), 0.0..y_max)?;
         chart
             .configure_mesh()
             .x_desc("setup latency (log scale, 10 buckets per decade)")
@@ -173,12 +158,7 @@ pub fn setup_latency_histogram(runs: &Runs<'_>) -> Result<String, ChartError> {
                 .label(name)
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], c.filled()));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
+        super::draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         Ok(())
     })
 }

@@ -14,6 +14,7 @@ pub use timeline::{api_over_time, connections_over_time, peers_over_time};
 
 use std::error::Error;
 
+use plotters::coord::ranged1d::AsRangedCoord;
 use plotters::prelude::*;
 
 use crate::schema::Results;
@@ -90,6 +91,44 @@ fn render(
         })?;
     }
     Ok(svg)
+}
+
+/// The titled plotting area every chart starts from, with room for `y_label_area` pixels of
+/// y-axis labels.
+fn cartesian<'a, 'b, X: AsRangedCoord, Y: AsRangedCoord>(
+    root: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    title: &str,
+    y_label_area: u32,
+    x: X,
+    y: Y,
+) -> Result<
+    ChartContext<'a, SVGBackend<'b>, Cartesian2d<X::CoordDescType, Y::CoordDescType>>,
+    Box<dyn Error>,
+> {
+    Ok(ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(y_label_area)
+        .build_cartesian_2d(x, y)?)
+}
+
+/// Draws the series legend every chart uses (white box, black border) at `position`.
+fn draw_legend<'a, 'b, CT>(
+    chart: &mut ChartContext<'a, SVGBackend<'b>, CT>,
+    position: SeriesLabelPosition,
+) -> DrawResult
+where
+    'b: 'a,
+    CT: plotters::coord::CoordTranslate,
+{
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
 }
 
 /// A chart that only says it has nothing to show.

@@ -33,12 +33,7 @@ pub fn reload_timeline(runs: &Runs<'_>) -> Result<String, ChartError> {
     let n = bars.len();
     let labels: Vec<String> = bars.iter().map(|(l, _, _)| l.clone()).collect();
     render(TITLE, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(TITLE, ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(45)
-            .y_label_area_size(120)
-            .build_cartesian_2d(0.0..x_max, -0.5..(n as f64 - 0.5))?;
+        let mut chart = super::cartesian(root, TITLE, 120, 0.0..x_max, -0.5..(n as f64 - 0.5))?;
         chart
             .configure_mesh()
             .disable_y_mesh()
@@ -108,12 +103,7 @@ pub fn reload_timeline(runs: &Runs<'_>) -> Result<String, ChartError> {
                 )])?;
             }
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
+        super::draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         Ok(())
     })
 }

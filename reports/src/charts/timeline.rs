@@ -47,6 +47,20 @@ fn series_of(samples: &[&Sample], name: &str, value: impl Fn(&Sample) -> Option<
     }
 }
 
+/// Each run's series, built by `series` from the run and its samples in time order.
+fn per_run<'a>(
+    runs: &'a Runs<'a>,
+    series: impl Fn(&Results, &[&Sample]) -> Vec<Series>,
+) -> Vec<RunSeries<'a>> {
+    runs.iter()
+        .map(|(label, results)| RunSeries {
+            label,
+            results,
+            series: series(results, &sorted_samples(results)),
+        })
+        .collect()
+}
+
 /// Connections made so far, clients holding a tunnel now and in-flight handshakes per sample, with
 /// scenario events marked.
 ///
@@ -55,25 +69,17 @@ fn series_of(samples: &[&Sample], name: &str, value: impl Fn(&Sample) -> Option<
 /// beside it. It is computed from the per-connection records, so files written before it existed draw
 /// it too.
 pub fn connections_over_time(runs: &Runs<'_>) -> Result<String, ChartError> {
-    let per_run = runs
-        .iter()
-        .map(|(label, results)| {
-            let samples = sorted_samples(results);
-            RunSeries {
-                label,
-                results,
-                series: vec![
-                    connections_made(results, &samples),
-                    series_of(&samples, "holding a tunnel now", |s| {
-                        Some(s.connected_clients as f64)
-                    }),
-                    series_of(&samples, "in-flight handshakes", |s| {
-                        Some(s.in_flight as f64)
-                    }),
-                ],
-            }
-        })
-        .collect();
+    let per_run = per_run(runs, |results, samples| {
+        vec![
+            connections_made(results, samples),
+            series_of(samples, "holding a tunnel now", |s| {
+                Some(s.connected_clients as f64)
+            }),
+            series_of(samples, "in-flight handshakes", |s| {
+                Some(s.in_flight as f64)
+            }),
+        ]
+    });
     time_chart(
         "Connected clients and in-flight handshakes",
         "count",
@@ -107,22 +113,14 @@ fn connected_times_ms(results: &Results) -> Vec<f64> {
 
 /// Installed peers and stale peers (installed, no handshake within the stale threshold) per sample.
 pub fn peers_over_time(runs: &Runs<'_>) -> Result<String, ChartError> {
-    let per_run = runs
-        .iter()
-        .map(|(label, results)| {
-            let samples = sorted_samples(results);
-            RunSeries {
-                label,
-                results,
-                series: vec![
-                    series_of(&samples, "installed peers", |s| {
-                        Some(s.installed_peers as f64)
-                    }),
-                    series_of(&samples, "stale peers", |s| Some(s.stale_peers as f64)),
-                ],
-            }
-        })
-        .collect();
+    let per_run = per_run(runs, |_, samples| {
+        vec![
+            series_of(samples, "installed peers", |s| {
+                Some(s.installed_peers as f64)
+            }),
+            series_of(samples, "stale peers", |s| Some(s.stale_peers as f64)),
+        ]
+    });
     time_chart(
         "Installed and stale peers",
         "peers (count)",
@@ -287,12 +285,7 @@ fn time_chart(
     let series_per_run = per_run.iter().map(|r| r.series.len()).max().unwrap_or(1);
 
     render(title, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(45)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
+        let mut chart = super::cartesian(root, title, 70, 0.0..x_max, 0.0..y_max)?;
         chart
             .configure_mesh()
             .x_desc("time since run start (s)")
@@ -353,12 +346,7 @@ fn time_chart(
                 });
             }
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
+        super::draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
 
         if !empty_notes.is_empty() {
             let (w, h) = root.dim_in_pixel();

@@ -52,6 +52,11 @@ impl EventSink {
         Self { tx: None }
     }
 
+    /// Whether records go anywhere; callers skip building them when not.
+    pub fn is_enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
     pub fn record(&self, record: EventRecord) {
         if let Some(tx) = &self.tx {
             // The writer only stops after every sink is gone or after a write error (reported

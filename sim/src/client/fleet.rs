@@ -1,9 +1,9 @@
 //! The fleet: one tokio task per simulated client, each with its own UDP socket bound to the
 //! client's own source address, a [`Session`] per connection, the client's link model applied
-//! to every packet, progress counters for the driver's live display, and the results.
+//! to every packet (delayed packets wait on the fleet's one [`DelayLine`] thread, not on tokio
+//! timers, whose 1 ms granularity doubled a 1 ms link), progress counters for the driver's
+//! live display, and the results.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,8 +16,9 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use super::delay::{delayed_down, DelayHandle, DelayLine, DelayLineError, DelayPort, Delivery};
 use super::eventlog::{EventLog, EventLogError, EventRecord, EventSink};
-use super::link::{Direction, LinkModel};
+use super::link::{is_transparent, Direction, LinkModel};
 use super::session::{
     Action, Phase, Session, SessionConfig, SessionError, SessionEvent, MAX_SENDER_INDEX,
 };
@@ -108,6 +109,8 @@ pub enum ClientError {
     SenderIndex { id: u32, index: u32 },
     #[error(transparent)]
     EventLog(#[from] EventLogError),
+    #[error(transparent)]
+    DelayLine(#[from] DelayLineError),
     #[error("a client task panicked or was aborted")]
     ClientTask(#[source] tokio::task::JoinError),
 }
@@ -119,6 +122,8 @@ struct Shared {
     progress: Arc<FleetProgress>,
     cancel: CancellationToken,
     events: EventSink,
+    /// The fleet's delay thread; `None` when every client's link is transparent.
+    delay: Option<DelayHandle>,
 }
 
 impl Shared {
@@ -154,12 +159,18 @@ pub async fn run_fleet(
         }
         None => (None, EventSink::disabled()),
     };
+    let delay_line = if clients.iter().all(|c| is_transparent(&c.link)) {
+        None
+    } else {
+        Some(DelayLine::start()?)
+    };
     let shared = Arc::new(Shared {
         config,
         origin,
         progress,
         cancel,
         events,
+        delay: delay_line.as_ref().map(DelayLine::handle),
     });
     let mut tasks = JoinSet::new();
     for client in clients {
@@ -176,7 +187,10 @@ pub async fn run_fleet(
             }
         }
     }
-    // Every task (and so every sink clone) is gone: the writer drains and stops.
+    // Every task (and so every sink and delay handle clone) is gone: both threads stop.
+    if let Some(line) = delay_line {
+        line.finish();
+    }
     if let Some(log) = event_log {
         let lines = log.finish().await?;
         tracing::debug!(lines, "client event log written");
@@ -296,16 +310,6 @@ async fn run_client(shared: Arc<Shared>, client: FleetClient) -> ClientResult {
     result
 }
 
-/// A packet travelling on the simulated link.
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct InTransit {
-    due: Instant,
-    /// Keeps packets with equal `due` in send order.
-    order: u64,
-    up: bool,
-    bytes: Vec<u8>,
-}
-
 /// One connection's IO: the socket, the link in between, and the event log.
 struct Wire<'a> {
     shared: &'a Shared,
@@ -313,8 +317,8 @@ struct Wire<'a> {
     connection: u32,
     socket: UdpSocket,
     link: &'a mut LinkModel,
-    transit: BinaryHeap<Reverse<InTransit>>,
-    order: u64,
+    /// `None` for a transparent link: packets go straight through.
+    delay: Option<DelayPort>,
 }
 
 impl Wire<'_> {
@@ -333,6 +337,8 @@ impl Wire<'_> {
         for action in actions.drain(..) {
             match action {
                 Action::Send(bytes) => self.travel(Direction::Up, bytes).await,
+                // Formatting details costs more than the rest of a record; skip it unlogged.
+                Action::Record(_) if !self.shared.events.is_enabled() => {}
                 Action::Record(event) => {
                     let detail = match &event {
                         SessionEvent::EchoSent { seq } | SessionEvent::EchoReply { seq } => {
@@ -350,41 +356,35 @@ impl Wire<'_> {
         }
     }
 
-    /// Sends now (transparent link, upward), drops, or schedules a packet going `direction`.
+    /// Sends now (transparent link, upward), drops, or hands a packet going `direction` to
+    /// the delay line.
     async fn travel(&mut self, direction: Direction, bytes: Vec<u8>) {
-        if self.link.is_transparent() && direction == Direction::Up {
+        let Some(port) = &self.delay else {
             self.send(&bytes).await;
             return;
-        }
+        };
         let Some(delay) = self.link.transit(direction) else {
             return;
         };
-        self.order += 1;
-        self.transit.push(Reverse(InTransit {
-            due: Instant::now() + delay,
-            order: self.order,
-            up: direction == Direction::Up,
-            bytes,
-        }));
+        let due = std::time::Instant::now() + delay;
+        let delivery = match direction {
+            Direction::Up => Delivery::Up {
+                socket: Arc::clone(&port.up),
+                to: self.shared.config.gateway,
+                bytes,
+            },
+            Direction::Down => Delivery::Down {
+                to: port.down.clone(),
+                bytes,
+            },
+        };
+        port.line.schedule(due, delivery);
     }
 
     async fn send(&self, bytes: &[u8]) {
         if let Err(e) = self.socket.send_to(bytes, self.shared.config.gateway).await {
             // The underlay lost it, like a dropped packet: the protocol's retries cover it.
             tracing::debug!(client = self.client, error = %e, "send failed");
-        }
-    }
-
-    fn next_due(&self) -> Option<Instant> {
-        self.transit.peek().map(|Reverse(p)| p.due)
-    }
-
-    /// Takes the next packet that is due by `now`.
-    fn pop_due(&mut self, now: Instant) -> Option<InTransit> {
-        if self.next_due()? <= now {
-            self.transit.pop().map(|Reverse(p)| p)
-        } else {
-            None
         }
     }
 }
@@ -435,14 +435,21 @@ async fn connect(
         Ok(s) => s,
         Err(e @ SessionError::SenderIndexTooLarge { .. }) => return failed(e.to_string()),
     };
+    let line = shared.delay.as_ref().filter(|_| !link.is_transparent());
+    let (delay, mut delayed) = match line.map(|line| DelayPort::open(line, &socket)) {
+        Some(Ok((port, rx))) => (Some(port), Some(rx)),
+        None => (None, None),
+        Some(Err(e)) => {
+            return failed(format!("duplicating the socket of {}: {e}", plan.source_ip))
+        }
+    };
     let mut wire = Wire {
         shared,
         client: plan.id,
         connection: n,
         socket,
         link,
-        transit: BinaryHeap::new(),
-        order: 0,
+        delay,
     };
     let mut actions = Vec::new();
     session.start(Instant::now().into_std(), &mut actions);
@@ -474,7 +481,6 @@ async fn connect(
             }
             _ => {}
         }
-        let transit_due = wire.next_due();
         tokio::select! {
             biased;
             _ = shared.cancel.cancelled() => {
@@ -482,20 +488,13 @@ async fn connect(
                 break;
             }
             _ = tokio::time::sleep_until(stay_until.unwrap_or_else(never)), if stay_until.is_some() => break,
-            _ = tokio::time::sleep_until(transit_due.unwrap_or_else(never)), if transit_due.is_some() => {
-                let now = Instant::now();
-                while let Some(packet) = wire.pop_due(now) {
-                    if packet.up {
-                        wire.send(&packet.bytes).await;
-                    } else {
-                        session.on_datagram(now.into_std(), &packet.bytes, &mut actions);
-                    }
-                }
+            Some(datagram) = delayed_down(&mut delayed) => {
+                session.on_datagram(Instant::now().into_std(), &datagram, &mut actions);
             }
             received = wire.socket.recv_from(&mut buf) => match received {
                 Ok((len, _from)) => {
                     let datagram = &buf[..len];
-                    if wire.link.is_transparent() {
+                    if wire.delay.is_none() {
                         session.on_datagram(Instant::now().into_std(), datagram, &mut actions);
                     } else {
                         wire.travel(Direction::Down, datagram.to_vec()).await;
@@ -571,22 +570,5 @@ mod tests {
     fn sender_indices_fit_for_every_planned_client() {
         assert_eq!(sender_index(0), 1);
         assert!(sender_index(crate::scenario::resolve::MAX_PEERS) <= MAX_SENDER_INDEX);
-    }
-
-    #[test]
-    fn transit_queue_orders_by_due_then_send_order() {
-        let now = Instant::now();
-        let mut heap = BinaryHeap::new();
-        for (due_ms, order) in [(30, 1), (10, 2), (10, 3)] {
-            heap.push(Reverse(InTransit {
-                due: now + Duration::from_millis(due_ms),
-                order,
-                up: true,
-                bytes: Vec::new(),
-            }));
-        }
-        let orders: Vec<u64> =
-            std::iter::from_fn(|| heap.pop().map(|Reverse(p)| p.order)).collect();
-        assert_eq!(orders, vec![2, 3, 1]);
     }
 }

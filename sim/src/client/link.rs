@@ -1,6 +1,7 @@
 //! The simulated path between one client and the gateway: one-way delay, uniform jitter and
 //! loss in each direction, drawn from a seeded generator so a run's seed reproduces every
-//! drop. Pure: it only decides; the fleet applies the decisions (there is no netem here).
+//! drop. Pure: it only decides; the fleet's delay line (`delay.rs`) applies the decisions
+//! (there is no netem here).
 
 use std::time::Duration;
 
@@ -8,6 +9,11 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use crate::scenario::resolve::Link;
+
+/// Whether `link` adds nothing (no delay, jitter or loss).
+pub fn is_transparent(link: &Link) -> bool {
+    link.delay.is_zero() && link.jitter.is_zero() && link.loss <= 0.0
+}
 
 /// Which way a packet travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +44,7 @@ impl LinkModel {
 
     /// Whether the link adds nothing (no delay, jitter or loss): packets can go straight out.
     pub fn is_transparent(&self) -> bool {
-        self.link.delay.is_zero() && self.link.jitter.is_zero() && self.link.loss <= 0.0
+        is_transparent(&self.link)
     }
 
     /// The fate of the next packet in `direction`: `None` if lost, else how long it travels.

@@ -3,9 +3,10 @@
 //! latency as the brief defines it.
 //!
 //! Code map: [`icmp`] builds and parses echo packets, [`link`] decides each packet's delay and
-//! loss, [`session`] is one connection's protocol state machine (no IO, time passed in),
+//! loss and [`delay`] applies them on one timer thread, [`session`] is one connection's protocol state machine (no IO, time passed in),
 //! [`eventlog`] writes the per-event JSON lines, and [`fleet`] owns sockets, tasks and timers.
 
+pub mod delay;
 pub mod eventlog;
 pub mod fleet;
 pub mod icmp;

@@ -53,6 +53,11 @@ fn doc(i: u32) -> PeerDoc {
     )
 }
 
+/// Sends a request the test cannot do without.
+async fn send(request: reqwest::RequestBuilder) -> reqwest::Response {
+    request.send().await.unwrap()
+}
+
 impl Running {
     async fn send_json(
         &self,
@@ -60,45 +65,30 @@ impl Running {
         path: &str,
         body: &serde_json::Value,
     ) -> reqwest::Response {
-        self.http
-            .request(method, format!("{}{path}", self.base))
-            .json(body)
-            .send()
-            .await
-            .unwrap()
+        send(
+            self.http
+                .request(method, format!("{}{path}", self.base))
+                .json(body),
+        )
+        .await
     }
 
     async fn delete(&self, path: &str) -> reqwest::Response {
-        self.http
-            .delete(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap()
+        send(self.http.delete(format!("{}{path}", self.base))).await
     }
 
     async fn get(&self, key: &str) -> reqwest::Response {
-        self.http
-            .get(format!("{}/v1/peers/{key}", self.base))
-            .send()
-            .await
-            .unwrap()
+        send(self.http.get(format!("{}/v1/peers/{key}", self.base))).await
     }
     async fn register(&self, d: &PeerDoc) -> u16 {
-        self.http
-            .post(format!("{}/v1/peers", self.base))
-            .json(d)
-            .send()
+        send(self.http.post(format!("{}/v1/peers", self.base)).json(d))
             .await
-            .unwrap()
             .status()
             .as_u16()
     }
     async fn stats(&self) -> StatsSnapshot {
-        self.http
-            .get(format!("{}/v1/stats", self.base))
-            .send()
+        send(self.http.get(format!("{}/v1/stats", self.base)))
             .await
-            .unwrap()
             .json()
             .await
             .unwrap()
@@ -241,32 +231,42 @@ async fn outage_on_and_off() {
 
 #[tokio::test]
 async fn hang_mode_holds_until_the_outage_ends() {
-    let cp = start(
-        FaultConfig {
-            outage_mode: OutageMode::Hang,
-            ..Default::default()
-        },
-        None,
-    )
-    .await;
+    let cp = hanging_in_outages().await;
     cp.handle.start_outage(Duration::from_millis(200));
     let t = Instant::now();
     assert_eq!(cp.get(&"ab".repeat(32)).await.status(), 503);
     assert!(t.elapsed() >= Duration::from_millis(150));
 }
 
-#[tokio::test]
-async fn latency_is_applied() {
-    let cp = start(
+/// A control plane whose outages hold requests open instead of answering 503.
+async fn hanging_in_outages() -> Running {
+    let outage_mode = OutageMode::Hang;
+    start(
         FaultConfig {
-            latency: Some(LatencyModel::Fixed {
-                delay: Duration::from_millis(50),
-            }),
+            outage_mode,
             ..Default::default()
         },
         None,
     )
-    .await;
+    .await
+}
+
+/// A control plane that answers every request after a fixed `delay`.
+async fn with_latency(delay: Duration) -> Running {
+    let latency = Some(LatencyModel::Fixed { delay });
+    start(
+        FaultConfig {
+            latency,
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn latency_is_applied() {
+    let cp = with_latency(Duration::from_millis(50)).await;
     for _ in 0..3 {
         let t = Instant::now();
         assert_eq!(cp.get(&"ab".repeat(32)).await.status(), 404);
@@ -288,16 +288,7 @@ async fn stats_when(cp: &Running, done: impl Fn(&StatsSnapshot) -> bool) -> Stat
 
 #[tokio::test]
 async fn a_client_that_times_out_against_latency_is_counted_as_aborted() {
-    let cp = start(
-        FaultConfig {
-            latency: Some(LatencyModel::Fixed {
-                delay: Duration::from_secs(5),
-            }),
-            ..Default::default()
-        },
-        None,
-    )
-    .await;
+    let cp = with_latency(Duration::from_secs(5)).await;
     let impatient = reqwest::Client::builder()
         .timeout(Duration::from_millis(200))
         .build()
@@ -320,14 +311,7 @@ async fn a_client_that_times_out_against_latency_is_counted_as_aborted() {
 
 #[tokio::test]
 async fn a_request_hanging_in_an_outage_is_pending_then_aborted() {
-    let cp = start(
-        FaultConfig {
-            outage_mode: OutageMode::Hang,
-            ..Default::default()
-        },
-        None,
-    )
-    .await;
+    let cp = hanging_in_outages().await;
     cp.handle.start_outage(Duration::from_secs(600));
     let url = format!("{}/v1/peers/{}", cp.base, "cd".repeat(32));
     let hanging = tokio::spawn(reqwest::Client::new().get(url).send());

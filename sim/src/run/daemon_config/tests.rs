@@ -51,65 +51,33 @@ fn check(s: &Scenario) -> Config {
     assert_eq!(c.mode, d.mode.map_or(defaults::MODE, Mode::from), "{name}");
     assert_eq!(c.boot, d.boot.map_or(defaults::BOOT, Boot::from), "{name}");
     let dur = |set: Option<std::time::Duration>, default| set.unwrap_or(default);
-    assert_eq!(
-        c.evict_after,
-        dur(d.evict_after, defaults::EVICT_AFTER),
-        "{name}"
-    );
-    assert_eq!(
-        c.sweep_every,
-        dur(d.sweep_every, defaults::SWEEP_EVERY),
-        "{name}"
-    );
-    assert_eq!(
-        c.sweep_chunk,
-        d.sweep_chunk.unwrap_or(defaults::SWEEP_CHUNK),
-        "{name}"
-    );
-    assert_eq!(
-        c.sweep_budget,
-        dur(d.sweep_budget, defaults::SWEEP_BUDGET),
-        "{name}"
-    );
-    assert_eq!(
-        c.evict_in_push_mode,
+    // Each setting: the scenario's value where it sets one, else jitwgd's default.
+    macro_rules! same {
+        ($field:ident, $want:expr) => {
+            assert_eq!(c.$field, $want, "{name}: {}", stringify!($field))
+        };
+    }
+    same!(evict_after, dur(d.evict_after, defaults::EVICT_AFTER));
+    same!(sweep_every, dur(d.sweep_every, defaults::SWEEP_EVERY));
+    same!(sweep_chunk, d.sweep_chunk.unwrap_or(defaults::SWEEP_CHUNK));
+    same!(sweep_budget, dur(d.sweep_budget, defaults::SWEEP_BUDGET));
+    same!(
+        evict_in_push_mode,
         d.evict_in_push_mode
-            .map_or(defaults::EVICT_IN_PUSH_MODE, on),
-        "{name}"
+            .map_or(defaults::EVICT_IN_PUSH_MODE, on)
     );
-    assert_eq!(
-        c.initiate,
-        d.initiate.map_or(defaults::INITIATE, on),
-        "{name}"
-    );
+    same!(initiate, d.initiate.map_or(defaults::INITIATE, on));
     assert_eq!(
         c.initiate, s.daemon.initiate,
         "{name}: the driver reports what jitwgd does"
     );
-    assert_eq!(
-        c.positive_ttl,
-        dur(d.positive_ttl, defaults::POSITIVE_TTL),
-        "{name}"
-    );
-    assert_eq!(
-        c.negative_ttl,
-        dur(d.negative_ttl, defaults::NEGATIVE_TTL),
-        "{name}"
-    );
-    assert_eq!(
-        c.api_timeout,
-        dur(d.api_timeout, defaults::API_TIMEOUT),
-        "{name}"
-    );
-    assert_eq!(
-        c.api_retries,
-        d.api_retries.unwrap_or(defaults::API_RETRIES),
-        "{name}"
-    );
-    assert_eq!(
-        c.api_min_interval,
-        dur(d.api_min_interval, defaults::API_MIN_INTERVAL),
-        "{name}"
+    same!(positive_ttl, dur(d.positive_ttl, defaults::POSITIVE_TTL));
+    same!(negative_ttl, dur(d.negative_ttl, defaults::NEGATIVE_TTL));
+    same!(api_timeout, dur(d.api_timeout, defaults::API_TIMEOUT));
+    same!(api_retries, d.api_retries.unwrap_or(defaults::API_RETRIES));
+    same!(
+        api_min_interval,
+        dur(d.api_min_interval, defaults::API_MIN_INTERVAL)
     );
     // Where this run's collaborators are, and the lab's tunnel prefix.
     assert_eq!(c.interface, at.interface);
