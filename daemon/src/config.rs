@@ -141,7 +141,7 @@ pub mod defaults {
     pub const SWEEP_BUDGET: Duration = Duration::from_millis(50);
     pub const EVICT_IN_PUSH_MODE: bool = false;
     pub const INITIATE: bool = true;
-    /// Measured best of 0 (unpaced), 800 and 1,500 on the `storm` scenario (BENCHMARKS.md,
+    /// Measured best of 0 (unpaced), 800, 1,000, 1,500 and 2,500 on the `storm` scenario (BENCHMARKS.md,
     /// storm): about what one core of data plane completes handshakes at.
     pub const INITIATE_RATE: u32 = 1500;
     pub const IDENTIFY_WORKERS: usize = 2;

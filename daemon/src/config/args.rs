@@ -144,7 +144,7 @@ pub struct Args {
     pub initiate: Option<bool>,
 
     /// Role-inversion initiations per second at most; 0 = unpaced [default: 1500, about
-    /// what one core of wireguard-go completes; the best of 0, 800, 1500 in BENCHMARKS.md,
+    /// what one core of wireguard-go completes; the best of 0, 800, 1000, 1500, 2500 in BENCHMARKS.md,
     /// storm].
     ///
     /// Each gateway initiation comes back as a handshake response the data plane must
