@@ -95,6 +95,14 @@ pub struct Config {
     /// this long before the shutdown; zero = off.
     #[serde(with = "humantime_serde")]
     pub reinstall_active: Duration,
+    /// Role-inversion initiations per second; 0 = unpaced.
+    pub initiate_rate: u32,
+    /// Identify worker threads (>= 1).
+    pub identify_workers: usize,
+    /// Captured initiations waiting for a worker at most (>= 1).
+    pub identify_queue: usize,
+    /// Nice value added to the identify workers (0..=19).
+    pub identify_nice: i32,
     /// Always `Some` in push mode.
     pub nats_url: Option<String>,
     pub nats_subject: String,
@@ -141,6 +149,12 @@ pub mod defaults {
     /// with traffic shows a handshake at least that often; 3 min adds a sweep period and
     /// jitter on top, and matches the default `evict_after`.
     pub const REINSTALL_ACTIVE: Duration = Duration::from_secs(180);
+    /// Measured best of 0 (unpaced), 800, 1,000, 1,500 and 2,500 on the `storm` scenario (BENCHMARKS.md,
+    /// storm): about what one core of data plane completes handshakes at.
+    pub const INITIATE_RATE: u32 = 1500;
+    pub const IDENTIFY_WORKERS: usize = 2;
+    pub const IDENTIFY_QUEUE: usize = 4096;
+    pub const IDENTIFY_NICE: i32 = 5;
     pub const NATS_SUBJECT: &str = "jitwg.peers";
     pub const ALLOWED_PREFIX: IpNet =
         IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(100, 64, 0, 0), 10));
@@ -364,6 +378,26 @@ fn merge(args: Args, file: ConfigFile, path: &Path) -> Result<Config, ConfigErro
                 values::duration_or_off,
             )?)
             .unwrap_or(defaults::REINSTALL_ACTIVE),
+        initiate_rate: args
+            .initiate_rate
+            .or(file.initiate_rate)
+            .unwrap_or(defaults::INITIATE_RATE),
+        identify_workers: args
+            .identify_workers
+            .or(f.count("identify_workers", file.identify_workers)?)
+            .unwrap_or(defaults::IDENTIFY_WORKERS),
+        identify_queue: args
+            .identify_queue
+            .or(f.count("identify_queue", file.identify_queue)?)
+            .unwrap_or(defaults::IDENTIFY_QUEUE),
+        identify_nice: args
+            .identify_nice
+            .or(f.check(
+                "identify_nice",
+                file.identify_nice.map(|n| n.to_string()),
+                values::nice,
+            )?)
+            .unwrap_or(defaults::IDENTIFY_NICE),
         nats_url,
         nats_subject: args
             .nats_subject

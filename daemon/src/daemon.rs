@@ -19,10 +19,11 @@ use crate::config::{Backend, Boot, Config, Mode};
 use crate::dataplane::{DataPlane, DataPlaneError};
 use crate::errors::Causes;
 use crate::identify::ResponderKeys;
+use crate::identify_pool::{PoolSettings, PoolStartError};
 use crate::install::{InstallError, InstallSettings, InstallWorker};
 use crate::lookup::{revalidate_loop, Lookup, LookupConfig};
 use crate::metrics::{self, Metrics, MetricsError};
-use crate::pipeline::{capture_loop, Pipeline};
+use crate::pipeline::{capture_loop, start_identify_pool, Pipeline};
 use crate::push::{push_loop, PushContext, PushError, PushSubscriber};
 use crate::store::{SharedStore, StoreCallError};
 use crate::sweep::sweep_loop;
@@ -45,6 +46,8 @@ pub enum DaemonError {
     Push(#[source] PushError),
     #[error("starting the install worker failed")]
     Install(#[source] InstallError),
+    #[error("starting the identify workers failed")]
+    IdentifyPool(#[source] PoolStartError),
     #[error("boot failed")]
     Boot(#[from] BootError),
     #[error("configuration: {0}")]
@@ -62,6 +65,7 @@ impl DaemonError {
                 | DaemonError::Metrics(_)
                 | DaemonError::Store(_)
                 | DaemonError::Install(_)
+                | DaemonError::IdentifyPool(_)
         )
     }
 }
@@ -140,6 +144,7 @@ pub async fn run(
         installed,
         InstallSettings {
             initiate: config.initiate,
+            initiate_rate: config.initiate_rate,
             sweep_chunk: config.sweep_chunk.max(1),
             sweep_budget: config.sweep_budget,
         },
@@ -154,6 +159,7 @@ pub async fn run(
         mode = ?config.mode,
         boot = ?config.boot,
         initiate = config.initiate,
+        initiate_rate = config.initiate_rate,
         installed = queue.installed_count(),
         "attached to data plane"
     );
@@ -202,7 +208,16 @@ pub async fn run(
                 )
                 .with_activity(activity.clone()),
             );
-            tasks.spawn(capture_loop(socket, pipeline, cancel.clone()));
+            let pool = start_identify_pool(
+                pipeline,
+                PoolSettings {
+                    workers: config.identify_workers,
+                    queue: config.identify_queue,
+                    nice: config.identify_nice,
+                },
+            )
+            .map_err(DaemonError::IdentifyPool)?;
+            tasks.spawn(capture_loop(socket, pool, metrics.clone(), cancel.clone()));
             if config.api_url.is_some() {
                 let every = (config.positive_ttl / 4)
                     .clamp(Duration::from_secs(1), Duration::from_secs(60));

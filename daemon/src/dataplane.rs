@@ -238,6 +238,12 @@ pub fn clear_keepalive(key: &PublicKey) -> PeerConfigBuilder {
     PeerConfigBuilder::new(&Key(key.0)).set_persistent_keepalive_interval(0)
 }
 
+/// Builder that turns an installed peer's keepalive on, which makes the data plane send
+/// a keepalive (and so a handshake initiation) at once: a deferred role inversion.
+pub fn start_keepalive(key: &PublicKey, interval: u16) -> PeerConfigBuilder {
+    PeerConfigBuilder::new(&Key(key.0)).set_persistent_keepalive_interval(interval)
+}
+
 /// Builder that removes a peer.
 pub fn removal(key: &PublicKey) -> PeerConfigBuilder {
     PeerConfigBuilder::new(&Key(key.0)).remove()

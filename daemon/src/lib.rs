@@ -20,6 +20,8 @@ pub mod capture;
 
 pub mod identify;
 
+pub mod identify_pool;
+
 pub mod replay;
 
 pub mod lookup;

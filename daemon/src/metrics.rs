@@ -25,6 +25,10 @@ pub const IDENTIFY_STAGES: &[&str] = &[
     "decrypt_timestamp",
 ];
 
+/// Values of the `reason` label of `jitwgd_capture_dropped_total`: why a captured
+/// initiation was never identified (`identify_pool::DropReason`).
+pub const CAPTURE_DROP_REASONS: &[&str] = &["identify_queue_full", "identify_stopped"];
+
 /// Values of the `outcome` label of `jitwgd_lookups_total`.
 pub const LOOKUP_OUTCOMES: &[&str] = &[
     "cache_hit",
@@ -51,6 +55,12 @@ pub struct StageLabel {
     pub stage: &'static str,
 }
 
+/// Label set `{reason="..."}`: why a captured initiation was dropped.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
 /// Label set `{outcome="..."}`: how a lookup or a push message ended.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -64,6 +74,9 @@ pub struct OutcomeLabel {
 pub struct Metrics {
     /// Packets that passed the BPF filter and parsed as handshake initiations.
     pub initiations_captured: Counter,
+    /// Captured initiations dropped before identification, by `reason` (see
+    /// `CAPTURE_DROP_REASONS`).
+    pub capture_dropped: Family<ReasonLabel, Counter>,
     /// Initiations whose mac1 did not match our public key (no DH was spent on them).
     pub mac1_rejected: Counter,
     /// Identification failures by `stage` (see `IDENTIFY_STAGES`).
@@ -85,8 +98,11 @@ pub struct Metrics {
     pub install_errors: Counter,
     /// From capture of the initiation to install done.
     pub install_latency_seconds: Histogram,
-    /// Installs done with initiate=on (the gateway handshakes back at once).
+    /// Role-inversion initiations sent (at install, or deferred by the initiation pacer).
     pub role_inversions: Counter,
+    /// Deferred role inversions dropped: waited past the client's own retry, or the peer
+    /// was removed meanwhile.
+    pub deferred_initiations_dropped: Counter,
     /// Peers removed by the sweep for being idle.
     pub evictions: Counter,
     /// Peers removed because the control plane no longer knows them.
@@ -116,6 +132,7 @@ impl Metrics {
     pub fn new() -> Arc<Metrics> {
         let m = Metrics {
             initiations_captured: Counter::default(),
+            capture_dropped: Family::default(),
             mac1_rejected: Counter::default(),
             identify_failed: Family::default(),
             replays_ignored: Counter::default(),
@@ -129,6 +146,7 @@ impl Metrics {
             // 50 µs .. ~6.5 s
             install_latency_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
             role_inversions: Counter::default(),
+            deferred_initiations_dropped: Counter::default(),
             evictions: Counter::default(),
             revocations: Counter::default(),
             installed_peers: Gauge::default(),
@@ -139,6 +157,9 @@ impl Metrics {
             ready: Gauge::default(),
             registry: Registry::with_prefix("jitwgd"),
         };
+        for &reason in CAPTURE_DROP_REASONS {
+            let _ = m.capture_dropped.get_or_create(&ReasonLabel { reason });
+        }
         for &stage in IDENTIFY_STAGES {
             let _ = m.identify_failed.get_or_create(&StageLabel { stage });
         }
@@ -160,6 +181,11 @@ impl Metrics {
             "initiations_captured",
             "Handshake initiations that passed the capture filter and parsed",
             self.initiations_captured.clone(),
+        );
+        r.register(
+            "capture_dropped",
+            "Captured initiations dropped before identification, by reason",
+            self.capture_dropped.clone(),
         );
         r.register(
             "mac1_rejected",
@@ -213,8 +239,13 @@ impl Metrics {
         );
         r.register(
             "role_inversions",
-            "Installs done in the initiator role (the gateway handshakes back at once)",
+            "Role-inversion initiations the data plane was told to send (at install or paced)",
             self.role_inversions.clone(),
+        );
+        r.register(
+            "deferred_initiations_dropped",
+            "Paced role inversions dropped: the client's own retry was due, or the peer left",
+            self.deferred_initiations_dropped.clone(),
         );
         r.register(
             "evictions",
@@ -274,6 +305,18 @@ impl Metrics {
     pub fn is_ready(&self) -> bool {
         self.ready.get() == 1
     }
+}
+
+/// Count one captured initiation dropped for `reason` (one of `CAPTURE_DROP_REASONS`).
+pub fn count_capture_drop(metrics: &Metrics, reason: &'static str) {
+    debug_assert!(
+        CAPTURE_DROP_REASONS.contains(&reason),
+        "unknown reason {reason}"
+    );
+    metrics
+        .capture_dropped
+        .get_or_create(&ReasonLabel { reason })
+        .inc();
 }
 
 /// Count one identification failure at `stage` (one of `IDENTIFY_STAGES`).

@@ -1,7 +1,9 @@
 //! The JIT packet path, stage by stage: a captured datagram is parsed (capture),
 //! identified (identify), checked against the replay guard (replay, in the store),
 //! looked up (lookup) and installed (install). `capture_loop` reads the socket;
-//! `Pipeline::handle` carries one identified initiation through the rest.
+//! the identify workers (`identify_pool`, started by `start_identify_pool`) identify
+//! them off the capture task; `Pipeline::handle` carries one identified initiation
+//! through the rest.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -14,6 +16,7 @@ use crate::activity::ActivityLog;
 use crate::capture::{self, CaptureSocket};
 use crate::errors::Causes;
 use crate::identify::{self, IdentifyError, Initiation, ResponderKeys};
+use crate::identify_pool::{Captured, IdentifyPool, PoolSettings, PoolStartError};
 use crate::install::{InstallError, InstallQueue};
 use crate::lookup::{Lookup, LookupOutcome};
 use crate::metrics::{self, Metrics};
@@ -183,17 +186,48 @@ impl Pipeline {
     }
 }
 
-/// Read initiations off the capture socket until cancelled; each identified one is
-/// handled on its own task.
+/// The identify workers for `pipeline`: each identified initiation is handled on its own
+/// task on the current tokio runtime; failures are counted by stage.
+pub fn start_identify_pool(
+    pipeline: Arc<Pipeline>,
+    settings: PoolSettings,
+) -> Result<IdentifyPool, PoolStartError> {
+    let runtime = tokio::runtime::Handle::current();
+    let keys = pipeline.keys.clone();
+    IdentifyPool::start(
+        settings,
+        move |payload| identify::identify(&keys, payload),
+        move |captured, result| match result {
+            Ok(initiation) => {
+                let p = pipeline.clone();
+                runtime.spawn(async move {
+                    p.handle(initiation, captured.src, captured.captured_at)
+                        .await
+                });
+            }
+            Err(e) => {
+                if e == IdentifyError::Mac1 {
+                    pipeline.metrics.mac1_rejected.inc();
+                }
+                metrics::count_identify_failure(&pipeline.metrics, e.as_str());
+                tracing::debug!(src = %captured.src, stage = e.as_str(), "initiation rejected");
+            }
+        },
+    )
+}
+
+/// Read initiations off the capture socket until cancelled and queue each for the
+/// identify workers; what does not fit the queue is dropped and counted.
 pub async fn capture_loop(
     socket: CaptureSocket,
-    pipeline: Arc<Pipeline>,
+    pool: IdentifyPool,
+    metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
     let mut buf = vec![0u8; 65536];
     loop {
         let n = tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => break,
             r = socket.recv(&mut buf) => match r {
                 Ok(n) => n,
                 Err(e) => {
@@ -212,22 +246,19 @@ pub async fn capture_loop(
                 continue;
             }
         };
-        pipeline.metrics.initiations_captured.inc();
-        match identify::identify(&pipeline.keys, frame.payload) {
-            Ok(initiation) => {
-                let p = pipeline.clone();
-                let src = frame.src;
-                tokio::spawn(async move { p.handle(initiation, src, captured_at).await });
-            }
-            Err(e) => {
-                if e == IdentifyError::Mac1 {
-                    pipeline.metrics.mac1_rejected.inc();
-                }
-                metrics::count_identify_failure(&pipeline.metrics, e.as_str());
-                tracing::debug!(src = %frame.src, stage = e.as_str(), "initiation rejected");
-            }
+        metrics.initiations_captured.inc();
+        let captured = Captured {
+            payload: frame.payload.to_vec(),
+            src: frame.src,
+            captured_at,
+        };
+        if let Err(reason) = pool.submit(captured) {
+            metrics::count_capture_drop(&metrics, reason.as_str());
+            tracing::debug!(src = %frame.src, reason = reason.as_str(), "initiation dropped before identification");
         }
     }
+    // Joining the workers blocks until their queue is drained (microseconds each).
+    let _ = tokio::task::spawn_blocking(move || drop(pool)).await;
 }
 
 fn lookup_label(outcome: &LookupOutcome) -> &'static str {

@@ -156,6 +156,37 @@ pub struct Args {
     #[arg(long, env = "JITWGD_REINSTALL_ACTIVE", value_name = "DURATION", value_parser = values::duration_or_off)]
     pub reinstall_active: Option<Duration>,
 
+    /// Role-inversion initiations per second at most; 0 = unpaced [default: 1500, about
+    /// what one core of wireguard-go completes; the best of 0, 800, 1000, 1500, 2500 in BENCHMARKS.md,
+    /// storm].
+    ///
+    /// Each gateway initiation comes back as a handshake response the data plane must
+    /// process; a storm of them fills its handshake queue (wireguard-go: 128), which then
+    /// answers responses with cookie replies, and those clients wait for the 5 s retry.
+    /// Installs beyond the rate are written at once and initiate as the rate allows.
+    #[arg(long, env = "JITWGD_INITIATE_RATE", value_name = "PER_SECOND")]
+    pub initiate_rate: Option<u32>,
+
+    /// Threads that identify captured initiations (2 X25519 each) off the capture task
+    /// [default: 2].
+    #[arg(long, env = "JITWGD_IDENTIFY_WORKERS", value_name = "COUNT", value_parser = values::positive_count)]
+    pub identify_workers: Option<usize>,
+
+    /// Captured initiations that may wait for an identify worker [default: 4096].
+    ///
+    /// Beyond it they are dropped and counted in
+    /// jitwgd_capture_dropped_total{reason="identify_queue_full"}; the client retries.
+    #[arg(long, env = "JITWGD_IDENTIFY_QUEUE", value_name = "COUNT", value_parser = values::positive_count)]
+    pub identify_queue: Option<usize>,
+
+    /// Nice value added to the identify workers, 0..=19 [default: 5].
+    ///
+    /// Below the data plane's priority, so on a busy gateway its handshake queue drains
+    /// first: a client connects when the data plane answers it, not when jitwgd has
+    /// identified the next knock.
+    #[arg(long, env = "JITWGD_IDENTIFY_NICE", value_name = "NICE", value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub identify_nice: Option<i32>,
+
     /// NATS server URL for push mode, e.g. nats://198.18.0.1:4222 (required in push mode).
     #[arg(long, env = "JITWGD_NATS_URL", value_name = "URL", value_parser = values::nats_url)]
     pub nats_url: Option<String>,

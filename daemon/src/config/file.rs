@@ -51,6 +51,14 @@ pub struct ConfigFile {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reinstall_active: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub initiate_rate: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identify_workers: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identify_queue: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identify_nice: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub nats_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nats_subject: Option<String>,

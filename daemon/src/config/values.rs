@@ -125,6 +125,15 @@ pub fn positive_count(s: &str) -> Result<usize, String> {
     }
 }
 
+/// A nice value to add to a thread, 0..=19.
+pub fn nice(s: &str) -> Result<i32, String> {
+    match s.trim().parse::<i32>() {
+        Ok(n) if (0..=19).contains(&n) => Ok(n),
+        Ok(_) => Err("must be between 0 and 19".to_string()),
+        Err(_) => Err("not a whole number".to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@
 //! The rules live in `scheduler` (pure); this file is the thread, its channel and the
 //! async handle the rest of the daemon uses.
 
+mod pacer;
 mod scheduler;
 
 #[cfg(test)]
@@ -25,9 +26,10 @@ use crate::errors::Causes;
 use crate::metrics::Metrics;
 use crate::peer::{PeerConfig, PublicKey};
 
+pub use pacer::InitiationPacer;
 pub use scheduler::{
-    Backend, InstallSettings, PeerChange, Plan, RemovalReason, Scheduler, SweepStarted,
-    MAX_INSTALL_BATCH,
+    Backend, InitiationRound, InstallSettings, PeerChange, Plan, RemovalReason, Scheduler,
+    SweepStarted, DEFERRED_INITIATION_MAX_AGE, MAX_INSTALL_BATCH, ROLE_INVERSION_KEEPALIVE,
 };
 
 /// What failed in the install stage.
@@ -51,7 +53,8 @@ pub enum InstallError {
 pub struct Installed {
     /// From capture of the initiation to the data plane acknowledging the install.
     pub latency: Duration,
-    /// Whether the data plane was told to initiate at once.
+    /// Whether the data plane was told to initiate at once (else: deferred by the
+    /// initiation pacer, or role inversion is off).
     pub initiated: bool,
 }
 
@@ -106,6 +109,9 @@ fn device_update(plan: &Plan) -> DeviceUpdate {
     plan.0.iter().fold(DeviceUpdate::new(), |u, change| {
         u.add_peer(match change {
             PeerChange::Install { write, keepalive } => dataplane::peer_builder(write, *keepalive),
+            PeerChange::Initiate(key) => {
+                dataplane::start_keepalive(key, scheduler::ROLE_INVERSION_KEEPALIVE)
+            }
             PeerChange::ClearKeepalive(key) => dataplane::clear_keepalive(key),
             PeerChange::Remove(key) => dataplane::removal(key),
         })
@@ -345,18 +351,22 @@ impl Shell {
     fn run(&mut self, rx: Receiver<Command>) {
         loop {
             // Idle: block for work. Removals pending: only peek, so queued installs are
-            // served between removal chunks.
-            let first = if self.scheduler.has_removals() {
-                match rx.recv_timeout(Duration::ZERO) {
+            // served between removal chunks. Deferred initiations: wait until one is due.
+            let wait = if self.scheduler.has_removals() {
+                Some(Duration::ZERO)
+            } else {
+                self.scheduler.initiation_wait(Instant::now())
+            };
+            let first = match wait {
+                Some(w) => match rx.recv_timeout(w) {
                     Ok(c) => Some(c),
                     Err(RecvTimeoutError::Timeout) => None,
                     Err(RecvTimeoutError::Disconnected) => return,
-                }
-            } else {
-                match rx.recv() {
+                },
+                None => match rx.recv() {
                     Ok(c) => Some(c),
                     Err(_) => return,
-                }
+                },
             };
             let mut installs = Vec::new();
             let mut next = first;
@@ -371,7 +381,7 @@ impl Shell {
             }
             if !installs.is_empty() {
                 self.install_batch(installs);
-            } else {
+            } else if !self.initiate_deferred() {
                 self.remove_one_chunk();
             }
         }
@@ -398,14 +408,17 @@ impl Shell {
                 let _ = reply.send(done);
             }
             Command::Reinstall { writes, reply } => {
-                let results =
-                    self.scheduler
-                        .install_batch(self.backend.as_ref(), &writes, SystemTime::now());
+                // Paced like any storm: peers beyond the initiation rate initiate later.
+                let results = self.scheduler.install_batch(
+                    self.backend.as_ref(),
+                    &writes,
+                    SystemTime::now(),
+                    Instant::now(),
+                );
                 let done = results.iter().filter(|r| r.is_ok()).count();
+                let initiated = results.iter().filter(|r| matches!(r, Ok(true))).count();
                 self.metrics.installs.inc_by(done as u64);
-                if self.scheduler.initiate() {
-                    self.metrics.role_inversions.inc_by(done as u64);
-                }
+                self.metrics.role_inversions.inc_by(initiated as u64);
                 if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
                     self.metrics.install_errors.inc();
                     tracing::warn!(error = %Causes(e), failed = writes.len() - done, "re-installing active peers failed");
@@ -435,13 +448,15 @@ impl Shell {
 
     fn install_batch(&mut self, batch: Vec<PendingInstall>) {
         let writes: Vec<PeerWrite> = batch.iter().map(|p| p.write.clone()).collect();
-        let results =
-            self.scheduler
-                .install_batch(self.backend.as_ref(), &writes, SystemTime::now());
-        let initiated = self.scheduler.initiate();
+        let results = self.scheduler.install_batch(
+            self.backend.as_ref(),
+            &writes,
+            SystemTime::now(),
+            Instant::now(),
+        );
         for (pending, result) in batch.into_iter().zip(results) {
             let outcome = match result {
-                Ok(()) => {
+                Ok(initiated) => {
                     let latency = pending.captured_at.elapsed();
                     self.metrics.installs.inc();
                     self.metrics
@@ -459,6 +474,34 @@ impl Shell {
             };
             let _ = pending.reply.send(outcome);
         }
+    }
+
+    /// Sends the deferred role-inversion initiations now due; `true` if it wrote.
+    fn initiate_deferred(&mut self) -> bool {
+        let Some(round) = self.scheduler.next_initiations(Instant::now()) else {
+            return false;
+        };
+        let n = round.initiate.0.len();
+        if round.expired > 0 {
+            self.metrics
+                .deferred_initiations_dropped
+                .inc_by(round.expired as u64);
+        }
+        if n == 0 {
+            return false;
+        }
+        match self.backend.apply(&round.initiate) {
+            Ok(()) => {
+                self.metrics.role_inversions.inc_by(n as u64);
+                if let Err(e) = self.backend.apply(&round.clear) {
+                    tracing::warn!(error = %Causes(&e), "clearing the role-inversion keepalive failed");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %Causes(&e), peers = n, "deferred role inversion failed; the clients will retry")
+            }
+        }
+        true
     }
 
     fn remove_one_chunk(&mut self) {

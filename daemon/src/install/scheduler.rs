@@ -8,16 +8,23 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::dataplane::{DataPlaneError, InstalledPeer, PeerWrite};
 use crate::metrics::Metrics;
 use crate::peer::PublicKey;
 use crate::sweep::{self, RemovalPacer};
 
+use super::pacer::InitiationPacer;
+
 /// Keepalive interval (seconds) set at install time to make the data plane send its
 /// own initiation at once; cleared again right after (see `PeerChange::ClearKeepalive`).
 pub const ROLE_INVERSION_KEEPALIVE: u16 = 1;
+
+/// A deferred role-inversion initiation older than this is dropped: by then the client
+/// has retried itself (WireGuard's REKEY_TIMEOUT), and a second handshake would only add
+/// to the data plane's queue.
+pub const DEFERRED_INITIATION_MAX_AGE: Duration = Duration::from_secs(5);
 
 /// Most peers written in one JIT install call.
 pub const MAX_INSTALL_BATCH: usize = 512;
@@ -37,6 +44,9 @@ pub enum RemovalReason {
 pub struct InstallSettings {
     /// Role inversion: make the data plane initiate to the captured endpoint at once.
     pub initiate: bool,
+    /// Role-inversion initiations per second (`InitiationPacer`); 0 = unpaced. Installs
+    /// beyond the rate are written at once without the keepalive and initiate later.
+    pub initiate_rate: u32,
     /// Most peers removed in one data-plane call.
     pub sweep_chunk: usize,
     /// Time one removal call should take at most, so installs queued behind it wait no
@@ -52,6 +62,9 @@ pub enum PeerChange {
         write: PeerWrite,
         keepalive: Option<u16>,
     },
+    /// Make an installed peer initiate now (a deferred role inversion): the keepalive
+    /// turned on, cleared again by a following `ClearKeepalive`.
+    Initiate(PublicKey),
     /// Turn the install-time keepalive off again, so the peer can go idle.
     ClearKeepalive(PublicKey),
     Remove(PublicKey),
@@ -64,16 +77,35 @@ pub struct Plan(pub Vec<PeerChange>);
 
 impl Plan {
     fn install(writes: &[PeerWrite], keepalive: Option<u16>) -> Plan {
+        Plan::install_initiating(writes, keepalive.map_or(0, |_| writes.len()))
+    }
+
+    /// Installs where the first `initiating` writes carry the role-inversion keepalive.
+    fn install_initiating(writes: &[PeerWrite], initiating: usize) -> Plan {
         Plan(
             writes
                 .iter()
-                .map(|w| PeerChange::Install {
+                .enumerate()
+                .map(|(i, w)| PeerChange::Install {
                     write: w.clone(),
-                    keepalive,
+                    keepalive: (i < initiating).then_some(ROLE_INVERSION_KEEPALIVE),
                 })
                 .collect(),
         )
     }
+
+    fn clear_keepalives(keys: impl IntoIterator<Item = PublicKey>) -> Plan {
+        Plan(keys.into_iter().map(PeerChange::ClearKeepalive).collect())
+    }
+}
+
+/// Deferred role inversions due now: apply `initiate`, then `clear`.
+#[derive(Debug)]
+pub struct InitiationRound {
+    pub initiate: Plan,
+    pub clear: Plan,
+    /// Peers dropped from the queue because they waited too long or are gone.
+    pub expired: usize,
 }
 
 /// Where plans are applied: the real data plane, or a fake in tests.
@@ -123,6 +155,9 @@ pub struct Scheduler<R> {
     pacer: RemovalPacer,
     /// Writes made while a sweep's read is in flight (`None` when no sweep is reading).
     journal: Option<Vec<sweep::Change>>,
+    initiations: InitiationPacer,
+    /// Installed peers waiting for their role-inversion initiation, oldest first.
+    deferred: VecDeque<(PublicKey, Instant)>,
 }
 
 impl<R> Scheduler<R> {
@@ -136,6 +171,7 @@ impl<R> Scheduler<R> {
     ) -> Self {
         let installed: HashSet<PublicKey> = adopted.iter().map(|p| p.public_key).collect();
         metrics.installed_peers.set(installed.len() as i64);
+        let settings_rate = settings.initiate_rate;
         Scheduler {
             pacer: RemovalPacer::new(settings.sweep_budget, settings.sweep_chunk),
             settings,
@@ -144,6 +180,8 @@ impl<R> Scheduler<R> {
             installed_at: adopted.iter().map(|p| (p.public_key, now)).collect(),
             removals: VecDeque::new(),
             journal: None,
+            initiations: InitiationPacer::new(settings_rate),
+            deferred: VecDeque::new(),
         }
     }
 
@@ -182,41 +220,85 @@ impl<R> Scheduler<R> {
     }
 
     /// JIT installs: one call for the whole batch, then (role inversion) a second call
-    /// that clears the keepalive that made the data plane initiate. A failed batch is
-    /// retried peer by peer so one bad peer fails alone. One result per write, in order.
+    /// that clears the keepalive that made the data plane initiate. Only as many peers as
+    /// the initiation pacer admits at `mono` initiate now; the rest are installed without
+    /// the keepalive and queued for `next_initiations`. A failed batch is retried peer by
+    /// peer so one bad peer fails alone. One result per write, in order: `Ok(true)` when
+    /// the peer initiated at once.
     pub fn install_batch(
         &mut self,
         backend: &dyn Backend,
         writes: &[PeerWrite],
         now: SystemTime,
-    ) -> Vec<Result<(), DataPlaneError>> {
+        mono: Instant,
+    ) -> Vec<Result<bool, DataPlaneError>> {
         let initiate = self.settings.initiate;
-        let keepalive = initiate.then_some(ROLE_INVERSION_KEEPALIVE);
-        if let Err(e) = backend.apply(&Plan::install(writes, keepalive)) {
+        // Nothing jumps the queue of deferred initiations.
+        let initiating = if initiate && self.deferred.is_empty() {
+            self.initiations.admit(mono, writes.len())
+        } else {
+            0
+        };
+        if let Err(e) = backend.apply(&Plan::install_initiating(writes, initiating)) {
+            self.initiations.refund(initiating);
             if writes.len() > 1 {
                 tracing::warn!(error = %crate::errors::Causes(&e), batch = writes.len(), "batched install failed; retrying peer by peer");
                 return writes
                     .iter()
-                    .flat_map(|w| self.install_batch(backend, std::slice::from_ref(w), now))
+                    .flat_map(|w| self.install_batch(backend, std::slice::from_ref(w), now, mono))
                     .collect();
             }
             return vec![Err(e)];
         }
-        if initiate {
-            let clear = Plan(
-                writes
-                    .iter()
-                    .map(|w| PeerChange::ClearKeepalive(w.config.public_key))
-                    .collect(),
-            );
+        if initiating > 0 {
+            let clear =
+                Plan::clear_keepalives(writes[..initiating].iter().map(|w| w.config.public_key));
             if let Err(e) = backend.apply(&clear) {
                 // The peers are installed; they just keep a keepalive until the next
                 // install or eviction. Worth a warning, not a failure.
                 tracing::warn!(error = %crate::errors::Causes(&e), "clearing the role-inversion keepalive failed");
             }
         }
+        if initiate {
+            self.deferred.extend(
+                writes[initiating..]
+                    .iter()
+                    .map(|w| (w.config.public_key, mono)),
+            );
+        }
         self.mark_installed(writes.iter().map(|w| w.config.public_key), now);
-        writes.iter().map(|_| Ok(())).collect()
+        (0..writes.len()).map(|i| Ok(i < initiating)).collect()
+    }
+
+    /// How long from `mono` until deferred initiations are due; `None` when none wait.
+    pub fn initiation_wait(&self, mono: Instant) -> Option<Duration> {
+        (!self.deferred.is_empty()).then(|| self.initiations.wait(mono))
+    }
+
+    /// The deferred initiations the pacer admits at `mono`, oldest first; peers that
+    /// waited longer than `DEFERRED_INITIATION_MAX_AGE` or were removed meanwhile are
+    /// dropped (setting a keepalive on a removed peer would re-create it, empty).
+    pub fn next_initiations(&mut self, mono: Instant) -> Option<InitiationRound> {
+        let before = self.deferred.len();
+        self.deferred.retain(|(_, queued)| {
+            mono.saturating_duration_since(*queued) <= DEFERRED_INITIATION_MAX_AGE
+        });
+        let mut expired = before - self.deferred.len();
+        let n = self.initiations.admit(mono, self.deferred.len());
+        if n == 0 && expired == 0 {
+            return None;
+        }
+        let due: Vec<PublicKey> = self.deferred.drain(..n).map(|(k, _)| k).collect();
+        let keys: Vec<PublicKey> = match self.installed.lock() {
+            Ok(set) => due.into_iter().filter(|k| set.contains(k)).collect(),
+            Err(_) => Vec::new(),
+        };
+        expired += n - keys.len();
+        Some(InitiationRound {
+            initiate: Plan(keys.iter().map(|k| PeerChange::Initiate(*k)).collect()),
+            clear: Plan::clear_keepalives(keys),
+            expired,
+        })
     }
 
     /// Bulk installs without endpoints (preload, push), in chunks; stops at the first

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::*;
 use crate::peer::PeerConfig;
@@ -54,7 +54,7 @@ impl Backend for FakeDataPlane {
                     peers.push(installed(write.config.public_key, None));
                 }
                 PeerChange::Remove(k) => peers.retain(|p| p.public_key != *k),
-                PeerChange::ClearKeepalive(_) => {}
+                PeerChange::Initiate(_) | PeerChange::ClearKeepalive(_) => {}
             }
         }
         Ok(())
@@ -103,6 +103,7 @@ fn at(s: u64) -> SystemTime {
 fn settings(initiate: bool) -> InstallSettings {
     InstallSettings {
         initiate,
+        initiate_rate: 0,
         sweep_chunk: 256,
         sweep_budget: Duration::from_millis(50),
     }
@@ -117,7 +118,7 @@ fn keys_of(plan: &Plan) -> Vec<PublicKey> {
         .iter()
         .map(|c| match c {
             PeerChange::Install { write, .. } => write.config.public_key,
-            PeerChange::ClearKeepalive(k) | PeerChange::Remove(k) => *k,
+            PeerChange::Initiate(k) | PeerChange::ClearKeepalive(k) | PeerChange::Remove(k) => *k,
         })
         .collect()
 }
@@ -142,7 +143,7 @@ fn drain_removals(s: &mut Scheduler<u32>, dp: &FakeDataPlane) -> Vec<(Option<u32
 fn a_batch_is_one_install_call_then_one_call_clearing_the_keepalive() {
     let dp = FakeDataPlane::default();
     let mut s = scheduler(true);
-    let results = s.install_batch(&dp, &[write(1), write(2), write(3)], at(1));
+    let results = s.install_batch(&dp, &[write(1), write(2), write(3)], at(1), Instant::now());
     assert!(results.iter().all(Result::is_ok));
     let plans = dp.plans();
     assert_eq!(plans.len(), 2);
@@ -163,7 +164,7 @@ fn a_batch_is_one_install_call_then_one_call_clearing_the_keepalive() {
 fn without_role_inversion_there_is_no_keepalive_and_no_second_call() {
     let dp = FakeDataPlane::default();
     let mut s = scheduler(false);
-    s.install_batch(&dp, &[write(1)], at(1));
+    s.install_batch(&dp, &[write(1)], at(1), Instant::now());
     let plans = dp.plans();
     assert_eq!(plans.len(), 1);
     assert!(matches!(
@@ -175,12 +176,108 @@ fn without_role_inversion_there_is_no_keepalive_and_no_second_call() {
     ));
 }
 
+fn paced(rate: u32) -> Scheduler<u32> {
+    let settings = InstallSettings {
+        initiate_rate: rate,
+        ..settings(true)
+    };
+    Scheduler::new(settings, Metrics::new(), &[], at(0))
+}
+
+fn initiating(plan: &Plan) -> usize {
+    plan.0
+        .iter()
+        .filter(|c| {
+            matches!(
+                c,
+                PeerChange::Install {
+                    keepalive: Some(_),
+                    ..
+                }
+            )
+        })
+        .count()
+}
+
+#[test]
+fn a_paced_batch_installs_everyone_but_initiates_only_a_burst() {
+    let dp = FakeDataPlane::default();
+    let mut s = paced(1000);
+    let t = Instant::now();
+    let writes: Vec<PeerWrite> = (0..100).map(write).collect();
+    let results = s.install_batch(&dp, &writes, at(1), t);
+    let initiated = results.iter().filter(|r| matches!(r, Ok(true))).count();
+    assert_eq!(initiated, 20);
+    assert!(results.iter().all(Result::is_ok));
+    let plans = dp.plans();
+    assert_eq!(plans[0].0.len(), 100, "everyone installed in one call");
+    assert_eq!(initiating(&plans[0]), 20);
+    assert_eq!(
+        keys_of(&plans[1]).len(),
+        20,
+        "only the initiators' keepalive cleared"
+    );
+    assert!(is_installed(&s, key(99)));
+
+    // The rest initiate as the rate allows, oldest first, each followed by its clear.
+    assert_eq!(s.initiation_wait(t), Some(Duration::from_millis(1)));
+    let round = s.next_initiations(t + Duration::from_millis(10)).unwrap();
+    assert_eq!(
+        keys_of(&round.initiate),
+        (20..30).map(key).collect::<Vec<_>>()
+    );
+    assert!(round
+        .initiate
+        .0
+        .iter()
+        .all(|c| matches!(c, PeerChange::Initiate(_))));
+    assert_eq!(keys_of(&round.clear), keys_of(&round.initiate));
+    // A new batch does not jump the queue of deferred initiations.
+    let more = s.install_batch(&dp, &[write(500)], at(1), t + Duration::from_secs(1));
+    assert!(matches!(more[0], Ok(false)));
+    let round = s.next_initiations(t + Duration::from_secs(1)).unwrap();
+    assert_eq!(
+        keys_of(&round.initiate),
+        (30..50).map(key).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn deferred_initiations_expire_and_skip_removed_peers() {
+    let dp = FakeDataPlane::default();
+    let mut s = paced(10);
+    let t = Instant::now();
+    s.install_batch(&dp, &[write(1), write(2), write(3)], at(1), t);
+    s.queue_removal(vec![key(2)], RemovalReason::Revoked, None);
+    drain_removals(&mut s, &dp);
+    let round = s.next_initiations(t + Duration::from_millis(100)).unwrap();
+    assert!(
+        round.initiate.0.is_empty() && round.expired == 1,
+        "{round:?}"
+    );
+    let round = s.next_initiations(t + Duration::from_millis(200)).unwrap();
+    assert_eq!(keys_of(&round.initiate), vec![key(3)]);
+    assert_eq!(s.initiation_wait(t), None);
+
+    s.install_batch(
+        &dp,
+        &[write(4), write(5)],
+        at(2),
+        t + Duration::from_secs(1),
+    );
+    let late = t + Duration::from_secs(1) + DEFERRED_INITIATION_MAX_AGE + Duration::from_millis(1);
+    let round = s.next_initiations(late).unwrap();
+    assert!(round.initiate.0.is_empty());
+    assert_eq!(round.expired, 1);
+    assert_eq!(s.initiation_wait(late), None);
+}
+
 #[test]
 fn a_failed_batch_is_split_so_only_the_bad_peer_fails() {
     let dp = FakeDataPlane::default();
     dp.bad.lock().unwrap().insert(key(2));
     let mut s = scheduler(false);
-    let results = s.install_batch(&dp, &[write(1), write(2), write(3)], at(1));
+    let results = s.install_batch(&dp, &[write(1), write(2), write(3)], at(1), Instant::now());
     let ok: Vec<bool> = results.iter().map(Result::is_ok).collect();
     assert_eq!(ok, vec![true, false, true]);
     // The whole batch, then each peer alone.
@@ -322,7 +419,7 @@ fn writes_made_while_a_sweep_reads_are_reconciled_with_the_read() {
     s.begin_sweep();
     let read = old.to_vec(); // the read, taken before the writes below
                              // Key 1 re-installed and key 3 installed during the read; key 2 removed.
-    s.install_batch(&dp, &[write(1), write(3)], at(500));
+    s.install_batch(&dp, &[write(1), write(3)], at(500), Instant::now());
     s.queue_removal(vec![key(2)], RemovalReason::Revoked, None);
     drain_removals(&mut s, &dp);
     let found = s
@@ -339,7 +436,7 @@ fn writes_made_while_a_sweep_reads_are_reconciled_with_the_read() {
 fn a_failed_sweep_read_ends_the_journal_and_changes_nothing() {
     let dp = FakeDataPlane::default();
     let mut s = scheduler(false);
-    s.install_batch(&dp, &[write(1)], at(1));
+    s.install_batch(&dp, &[write(1)], at(1), Instant::now());
     s.begin_sweep();
     assert_eq!(
         s.finish_sweep(Err("read failed"), at(1000), Duration::from_secs(1)),

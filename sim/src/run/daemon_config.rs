@@ -82,6 +82,7 @@ pub fn settings(d: &DaemonFile) -> ConfigFile {
         api_retries,
         api_min_interval,
         reinstall_active,
+        initiate_rate,
     } = d.clone();
     ConfigFile {
         mode: mode.map(|m| mode_word(m.into()).to_string()),
@@ -104,6 +105,7 @@ pub fn settings(d: &DaemonFile) -> ConfigFile {
                 human(d)
             }
         }),
+        initiate_rate,
         ..ConfigFile::default()
     }
 }
@@ -187,7 +189,7 @@ pub fn describe(scenario: &Scenario) -> Result<Vec<Setting>, DaemonConfigError> 
     let resolved =
         serde_json::to_value(resolve(scenario, &DaemonEndpoints::stand_in())?).unwrap_or_default();
     let set = toml::Table::try_from(settings(&scenario.daemon.set))?;
-    const KEYS: [&str; 15] = [
+    const KEYS: [&str; 16] = [
         "backend",
         "mode",
         "boot",
@@ -203,6 +205,7 @@ pub fn describe(scenario: &Scenario) -> Result<Vec<Setting>, DaemonConfigError> 
         "api_retries",
         "api_min_interval",
         "reinstall_active",
+        "initiate_rate",
     ];
     Ok(KEYS
         .iter()

@@ -261,6 +261,9 @@ pub struct DaemonFile {
         skip_serializing_if = "Option::is_none"
     )]
     pub reinstall_active: Option<Duration>,
+    /// Role-inversion initiations per second at most; 0 = unpaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initiate_rate: Option<u32>,
 }
 
 /// `[control_plane]`: who is registered and how badly the API behaves.

@@ -83,6 +83,10 @@ fn check(s: &Scenario) -> Config {
         reinstall_active,
         dur(d.reinstall_active, defaults::REINSTALL_ACTIVE)
     );
+    same!(
+        initiate_rate,
+        d.initiate_rate.unwrap_or(defaults::INITIATE_RATE)
+    );
     // Where this run's collaborators are, and the lab's tunnel prefix.
     assert_eq!(c.interface, at.interface);
     assert_eq!(
@@ -135,11 +139,13 @@ fn every_daemon_key_reaches_jitwgd_under_its_own_name() {
         "daemon.api_retries=0",
         "daemon.api_min_interval=250ms",
         "daemon.reinstall_active=0s",
+        "daemon.initiate_rate=700",
     ]);
     let c = check(&s);
     assert_eq!((c.sweep_chunk, c.api_retries), (1000, 0));
     assert!(!c.initiate && c.evict_in_push_mode);
     assert!(c.reinstall_active.is_zero(), "0s turns the re-install off");
+    assert_eq!(c.initiate_rate, 700);
     let settings = describe(&s).unwrap();
     assert!(settings.iter().all(|s| !s.jitwgd_default), "{settings:?}");
 }
