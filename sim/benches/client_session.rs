@@ -4,14 +4,19 @@
 //! machine; `fleet_loopback` is the driver's real code path (`run_fleet` with one client,
 //! its own socket, tokio task and link model) against a boringtun responder on 127.0.0.1.
 //! The fleet should cost at most 1.5 times `bare`; BENCHMARKS.md records the ratio.
+//!
+//! Each is measured twice: `cpu/*` reports the CPU time the whole process spent (every thread,
+//! the responder thread's included, so both sides of the ratio contain the same boringtun
+//! work of both ends), which is what the goal is judged on; `wall/*` reports elapsed time,
+//! which on a shared machine also counts waiting for a core and for the loopback round trips.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
-use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use criterion::{black_box, criterion_group, criterion_main, Bencher, Criterion};
 use jitwg::client::icmp::{self, Echo, EchoKind};
 use jitwg::client::session::{Action, Phase, Session, SessionConfig};
 use jitwg::client::{run_fleet, FleetClient, FleetConfig, FleetProgress};
@@ -28,6 +33,11 @@ const BUF_LEN: usize = 2048;
 fn public(private: [u8; 32]) -> [u8; 32] {
     PublicKey::from(&StaticSecret::from(private)).to_bytes()
 }
+
+/// Public keys are derived once: the driver reads them from the resolved plan and the gateway
+/// from its configuration, so deriving them per iteration (one X25519 each) is no one's cost.
+static CLIENT_PUBLIC: LazyLock<[u8; 32]> = LazyLock::new(|| public(CLIENT_PRIVATE));
+static GATEWAY_PUBLIC: LazyLock<[u8; 32]> = LazyLock::new(|| public(GATEWAY_PRIVATE));
 
 fn tunn(private: [u8; 32], peer_public: [u8; 32], index: u32) -> Tunn {
     Tunn::new(
@@ -51,7 +61,7 @@ impl Responder {
     fn new() -> Self {
         Self {
             tunn: None,
-            client_public: public(CLIENT_PRIVATE),
+            client_public: *CLIENT_PUBLIC,
             buf: vec![0; BUF_LEN],
         }
     }
@@ -83,8 +93,8 @@ impl Responder {
 
 /// The floor: the boringtun work one client's first contact needs, nothing else.
 fn bare() {
-    let mut client = tunn(CLIENT_PRIVATE, public(GATEWAY_PRIVATE), 17);
-    let mut gateway = tunn(GATEWAY_PRIVATE, public(CLIENT_PRIVATE), 4242);
+    let mut client = tunn(CLIENT_PRIVATE, *GATEWAY_PUBLIC, 17);
+    let mut gateway = tunn(GATEWAY_PRIVATE, *CLIENT_PUBLIC, 4242);
     let (mut cbuf, mut gbuf) = (vec![0u8; BUF_LEN], vec![0u8; BUF_LEN]);
     let TunnResult::WriteToNetwork(init) = client.format_handshake_initiation(&mut cbuf, false)
     else {
@@ -123,7 +133,7 @@ fn bare() {
 fn session() {
     let mut session = Session::new(SessionConfig {
         private_key: CLIENT_PRIVATE,
-        gateway_public_key: public(GATEWAY_PRIVATE),
+        gateway_public_key: *GATEWAY_PUBLIC,
         sender_index: 17,
         tunnel_ip: CLIENT_TUNNEL,
         gateway_tunnel_ip: GATEWAY_TUNNEL,
@@ -175,7 +185,7 @@ fn fleet_client() -> FleetClient {
             start: Duration::ZERO,
             identity: PeerIdentity {
                 private_key: CLIENT_PRIVATE,
-                public_key: public(CLIENT_PRIVATE),
+                public_key: *CLIENT_PUBLIC,
                 tunnel_ip: CLIENT_TUNNEL,
             },
             source_ip: Ipv4Addr::LOCALHOST,
@@ -191,6 +201,30 @@ fn fleet_client() -> FleetClient {
     }
 }
 
+/// CPU time used so far by this whole process (all threads), from the kernel's per-thread
+/// runtime accounting (nanosecond resolution, unlike getrusage's tick-split user/system times).
+fn process_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID)");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Runs `routine` the number of times criterion asks and reports the process CPU it took.
+fn cpu_time(b: &mut Bencher, mut routine: impl FnMut()) {
+    b.iter_custom(|iters| {
+        let start = process_cpu();
+        for _ in 0..iters {
+            routine();
+        }
+        process_cpu().saturating_sub(start)
+    });
+}
+
 fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -198,30 +232,33 @@ fn bench(c: &mut Criterion) {
         .expect("tokio runtime");
     let config = FleetConfig {
         gateway: spawn_gateway(),
-        gateway_public_key: public(GATEWAY_PRIVATE),
+        gateway_public_key: *GATEWAY_PUBLIC,
         gateway_tunnel_ip: GATEWAY_TUNNEL,
         give_up_after: Duration::from_secs(10),
         event_log: None,
     };
     let progress = Arc::new(FleetProgress::default());
 
+    let fleet = || {
+        let results = runtime
+            .block_on(run_fleet(
+                config.clone(),
+                vec![fleet_client()],
+                tokio::time::Instant::now(),
+                Arc::clone(&progress),
+                CancellationToken::new(),
+            ))
+            .expect("fleet runs");
+        assert!(results[0].connections[0].setup_latency_ms.is_some());
+    };
+
     let mut group = c.benchmark_group("client_session");
-    group.bench_function("bare", |b| b.iter(bare));
-    group.bench_function("session", |b| b.iter(session));
-    group.bench_function("fleet_loopback", |b| {
-        b.iter(|| {
-            let results = runtime
-                .block_on(run_fleet(
-                    config.clone(),
-                    vec![fleet_client()],
-                    tokio::time::Instant::now(),
-                    Arc::clone(&progress),
-                    CancellationToken::new(),
-                ))
-                .expect("fleet runs");
-            assert!(results[0].connections[0].setup_latency_ms.is_some());
-        })
-    });
+    group.bench_function("cpu/bare", |b| cpu_time(b, bare));
+    group.bench_function("cpu/session", |b| cpu_time(b, session));
+    group.bench_function("cpu/fleet_loopback", |b| cpu_time(b, fleet));
+    group.bench_function("wall/bare", |b| b.iter(bare));
+    group.bench_function("wall/session", |b| b.iter(session));
+    group.bench_function("wall/fleet_loopback", |b| b.iter(fleet));
     group.finish();
 }
 

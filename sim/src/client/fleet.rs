@@ -460,8 +460,12 @@ async fn connect(
     session.start(Instant::now().into_std(), &mut actions);
     wire.apply(&mut actions).await;
 
-    let mut tick = tokio::time::interval(TICK);
+    // `interval` would tick at once and run boringtun's timers right after `start` did.
+    let mut tick = tokio::time::interval_at(Instant::now() + TICK, TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // One waiter for the whole connection instead of one registered and dropped per packet.
+    let cancel = shared.cancel.cancelled();
+    tokio::pin!(cancel);
     let mut buf = vec![0u8; RECV_BUF];
     let mut counted_connected = false;
     let mut stay_until: Option<Instant> = None;
@@ -488,7 +492,7 @@ async fn connect(
         }
         tokio::select! {
             biased;
-            _ = shared.cancel.cancelled() => {
+            _ = &mut cancel => {
                 cancelled = true;
                 break;
             }
