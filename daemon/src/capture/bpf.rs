@@ -10,6 +10,10 @@
 
 use libc::sock_filter;
 
+use super::wire::{
+    IPPROTO_UDP, IPV4_FRAGMENT_OFFSET, IPV4_MIN_HEADER, IPV6_HEADER, UDP_DST_PORT, UDP_HEADER,
+};
+
 /// Bytes the kernel copies for an accepted packet: far more than IPv6 + UDP + the
 /// 148-byte initiation, so nothing we need is ever cut off.
 pub const SNAP_LEN: u32 = 0x40000;
@@ -18,16 +22,11 @@ pub const SNAP_LEN: u32 = 0x40000;
 const INITIATION_TYPE: u32 = 1;
 /// `PACKET_OUTGOING` from `<linux/if_packet.h>` (not exported at libc's top level).
 const PACKET_OUTGOING: u32 = 4;
-const IPPROTO_UDP: u32 = 17;
-/// IPv4 flags/fragment-offset field: the 13 offset bits. Non-zero = not the first
-/// fragment, which carries no UDP header.
-const IPV4_FRAGMENT_OFFSET_MASK: u32 = 0x1fff;
-/// The smallest legal IPv4 header (IHL = 5), in bytes.
-const IPV4_MIN_HEADER: u32 = 20;
-const IPV6_HEADER: u32 = 40;
-/// Offsets inside the UDP header.
-const UDP_DST_PORT: u32 = 2;
-const UDP_HEADER: u32 = 8;
+
+/// A header length or offset from `wire` as a BPF constant (all are tiny).
+const fn k(bytes: usize) -> u32 {
+    bytes as u32
+}
 
 /// Where a conditional jump goes; resolved to relative offsets once the whole
 /// program is laid out, so nobody counts instructions by hand.
@@ -134,29 +133,29 @@ pub fn initiation_filter(port: u16) -> Vec<sock_filter> {
 
     // IPv4: UDP, first fragment, sane header length, then port and type at IHL*4.
     a.stmt(BPF_LD | BPF_B | BPF_ABS, 9);
-    a.jump(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_UDP, Next, Drop);
+    a.jump(BPF_JMP | BPF_JEQ | BPF_K, u32::from(IPPROTO_UDP), Next, Drop);
     a.stmt(BPF_LD | BPF_H | BPF_ABS, 6);
     a.jump(
         BPF_JMP | BPF_JSET | BPF_K,
-        IPV4_FRAGMENT_OFFSET_MASK,
+        u32::from(IPV4_FRAGMENT_OFFSET),
         Drop,
         Next,
     );
     a.stmt(BPF_LDX | BPF_B | BPF_MSH, 0); // X = 4 * IHL
     a.stmt(BPF_MISC | BPF_TXA, 0);
-    a.jump(BPF_JMP | BPF_JGE | BPF_K, IPV4_MIN_HEADER, Next, Drop);
-    a.stmt(BPF_LD | BPF_H | BPF_IND, UDP_DST_PORT);
+    a.jump(BPF_JMP | BPF_JGE | BPF_K, k(IPV4_MIN_HEADER), Next, Drop);
+    a.stmt(BPF_LD | BPF_H | BPF_IND, k(UDP_DST_PORT));
     a.jump(BPF_JMP | BPF_JEQ | BPF_K, port, Next, Drop);
-    a.stmt(BPF_LD | BPF_B | BPF_IND, UDP_HEADER);
+    a.stmt(BPF_LD | BPF_B | BPF_IND, k(UDP_HEADER));
     a.jump(BPF_JMP | BPF_JEQ | BPF_K, INITIATION_TYPE, Accept, Drop);
 
     a.label(Ipv6);
     a.jump(BPF_JMP | BPF_JEQ | BPF_K, 6, Next, Drop);
     a.stmt(BPF_LD | BPF_B | BPF_ABS, 6); // next header
-    a.jump(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_UDP, Next, Drop);
-    a.stmt(BPF_LD | BPF_H | BPF_ABS, IPV6_HEADER + UDP_DST_PORT);
+    a.jump(BPF_JMP | BPF_JEQ | BPF_K, u32::from(IPPROTO_UDP), Next, Drop);
+    a.stmt(BPF_LD | BPF_H | BPF_ABS, k(IPV6_HEADER + UDP_DST_PORT));
     a.jump(BPF_JMP | BPF_JEQ | BPF_K, port, Next, Drop);
-    a.stmt(BPF_LD | BPF_B | BPF_ABS, IPV6_HEADER + UDP_HEADER);
+    a.stmt(BPF_LD | BPF_B | BPF_ABS, k(IPV6_HEADER + UDP_HEADER));
     a.jump(BPF_JMP | BPF_JEQ | BPF_K, INITIATION_TYPE, Accept, Drop);
 
     a.label(Accept);

@@ -4,13 +4,10 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
-const IPPROTO_UDP: u8 = 17;
-const IPV4_MIN_HEADER: usize = 20;
-const IPV6_HEADER: usize = 40;
-const UDP_HEADER: usize = 8;
-/// IPv4 more-fragments flag and fragment-offset bits.
-const IPV4_MORE_FRAGMENTS: u16 = 0x2000;
-const IPV4_FRAGMENT_OFFSET: u16 = 0x1fff;
+use super::wire::{
+    IPPROTO_UDP, IPV4_FRAGMENT_OFFSET, IPV4_MIN_HEADER, IPV4_MORE_FRAGMENTS, IPV6_HEADER,
+    UDP_HEADER,
+};
 
 /// A UDP datagram found in a captured packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,6 +6,7 @@
 pub mod bpf;
 pub mod frame;
 pub mod socket;
+mod wire;
 
 pub use frame::{parse_datagram, Captured, FrameError};
 pub use socket::{CaptureError, CaptureSocket};
