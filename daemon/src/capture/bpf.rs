@@ -133,7 +133,12 @@ pub fn initiation_filter(port: u16) -> Vec<sock_filter> {
 
     // IPv4: UDP, first fragment, sane header length, then port and type at IHL*4.
     a.stmt(BPF_LD | BPF_B | BPF_ABS, 9);
-    a.jump(BPF_JMP | BPF_JEQ | BPF_K, u32::from(IPPROTO_UDP), Next, Drop);
+    a.jump(
+        BPF_JMP | BPF_JEQ | BPF_K,
+        u32::from(IPPROTO_UDP),
+        Next,
+        Drop,
+    );
     a.stmt(BPF_LD | BPF_H | BPF_ABS, 6);
     a.jump(
         BPF_JMP | BPF_JSET | BPF_K,
@@ -152,7 +157,12 @@ pub fn initiation_filter(port: u16) -> Vec<sock_filter> {
     a.label(Ipv6);
     a.jump(BPF_JMP | BPF_JEQ | BPF_K, 6, Next, Drop);
     a.stmt(BPF_LD | BPF_B | BPF_ABS, 6); // next header
-    a.jump(BPF_JMP | BPF_JEQ | BPF_K, u32::from(IPPROTO_UDP), Next, Drop);
+    a.jump(
+        BPF_JMP | BPF_JEQ | BPF_K,
+        u32::from(IPPROTO_UDP),
+        Next,
+        Drop,
+    );
     a.stmt(BPF_LD | BPF_H | BPF_ABS, k(IPV6_HEADER + UDP_DST_PORT));
     a.jump(BPF_JMP | BPF_JEQ | BPF_K, port, Next, Drop);
     a.stmt(BPF_LD | BPF_B | BPF_ABS, k(IPV6_HEADER + UDP_HEADER));

@@ -71,9 +71,17 @@ pub(super) fn assemble(run: Finished<'_>) -> Results {
     };
     results.reload = run.reload;
     // Before the expectations: on a saturated run timing goals do not count.
+    let lag_limit_ms = scenario
+        .file
+        .lab
+        .lag_limit
+        .map_or(jitwg_reports::LAG_P99_LIMIT_MS, |d| {
+            d.as_secs_f64() * 1000.0
+        });
     results.load = Some(jitwg_reports::assess_load(
         &results,
         run.driver_cpu_utilization,
+        lag_limit_ms,
     ));
     results.expectations =
         jitwg_reports::evaluate(&scenario.expectations, &Figures::from_results(&results));

@@ -188,6 +188,15 @@ pub struct LabFile {
     /// `"auto"` (default: two halves), `"off"`, or `{ gateway = "0", driver = "1" }`.
     #[serde(default)]
     pub cpus: super::cpus::CpusFile,
+    /// Lag p99 (intended start to first initiation) above which the run counts as saturated
+    /// and its timing goals as inconclusive; default 20 ms. Loosen it only where the whole
+    /// machine is slow by construction (an emulated VM), and say why in the scenario.
+    #[serde(
+        with = "humantime_serde",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub lag_limit: Option<std::time::Duration>,
 }
 
 /// `[daemon]`: jitwgd's own settings, under jitwgd's own key names, passed to it through
