@@ -279,11 +279,17 @@ impl<R> Scheduler<R> {
     /// waited longer than `DEFERRED_INITIATION_MAX_AGE` or were removed meanwhile are
     /// dropped (setting a keepalive on a removed peer would re-create it, empty).
     pub fn next_initiations(&mut self, mono: Instant) -> Option<InitiationRound> {
-        let before = self.deferred.len();
-        self.deferred.retain(|(_, queued)| {
-            mono.saturating_duration_since(*queued) <= DEFERRED_INITIATION_MAX_AGE
-        });
-        let mut expired = before - self.deferred.len();
+        // Queued in arrival order (install times only grow), so the expired ones are at
+        // the front: popping them costs O(expired), not a scan of a storm-sized queue on
+        // every round.
+        let mut expired = 0;
+        while let Some((_, queued)) = self.deferred.front() {
+            if mono.saturating_duration_since(*queued) <= DEFERRED_INITIATION_MAX_AGE {
+                break;
+            }
+            self.deferred.pop_front();
+            expired += 1;
+        }
         let n = self.initiations.admit(mono, self.deferred.len());
         if n == 0 && expired == 0 {
             return None;

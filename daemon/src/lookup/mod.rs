@@ -109,9 +109,37 @@ pub struct Lookup {
     api: Option<ApiClient>,
     config: LookupConfig,
     /// One async lock per key with a lookup in progress: the single-flight guarantee.
-    in_flight: Mutex<HashMap<PublicKey, Arc<tokio::sync::Mutex<()>>>>,
+    in_flight: Mutex<Pruned<Arc<tokio::sync::Mutex<()>>>>,
     /// When each key last went to the API (entries older than `api_min_interval` are pruned).
-    last_call: Mutex<HashMap<PublicKey, Instant>>,
+    last_call: Mutex<Pruned<Instant>>,
+}
+
+/// A per-key map pruned only when it has doubled since the last pruning (at least
+/// `PRUNE_FLOOR` entries), so a storm of thousands of keys in flight costs amortised O(1)
+/// per lookup instead of a scan of the whole map on every call.
+struct Pruned<V> {
+    map: HashMap<PublicKey, V>,
+    prune_at: usize,
+}
+
+/// Maps smaller than this are never pruned.
+const PRUNE_FLOOR: usize = 4096;
+
+impl<V> Pruned<V> {
+    fn new() -> Self {
+        Pruned {
+            map: HashMap::new(),
+            prune_at: PRUNE_FLOOR,
+        }
+    }
+
+    /// Drops the entries `keep` rejects when the map has grown past the threshold.
+    fn prune_if_grown(&mut self, keep: impl FnMut(&PublicKey, &mut V) -> bool) {
+        if self.map.len() >= self.prune_at {
+            self.map.retain(keep);
+            self.prune_at = (self.map.len() * 2).max(PRUNE_FLOOR);
+        }
+    }
 }
 
 /// What the cache says about a key.
@@ -128,8 +156,8 @@ impl Lookup {
             store,
             api,
             config,
-            in_flight: Mutex::new(HashMap::new()),
-            last_call: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(Pruned::new()),
+            last_call: Mutex::new(Pruned::new()),
         }
     }
 
@@ -235,8 +263,8 @@ impl Lookup {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             // Forget locks nobody holds or waits for, so the map stays small.
-            map.retain(|_, l| Arc::strong_count(l) > 1);
-            map.entry(key).or_default().clone()
+            map.prune_if_grown(|_, l| Arc::strong_count(l) > 1);
+            map.map.entry(key).or_default().clone()
         };
         lock.lock_owned().await
     }
@@ -249,13 +277,11 @@ impl Lookup {
             .last_call
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if map.len() > 4096 {
-            map.retain(|_, at| now.duration_since(*at) < interval);
-        }
-        match map.get(&key) {
+        map.prune_if_grown(|_, at| now.duration_since(*at) < interval);
+        match map.map.get(&key) {
             Some(at) if now.duration_since(*at) < interval => false,
             _ => {
-                map.insert(key, now);
+                map.map.insert(key, now);
                 true
             }
         }

@@ -278,3 +278,31 @@ async fn revocation_is_detected_and_blocks_reinstall() {
     ));
     assert_eq!(api.calls(key(10)), calls);
 }
+
+#[test]
+fn per_key_maps_are_pruned_only_after_doubling() {
+    let mut pruned: Pruned<bool> = Pruned::new();
+    let key = |n: usize| {
+        let mut k = [0u8; 32];
+        k[..8].copy_from_slice(&(n as u64).to_be_bytes());
+        PublicKey(k)
+    };
+    // Below the floor nothing is dropped, whatever `keep` says.
+    for n in 0..PRUNE_FLOOR - 1 {
+        pruned.map.insert(key(n), n % 2 == 0);
+        pruned.prune_if_grown(|_, keep| *keep);
+    }
+    assert_eq!(pruned.map.len(), PRUNE_FLOOR - 1);
+    // At the floor the rejected half goes; the next pruning waits for the floor again.
+    pruned.map.insert(key(PRUNE_FLOOR - 1), false);
+    pruned.prune_if_grown(|_, keep| *keep);
+    assert_eq!(pruned.map.len(), PRUNE_FLOOR / 2);
+    assert_eq!(pruned.prune_at, PRUNE_FLOOR);
+    // All kept: each pruning (at 4,096, then 8,192) sets the threshold to twice the size.
+    for n in PRUNE_FLOOR..3 * PRUNE_FLOOR {
+        pruned.map.insert(key(n), true);
+        pruned.prune_if_grown(|_, keep| *keep);
+    }
+    assert_eq!(pruned.prune_at, 4 * PRUNE_FLOOR);
+    assert_eq!(pruned.map.len(), PRUNE_FLOOR / 2 + 2 * PRUNE_FLOOR);
+}
