@@ -6,9 +6,12 @@
 //! and WireGuard alone would only re-handshake after ~15 s (keepalive + rekey timeouts).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::activity::ActivityLog;
+use crate::config::Boot;
+use crate::errors::Causes;
 use crate::install::{InstallError, InstallQueue};
 use crate::peer::PublicKey;
 use crate::store::{ActivePeer, SharedStore, StoreCallError};
@@ -90,6 +93,65 @@ pub async fn reinstall_active(
         peers_installed: installed,
         took: start.elapsed(),
     })
+}
+
+/// Boot by `policy`; returns how many peers were installed before ready. Peers active
+/// before the shutdown are re-installed with their endpoints and initiated to: in `jit`
+/// boot beside readiness (ready does not wait), in `preload` boot first, so their clients
+/// need not wait for the whole preload.
+pub async fn run(
+    policy: Boot,
+    store: &SharedStore,
+    queue: &InstallQueue,
+    activity: &Arc<ActivityLog>,
+) -> Result<usize, BootError> {
+    match policy {
+        Boot::Jit => {
+            let (activity, queue) = (activity.clone(), queue.clone());
+            // Not one of the daemon's tasks: its end is not the daemon's.
+            tokio::spawn(async move {
+                log_reinstall(reinstall_active(&activity, &queue, SystemTime::now()).await)
+            });
+            Ok(0)
+        }
+        Boot::Preload => {
+            let reinstalled =
+                log_reinstall(reinstall_active(activity, queue, SystemTime::now()).await);
+            let skip: HashSet<_> = if reinstalled > 0 {
+                store
+                    .call(|s| s.activity_keys())
+                    .await
+                    .map_err(BootError::Store)?
+                    .into_iter()
+                    .filter(|k| queue.is_installed(k))
+                    .collect()
+            } else {
+                HashSet::new()
+            };
+            Ok(reinstalled + preload(store, queue, &skip).await?.peers_installed)
+        }
+    }
+}
+
+/// Logs how boot's re-install of active peers went; returns how many it installed. A
+/// failure is not fatal: those clients fall back to WireGuard's own timers.
+fn log_reinstall(result: Result<BootReport, BootError>) -> usize {
+    match result {
+        Ok(r) => {
+            if r.peers_installed > 0 {
+                tracing::info!(
+                    peers = r.peers_installed,
+                    took_ms = r.took.as_secs_f64() * 1000.0,
+                    "re-installed peers active before the shutdown, initiating to them"
+                );
+            }
+            r.peers_installed
+        }
+        Err(e) => {
+            tracing::warn!(error = %Causes(&e), "re-installing active peers failed");
+            0
+        }
+    }
 }
 
 /// Install every peer stored in the database but those in `skip` (preload boot; `skip`

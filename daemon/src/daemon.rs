@@ -3,98 +3,36 @@
 //! until one dies, and stops them all cleanly. `run` is the whole entry point; the
 //! stages' work lives in their own modules (`pipeline`, `lookup`, `sweep`, `push`).
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::activity::ActivityLog;
-use crate::api::{ApiClient, ApiError};
-use crate::boot::{self, BootError};
-use crate::capture::{CaptureError, CaptureSocket};
-use crate::config::{Backend, Boot, Config, Mode};
+use crate::api::ApiClient;
+use crate::boot;
+use crate::capture::CaptureSocket;
+use crate::config::{Backend, Config, Mode};
 use crate::dataplane::{DataPlane, DataPlaneError};
 use crate::errors::Causes;
 use crate::identify::ResponderKeys;
-use crate::identify_pool::{PoolSettings, PoolStartError};
-use crate::install::{InstallError, InstallSettings, InstallWorker};
+use crate::identify_pool::PoolSettings;
+use crate::install::{InstallSettings, InstallWorker};
 use crate::lookup::{revalidate_loop, Lookup, LookupConfig};
-use crate::metrics::{self, Metrics, MetricsError};
+use crate::metrics::{self, Metrics};
 use crate::pipeline::{capture_loop, start_identify_pool, Pipeline};
-use crate::push::{push_loop, PushContext, PushError, PushSubscriber};
-use crate::store::{SharedStore, StoreCallError};
+use crate::push::{push_loop, PushContext, PushSubscriber};
+use crate::store::SharedStore;
 use crate::sweep::sweep_loop;
 
-/// What stopped the daemon from starting or running.
-#[derive(Debug, thiserror::Error)]
-pub enum DaemonError {
-    /// Its messages already say which interface and what to do.
-    #[error(transparent)]
-    DataPlane(#[from] DataPlaneError),
-    #[error("setting up the peer database failed")]
-    Store(#[source] StoreCallError),
-    #[error("opening the capture socket failed")]
-    Capture(#[source] CaptureError),
-    #[error("starting the metrics endpoint failed")]
-    Metrics(#[source] MetricsError),
-    #[error("setting up the control-plane client failed")]
-    Api(#[source] ApiError),
-    #[error("subscribing to pushed peers (NATS) failed")]
-    Push(#[source] PushError),
-    #[error("starting the install worker failed")]
-    Install(#[source] InstallError),
-    #[error("starting the identify workers failed")]
-    IdentifyPool(#[source] PoolStartError),
-    #[error("boot failed")]
-    Boot(#[from] BootError),
-    #[error("configuration: {0}")]
-    Config(&'static str),
-}
-
-impl DaemonError {
-    /// Errors that mean "the environment is not set up" (exit code 3) rather than a
-    /// failure while running.
-    pub fn is_setup_error(&self) -> bool {
-        matches!(
-            self,
-            DaemonError::DataPlane(_)
-                | DaemonError::Capture(_)
-                | DaemonError::Metrics(_)
-                | DaemonError::Store(_)
-                | DaemonError::Install(_)
-                | DaemonError::IdentifyPool(_)
-        )
-    }
-}
+pub use crate::errors::DaemonError;
 
 fn wg_backend(b: Backend) -> wireguard_control::Backend {
     match b {
         Backend::Userspace => wireguard_control::Backend::Userspace,
         Backend::Kernel => wireguard_control::Backend::Kernel,
-    }
-}
-
-/// Logs how boot's re-install of active peers went; returns how many it installed. A
-/// failure is not fatal: those clients fall back to WireGuard's own timers.
-fn log_reinstall(result: Result<boot::BootReport, BootError>) -> usize {
-    match result {
-        Ok(r) => {
-            if r.peers_installed > 0 {
-                tracing::info!(
-                    peers = r.peers_installed,
-                    took_ms = r.took.as_secs_f64() * 1000.0,
-                    "re-installed peers active before the shutdown, initiating to them"
-                );
-            }
-            r.peers_installed
-        }
-        Err(e) => {
-            tracing::warn!(error = %Causes(&e), "re-installing active peers failed");
-            0
-        }
     }
 }
 
@@ -262,32 +200,7 @@ pub async fn run(
     // 7. Boot, then ready. Peers active before the shutdown are re-installed with their
     // endpoints and initiated to: in jit boot beside readiness (ready does not wait), in
     // preload boot first, so their clients need not wait for the whole preload.
-    let booted = match config.boot {
-        Boot::Jit => {
-            let (activity, queue) = (activity.clone(), queue.clone());
-            // Not in `tasks`: its end is not the daemon's.
-            tokio::spawn(async move {
-                log_reinstall(boot::reinstall_active(&activity, &queue, SystemTime::now()).await)
-            });
-            0
-        }
-        Boot::Preload => {
-            let reinstalled =
-                log_reinstall(boot::reinstall_active(&activity, &queue, SystemTime::now()).await);
-            let skip: HashSet<_> = if reinstalled > 0 {
-                store
-                    .call(|s| s.activity_keys())
-                    .await
-                    .map_err(|e| DaemonError::Boot(BootError::Store(e)))?
-                    .into_iter()
-                    .filter(|k| queue.is_installed(k))
-                    .collect()
-            } else {
-                HashSet::new()
-            };
-            reinstalled + boot::preload(&store, &queue, &skip).await?.peers_installed
-        }
-    };
+    let booted = boot::run(config.boot, &store, &queue, &activity).await?;
     let ready_after = started.elapsed();
     metrics.time_to_ready_seconds.set(ready_after.as_secs_f64());
     metrics.ready.set(1);

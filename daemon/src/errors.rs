@@ -1,8 +1,62 @@
-//! Printing an error with all its causes on one log line (`top: cause: root`), the same
-//! shape `main` prints with anyhow's `{:#}`; `%e` alone would drop the causes.
+//! Errors at the daemon's top: `DaemonError`, what stopped it from starting or running
+//! (and which of those are setup errors, exit 3), and `Causes`, printing an error with all
+//! its causes on one log line (`top: cause: root`), the same shape `main` prints with
+//! anyhow's `{:#}`; `%e` alone would drop the causes.
 
 use std::error::Error;
 use std::fmt;
+
+use crate::api::ApiError;
+use crate::boot::BootError;
+use crate::capture::CaptureError;
+use crate::dataplane::DataPlaneError;
+use crate::identify_pool::PoolStartError;
+use crate::install::InstallError;
+use crate::metrics::MetricsError;
+use crate::push::PushError;
+use crate::store::StoreCallError;
+
+/// What stopped the daemon from starting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Its messages already say which interface and what to do.
+    #[error(transparent)]
+    DataPlane(#[from] DataPlaneError),
+    #[error("setting up the peer database failed")]
+    Store(#[source] StoreCallError),
+    #[error("opening the capture socket failed")]
+    Capture(#[source] CaptureError),
+    #[error("starting the metrics endpoint failed")]
+    Metrics(#[source] MetricsError),
+    #[error("setting up the control-plane client failed")]
+    Api(#[source] ApiError),
+    #[error("subscribing to pushed peers (NATS) failed")]
+    Push(#[source] PushError),
+    #[error("starting the install worker failed")]
+    Install(#[source] InstallError),
+    #[error("starting the identify workers failed")]
+    IdentifyPool(#[source] PoolStartError),
+    #[error("boot failed")]
+    Boot(#[from] BootError),
+    #[error("configuration: {0}")]
+    Config(&'static str),
+}
+
+impl DaemonError {
+    /// Errors that mean "the environment is not set up" (exit code 3) rather than a
+    /// failure while running.
+    pub fn is_setup_error(&self) -> bool {
+        matches!(
+            self,
+            DaemonError::DataPlane(_)
+                | DaemonError::Capture(_)
+                | DaemonError::Metrics(_)
+                | DaemonError::Store(_)
+                | DaemonError::Install(_)
+                | DaemonError::IdentifyPool(_)
+        )
+    }
+}
 
 /// Displays an error followed by each of its sources, separated by `: `.
 pub struct Causes<'a>(pub &'a (dyn Error + 'static));
