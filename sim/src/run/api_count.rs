@@ -4,40 +4,15 @@
 
 use std::collections::BTreeMap;
 
+use super::prometheus::Scrape;
+
 /// The counter jitwgd exports, split by `outcome` (`ok`, `not_found`, `error`, `timeout`).
 pub const API_REQUESTS_METRIC: &str = "jitwgd_api_requests_total";
 
-/// Sums `jitwgd_api_requests_total{outcome="..."}` samples by outcome. Lines that do not parse
-/// are skipped: a half-written scrape must not abort a run.
+/// Sums `jitwgd_api_requests_total{outcome="..."}` samples by outcome (the one parser,
+/// `prometheus::Scrape`; lines that do not parse are skipped).
 pub fn requests_by_outcome(text: &str) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
-    for line in text.lines() {
-        // The `{` right after the name keeps `..._total_created` and other names out.
-        let Some(rest) = line
-            .trim()
-            .strip_prefix(API_REQUESTS_METRIC)
-            .and_then(|r| r.strip_prefix('{'))
-        else {
-            continue;
-        };
-        let Some((labels, value)) = rest.split_once('}') else {
-            continue;
-        };
-        let outcome = labels.split(',').find_map(|pair| {
-            let (k, v) = pair.split_once('=')?;
-            (k.trim() == "outcome").then(|| v.trim().trim_matches('"'))
-        });
-        let value = value
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<f64>().ok());
-        if let (Some(outcome), Some(value)) = (outcome, value) {
-            if value.is_finite() && value >= 0.0 {
-                *out.entry(outcome.to_owned()).or_insert(0) += value as u64;
-            }
-        }
-    }
-    out
+    Scrape::parse(text.to_owned()).by_label(API_REQUESTS_METRIC, "outcome")
 }
 
 /// Per-outcome counters of a process that restarts: what ended incarnations counted, plus the

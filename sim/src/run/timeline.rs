@@ -325,8 +325,11 @@ impl Timeline {
             }
         };
         if let Ok((200, body)) = ctx.lab.probe().get("/metrics").await {
-            self.lookups = prometheus::lookups_by_outcome(&body);
-            self.api_sent.observe(api_count::requests_by_outcome(&body));
+            // One parse of the page for both counters.
+            let scrape = prometheus::Scrape::parse(body);
+            self.lookups = scrape.by_label(prometheus::LOOKUPS_METRIC, "outcome");
+            self.api_sent
+                .observe(scrape.by_label(api_count::API_REQUESTS_METRIC, "outcome"));
         }
         let snap = ctx.progress.snapshot();
         self.samples.push(Sample {
