@@ -145,7 +145,9 @@ pub fn nearest_rank(sorted: &[f64], p: f64) -> Option<f64> {
     sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
 }
 
-fn histogram_us(latencies_ms: &[f64]) -> Histogram<u64> {
+/// Setup latencies (ms) in an HDR histogram of µs, 3 significant digits: the one recording
+/// every report and every shard uses, so shards' histograms add up.
+pub fn histogram_us(latencies_ms: &[f64]) -> Histogram<u64> {
     let mut histogram = empty_histogram();
     for ms in latencies_ms {
         let us = (ms * 1000.0).round().clamp(1.0, HISTOGRAM_MAX_US as f64) as u64;

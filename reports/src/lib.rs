@@ -12,6 +12,7 @@ pub mod html;
 pub mod load;
 pub mod markdown;
 pub mod schema;
+pub mod shards;
 pub mod summary;
 
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ pub use schema::{
     ExpectationResult, LoadError, ProcessUsage, Reload, Results, RunInfo, Sample, SaveError,
     ToolInfo, BY_STATUS_ABORTED, BY_STATUS_PENDING, RECOVERY_WINDOW_MS, SCHEMA_VERSION,
 };
+pub use shards::{merge_setup, MergedSetup, ShardInfo};
 pub use summary::{text_summary, DEFAULT_TOLERANCE, GLOSSARY};
 
 /// File name of the HTML report inside the output directory.

@@ -57,7 +57,7 @@ pub struct CliError {
 }
 
 impl CliError {
-    fn new(code: ExitCode, error: impl Into<anyhow::Error>) -> Self {
+    pub(crate) fn new(code: ExitCode, error: impl Into<anyhow::Error>) -> Self {
         CliError {
             code,
             error: error.into(),
@@ -148,6 +148,13 @@ pub enum Command {
     Clean(CleanArgs),
     /// Run the testbed's control-plane API on its own.
     ControlPlane(ControlPlaneArgs),
+    /// The gateway of a sharded run on this host's interface (needs root); see README
+    /// "Running across machines".
+    Gateway(crate::shard::gateway::GatewayArgs),
+    /// Shard I/N of a scenario's clients against a `jitwg gateway` elsewhere.
+    Fleet(crate::shard::fleet::FleetArgs),
+    /// Merge the results of a sharded run's shards and gateway into one results.json.
+    Merge(crate::shard::cli::MergeArgs),
 }
 
 /// Scenario adjustments shared by `run` and `validate`.
@@ -195,6 +202,11 @@ pub struct RunArgs {
     /// the run unless this is given.
     #[arg(long)]
     pub event_log: bool,
+    /// Split the clients over N fleet processes, each in its own namespace and address range,
+    /// against one gateway namespace, then merge (as `jitwg gateway`/`fleet`/`merge` do across
+    /// machines).
+    #[arg(long, value_name = "N")]
+    pub shards: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -249,16 +261,25 @@ pub fn parse_tolerance(text: &str) -> Result<f64, String> {
 /// Runs the parsed command line.
 pub fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.command {
+        Command::Run(RunArgs {
+            shards: Some(n),
+            scenario,
+            out,
+            ..
+        }) => crate::shard::local::run(&scenario, n, out),
         Command::Run(args) => run(args),
         Command::Validate(args) => validate(args),
         Command::Report(args) => report(args),
         Command::Compare(args) => compare(args),
         Command::Clean(args) => clean(args),
         Command::ControlPlane(args) => control_plane(args),
+        Command::Gateway(args) => crate::shard::gateway::run(args),
+        Command::Fleet(args) => crate::shard::fleet::run(args),
+        Command::Merge(args) => crate::shard::cli::merge(args),
     }
 }
 
-fn load_scenario(args: &ScenarioArgs) -> Result<(Scenario, Adjustments), CliError> {
+pub(crate) fn load_scenario(args: &ScenarioArgs) -> Result<(Scenario, Adjustments), CliError> {
     let adjust = args.adjustments()?;
     let scenario = crate::scenario::load(&args.scenario, &adjust)
         .map_err(|e| CliError::new(ExitCode::Usage, e))?;

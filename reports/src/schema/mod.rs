@@ -101,6 +101,14 @@ pub struct RunInfo {
     /// What a reader must know about how the run was measured (e.g. the split was off on one CPU).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// The shards of a sharded run (`jitwg merge`), in index order; empty for a run on one
+    /// machine.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<crate::shards::ShardInfo>,
+    /// Setup latency of a sharded run from the shards' merged HDR histograms; `None` unless
+    /// merged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged_setup: Option<crate::shards::MergedSetup>,
 }
 
 /// Where gateway and driver ran.

@@ -83,6 +83,23 @@ impl Namespace {
         Ok(ns)
     }
 
+    /// The network namespace this process runs in (`jitwg gateway` on a host's own interface):
+    /// entering it is a no-op for the process's threads, and dropping it deletes nothing.
+    pub fn current() -> Result<Namespace, LabError> {
+        let name = "host";
+        let fd = File::open("/proc/self/ns/net").map_err(|source| LabError::NamespaceEnter {
+            ns: name.into(),
+            source,
+        })?;
+        Ok(Namespace {
+            name: name.to_string(),
+            inner: None,
+            fd: Arc::new(fd),
+            _lock: None,
+            placement: std::sync::OnceLock::new(),
+        })
+    }
+
     /// Takes ownership of an existing namespace: dropping the returned value deletes it
     /// (used by `clean` for leftovers).
     pub fn adopt(name: &str) -> Result<Namespace, LabError> {

@@ -185,6 +185,23 @@ impl Topology {
         })
     }
 
+    /// No namespaces of its own: gateway, client and control-plane roles all in the namespace
+    /// this process runs in (`jitwg gateway` on a host's interface). Nothing is created, so
+    /// nothing is wired; the plan only names the tunnel network.
+    pub fn host(plan: &AddressPlan, run_id: &RunId) -> Result<Topology, LabError> {
+        plan.validate()?;
+        let names = Names::new(run_id.clone());
+        check_ifname(&names.wg_interface())?;
+        let here = Arc::new(Namespace::current()?);
+        Ok(Topology {
+            names,
+            plan: plan.clone(),
+            gateway: Arc::clone(&here),
+            client: Arc::clone(&here),
+            control: here,
+        })
+    }
+
     pub fn run_id(&self) -> &RunId {
         self.names.run_id()
     }

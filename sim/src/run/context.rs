@@ -17,10 +17,10 @@ use crate::scenario::Scenario;
 use super::lab::Lab;
 use super::{RunError, FLEET_STOP_TIMEOUT};
 
-pub(super) type FleetOutput = Result<Result<Vec<ClientResult>, ClientError>, LabError>;
+pub(crate) type FleetOutput = Result<Result<Vec<ClientResult>, ClientError>, LabError>;
 
 /// A run in progress. Fields drop in declaration order: the fleet stops before the lab.
-pub(super) struct RunContext<'a> {
+pub(crate) struct RunContext<'a> {
     pub fleet: FleetThread,
     pub lab: Lab,
     pub scenario: &'a Scenario,
@@ -41,12 +41,12 @@ impl RunContext<'_> {
     }
 }
 
-pub(super) fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
 /// The fleet's runtime thread and the token that stops it.
-pub(super) struct FleetThread {
+pub(crate) struct FleetThread {
     pub cancel: CancellationToken,
     pub thread: Option<NsThread<FleetOutput>>,
 }

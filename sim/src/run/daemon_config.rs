@@ -16,7 +16,7 @@ use crate::scenario::Scenario;
 #[derive(Debug, Clone)]
 pub struct DaemonEndpoints {
     pub interface: String,
-    /// The gateway's underlay interface the daemon sniffs initiations on.
+    /// The gateway's underlay interface the daemon sniffs initiations on; empty: every one.
     pub capture_interface: String,
     pub db: PathBuf,
     pub api_url: String,
@@ -136,7 +136,8 @@ pub fn config_file_for(at: &DaemonEndpoints, backend: &str, set: &DaemonFile) ->
     ConfigFile {
         interface: Some(at.interface.clone()),
         backend: Some(backend.to_string()),
-        capture_interface: Some(at.capture_interface.clone()),
+        // Empty: every interface (a gateway on a host whose clients arrive anywhere).
+        capture_interface: (!at.capture_interface.is_empty()).then(|| at.capture_interface.clone()),
         db: Some(at.db.clone()),
         api_url: Some(at.api_url.clone()),
         metrics_addr: Some(at.metrics_addr.to_string()),

@@ -3,7 +3,7 @@
 //! tests (`tests/src/gateway.rs` is a thin fixture over it). Every part sits behind a guard;
 //! dropping the [`Lab`] stops them in reverse dependency order, also on errors and panics.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -55,6 +55,19 @@ pub struct LabSpec {
     pub logs: PathBuf,
     /// Gateway and driver CPUs (`[lab] cpus`); `None`: shared, as before the split existed.
     pub cpu_split: Option<CpuSplit>,
+    /// Build on the host's own interface instead of in namespaces (`jitwg gateway`); `None`:
+    /// the three namespaces of `plan`.
+    pub host: Option<HostSite>,
+}
+
+/// Where a lab built on a host's own interface (no namespaces) listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSite {
+    /// The host address clients reach: WireGuard on [`WG_PORT`], the control plane on
+    /// [`CONTROL_PLANE_PORT`] and jitwgd's metrics on [`METRICS_PORT`].
+    pub listen: Ipv4Addr,
+    /// The interface jitwgd sniffs initiations on; `None`: every interface.
+    pub capture_interface: Option<String>,
 }
 
 impl LabSpec {
@@ -75,6 +88,7 @@ impl LabSpec {
             daemon_log_filter: DAEMON_LOG_FILTER.to_string(),
             logs,
             cpu_split: None,
+            host: None,
         }
     }
 }
@@ -153,6 +167,7 @@ pub struct Lab {
     probe: ProbeClient,
     control: ControlPlaneHandle,
     gateway_public_key: [u8; 32],
+    gateway_endpoint: SocketAddr,
 }
 
 /// Runs blocking lab work: inside a multi-thread runtime without stalling a worker, elsewhere
@@ -178,8 +193,11 @@ impl Lab {
         let state = state_dir(&spec.run_id)?;
         let state_path = state.path().to_path_buf();
         parts.state = Some(state);
-        let topo = blocking(|| Topology::build(&spec.plan, &spec.run_id))
-            .map_err(RunError::lab("building the network namespaces"))?;
+        let topo = blocking(|| match &spec.host {
+            None => Topology::build(&spec.plan, &spec.run_id),
+            Some(_) => Topology::host(&spec.plan, &spec.run_id),
+        })
+        .map_err(RunError::lab("building the network namespaces"))?;
         let names = topo.names.clone();
         let gateway_ns = Arc::clone(&topo.gateway);
         let control_ns = Arc::clone(&topo.control);
@@ -202,7 +220,10 @@ impl Lab {
         parts.dataplane = Some(dataplane);
 
         // NATS (push mode), then the control plane.
-        let cp_ip = spec.plan.control_plane();
+        let cp_ip = spec
+            .host
+            .as_ref()
+            .map_or(spec.plan.control_plane(), |h| h.listen);
         let nats_addr = SocketAddr::new(IpAddr::V4(cp_ip), NATS_PORT);
         if let Some(program) = &spec.nats_server {
             let log = spec.logs.join("nats.log");
@@ -231,10 +252,23 @@ impl Lab {
         parts.control_plane = Some(cp);
 
         // The daemon.
-        let metrics_addr = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), METRICS_PORT);
+        // On a host the metrics are for the operator's scraper too; in the lab only the driver's.
+        let (metrics_ip, capture_interface, gateway_ip) = match &spec.host {
+            Some(h) => (
+                h.listen,
+                h.capture_interface.clone().unwrap_or_default(),
+                h.listen,
+            ),
+            None => (
+                Ipv4Addr::LOCALHOST,
+                names.veth_gw_to_client(),
+                spec.plan.gateway_underlay(),
+            ),
+        };
+        let metrics_addr = SocketAddr::new(IpAddr::V4(metrics_ip), METRICS_PORT);
         let endpoints = DaemonEndpoints {
             interface: names.wg_interface(),
-            capture_interface: names.veth_gw_to_client(),
+            capture_interface,
             db: state_path.join("jitwgd.db"),
             api_url: format!("http://{cp_listen}"),
             metrics_addr,
@@ -269,6 +303,7 @@ impl Lab {
             probe,
             control,
             gateway_public_key,
+            gateway_endpoint: SocketAddr::new(IpAddr::V4(gateway_ip), WG_PORT),
         };
         if let Some(stored) = &spec.stored {
             let db = lab.endpoints.db.clone();
@@ -416,7 +451,7 @@ impl Lab {
 
     /// Where clients send their initiations.
     pub fn gateway_endpoint(&self) -> SocketAddr {
-        SocketAddr::new(IpAddr::V4(self.plan.gateway_underlay()), WG_PORT)
+        self.gateway_endpoint
     }
 }
 

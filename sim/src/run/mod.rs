@@ -4,18 +4,18 @@
 //! The CLI (`cli.rs`) prints and writes reports; this module never exits the process.
 
 pub mod api_count;
-mod context;
+pub(crate) mod context;
 pub mod daemon_config;
 pub mod info;
 pub mod lab;
-mod orchestrate;
+pub(crate) mod orchestrate;
 pub mod prereq;
 pub mod probe;
 pub mod prometheus;
-mod results;
+pub(crate) mod results;
 pub mod services;
 pub mod stale;
-mod timeline;
+pub(crate) mod timeline;
 pub mod tracker;
 
 use std::path::{Path, PathBuf};

@@ -41,7 +41,7 @@ const GATEWAY_KEY_STREAM: u64 = 100;
 const GIVE_UP_AFTER: Duration = Duration::from_secs(90);
 
 /// Ends the run early on SIGINT or SIGTERM.
-fn watch_signals() -> Result<CancellationToken, RunError> {
+pub(crate) fn watch_signals() -> Result<CancellationToken, RunError> {
     use tokio::signal::unix::{signal, SignalKind};
     let token = CancellationToken::new();
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Runtime)?;
@@ -58,7 +58,7 @@ fn watch_signals() -> Result<CancellationToken, RunError> {
     Ok(token)
 }
 
-fn gateway_private_key(seed: u64) -> [u8; 32] {
+pub(crate) fn gateway_private_key(seed: u64) -> [u8; 32] {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     rng.set_stream(GATEWAY_KEY_STREAM);
     let mut key = [0u8; 32];
@@ -69,7 +69,7 @@ fn gateway_private_key(seed: u64) -> [u8; 32] {
     key
 }
 
-fn absolute(path: &Path) -> Result<PathBuf, RunError> {
+pub(crate) fn absolute(path: &Path) -> Result<PathBuf, RunError> {
     std::path::absolute(path).map_err(|source| RunError::Output {
         path: path.to_path_buf(),
         source,
@@ -78,7 +78,11 @@ fn absolute(path: &Path) -> Result<PathBuf, RunError> {
 
 /// Checks the prerequisites and says what to build: nothing is created on a machine that
 /// cannot run the scenario.
-fn lab_spec(scenario: &Scenario, run_id: &RunId, out: &Path) -> Result<LabSpec, RunError> {
+pub(crate) fn lab_spec(
+    scenario: &Scenario,
+    run_id: &RunId,
+    out: &Path,
+) -> Result<LabSpec, RunError> {
     let mut spec = LabSpec::new(AddressPlan::default(), PathBuf::new(), out.to_path_buf());
     prereq::require_root()?;
     match scenario.backend {
@@ -172,6 +176,21 @@ fn event_log_path(scenario: &Scenario, opts: &RunOptions, out: &Path) -> Option<
     .then(|| out.join("client-events.jsonl"))
 }
 
+/// The fleet's view of one planned client (`None`: its population is gone, which `resolve`
+/// never produces).
+pub(crate) fn fleet_client(
+    scenario: &Scenario,
+    plan: &crate::scenario::resolve::ClientPlan,
+) -> Option<FleetClient> {
+    let pop = scenario.populations.get(plan.population)?;
+    Some(FleetClient {
+        plan: plan.clone(),
+        population: pop.name.clone(),
+        behaviour: pop.behaviour.clone(),
+        link: pop.link,
+    })
+}
+
 /// Starts the client fleet on its own runtime in the client namespace.
 fn start_fleet(
     lab: &Lab,
@@ -191,15 +210,7 @@ fn start_fleet(
     let clients: Vec<FleetClient> = scenario
         .clients
         .iter()
-        .filter_map(|plan| {
-            let pop = scenario.populations.get(plan.population)?;
-            Some(FleetClient {
-                plan: plan.clone(),
-                population: pop.name.clone(),
-                behaviour: pop.behaviour.clone(),
-                link: pop.link,
-            })
-        })
+        .filter_map(|plan| fleet_client(scenario, plan))
         .collect();
     let cancel = CancellationToken::new();
     let (progress, stop) = (Arc::clone(progress), cancel.clone());
@@ -349,7 +360,7 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
 
 /// The driver's CPU time over the fleet's run relative to the CPUs it was allotted: 1.0 means
 /// every allotted CPU was busy with the driver the whole time.
-fn driver_utilization(
+pub(crate) fn driver_utilization(
     cpu_start: Option<f64>,
     cpu_end: Option<f64>,
     wall: Duration,

@@ -15,7 +15,7 @@ use super::timeline::Timeline;
 use super::RunOptions;
 
 /// Everything a finished run hands over to its results.
-pub(super) struct Finished<'a> {
+pub(crate) struct Finished<'a> {
     pub scenario: &'a Scenario,
     pub opts: &'a RunOptions,
     pub run_id: &'a RunId,
@@ -35,7 +35,7 @@ pub(super) struct Finished<'a> {
     pub driver_cpu_utilization: Option<f64>,
 }
 
-pub(super) fn assemble(run: Finished<'_>) -> Results {
+pub(crate) fn assemble(run: Finished<'_>) -> Results {
     let scenario = run.scenario;
     let mut results = Results::new(RunInfo {
         id: format!("{}-{}", scenario.name, run.run_id),
@@ -57,6 +57,8 @@ pub(super) fn assemble(run: Finished<'_>) -> Results {
         stale_threshold_ms: ms(scenario.stale_threshold),
         cpu_split: run.cpu_split,
         warnings: run.warnings,
+        shards: Vec::new(),
+        merged_setup: None,
     });
     results.clients = run.clients;
     results.processes = run.timeline.usage.usage();

@@ -24,7 +24,7 @@ const DAEMON_GRACE: Duration = Duration::from_secs(5);
 
 /// A scheduled action, in run time.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum Action {
+pub(crate) enum Action {
     Reboot,
     DaemonRestart,
     OutageStart { len: Duration },
@@ -32,7 +32,7 @@ pub(super) enum Action {
 }
 
 /// The scenario's events as actions, in the order they fire.
-pub(super) fn schedule(scenario: &Scenario) -> Vec<(Duration, Action)> {
+pub(crate) fn schedule(scenario: &Scenario) -> Vec<(Duration, Action)> {
     let mut out = Vec::new();
     for ev in &scenario.events {
         match ev.action {
@@ -143,7 +143,7 @@ pub(super) fn read_replies(
 
 /// Events and samples so far, and what is needed to take the next ones.
 #[derive(Default)]
-pub(super) struct Timeline {
+pub(crate) struct Timeline {
     pub samples: Vec<Sample>,
     pub events: Vec<Event>,
     pub usage: UsageTracker,

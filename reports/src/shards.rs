@@ -1,0 +1,171 @@
+//! Sharded runs: what each shard of a client fleet measured (`run.shards`), its setup latencies
+//! as a serialized HDR histogram, and the merge of those histograms. Percentiles of a sharded run
+//! come from the merged histogram, never from averaged per-shard percentiles: the p99 of three
+//! p99s is not the p99 of anything.
+
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::load::LoadSummary;
+
+/// One shard of a sharded run, as `run.shards` lists it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    /// This shard's index `I` of `I/N`: it ran the clients whose id ≡ I (mod N).
+    pub index: u32,
+    /// `N`: how many shards the run had.
+    pub count: u32,
+    pub clients: u64,
+    pub connections: u64,
+    pub connected: u64,
+    /// Distinct source addresses its clients sent from (wireguard-go limits handshakes per
+    /// source address under load, so few addresses can bind a storm).
+    pub source_addresses: u64,
+    /// The gateway's clock minus this shard's, estimated over HTTP at the shard's start (ms);
+    /// `None`: not measured. Latencies never depend on it (each client measures its own).
+    #[serde(default)]
+    pub clock_offset_ms: Option<f64>,
+    /// Round trip of the time request the offset was taken from (the offset's uncertainty is
+    /// at most half of it).
+    #[serde(default)]
+    pub clock_rtt_ms: Option<f64>,
+    /// The shard's own load generator: its lag and whether it saturated.
+    #[serde(default)]
+    pub load: Option<LoadSummary>,
+    /// Setup latencies of its connected attempts in µs: an HDR histogram (V2 serialization,
+    /// hex), mergeable with the other shards'.
+    pub setup_histogram_us: String,
+    /// What a reader must know about this shard (e.g. the per-source handshake limit could bind).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// Setup latency over every shard, from the merged histograms (`run.merged_setup`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MergedSetup {
+    /// Connected attempts over every shard.
+    pub count: u64,
+    pub p50_ms: Option<f64>,
+    pub p90_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+    /// The merged histogram, encoded like [`ShardInfo::setup_histogram_us`].
+    pub histogram_us: String,
+}
+
+/// Why a shard's histogram could not be read or merged.
+#[derive(Debug, thiserror::Error)]
+pub enum HistogramCodecError {
+    #[error("serializing an HDR histogram")]
+    Serialize(#[source] hdrhistogram::serialization::V2SerializeError),
+    #[error("a shard's setup_histogram_us is not hex")]
+    Hex,
+    #[error("a shard's setup_histogram_us is not an HDR histogram")]
+    Deserialize(#[source] hdrhistogram::serialization::DeserializeError),
+    #[error("shard histograms of different ranges cannot be added")]
+    Add(#[source] hdrhistogram::AdditionError),
+}
+
+/// Encodes `histogram` for [`ShardInfo::setup_histogram_us`].
+pub fn encode_histogram(histogram: &Histogram<u64>) -> Result<String, HistogramCodecError> {
+    let mut bytes = Vec::new();
+    V2Serializer::new()
+        .serialize(histogram, &mut bytes)
+        .map_err(HistogramCodecError::Serialize)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Decodes what [`encode_histogram`] wrote.
+pub fn decode_histogram(text: &str) -> Result<Histogram<u64>, HistogramCodecError> {
+    if text.len() % 2 != 0 {
+        return Err(HistogramCodecError::Hex);
+    }
+    let bytes = (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or(HistogramCodecError::Hex)?;
+    Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .map_err(HistogramCodecError::Deserialize)
+}
+
+/// The histogram of `latencies_ms` as every report records it (µs, 3 significant digits).
+pub fn setup_histogram(latencies_ms: &[f64]) -> Histogram<u64> {
+    crate::figures::histogram_us(latencies_ms)
+}
+
+/// Adds up the shards' histograms and reads the percentiles off the sum.
+pub fn merge_setup(shards: &[ShardInfo]) -> Result<MergedSetup, HistogramCodecError> {
+    let mut merged = crate::figures::histogram_us(&[]);
+    for shard in shards {
+        let h = decode_histogram(&shard.setup_histogram_us)?;
+        merged.add(&h).map_err(HistogramCodecError::Add)?;
+    }
+    let count = merged.len();
+    let at = |q: f64| (count > 0).then(|| merged.value_at_quantile(q) as f64 / 1000.0);
+    Ok(MergedSetup {
+        count,
+        p50_ms: at(0.50),
+        p90_ms: at(0.90),
+        p99_ms: at(0.99),
+        max_ms: (count > 0).then(|| merged.max() as f64 / 1000.0),
+        histogram_us: encode_histogram(&merged)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::figures::nearest_rank;
+
+    fn shard(index: u32, latencies: &[f64]) -> ShardInfo {
+        ShardInfo {
+            index,
+            count: 3,
+            connected: latencies.len() as u64,
+            setup_histogram_us: encode_histogram(&setup_histogram(latencies)).unwrap(),
+            ..ShardInfo::default()
+        }
+    }
+
+    #[test]
+    fn histograms_survive_encoding() {
+        let h = setup_histogram(&[1.5, 2.0, 250.0]);
+        let back = decode_histogram(&encode_histogram(&h).unwrap()).unwrap();
+        assert_eq!(back, h);
+        assert!(decode_histogram("abc").is_err());
+        assert!(decode_histogram("zz").is_err());
+        assert!(decode_histogram("00ff").is_err());
+    }
+
+    #[test]
+    fn merged_p99_is_the_p99_of_every_latency_not_an_average() {
+        // One shard is slow: averaging the three p99s would give ~34 ms.
+        let a: Vec<f64> = (1..=100).map(|i| 1.0 + i as f64 * 0.01).collect();
+        let b: Vec<f64> = (1..=100).map(|i| 2.0 + i as f64 * 0.01).collect();
+        let c: Vec<f64> = (1..=100).map(|i| 100.0 + i as f64).collect();
+        let merged = merge_setup(&[shard(0, &a), shard(1, &b), shard(2, &c)]).unwrap();
+        let mut all: Vec<f64> = a.iter().chain(&b).chain(&c).copied().collect();
+        all.sort_by(f64::total_cmp);
+        let exact = nearest_rank(&all, 99.0).unwrap();
+        let p99 = merged.p99_ms.unwrap();
+        assert!(
+            (p99 - exact).abs() <= exact * 1e-3 + 0.001,
+            "{p99} vs {exact}"
+        );
+        assert_eq!(merged.count, 300);
+        let max = merged.max_ms.unwrap();
+        assert!((max - 200.0).abs() <= 0.2, "{max}");
+    }
+
+    #[test]
+    fn no_latencies_merge_to_no_percentiles() {
+        let merged = merge_setup(&[shard(0, &[])]).unwrap();
+        assert_eq!((merged.count, merged.p99_ms), (0, None));
+    }
+}
