@@ -78,7 +78,7 @@ pub fn encode_histogram(histogram: &Histogram<u64>) -> Result<String, HistogramC
 
 /// Decodes what [`encode_histogram`] wrote.
 pub fn decode_histogram(text: &str) -> Result<Histogram<u64>, HistogramCodecError> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return Err(HistogramCodecError::Hex);
     }
     let bytes = (0..text.len())

@@ -45,7 +45,9 @@ fn load() -> Manifests {
             match kind.as_str() {
                 "Job" => m.jobs.push(serde_yaml::from_value(value).expect(&what)),
                 "Service" => m.services.push(serde_yaml::from_value(value).expect(&what)),
-                "Namespace" => m.namespaces.push(serde_yaml::from_value(value).expect(&what)),
+                "Namespace" => m
+                    .namespaces
+                    .push(serde_yaml::from_value(value).expect(&what)),
                 "PersistentVolumeClaim" => {
                     m.claims.push(serde_yaml::from_value(value).expect(&what))
                 }
@@ -83,9 +85,10 @@ fn every_manifest_deserializes_and_kustomize_lists_it() {
     let m = load();
     assert_eq!(m.namespaces.len(), 1);
     assert_eq!(m.claims.len(), 1);
-    let kustomization: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(k8s_dir().join("kustomization.yaml")).unwrap())
-            .unwrap();
+    let kustomization: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(k8s_dir().join("kustomization.yaml")).unwrap(),
+    )
+    .unwrap();
     let listed: Vec<&str> = kustomization["resources"]
         .as_sequence()
         .expect("resources")
@@ -93,10 +96,16 @@ fn every_manifest_deserializes_and_kustomize_lists_it() {
         .filter_map(|v| v.as_str())
         .collect();
     for file in &m.files {
-        assert!(listed.contains(&file.as_str()), "{file} is not in kustomization.yaml");
+        assert!(
+            listed.contains(&file.as_str()),
+            "{file} is not in kustomization.yaml"
+        );
     }
     for file in &listed {
-        assert!(k8s_dir().join(file).exists(), "{file} is listed but missing");
+        assert!(
+            k8s_dir().join(file).exists(),
+            "{file} is listed but missing"
+        );
     }
     assert!(k8s_dir().join("scenario.toml").exists());
     assert!(k8s_dir().join("Dockerfile").exists());
@@ -109,21 +118,38 @@ fn the_fleet_is_an_indexed_job_whose_index_is_the_shard() {
     let spec = fleet.spec.as_ref().unwrap();
     assert_eq!(spec.completion_mode.as_deref(), Some("Indexed"));
     let shards = spec.completions.expect("completions");
-    assert_eq!(spec.parallelism, Some(shards), "every shard must run at once");
+    assert_eq!(
+        spec.parallelism,
+        Some(shards),
+        "every shard must run at once"
+    );
     let line = command_line(pod(fleet));
     assert!(line.contains("jitwg fleet"), "{line}");
-    assert!(line.contains("--shard \"${JOB_COMPLETION_INDEX}/${SHARDS}\""), "{line}");
+    assert!(
+        line.contains("--shard \"${JOB_COMPLETION_INDEX}/${SHARDS}\""),
+        "{line}"
+    );
     let env = pod(fleet).containers[0].env.clone().unwrap_or_default();
     let shards_env = env.iter().find(|e| e.name == "SHARDS").expect("SHARDS");
-    assert_eq!(shards_env.value.as_deref(), Some(shards.to_string().as_str()));
-    for flag in ["--gateway jitwg-gateway:51820", "--control-plane http://jitwg-control-plane:8080"] {
+    assert_eq!(
+        shards_env.value.as_deref(),
+        Some(shards.to_string().as_str())
+    );
+    for flag in [
+        "--gateway jitwg-gateway:51820",
+        "--control-plane http://jitwg-control-plane:8080",
+    ] {
         assert!(line.contains(flag), "{line}");
     }
 
     let gateway = job(&m, "jitwg-gateway");
     let args = pod(gateway).containers[0].args.clone().unwrap();
     let at = args.iter().position(|a| a == "--shards").expect("--shards");
-    assert_eq!(args[at + 1], shards.to_string(), "gateway and fleet disagree on the shard count");
+    assert_eq!(
+        args[at + 1],
+        shards.to_string(),
+        "gateway and fleet disagree on the shard count"
+    );
 }
 
 #[test]
@@ -146,9 +172,15 @@ fn the_gateway_has_net_admin_metrics_and_services() {
         .map(|p| p.container_port)
         .collect();
     for port in [51820, 8080, 8081, 9187] {
-        assert!(ports.contains(&port), "gateway port {port} missing: {ports:?}");
+        assert!(
+            ports.contains(&port),
+            "gateway port {port} missing: {ports:?}"
+        );
     }
-    assert!(pod(gateway).host_network.is_some(), "hostNetwork should be spelled out (optional)");
+    assert!(
+        pod(gateway).host_network.is_some(),
+        "hostNetwork should be spelled out (optional)"
+    );
     let service = |name: &str| {
         m.services
             .iter()
@@ -158,6 +190,10 @@ fn the_gateway_has_net_admin_metrics_and_services() {
     let cp = service("jitwg-control-plane").spec.as_ref().unwrap();
     assert!(cp.ports.as_ref().unwrap().iter().any(|p| p.port == 8080));
     let gw = service("jitwg-gateway").spec.as_ref().unwrap();
-    assert!(gw.ports.as_ref().unwrap().iter().any(|p| p.port == 51820
-        && p.protocol.as_deref() == Some("UDP")));
+    assert!(gw
+        .ports
+        .as_ref()
+        .unwrap()
+        .iter()
+        .any(|p| p.port == 51820 && p.protocol.as_deref() == Some("UDP")));
 }

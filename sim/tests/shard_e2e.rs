@@ -1,0 +1,174 @@
+//! End-to-end: scenarios/smoke.toml run by the real `jitwg` binary once unsharded and once with
+//! `--shards 3` (one gateway namespace running `jitwg gateway`, three fleet namespaces running
+//! `jitwg fleet`, then the merge). The sharded run must have the same clients with the same
+//! outcomes, and its merged p99 (from the shards' added HDR histograms) must equal the p99 over
+//! every client's latency within the histogram's precision. Plus the fleet's bad-input exits:
+//! a shard index >= N exits 2, an unreachable gateway exits 3 after a bounded wait. Only the
+//! runs' own namespaces are used. Without root, wireguard-go or jitwgd it skips loudly, except
+//! in CI (`CI` set, not 0/false) where it fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use jitwg_reports::Results;
+
+const JITWG: &str = env!("CARGO_BIN_EXE_jitwg");
+
+fn jitwgd_path() -> PathBuf {
+    std::env::var_os("JITWGD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(JITWG).with_file_name("jitwgd"))
+}
+
+fn prerequisites() -> bool {
+    let mut missing = jitwg_testsupport::missing_root_and_tools(&["wireguard-go"]);
+    if !jitwgd_path().is_file() {
+        missing.push(format!(
+            "{} (cargo build -p jitwgd)",
+            jitwgd_path().display()
+        ));
+    }
+    jitwg_testsupport::require(&missing)
+}
+
+fn smoke() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/smoke.toml")
+}
+
+fn jitwg(args: &[&str]) -> Output {
+    Command::new(JITWG)
+        .args(args)
+        .env("JITWGD_BIN", jitwgd_path())
+        .output()
+        .expect("jitwg runs")
+}
+
+fn run(out: &Path, extra: &[&str]) -> Results {
+    let out_s = out.to_str().unwrap();
+    let smoke = smoke();
+    let mut args = vec!["run", smoke.to_str().unwrap(), "--quiet", "--out", out_s];
+    args.extend_from_slice(extra);
+    let output = jitwg(&args);
+    assert!(
+        output.status.success(),
+        "jitwg {args:?}: {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    jitwg_reports::load(out.join("results.json")).unwrap()
+}
+
+/// Per client: id, population, and each attempt's outcome (connected or its failure).
+fn outcomes(r: &Results) -> Vec<(u32, String, Vec<Option<String>>)> {
+    r.clients
+        .iter()
+        .map(|c| {
+            let attempts = c
+                .connections
+                .iter()
+                .map(|a| match a.setup_latency_ms {
+                    Some(_) => None,
+                    None => Some(a.failure.clone().unwrap_or_default()),
+                })
+                .collect();
+            (c.id, c.population.clone(), attempts)
+        })
+        .collect()
+}
+
+#[test]
+fn smoke_with_three_shards_matches_an_unsharded_run() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let single = run(&dir.path().join("single"), &[]);
+    let sharded = run(&dir.path().join("sharded"), &["--shards", "3"]);
+    eprintln!("both runs took {:?}", started.elapsed());
+
+    assert_eq!(sharded.clients.len(), single.clients.len());
+    assert_eq!(outcomes(&sharded), outcomes(&single));
+    assert_eq!(sharded.run.shards.len(), 3);
+    let per_shard: u64 = sharded.run.shards.iter().map(|s| s.clients).sum();
+    assert_eq!(per_shard, single.clients.len() as u64);
+    for s in &sharded.run.shards {
+        assert!(s.load.is_some(), "shard {} lost its load summary", s.index);
+        assert!(s.source_addresses >= s.clients.min(1), "{s:?}");
+        assert!(
+            s.clock_offset_ms.is_some(),
+            "shard {} has no clock offset",
+            s.index
+        );
+    }
+
+    let mut latencies: Vec<f64> = sharded
+        .clients
+        .iter()
+        .flat_map(|c| c.connections.iter().filter_map(|a| a.setup_latency_ms))
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let exact = jitwg_reports::nearest_rank(&latencies, 99.0).unwrap();
+    let merged = sharded.run.merged_setup.as_ref().unwrap();
+    assert_eq!(merged.count, latencies.len() as u64);
+    let p99 = merged.p99_ms.unwrap();
+    // 3 significant digits, recorded in whole µs.
+    let precision = exact * 1e-3 + 0.001;
+    assert!(
+        (p99 - exact).abs() <= precision,
+        "merged p99 {p99} ms vs exact {exact} ms"
+    );
+    // The gateway's series came along: samples of the data plane and the API counts.
+    assert!(!sharded.samples.is_empty());
+    assert_eq!(sharded.api.calls_total, single.api.calls_total);
+}
+
+#[test]
+fn fleet_refuses_a_shard_index_out_of_range_with_exit_2() {
+    let smoke = smoke();
+    let output = jitwg(&[
+        "fleet",
+        smoke.to_str().unwrap(),
+        "--gateway",
+        "127.0.0.1:51820",
+        "--control-plane",
+        "http://127.0.0.1:8080",
+        "--shard",
+        "3/3",
+        "--out",
+        "/nonexistent",
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("out of range"), "{stderr}");
+}
+
+#[test]
+fn fleet_exits_3_when_the_gateway_is_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let smoke = smoke();
+    let started = Instant::now();
+    // Loopback port 1: nothing listens, nothing leaves the machine.
+    let output = jitwg(&[
+        "fleet",
+        smoke.to_str().unwrap(),
+        "--gateway",
+        "127.0.0.1:1",
+        "--api-port",
+        "1",
+        "--control-plane",
+        "http://127.0.0.1:1",
+        "--shard",
+        "0/2",
+        "--connect-timeout",
+        "1s",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("gateway unreachable"), "{stderr}");
+}
