@@ -30,6 +30,28 @@ const LINKS: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 0);
 /// Time for the children beyond the scenario's duration: setup, stop, posting results.
 const CHILD_SLACK: Duration = Duration::from_secs(300);
 
+/// Set by SIGINT/SIGTERM: the children get the terminal's SIGINT themselves; the parent stops
+/// waiting, ends whatever still runs and removes its namespaces instead of dying with them.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Catches SIGINT and SIGTERM for the parent (children start with default dispositions: exec
+/// resets caught signals).
+fn catch_interrupts() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            libc::signal(
+                signal,
+                on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            );
+        }
+    }
+}
+
 /// Addresses of one local shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalShard {
@@ -155,6 +177,7 @@ fn run_children(args: &ScenarioArgs, count: u32, out: &Path) -> anyhow::Result<V
     crate::run::prereq::require_root()?;
     let shards = plan_shards(count).map_err(anyhow::Error::msg)?;
     let run = RunId::random();
+    catch_interrupts();
     let net = crate::run::lab::blocking(|| build_net(&run, &shards))
         .context("building the sharded run's namespaces")?;
     let exe = std::env::current_exe().context("locating the jitwg executable")?;
@@ -211,6 +234,13 @@ fn run_children(args: &ScenarioArgs, count: u32, out: &Path) -> anyhow::Result<V
         for r in running.iter_mut().filter(|r| r.status.is_none()) {
             r.status = r.child.try_wait()?;
         }
+        if INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
+            // Give the gateway time to write its partial series; `Child`'s drop ends the rest.
+            for r in running.iter_mut().filter(|r| r.status.is_none()) {
+                r.status = r.child.terminate(Duration::from_secs(10))?;
+            }
+            anyhow::bail!("interrupted: the partial results are in {}", out.display());
+        }
         if Instant::now() >= deadline {
             anyhow::bail!(
                 "the sharded run's processes did not finish within {:?}",
@@ -251,7 +281,16 @@ pub fn run(args: &ScenarioArgs, count: u32, out: Option<PathBuf>) -> Result<Exit
     std::fs::create_dir_all(&out)
         .with_context(|| format!("creating {}", out.display()))
         .map_err(|e| CliError::new(ExitCode::Internal, e))?;
-    let dirs = run_children(args, count, &out).map_err(|e| CliError::new(ExitCode::Setup, e))?;
+    let dirs = run_children(args, count, &out).map_err(|e| {
+        // Interrupted runs exit 1, like `jitwg run`; anything else kept the run from running.
+        let interrupted = INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed);
+        let code = if interrupted {
+            ExitCode::Breach
+        } else {
+            ExitCode::Setup
+        };
+        CliError::new(code, e)
+    })?;
     super::cli::finish_merge(&dirs, &out)
 }
 
