@@ -95,6 +95,8 @@ fn smoke_with_three_shards_matches_an_unsharded_run() {
     assert_eq!(outcomes(&sharded), outcomes(&single));
     assert_eq!(sharded.run.shards.len(), 3);
     let per_shard: u64 = sharded.run.shards.iter().map(|s| s.clients).sum();
+    // Each local shard has its own block: every client its own address, as unsharded.
+    assert_eq!(sharded.run.source_addresses, single.run.source_addresses);
     assert_eq!(per_shard, single.clients.len() as u64);
     for s in &sharded.run.shards {
         assert!(s.load.is_some(), "shard {} lost its load summary", s.index);

@@ -109,6 +109,11 @@ pub struct RunInfo {
     /// merged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merged_setup: Option<crate::shards::MergedSetup>,
+    /// Distinct source addresses the clients sent from (a sharded run: the sum over its
+    /// shards). wireguard-go under load answers 20 handshakes/s per source address, so few
+    /// addresses can throttle a storm; `warnings` says when that could bind. `None`: not recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_addresses: Option<u64>,
 }
 
 /// Where gateway and driver ran.

@@ -243,6 +243,13 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
         .map_err(RunError::lab("reading the CPUs this process may use"))?;
     let cpu_plan = crate::scenario::plan_cpus(&opts.scenario_file, &scenario, &available)?;
     let mut warnings: Vec<String> = cpu_plan.warning.iter().cloned().collect();
+    let starts: Vec<_> = scenario
+        .clients
+        .iter()
+        .map(|c| (c.source_ip, c.start))
+        .collect();
+    let (source_addresses, per_source) = crate::shard::spec::source_summary(&starts);
+    warnings.extend(per_source);
     for w in &warnings {
         tracing::warn!("{w}");
     }
@@ -333,7 +340,7 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
             tracing::warn!(log = %path.display(), error = %e, "removing the fleet's event log");
         }
     }
-    let results = assemble(Finished {
+    let mut results = assemble(Finished {
         scenario: &scenario,
         opts,
         run_id: &run_id,
@@ -348,6 +355,7 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
         warnings,
         driver_cpu_utilization,
     });
+    results.run.source_addresses = Some(source_addresses);
     let results_path = out.join("results.json");
     jitwg_reports::save(&results, &results_path).map_err(RunError::Save)?;
     Ok(RunOutcome {

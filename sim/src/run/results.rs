@@ -59,6 +59,7 @@ pub(crate) fn assemble(run: Finished<'_>) -> Results {
         warnings: run.warnings,
         shards: Vec::new(),
         merged_setup: None,
+        source_addresses: None,
     });
     results.clients = run.clients;
     results.processes = run.timeline.usage.usage();

@@ -4,7 +4,6 @@
 //! runs its clients with the driver's own fleet (`client::run_fleet`), and writes and posts its
 //! results. It sends to the gateway's address and the control-plane URL, and nowhere else.
 
-use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -266,7 +265,6 @@ async fn shard_main(
         .iter()
         .map(|c| (c.plan.source_ip, c.plan.start))
         .collect();
-    let sources: HashSet<_> = starts.iter().map(|(ip, _)| *ip).collect();
     let cpu_at_start = crate::lab::process::own_usage().map(|u| u.cpu_seconds);
     let cancel = CancellationToken::new();
     let stop = cancel.clone();
@@ -290,10 +288,8 @@ async fn shard_main(
         crate::lab::cpuset::available_cpus().map_or(1, |c| c.len()),
     );
 
-    let peak = spec::peak_per_source_rate(&starts);
-    let warnings: Vec<String> = spec::per_source_warning(peak, sources.len() as u64)
-        .into_iter()
-        .collect();
+    let (sources, per_source) = spec::source_summary(&starts);
+    let warnings: Vec<String> = per_source.into_iter().collect();
     for w in &warnings {
         tracing::warn!("{w}");
     }
@@ -320,10 +316,9 @@ async fn shard_main(
             peak_rss_bytes: u.peak_rss_bytes,
         });
     }
-    results.run.shards = vec![
-        shard_info(&results, shard, sources.len() as u64, offset, warnings)
-            .map_err(|e| CliError::new(ExitCode::Internal, e))?,
-    ];
+    results.run.source_addresses = Some(sources);
+    results.run.shards = vec![shard_info(&results, shard, sources, offset, warnings)
+        .map_err(|e| CliError::new(ExitCode::Internal, e))?];
     let path = save(&results, &args.out)?;
     let text = results
         .to_json()

@@ -189,6 +189,7 @@ pub fn merge(inputs: Vec<Input>) -> Result<Results, MergeError> {
     merged.clients.sort_by_key(|c| c.id);
     merged.run.merged_setup = Some(merge_setup(&infos).map_err(MergeError::Histogram)?);
     merged.load = Some(merged_load(&merged, &infos));
+    merged.run.source_addresses = Some(infos.iter().map(|s| s.source_addresses).sum());
     merged.run.shards = infos;
     // The gateway evaluated its expectations without clients: evaluate them again on it all.
     let expectations: Vec<Expectation> = merged
@@ -275,6 +276,7 @@ mod tests {
             index,
             count,
             clients: ids.len() as u64,
+            source_addresses: ids.len() as u64,
             setup_histogram_us: jitwg_reports::shards::encode_histogram(&hist).unwrap(),
             load: Some(LoadSummary {
                 saturated: index == 1,
@@ -307,6 +309,7 @@ mod tests {
         let ids: Vec<u32> = merged.clients.iter().map(|c| c.id).collect();
         assert_eq!(ids, [0, 1, 2, 3]);
         assert_eq!(merged.run.shards.len(), 2);
+        assert_eq!(merged.run.source_addresses, Some(4));
         assert_eq!(merged.run.shards[0].index, 0);
         let setup = merged.run.merged_setup.unwrap();
         assert_eq!(setup.count, 4);

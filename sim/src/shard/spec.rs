@@ -154,6 +154,20 @@ pub fn per_source_warning(peak: usize, sources: u64) -> Option<String> {
     })
 }
 
+/// Distinct source addresses of `starts` (source, planned start) and the per-source warning,
+/// if the limit could bind.
+pub fn source_summary(starts: &[(Ipv4Addr, Duration)]) -> (u64, Option<String>) {
+    let distinct = starts
+        .iter()
+        .map(|(ip, _)| *ip)
+        .collect::<std::collections::HashSet<_>>()
+        .len() as u64;
+    (
+        distinct,
+        per_source_warning(peak_per_source_rate(starts), distinct),
+    )
+}
+
 /// One timed exchange with the gateway's clock: local send and receive times and the gateway's
 /// time in between (all Unix ms).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -257,6 +271,9 @@ mod tests {
         assert_eq!(peak_per_source_rate(&spread), 10);
         assert!(per_source_warning(10, 1).is_none());
         assert_eq!(peak_per_source_rate(&[]), 0);
+        let (distinct, warning) = source_summary(&starts);
+        assert_eq!(distinct, 2);
+        assert!(warning.is_some_and(|w| w.contains("25 handshakes/s")));
     }
 
     #[test]
