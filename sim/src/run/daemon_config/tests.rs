@@ -210,3 +210,15 @@ fn unknown_daemon_keys_are_refused_by_the_scenario() {
     let text = format!("{BASE}[daemon]\nremoval_chunk = 8\n");
     assert!(parse(Path::new("t.toml"), &text, &adjust).is_err());
 }
+
+#[test]
+fn a_gateway_on_a_host_without_a_capture_interface_sniffs_every_interface() {
+    let s = with_sets(&[]);
+    let named = resolve(&s, &endpoints(false)).unwrap();
+    assert_eq!(named.capture_interface.as_deref(), Some("jwgabc-gc"));
+    let every = DaemonEndpoints {
+        capture_interface: String::new(),
+        ..endpoints(false)
+    };
+    assert_eq!(resolve(&s, &every).unwrap().capture_interface, None);
+}
