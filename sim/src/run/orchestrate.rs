@@ -28,7 +28,7 @@ use crate::scenario::{EventAction, Scenario};
 
 use super::context::{FleetThread, RunContext};
 use super::daemon_config;
-use super::lab::{Lab, LabSpec, StoredPeers};
+use super::lab::{blocking, Lab, LabSpec, StoredPeers};
 use super::results::{assemble, Finished};
 use super::timeline::{schedule, Timeline};
 use super::{prereq, RunError, RunOptions, RunOutcome};
@@ -79,7 +79,12 @@ fn absolute(path: &Path) -> Result<PathBuf, RunError> {
 /// Checks the prerequisites and says what to build: nothing is created on a machine that
 /// cannot run the scenario.
 fn lab_spec(scenario: &Scenario, run_id: &RunId, out: &Path) -> Result<LabSpec, RunError> {
-    let mut spec = LabSpec::new(AddressPlan::default(), PathBuf::new(), out.to_path_buf());
+    let plan = if scenario.needs_ipv6() {
+        AddressPlan::default().with_ipv6(None)
+    } else {
+        AddressPlan::default()
+    };
+    let mut spec = LabSpec::new(plan, PathBuf::new(), out.to_path_buf());
     prereq::require_root()?;
     match scenario.backend {
         BackendName::Userspace => {
@@ -259,6 +264,15 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
         return Err(RunError::InterruptedDuringSetup);
     }
 
+    let prepared = super::attacks::prepare(
+        &scenario,
+        &super::attacks::AttackTargets {
+            gateway_public_key: lab.gateway_public_key(),
+            gateway_v4: lab.gateway_endpoint(),
+            gateway_v6: lab.gateway_endpoint_v6(),
+            client_interface: lab.topology().names.veth_client_to_gw(),
+        },
+    )?;
     let progress = Arc::new(FleetProgress::default());
     let driver_cpus = lab
         .cpus()
@@ -274,10 +288,16 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
         progress,
         origin,
     };
+    // After `ctx`, so the attacks stop before the lab goes, also on errors.
+    let attacks = super::attacks::start(&ctx.lab, &prepared, ctx.origin.into_std())?;
     let mut timeline = Timeline::default();
-    let interrupted = run_loop(&mut ctx, &mut timeline, opts.quiet, &interrupt).await?;
+    let interrupted = run_loop(&mut ctx, &mut timeline, opts.quiet, &interrupt, &|| {
+        attacks.is_done()
+    })
+    .await?;
 
     let mut clients = ctx.fleet.finish().await?;
+    let attack_outcomes = attacks.finish()?;
     clients.sort_by_key(|c| c.id);
     let end = ctx.now_ms();
     timeline.check_ready(&ctx.lab).await;
@@ -292,6 +312,10 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
         },
     });
     let api = ctx.lab.control().stats();
+    let attacks = super::attacks::results(&prepared, &attack_outcomes, &api);
+    let db_integrity = scenario
+        .has_reboot()
+        .then(|| blocking(|| super::integrity::quick_check(&ctx.lab.endpoints().db)));
     let driver_cpu_utilization = driver_utilization(
         driver_cpu_at_start,
         crate::lab::process::own_usage().map(|u| u.cpu_seconds),
@@ -336,6 +360,8 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
         cpu_split,
         warnings,
         driver_cpu_utilization,
+        attacks,
+        db_integrity,
     });
     let results_path = out.join("results.json");
     jitwg_reports::save(&results, &results_path).map_err(RunError::Save)?;
@@ -367,6 +393,7 @@ async fn run_loop(
     timeline: &mut Timeline,
     quiet: bool,
     interrupt: &CancellationToken,
+    attacks_done: &dyn Fn() -> bool,
 ) -> Result<bool, RunError> {
     let scenario = ctx.scenario;
     let bar = progress_bar(quiet, scenario.clients.len() as u64);
@@ -395,7 +422,7 @@ async fn run_loop(
             next_sample += scenario.sample_every;
             update_bar(&bar, &ctx.progress, timeline.samples.last());
         }
-        if ctx.fleet_done() || elapsed >= scenario.duration {
+        if (ctx.fleet_done() && attacks_done()) || elapsed >= scenario.duration {
             break;
         }
     }
