@@ -22,7 +22,7 @@ pub struct AttackFigures {
     pub api_calls_legit: Option<u64>,
     /// `jitwgd_initiations_dropped_total`, all reasons (0 when not exported).
     pub initiations_dropped: Option<u64>,
-    /// Clients holding a proven session at the last sample.
+    /// Clients holding a proven session at the last sample taken before the run ended.
     pub connected_at_end: Option<u64>,
     /// 1 when jitwgd's database passed `quick_check` at the end, 0 when not; `None`: unchecked.
     pub db_ok: Option<u64>,
@@ -31,7 +31,14 @@ pub struct AttackFigures {
 impl AttackFigures {
     pub fn from_results(results: &Results) -> Self {
         let always = AttackFigures {
-            connected_at_end: results.samples.last().map(|s| s.connected_clients),
+            // The last sample taken while the fleet ran: the one after it is taken once the
+            // clients were stopped, when none holds a session any more.
+            connected_at_end: results
+                .samples
+                .iter()
+                .rev()
+                .find(|s| s.t_ms <= results.run.duration_ms)
+                .map(|s| s.connected_clients),
             db_ok: results
                 .daemon_db_integrity
                 .as_ref()
@@ -187,6 +194,18 @@ mod tests {
         let r = Results::new(RunInfo::default());
         assert_eq!(AttackFigures::from_results(&r), AttackFigures::default());
         let mut checked = r.clone();
+        checked.run.duration_ms = 2000.0;
+        for (t_ms, connected) in [(1000.0, 7), (1990.0, 9), (2010.0, 0)] {
+            checked.samples.push(crate::schema::Sample {
+                t_ms,
+                connected_clients: connected,
+                ..crate::schema::Sample::default()
+            });
+        }
+        assert_eq!(
+            AttackFigures::from_results(&checked).connected_at_end,
+            Some(9)
+        );
         checked.daemon_db_integrity = Some("ok".into());
         assert_eq!(AttackFigures::from_results(&checked).db_ok, Some(1));
         checked.daemon_db_integrity = Some("*** in database main ***".into());
