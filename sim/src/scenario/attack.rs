@@ -7,8 +7,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
+use rand::RngCore;
+use rand_chacha::ChaCha20Rng;
+
+use super::arrival::Arrival;
 use super::file::{Family, FloodFile, FloodKeys, Mac1, ReplayFile, SubnetsOf};
-use super::resolve::{ClientPlan, PeerIdentity};
+use super::resolve::{
+    attack_shape, identity, rng, ClientPlan, PeerIdentity, Population, STREAM_ATTACKS,
+};
 use super::FieldError;
 use crate::lab::topology::{ATTACK_SOURCES_V4, ATTACK_SOURCES_V6};
 
@@ -313,6 +319,58 @@ impl SourceAllocator {
             }
         }
     }
+}
+
+/// Resolves the attacking populations. Registered flood keys come after every other peer on
+/// the key stream and in the tunnel range (from `first_tunnel_host`), so adding an attack
+/// shifts no client's key or address; unregistered keys and seeds have a stream of their own.
+pub(super) fn resolve_attacks(
+    populations: &[Population],
+    clients: &[ClientPlan],
+    seed: u64,
+    keys: &mut ChaCha20Rng,
+    first_tunnel_host: u32,
+) -> Result<Vec<AttackPlan>, FieldError> {
+    let mut own = rng(seed, STREAM_ATTACKS);
+    let mut sources = SourceAllocator::default();
+    let mut next_tunnel = first_tunnel_host;
+    let mut out = Vec::new();
+    for (pi, p) in populations.iter().enumerate() {
+        let Some(shape) = attack_shape(&p.behaviour) else {
+            continue;
+        };
+        let key = format!("population[{pi}].behaviour");
+        let registered = shape.registered_keys();
+        let key_pool = if registered > 0 {
+            let pool = (0..registered)
+                .map(|i| identity(keys, next_tunnel + i))
+                .collect();
+            next_tunnel += registered;
+            pool
+        } else {
+            (0..shape.pool_size())
+                .map(|_| identity(&mut own, 0))
+                .collect()
+        };
+        let Arrival::Burst { at } = p.arrival else {
+            return Err(FieldError {
+                key: format!("population[{pi}].arrival"),
+                reason: "must be a burst".into(),
+            });
+        };
+        out.push(AttackPlan {
+            population: pi,
+            name: p.name.clone(),
+            kind: shape.kind,
+            start: at,
+            packets: p.count,
+            packets_per_second: shape.packets_per_second,
+            sources: sources.allocate(&key, &shape, clients)?,
+            key_pool,
+            seed: own.next_u64(),
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use super::arrival::Arrival;
-use super::attack::{AttackPlan, AttackShape, SourceAllocator};
+use super::attack::{AttackPlan, AttackShape};
 use super::file::{
     ArrivalFile, BackendName, BehaviourFile, BootName, DaemonFile, EventKindName, ModeName,
     ScenarioFile, Switch,
@@ -156,9 +156,9 @@ const STREAM_ARRIVALS: u64 = 2;
 const STREAM_LINKS: u64 = 3;
 const STREAM_PREINSTALLED: u64 = 4;
 /// Unregistered flood keys and each attack's own seed.
-const STREAM_ATTACKS: u64 = 5;
+pub(super) const STREAM_ATTACKS: u64 = 5;
 
-fn rng(seed: u64, stream: u64) -> ChaCha20Rng {
+pub(super) fn rng(seed: u64, stream: u64) -> ChaCha20Rng {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     rng.set_stream(stream);
     rng
@@ -172,7 +172,7 @@ pub struct PreinstalledPeer {
     pub tunnel_ip: Ipv4Addr,
 }
 
-fn identity(rng: &mut ChaCha20Rng, tunnel_host: u32) -> PeerIdentity {
+pub(super) fn identity(rng: &mut ChaCha20Rng, tunnel_host: u32) -> PeerIdentity {
     let mut private_key = [0u8; 32];
     rng.fill_bytes(&mut private_key);
     let secret = StaticSecret::from(private_key);
@@ -250,7 +250,7 @@ fn check_behaviour(key: &str, b: &BehaviourFile) -> Result<(), FieldError> {
 }
 
 /// The shape of an attacking population's behaviour; `None` for clients.
-fn attack_shape(b: &BehaviourFile) -> Option<AttackShape> {
+pub(super) fn attack_shape(b: &BehaviourFile) -> Option<AttackShape> {
     match b {
         BehaviourFile::Flood(f) => Some(AttackShape::flood(f)),
         BehaviourFile::Replay(r) => Some(AttackShape::replay(r)),
@@ -445,7 +445,7 @@ pub fn resolve(file: ScenarioFile) -> Result<Scenario, FieldError> {
     let stored_peers = (0..file.stored_peers)
         .map(|i| identity(&mut keys, first_stored + i))
         .collect();
-    let attacks = attacks(
+    let attacks = super::attack::resolve_attacks(
         &populations,
         &clients,
         file.seed,
@@ -485,58 +485,6 @@ pub fn resolve(file: ScenarioFile) -> Result<Scenario, FieldError> {
         cpus,
         file,
     })
-}
-
-/// Resolves the attacking populations. Registered flood keys come after every other peer on
-/// the key stream and in the tunnel range (from `first_tunnel_host`), so adding an attack
-/// shifts no client's key or address; unregistered keys and seeds have a stream of their own.
-fn attacks(
-    populations: &[Population],
-    clients: &[ClientPlan],
-    seed: u64,
-    keys: &mut ChaCha20Rng,
-    first_tunnel_host: u32,
-) -> Result<Vec<AttackPlan>, FieldError> {
-    let mut own = rng(seed, STREAM_ATTACKS);
-    let mut sources = SourceAllocator::default();
-    let mut next_tunnel = first_tunnel_host;
-    let mut out = Vec::new();
-    for (pi, p) in populations.iter().enumerate() {
-        let Some(shape) = attack_shape(&p.behaviour) else {
-            continue;
-        };
-        let key = format!("population[{pi}].behaviour");
-        let registered = shape.registered_keys();
-        let key_pool = if registered > 0 {
-            let pool = (0..registered)
-                .map(|i| identity(keys, next_tunnel + i))
-                .collect();
-            next_tunnel += registered;
-            pool
-        } else {
-            (0..shape.pool_size())
-                .map(|_| identity(&mut own, 0))
-                .collect()
-        };
-        let Arrival::Burst { at } = p.arrival else {
-            return Err(invalid(
-                format!("population[{pi}].arrival"),
-                "must be a burst",
-            ));
-        };
-        out.push(AttackPlan {
-            population: pi,
-            name: p.name.clone(),
-            kind: shape.kind,
-            start: at,
-            packets: p.count,
-            packets_per_second: shape.packets_per_second,
-            sources: sources.allocate(&key, &shape, clients)?,
-            key_pool,
-            seed: own.next_u64(),
-        });
-    }
-    Ok(out)
 }
 
 impl Scenario {
