@@ -68,6 +68,8 @@ pub struct Figures {
     pub setup_from_intent_p99_ms: Option<f64>,
     /// The load generator saturated (`results.load`): timing figures do not count.
     pub saturated: bool,
+    /// Floods and replays; all `None` without attackers.
+    pub attack: crate::attack::AttackFigures,
 }
 
 impl Figures {
@@ -127,6 +129,7 @@ impl Figures {
                 99.0,
             ),
             saturated: results.load.as_ref().is_some_and(|l| l.saturated),
+            attack: crate::attack::AttackFigures::from_results(results),
         }
     }
 
@@ -251,7 +254,7 @@ impl PartialEq for FigureDef {
     }
 }
 
-const fn def(
+pub(crate) const fn def(
     name: &'static str,
     label: &'static str,
     unit: Unit,
@@ -448,6 +451,13 @@ pub static FIGURES: &[FigureDef] = &[
         Better::Lower,
         driver_cpu_per_client_ms,
     ),
+    crate::attack::PACKETS_SENT,
+    crate::attack::RATE,
+    crate::attack::API_CALLS,
+    crate::attack::API_CALLS_LEGIT,
+    crate::attack::DROPPED,
+    crate::attack::CONNECTED_AT_END,
+    crate::attack::DB_OK,
 ];
 
 /// The driver's own cost per simulated client, so a run's capacity can be planned: how many

@@ -157,11 +157,36 @@ pub fn render(results: &Results) -> Result<String, ChartError> {
         );
     }
     out.push_str("</table>\n");
+    attacks_section(&mut out, results);
     glossary(&mut out);
     charts_section(&mut out, &charts);
     run_section(&mut out, None, results);
     close(&mut out);
     Ok(out)
+}
+
+/// Floods and replays beside the clients' summary (nothing without attackers).
+fn attacks_section(out: &mut String, results: &Results) {
+    if results.attacks.is_empty() {
+        return;
+    }
+    out.push_str("<h2>Attacks</h2>\n<p>Attackers are not clients: the summary above is the legitimate clients' alone.</p>\n<table>\n<tr>");
+    for head in crate::attack::HEADS {
+        let _ = write!(out, "<th>{}</th>", escape(head));
+    }
+    out.push_str("</tr>\n");
+    for row in crate::attack::rows(results) {
+        out.push_str("<tr>");
+        for cell in row {
+            let _ = write!(out, "<td>{}</td>", escape(&cell));
+        }
+        out.push_str("</tr>\n");
+    }
+    let _ = writeln!(
+        out,
+        "</table>\n<p>{}</p>",
+        escape(&crate::attack::drops_line(results))
+    );
 }
 
 fn glossary(out: &mut String) {

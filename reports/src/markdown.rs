@@ -42,6 +42,7 @@ pub fn render(results: &Results) -> String {
             row.name
         );
     }
+    out.push_str(&crate::attack::markdown(results));
     out.push_str("\nDefinitions:\n\n");
     for (term, definition) in GLOSSARY {
         let _ = writeln!(out, "- **{term}**: {}", cell(definition));

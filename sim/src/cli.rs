@@ -381,8 +381,14 @@ pub fn describe(s: &Scenario, daemon: &[daemon_config::Setting], file: &Path) ->
         describe_daemon(daemon),
     );
     for p in &s.populations {
+        // Attackers are not clients (`scenario::attack`): their count is packets.
+        let unit = match p.behaviour {
+            crate::scenario::file::BehaviourFile::Flood(_)
+            | crate::scenario::file::BehaviourFile::Replay(_) => "attack packets",
+            _ => "clients",
+        };
         out.push_str(&format!(
-            "  population {}: {} clients, {:?}, {:?}\n",
+            "  population {}: {} {unit}, {:?}, {:?}\n",
             p.name, p.count, p.arrival, p.behaviour
         ));
     }

@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod attack;
+pub use attack::AttackResult;
+
 /// The schema version this crate writes. Bump it when a field changes meaning or shape, and add a
 /// migration step in [`migrate`].
 pub const SCHEMA_VERSION: u32 = 2;
@@ -35,6 +38,17 @@ pub struct Results {
     /// How the load generator kept up (`load::assess`); `None` in files from before it existed.
     #[serde(default)]
     pub load: Option<crate::load::LoadSummary>,
+    /// Attacking populations (floods, replays): never among `clients`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attacks: Vec<AttackResult>,
+    /// jitwgd's `jitwgd_initiations_dropped_total` by `reason`, summed over restarts; empty
+    /// when the daemon does not export it (or dropped nothing).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub initiations_dropped: BTreeMap<String, u64>,
+    /// SQLite's `quick_check` of jitwgd's database at the end of a run that killed or rebooted
+    /// the gateway: `"ok"`, or what it found. `None`: not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon_db_integrity: Option<String>,
 }
 
 impl Results {
@@ -51,6 +65,9 @@ impl Results {
             reload: None,
             expectations: Vec::new(),
             load: None,
+            attacks: Vec::new(),
+            initiations_dropped: BTreeMap::new(),
+            daemon_db_integrity: None,
         }
     }
 

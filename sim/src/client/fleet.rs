@@ -292,6 +292,8 @@ async fn run_client(shared: Arc<Shared>, client: FleetClient) -> ClientResult {
             },
         ),
         BehaviourFile::Return { gap, times } => (times.max(1), gap, Hold::Leave),
+        // Attackers are never clients (`scenario::attack`); they run in `client::attack`.
+        BehaviourFile::Flood(_) | BehaviourFile::Replay(_) => return result,
     };
     let mut link = LinkModel::new(client.link, client.plan.link_seed);
     // When the arrival process meant each connection to start, against which lag is measured.

@@ -6,6 +6,7 @@
 //! loss and [`delay`] applies them on one timer thread, [`session`] is one connection's protocol state machine (no IO, time passed in),
 //! [`eventlog`] writes the per-event JSON lines, and [`fleet`] owns sockets, tasks and timers.
 
+pub mod attack;
 pub mod delay;
 pub mod eventlog;
 pub mod fleet;

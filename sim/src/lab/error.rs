@@ -128,6 +128,14 @@ pub enum LabError {
         source: Box<rtnetlink::Error>,
     },
 
+    #[error("{what} in namespace {ns}")]
+    Sysctl {
+        ns: String,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("adding route {route} in namespace {ns}")]
     RouteAdd {
         ns: String,

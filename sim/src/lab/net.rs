@@ -2,11 +2,11 @@
 //! the thread that opened it, so every session is opened on a thread inside the target
 //! namespace and driven by its own small runtime there (safe to call from async code too).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::{RouteScope, RouteType};
 use rtnetlink::{LinkUnspec, LinkVeth, LinkWireguard, RouteMessageBuilder};
@@ -227,6 +227,53 @@ impl Netlink {
                 address: address.to_string(),
                 source: Box::new(source),
             })
+    }
+
+    /// `ip -6 addr add ADDRESS/PREFIX dev NAME`.
+    pub fn add_address_v6(&self, name: &str, address: Ipv6Addr, len: u8) -> Result<(), LabError> {
+        let index = self.require_index(name)?;
+        let request = self
+            .handle
+            .address()
+            .add(index, IpAddr::V6(address), len)
+            .execute();
+        self.runtime
+            .block_on(request)
+            .map_err(|source| LabError::AddressAdd {
+                ns: self.ns.clone(),
+                link: name.into(),
+                address: format!("{address}/{len}"),
+                source: Box::new(source),
+            })
+    }
+
+    /// `ip -6 route add DEST via GATEWAY dev NAME`.
+    pub fn add_route_via_v6(
+        &self,
+        dest: Ipv6Net,
+        via: Ipv6Addr,
+        dev: &str,
+    ) -> Result<(), LabError> {
+        let index = self.require_index(dev)?;
+        let route = RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(dest.network(), dest.prefix_len())
+            .gateway(via)
+            .output_interface(index)
+            .build();
+        self.add_route(route, format!("{dest} via {via} dev {dev}"))
+    }
+
+    /// `ip -6 route add local DEST dev NAME`: IPv6's any-IP, as [`Self::add_local_route`].
+    pub fn add_local_route_v6(&self, dest: Ipv6Net, dev: &str) -> Result<(), LabError> {
+        let index = self.require_index(dev)?;
+        let route = RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(dest.network(), dest.prefix_len())
+            .output_interface(index)
+            .kind(RouteType::Local)
+            .scope(RouteScope::Host)
+            .table_id(RT_TABLE_LOCAL)
+            .build();
+        self.add_route(route, format!("local {dest} dev {dev}"))
     }
 
     /// `ip route add DEST via GATEWAY dev NAME`.

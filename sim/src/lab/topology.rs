@@ -2,10 +2,10 @@
 //! with the addresses of an [`AddressPlan`]. Dropping a [`Topology`] deletes the namespaces, and
 //! with them their veths.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::names::{check_ifname, Names, Role, RunId};
 use super::net::Netlink;
@@ -13,6 +13,15 @@ use super::{LabError, Namespace};
 
 /// Underlay range (RFC 2544 benchmarking): client sources and the gateway's outer address.
 pub const UNDERLAY_RANGE: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(198, 18, 0, 0), 15);
+/// Sources of attacking populations whose /24s are their own (`scenario::attack`): 128 /24s
+/// beside the lab's link /30s, routed like the client sources.
+pub const ATTACK_SOURCES_V4: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(198, 19, 128, 0), 17);
+/// IPv6 underlay range (RFC 5180 benchmarking).
+pub const UNDERLAY_RANGE_V6: Ipv6Net =
+    Ipv6Net::new_assert(Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 0), 48);
+/// IPv6 sources of attacking populations: 32,768 /64s, so jitwgd's /64 buckets see many.
+pub const ATTACK_SOURCES_V6: Ipv6Net =
+    Ipv6Net::new_assert(Ipv6Addr::new(0x2001, 2, 0, 0x8000, 0, 0, 0, 0), 49);
 /// Tunnel range (RFC 6598 shared address space).
 pub const TUNNEL_RANGE: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(100, 64, 0, 0), 10);
 
@@ -29,6 +38,29 @@ pub struct AddressPlan {
     pub tunnel: Ipv4Net,
     /// The gateway's tunnel address (inside `tunnel`).
     pub tunnel_gateway: Ipv4Addr,
+    /// Sources of attacking populations in /24s of their own (a local route in cl, a route in gw).
+    pub attack_sources: Ipv4Net,
+    /// The IPv6 underlay, when the run has IPv6 sources (`None`: IPv4 only).
+    pub ipv6: Option<Ipv6Plan>,
+}
+
+/// The IPv6 underlay (2001:2::/48): the gw <-> cl link and the attack sources behind it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipv6Plan {
+    /// A /64: the gateway takes `::1`, the client namespace `::2`.
+    pub underlay_link: Ipv6Net,
+    /// IPv6 sources (a local route in cl, a route in gw): many /64s, for jitwgd's /64 buckets.
+    pub attack_sources: Ipv6Net,
+}
+
+impl Ipv6Plan {
+    pub fn gateway(&self) -> Ipv6Addr {
+        host6(self.underlay_link, 1)
+    }
+
+    pub fn client_link_address(&self) -> Ipv6Addr {
+        host6(self.underlay_link, 2)
+    }
 }
 
 impl Default for AddressPlan {
@@ -39,13 +71,35 @@ impl Default for AddressPlan {
             control_link: net(198, 19, 1, 0, 30),
             tunnel: TUNNEL_RANGE,
             tunnel_gateway: Ipv4Addr::new(100, 64, 0, 1),
+            attack_sources: ATTACK_SOURCES_V4,
+            ipv6: None,
         }
     }
 }
 
 impl AddressPlan {
+    /// The same plan with an IPv6 underlay: link 2001:2:0:n::/64 for slot `n` (0 for the default
+    /// plan) and attack sources in 2001:2:0:8000::/49 (default) or 2001:2:0:(8000 + 256n)::/56.
+    pub fn with_ipv6(mut self, slot: Option<u8>) -> AddressPlan {
+        let n = u16::from(slot.unwrap_or(0));
+        let sources = match slot {
+            None => ATTACK_SOURCES_V6,
+            Some(_) => Ipv6Net::new(
+                Ipv6Addr::new(0x2001, 2, 0, 0x8000 + 256 * n, 0, 0, 0, 0),
+                56,
+            )
+            .unwrap_or(ATTACK_SOURCES_V6),
+        };
+        self.ipv6 = Some(Ipv6Plan {
+            underlay_link: Ipv6Net::new(Ipv6Addr::new(0x2001, 2, 0, n, 0, 0, 0, 0), 64)
+                .unwrap_or(UNDERLAY_RANGE_V6),
+            attack_sources: sources,
+        });
+        self
+    }
+
     /// A plan for parallel runs: slot `n` (0..=127) uses links 198.19.(2n).0/30 and
-    /// 198.19.(2n+1).0/30 and clients 198.18.n.0/24.
+    /// 198.19.(2n+1).0/30, clients 198.18.n.0/24 and attack sources 198.18.(128+n).0/24.
     pub fn for_slot(slot: u8) -> Result<AddressPlan, LabError> {
         if slot > 127 {
             return Err(LabError::AddressPlan(format!(
@@ -56,6 +110,7 @@ impl AddressPlan {
             underlay_link: net(198, 19, 2 * slot, 0, 30),
             client_sources: net(198, 18, slot, 0, 24),
             control_link: net(198, 19, 2 * slot + 1, 0, 30),
+            attack_sources: net(198, 18, 128 + slot, 0, 24),
             ..AddressPlan::default()
         })
     }
@@ -86,12 +141,37 @@ impl AddressPlan {
                 self.client_sources
             ));
         }
+        if !UNDERLAY_RANGE.contains(&self.attack_sources) {
+            return fail(format!(
+                "attack sources {} are outside {UNDERLAY_RANGE}",
+                self.attack_sources
+            ));
+        }
         let overlaps = |a: &Ipv4Net, b: &Ipv4Net| a.contains(b) || b.contains(a);
-        if overlaps(&self.underlay_link, &self.control_link)
-            || overlaps(&self.underlay_link, &self.client_sources)
-            || overlaps(&self.control_link, &self.client_sources)
-        {
-            return fail("underlay link, control link and client sources overlap".into());
+        let ranges = [
+            self.underlay_link,
+            self.control_link,
+            self.client_sources,
+            self.attack_sources,
+        ];
+        for (i, a) in ranges.iter().enumerate() {
+            if ranges[i + 1..].iter().any(|b| overlaps(a, b)) {
+                return fail(
+                    "underlay link, control link, client and attack sources overlap".into(),
+                );
+            }
+        }
+        if let Some(v6) = &self.ipv6 {
+            for net in [v6.underlay_link, v6.attack_sources] {
+                if !UNDERLAY_RANGE_V6.contains(&net) {
+                    return fail(format!("{net} is outside {UNDERLAY_RANGE_V6}"));
+                }
+            }
+            if v6.underlay_link.contains(&v6.attack_sources)
+                || v6.attack_sources.contains(&v6.underlay_link)
+            {
+                return fail("IPv6 underlay link and attack sources overlap".into());
+            }
         }
         if !TUNNEL_RANGE.contains(&self.tunnel) {
             return fail(format!("tunnel {} is outside {TUNNEL_RANGE}", self.tunnel));
@@ -227,17 +307,58 @@ fn wire(
         nl.add_address(&gw_cp, with_len(plan.gateway_control(), control_len))?;
         nl.set_up(&gw_cl)?;
         nl.set_up(&gw_cp)?;
-        nl.add_route_via(plan.client_sources, plan.client_link_address(), &gw_cl)
+        nl.add_route_via(plan.client_sources, plan.client_link_address(), &gw_cl)?;
+        nl.add_route_via(plan.attack_sources, plan.client_link_address(), &gw_cl)
     })?;
     Netlink::with(client, |nl| {
         nl.add_address(&cl_gw, with_len(plan.client_link_address(), underlay_len))?;
         nl.set_up(&cl_gw)?;
-        nl.add_local_route(plan.client_sources, "lo")
+        nl.add_local_route(plan.client_sources, "lo")?;
+        nl.add_local_route(plan.attack_sources, "lo")
     })?;
+    if let Some(v6) = &plan.ipv6 {
+        wire_ipv6(v6, (&gw_cl, gateway), (&cl_gw, client))?;
+    }
     Netlink::with(control, |nl| {
         nl.add_address(&cp_gw, with_len(plan.control_plane(), control_len))?;
         nl.set_up(&cp_gw)
     })
+}
+
+/// The IPv6 underlay on the gw <-> cl veth. Duplicate address detection is off in both
+/// namespaces (nothing else is on the link), so the addresses are usable at once instead of
+/// after DAD's ~1 s, during which binding or sending from them fails.
+fn wire_ipv6(
+    v6: &Ipv6Plan,
+    (gw_cl, gateway): (&str, &Namespace),
+    (cl_gw, client): (&str, &Namespace),
+) -> Result<(), LabError> {
+    for (ns, link) in [(gateway, gw_cl), (client, cl_gw)] {
+        ns.run(|| -> std::io::Result<()> {
+            for conf in ["all", "default", link] {
+                std::fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/accept_dad"), "0")?;
+            }
+            std::fs::write(format!("/proc/sys/net/ipv6/conf/{link}/disable_ipv6"), "0")
+        })?
+        .map_err(|source| LabError::Sysctl {
+            ns: ns.name().to_string(),
+            what: "turning IPv6 duplicate address detection off",
+            source,
+        })?;
+    }
+    let len = v6.underlay_link.prefix_len();
+    Netlink::with(gateway, |nl| {
+        nl.add_address_v6(gw_cl, v6.gateway(), len)?;
+        nl.add_route_via_v6(v6.attack_sources, v6.client_link_address(), gw_cl)
+    })?;
+    Netlink::with(client, |nl| {
+        nl.add_address_v6(cl_gw, v6.client_link_address(), len)?;
+        nl.add_local_route_v6(v6.attack_sources, "lo")
+    })
+}
+
+fn host6(net: Ipv6Net, n: u128) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(net.network()) + n)
 }
 
 fn net(a: u8, b: u8, c: u8, d: u8, len: u8) -> Ipv4Net {

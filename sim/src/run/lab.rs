@@ -453,6 +453,12 @@ impl Lab {
     pub fn gateway_endpoint(&self) -> SocketAddr {
         self.gateway_endpoint
     }
+
+    /// The gateway's WireGuard endpoint on the IPv6 underlay (`None`: the lab has none).
+    pub fn gateway_endpoint_v6(&self) -> Option<SocketAddr> {
+        let v6 = self.plan.ipv6.as_ref()?;
+        Some(SocketAddr::new(IpAddr::V6(v6.gateway()), WG_PORT))
+    }
 }
 
 fn start_dataplane(

@@ -4,9 +4,11 @@
 //! The CLI (`cli.rs`) prints and writes reports; this module never exits the process.
 
 pub mod api_count;
+pub mod attacks;
 pub(crate) mod context;
 pub mod daemon_config;
 pub mod info;
+pub mod integrity;
 pub mod lab;
 pub(crate) mod orchestrate;
 pub mod prereq;
@@ -125,6 +127,16 @@ pub enum RunError {
     Save(#[source] jitwg_reports::SaveError),
     #[error("the client fleet failed")]
     Fleet(#[source] crate::client::ClientError),
+    #[error("an attacking population failed")]
+    Attack(#[source] crate::client::attack::AttackError),
+    #[error("building the packets of attack {name}")]
+    AttackPackets {
+        name: String,
+        #[source]
+        source: crate::client::attack::packets::PacketError,
+    },
+    #[error("attack thread")]
+    AttackThread(#[source] Box<LabError>),
     #[error("the client fleet did not stop within {0:?} of being cancelled")]
     FleetStuck(Duration),
     #[error("client fleet thread")]

@@ -28,7 +28,7 @@ use crate::scenario::{EventAction, Scenario};
 
 use super::context::{FleetThread, RunContext};
 use super::daemon_config;
-use super::lab::{Lab, LabSpec, StoredPeers};
+use super::lab::{blocking, Lab, LabSpec, StoredPeers};
 use super::results::{assemble, Finished};
 use super::timeline::{schedule, Timeline};
 use super::{prereq, RunError, RunOptions, RunOutcome};
@@ -83,7 +83,12 @@ pub(crate) fn lab_spec(
     run_id: &RunId,
     out: &Path,
 ) -> Result<LabSpec, RunError> {
-    let mut spec = LabSpec::new(AddressPlan::default(), PathBuf::new(), out.to_path_buf());
+    let plan = if scenario.needs_ipv6() {
+        AddressPlan::default().with_ipv6(None)
+    } else {
+        AddressPlan::default()
+    };
+    let mut spec = LabSpec::new(plan, PathBuf::new(), out.to_path_buf());
     prereq::require_root()?;
     match scenario.backend {
         BackendName::Userspace => {
@@ -277,6 +282,15 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
         return Err(RunError::InterruptedDuringSetup);
     }
 
+    let prepared = super::attacks::prepare(
+        &scenario,
+        &super::attacks::AttackTargets {
+            gateway_public_key: lab.gateway_public_key(),
+            gateway_v4: lab.gateway_endpoint(),
+            gateway_v6: lab.gateway_endpoint_v6(),
+            client_interface: lab.topology().names.veth_client_to_gw(),
+        },
+    )?;
     let progress = Arc::new(FleetProgress::default());
     let driver_cpus = lab
         .cpus()
@@ -292,10 +306,16 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
         progress,
         origin,
     };
+    // After `ctx`, so the attacks stop before the lab goes, also on errors.
+    let attacks = super::attacks::start(&ctx.lab, &prepared, ctx.origin.into_std())?;
     let mut timeline = Timeline::default();
-    let interrupted = run_loop(&mut ctx, &mut timeline, opts.quiet, &interrupt).await?;
+    let interrupted = run_loop(&mut ctx, &mut timeline, opts.quiet, &interrupt, &|| {
+        attacks.is_done()
+    })
+    .await?;
 
     let mut clients = ctx.fleet.finish().await?;
+    let attack_outcomes = attacks.finish()?;
     clients.sort_by_key(|c| c.id);
     let end = ctx.now_ms();
     timeline.check_ready(&ctx.lab).await;
@@ -310,6 +330,10 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
         },
     });
     let api = ctx.lab.control().stats();
+    let attacks = super::attacks::results(&prepared, &attack_outcomes, &api);
+    let db_integrity = scenario
+        .has_reboot()
+        .then(|| blocking(|| super::integrity::quick_check(&ctx.lab.endpoints().db)));
     let driver_cpu_utilization = driver_utilization(
         driver_cpu_at_start,
         crate::lab::process::own_usage().map(|u| u.cpu_seconds),
@@ -354,6 +378,8 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
         cpu_split,
         warnings,
         driver_cpu_utilization,
+        attacks,
+        db_integrity,
     });
     results.run.source_addresses = Some(source_addresses);
     let results_path = out.join("results.json");
@@ -386,6 +412,7 @@ async fn run_loop(
     timeline: &mut Timeline,
     quiet: bool,
     interrupt: &CancellationToken,
+    attacks_done: &dyn Fn() -> bool,
 ) -> Result<bool, RunError> {
     let scenario = ctx.scenario;
     let bar = progress_bar(quiet, scenario.clients.len() as u64);
@@ -414,7 +441,7 @@ async fn run_loop(
             next_sample += scenario.sample_every;
             update_bar(&bar, &ctx.progress, timeline.samples.last());
         }
-        if ctx.fleet_done() || elapsed >= scenario.duration {
+        if (ctx.fleet_done() && attacks_done()) || elapsed >= scenario.duration {
             break;
         }
     }

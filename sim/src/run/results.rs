@@ -33,6 +33,10 @@ pub(crate) struct Finished<'a> {
     pub warnings: Vec<String>,
     /// For `results.load` (see `jitwg_reports::load`).
     pub driver_cpu_utilization: Option<f64>,
+    /// `results.attacks`.
+    pub attacks: Vec<jitwg_reports::AttackResult>,
+    /// `results.daemon_db_integrity` (runs that kill or reboot the gateway).
+    pub db_integrity: Option<String>,
 }
 
 pub(crate) fn assemble(run: Finished<'_>) -> Results {
@@ -73,6 +77,9 @@ pub(crate) fn assemble(run: Finished<'_>) -> Results {
         sent_by_daemon_by_outcome: run.timeline.api_sent.by_outcome(),
     };
     results.reload = run.reload;
+    results.initiations_dropped = run.timeline.drops.by_outcome();
+    results.attacks = run.attacks;
+    results.daemon_db_integrity = run.db_integrity;
     // Before the expectations: on a saturated run timing goals do not count.
     let lag_limit_ms = scenario
         .file

@@ -27,6 +27,7 @@ const DAEMON_GRACE: Duration = Duration::from_secs(5);
 pub(crate) enum Action {
     Reboot,
     DaemonRestart,
+    DaemonKill,
     OutageStart { len: Duration },
     OutageEnd,
 }
@@ -38,6 +39,7 @@ pub(crate) fn schedule(scenario: &Scenario) -> Vec<(Duration, Action)> {
         match ev.action {
             EventAction::Reboot => out.push((ev.at, Action::Reboot)),
             EventAction::DaemonRestart => out.push((ev.at, Action::DaemonRestart)),
+            EventAction::DaemonKill => out.push((ev.at, Action::DaemonKill)),
             EventAction::ApiOutage { until } => {
                 out.push((
                     ev.at,
@@ -74,6 +76,8 @@ struct Ready {
 }
 
 const INSTALLED_GAUGE: &str = "jitwgd_installed_peers";
+/// jitwgd's count of initiations it dropped, by `reason` (admission control).
+pub(super) const DROPS_METRIC: &str = "jitwgd_initiations_dropped_total";
 
 fn wait_ready(probe: ProbeClient, started: Instant) -> JoinHandle<Option<Ready>> {
     tokio::spawn(async move {
@@ -153,6 +157,8 @@ pub(crate) struct Timeline {
     lookups: BTreeMap<String, u64>,
     /// jitwgd's count of the API requests it sent, over its restarts.
     pub api_sent: api_count::CountAcrossRestarts,
+    /// jitwgd's initiations dropped by reason, over its restarts (absent metric: nothing).
+    pub drops: api_count::CountAcrossRestarts,
     reload: Option<ReloadWatch>,
     /// Readiness waits of restarts after the first, with their start (ms into the run).
     pending_ready: Vec<(JoinHandle<Option<Ready>>, f64)>,
@@ -178,11 +184,14 @@ impl Timeline {
                 cp.end_outage();
                 self.push_event(t_ms, EventKind::ApiOutageEnd, String::new());
             }
-            Action::Reboot | Action::DaemonRestart => {
+            Action::Reboot | Action::DaemonRestart | Action::DaemonKill => {
                 self.observe_usage(&ctx.lab);
                 // Its last count before it goes (what it sends after this is lost with it).
                 if let Ok((200, body)) = ctx.lab.probe().get("/metrics").await {
-                    self.api_sent.observe(api_count::requests_by_outcome(&body));
+                    let scrape = prometheus::Scrape::parse(body);
+                    self.api_sent
+                        .observe(scrape.by_label(api_count::API_REQUESTS_METRIC, "outcome"));
+                    self.drops.observe(scrape.by_label(DROPS_METRIC, "reason"));
                 }
                 // The reboot's time is the kill's, read after the scrape above, not the
                 // (earlier) time it was due.
@@ -201,6 +210,11 @@ impl Timeline {
                     if let Some(stale) = self.stale.as_mut() {
                         stale.forget_all();
                     }
+                } else if matches!(action, Action::DaemonKill) {
+                    self.push_event(t_ms, EventKind::DaemonRestart, "kill -9 daemon".into());
+                    ctx.lab
+                        .kill9_daemon()
+                        .map_err(RunError::lab("killing jitwgd"))?;
                 } else {
                     self.push_event(t_ms, EventKind::DaemonRestart, "SIGTERM daemon".into());
                     if let Err(e) = ctx.lab.terminate_daemon(DAEMON_GRACE) {
@@ -209,6 +223,7 @@ impl Timeline {
                 }
                 self.usage.restarted("daemon");
                 self.api_sent.restarted();
+                self.drops.restarted();
                 let stored_peers = if self.reload.is_none() {
                     let db = ctx.lab.endpoints().db.clone();
                     blocking(|| stored_peer_count(&db))
@@ -330,6 +345,7 @@ impl Timeline {
             self.lookups = scrape.by_label(prometheus::LOOKUPS_METRIC, "outcome");
             self.api_sent
                 .observe(scrape.by_label(api_count::API_REQUESTS_METRIC, "outcome"));
+            self.drops.observe(scrape.by_label(DROPS_METRIC, "reason"));
         }
         let snap = ctx.progress.snapshot();
         self.samples.push(Sample {

@@ -356,6 +356,103 @@ pub enum BehaviourFile {
         gap: Duration,
         times: u32,
     },
+    /// An attacker, not clients: `count` handshake initiations sent at `packets_per_second`
+    /// (for the whole population) from `sources` addresses, starting at the population's
+    /// `arrival = { kind = "burst", at = ... }`. Never counted as clients.
+    Flood(FloodFile),
+    /// An attacker replaying initiations captured on the wire from legitimate clients, from
+    /// its own addresses: `count` packets at `packets_per_second`, from `sources` addresses.
+    Replay(ReplayFile),
+}
+
+/// `behaviour = { kind = "flood", ... }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FloodFile {
+    /// Which static keys the initiations carry.
+    pub keys: FloodKeys,
+    /// `valid`: real initiations that pass mac1 (and, with their private keys held by the
+    /// flood, the whole first Noise leg); `invalid`: random bytes behind a valid header and
+    /// length, rejected at mac1 (`keys` then only names the population's intent).
+    #[serde(default)]
+    pub mac1: Mac1,
+    /// For the whole population.
+    pub packets_per_second: f64,
+    /// Distinct source addresses (one socket each), spread evenly over `subnets`.
+    pub sources: u32,
+    /// How many /24s (IPv4) or /64s (IPv6) the sources are spread over (default 1).
+    #[serde(default = "one")]
+    pub subnets: u32,
+    /// `own` (default): subnets no legitimate client uses; `shared`: the legitimate clients'
+    /// own /24s, at addresses no client holds (IPv4 only).
+    #[serde(default)]
+    pub subnets_of: SubnetsOf,
+    /// `ipv4` (default) or `ipv6` (2001:2::/48; the run gets an IPv6 underlay).
+    #[serde(default)]
+    pub family: Family,
+    /// Distinct keys cycled through for `registered` and `unregistered` (default 256); fresh
+    /// keys are never reused, so `count` of them are made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_pool: Option<u32>,
+}
+
+/// `behaviour = { kind = "replay", ... }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayFile {
+    /// For the whole population.
+    pub packets_per_second: f64,
+    /// Distinct source addresses (one socket each), spread evenly over `subnets`.
+    pub sources: u32,
+    /// How many /24s (IPv4) or /64s (IPv6) the sources are spread over (default 1).
+    #[serde(default = "one")]
+    pub subnets: u32,
+    /// `own` (default): subnets no legitimate client uses; `shared`: the legitimate clients'
+    /// own /24s, at addresses no client holds (IPv4 only).
+    #[serde(default)]
+    pub subnets_of: SubnetsOf,
+    /// `ipv4` (default) or `ipv6` (2001:2::/48; the run gets an IPv6 underlay).
+    #[serde(default)]
+    pub family: Family,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FloodKeys {
+    /// A new random key for every initiation (what a per-key rate limit cannot stop).
+    Fresh,
+    /// Keys registered in the control plane (a stolen or misbehaving client's keys).
+    Registered,
+    /// Random keys the control plane does not know, cycled (what a negative cache stops).
+    Unregistered,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mac1 {
+    #[default]
+    Valid,
+    Invalid,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubnetsOf {
+    #[default]
+    Own,
+    Shared,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    #[default]
+    Ipv4,
+    Ipv6,
 }
 
 /// The simulated path between a client and the gateway.
@@ -398,4 +495,6 @@ pub enum EventKindName {
     ApiOutage,
     /// SIGTERM the daemon and start it again (the data plane keeps its peers).
     DaemonRestart,
+    /// kill -9 the daemon alone (a crash) and start it again; the data plane keeps its peers.
+    DaemonKill,
 }

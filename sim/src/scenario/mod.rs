@@ -3,6 +3,7 @@
 //! uses. Everything is validated here, before anything is started.
 
 pub mod arrival;
+pub mod attack;
 pub mod cpus;
 pub mod file;
 pub mod overrides;
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 pub use arrival::Arrival;
+pub use attack::{AttackKind, AttackPlan};
 pub use cpus::{CpuChoice, CpuList, CpuPlan, CpuSplit};
 pub use file::ScenarioFile;
 pub use overrides::{Override, OverrideError};

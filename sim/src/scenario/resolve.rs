@@ -10,6 +10,7 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use super::arrival::Arrival;
+use super::attack::{AttackPlan, AttackShape};
 use super::file::{
     ArrivalFile, BackendName, BehaviourFile, BootName, DaemonFile, EventKindName, ModeName,
     ScenarioFile, Switch,
@@ -39,8 +40,10 @@ pub struct Scenario {
     pub daemon: DaemonSettings,
     pub control_plane: ControlPlaneSettings,
     pub populations: Vec<Population>,
-    /// Every client, sorted by start time.
+    /// Every client, sorted by start time (attacking populations are not clients).
     pub clients: Vec<ClientPlan>,
+    /// The attacking populations (`flood`, `replay`), in population order.
+    pub attacks: Vec<AttackPlan>,
     /// Registered, never connecting (`extra_registered`).
     pub extra_peers: Vec<PeerIdentity>,
     /// Registered and in jitwgd's database before it starts, never connecting (`stored_peers`).
@@ -143,6 +146,7 @@ pub enum EventAction {
     Reboot,
     ApiOutage { until: Duration },
     DaemonRestart,
+    DaemonKill,
 }
 
 /// Random streams of one seed, separate so that adding a client does not shift
@@ -151,8 +155,10 @@ const STREAM_KEYS: u64 = 1;
 const STREAM_ARRIVALS: u64 = 2;
 const STREAM_LINKS: u64 = 3;
 const STREAM_PREINSTALLED: u64 = 4;
+/// Unregistered flood keys and each attack's own seed.
+pub(super) const STREAM_ATTACKS: u64 = 5;
 
-fn rng(seed: u64, stream: u64) -> ChaCha20Rng {
+pub(super) fn rng(seed: u64, stream: u64) -> ChaCha20Rng {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     rng.set_stream(stream);
     rng
@@ -166,7 +172,7 @@ pub struct PreinstalledPeer {
     pub tunnel_ip: Ipv4Addr,
 }
 
-fn identity(rng: &mut ChaCha20Rng, tunnel_host: u32) -> PeerIdentity {
+pub(super) fn identity(rng: &mut ChaCha20Rng, tunnel_host: u32) -> PeerIdentity {
     let mut private_key = [0u8; 32];
     rng.fill_bytes(&mut private_key);
     let secret = StaticSecret::from(private_key);
@@ -239,6 +245,16 @@ fn check_behaviour(key: &str, b: &BehaviourFile) -> Result<(), FieldError> {
             Err(invalid(format!("{key}.times"), "must be at least 1"))
         }
         BehaviourFile::Return { .. } => Ok(()),
+        BehaviourFile::Flood(_) | BehaviourFile::Replay(_) => Ok(()),
+    }
+}
+
+/// The shape of an attacking population's behaviour; `None` for clients.
+pub(super) fn attack_shape(b: &BehaviourFile) -> Option<AttackShape> {
+    match b {
+        BehaviourFile::Flood(f) => Some(AttackShape::flood(f)),
+        BehaviourFile::Replay(r) => Some(AttackShape::replay(r)),
+        _ => None,
     }
 }
 
@@ -309,7 +325,19 @@ pub fn resolve(file: ScenarioFile) -> Result<Scenario, FieldError> {
         if p.count == 0 {
             return Err(invalid(format!("{key}.count"), "must be at least 1"));
         }
-        total += u64::from(p.count);
+        if let Some(shape) = attack_shape(&p.behaviour) {
+            shape.check(&format!("{key}.behaviour"), p.count)?;
+            if !matches!(p.arrival, ArrivalFile::Burst { .. }) {
+                return Err(invalid(
+                    format!("{key}.arrival"),
+                    "an attack starts at `arrival = { kind = \"burst\", at = ... }`; \
+                     its pace is `behaviour.packets_per_second`",
+                ));
+            }
+            total += u64::from(shape.registered_keys());
+        } else {
+            total += u64::from(p.count);
+        }
         check_fraction(&format!("{key}.link.loss"), p.link.loss)?;
         check_behaviour(&format!("{key}.behaviour"), &p.behaviour)?;
         populations.push(Population {
@@ -364,6 +392,7 @@ pub fn resolve(file: ScenarioFile) -> Result<Scenario, FieldError> {
             }
             (EventKindName::Reboot, None) => EventAction::Reboot,
             (EventKindName::DaemonRestart, None) => EventAction::DaemonRestart,
+            (EventKindName::DaemonKill, None) => EventAction::DaemonKill,
         };
         events.push(TimedEvent { at: e.at, action });
     }
@@ -375,6 +404,9 @@ pub fn resolve(file: ScenarioFile) -> Result<Scenario, FieldError> {
     let mut clients = Vec::new();
     let mut next_id: u32 = 0;
     for (pi, p) in populations.iter().enumerate() {
+        if attack_shape(&p.behaviour).is_some() {
+            continue;
+        }
         for start in p.arrival.offsets(p.count, &mut arrivals) {
             clients.push(ClientPlan {
                 id: next_id,
@@ -413,6 +445,13 @@ pub fn resolve(file: ScenarioFile) -> Result<Scenario, FieldError> {
     let stored_peers = (0..file.stored_peers)
         .map(|i| identity(&mut keys, first_stored + i))
         .collect();
+    let attacks = super::attack::resolve_attacks(
+        &populations,
+        &clients,
+        file.seed,
+        &mut keys,
+        first_stored + file.stored_peers,
+    )?;
 
     let cpus = super::cpus::CpuChoice::from_file(&file.lab.cpus)?;
     Ok(Scenario {
@@ -438,6 +477,7 @@ pub fn resolve(file: ScenarioFile) -> Result<Scenario, FieldError> {
         },
         populations,
         clients,
+        attacks,
         extra_peers,
         stored_peers,
         events,
@@ -448,16 +488,36 @@ pub fn resolve(file: ScenarioFile) -> Result<Scenario, FieldError> {
 }
 
 impl Scenario {
-    /// Peers the control plane knows: registered clients, the extras and the stored peers.
+    /// Peers the control plane knows: registered clients, the extras, the stored peers and the
+    /// keys of `registered` floods.
     pub fn registered_peers(&self) -> impl Iterator<Item = &PeerIdentity> {
         let clients = self
             .clients
             .iter()
             .filter(|_| self.control_plane.register_clients)
             .map(|c| &c.identity);
+        let attack_keys = self
+            .attacks
+            .iter()
+            .filter(|a| {
+                matches!(
+                    a.kind,
+                    super::attack::AttackKind::Flood {
+                        keys: super::file::FloodKeys::Registered,
+                        ..
+                    }
+                )
+            })
+            .flat_map(|a| a.key_pool.iter());
         clients
             .chain(self.extra_peers.iter())
             .chain(self.stored_peers.iter())
+            .chain(attack_keys)
+    }
+
+    /// Whether any source address is IPv6 (the lab then gets an IPv6 underlay).
+    pub fn needs_ipv6(&self) -> bool {
+        self.attacks.iter().any(AttackPlan::is_ipv6)
     }
 
     /// The effective scenario as JSON, for `RunInfo::resolved_scenario`.
@@ -488,8 +548,11 @@ impl Scenario {
 
     /// Whether any event reboots or restarts the gateway (the run then reports a reload).
     pub fn has_reboot(&self) -> bool {
-        self.events
-            .iter()
-            .any(|e| matches!(e.action, EventAction::Reboot | EventAction::DaemonRestart))
+        self.events.iter().any(|e| {
+            matches!(
+                e.action,
+                EventAction::Reboot | EventAction::DaemonRestart | EventAction::DaemonKill
+            )
+        })
     }
 }
