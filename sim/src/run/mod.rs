@@ -4,6 +4,7 @@
 //! The CLI (`cli.rs`) prints and writes reports; this module never exits the process.
 
 pub mod api_count;
+pub mod channel;
 mod context;
 pub mod daemon_config;
 pub mod info;
