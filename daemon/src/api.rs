@@ -31,6 +31,9 @@ pub enum ApiError {
     Connect(#[source] reqwest::Error),
     #[error("control plane answered status {0}")]
     Status(u16),
+    /// 401 or 403: the channel works but our credentials do not (token, client certificate).
+    #[error("control plane refused our credentials (status {0}); check --api-token-file and --api-client-cert")]
+    Unauthorized(u16),
     #[error("control-plane answer is larger than {MAX_BODY_BYTES} bytes")]
     BodyTooLarge,
     #[error("control-plane answer is not a peer document")]
@@ -166,6 +169,9 @@ impl ApiClient {
         match response.status() {
             StatusCode::OK => {}
             StatusCode::NOT_FOUND => return ApiAnswer::NotFound,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                return ApiAnswer::Unavailable(ApiError::Unauthorized(response.status().as_u16()))
+            }
             other => return ApiAnswer::Unavailable(ApiError::Status(other.as_u16())),
         }
         let mut body = Vec::new();
@@ -215,6 +221,7 @@ mod tests {
                     (AxumStatus::OK, String::new())
                 }
                 6 => (AxumStatus::OK, "x".repeat(MAX_BODY_BYTES + 1)),
+                7 => (AxumStatus::UNAUTHORIZED, String::new()),
                 _ => (AxumStatus::SERVICE_UNAVAILABLE, String::new()),
             }
         }
@@ -274,6 +281,16 @@ mod tests {
             ask(6).await,
             ApiAnswer::Unavailable(ApiError::BodyTooLarge)
         ));
+    }
+
+    #[tokio::test]
+    async fn refused_credentials_are_unavailable_and_say_so() {
+        match ask(7).await {
+            ApiAnswer::Unavailable(e @ ApiError::Unauthorized(401)) => {
+                assert!(e.to_string().contains("credentials"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -63,3 +63,6 @@ impl Shell {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
