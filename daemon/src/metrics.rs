@@ -54,9 +54,11 @@ pub const PUSH_OUTCOMES: &[&str] = &["installed", "refused", "bad_json"];
 /// have given the address up (`reassigned`), or refused (`refused`).
 pub const ADDRESS_CONFLICT_OUTCOMES: &[&str] = &["reassigned", "refused"];
 
-/// Values of the `source` label of `jitwgd_stored_configs_refused_total`: where a config
-/// validated earlier failed the current settings when it was about to be used.
-pub const STORED_CONFIG_SOURCES: &[&str] = &["cache", "preload", "reinstall"];
+/// Values of the `source` label of `jitwgd_stored_configs_refused_total`: where a stored
+/// config validated earlier failed the current settings when boot was about to install it.
+/// (A cache entry that fails them is not counted here: the lookup asks the control plane
+/// again, and a refused answer counts as `jitwgd_lookups_total{outcome="refused"}`.)
+pub const STORED_CONFIG_SOURCES: &[&str] = &["preload", "reinstall"];
 
 /// Label set `{source="..."}`: where a config came from.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -139,8 +141,8 @@ pub struct Metrics {
     /// Installs whose allowed IPs overlapped an installed peer's, by `outcome` (see
     /// `ADDRESS_CONFLICT_OUTCOMES`).
     pub address_conflicts: Family<OutcomeLabel, Counter>,
-    /// Cached or stored configs that no longer pass the current address settings, by
-    /// `source` (see `STORED_CONFIG_SOURCES`); they were not installed as stored.
+    /// Stored configs that no longer pass the current address settings at boot, by
+    /// `source` (see `STORED_CONFIG_SOURCES`); they were not installed.
     pub stored_configs_refused: Family<SourceLabel, Counter>,
     /// Holds clones of the handles above for encoding.
     registry: Registry,
@@ -215,7 +217,7 @@ impl Metrics {
         );
         r.register(
             "stored_configs_refused",
-            "Cached or stored peer configs refused by the current address settings, by source",
+            "Stored peer configs refused at boot by the current address settings, by source",
             self.stored_configs_refused.clone(),
         );
         r.register(
