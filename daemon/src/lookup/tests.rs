@@ -341,7 +341,10 @@ async fn a_cached_config_the_current_settings_refuse_is_asked_about_again() {
     api.register(key(30), "100.64.3.7/32");
     match after.lookup(key(30), now).await {
         LookupOutcome::ApiFound { config, .. } => {
-            assert_eq!(config.allowed_ips, vec!["100.64.3.7/32".parse::<ipnet::IpNet>().unwrap()])
+            assert_eq!(
+                config.allowed_ips,
+                vec!["100.64.3.7/32".parse::<ipnet::IpNet>().unwrap()]
+            )
         }
         other => panic!("{other:?}"),
     }

@@ -464,3 +464,63 @@ async fn tls_with_the_run_ca_and_the_bearer_token_are_enforced() {
         .unwrap_err();
     assert!(err.is_connect() || err.is_request(), "{err:?}");
 }
+
+/// jitwgd's own channel (`jitwgd::channel`, as `--api-ca-file`, `--api-token-file`,
+/// `--api-client-cert`/`--api-client-key` configure it) against a control plane that
+/// requires the run's client certificate and token.
+#[tokio::test]
+async fn jitwgd_presents_its_client_certificate_and_token() {
+    use jitwgd::api::{ApiAnswer, ApiClient};
+    use jitwgd::channel::ChannelSecurity;
+    use jitwgd::peer::PublicKey;
+
+    let dir = tempfile::tempdir().unwrap();
+    let pki = super::tls::RunPki::generate(&["127.0.0.1".parse().unwrap()]).unwrap();
+    let files = pki.write(dir.path()).unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "t0ken\n").unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("https://{}", listener.local_addr().unwrap());
+    let cp = ControlPlane::open(ControlPlaneConfig {
+        db: dir.path().join("cp.db"),
+        nats: None,
+        faults: FaultConfig::default(),
+        seed: 1,
+        access: super::Access {
+            tls: Some(pki.server_config(true).unwrap()),
+            token: Some("t0ken".into()),
+        },
+    })
+    .await
+    .unwrap();
+    let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(cp.serve(listener, async {
+        let _ = rx.await;
+    }));
+    let full = ChannelSecurity {
+        ca_file: Some(files.ca.clone()),
+        token_file: Some(token_file.clone()),
+        client_cert: Some((files.client_cert.clone(), files.client_key.clone())),
+    };
+    let ask = |security: ChannelSecurity| {
+        let base = base.clone();
+        async move {
+            let client = ApiClient::secured(&base, Duration::from_secs(5), &security).unwrap();
+            client.fetch(&PublicKey([7; 32])).await
+        }
+    };
+    assert!(matches!(ask(full.clone()).await, ApiAnswer::NotFound));
+    let without_cert = ChannelSecurity {
+        client_cert: None,
+        ..full.clone()
+    };
+    assert!(matches!(ask(without_cert).await, ApiAnswer::Unavailable(_)));
+    let without_token = ChannelSecurity {
+        token_file: None,
+        ..full
+    };
+    match ask(without_token).await {
+        ApiAnswer::Unavailable(e) => assert!(e.to_string().contains("credentials"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+}
