@@ -2,7 +2,8 @@
 //! into found / not found / unavailable, and is careful that only a real 404 ever means
 //! "not found": timeouts, connection errors, other statuses and bad bodies are
 //! "unavailable", so an outage is never mistaken for a revocation.
-//! Plain HTTP only: reqwest is built without a TLS backend.
+//! HTTPS or HTTP; how the channel is secured (roots, token, client certificate) is
+//! `channel`'s business.
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use reqwest::StatusCode;
 
+use crate::channel::{self, ChannelError, ChannelSecurity};
 use crate::metrics::{OutcomeLabel, API_REQUEST_OUTCOMES};
 use crate::peer::{PeerDocument, PublicKey};
 
@@ -21,14 +23,17 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 pub enum ApiError {
     #[error("control-plane URL {url:?} is not usable: {reason}")]
     BadBaseUrl { url: String, reason: String },
-    #[error("cannot build HTTP client")]
-    Client(#[source] reqwest::Error),
+    #[error("cannot set up the control-plane channel")]
+    Channel(#[source] ChannelError),
     #[error("request timed out")]
     Timeout,
     #[error("cannot connect to control plane")]
     Connect(#[source] reqwest::Error),
     #[error("control plane answered status {0}")]
     Status(u16),
+    /// 401 or 403: the channel works but our credentials do not (token, client certificate).
+    #[error("control plane refused our credentials (status {0}); check --api-token-file and --api-client-cert")]
+    Unauthorized(u16),
     #[error("control-plane answer is larger than {MAX_BODY_BYTES} bytes")]
     BodyTooLarge,
     #[error("control-plane answer is not a peer document")]
@@ -92,24 +97,32 @@ pub struct ApiClient {
 
 impl ApiClient {
     /// `base_url` like `http://198.18.0.1:8080` (a trailing `/` is fine); `timeout` bounds
-    /// each whole request, connect to last body byte.
+    /// each whole request, connect to last body byte. System roots, no credentials.
     pub fn new(base_url: &str, timeout: Duration) -> Result<Self, ApiError> {
+        Self::secured(base_url, timeout, &ChannelSecurity::default())
+    }
+
+    /// `new` with the channel secured by `security` (CA file, bearer token, client
+    /// certificate). Logs a warning for plain http:// outside loopback and the lab ranges.
+    pub fn secured(
+        base_url: &str,
+        timeout: Duration,
+        security: &ChannelSecurity,
+    ) -> Result<Self, ApiError> {
         let parsed = reqwest::Url::parse(base_url).map_err(|e| ApiError::BadBaseUrl {
             url: base_url.to_owned(),
             reason: e.to_string(),
         })?;
-        if parsed.scheme() != "http" {
+        if parsed.scheme() != "http" && parsed.scheme() != "https" {
             return Err(ApiError::BadBaseUrl {
                 url: base_url.to_owned(),
-                reason: "only http:// is supported (built without TLS)".into(),
+                reason: "only https:// and http:// are supported".into(),
             });
         }
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            // Talk to the control plane directly, whatever HTTP_PROXY says.
-            .no_proxy()
-            .build()
-            .map_err(ApiError::Client)?;
+        if let Some(warning) = channel::plain_http_warning(&parsed, security) {
+            tracing::warn!(url = %base_url, "{warning}");
+        }
+        let http = channel::build_client(security, timeout).map_err(ApiError::Channel)?;
         Ok(Self {
             http,
             base: base_url.trim_end_matches('/').to_owned(),
@@ -156,6 +169,9 @@ impl ApiClient {
         match response.status() {
             StatusCode::OK => {}
             StatusCode::NOT_FOUND => return ApiAnswer::NotFound,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                return ApiAnswer::Unavailable(ApiError::Unauthorized(response.status().as_u16()))
+            }
             other => return ApiAnswer::Unavailable(ApiError::Status(other.as_u16())),
         }
         let mut body = Vec::new();
@@ -205,6 +221,7 @@ mod tests {
                     (AxumStatus::OK, String::new())
                 }
                 6 => (AxumStatus::OK, "x".repeat(MAX_BODY_BYTES + 1)),
+                7 => (AxumStatus::UNAUTHORIZED, String::new()),
                 _ => (AxumStatus::SERVICE_UNAVAILABLE, String::new()),
             }
         }
@@ -267,6 +284,16 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn refused_credentials_are_unavailable_and_say_so() {
+        match ask(7).await {
+            ApiAnswer::Unavailable(e @ ApiError::Unauthorized(401)) => {
+                assert!(e.to_string().contains("credentials"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
     async fn refused_connection_is_unavailable() {
         // Bind then drop a listener so the port is (very likely) closed.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -314,8 +341,9 @@ mod tests {
     }
 
     #[test]
-    fn https_and_garbage_urls_are_refused() {
-        assert!(ApiClient::new("https://127.0.0.1", Duration::from_secs(1)).is_err());
+    fn https_is_accepted_and_garbage_urls_are_refused() {
+        assert!(ApiClient::new("https://127.0.0.1", Duration::from_secs(1)).is_ok());
+        assert!(ApiClient::new("ftp://127.0.0.1", Duration::from_secs(1)).is_err());
         assert!(ApiClient::new("not a url", Duration::from_secs(1)).is_err());
     }
 }

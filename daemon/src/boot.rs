@@ -10,10 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::activity::ActivityLog;
+use crate::addresses::claim;
 use crate::config::Boot;
 use crate::errors::Causes;
 use crate::install::{InstallError, InstallQueue};
-use crate::peer::PublicKey;
+use crate::lookup::Lookup;
+use crate::metrics::{self, Metrics};
+use crate::peer::{AddressPolicy, PeerConfig, PublicKey};
 use crate::store::{ActivePeer, SharedStore, StoreCallError};
 
 /// What boot did, for the log line and the metrics.
@@ -30,6 +33,52 @@ pub enum BootError {
     Store(#[source] StoreCallError),
     #[error("installing stored peers failed")]
     Install(#[source] InstallError),
+}
+
+/// What boot checks stored configs with before installing them: they were validated
+/// under the settings of the day they were stored.
+pub struct BootChecks {
+    /// The current address settings.
+    pub addresses: AddressPolicy,
+    /// Asks the control plane about a peer whose address a stored peer overlaps.
+    pub lookup: Option<Arc<Lookup>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl BootChecks {
+    /// Keeps the configs that pass the current address settings; counts and logs the rest
+    /// under `source` (`metrics::STORED_CONFIG_SOURCES`).
+    fn passing<T>(
+        &self,
+        items: Vec<T>,
+        config: impl Fn(&T) -> &PeerConfig,
+        source: &'static str,
+    ) -> Vec<T> {
+        let (kept, refused) = split_by_policy(items, &self.addresses, config);
+        for (key, reason) in refused {
+            metrics::count_stored_config_refused(&self.metrics, source);
+            tracing::warn!(peer = %key, reason = %reason, source, "stored config fails the current address settings; not installed");
+        }
+        kept
+    }
+}
+
+/// Splits stored configs into those that pass `policy` and the keys of those that do not,
+/// with the reason. Pure; keeps the order.
+pub fn split_by_policy<T>(
+    items: Vec<T>,
+    policy: &AddressPolicy,
+    config: impl Fn(&T) -> &PeerConfig,
+) -> (Vec<T>, Vec<(PublicKey, crate::peer::PeerRejected)>) {
+    let mut kept = Vec::with_capacity(items.len());
+    let mut refused = Vec::new();
+    for item in items {
+        match policy.check_config(config(&item)) {
+            Ok(()) => kept.push(item),
+            Err(reason) => refused.push((config(&item).public_key, reason)),
+        }
+    }
+    (kept, refused)
 }
 
 /// Which recorded peers to re-install: those seen within `window` before the shutdown.
@@ -63,6 +112,7 @@ pub fn select_reinstall(
 pub async fn reinstall_active(
     log: &ActivityLog,
     queue: &InstallQueue,
+    checks: &BootChecks,
     now: SystemTime,
 ) -> Result<BootReport, BootError> {
     let start = Instant::now();
@@ -77,7 +127,9 @@ pub async fn reinstall_active(
         .call(|store| store.active_peers())
         .await
         .map_err(BootError::Store)?;
-    let peers: Vec<_> = select_reinstall(rows, now, log.window())
+    let selected = select_reinstall(rows, now, log.window());
+    let peers: Vec<_> = checks
+        .passing(selected, |p| &p.config, "reinstall")
         .into_iter()
         .filter(|p| !queue.is_installed(&p.config.public_key))
         .map(|p| (p.config, p.endpoint))
@@ -104,19 +156,21 @@ pub async fn run(
     store: &SharedStore,
     queue: &InstallQueue,
     activity: &Arc<ActivityLog>,
+    checks: Arc<BootChecks>,
 ) -> Result<usize, BootError> {
     match policy {
         Boot::Jit => {
             let (activity, queue) = (activity.clone(), queue.clone());
             // Not one of the daemon's tasks: its end is not the daemon's.
             tokio::spawn(async move {
-                log_reinstall(reinstall_active(&activity, &queue, SystemTime::now()).await)
+                let now = SystemTime::now();
+                log_reinstall(reinstall_active(&activity, &queue, &checks, now).await)
             });
             Ok(0)
         }
         Boot::Preload => {
-            let reinstalled =
-                log_reinstall(reinstall_active(activity, queue, SystemTime::now()).await);
+            let now = SystemTime::now();
+            let reinstalled = log_reinstall(reinstall_active(activity, queue, &checks, now).await);
             let skip: HashSet<_> = if reinstalled > 0 {
                 store
                     .call(|s| s.activity_keys())
@@ -128,7 +182,7 @@ pub async fn run(
             } else {
                 HashSet::new()
             };
-            Ok(reinstalled + preload(store, queue, &skip).await?.peers_installed)
+            Ok(reinstalled + preload(store, queue, &skip, &checks).await?.peers_installed)
         }
     }
 }
@@ -155,11 +209,13 @@ fn log_reinstall(result: Result<BootReport, BootError>) -> usize {
 }
 
 /// Install every peer stored in the database but those in `skip` (preload boot; `skip`
-/// holds the peers `reinstall_active` has just installed with their endpoints).
+/// holds the peers `reinstall_active` has just installed with their endpoints) and those
+/// the current address settings refuse; overlaps go through `addresses::claim`.
 pub async fn preload(
     store: &SharedStore,
     queue: &InstallQueue,
     skip: &HashSet<PublicKey>,
+    checks: &BootChecks,
 ) -> Result<BootReport, BootError> {
     let start = Instant::now();
     let mut peers = store
@@ -167,13 +223,15 @@ pub async fn preload(
         .await
         .map_err(BootError::Store)?;
     peers.retain(|p| !skip.contains(&p.public_key));
-    let count = peers.len();
-    if count > 0 {
-        queue
-            .install_many(peers)
+    let peers = checks.passing(peers, |p| p, "preload");
+    let count = if peers.is_empty() {
+        0
+    } else {
+        let lookup = checks.lookup.as_deref();
+        claim::install_many(lookup, queue, &checks.metrics, peers)
             .await
-            .map_err(BootError::Install)?;
-    }
+            .map_err(BootError::Install)?
+    };
     Ok(BootReport {
         peers_installed: count,
         took: start.elapsed(),
@@ -248,6 +306,29 @@ mod tests {
     fn off_or_nothing_recorded_selects_nothing() {
         check(&[(1, 1000)], 1000, 0, &[]);
         check(&[], 1000, 180, &[]);
+    }
+
+    #[test]
+    fn stored_configs_are_held_to_the_current_address_settings() {
+        let policy = AddressPolicy::host_routes("100.64.0.0/10".parse().unwrap());
+        let with = |byte: u8, ip: &str| PeerConfig {
+            allowed_ips: vec![ip.parse().unwrap()],
+            ..row(byte, 0).config
+        };
+        let stored = vec![
+            with(1, "100.64.0.1/32"),
+            with(2, "100.64.0.0/24"),
+            with(3, "10.0.0.3/32"),
+            with(4, "100.64.0.4/32"),
+        ];
+        let (kept, refused) = split_by_policy(stored, &policy, |c| c);
+        let kept: Vec<u8> = kept.iter().map(|c| c.public_key.0[0]).collect();
+        let refused: Vec<u8> = refused.iter().map(|(k, _)| k.0[0]).collect();
+        assert_eq!(kept, [1, 4]);
+        assert_eq!(refused, [2, 3]);
+        // Empty allowed IPs (an activity row's config is complete, but be safe) are refused.
+        let (kept, _) = split_by_policy(vec![row(5, 0)], &policy, |r| &r.config);
+        assert!(kept.is_empty());
     }
 
     #[test]

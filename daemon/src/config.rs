@@ -116,6 +116,37 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub api_min_interval: Duration,
     pub log_format: LogFormat,
+    /// Shortest allowed-IP prefix lengths (32 / 128: host routes only).
+    pub allowed_ip_min_len_v4: u8,
+    pub allowed_ip_min_len_v6: u8,
+    /// Securing the control-plane channel (all `None`: system roots, no credentials).
+    pub api_ca_file: Option<PathBuf>,
+    pub api_token_file: Option<PathBuf>,
+    pub api_client_cert: Option<PathBuf>,
+    pub api_client_key: Option<PathBuf>,
+}
+
+impl Config {
+    /// Which allowed IPs may be installed.
+    pub fn address_policy(&self) -> crate::peer::AddressPolicy {
+        crate::peer::AddressPolicy {
+            tunnel_prefix: self.allowed_prefix,
+            min_len_v4: self.allowed_ip_min_len_v4,
+            min_len_v6: self.allowed_ip_min_len_v6,
+        }
+    }
+
+    /// How the control-plane channel is secured.
+    pub fn channel_security(&self) -> crate::channel::ChannelSecurity {
+        crate::channel::ChannelSecurity {
+            ca_file: self.api_ca_file.clone(),
+            token_file: self.api_token_file.clone(),
+            client_cert: self
+                .api_client_cert
+                .clone()
+                .zip(self.api_client_key.clone()),
+        }
+    }
 }
 
 /// Defaults, in one place so `--help` texts, `resolve`, the stages' own `Default`s and
@@ -161,6 +192,9 @@ pub mod defaults {
     pub const POSITIVE_TTL: Duration = Duration::from_secs(300);
     pub const NEGATIVE_TTL: Duration = Duration::from_secs(60);
     pub const API_MIN_INTERVAL: Duration = Duration::from_secs(1);
+    /// Host routes only: one answer cannot claim a range of tunnel addresses.
+    pub const ALLOWED_IP_MIN_LEN_V4: u8 = 32;
+    pub const ALLOWED_IP_MIN_LEN_V6: u8 = 128;
 }
 
 /// Why the configuration could not be resolved. Every message names the setting (and
@@ -295,6 +329,18 @@ fn merge(args: Args, file: ConfigFile, path: &Path) -> Result<Config, ConfigErro
     let nats_url = args
         .nats_url
         .or(f.check("nats_url", file.nats_url, values::nats_url)?);
+    let api_client_cert = args.api_client_cert.or(file.api_client_cert);
+    let api_client_key = args.api_client_key.or(file.api_client_key);
+    if api_client_cert.is_some() != api_client_key.is_some() {
+        return Err(ConfigError::Missing {
+            key: if api_client_cert.is_some() {
+                "api_client_key"
+            } else {
+                "api_client_cert"
+            },
+            why: " (a client certificate needs its key, and a key its certificate)",
+        });
+    }
     match mode {
         Mode::Jit if api_url.is_none() => {
             return Err(ConfigError::Missing {
@@ -424,6 +470,26 @@ fn merge(args: Args, file: ConfigFile, path: &Path) -> Result<Config, ConfigErro
             .log_format
             .or(f.check("log_format", file.log_format, word::<LogFormat>)?)
             .unwrap_or(defaults::LOG_FORMAT),
+        allowed_ip_min_len_v4: args
+            .allowed_ip_min_len_v4
+            .or(f.check(
+                "allowed_ip_min_len_v4",
+                file.allowed_ip_min_len_v4.map(|n| n.to_string()),
+                values::prefix_len_v4,
+            )?)
+            .unwrap_or(defaults::ALLOWED_IP_MIN_LEN_V4),
+        allowed_ip_min_len_v6: args
+            .allowed_ip_min_len_v6
+            .or(f.check(
+                "allowed_ip_min_len_v6",
+                file.allowed_ip_min_len_v6.map(|n| n.to_string()),
+                values::prefix_len_v6,
+            )?)
+            .unwrap_or(defaults::ALLOWED_IP_MIN_LEN_V6),
+        api_ca_file: args.api_ca_file.or(file.api_ca_file),
+        api_token_file: args.api_token_file.or(file.api_token_file),
+        api_client_cert,
+        api_client_key,
     })
 }
 

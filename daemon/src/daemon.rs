@@ -11,8 +11,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::activity::ActivityLog;
+use crate::addresses::claim;
 use crate::api::ApiClient;
-use crate::boot;
+use crate::boot::{self, BootChecks};
 use crate::capture::CaptureSocket;
 use crate::config::{Backend, Config, Mode};
 use crate::dataplane::{DataPlane, DataPlaneError};
@@ -111,29 +112,43 @@ pub async fn run(
     };
     let activity = ActivityLog::new(store.clone(), reinstall_window, metrics.clone());
 
+    // Addresses the data plane's peers held before this start, so newcomers cannot take them.
+    let adopted = claim::adopt_installed(&store, &queue)
+        .await
+        .map_err(DaemonError::Install)?;
+    if adopted > 0 {
+        tracing::info!(
+            peers = adopted,
+            "indexed the addresses of peers found on the data plane"
+        );
+    }
+
+    // The control plane: asked in jit mode, and in both modes about a peer whose address a
+    // newcomer overlaps (`addresses::claim`).
+    let api = match &config.api_url {
+        Some(url) => Some(
+            ApiClient::secured(url, config.api_timeout, &config.channel_security())
+                .map_err(DaemonError::Api)?
+                .counting_requests_in(metrics.api_requests.clone()),
+        ),
+        None => None,
+    };
+    let lookup = Arc::new(Lookup::new(
+        store.clone(),
+        api,
+        LookupConfig {
+            positive_ttl: config.positive_ttl,
+            negative_ttl: config.negative_ttl,
+            api_min_interval: config.api_min_interval,
+            api_retries: config.api_retries,
+            addresses: config.address_policy(),
+            ..LookupConfig::default()
+        },
+    ));
+
     // 5. Listening: capture (JIT) or the NATS subscription (push).
     match config.mode {
         Mode::Jit => {
-            let api = match &config.api_url {
-                Some(url) => Some(
-                    ApiClient::new(url, config.api_timeout)
-                        .map_err(DaemonError::Api)?
-                        .counting_requests_in(metrics.api_requests.clone()),
-                ),
-                None => None,
-            };
-            let lookup = Arc::new(Lookup::new(
-                store.clone(),
-                api,
-                LookupConfig {
-                    positive_ttl: config.positive_ttl,
-                    negative_ttl: config.negative_ttl,
-                    api_min_interval: config.api_min_interval,
-                    api_retries: config.api_retries,
-                    tunnel_prefix: config.allowed_prefix,
-                    ..LookupConfig::default()
-                },
-            ));
             let socket = CaptureSocket::open(config.capture_interface.as_deref(), listen_port)
                 .map_err(DaemonError::Capture)?;
             let pipeline = Arc::new(
@@ -160,7 +175,7 @@ pub async fn run(
                 let every = (config.positive_ttl / 4)
                     .clamp(Duration::from_secs(1), Duration::from_secs(60));
                 tasks.spawn(revalidate_loop(
-                    lookup,
+                    lookup.clone(),
                     queue.clone(),
                     every,
                     cancel.clone(),
@@ -179,7 +194,8 @@ pub async fn run(
                 store: store.clone(),
                 queue: queue.clone(),
                 metrics: metrics.clone(),
-                allowed_prefix: config.allowed_prefix,
+                addresses: config.address_policy(),
+                lookup: config.api_url.is_some().then(|| lookup.clone()),
             };
             tasks.spawn(push_loop(subscriber, ctx, cancel.clone()));
         }
@@ -200,7 +216,12 @@ pub async fn run(
     // 7. Boot, then ready. Peers active before the shutdown are re-installed with their
     // endpoints and initiated to: in jit boot beside readiness (ready does not wait), in
     // preload boot first, so their clients need not wait for the whole preload.
-    let booted = boot::run(config.boot, &store, &queue, &activity).await?;
+    let checks = Arc::new(BootChecks {
+        addresses: config.address_policy(),
+        lookup: config.api_url.is_some().then(|| lookup.clone()),
+        metrics: metrics.clone(),
+    });
+    let booted = boot::run(config.boot, &store, &queue, &activity, checks).await?;
     let ready_after = started.elapsed();
     metrics.time_to_ready_seconds.set(ready_after.as_secs_f64());
     metrics.ready.set(1);

@@ -30,7 +30,11 @@ pub mod store;
 
 pub mod api;
 
+pub mod channel;
+
 pub mod install;
+
+pub mod addresses;
 
 pub mod dataplane;
 

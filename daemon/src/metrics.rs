@@ -49,6 +49,23 @@ pub const API_REQUEST_OUTCOMES: &[&str] = &["ok", "not_found", "error", "timeout
 /// Values of the `outcome` label of `jitwgd_push_messages_total`.
 pub const PUSH_OUTCOMES: &[&str] = &["installed", "refused", "bad_json"];
 
+/// Values of the `outcome` label of `jitwgd_address_conflicts_total`: a newcomer whose
+/// allowed IPs overlapped an installed peer's was installed after the holder was found to
+/// have given the address up (`reassigned`), or refused (`refused`).
+pub const ADDRESS_CONFLICT_OUTCOMES: &[&str] = &["reassigned", "refused"];
+
+/// Values of the `source` label of `jitwgd_stored_configs_refused_total`: where a stored
+/// config validated earlier failed the current settings when boot was about to install it.
+/// (A cache entry that fails them is not counted here: the lookup asks the control plane
+/// again, and a refused answer counts as `jitwgd_lookups_total{outcome="refused"}`.)
+pub const STORED_CONFIG_SOURCES: &[&str] = &["preload", "reinstall"];
+
+/// Label set `{source="..."}`: where a config came from.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: &'static str,
+}
+
 /// Label set `{stage="..."}`: where identification of a captured packet gave up.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabel {
@@ -121,6 +138,12 @@ pub struct Metrics {
     pub time_to_ready_seconds: Gauge<f64, AtomicU64>,
     /// 0 until boot finished, then 1; `GET /ready` answers from it.
     pub ready: Gauge,
+    /// Installs whose allowed IPs overlapped an installed peer's, by `outcome` (see
+    /// `ADDRESS_CONFLICT_OUTCOMES`).
+    pub address_conflicts: Family<OutcomeLabel, Counter>,
+    /// Stored configs that no longer pass the current address settings at boot, by
+    /// `source` (see `STORED_CONFIG_SOURCES`); they were not installed.
+    pub stored_configs_refused: Family<SourceLabel, Counter>,
     /// Holds clones of the handles above for encoding.
     registry: Registry,
 }
@@ -155,6 +178,8 @@ impl Metrics {
             boot_reinstalled_handshakes: Counter::default(),
             time_to_ready_seconds: Gauge::default(),
             ready: Gauge::default(),
+            address_conflicts: Family::default(),
+            stored_configs_refused: Family::default(),
             registry: Registry::with_prefix("jitwgd"),
         };
         for &reason in CAPTURE_DROP_REASONS {
@@ -172,11 +197,29 @@ impl Metrics {
         for &outcome in PUSH_OUTCOMES {
             let _ = m.push_messages.get_or_create(&OutcomeLabel { outcome });
         }
+        for &outcome in ADDRESS_CONFLICT_OUTCOMES {
+            let _ = m.address_conflicts.get_or_create(&OutcomeLabel { outcome });
+        }
+        for &source in STORED_CONFIG_SOURCES {
+            let _ = m
+                .stored_configs_refused
+                .get_or_create(&SourceLabel { source });
+        }
         Arc::new(m.registered())
     }
 
     fn registered(mut self) -> Self {
         let r = &mut self.registry;
+        r.register(
+            "address_conflicts",
+            "Installs whose allowed IPs overlapped an installed peer's, by outcome",
+            self.address_conflicts.clone(),
+        );
+        r.register(
+            "stored_configs_refused",
+            "Stored peer configs refused at boot by the current address settings, by source",
+            self.stored_configs_refused.clone(),
+        );
         r.register(
             "initiations_captured",
             "Handshake initiations that passed the capture filter and parsed",
@@ -341,6 +384,22 @@ pub fn count_lookup(metrics: &Metrics, outcome: &'static str) {
 }
 
 /// Count one push message ending in `outcome` (one of `PUSH_OUTCOMES`).
+pub fn count_address_conflict(metrics: &Metrics, outcome: &'static str) {
+    debug_assert!(ADDRESS_CONFLICT_OUTCOMES.contains(&outcome));
+    metrics
+        .address_conflicts
+        .get_or_create(&OutcomeLabel { outcome })
+        .inc();
+}
+
+pub fn count_stored_config_refused(metrics: &Metrics, source: &'static str) {
+    debug_assert!(STORED_CONFIG_SOURCES.contains(&source));
+    metrics
+        .stored_configs_refused
+        .get_or_create(&SourceLabel { source })
+        .inc();
+}
+
 pub fn count_push(metrics: &Metrics, outcome: &'static str) {
     debug_assert!(
         PUSH_OUTCOMES.contains(&outcome),

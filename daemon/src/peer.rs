@@ -113,6 +113,8 @@ pub enum PeerRejected {
     BadPresharedKey,
     #[error("no allowed IPs")]
     NoAllowedIps,
+    #[error("allowed IP {ip} is wider than /{min_len} (host routes only unless widened by --allowed-ip-min-len-v4/-v6)")]
+    TooWide { ip: IpNet, min_len: u8 },
 }
 
 impl PeerDocument {
@@ -125,12 +127,12 @@ impl PeerDocument {
     }
 
     /// Validate a document before anything is installed: the key must decode (and equal
-    /// `expected` when given: the key we asked for), and every allowed IP must be a
-    /// prefix inside `tunnel_prefix`.
+    /// `expected` when given: the key we asked for), and every allowed IP must pass
+    /// `policy` (inside the tunnel prefix, no wider than its length limit).
     pub fn validate(
         &self,
         expected: Option<PublicKey>,
-        tunnel_prefix: IpNet,
+        policy: &AddressPolicy,
     ) -> Result<PeerConfig, PeerRejected> {
         let public_key = PublicKey::from_base64(&self.public_key).map_err(PeerRejected::BadKey)?;
         if let Some(requested) = expected {
@@ -141,22 +143,14 @@ impl PeerDocument {
                 });
             }
         }
-        if self.allowed_ips.is_empty() {
-            return Err(PeerRejected::NoAllowedIps);
-        }
         let mut allowed_ips = Vec::with_capacity(self.allowed_ips.len());
         for raw in &self.allowed_ips {
             let ip: IpNet = raw
                 .parse()
                 .map_err(|_| PeerRejected::BadAllowedIp(raw.clone()))?;
-            if !tunnel_prefix.contains(&ip) {
-                return Err(PeerRejected::OutsidePrefix {
-                    ip,
-                    prefix: tunnel_prefix,
-                });
-            }
             allowed_ips.push(ip.trunc());
         }
+        policy.check_ips(&allowed_ips)?;
         let preshared_key = match &self.preshared_key {
             None => None,
             Some(s) => Some(decode_key_base64(s).map_err(|_| PeerRejected::BadPresharedKey)?),
@@ -166,6 +160,65 @@ impl PeerDocument {
             allowed_ips,
             preshared_key,
         })
+    }
+}
+
+/// Which allowed IPs a peer may be given: inside the tunnel prefix, and no wider than a
+/// host route (/32, /128) unless the operator widened that (`--allowed-ip-min-len-v4`,
+/// `--allowed-ip-min-len-v6`). One answer must not be able to route a whole range to
+/// one peer. Pure; applied to every config before it is installed, whether it came from
+/// the control plane, NATS, the cache or the store, so a change of settings also applies
+/// to what was stored under the old ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct AddressPolicy {
+    /// Every allowed IP must lie inside this prefix.
+    pub tunnel_prefix: IpNet,
+    /// Shortest IPv4 prefix length accepted (32 = host routes only).
+    pub min_len_v4: u8,
+    /// Shortest IPv6 prefix length accepted (128 = host routes only).
+    pub min_len_v6: u8,
+}
+
+impl AddressPolicy {
+    /// Host routes only, inside `tunnel_prefix`.
+    pub fn host_routes(tunnel_prefix: IpNet) -> Self {
+        AddressPolicy {
+            tunnel_prefix,
+            min_len_v4: 32,
+            min_len_v6: 128,
+        }
+    }
+
+    /// Whether one allowed IP may be installed.
+    pub fn check(&self, ip: &IpNet) -> Result<(), PeerRejected> {
+        if !self.tunnel_prefix.contains(ip) {
+            return Err(PeerRejected::OutsidePrefix {
+                ip: *ip,
+                prefix: self.tunnel_prefix,
+            });
+        }
+        let min_len = match ip {
+            IpNet::V4(_) => self.min_len_v4,
+            IpNet::V6(_) => self.min_len_v6,
+        };
+        if ip.prefix_len() < min_len {
+            return Err(PeerRejected::TooWide { ip: *ip, min_len });
+        }
+        Ok(())
+    }
+
+    /// Whether a whole list of allowed IPs may be installed (at least one, each passing).
+    pub fn check_ips(&self, ips: &[IpNet]) -> Result<(), PeerRejected> {
+        if ips.is_empty() {
+            return Err(PeerRejected::NoAllowedIps);
+        }
+        ips.iter().try_for_each(|ip| self.check(ip))
+    }
+
+    /// Re-check a config validated earlier (cached, stored, preloaded) against the
+    /// current settings.
+    pub fn check_config(&self, config: &PeerConfig) -> Result<(), PeerRejected> {
+        self.check_ips(&config.allowed_ips)
     }
 }
 
@@ -181,14 +234,14 @@ mod tests {
         }
     }
 
-    fn prefix() -> IpNet {
-        "100.64.0.0/10".parse().unwrap()
+    fn prefix() -> AddressPolicy {
+        AddressPolicy::host_routes("100.64.0.0/10".parse().unwrap())
     }
 
     #[test]
     fn accepts_address_inside_tunnel_prefix() {
         let cfg = doc(&["100.64.0.2/32"])
-            .validate(Some(PublicKey([7; 32])), prefix())
+            .validate(Some(PublicKey([7; 32])), &prefix())
             .unwrap();
         assert_eq!(
             cfg.allowed_ips,
@@ -199,7 +252,7 @@ mod tests {
     #[test]
     fn refuses_address_outside_tunnel_prefix() {
         let err = doc(&["100.64.0.2/32", "0.0.0.0/0"])
-            .validate(None, prefix())
+            .validate(None, &prefix())
             .unwrap_err();
         assert!(matches!(err, PeerRejected::OutsidePrefix { .. }));
     }
@@ -207,9 +260,107 @@ mod tests {
     #[test]
     fn refuses_other_key_than_requested() {
         let err = doc(&["100.64.0.2/32"])
-            .validate(Some(PublicKey([8; 32])), prefix())
+            .validate(Some(PublicKey([8; 32])), &prefix())
             .unwrap_err();
         assert!(matches!(err, PeerRejected::KeyMismatch { .. }));
+    }
+
+    /// One place the address rule is exercised: (policy v4/v6 limits, allowed IP, verdict).
+    fn check(min_v4: u8, min_v6: u8, ip: &str) -> Result<(), PeerRejected> {
+        let policy = AddressPolicy {
+            tunnel_prefix: "100.64.0.0/10".parse().unwrap(),
+            min_len_v4: min_v4,
+            min_len_v6: min_v6,
+        };
+        policy.check(&ip.parse().unwrap())
+    }
+
+    #[test]
+    fn only_host_routes_by_default() {
+        assert_eq!(check(32, 128, "100.64.0.2/32"), Ok(()));
+        assert!(matches!(
+            check(32, 128, "100.64.0.0/24"),
+            Err(PeerRejected::TooWide { min_len: 32, .. })
+        ));
+        // The whole tunnel range in one answer: the attack this rule exists for.
+        assert!(matches!(
+            check(32, 128, "100.64.0.0/10"),
+            Err(PeerRejected::TooWide { .. })
+        ));
+    }
+
+    #[test]
+    fn a_widened_limit_admits_prefixes_up_to_it() {
+        assert_eq!(check(24, 128, "100.64.3.0/24"), Ok(()));
+        assert_eq!(check(24, 128, "100.64.3.0/28"), Ok(()));
+        assert!(check(24, 128, "100.64.0.0/23").is_err());
+    }
+
+    #[test]
+    fn ipv6_outside_an_ipv4_tunnel_prefix_is_refused() {
+        assert!(matches!(
+            check(32, 128, "2001:2::1/128"),
+            Err(PeerRejected::OutsidePrefix { .. })
+        ));
+    }
+
+    #[test]
+    fn a_document_with_a_wide_prefix_is_refused_whole() {
+        let err = doc(&["100.64.0.2/32", "100.64.0.0/16"])
+            .validate(None, &prefix())
+            .unwrap_err();
+        assert!(matches!(err, PeerRejected::TooWide { .. }), "{err}");
+    }
+
+    #[test]
+    fn stored_configs_are_rechecked_against_new_settings() {
+        let cfg = doc(&["100.64.0.0/24"])
+            .validate(
+                None,
+                &AddressPolicy {
+                    min_len_v4: 24,
+                    ..prefix()
+                },
+            )
+            .unwrap();
+        assert!(prefix().check_config(&cfg).is_err());
+        let empty = PeerConfig {
+            allowed_ips: vec![],
+            ..cfg
+        };
+        assert_eq!(
+            prefix().check_config(&empty),
+            Err(PeerRejected::NoAllowedIps)
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever the limits, an accepted allowed IP lies inside the tunnel prefix and is
+        /// at least as long as the limit of its family; a host route inside the prefix is
+        /// always accepted.
+        #[test]
+        fn accepted_ips_respect_prefix_and_length(
+            addr in proptest::prelude::any::<u32>(),
+            len in 0u8..=32,
+            min_v4 in 0u8..=32,
+        ) {
+            let ip = IpNet::V4(ipnet::Ipv4Net::new(addr.into(), len).unwrap()).trunc();
+            let policy = AddressPolicy { min_len_v4: min_v4, ..prefix() };
+            match policy.check(&ip) {
+                Ok(()) => {
+                    proptest::prop_assert!(policy.tunnel_prefix.contains(&ip));
+                    proptest::prop_assert!(ip.prefix_len() >= min_v4);
+                }
+                Err(_) => proptest::prop_assert!(
+                    !policy.tunnel_prefix.contains(&ip) || ip.prefix_len() < min_v4
+                ),
+            }
+            let host = IpNet::V4(ipnet::Ipv4Net::new(addr.into(), 32).unwrap());
+            proptest::prop_assert_eq!(
+                policy.check(&host).is_ok(),
+                policy.tunnel_prefix.contains(&host)
+            );
+        }
     }
 
     #[test]

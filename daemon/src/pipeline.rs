@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 use crate::activity::ActivityLog;
+use crate::addresses::claim;
 use crate::capture::{self, CaptureSocket};
 use crate::errors::Causes;
 use crate::identify::{self, IdentifyError, Initiation, ResponderKeys};
@@ -162,7 +163,16 @@ impl Pipeline {
             }
         };
 
-        match self.queue.install(config, src, captured_at).await {
+        // The overlap rule: an address held by another installed peer is revalidated first.
+        let installing = claim::install(
+            &self.lookup,
+            &self.queue,
+            &self.metrics,
+            config,
+            src,
+            captured_at,
+        );
+        match installing.await {
             Ok(done) => {
                 tracing::info!(
                     peer = %key,

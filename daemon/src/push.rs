@@ -10,10 +10,12 @@ use std::time::{Duration, SystemTime};
 use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::addresses::claim;
 use crate::errors::Causes;
 use crate::install::{InstallError, InstallQueue};
+use crate::lookup::Lookup;
 use crate::metrics::{self, Metrics};
-use crate::peer::{PeerConfig, PeerDocument, PublicKey};
+use crate::peer::{AddressPolicy, PeerConfig, PeerDocument, PeerRejected, PublicKey};
 use crate::store::{PeerSource, SharedStore};
 
 /// One message from the push subject.
@@ -115,8 +117,12 @@ pub struct PushContext {
     pub store: SharedStore,
     pub queue: InstallQueue,
     pub metrics: Arc<Metrics>,
-    /// Every allowed IP of a pushed peer must lie inside this prefix.
-    pub allowed_prefix: ipnet::IpNet,
+    /// Which allowed IPs a pushed peer may carry: `--allowed-prefix`, host routes unless
+    /// widened. A NATS publisher is trusted no more than the control plane's API.
+    pub addresses: AddressPolicy,
+    /// Asks the control plane about a peer whose address a pushed peer overlaps (when an
+    /// API is configured); without one an overlap is refused.
+    pub lookup: Option<Arc<Lookup>>,
 }
 
 /// Peers taken from the subscription at most per store transaction and data-plane write.
@@ -156,7 +162,9 @@ pub async fn push_loop(mut sub: PushSubscriber, ctx: PushContext, cancel: Cancel
         }
         let count = configs.len();
         let keys: Vec<PublicKey> = configs.iter().map(|c| c.public_key).collect();
-        match ctx.queue.install_many(configs).await {
+        let installing =
+            claim::install_many(ctx.lookup.as_deref(), &ctx.queue, &ctx.metrics, configs);
+        match installing.await {
             Ok(_) => {
                 for key in &keys {
                     metrics::count_push(&ctx.metrics, "installed");
@@ -172,24 +180,36 @@ pub async fn push_loop(mut sub: PushSubscriber, ctx: PushContext, cancel: Cancel
     }
 }
 
-/// A pushed message's peer, if it is one and lies inside our prefix (counted and logged
-/// otherwise).
+/// A pushed message's peer, if it is one and passes the address policy (counted and
+/// logged otherwise).
 fn accept_pushed(msg: PushMessage, ctx: &PushContext) -> Option<PeerConfig> {
-    let doc = match msg {
-        PushMessage::Peer(doc) => doc,
-        PushMessage::BadJson(why) => {
+    match check_pushed(msg, &ctx.addresses) {
+        Ok(config) => Some(config),
+        Err(PushRefusal::BadJson(why)) => {
             metrics::count_push(&ctx.metrics, "bad_json");
             tracing::warn!(error = %why, "push message is not a peer document");
-            return None;
+            None
         }
-    };
-    match doc.validate(None, ctx.allowed_prefix) {
-        Ok(c) => Some(c),
-        Err(e) => {
+        Err(PushRefusal::Refused(e)) => {
             metrics::count_push(&ctx.metrics, "refused");
             tracing::warn!(reason = %e, "pushed peer refused");
             None
         }
+    }
+}
+
+/// Why a pushed message installs nothing.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushRefusal {
+    BadJson(String),
+    Refused(PeerRejected),
+}
+
+/// Validates one pushed message against `policy`. Pure.
+pub fn check_pushed(msg: PushMessage, policy: &AddressPolicy) -> Result<PeerConfig, PushRefusal> {
+    match msg {
+        PushMessage::Peer(doc) => doc.validate(None, policy).map_err(PushRefusal::Refused),
+        PushMessage::BadJson(why) => Err(PushRefusal::BadJson(why)),
     }
 }
 
@@ -213,6 +233,31 @@ mod tests {
     fn decodes_a_peer_document() {
         let json = serde_json::to_vec(&doc(2)).unwrap();
         assert_eq!(decode(&json), PushMessage::Peer(doc(2)));
+    }
+
+    #[test]
+    fn pushed_peers_are_held_to_the_allowed_prefix_and_host_routes() {
+        let policy = AddressPolicy::host_routes("100.64.0.0/10".parse().unwrap());
+        let with = |ips: &[&str]| {
+            let doc = PeerDocument {
+                allowed_ips: ips.iter().map(|s| s.to_string()).collect(),
+                ..doc(2)
+            };
+            check_pushed(PushMessage::Peer(doc), &policy)
+        };
+        assert!(with(&["100.64.0.2/32"]).is_ok());
+        assert!(matches!(
+            with(&["10.0.0.2/32"]),
+            Err(PushRefusal::Refused(PeerRejected::OutsidePrefix { .. }))
+        ));
+        assert!(matches!(
+            with(&["100.64.0.0/10"]),
+            Err(PushRefusal::Refused(PeerRejected::TooWide { .. }))
+        ));
+        assert!(matches!(
+            check_pushed(decode(b"{"), &policy),
+            Err(PushRefusal::BadJson(_))
+        ));
     }
 
     #[test]

@@ -12,13 +12,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ipnet::{IpNet, Ipv4Net};
+use jitwg::controlplane::tls::RunPki;
 use jitwg::controlplane::{ControlPlaneHandle, PeerDoc};
 use jitwg::lab::{
     spawn_in, AddressPlan, DataPlane, DataPlaneBackend, DataPlaneOptions, DataPlaneSpec, Namespace,
     PeerState, Topology,
 };
-use jitwg::run::daemon_config;
-use jitwg::run::lab::{Lab, LabSpec};
+use jitwg::run::daemon_config::{self, DaemonEndpoints};
+use jitwg::run::lab::{ControlPlaneSecurity, Lab, LabSpec};
 use jitwg::run::RunError;
 use jitwg::scenario::file::{DaemonFile, ModeName};
 use tokio_util::sync::CancellationToken;
@@ -44,6 +45,22 @@ pub struct GatewayOptions {
     /// jitwgd config-file lines appended as written, for keys the scenario `[daemon]`
     /// table does not carry (e.g. `reinstall_active = "off"`).
     pub raw_daemon_toml: String,
+    /// How the control plane secures its channel (TLS with the run's CA, token).
+    pub control_plane: ControlPlaneSecurity,
+    /// Gives the daemon credentials that do not match the control plane's.
+    pub tamper: ChannelTamper,
+}
+
+/// Wrong credentials for the daemon, to test that they fail clearly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChannelTamper {
+    /// The credentials the lab made.
+    #[default]
+    None,
+    /// A token file holding another token.
+    WrongToken,
+    /// A CA file holding another CA than the one that signed the control plane's certificate.
+    OtherCa,
 }
 
 impl GatewayOptions {
@@ -53,7 +70,24 @@ impl GatewayOptions {
             daemon: DaemonFile::default(),
             push: false,
             raw_daemon_toml: String::new(),
+            control_plane: ControlPlaneSecurity::default(),
+            tamper: ChannelTamper::None,
         }
+    }
+
+    /// The control plane serves HTTPS with a CA made for this test and requires `token`.
+    pub fn tls_with_token(mut self, token: &str) -> GatewayOptions {
+        self.control_plane = ControlPlaneSecurity {
+            tls: true,
+            token: Some(token.to_string()),
+            client_cert: false,
+        };
+        self
+    }
+
+    pub fn tamper(mut self, tamper: ChannelTamper) -> GatewayOptions {
+        self.tamper = tamper;
+        self
     }
 
     /// Appends one jitwgd config-file line (TOML) to the rendered config.
@@ -74,6 +108,35 @@ impl GatewayOptions {
         self.push = true;
         self
     }
+}
+
+/// `at` with the credentials `tamper` spoils, written into `dir`.
+fn tampered(
+    at: &DaemonEndpoints,
+    tamper: ChannelTamper,
+    dir: &Path,
+) -> Result<DaemonEndpoints, RunError> {
+    let mut at = at.clone();
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|source| RunError::Output {
+            path: path.clone(),
+            source,
+        })?;
+        Ok::<_, RunError>(path)
+    };
+    match tamper {
+        ChannelTamper::None => {}
+        ChannelTamper::WrongToken => {
+            at.channel.token_file = Some(write("wrong-token", "not-the-token\n")?);
+        }
+        ChannelTamper::OtherCa => {
+            let other = RunPki::generate(&["198.18.0.1".parse().expect("an address")])
+                .map_err(|e| RunError::ControlPlaneStart(e.to_string()))?;
+            at.channel.ca_file = Some(write("other-ca.pem", other.ca_pem())?);
+        }
+    }
+    Ok(at)
 }
 
 /// One complete gateway under test. Fields drop in declaration order: the lab (daemon
@@ -105,13 +168,16 @@ impl Gateway {
             dir.path().to_path_buf(),
         );
         spec.daemon_log_filter = "debug".into();
+        spec.control_plane_security = opts.control_plane.clone();
         let mut settings = opts.daemon.clone();
         if opts.push {
             spec.nats_server = Some(PathBuf::from("nats-server"));
             settings.mode.get_or_insert(ModeName::Push);
         }
-        let render = |at: &_| {
-            daemon_config::render_settings(at, "userspace", &settings)
+        let tamper_dir = dir.path().to_path_buf();
+        let render = |at: &DaemonEndpoints| {
+            let at = tampered(at, opts.tamper, &tamper_dir)?;
+            daemon_config::render_settings(&at, "userspace", &settings)
                 .map(|text| text + &opts.raw_daemon_toml)
                 .map_err(RunError::DaemonConfig)
         };

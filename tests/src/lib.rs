@@ -10,7 +10,7 @@ pub mod knock;
 pub mod prereq;
 
 pub use error::HarnessError;
-pub use gateway::{Gateway, GatewayOptions, Pinger, StockClient};
+pub use gateway::{ChannelTamper, Gateway, GatewayOptions, Pinger, StockClient};
 pub use jitwg::lab::PeerState;
 pub use jitwg::run::prometheus::Scrape;
 pub use knock::Knocker;

@@ -64,12 +64,40 @@ pub struct Args {
     #[arg(long, env = "JITWGD_DB", value_name = "PATH")]
     pub db: Option<PathBuf>,
 
-    /// Control-plane base URL, e.g. http://198.18.0.1:8080 (required in jit mode).
+    /// Control-plane base URL, e.g. https://cp.example:8443 (required in jit mode).
     ///
-    /// Unknown peers are fetched with GET {api_url}/v1/peers/{64 hex chars}. Plain
-    /// http only: jitwgd is built without TLS.
+    /// Unknown peers are fetched with GET {api_url}/v1/peers/{64 hex chars}. The answers
+    /// carry peer configs, preshared keys included: use https:// (TLS via rustls, the
+    /// system's root certificates unless --api-ca-file is given). Plain http:// is meant
+    /// for loopback and private lab underlays (127.0.0.0/8, ::1, 100.64.0.0/10,
+    /// 198.18.0.0/15, 2001:2::/48); jitwgd warns at start when it is used elsewhere.
     #[arg(long, env = "JITWGD_API_URL", value_name = "URL", value_parser = values::api_url)]
     pub api_url: Option<String>,
+
+    /// PEM file of the CA certificate(s) that sign the control plane's TLS certificate
+    /// [default: the system's root certificates].
+    ///
+    /// When given, only these CAs are trusted for the control plane (a private CA need
+    /// not be installed system-wide, and a public CA cannot vouch for it).
+    #[arg(long, env = "JITWGD_API_CA_FILE", value_name = "PATH")]
+    pub api_ca_file: Option<PathBuf>,
+
+    /// File holding the bearer token sent as `Authorization: Bearer ...` on every
+    /// control-plane request [default: no token].
+    ///
+    /// Read once at start; surrounding whitespace is ignored; an empty file is an error.
+    /// The token itself is never logged. Keep the file readable by jitwgd only.
+    #[arg(long, env = "JITWGD_API_TOKEN_FILE", value_name = "PATH")]
+    pub api_token_file: Option<PathBuf>,
+
+    /// PEM client certificate (chain) presented to the control plane over TLS
+    /// [default: none]. Needs --api-client-key.
+    #[arg(long, env = "JITWGD_API_CLIENT_CERT", value_name = "PATH")]
+    pub api_client_cert: Option<PathBuf>,
+
+    /// PEM private key of --api-client-cert [default: none].
+    #[arg(long, env = "JITWGD_API_CLIENT_KEY", value_name = "PATH")]
+    pub api_client_key: Option<PathBuf>,
 
     /// Give up on one control-plane request after this long [default: 2s].
     ///
@@ -198,9 +226,25 @@ pub struct Args {
     /// Refuse any peer whose allowed IPs fall outside this prefix [default: 100.64.0.0/10].
     ///
     /// A guard against a control plane (or a NATS publisher) routing traffic it
-    /// should not, e.g. 0.0.0.0/0.
+    /// should not, e.g. 0.0.0.0/0. Also refused: allowed IPs wider than
+    /// --allowed-ip-min-len-v4/-v6, and allowed IPs overlapping another installed peer's
+    /// (unless the control plane no longer gives them to that peer).
     #[arg(long, env = "JITWGD_ALLOWED_PREFIX", value_name = "PREFIX", value_parser = values::prefix)]
     pub allowed_prefix: Option<IpNet>,
+
+    /// Shortest IPv4 prefix length an allowed IP may have [default: 32].
+    ///
+    /// 32 means host routes only: one control-plane answer cannot route a range of
+    /// tunnel addresses to one peer. Lower it (e.g. 24) only if clients route subnets
+    /// behind them. Applies to cached and stored configs too, at the moment they are used.
+    #[arg(long, env = "JITWGD_ALLOWED_IP_MIN_LEN_V4", value_name = "BITS", value_parser = values::prefix_len_v4)]
+    pub allowed_ip_min_len_v4: Option<u8>,
+
+    /// Shortest IPv6 prefix length an allowed IP may have [default: 128].
+    ///
+    /// 128 means host routes only; see --allowed-ip-min-len-v4.
+    #[arg(long, env = "JITWGD_ALLOWED_IP_MIN_LEN_V6", value_name = "BITS", value_parser = values::prefix_len_v6)]
+    pub allowed_ip_min_len_v6: Option<u8>,
 
     /// Trust a cached peer config for this long before asking the control plane again
     /// [default: 5m].

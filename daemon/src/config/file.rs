@@ -72,6 +72,18 @@ pub struct ConfigFile {
     pub api_min_interval: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_ip_min_len_v4: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_ip_min_len_v6: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_ca_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_token_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_client_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_client_key: Option<PathBuf>,
 }
 
 /// An on/off setting as written in TOML: `initiate = "off"` (like the flag) or

@@ -330,16 +330,57 @@ fn lookup_stage_defaults_are_the_resolved_defaults() {
             l.negative_ttl,
             l.api_min_interval,
             l.api_retries,
-            l.tunnel_prefix
+            l.addresses
         ),
         (
             c.positive_ttl,
             c.negative_ttl,
             c.api_min_interval,
             c.api_retries,
-            c.allowed_prefix
+            c.address_policy()
         )
     );
+}
+
+#[test]
+fn allowed_ips_are_host_routes_unless_widened() {
+    let c = resolve_argv(MINIMAL).unwrap();
+    assert_eq!(
+        (c.allowed_ip_min_len_v4, c.allowed_ip_min_len_v6),
+        (32, 128)
+    );
+    let file = config_file("allowed_ip_min_len_v4 = 24\nallowed_ip_min_len_v6 = 64\n");
+    let mut argv = MINIMAL.to_vec();
+    argv.extend(["--config", file.path().to_str().unwrap()]);
+    let c = resolve_argv(&argv).unwrap();
+    assert_eq!((c.allowed_ip_min_len_v4, c.allowed_ip_min_len_v6), (24, 64));
+    let bad = config_file("allowed_ip_min_len_v4 = 33\n");
+    let mut argv = MINIMAL.to_vec();
+    argv.extend(["--config", bad.path().to_str().unwrap()]);
+    let err = resolve_argv(&argv).unwrap_err().to_string();
+    assert!(err.contains("allowed_ip_min_len_v4"), "{err}");
+}
+
+#[test]
+fn a_client_certificate_needs_its_key() {
+    let mut argv = MINIMAL.to_vec();
+    argv.extend(["--api-client-cert", "/etc/jitwgd/client.pem"]);
+    let err = resolve_argv(&argv).unwrap_err().to_string();
+    assert!(err.contains("api_client_key"), "{err}");
+    argv.extend([
+        "--api-client-key",
+        "/etc/jitwgd/client.key",
+        "--api-token-file",
+        "/etc/jitwgd/token",
+    ]);
+    let c = resolve_argv(&argv).unwrap();
+    let sec = c.channel_security();
+    assert!(sec.client_cert.is_some());
+    assert_eq!(
+        sec.token_file.as_deref(),
+        Some(Path::new("/etc/jitwgd/token"))
+    );
+    assert_eq!(sec.ca_file, None);
 }
 
 #[test]
@@ -408,6 +449,14 @@ fn help_states_the_defaults_resolve_uses() {
     assert_eq!(dur("positive_ttl"), defaults::POSITIVE_TTL);
     assert_eq!(dur("negative_ttl"), defaults::NEGATIVE_TTL);
     assert_eq!(dur("api_min_interval"), defaults::API_MIN_INTERVAL);
+    assert_eq!(
+        count("allowed_ip_min_len_v4"),
+        u64::from(defaults::ALLOWED_IP_MIN_LEN_V4)
+    );
+    assert_eq!(
+        count("allowed_ip_min_len_v6"),
+        u64::from(defaults::ALLOWED_IP_MIN_LEN_V6)
+    );
     assert_eq!(documented_default("db"), defaults::DB);
     assert_eq!(
         word::<Backend>(&documented_default("backend")),

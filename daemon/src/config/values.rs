@@ -61,14 +61,14 @@ pub fn interface_name(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
-/// The control plane's base URL. Plain `http` only: the HTTP client is built without
-/// TLS (the control plane sits on a private underlay). A trailing `/` is dropped so
-/// callers can append `/v1/peers/{key}`.
+/// The control plane's base URL, `https://` or `http://` (plain http is warned about at
+/// start unless its host is loopback or a lab range: `channel::plain_http_is_local`). A
+/// trailing `/` is dropped so callers can append `/v1/peers/{key}`.
 pub fn api_url(s: &str) -> Result<String, String> {
     let url = reqwest::Url::parse(s.trim()).map_err(|e| format!("not a URL ({e})"))?;
-    if url.scheme() != "http" {
+    if url.scheme() != "http" && url.scheme() != "https" {
         return Err(format!(
-            "scheme {:?} is not supported; use http:// (jitwgd is built without TLS)",
+            "scheme {:?} is not supported; use https:// (or http:// on a private underlay)",
             url.scheme()
         ));
     }
@@ -107,6 +107,23 @@ pub fn prefix(s: &str) -> Result<ipnet::IpNet, String> {
         .parse::<ipnet::IpNet>()
         .map(|n| n.trunc())
         .map_err(|_| "not an IP prefix; write it like 100.64.0.0/10".to_string())
+}
+
+/// Shortest IPv4 allowed-IP prefix length, 0..=32.
+pub fn prefix_len_v4(s: &str) -> Result<u8, String> {
+    prefix_len(s, 32)
+}
+
+/// Shortest IPv6 allowed-IP prefix length, 0..=128.
+pub fn prefix_len_v6(s: &str) -> Result<u8, String> {
+    prefix_len(s, 128)
+}
+
+fn prefix_len(s: &str, max: u8) -> Result<u8, String> {
+    match s.trim().parse::<u8>() {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(format!("not a prefix length between 0 and {max}")),
+    }
 }
 
 /// A listening socket address such as `127.0.0.1:9100` or `[::1]:9100`.
@@ -178,7 +195,8 @@ mod tests {
             api_url("http://cp:8080/base").unwrap(),
             "http://cp:8080/base"
         );
-        assert!(api_url("https://cp").is_err());
+        assert_eq!(api_url("https://cp:8443/").unwrap(), "https://cp:8443");
+        assert!(api_url("ftp://cp").is_err());
         assert!(api_url("198.18.0.1:8080").is_err());
     }
 
@@ -189,6 +207,16 @@ mod tests {
             "100.64.0.0/10"
         );
         assert!(prefix("100.64.0.0").is_err());
+    }
+
+    #[test]
+    fn prefix_lengths_fit_their_family() {
+        assert_eq!(prefix_len_v4("32"), Ok(32));
+        assert_eq!(prefix_len_v4(" 24 "), Ok(24));
+        assert!(prefix_len_v4("33").is_err());
+        assert_eq!(prefix_len_v6("128"), Ok(128));
+        assert!(prefix_len_v6("129").is_err());
+        assert!(prefix_len_v6("-1").is_err());
     }
 
     #[test]
@@ -209,6 +237,8 @@ mod tests {
             let _ = prefix(&s);
             let _ = socket_addr(&s);
             let _ = positive_count(&s);
+            let _ = prefix_len_v4(&s);
+            let _ = prefix_len_v6(&s);
         }
 
         #[test]

@@ -5,6 +5,7 @@
 //! The rules live in `scheduler` (pure); this file is the thread, its channel and the
 //! async handle the rest of the daemon uses.
 
+mod addresses;
 mod pacer;
 mod scheduler;
 
@@ -21,11 +22,13 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::oneshot;
 use wireguard_control::DeviceUpdate;
 
+use crate::addresses::AddressIndex;
 use crate::dataplane::{self, DataPlane, DataPlaneError, InstalledPeer, PeerWrite};
 use crate::errors::Causes;
 use crate::metrics::Metrics;
 use crate::peer::{PeerConfig, PublicKey};
 
+pub use addresses::ManyInstalled;
 pub use pacer::InitiationPacer;
 pub use scheduler::{
     Backend, InitiationRound, InstallSettings, PeerChange, Plan, RemovalReason, Scheduler,
@@ -46,6 +49,9 @@ pub enum InstallError {
     SweepRead(#[source] DataPlaneError),
     #[error("the sweep's data-plane read did not complete")]
     SweepTask(#[source] tokio::task::JoinError),
+    /// The peer's allowed IPs overlap those of installed peers (`addresses`).
+    #[error("allowed IPs overlap those of {} installed peer(s): {holders:?}", holders.len())]
+    AddressConflict { holders: Vec<PublicKey> },
 }
 
 /// Outcome of one JIT install, for the log line and the metrics.
@@ -66,7 +72,13 @@ enum Command {
     },
     InstallMany {
         writes: Vec<PeerWrite>,
-        reply: oneshot::Sender<Result<usize, InstallError>>,
+        reply: oneshot::Sender<Result<ManyInstalled, InstallError>>,
+    },
+    /// Peers found on the data plane at start, with their stored configs: their addresses
+    /// go into the address index.
+    AdoptAddresses {
+        configs: Vec<PeerConfig>,
+        reply: oneshot::Sender<()>,
     },
     /// Peers active before a restart, with their last endpoint: installed like JIT ones
     /// (same batch path, role inversion included), at most `MAX_INSTALL_BATCH` a command.
@@ -170,19 +182,6 @@ impl InstallQueue {
             reply,
         })
         .await?
-    }
-
-    /// Install many peers without endpoints (preload at boot, push mode).
-    pub async fn install_many(&self, configs: Vec<PeerConfig>) -> Result<usize, InstallError> {
-        let writes = configs
-            .into_iter()
-            .map(|config| PeerWrite {
-                config,
-                endpoint: None,
-            })
-            .collect();
-        self.ask(|reply| Command::InstallMany { writes, reply })
-            .await?
     }
 
     /// Re-install peers that were active before a restart with their last endpoint, in the
@@ -295,6 +294,7 @@ impl InstallWorker {
             scheduler,
             backend: backend.clone(),
             metrics,
+            addresses: AddressIndex::new(),
         };
         let thread = std::thread::Builder::new()
             .name("jitwgd-install".into())
@@ -345,6 +345,9 @@ struct Shell {
     scheduler: Scheduler<oneshot::Sender<usize>>,
     backend: Arc<dyn Backend>,
     metrics: Arc<Metrics>,
+    /// Who holds which allowed IP. Checked and updated here, in the same step as the
+    /// write, so two newcomers racing for one address cannot both be installed.
+    addresses: AddressIndex,
 }
 
 impl Shell {
@@ -401,13 +404,35 @@ impl Shell {
                 reply,
             }),
             Command::InstallMany { writes, reply } => {
+                let (writes, taken) =
+                    crate::addresses::partition(&self.addresses, writes, |w| &w.config);
+                let conflicts = taken.into_iter().map(|(w, h)| (w.config, h)).collect();
                 let done = self
                     .scheduler
                     .install_many(self.backend.as_ref(), &writes, SystemTime::now())
-                    .map_err(InstallError::Write);
+                    .map_err(InstallError::Write)
+                    .map(|installed| ManyInstalled {
+                        installed,
+                        conflicts,
+                    });
+                // Also on an error: the chunks before the failed one are installed, and
+                // an address wrongly held here is only refused until the next sweep.
+                self.index(&writes);
                 let _ = reply.send(done);
             }
+            Command::AdoptAddresses { configs, reply } => {
+                for config in &configs {
+                    self.addresses.insert(config);
+                }
+                let _ = reply.send(());
+            }
             Command::Reinstall { writes, reply } => {
+                let (writes, taken) =
+                    crate::addresses::partition(&self.addresses, writes, |w| &w.config);
+                for (write, holders) in &taken {
+                    crate::metrics::count_address_conflict(&self.metrics, "refused");
+                    tracing::warn!(peer = %write.config.public_key, holders = ?holders, "not re-installed: allowed IPs overlap an installed peer's");
+                }
                 // Paced like any storm: peers beyond the initiation rate initiate later.
                 let results = self.scheduler.install_batch(
                     self.backend.as_ref(),
@@ -417,6 +442,13 @@ impl Shell {
                 );
                 let done = results.iter().filter(|r| r.is_ok()).count();
                 let initiated = results.iter().filter(|r| matches!(r, Ok(true))).count();
+                self.index(
+                    writes
+                        .iter()
+                        .zip(&results)
+                        .filter(|(_, r)| r.is_ok())
+                        .map(|(w, _)| w),
+                );
                 self.metrics.installs.inc_by(done as u64);
                 self.metrics.role_inversions.inc_by(initiated as u64);
                 if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
@@ -441,12 +473,23 @@ impl Shell {
                 reply,
             } => {
                 let _ = reply.send(self.scheduler.finish_sweep(read, now, evict_after));
+                self.forget_departed();
             }
         }
         true
     }
 
     fn install_batch(&mut self, batch: Vec<PendingInstall>) {
+        let (batch, taken) =
+            crate::addresses::partition(&self.addresses, batch, |p| &p.write.config);
+        for (pending, holders) in taken {
+            let _ = pending
+                .reply
+                .send(Err(InstallError::AddressConflict { holders }));
+        }
+        if batch.is_empty() {
+            return;
+        }
         let writes: Vec<PeerWrite> = batch.iter().map(|p| p.write.clone()).collect();
         let results = self.scheduler.install_batch(
             self.backend.as_ref(),
@@ -457,6 +500,7 @@ impl Shell {
         for (pending, result) in batch.into_iter().zip(results) {
             let outcome = match result {
                 Ok(initiated) => {
+                    self.addresses.insert(&pending.write.config);
                     let latency = pending.captured_at.elapsed();
                     self.metrics.installs.inc();
                     self.metrics
@@ -530,6 +574,11 @@ impl Shell {
                 peers = chunk.keys.len(),
                 "removing peers failed; the next sweep will retry"
             ),
+        }
+        if applied.is_ok() {
+            for k in &chunk.keys {
+                self.addresses.remove(k);
+            }
         }
         if let Some((Some(reply), removed)) = self.scheduler.removal_applied(chunk, took, applied) {
             let _ = reply.send(removed);

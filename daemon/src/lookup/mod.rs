@@ -8,12 +8,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use ipnet::IpNet;
-
 use crate::api::{ApiAnswer, ApiClient, ApiError};
 use crate::config::defaults;
 use crate::errors::Causes;
-use crate::peer::{PeerConfig, PeerRejected, PublicKey};
+use crate::peer::{AddressPolicy, PeerConfig, PeerRejected, PublicKey};
 use crate::store::{PeerSource, SharedStore, StoreCallError};
 
 mod revalidate;
@@ -48,8 +46,9 @@ pub struct LookupConfig {
     /// First retry delay; doubled per attempt, capped at `max_backoff`.
     pub backoff: Duration,
     pub max_backoff: Duration,
-    /// Every allowed IP of an answer must lie inside this prefix.
-    pub tunnel_prefix: IpNet,
+    /// Which allowed IPs an answer may carry (tunnel prefix, host routes unless widened);
+    /// cached entries are checked against it again on every use.
+    pub addresses: AddressPolicy,
 }
 
 impl Default for LookupConfig {
@@ -62,7 +61,7 @@ impl Default for LookupConfig {
             api_retries: defaults::API_RETRIES,
             backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(1),
-            tunnel_prefix: defaults::ALLOWED_PREFIX,
+            addresses: AddressPolicy::host_routes(defaults::ALLOWED_PREFIX),
         }
     }
 }
@@ -174,7 +173,7 @@ impl Lookup {
                 }
             }
         };
-        let stale = match cached {
+        let stale = match self.recheck(key, cached) {
             Cached::Negative => return LookupOutcome::NegativeHit,
             Cached::Fresh(config) => return LookupOutcome::CacheHit(config),
             Cached::Stale(config) => Some(config),
@@ -197,7 +196,7 @@ impl Lookup {
         }
         let (answer, latency) = self.ask_with_retries(api, key).await;
         match answer {
-            ApiAnswer::Found(doc) => match doc.validate(Some(key), self.config.tunnel_prefix) {
+            ApiAnswer::Found(doc) => match doc.validate(Some(key), &self.config.addresses) {
                 Ok(config) => {
                     if let Err(e) = self.store_positive(&config, now).await {
                         tracing::warn!(peer = %key, error = %Causes(&e), "caching the peer failed");
@@ -234,7 +233,7 @@ impl Lookup {
         }
         let (answer, _latency) = self.ask_with_retries(api, key).await;
         match answer {
-            ApiAnswer::Found(doc) => match doc.validate(Some(key), self.config.tunnel_prefix) {
+            ApiAnswer::Found(doc) => match doc.validate(Some(key), &self.config.addresses) {
                 Ok(config) => {
                     if let Err(e) = self.store_positive(&config, now).await {
                         tracing::warn!(peer = %key, error = %Causes(&e), "refreshing the cache entry failed");
@@ -253,6 +252,22 @@ impl Lookup {
                 Revalidation::Revoked
             }
             ApiAnswer::Unavailable(_) => Revalidation::Unknown,
+        }
+    }
+
+    /// A cached config is used only if it passes the current address settings (it was
+    /// validated under the settings of the day it was stored); otherwise it counts as
+    /// missing, so the control plane is asked again.
+    fn recheck(&self, key: PublicKey, cached: Cached) -> Cached {
+        let (Cached::Fresh(config) | Cached::Stale(config)) = &cached else {
+            return cached;
+        };
+        match self.config.addresses.check_config(config) {
+            Ok(()) => cached,
+            Err(reason) => {
+                tracing::warn!(peer = %key, reason = %reason, "cached config fails the current address settings; asking the control plane");
+                Cached::Missing
+            }
         }
     }
 

@@ -306,3 +306,46 @@ fn per_key_maps_are_pruned_only_after_doubling() {
     assert_eq!(pruned.prune_at, 4 * PRUNE_FLOOR);
     assert_eq!(pruned.map.len(), PRUNE_FLOOR / 2 + 2 * PRUNE_FLOOR);
 }
+
+#[tokio::test]
+async fn a_cached_config_the_current_settings_refuse_is_asked_about_again() {
+    let (api, url) = serve().await;
+    api.register(key(30), "100.64.3.0/24");
+    let store = SharedStore::new(Store::open_in_memory().unwrap());
+    let client = ApiClient::new(&url, Duration::from_secs(2)).unwrap();
+    let now = SystemTime::now();
+    // Cached under settings that allowed /24s.
+    let widened = LookupConfig {
+        addresses: AddressPolicy {
+            min_len_v4: 24,
+            ..AddressPolicy::host_routes(defaults::ALLOWED_PREFIX)
+        },
+        ..quick()
+    };
+    let before = Lookup::new(store.clone(), Some(client.clone()), widened);
+    assert!(matches!(
+        before.lookup(key(30), now).await,
+        LookupOutcome::ApiFound { .. }
+    ));
+    // Restarted with host routes only: the fresh cache entry is not used, the control
+    // plane is asked, and its (unchanged) answer refused.
+    let after = Lookup::new(store, Some(client), quick());
+    assert!(matches!(
+        after.lookup(key(30), now).await,
+        LookupOutcome::Refused {
+            reason: PeerRejected::TooWide { .. }
+        }
+    ));
+    assert_eq!(api.calls(key(30)), 2);
+    // Once the control plane answers with a host route, that is what is used.
+    api.register(key(30), "100.64.3.7/32");
+    match after.lookup(key(30), now).await {
+        LookupOutcome::ApiFound { config, .. } => {
+            assert_eq!(
+                config.allowed_ips,
+                vec!["100.64.3.7/32".parse::<ipnet::IpNet>().unwrap()]
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}

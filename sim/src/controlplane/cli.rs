@@ -51,6 +51,7 @@ pub async fn run_cli(args: ControlPlaneArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
         seed: args.seed,
+        access: Default::default(),
     };
     tracing::info!(listen = %args.listen, db = %args.db.display(), "control plane serving");
     serve(listener, cfg, async {

@@ -4,8 +4,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -32,6 +34,8 @@ pub(crate) struct AppState {
     pub(crate) publisher: Option<Publisher>,
     /// Origin for scheduled outage windows.
     pub(crate) started: tokio::time::Instant,
+    /// When set, every request must carry `Authorization: Bearer <token>` (else 401).
+    pub(crate) token: Option<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -40,6 +44,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl AppState {
+    /// Whether `headers` carry this control plane's bearer token (always, without one).
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|given| given.as_bytes() == token.as_bytes())
+    }
+
     fn verdict(&self) -> Verdict {
         let now = self.started.elapsed();
         let faults = lock(&self.faults);
@@ -85,15 +101,28 @@ impl AppState {
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/v1/peers/{key}", get(get_peer).delete(delete_peer))
+    // The gateway's lookup checks the token itself, so a refused lookup is still counted.
+    let admin = Router::new()
+        .route("/v1/peers/{key}", axum::routing::delete(delete_peer))
         .route("/v1/peers", post(register_one))
         .route("/v1/peers/bulk", post(register_bulk))
         .route("/v1/faults", put(put_faults))
         .route("/v1/outage", post(start_outage).delete(end_outage))
         .route("/v1/stats", get(get_stats))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/v1/peers/{key}", get(get_peer))
+        .merge(admin)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
+}
+
+async fn require_token(State(st): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    if st.authorized(request.headers()) {
+        next.run(request).await
+    } else {
+        StatusCode::UNAUTHORIZED.into_response()
+    }
 }
 
 fn error_response(e: ControlPlaneError) -> Response {
@@ -108,12 +137,18 @@ fn error_response(e: ControlPlaneError) -> Response {
     }
 }
 
-async fn get_peer(State(st): State<Arc<AppState>>, Path(key): Path<String>) -> Response {
+async fn get_peer(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> Response {
     let well_formed = is_key_hex(&key);
     // Counted now, before any injected delay: a request its caller gives up on is still a call.
     // If axum drops this future (the client closed the connection), the guard records "aborted".
     let in_flight = st.stats.arrived(well_formed.then_some(key.as_str()));
-    let response = if well_formed {
+    let response = if !st.authorized(&headers) {
+        StatusCode::UNAUTHORIZED.into_response()
+    } else if well_formed {
         answer_lookup(&st, key.clone()).await
     } else {
         (StatusCode::BAD_REQUEST, "key must be 64 lowercase hex").into_response()

@@ -9,6 +9,7 @@ mod http;
 mod publish;
 mod stats;
 mod store;
+pub mod tls;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -38,10 +39,33 @@ pub struct ControlPlaneConfig {
     pub faults: FaultConfig,
     /// Seeds the latency and error-rate draws.
     pub seed: u64,
+    /// TLS and the bearer token; the default serves plain HTTP to anyone.
+    pub access: Access,
+}
+
+/// Who may talk to the control plane, and over what.
+#[derive(Clone, Default)]
+pub struct Access {
+    /// Serve HTTPS with this configuration (`tls::RunPki::server_config`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Require `Authorization: Bearer <token>` on every request (401 otherwise).
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the token.
+        f.debug_struct("Access")
+            .field("tls", &self.tls.is_some())
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlPlaneError {
+    #[error("preparing the HTTPS listener")]
+    TlsListener(#[source] std::io::Error),
     #[error("control-plane database")]
     Store(#[source] StoreError),
     #[error("database task panicked")]
@@ -55,6 +79,7 @@ pub enum ControlPlaneError {
 /// An opened control plane, not yet serving.
 pub struct ControlPlane {
     state: Arc<AppState>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// In-process access to a running control plane (cheap to clone).
@@ -83,7 +108,9 @@ impl ControlPlane {
                 stats: Default::default(),
                 publisher,
                 started: tokio::time::Instant::now(),
+                token: cfg.access.token.clone(),
             }),
+            tls: cfg.access.tls.clone(),
         })
     }
 
@@ -93,16 +120,36 @@ impl ControlPlane {
         }
     }
 
-    /// Serves HTTP on `listener` until `shutdown` completes.
+    /// Serves HTTP (HTTPS when configured) on `listener` until `shutdown` completes.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ControlPlaneError> {
-        axum::serve(listener, http::router(self.state))
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(ControlPlaneError::Serve)
+        let router = http::router(self.state);
+        let Some(tls) = self.tls else {
+            return axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(ControlPlaneError::Serve);
+        };
+        let listener = listener
+            .into_std()
+            .map_err(ControlPlaneError::TlsListener)?;
+        let handle = axum_server::Handle::new();
+        let stopper = handle.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stopper.graceful_shutdown(Some(Duration::from_secs(1)));
+        });
+        axum_server::from_tcp_rustls(
+            listener,
+            axum_server::tls_rustls::RustlsConfig::from_config(tls),
+        )
+        .handle(handle)
+        .serve(router.into_make_service())
+        .await
+        .map_err(ControlPlaneError::Serve)
     }
 }
 

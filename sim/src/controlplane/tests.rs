@@ -25,6 +25,7 @@ async fn start(faults: FaultConfig, nats: Option<(String, String)>) -> Running {
         nats,
         faults,
         seed: 1,
+        access: Default::default(),
     })
     .await
     .unwrap();
@@ -398,4 +399,128 @@ async fn registration_publishes_new_peers_on_nats() {
         assert_eq!(&got, want);
     }
     assert_eq!(cp.stats().await.published, 3);
+}
+
+#[tokio::test]
+async fn tls_with_the_run_ca_and_the_bearer_token_are_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = super::tls::RunPki::generate(&["127.0.0.1".parse().unwrap()]).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("https://{}", listener.local_addr().unwrap());
+    let cp = ControlPlane::open(ControlPlaneConfig {
+        db: dir.path().join("cp.db"),
+        nats: None,
+        faults: FaultConfig::default(),
+        seed: 1,
+        access: super::Access {
+            tls: Some(pki.server_config(false).unwrap()),
+            token: Some("t0ken".into()),
+        },
+    })
+    .await
+    .unwrap();
+    let handle = cp.handle();
+    let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(cp.serve(listener, async {
+        let _ = rx.await;
+    }));
+    let trusting = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem().as_bytes()).unwrap())
+        .no_proxy()
+        .build()
+        .unwrap();
+    let url = format!("{base}/v1/peers/{}", "ab".repeat(32));
+    let status = |token: Option<&'static str>| {
+        let mut request = trusting.get(&url);
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(Some("t0ken")).await, 404, "right token: an answer");
+    assert_eq!(status(None).await, 401);
+    assert_eq!(status(Some("wrong")).await, 401);
+    // The registration endpoints want the token too.
+    let register = trusting
+        .post(format!("{base}/v1/peers"))
+        .json(&serde_json::json!({}));
+    assert_eq!(register.send().await.unwrap().status().as_u16(), 401);
+    // Refused lookups are still counted as arrivals.
+    assert_eq!(handle.stats().requests_total, 3);
+    // A client that does not trust the run's CA fails the handshake.
+    let other = super::tls::RunPki::generate(&["127.0.0.1".parse().unwrap()]).unwrap();
+    let untrusting = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(other.ca_pem().as_bytes()).unwrap())
+        .no_proxy()
+        .build()
+        .unwrap();
+    let err = untrusting
+        .get(&url)
+        .bearer_auth("t0ken")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_connect() || err.is_request(), "{err:?}");
+}
+
+/// jitwgd's own channel (`jitwgd::channel`, as `--api-ca-file`, `--api-token-file`,
+/// `--api-client-cert`/`--api-client-key` configure it) against a control plane that
+/// requires the run's client certificate and token.
+#[tokio::test]
+async fn jitwgd_presents_its_client_certificate_and_token() {
+    use jitwgd::api::{ApiAnswer, ApiClient};
+    use jitwgd::channel::ChannelSecurity;
+    use jitwgd::peer::PublicKey;
+
+    let dir = tempfile::tempdir().unwrap();
+    let pki = super::tls::RunPki::generate(&["127.0.0.1".parse().unwrap()]).unwrap();
+    let files = pki.write(dir.path()).unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "t0ken\n").unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("https://{}", listener.local_addr().unwrap());
+    let cp = ControlPlane::open(ControlPlaneConfig {
+        db: dir.path().join("cp.db"),
+        nats: None,
+        faults: FaultConfig::default(),
+        seed: 1,
+        access: super::Access {
+            tls: Some(pki.server_config(true).unwrap()),
+            token: Some("t0ken".into()),
+        },
+    })
+    .await
+    .unwrap();
+    let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(cp.serve(listener, async {
+        let _ = rx.await;
+    }));
+    let full = ChannelSecurity {
+        ca_file: Some(files.ca.clone()),
+        token_file: Some(token_file.clone()),
+        client_cert: Some((files.client_cert.clone(), files.client_key.clone())),
+    };
+    let ask = |security: ChannelSecurity| {
+        let base = base.clone();
+        async move {
+            let client = ApiClient::secured(&base, Duration::from_secs(5), &security).unwrap();
+            client.fetch(&PublicKey([7; 32])).await
+        }
+    };
+    assert!(matches!(ask(full.clone()).await, ApiAnswer::NotFound));
+    let without_cert = ChannelSecurity {
+        client_cert: None,
+        ..full.clone()
+    };
+    assert!(matches!(ask(without_cert).await, ApiAnswer::Unavailable(_)));
+    let without_token = ChannelSecurity {
+        token_file: None,
+        ..full
+    };
+    match ask(without_token).await {
+        ApiAnswer::Unavailable(e) => assert!(e.to_string().contains("credentials"), "{e}"),
+        other => panic!("{other:?}"),
+    }
 }

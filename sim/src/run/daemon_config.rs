@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use jitwgd::config::{self as daemon, ConfigFile};
 
+use super::channel::DaemonChannel;
 use crate::scenario::file::{DaemonFile, Switch};
 use crate::scenario::Scenario;
 
@@ -25,6 +26,8 @@ pub struct DaemonEndpoints {
     /// Set in push mode.
     pub nats_url: Option<String>,
     pub nats_subject: String,
+    /// The control plane's CA, token and client certificate files, when it asks for them.
+    pub channel: DaemonChannel,
 }
 
 impl DaemonEndpoints {
@@ -39,6 +42,7 @@ impl DaemonEndpoints {
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9100)),
             nats_url: Some("nats://198.18.255.1:4222".into()),
             nats_subject: daemon::defaults::NATS_SUBJECT.into(),
+            channel: DaemonChannel::default(),
         }
     }
 }
@@ -144,6 +148,10 @@ pub fn config_file_for(at: &DaemonEndpoints, backend: &str, set: &DaemonFile) ->
         nats_url: at.nats_url.clone(),
         nats_subject: Some(at.nats_subject.clone()),
         allowed_prefix: Some(LAB_TUNNEL_PREFIX.to_string()),
+        api_ca_file: at.channel.ca_file.clone(),
+        api_token_file: at.channel.token_file.clone(),
+        api_client_cert: at.channel.client_cert.as_ref().map(|(c, _)| c.clone()),
+        api_client_key: at.channel.client_cert.as_ref().map(|(_, k)| k.clone()),
         ..settings(set)
     }
 }

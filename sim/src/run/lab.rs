@@ -21,6 +21,8 @@ use crate::lab::topology::{AddressPlan, Topology};
 use crate::lab::{LabError, Namespace};
 use crate::scenario::{CpuSplit, PreinstalledPeer};
 
+use super::channel::secure_channel;
+pub use super::channel::ControlPlaneSecurity;
 use super::daemon_config::DaemonEndpoints;
 use super::probe::{Probe, ProbeClient};
 use super::services::{self, ControlPlaneService, DaemonLaunch};
@@ -55,6 +57,9 @@ pub struct LabSpec {
     pub logs: PathBuf,
     /// Gateway and driver CPUs (`[lab] cpus`); `None`: shared, as before the split existed.
     pub cpu_split: Option<CpuSplit>,
+    /// How the control plane is reached (`[control_plane] tls/token/client_cert`); the
+    /// default is plain HTTP without credentials.
+    pub control_plane_security: ControlPlaneSecurity,
     /// Build on the host's own interface instead of in namespaces (`jitwg gateway`); `None`:
     /// the three namespaces of `plan`.
     pub host: Option<HostSite>,
@@ -88,6 +93,7 @@ impl LabSpec {
             daemon_log_filter: DAEMON_LOG_FILTER.to_string(),
             logs,
             cpu_split: None,
+            control_plane_security: ControlPlaneSecurity::default(),
             host: None,
         }
     }
@@ -236,6 +242,13 @@ impl Lab {
             .as_ref()
             .map(|_| format!("nats://{nats_addr}"));
         let cp_listen = SocketAddr::new(IpAddr::V4(cp_ip), CONTROL_PLANE_PORT);
+        let (access, channel) =
+            secure_channel(&spec.control_plane_security, IpAddr::V4(cp_ip), &state_path)?;
+        let scheme = if access.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let cp = ControlPlaneService::start(
             &control_ns,
             cp_listen,
@@ -244,6 +257,7 @@ impl Lab {
                 nats: nats_url.clone().map(|u| (u, NATS_SUBJECT.to_string())),
                 faults: spec.control_plane_faults.clone(),
                 seed: spec.seed,
+                access,
             },
             spec.nats_server.as_ref().map(|_| nats_addr),
         )
@@ -270,10 +284,11 @@ impl Lab {
             interface: names.wg_interface(),
             capture_interface,
             db: state_path.join("jitwgd.db"),
-            api_url: format!("http://{cp_listen}"),
+            api_url: format!("{scheme}://{cp_listen}"),
             metrics_addr,
             nats_url,
             nats_subject: NATS_SUBJECT.to_string(),
+            channel,
         };
         let launch = DaemonLaunch {
             program: spec.jitwgd.clone(),

@@ -5,6 +5,7 @@
 
 pub mod api_count;
 pub mod attacks;
+pub mod channel;
 pub(crate) mod context;
 pub mod daemon_config;
 pub mod info;

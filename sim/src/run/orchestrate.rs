@@ -28,7 +28,7 @@ use crate::scenario::{EventAction, Scenario};
 
 use super::context::{FleetThread, RunContext};
 use super::daemon_config;
-use super::lab::{blocking, Lab, LabSpec, StoredPeers};
+use super::lab::{blocking, ControlPlaneSecurity, Lab, LabSpec, StoredPeers};
 use super::results::{assemble, Finished};
 use super::timeline::{schedule, Timeline};
 use super::{prereq, RunError, RunOptions, RunOutcome};
@@ -120,6 +120,12 @@ pub(crate) fn lab_spec(
         }),
         error_rate: scenario.control_plane.error_rate,
         ..FaultConfig::default()
+    };
+    let cp = &scenario.control_plane;
+    spec.control_plane_security = ControlPlaneSecurity {
+        tls: cp.tls,
+        token: cp.token.then(super::channel::random_token),
+        client_cert: cp.client_cert,
     };
     Ok(spec)
 }

@@ -287,6 +287,15 @@ pub struct ControlPlaneFile {
     pub register_clients: Switch,
     #[serde(default)]
     pub faults: FaultsFile,
+    /// Serve HTTPS with a CA generated for the run (the daemon is given the CA file).
+    #[serde(default)]
+    pub tls: bool,
+    /// Require a bearer token generated for the run (the daemon is given the token file).
+    #[serde(default)]
+    pub token: bool,
+    /// Require a client certificate from the run's CA (needs `tls`).
+    #[serde(default)]
+    pub client_cert: bool,
 }
 
 /// Faults active from the start of the run; outages are `[[event]]`s.

@@ -77,6 +77,12 @@ pub struct ControlPlaneSettings {
     pub register_clients: bool,
     pub latency: Duration,
     pub error_rate: f64,
+    /// HTTPS with a CA generated for the run.
+    pub tls: bool,
+    /// A bearer token generated for the run, required on every request.
+    pub token: bool,
+    /// A client certificate from the run's CA, required (implies `tls`).
+    pub client_cert: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -300,6 +306,12 @@ pub fn resolve(file: ScenarioFile) -> Result<Scenario, FieldError> {
         "control_plane.faults.error_rate",
         file.control_plane.faults.error_rate,
     )?;
+    if file.control_plane.client_cert && !file.control_plane.tls {
+        return Err(invalid(
+            "control_plane.client_cert",
+            "a client certificate needs tls = true",
+        ));
+    }
     if file.populations.is_empty() {
         return Err(invalid(
             "population",
@@ -474,6 +486,9 @@ pub fn resolve(file: ScenarioFile) -> Result<Scenario, FieldError> {
             register_clients: file.control_plane.register_clients == Switch::On,
             latency: file.control_plane.faults.latency,
             error_rate: file.control_plane.faults.error_rate,
+            tls: file.control_plane.tls,
+            token: file.control_plane.token,
+            client_cert: file.control_plane.client_cert,
         },
         populations,
         clients,

@@ -17,6 +17,7 @@ fn endpoints(push: bool) -> DaemonEndpoints {
         metrics_addr: "127.0.0.1:9100".parse().unwrap(),
         nats_url: push.then(|| "nats://198.18.255.1:4222".into()),
         nats_subject: "jitwg.peers".into(),
+        channel: Default::default(),
     }
 }
 
@@ -99,7 +100,36 @@ fn check(s: &Scenario) -> Config {
     assert_eq!(c.nats_url, at.nats_url);
     assert_eq!(c.nats_subject, at.nats_subject);
     assert_eq!(c.allowed_prefix.to_string(), LAB_TUNNEL_PREFIX);
+    assert_eq!(c.api_ca_file, at.channel.ca_file);
+    assert_eq!(c.api_token_file, at.channel.token_file);
+    // The lab's tunnel addresses are host routes: jitwgd's default rule applies.
+    assert_eq!(
+        (c.allowed_ip_min_len_v4, c.allowed_ip_min_len_v6),
+        (
+            defaults::ALLOWED_IP_MIN_LEN_V4,
+            defaults::ALLOWED_IP_MIN_LEN_V6
+        )
+    );
     c
+}
+
+#[test]
+fn a_secured_control_plane_reaches_jitwgd_as_its_channel_keys() {
+    let s = with_sets(&[]);
+    let mut at = endpoints(false);
+    at.api_url = "https://198.18.255.1:8080".into();
+    at.channel = crate::run::channel::DaemonChannel {
+        ca_file: Some("/run/x/cp-ca.pem".into()),
+        token_file: Some("/run/x/cp-token".into()),
+        client_cert: Some(("/run/x/gw.pem".into(), "/run/x/gw-key.pem".into())),
+    };
+    let text = render(&s, &at).unwrap();
+    let c = daemon::resolve_text(daemon::Args::default(), &text, Path::new("jitwgd.toml")).unwrap();
+    assert_eq!(c.api_url.as_deref(), Some("https://198.18.255.1:8080"));
+    assert_eq!(c.api_ca_file, Some(PathBuf::from("/run/x/cp-ca.pem")));
+    assert_eq!(c.api_token_file, Some(PathBuf::from("/run/x/cp-token")));
+    assert_eq!(c.api_client_cert, Some(PathBuf::from("/run/x/gw.pem")));
+    assert_eq!(c.api_client_key, Some(PathBuf::from("/run/x/gw-key.pem")));
 }
 
 #[test]
