@@ -7,3 +7,4 @@ pub mod controlplane;
 pub mod lab;
 pub mod run;
 pub mod scenario;
+pub mod sweep;

@@ -35,6 +35,19 @@ pub struct Results {
     /// How the load generator kept up (`load::assess`); `None` in files from before it existed.
     #[serde(default)]
     pub load: Option<crate::load::LoadSummary>,
+    /// Time jitwgd spent in each JIT stage (`identify`, `lookup`, `install`; its
+    /// `jitwgd_stage_seconds` histogram), summed over daemon restarts. Empty: not measured.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stage_time: BTreeMap<String, StageTime>,
+}
+
+/// Time spent in one daemon stage over a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageTime {
+    /// Seconds spent in the stage (wall time, summed over every observation).
+    pub seconds: f64,
+    /// Observations: initiations identified, lookups done, install batches written.
+    pub count: u64,
 }
 
 impl Results {
@@ -51,6 +64,7 @@ impl Results {
             reload: None,
             expectations: Vec::new(),
             load: None,
+            stage_time: BTreeMap::new(),
         }
     }
 

@@ -14,6 +14,7 @@ pub mod probe;
 pub mod prometheus;
 mod results;
 pub mod services;
+pub mod stage_time;
 pub mod stale;
 mod timeline;
 pub mod tracker;

@@ -70,6 +70,7 @@ pub(super) fn assemble(run: Finished<'_>) -> Results {
         sent_by_daemon_by_outcome: run.timeline.api_sent.by_outcome(),
     };
     results.reload = run.reload;
+    results.stage_time = super::stage_time::stage_time(&run.timeline.stage_time.by_outcome());
     // Before the expectations: on a saturated run timing goals do not count.
     let lag_limit_ms = scenario
         .file

@@ -15,7 +15,7 @@ use super::lab::{blocking, Lab, READY_POLL};
 use super::probe::ProbeClient;
 use super::stale::StaleTracker;
 use super::tracker::{RecoveryWatch, UsageTracker};
-use super::{api_count, prometheus, stale, RunError, READY_TIMEOUT};
+use super::{api_count, prometheus, stage_time, stale, RunError, READY_TIMEOUT};
 use crate::lab::process::{own_usage, Child};
 use crate::scenario::{EventAction, Scenario};
 
@@ -153,6 +153,8 @@ pub(super) struct Timeline {
     lookups: BTreeMap<String, u64>,
     /// jitwgd's count of the API requests it sent, over its restarts.
     pub api_sent: api_count::CountAcrossRestarts,
+    /// jitwgd's time per JIT stage (`stage_time::counters`), over its restarts.
+    pub stage_time: api_count::CountAcrossRestarts,
     reload: Option<ReloadWatch>,
     /// Readiness waits of restarts after the first, with their start (ms into the run).
     pending_ready: Vec<(JoinHandle<Option<Ready>>, f64)>,
@@ -182,7 +184,10 @@ impl Timeline {
                 self.observe_usage(&ctx.lab);
                 // Its last count before it goes (what it sends after this is lost with it).
                 if let Ok((200, body)) = ctx.lab.probe().get("/metrics").await {
-                    self.api_sent.observe(api_count::requests_by_outcome(&body));
+                    let scrape = prometheus::Scrape::parse(body);
+                    self.api_sent
+                        .observe(scrape.by_label(api_count::API_REQUESTS_METRIC, "outcome"));
+                    self.stage_time.observe(stage_time::counters(&scrape));
                 }
                 // The reboot's time is the kill's, read after the scrape above, not the
                 // (earlier) time it was due.
@@ -209,6 +214,7 @@ impl Timeline {
                 }
                 self.usage.restarted("daemon");
                 self.api_sent.restarted();
+                self.stage_time.restarted();
                 let stored_peers = if self.reload.is_none() {
                     let db = ctx.lab.endpoints().db.clone();
                     blocking(|| stored_peer_count(&db))
@@ -330,6 +336,7 @@ impl Timeline {
             self.lookups = scrape.by_label(prometheus::LOOKUPS_METRIC, "outcome");
             self.api_sent
                 .observe(scrape.by_label(api_count::API_REQUESTS_METRIC, "outcome"));
+            self.stage_time.observe(stage_time::counters(&scrape));
         }
         let snap = ctx.progress.snapshot();
         self.samples.push(Sample {
