@@ -271,6 +271,45 @@ fn a_sweep_runs_resumes_and_its_reports_render_in_chromium() {
         assert_eq!(p["repeats"][0]["run_id"].as_str(), Some(id.as_str()));
     }
 
+    // Ctrl-C after the first run: exit 1, the finished run kept, the rest run on resume.
+    let cut = dir.path().join("cut");
+    let mut cut_args = args;
+    cut_args[3] = "population.0.count=2,3,4";
+    cut_args[5] = cut.to_str().unwrap();
+    let mut child = Command::new(JITWG)
+        .args(cut_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let first_done = cut.join("points/0/r0/results.json");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !first_done.is_file() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "interrupted sweep");
+    let cut_sweep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cut.join("sweep.json")).unwrap()).unwrap();
+    assert_eq!(cut_sweep["points"][0]["complete"], true, "{cut_sweep}");
+    assert_eq!(cut_sweep["points"][2]["complete"], false, "{cut_sweep}");
+    let kept = cut_sweep["points"][0]["repeats"][0]["run_id"].clone();
+    let resumed = jitwg(&cut_args);
+    assert_eq!(resumed.status.code(), Some(0), "{resumed:?}");
+    let done: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cut.join("sweep.json")).unwrap()).unwrap();
+    assert!(
+        done["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["complete"] == true),
+        "{done}"
+    );
+    assert_eq!(done["points"][0]["repeats"][0]["run_id"], kept);
+
     let scratch = dir.path().join("chromium");
     std::fs::create_dir_all(&scratch).unwrap();
     assert_page_is_sound(
@@ -280,4 +319,36 @@ fn a_sweep_runs_resumes_and_its_reports_render_in_chromium() {
         false,
     );
     assert_page_is_sound(&chromium, &out.join("report.html"), &scratch, true);
+}
+
+#[test]
+fn the_browser_check_catches_errors_empty_and_zero_size_charts() {
+    if !jitwg_testsupport::require(&jitwg_testsupport::missing_root_and_tools(&["chromium"])) {
+        return;
+    }
+    let chromium = jitwg_testsupport::find_tool("chromium").expect("checked above");
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("bad.html");
+    std::fs::write(
+        &page,
+        "<!DOCTYPE html><html><head><title>t</title></head><body>\
+         <figure><figcaption>empty</figcaption><svg width=\"900\" height=\"420\">\
+         <rect width=\"900\" height=\"420\" fill=\"white\"/><text x=\"9\" y=\"9\">no data</text></svg></figure>\
+         <figure><figcaption>flat</figcaption><svg width=\"0\" height=\"0\">\
+         <rect width=\"9\" height=\"9\"/><polyline points=\"0,0 5,5\"/></svg></figure>\
+         <img src=\"missing.png\"></body></html>",
+    )
+    .unwrap();
+    let (check, _) = load_in_chromium(&chromium, &page, dir.path());
+    assert_eq!(
+        check.errors.len(),
+        1,
+        "the missing image: {:?}",
+        check.errors
+    );
+    assert!(
+        check.charts[0].no_data && check.charts[0].marks == 0,
+        "{check:?}"
+    );
+    assert_eq!(check.charts[1].width, 0.0, "{check:?}");
 }

@@ -20,6 +20,8 @@ struct Axis {
     key: String,
     /// Value text by position, for a categorical key; empty for a numeric one.
     categories: Vec<String>,
+    /// The values are durations, drawn in seconds.
+    seconds: bool,
 }
 
 impl Axis {
@@ -29,7 +31,17 @@ impl Axis {
             .points
             .iter()
             .all(|p| matches!(p.x.get(&first.key), Some(Some(_))));
+        // Numeric values that are not plain numbers are durations (`30s`), in seconds in `x`.
+        let seconds = numeric
+            && first.values.iter().any(|v| {
+                v.trim()
+                    .trim_matches('"')
+                    .replace('_', "")
+                    .parse::<f64>()
+                    .is_err()
+            });
         Some(Axis {
+            seconds,
             key: first.key.clone(),
             categories: if numeric {
                 Vec::new()
@@ -48,6 +60,15 @@ impl Axis {
                 .iter()
                 .position(|c| c == text)
                 .map(|i| i as f64)
+        }
+    }
+
+    /// The axis description: the key, with its unit for durations.
+    fn description(&self) -> String {
+        if self.seconds {
+            format!("{} (s)", self.key)
+        } else {
+            self.key.clone()
         }
     }
 
@@ -135,7 +156,7 @@ pub fn figure_chart(
         let unit = def.unit;
         chart
             .configure_mesh()
-            .x_desc(axis.key.as_str())
+            .x_desc(axis.description())
             .y_desc(format!("{} ({})", def.label, unit.label()))
             .x_label_formatter(&|x| axis.label(*x))
             .y_label_formatter(&|y| unit.format(*y))
@@ -222,6 +243,19 @@ mod tests {
         assert!(svg.contains("knee at"), "{svg}");
         assert!(svg.contains("R²"), "{svg}");
         roxmltree::Document::parse(&svg).expect("well-formed SVG");
+    }
+
+    #[test]
+    fn a_duration_key_is_drawn_in_seconds() {
+        let mut sweep = knee_sweep();
+        sweep.vary[0].values = sweep.vary[0]
+            .values
+            .iter()
+            .map(|v| format!("{v}s"))
+            .collect();
+        let def = figure("daemon_cpu").unwrap();
+        let (svg, _) = figure_chart(&sweep, &def, None).unwrap().unwrap();
+        assert!(svg.contains("population.0.count (s)"), "{svg}");
     }
 
     #[test]

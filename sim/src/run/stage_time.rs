@@ -78,7 +78,7 @@ mod tests {
             })
         );
         assert_eq!(t.get("install").map(|s| s.count), Some(3));
-        assert!(t.get("lookup").is_none());
+        assert!(!t.contains_key("lookup"));
     }
 
     #[test]

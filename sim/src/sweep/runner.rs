@@ -12,7 +12,7 @@ use anyhow::{anyhow, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use jitwg_reports::sweep::{
     aggregate, fallback_annotations, figure_values, partial_dir, point_dir, repeat_dir,
-    write_sweep_report, Point, Repeat, SweepFile, VariedKey, SWEEP_VERSION,
+    write_sweep_report, Point, Repeat, SweepFile, SweepFileError, VariedKey, SWEEP_VERSION,
 };
 
 use super::Plan;
@@ -72,7 +72,7 @@ fn same_grid(old: &SweepFile, new: &SweepFile) -> bool {
 fn repeat_record(dir: &Path, point: usize, k: usize, seed: u64) -> anyhow::Result<Repeat> {
     let rel = repeat_dir(point, k);
     let results_rel = rel.join("results.json");
-    let results = jitwg_reports::load(&dir.join(&results_rel))
+    let results = jitwg_reports::load(dir.join(&results_rel))
         .with_context(|| format!("reading {}", results_rel.display()))?;
     Ok(Repeat {
         index: k,
@@ -165,8 +165,8 @@ pub fn execute(plan: &Plan, dir: &Path, quiet: bool) -> Result<ExitCode, CliErro
         .with_context(|| format!("creating {}", dir.display()))
         .map_err(internal)?;
     let mut sweep = index(plan);
-    if let Ok(old) = SweepFile::load(dir) {
-        if !same_grid(&old, &sweep) {
+    match SweepFile::load(dir) {
+        Ok(old) if !same_grid(&old, &sweep) => {
             return Err(CliError {
                 code: ExitCode::Usage,
                 error: anyhow!(
@@ -175,6 +175,16 @@ pub fn execute(plan: &Plan, dir: &Path, quiet: bool) -> Result<ExitCode, CliErro
                     dir.display()
                 ),
             });
+        }
+        Ok(_) => {}
+        Err(SweepFileError::Read { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound => {}
+        // Never overwrite an index this jitwg cannot read: it may be another version's.
+        Err(e) => {
+            return Err(CliError {
+                code: ExitCode::Usage,
+                error: anyhow::Error::new(e).context("choose another --out"),
+            })
         }
     }
     // Resume: every repeat whose results.json is in place is finished.

@@ -115,3 +115,33 @@ fn a_dry_run_runs_nothing_and_succeeds() {
     assert_eq!(run(a).unwrap(), ExitCode::Ok);
     assert!(!dir.path().join("out").exists());
 }
+
+#[test]
+fn every_shipped_sweep_declares_a_grid_whose_points_all_check() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/sweeps");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let a = SweepArgs {
+            scenario: path.clone(),
+            vary: vec![],
+            set: vec![],
+            seed: None,
+            repeat: None,
+            out: dir.join("unused"),
+            quiet: true,
+            dry_run: true,
+        };
+        let p = plan(&a).unwrap_or_else(|e| panic!("{}: {:#}", path.display(), e.error));
+        assert!(
+            p.points.len() >= 4,
+            "{}: a curve needs points",
+            path.display()
+        );
+        seen += 1;
+    }
+    assert!(seen >= 5, "shipped sweeps in {}", dir.display());
+}
