@@ -152,8 +152,10 @@ pub enum Command {
     /// figures; DIR/report.html charts each figure against the first varied key with error bars
     /// from the repeats, a fitted line and its knee; DIR/summary.md is the table. Running the same
     /// command again resumes: finished runs are skipped. Ctrl-C stops after tearing down the
-    /// current run (exit 1) and leaves every finished run usable. (Not to be confused with
-    /// jitwgd's eviction sweep, which removes idle peers.)
+    /// current run (exit 1) and leaves every finished run usable. A run that breaches its
+    /// scenario's [expect] does not fail the sweep (sweeps probe past the limits); sweep.json
+    /// records `passed` per run. (Not to be confused with jitwgd's eviction sweep, which removes
+    /// idle peers.)
     #[command(after_help = AFTER_HELP)]
     Sweep(crate::sweep::SweepArgs),
     /// Remove leftovers of crashed runs: jwg-* namespaces, links, UAPI sockets, processes.
