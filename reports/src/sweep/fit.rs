@@ -7,7 +7,8 @@
 //! least-squares line; then try every split of the sorted distinct x values into a left and a
 //! right part of at least two distinct x each, fitting a line to each part. The best split is a
 //! **knee** when it at least halves the single line's residual sum of squares *and* its right
-//! segment is at least twice as steep as its left; the knee x is where the two lines cross,
+//! segment is at least twice as steep as its left (a level shift between two flat parts counts);
+//! the knee x is where the two lines cross,
 //! clamped to the gap between the parts. Without a knee the single line is the fit ("linear
 //! where the data is linear"). R² = 1 − SSE/SST of the fit drawn.
 
@@ -143,8 +144,11 @@ pub fn annotate(figure: &str, points: &[(f64, f64)]) -> Option<FigureAnnotation>
             (a.min(p.0), b.max(p.0))
         });
     let found = knee(points);
+    // Points of the left part belong to the left line even where the knee sits on their x
+    // (parallel segments, a level shift, cross at the left part's last x).
     let model = |x: f64| match &found {
-        Some(k) if x >= k.x => k.right.at(x),
+        Some(k) if x <= k.split.0 => k.left.at(x),
+        Some(k) if x >= k.split.1 || x >= k.x => k.right.at(x),
         Some(k) => k.left.at(x),
         None => single.at(x),
     };
@@ -241,6 +245,23 @@ mod tests {
         let a = annotate("f", &pts).unwrap();
         assert!(a.r_squared.unwrap() > 0.99);
         assert_eq!(a.residuals.len(), pts.len());
+    }
+
+    #[test]
+    fn a_level_shift_is_marked_and_fits_exactly() {
+        // lookups vs evict_after: every return re-installs below the gap, none above it.
+        let pts = [
+            (10.0, 600.0),
+            (20.0, 600.0),
+            (30.0, 200.0),
+            (45.0, 200.0),
+            (60.0, 200.0),
+        ];
+        let a = annotate("lookup_count", &pts).unwrap();
+        let knee = a.knee_x.expect("knee");
+        assert!((20.0..=30.0).contains(&knee), "{knee}");
+        assert!(close(a.r_squared.unwrap(), 1.0), "{a:?}");
+        assert!(a.residuals.iter().all(|r| r.1.abs() < 1e-9), "{a:?}");
     }
 
     #[test]
