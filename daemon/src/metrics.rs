@@ -46,6 +46,13 @@ pub const LOOKUP_OUTCOMES: &[&str] = &[
 /// connection, bad body).
 pub const API_REQUEST_OUTCOMES: &[&str] = &["ok", "not_found", "error", "timeout"];
 
+/// Values of the `stage` label of `jitwgd_stage_seconds`: where the JIT path spends its time,
+/// so a capacity model can tell the stages' costs apart. `identify`: mac1 + the Noise first leg
+/// (one initiation, on an identify worker); `lookup`: cache and, on a miss, the control-plane
+/// request (wall time, so it includes waiting for the API); `install`: one data-plane write of a
+/// batch of JIT installs (on the install worker).
+pub const TIMED_STAGES: &[&str] = &["identify", "lookup", "install"];
+
 /// Values of the `outcome` label of `jitwgd_push_messages_total`.
 pub const PUSH_OUTCOMES: &[&str] = &["installed", "refused", "bad_json"];
 
@@ -144,8 +151,15 @@ pub struct Metrics {
     /// Stored configs that no longer pass the current address settings at boot, by
     /// `source` (see `STORED_CONFIG_SOURCES`); they were not installed.
     pub stored_configs_refused: Family<SourceLabel, Counter>,
+    /// Seconds spent per pipeline stage, by `stage` (see `TIMED_STAGES`).
+    pub stage_seconds: Family<StageLabel, Histogram, fn() -> Histogram>,
     /// Holds clones of the handles above for encoding.
     registry: Registry,
+}
+
+/// 1 µs .. ~4 s: an identify takes tens of µs, a lookup up to an API timeout.
+fn stage_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_001, 4.0, 12))
 }
 
 impl Metrics {
@@ -180,8 +194,12 @@ impl Metrics {
             ready: Gauge::default(),
             address_conflicts: Family::default(),
             stored_configs_refused: Family::default(),
+            stage_seconds: Family::new_with_constructor(stage_histogram as fn() -> Histogram),
             registry: Registry::with_prefix("jitwgd"),
         };
+        for &stage in TIMED_STAGES {
+            let _ = m.stage_seconds.get_or_create(&StageLabel { stage });
+        }
         for &reason in CAPTURE_DROP_REASONS {
             let _ = m.capture_dropped.get_or_create(&ReasonLabel { reason });
         }
@@ -330,6 +348,11 @@ impl Metrics {
             "1 once boot has finished, 0 before",
             self.ready.clone(),
         );
+        r.register(
+            "stage_seconds",
+            "Seconds spent in each JIT pipeline stage (identify, lookup, install)",
+            self.stage_seconds.clone(),
+        );
         self
     }
 
@@ -381,6 +404,15 @@ pub fn count_lookup(metrics: &Metrics, outcome: &'static str) {
         .lookups
         .get_or_create(&OutcomeLabel { outcome })
         .inc();
+}
+
+/// Record `elapsed` spent in `stage` (one of `TIMED_STAGES`).
+pub fn observe_stage(metrics: &Metrics, stage: &'static str, elapsed: std::time::Duration) {
+    debug_assert!(TIMED_STAGES.contains(&stage), "unknown stage {stage}");
+    metrics
+        .stage_seconds
+        .get_or_create(&StageLabel { stage })
+        .observe(elapsed.as_secs_f64());
 }
 
 /// Count one push message ending in `outcome` (one of `PUSH_OUTCOMES`).
@@ -480,6 +512,28 @@ mod tests {
             assert!(text.contains(&format!(
                 "jitwgd_push_messages_total{{outcome=\"{outcome}\"}} 0"
             )));
+        }
+    }
+
+    #[test]
+    fn stage_time_is_a_histogram_per_stage() {
+        let m = Metrics::new();
+        observe_stage(&m, "lookup", std::time::Duration::from_millis(3));
+        observe_stage(&m, "lookup", std::time::Duration::from_millis(1));
+        let text = m.encode();
+        assert!(
+            text.contains("jitwgd_stage_seconds_count{stage=\"lookup\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("jitwgd_stage_seconds_sum{stage=\"lookup\"} 0.004"),
+            "{text}"
+        );
+        for stage in TIMED_STAGES {
+            assert!(
+                text.contains(&format!("jitwgd_stage_seconds_count{{stage=\"{stage}\"}}")),
+                "{stage}: {text}"
+            );
         }
     }
 

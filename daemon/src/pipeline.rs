@@ -125,7 +125,9 @@ impl Pipeline {
             key,
         };
 
+        let lookup_started = Instant::now();
         let outcome = self.lookup.lookup(key, SystemTime::now()).await;
+        metrics::observe_stage(&self.metrics, "lookup", lookup_started.elapsed());
         metrics::count_lookup(&self.metrics, lookup_label(&outcome));
         let (config, source) = match outcome {
             LookupOutcome::CacheHit(config) => (config, "cache"),
@@ -206,7 +208,15 @@ pub fn start_identify_pool(
     let keys = pipeline.keys.clone();
     IdentifyPool::start(
         settings,
-        move |payload| identify::identify(&keys, payload),
+        {
+            let metrics = pipeline.metrics.clone();
+            move |payload| {
+                let started = Instant::now();
+                let identified = identify::identify(&keys, payload);
+                metrics::observe_stage(&metrics, "identify", started.elapsed());
+                identified
+            }
+        },
         move |captured, result| match result {
             Ok(initiation) => {
                 let p = pipeline.clone();

@@ -70,6 +70,8 @@ pub struct Figures {
     pub saturated: bool,
     /// Floods and replays; all `None` without attackers.
     pub attack: crate::attack::AttackFigures,
+    /// jitwgd's time per JIT stage (`identify`, `lookup`, `install`), from `results.stage_time`.
+    pub stage_time: BTreeMap<String, crate::schema::StageTime>,
 }
 
 impl Figures {
@@ -130,6 +132,7 @@ impl Figures {
             ),
             saturated: results.load.as_ref().is_some_and(|l| l.saturated),
             attack: crate::attack::AttackFigures::from_results(results),
+            stage_time: results.stage_time.clone(),
         }
     }
 
@@ -458,7 +461,50 @@ pub static FIGURES: &[FigureDef] = &[
     crate::attack::DROPPED,
     crate::attack::CONNECTED_AT_END,
     crate::attack::DB_OK,
+    def(
+        "identify_seconds",
+        "daemon time identifying",
+        Unit::Seconds,
+        Better::Lower,
+        |f| stage(f, "identify").map(|t| t.seconds),
+    ),
+    def(
+        "identify_count",
+        "initiations identified",
+        Unit::Count,
+        Better::Lower,
+        |f| stage(f, "identify").map(|t| t.count as f64),
+    ),
+    def(
+        "lookup_seconds",
+        "daemon time in lookups",
+        Unit::Seconds,
+        Better::Lower,
+        |f| stage(f, "lookup").map(|t| t.seconds),
+    ),
+    def("lookup_count", "lookups", Unit::Count, Better::Lower, |f| {
+        stage(f, "lookup").map(|t| t.count as f64)
+    }),
+    def(
+        "install_seconds",
+        "daemon time writing installs",
+        Unit::Seconds,
+        Better::Lower,
+        |f| stage(f, "install").map(|t| t.seconds),
+    ),
+    def(
+        "install_count",
+        "install batches written",
+        Unit::Count,
+        Better::Lower,
+        |f| stage(f, "install").map(|t| t.count as f64),
+    ),
 ];
+
+/// One daemon stage's time, when the run measured it.
+fn stage(f: &Figures, name: &str) -> Option<crate::schema::StageTime> {
+    f.stage_time.get(name).copied()
+}
 
 /// The driver's own cost per simulated client, so a run's capacity can be planned: how many
 /// clients one core of driver can simulate. `None` without a driver measurement or clients.

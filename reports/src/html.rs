@@ -36,7 +36,7 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-fn open(out: &mut String, title: &str) {
+pub(crate) fn open(out: &mut String, title: &str) {
     let _ = write!(
         out,
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<h1>{}</h1>\n",
@@ -45,7 +45,7 @@ fn open(out: &mut String, title: &str) {
     );
 }
 
-fn close(out: &mut String) {
+pub(crate) fn close(out: &mut String) {
     out.push_str("</body>\n</html>\n");
 }
 
@@ -62,7 +62,7 @@ fn charts_section(out: &mut String, charts: &[Chart]) {
 }
 
 /// Inline SVG must not carry an XML declaration.
-fn strip_xml_declaration(svg: &str) -> &str {
+pub(crate) fn strip_xml_declaration(svg: &str) -> &str {
     let trimmed = svg.trim_start();
     if trimmed.starts_with("<?xml") {
         trimmed

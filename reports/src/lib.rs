@@ -15,6 +15,7 @@ pub mod markdown;
 pub mod schema;
 pub mod shards;
 pub mod summary;
+pub mod sweep;
 
 use std::path::{Path, PathBuf};
 
@@ -27,7 +28,7 @@ pub use load::{assess as assess_load, LoadSummary, LAG_P99_LIMIT_MS};
 pub use schema::{
     load, save, ApiSummary, AttackResult, ClientResult, CompareOp, Connection, CpuSplitInfo, Event,
     EventKind, ExpectationResult, LoadError, ProcessUsage, Reload, Results, RunInfo, Sample,
-    SaveError, ToolInfo, BY_STATUS_ABORTED, BY_STATUS_PENDING, RECOVERY_WINDOW_MS, SCHEMA_VERSION,
+    SaveError, StageTime, ToolInfo, BY_STATUS_ABORTED, BY_STATUS_PENDING, RECOVERY_WINDOW_MS, SCHEMA_VERSION,
 };
 pub use shards::{merge_setup, MergedSetup, ShardInfo};
 pub use summary::{text_summary, DEFAULT_TOLERANCE, GLOSSARY};
@@ -86,7 +87,11 @@ pub fn write_comparison(
     write_files(out_dir, &html, &markdown)
 }
 
-fn write_files(out_dir: &Path, html: &str, markdown: &str) -> Result<ReportPaths, ReportError> {
+pub(crate) fn write_files(
+    out_dir: &Path,
+    html: &str,
+    markdown: &str,
+) -> Result<ReportPaths, ReportError> {
     std::fs::create_dir_all(out_dir).map_err(|source| ReportError::CreateDir {
         path: out_dir.to_path_buf(),
         source,

@@ -144,6 +144,20 @@ pub enum Command {
     /// candidate no longer measures, is a regression.
     #[command(after_help = AFTER_HELP)]
     Compare(CompareArgs),
+    /// Parameter sweep: run a scenario over a grid of values and chart each figure against them.
+    ///
+    /// Each point of the grid (every combination of the --vary values, or the scenario's [sweep]
+    /// table) is a full `jitwg run` on a fresh lab, repeated --repeat times (repeat k with seed
+    /// SEED+k), into DIR/points/<i>/r<k>/. DIR/sweep.json indexes the grid and every point's
+    /// figures; DIR/report.html charts each figure against the first varied key with error bars
+    /// from the repeats, a fitted line and its knee; DIR/summary.md is the table. Running the same
+    /// command again resumes: finished runs are skipped. Ctrl-C stops after tearing down the
+    /// current run (exit 1) and leaves every finished run usable. A run that breaches its
+    /// scenario's [expect] does not fail the sweep (sweeps probe past the limits); sweep.json
+    /// records `passed` per run. (Not to be confused with jitwgd's eviction sweep, which removes
+    /// idle peers.)
+    #[command(after_help = AFTER_HELP)]
+    Sweep(crate::sweep::SweepArgs),
     /// Remove leftovers of crashed runs: jwg-* namespaces, links, UAPI sockets, processes.
     Clean(CleanArgs),
     /// Run the testbed's control-plane API on its own.
@@ -271,6 +285,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Validate(args) => validate(args),
         Command::Report(args) => report(args),
         Command::Compare(args) => compare(args),
+        Command::Sweep(args) => crate::sweep::run(args),
         Command::Clean(args) => clean(args),
         Command::ControlPlane(args) => control_plane(args),
         Command::Gateway(args) => crate::shard::gateway::run(args),

@@ -8,3 +8,4 @@ pub mod lab;
 pub mod run;
 pub mod scenario;
 pub mod shard;
+pub mod sweep;

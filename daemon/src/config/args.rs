@@ -18,7 +18,7 @@ use super::{Backend, Boot, LogFormat, Mode};
 /// Keeps a WireGuard interface nearly empty and installs a peer only when it knocks:
 /// it sniffs handshake initiations, decrypts who is knocking, fetches that peer's
 /// config (local SQLite cache, then the control-plane HTTP API), installs it and
-/// handshakes back at once. A periodic sweep evicts idle peers.
+/// handshakes back at once. A periodic eviction sweep evicts idle peers.
 ///
 /// Every setting can come from a flag, a JITWGD_* environment variable or the TOML
 /// file given with --config (key = long flag with dashes turned into underscores,
@@ -138,18 +138,18 @@ pub struct Args {
     #[arg(long, env = "JITWGD_SWEEP_EVERY", value_name = "DURATION", value_parser = values::positive_duration)]
     pub sweep_every: Option<Duration>,
 
-    /// At most this many peers are removed per data-plane call during a sweep
+    /// At most this many peers are removed per data-plane call during an eviction sweep
     /// [default: 256].
     ///
     /// Removal is slow on the kernel backend (one RCU grace period per peer); bounded
-    /// chunks keep installs from starving behind a long sweep.
+    /// chunks keep installs from starving behind a long eviction sweep.
     #[arg(long, env = "JITWGD_SWEEP_CHUNK", value_name = "COUNT", value_parser = values::positive_count)]
     pub sweep_chunk: Option<usize>,
 
     /// How long one removal call may hold the data plane [default: 50ms].
     ///
     /// Chunks are sized by measured cost to fit this budget (never above --sweep-chunk),
-    /// so an install queued behind a sweep waits at most about this long. On a kernel that
+    /// so an install queued behind an eviction sweep waits at most about this long. On a kernel that
     /// pays an RCU grace period per removed peer this means a few peers per call; on
     /// wireguard-go the full --sweep-chunk. A huge value (e.g. 1h) gives fixed chunks.
     /// On PREEMPT_RT kernels (~35 ms per removed peer) with heavy churn, 250ms evicts ~15 %
@@ -176,7 +176,7 @@ pub struct Args {
     ///
     /// Without it, a client whose traffic goes unanswered after a gateway restart only
     /// re-handshakes after WireGuard's own ~15 s (keepalive + rekey timeouts). Activity
-    /// (last handshake, endpoint) is stored at each install and each sweep; 3m covers
+    /// (last handshake, endpoint) is stored at each install and each eviction sweep; 3m covers
     /// WireGuard's 120 s re-key of an active session. Both boot policies do it; in `jit`
     /// boot `/ready` does not wait for it, in `preload` boot these peers go first. A
     /// client that has gone gets the gateway's initiations for up to 90 s (WireGuard's

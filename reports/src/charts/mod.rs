@@ -70,10 +70,10 @@ pub fn all_charts(runs: &Runs<'_>) -> Result<Vec<Chart>, ChartError> {
         .collect()
 }
 
-type DrawResult = Result<(), Box<dyn Error>>;
+pub(crate) type DrawResult = Result<(), Box<dyn Error>>;
 
 /// Runs `draw` on a fresh SVG canvas and returns the SVG text.
-fn render(
+pub(crate) fn render(
     title: &str,
     draw: impl FnOnce(&DrawingArea<SVGBackend<'_>, plotters::coord::Shift>) -> DrawResult,
 ) -> Result<String, ChartError> {
@@ -94,7 +94,7 @@ fn render(
 }
 
 /// A chart's plotting area on an SVG canvas, with the coordinates `X` and `Y` describe.
-type Plot<'a, 'b, X, Y> = ChartContext<
+pub(crate) type Plot<'a, 'b, X, Y> = ChartContext<
     'a,
     SVGBackend<'b>,
     Cartesian2d<<X as AsRangedCoord>::CoordDescType, <Y as AsRangedCoord>::CoordDescType>,
@@ -102,7 +102,7 @@ type Plot<'a, 'b, X, Y> = ChartContext<
 
 /// The titled plotting area every chart starts from, with room for `y_label_area` pixels of
 /// y-axis labels.
-fn cartesian<'a, 'b, X: AsRangedCoord, Y: AsRangedCoord>(
+pub(crate) fn cartesian<'a, 'b, X: AsRangedCoord, Y: AsRangedCoord>(
     root: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
     title: &str,
     y_label_area: u32,
@@ -118,7 +118,7 @@ fn cartesian<'a, 'b, X: AsRangedCoord, Y: AsRangedCoord>(
 }
 
 /// Draws the series legend every chart uses (white box, black border) at `position`.
-fn draw_legend<'a, 'b, CT>(
+pub(crate) fn draw_legend<'a, 'b, CT>(
     chart: &mut ChartContext<'a, SVGBackend<'b>, CT>,
     position: SeriesLabelPosition,
 ) -> DrawResult
@@ -165,7 +165,7 @@ const PALETTE: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
-fn color(index: usize) -> RGBColor {
+pub(crate) fn color(index: usize) -> RGBColor {
     PALETTE[index % PALETTE.len()]
 }
 

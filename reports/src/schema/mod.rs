@@ -49,6 +49,19 @@ pub struct Results {
     /// the gateway: `"ok"`, or what it found. `None`: not checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daemon_db_integrity: Option<String>,
+    /// Time jitwgd spent in each JIT stage (`identify`, `lookup`, `install`; its
+    /// `jitwgd_stage_seconds` histogram), summed over daemon restarts. Empty: not measured.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stage_time: BTreeMap<String, StageTime>,
+}
+
+/// Time spent in one daemon stage over a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageTime {
+    /// Seconds spent in the stage (wall time, summed over every observation).
+    pub seconds: f64,
+    /// Observations: initiations identified, lookups done, install batches written.
+    pub count: u64,
 }
 
 impl Results {
@@ -68,6 +81,7 @@ impl Results {
             attacks: Vec::new(),
             initiations_dropped: BTreeMap::new(),
             daemon_db_integrity: None,
+            stage_time: BTreeMap::new(),
         }
     }
 

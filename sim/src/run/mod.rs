@@ -17,6 +17,7 @@ pub mod probe;
 pub mod prometheus;
 pub(crate) mod results;
 pub mod services;
+pub mod stage_time;
 pub mod stale;
 pub(crate) mod timeline;
 pub mod tracker;

@@ -80,6 +80,7 @@ pub(crate) fn assemble(run: Finished<'_>) -> Results {
     results.initiations_dropped = run.timeline.drops.by_outcome();
     results.attacks = run.attacks;
     results.daemon_db_integrity = run.db_integrity;
+    results.stage_time = super::stage_time::stage_time(&run.timeline.stage_time.by_outcome());
     // Before the expectations: on a saturated run timing goals do not count.
     let lag_limit_ms = scenario
         .file

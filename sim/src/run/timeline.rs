@@ -15,7 +15,7 @@ use super::lab::{blocking, Lab, READY_POLL};
 use super::probe::ProbeClient;
 use super::stale::StaleTracker;
 use super::tracker::{RecoveryWatch, UsageTracker};
-use super::{api_count, prometheus, stale, RunError, READY_TIMEOUT};
+use super::{api_count, prometheus, stage_time, stale, RunError, READY_TIMEOUT};
 use crate::lab::process::{own_usage, Child};
 use crate::scenario::{EventAction, Scenario};
 
@@ -159,6 +159,8 @@ pub(crate) struct Timeline {
     pub api_sent: api_count::CountAcrossRestarts,
     /// jitwgd's initiations dropped by reason, over its restarts (absent metric: nothing).
     pub drops: api_count::CountAcrossRestarts,
+    /// jitwgd's time per JIT stage (`stage_time::counters`), over its restarts.
+    pub stage_time: api_count::CountAcrossRestarts,
     reload: Option<ReloadWatch>,
     /// Readiness waits of restarts after the first, with their start (ms into the run).
     pending_ready: Vec<(JoinHandle<Option<Ready>>, f64)>,
@@ -192,6 +194,7 @@ impl Timeline {
                     self.api_sent
                         .observe(scrape.by_label(api_count::API_REQUESTS_METRIC, "outcome"));
                     self.drops.observe(scrape.by_label(DROPS_METRIC, "reason"));
+                    self.stage_time.observe(stage_time::counters(&scrape));
                 }
                 // The reboot's time is the kill's, read after the scrape above, not the
                 // (earlier) time it was due.
@@ -224,6 +227,7 @@ impl Timeline {
                 self.usage.restarted("daemon");
                 self.api_sent.restarted();
                 self.drops.restarted();
+                self.stage_time.restarted();
                 let stored_peers = if self.reload.is_none() {
                     let db = ctx.lab.endpoints().db.clone();
                     blocking(|| stored_peer_count(&db))
@@ -346,6 +350,7 @@ impl Timeline {
             self.api_sent
                 .observe(scrape.by_label(api_count::API_REQUESTS_METRIC, "outcome"));
             self.drops.observe(scrape.by_label(DROPS_METRIC, "reason"));
+            self.stage_time.observe(stage_time::counters(&scrape));
         }
         let snap = ctx.progress.snapshot();
         self.samples.push(Sample {

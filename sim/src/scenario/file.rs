@@ -61,6 +61,10 @@ pub struct ScenarioFile {
     /// figure = "op threshold", e.g. `setup_p99_ms = "< 500"`.
     #[serde(default)]
     pub expect: BTreeMap<String, String>,
+    /// `[sweep]`: the grid `jitwg sweep` runs when no `--vary` is given (read and checked by
+    /// `sweep::grid`); `jitwg run` ignores it and runs the file's own values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<toml::Table>,
 }
 
 fn default_stale_threshold() -> Duration {
