@@ -308,6 +308,9 @@ async fn shard_main(
         cpu_split: None,
         warnings: warnings.clone(),
         driver_cpu_utilization: utilization,
+        // Attacks and the database check belong to a whole run, not to a shard.
+        attacks: Vec::new(),
+        db_integrity: None,
     });
     if let Some(u) = usage {
         results.processes.push(jitwg_reports::ProcessUsage {

@@ -192,6 +192,9 @@ async fn serve(
             "sharded run: the gateway's samples do not see the clients, so connected and in-flight clients read 0".into(),
         ],
         driver_cpu_utilization: None,
+        // Attacks and the database check belong to a whole run, not to a shard.
+        attacks: Vec::new(),
+        db_integrity: None,
     });
     let path = out.join("results.json");
     jitwg_reports::save(&results, &path).map_err(|e| CliError::new(ExitCode::Internal, e))?;
