@@ -148,6 +148,12 @@ pub enum Command {
     Clean(CleanArgs),
     /// Run the testbed's control-plane API on its own.
     ControlPlane(ControlPlaneArgs),
+    /// Run a recorded run again (its OUT_DIR or bundle) and say how the outcomes differ.
+    Rerun(crate::rerun::RerunArgs),
+    /// One client's story: its events, jitwgd's log lines and its packets, in run time.
+    Timeline(crate::timeline::TimelineArgs),
+    /// Pack a run's files into one .tar.gz for a bug report.
+    Bundle(crate::bundle::BundleArgs),
 }
 
 /// Scenario adjustments shared by `run` and `validate`.
@@ -195,6 +201,20 @@ pub struct RunArgs {
     /// the run unless this is given.
     #[arg(long)]
     pub event_log: bool,
+    /// Capture the gateway's uplink into OUT/capture.pcapng and write OUT/wg.keylog, a
+    /// WireGuard key log holding the gateway's and every client's PRIVATE key (mode 0600), so
+    /// `tshark -r capture.pcapng -o wg.keylog_file:wg.keylog` decrypts every initiation's
+    /// static key and timestamp. Implies --event-log. See `jitwg timeline` and `jitwg bundle`.
+    #[arg(long)]
+    pub capture: bool,
+    /// Stop capturing after this many packets (`20000`) or bytes (`50MB`, `1GiB`).
+    #[arg(
+        long,
+        value_name = "N|SIZE",
+        default_value = "100MB",
+        requires = "capture"
+    )]
+    pub capture_limit: crate::capture::CaptureLimit,
 }
 
 #[derive(Debug, Args)]
@@ -255,6 +275,9 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Compare(args) => compare(args),
         Command::Clean(args) => clean(args),
         Command::ControlPlane(args) => control_plane(args),
+        Command::Rerun(args) => crate::rerun::command(args),
+        Command::Timeline(args) => crate::timeline::command(args),
+        Command::Bundle(args) => crate::bundle::command(args),
     }
 }
 
@@ -277,6 +300,10 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         out: args.out,
         quiet: args.quiet,
         event_log: args.event_log,
+        capture: args.capture.then_some(crate::capture::CaptureOptions {
+            limit: args.capture_limit,
+        }),
+        overrides_text: args.scenario.set.clone(),
     };
     let outcome = crate::run::run_scenario(scenario, &opts)?;
     let report = jitwg_reports::write_report(&outcome.results, &outcome.out_dir)

@@ -17,6 +17,8 @@ use rand_chacha::ChaCha20Rng;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::capture::keylog::KeyLog;
+use crate::capture::{Capture, CaptureOptions, Recorder};
 use crate::client::{run_fleet, FleetClient, FleetConfig, FleetProgress};
 use crate::controlplane::{FaultConfig, LatencyModel, PeerDoc};
 use crate::lab::dataplane::DataPlaneBackend;
@@ -58,7 +60,8 @@ fn watch_signals() -> Result<CancellationToken, RunError> {
     Ok(token)
 }
 
-fn gateway_private_key(seed: u64) -> [u8; 32] {
+/// The gateway's static private key of a run with this seed (the same on every rerun).
+pub fn gateway_private_key(seed: u64) -> [u8; 32] {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     rng.set_stream(GATEWAY_KEY_STREAM);
     let mut key = [0u8; 32];
@@ -164,7 +167,7 @@ fn continuous_traffic(scenario: &Scenario) -> HashSet<u32> {
 /// The fleet's event log: written when asked for, and for every scenario that restarts the
 /// daemon, whose recovery time is read from the clients' echo replies in it.
 fn event_log_path(scenario: &Scenario, opts: &RunOptions, out: &Path) -> Option<PathBuf> {
-    (opts.event_log
+    (opts.keep_event_log()
         || !scenario
             .events
             .iter()
@@ -243,8 +246,25 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
         source,
     })?;
 
+    // Before anything starts: a capture that cannot work fails the run here.
+    let recorder = match opts.capture {
+        Some(options) => Some(prepare_capture(&scenario, &spec, &out, options)?),
+        None => None,
+    };
+
     let render = |at: &_| daemon_config::render(&scenario, at).map_err(RunError::DaemonConfig);
     let lab = Lab::build(spec, render, &interrupt).await?;
+    let capture = match recorder {
+        Some(recorder) => Some(
+            Capture::start(
+                lab.gateway_ns(),
+                &lab.endpoints().capture_interface,
+                recorder,
+            )
+            .map_err(RunError::CaptureSetup)?,
+        ),
+        None => None,
+    };
 
     // Register after the daemon is up, so in push mode it receives every published peer.
     let docs: Vec<PeerDoc> = scenario
@@ -291,6 +311,13 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
             String::new()
         },
     });
+    let capture = match (capture, opts.capture) {
+        (Some(c), Some(options)) => {
+            let summary = super::lab::blocking(|| c.stop()).map_err(RunError::Capture)?;
+            Some(capture_info(&scenario, options, summary))
+        }
+        _ => None,
+    };
     let api = ctx.lab.control().stats();
     let driver_cpu_utilization = driver_utilization(
         driver_cpu_at_start,
@@ -316,7 +343,7 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
 
     let event_log = event_log_path(&scenario, opts, &out);
     let reload = timeline.finish(event_log.as_deref(), &continuous_traffic(&scenario));
-    if let Some(path) = event_log.filter(|_| !opts.event_log) {
+    if let Some(path) = event_log.filter(|_| !opts.keep_event_log()) {
         // Written only to measure recovery: not asked for, so not left behind.
         if let Err(e) = std::fs::remove_file(&path) {
             tracing::warn!(log = %path.display(), error = %e, "removing the fleet's event log");
@@ -336,6 +363,8 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
         cpu_split,
         warnings,
         driver_cpu_utilization,
+        capture,
+        rerun: rerun_info(&scenario, opts),
     });
     let results_path = out.join("results.json");
     jitwg_reports::save(&results, &results_path).map_err(RunError::Save)?;
@@ -345,6 +374,57 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
         results_path,
         interrupted,
     })
+}
+
+/// Writes the key log and creates the capture file (see [`crate::capture::prepare`]).
+fn prepare_capture(
+    scenario: &Scenario,
+    spec: &LabSpec,
+    out: &Path,
+    options: CaptureOptions,
+) -> Result<Recorder<std::io::BufWriter<std::fs::File>>, RunError> {
+    let keys = KeyLog::new(
+        spec.gateway_private_key,
+        scenario.clients.iter().map(|c| c.identity.private_key),
+    );
+    let uplink = crate::lab::names::Names::new(spec.run_id.clone()).veth_gw_to_client();
+    crate::capture::prepare(out, options, &uplink, &keys).map_err(RunError::CaptureSetup)
+}
+
+/// `results.capture`: the files and what they hold.
+fn capture_info(
+    scenario: &Scenario,
+    options: CaptureOptions,
+    summary: crate::capture::CaptureSummary,
+) -> jitwg_reports::CaptureInfo {
+    jitwg_reports::CaptureInfo {
+        file: crate::capture::CAPTURE_FILE.into(),
+        keylog: crate::capture::KEYLOG_FILE.into(),
+        keys: scenario.clients.len() as u64 + 1,
+        limit: options.limit.to_string(),
+        packets: summary.packets,
+        bytes: summary.bytes,
+        limit_reached: summary.limit_reached,
+        kernel_drops: summary.kernel_drops,
+    }
+}
+
+/// `results.rerun`: how this run was asked for, beyond the resolved scenario.
+fn rerun_info(scenario: &Scenario, opts: &RunOptions) -> jitwg_reports::RerunInfo {
+    let daemon_settings = daemon_config::describe(scenario)
+        .map(|settings| {
+            settings
+                .into_iter()
+                .map(|s| (s.key.to_string(), s.value))
+                .collect()
+        })
+        .unwrap_or_default();
+    jitwg_reports::RerunInfo {
+        overrides: opts.overrides_text.clone(),
+        daemon_settings,
+        event_log: opts.keep_event_log(),
+        capture_limit: opts.capture.map(|c| c.limit.as_arg()),
+    }
 }
 
 /// The driver's CPU time over the fleet's run relative to the CPUs it was allotted: 1.0 means

@@ -33,6 +33,10 @@ pub(super) struct Finished<'a> {
     pub warnings: Vec<String>,
     /// For `results.load` (see `jitwg_reports::load`).
     pub driver_cpu_utilization: Option<f64>,
+    /// `results.capture` (`--capture`).
+    pub capture: Option<jitwg_reports::CaptureInfo>,
+    /// `results.rerun`.
+    pub rerun: jitwg_reports::RerunInfo,
 }
 
 pub(super) fn assemble(run: Finished<'_>) -> Results {
@@ -70,6 +74,8 @@ pub(super) fn assemble(run: Finished<'_>) -> Results {
         sent_by_daemon_by_outcome: run.timeline.api_sent.by_outcome(),
     };
     results.reload = run.reload;
+    results.capture = run.capture;
+    results.rerun = Some(run.rerun);
     // Before the expectations: on a saturated run timing goals do not count.
     let lag_limit_ms = scenario
         .file

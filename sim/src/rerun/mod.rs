@@ -1,0 +1,245 @@
+//! `jitwg rerun OUT_DIR|BUNDLE`: runs again exactly what a recorded run ran — the resolved
+//! scenario from its results.json (seed and `--set` overrides already applied), on the same
+//! CPU split, with the same event-log and capture options — then says how the two runs differ:
+//! which clients connected or failed differently, and each figure's run-to-run spread. It
+//! warns first when the tool versions or jitwgd's resolved settings are not the recorded ones.
+
+pub mod compare;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::cli::{CliError, ExitCode};
+use crate::run::{daemon_config, RunOptions};
+use crate::scenario::cpus::CpusFile;
+use crate::scenario::{Adjustments, Scenario, ScenarioFile};
+
+/// The resolved scenario's file name in a rerun's (and a bundle's) directory.
+pub const SCENARIO_FILE: &str = "scenario.toml";
+/// Runs with at most this many clients are "smoke-sized": the same clients must connect or
+/// fail as before, and a difference makes `rerun` exit 1.
+pub const SMOKE_CLIENTS: usize = 500;
+
+#[derive(Debug, Args)]
+pub struct RerunArgs {
+    /// The recorded run: its output directory, its results.json, or a `jitwg bundle` archive.
+    #[arg(value_name = "OUT_DIR|BUNDLE")]
+    pub source: PathBuf,
+    /// Output directory of the new run [default: target/jitwg/<scenario name>-<run id>].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Run it this many times, to measure the run-to-run spread of every figure.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub repeat: u32,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// What a recorded run says about itself.
+pub struct Recorded {
+    pub results: jitwg_reports::Results,
+    /// Where it was read from (for messages).
+    pub origin: PathBuf,
+}
+
+/// Reads the recorded run from a directory, a results file or a bundle.
+pub fn read_recorded(source: &Path) -> anyhow::Result<Recorded> {
+    let results_path = if source.is_dir() {
+        source.join("results.json")
+    } else if crate::bundle::is_bundle(source) {
+        let results = crate::bundle::read_results(source)?;
+        return Ok(Recorded {
+            results,
+            origin: source.to_path_buf(),
+        });
+    } else {
+        source.to_path_buf()
+    };
+    let results = jitwg_reports::load(&results_path)
+        .with_context(|| format!("reading {}", results_path.display()))?;
+    Ok(Recorded {
+        results,
+        origin: results_path,
+    })
+}
+
+/// The scenario file exactly as the recorded run resolved it, pinned to its CPU split.
+pub fn recorded_scenario(results: &jitwg_reports::Results) -> anyhow::Result<ScenarioFile> {
+    let mut file: ScenarioFile = serde_json::from_value(results.run.resolved_scenario.clone())
+        .context("results.json's run.resolved_scenario is not a scenario this jitwg can read")?;
+    if let Some(split) = &results.run.cpu_split {
+        // "auto" halves depend on the CPUs offered; pin the lists the recorded run used.
+        file.lab.cpus = CpusFile::Split {
+            gateway: split.gateway.clone(),
+            driver: split.driver.clone(),
+        };
+    }
+    Ok(file)
+}
+
+/// The scenario file as TOML (what `scenario.toml` in a rerun or a bundle holds).
+pub fn render_scenario(file: &ScenarioFile) -> anyhow::Result<String> {
+    toml::to_string(file).context("writing the resolved scenario as TOML")
+}
+
+fn usage(e: anyhow::Error) -> CliError {
+    CliError {
+        code: ExitCode::Usage,
+        error: e,
+    }
+}
+
+fn internal(e: anyhow::Error) -> CliError {
+    CliError {
+        code: ExitCode::Internal,
+        error: e,
+    }
+}
+
+/// `jitwg rerun`.
+pub fn command(args: RerunArgs) -> Result<ExitCode, CliError> {
+    let recorded = read_recorded(&args.source).map_err(usage)?;
+    let before = &recorded.results;
+    let file = recorded_scenario(before).map_err(usage)?;
+    let text = render_scenario(&file).map_err(internal)?;
+    let staging = tempfile::tempdir()
+        .context("creating a directory for the resolved scenario")
+        .map_err(internal)?;
+    let scenario_path = staging.path().join(SCENARIO_FILE);
+    std::fs::write(&scenario_path, &text)
+        .with_context(|| format!("writing {}", scenario_path.display()))
+        .map_err(internal)?;
+    let scenario = crate::scenario::parse(&scenario_path, &text, &Adjustments::default())
+        .map_err(|e| usage(e.into()))?;
+    println!(
+        "rerunning {} (run {}, seed {}, {} clients)",
+        recorded.origin.display(),
+        before.run.id,
+        scenario.seed,
+        scenario.clients.len()
+    );
+    for warning in warnings(before, &scenario) {
+        println!("warning: {warning}");
+    }
+    let rerun = before.rerun.clone().unwrap_or_default();
+    let capture = match &rerun.capture_limit {
+        Some(limit) => Some(crate::capture::CaptureOptions {
+            limit: limit
+                .parse()
+                .with_context(|| "results.json's rerun.capture_limit")
+                .map_err(usage)?,
+        }),
+        None => None,
+    };
+    let mut runs = vec![jitwg_reports::Figures::from_results(before)];
+    let mut verdict = ExitCode::Ok;
+    for i in 0..args.repeat {
+        let out = match (&args.out, args.repeat) {
+            (Some(out), 1) => Some(out.clone()),
+            (Some(out), _) => Some(out.join(format!("run-{}", i + 1))),
+            (None, _) => None,
+        };
+        let opts = RunOptions {
+            scenario_file: scenario_path.clone(),
+            adjustments: Adjustments::default(),
+            out,
+            quiet: args.quiet,
+            event_log: rerun.event_log,
+            capture,
+            overrides_text: rerun.overrides.clone(),
+        };
+        let outcome = crate::run::run_scenario(scenario.clone(), &opts)?;
+        // The resolved scenario beside the results, so this run can be rerun from its file too.
+        let kept = outcome.out_dir.join(SCENARIO_FILE);
+        std::fs::write(&kept, &text)
+            .with_context(|| format!("writing {}", kept.display()))
+            .map_err(internal)?;
+        let report = jitwg_reports::write_report(&outcome.results, &outcome.out_dir)
+            .context("writing the report")
+            .map_err(internal)?;
+        println!("results: {}", outcome.results_path.display());
+        println!("report: {}", report.html.display());
+        if !outcome.passed() {
+            verdict = ExitCode::Breach;
+        }
+        let changes = compare::outcome_changes(&before.clients, &outcome.results.clients);
+        print_outcomes(&changes, before.clients.len());
+        if !changes.is_empty() && scenario.clients.len() <= SMOKE_CLIENTS {
+            verdict = ExitCode::Breach;
+        }
+        runs.push(jitwg_reports::Figures::from_results(&outcome.results));
+    }
+    print_spreads(&compare::spreads(&runs));
+    Ok(verdict)
+}
+
+/// What differs from the recorded run before anything runs: tool versions, jitwgd's settings.
+fn warnings(before: &jitwg_reports::Results, scenario: &Scenario) -> Vec<String> {
+    let program = (before.run.backend == "userspace").then(|| {
+        crate::run::prereq::require_binary("wireguard-go", "")
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "wireguard-go".into())
+    });
+    let now = crate::run::info::tool_info(program.as_deref());
+    let mut out = compare::tool_changes(&before.run.tool, &now);
+    match &before.rerun {
+        Some(rerun) => {
+            let settings = daemon_config::describe(scenario)
+                .map(|s| {
+                    s.into_iter()
+                        .map(|s| (s.key.to_string(), s.value))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.extend(compare::setting_changes(&rerun.daemon_settings, &settings));
+        }
+        None => out.push(
+            "results.json predates rerun records: jitwgd's resolved settings cannot be checked"
+                .into(),
+        ),
+    }
+    out
+}
+
+fn print_outcomes(changes: &[compare::OutcomeChange], clients: usize) {
+    if changes.is_empty() {
+        println!("outcomes: identical (all {clients} clients connected or failed as before)");
+        return;
+    }
+    println!(
+        "outcomes: {} of {clients} clients ended differently:",
+        changes.len()
+    );
+    for c in changes.iter().take(20) {
+        println!(
+            "  client {}: before {}, now {}",
+            c.client,
+            compare::describe_outcome(c.before.as_ref()),
+            compare::describe_outcome(c.after.as_ref())
+        );
+    }
+    if changes.len() > 20 {
+        println!("  ... and {} more", changes.len() - 20);
+    }
+}
+
+fn print_spreads(spreads: &[compare::Spread]) {
+    println!("run-to-run spread (recorded run first; spread = (max - min) / median):");
+    for s in spreads {
+        if s.values.iter().all(Option::is_none) {
+            continue;
+        }
+        let values: Vec<String> = s
+            .values
+            .iter()
+            .map(|v| v.map_or_else(|| "-".into(), |v| s.unit.format(v)))
+            .collect();
+        let spread = s
+            .relative
+            .map_or_else(|| "-".into(), |r| format!("{:.1}%", r * 100.0));
+        println!("  {:<28} {:>8}  {}", s.figure, spread, values.join("  "));
+    }
+}
