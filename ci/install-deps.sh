@@ -9,6 +9,8 @@ command -v wg >/dev/null || need+=(wireguard-tools)
 command -v nats-server >/dev/null || need+=(nats-server)
 command -v ip >/dev/null || need+=(iproute2)
 command -v ping >/dev/null || need+=(iputils-ping)
+# tshark: the capture test decrypts `jitwg run --capture`'s initiations with its key log.
+command -v tshark >/dev/null || need+=(tshark)
 if ((${#need[@]})); then
   if [ "$(id -u)" != 0 ]; then
     echo "ci/install-deps.sh: missing ${need[*]}; run as root (or: sudo apt-get install ${need[*]})" >&2
