@@ -5,6 +5,13 @@
 //! bundle as it takes a run directory. Bundles and captures are the user's files: `jitwg
 //! clean` never touches them.
 
+/// `println!` that ignores a reader that went away (`jitwg bundle ... | head`).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        crate::cli::say_raw(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 use std::fmt::Write as _;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -258,12 +265,12 @@ pub fn command(args: BundleArgs) -> Result<ExitCode, CliError> {
         error: e,
     })?;
     for (name, size) in &manifest.present {
-        println!("  {name} ({size} bytes)");
+        say!("  {name} ({size} bytes)");
     }
     for name in &manifest.missing {
-        println!("  missing: {name}");
+        say!("  missing: {name}");
     }
-    println!("bundle: {}", archive.display());
+    say!("bundle: {}", archive.display());
     Ok(ExitCode::Ok)
 }
 

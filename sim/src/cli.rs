@@ -20,7 +20,7 @@ macro_rules! say {
 }
 
 /// Writes to stdout, ignoring write errors (see [`say!`]).
-fn say_raw(args: std::fmt::Arguments<'_>) {
+pub(crate) fn say_raw(args: std::fmt::Arguments<'_>) {
     use std::io::Write;
     let _ = std::io::stdout().lock().write_fmt(args);
 }

@@ -169,3 +169,33 @@ pub fn prepare(
         interface_name,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_that_cannot_take_the_files_fails_before_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory where the capture file should go: creating the file must fail.
+        std::fs::create_dir(dir.path().join(CAPTURE_FILE)).unwrap();
+        let err = prepare(
+            dir.path(),
+            CaptureOptions {
+                limit: CaptureLimit::DEFAULT,
+            },
+            "veth0",
+            &keylog::KeyLog::new([1; 32], []),
+        )
+        .err()
+        .expect("prepare must fail");
+        // Not root: the AF_PACKET check fails first; root: the file does.
+        assert!(
+            matches!(
+                err,
+                CaptureError::Permission(_) | CaptureError::Create { .. }
+            ),
+            "{err:?}"
+        );
+    }
+}

@@ -4,6 +4,13 @@
 //! which clients connected or failed differently, and each figure's run-to-run spread. It
 //! warns first when the tool versions or jitwgd's resolved settings are not the recorded ones.
 
+/// `println!` that ignores a reader that went away (`jitwg rerun ... | head`).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        crate::cli::say_raw(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 pub mod compare;
 
 use std::path::{Path, PathBuf};
@@ -114,7 +121,7 @@ pub fn command(args: RerunArgs) -> Result<ExitCode, CliError> {
         .map_err(internal)?;
     let scenario = crate::scenario::parse(&scenario_path, &text, &Adjustments::default())
         .map_err(|e| usage(e.into()))?;
-    println!(
+    say!(
         "rerunning {} (run {}, seed {}, {} clients)",
         recorded.origin.display(),
         before.run.id,
@@ -122,7 +129,7 @@ pub fn command(args: RerunArgs) -> Result<ExitCode, CliError> {
         scenario.clients.len()
     );
     for warning in warnings(before, &scenario) {
-        println!("warning: {warning}");
+        say!("warning: {warning}");
     }
     let rerun = before.rerun.clone().unwrap_or_default();
     let capture = match &rerun.capture_limit {
@@ -160,8 +167,8 @@ pub fn command(args: RerunArgs) -> Result<ExitCode, CliError> {
         let report = jitwg_reports::write_report(&outcome.results, &outcome.out_dir)
             .context("writing the report")
             .map_err(internal)?;
-        println!("results: {}", outcome.results_path.display());
-        println!("report: {}", report.html.display());
+        say!("results: {}", outcome.results_path.display());
+        say!("report: {}", report.html.display());
         if !outcome.passed() {
             verdict = ExitCode::Breach;
         }
@@ -206,15 +213,15 @@ fn warnings(before: &jitwg_reports::Results, scenario: &Scenario) -> Vec<String>
 
 fn print_outcomes(changes: &[compare::OutcomeChange], clients: usize) {
     if changes.is_empty() {
-        println!("outcomes: identical (all {clients} clients connected or failed as before)");
+        say!("outcomes: identical (all {clients} clients connected or failed as before)");
         return;
     }
-    println!(
+    say!(
         "outcomes: {} of {clients} clients ended differently:",
         changes.len()
     );
     for c in changes.iter().take(20) {
-        println!(
+        say!(
             "  client {}: before {}, now {}",
             c.client,
             compare::describe_outcome(c.before.as_ref()),
@@ -222,12 +229,12 @@ fn print_outcomes(changes: &[compare::OutcomeChange], clients: usize) {
         );
     }
     if changes.len() > 20 {
-        println!("  ... and {} more", changes.len() - 20);
+        say!("  ... and {} more", changes.len() - 20);
     }
 }
 
 fn print_spreads(spreads: &[compare::Spread]) {
-    println!("run-to-run spread (recorded run first; spread = (max - min) / median):");
+    say!("run-to-run spread (recorded run first; spread = (max - min) / median):");
     for s in spreads {
         if s.values.iter().all(Option::is_none) {
             continue;
@@ -240,6 +247,6 @@ fn print_spreads(spreads: &[compare::Spread]) {
         let spread = s
             .relative
             .map_or_else(|| "-".into(), |r| format!("{:.1}%", r * 100.0));
-        println!("  {:<28} {:>8}  {}", s.figure, spread, values.join("  "));
+        say!("  {:<28} {:>8}  {}", s.figure, spread, values.join("  "));
     }
 }

@@ -5,6 +5,13 @@
 //! responses, the gateway's role-inversion initiations). The client's key, address and the
 //! gateway's key come from re-resolving the recorded scenario (same seed, same keys).
 
+/// `println!` that ignores a reader that went away (`jitwg timeline ... | head`).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        crate::cli::say_raw(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 pub mod story;
 
 use std::io::BufRead;
@@ -228,14 +235,14 @@ pub fn command(args: TimelineArgs) -> Result<ExitCode, CliError> {
     }
     let story = build(&args.dir, args.client, args.key.as_deref()).map_err(usage)?;
     for h in &story.header {
-        println!("{h}");
+        say!("{h}");
     }
     for m in &story.missing {
-        println!("not shown: {m}");
+        say!("not shown: {m}");
     }
     if story.lines.is_empty() {
         // Still exit 0: the header said what the results know about the client.
-        println!("nothing about this client in the event log, the daemon log or the capture");
+        say!("nothing about this client in the event log, the daemon log or the capture");
     }
     let lines = if args.all_packets {
         story.lines
@@ -246,7 +253,7 @@ pub fn command(args: TimelineArgs) -> Result<ExitCode, CliError> {
         let t = line
             .t_ms
             .map_or_else(|| "?".to_string(), |t| format!("{t:.3}"));
-        println!("{t:>12} ms  {:<6}  {}", line.source.label(), line.text);
+        say!("{t:>12} ms  {:<6}  {}", line.source.label(), line.text);
     }
     Ok(ExitCode::Ok)
 }
