@@ -244,6 +244,27 @@ pub fn read_member(archive: &Path, name: &str) -> anyhow::Result<Option<Vec<u8>>
     Ok(None)
 }
 
+/// Unpacks a bundle into `into`; returns the run directory inside it.
+pub fn unpack(archive: &Path, into: &Path) -> anyhow::Result<PathBuf> {
+    let file =
+        std::fs::File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
+    // `unpack` refuses members that would land outside `into` (absolute paths, `..`).
+    tar::Archive::new(GzDecoder::new(file))
+        .unpack(into)
+        .with_context(|| format!("unpacking {}", archive.display()))?;
+    let mut dirs = std::fs::read_dir(into)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_dir());
+    match (dirs.next(), dirs.next()) {
+        (Some(dir), None) => Ok(dir),
+        _ => bail!(
+            "{} is not a jitwg bundle (one run directory)",
+            archive.display()
+        ),
+    }
+}
+
 /// The results.json of a bundle.
 pub fn read_results(archive: &Path) -> anyhow::Result<jitwg_reports::Results> {
     let Some(data) = read_member(archive, "results.json")? else {
@@ -310,6 +331,10 @@ mod tests {
         );
         assert!(text.contains("PRIVATE keys"), "{text}");
         assert!(read_results(&archive).is_err());
+        let unpacked = tempfile::tempdir().unwrap();
+        let inner = unpack(&archive, unpacked.path()).unwrap();
+        assert_eq!(inner.file_name().unwrap(), "smoke-abc123");
+        assert!(inner.join(MANIFEST).is_file() && inner.join("jitwgd.log").is_file());
         // The key log keeps its mode inside the archive.
         let file = std::fs::File::open(&archive).unwrap();
         let mut tar = tar::Archive::new(GzDecoder::new(file));

@@ -201,20 +201,8 @@ pub struct RunArgs {
     /// the run unless this is given.
     #[arg(long)]
     pub event_log: bool,
-    /// Capture the gateway's uplink into OUT/capture.pcapng and write OUT/wg.keylog, a
-    /// WireGuard key log holding the gateway's and every client's PRIVATE key (mode 0600), so
-    /// `tshark -r capture.pcapng -o wg.keylog_file:wg.keylog` decrypts every initiation's
-    /// static key and timestamp. Implies --event-log. See `jitwg timeline` and `jitwg bundle`.
-    #[arg(long)]
-    pub capture: bool,
-    /// Stop capturing after this many packets (`20000`) or bytes (`50MB`, `1GiB`).
-    #[arg(
-        long,
-        value_name = "N|SIZE",
-        default_value = "100MB",
-        requires = "capture"
-    )]
-    pub capture_limit: crate::capture::CaptureLimit,
+    #[command(flatten)]
+    pub capture: crate::capture::CaptureArgs,
 }
 
 #[derive(Debug, Args)]
@@ -300,9 +288,7 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         out: args.out,
         quiet: args.quiet,
         event_log: args.event_log,
-        capture: args.capture.then_some(crate::capture::CaptureOptions {
-            limit: args.capture_limit,
-        }),
+        capture: args.capture.options(),
         overrides_text: args.scenario.set.clone(),
     };
     let outcome = crate::run::run_scenario(scenario, &opts)?;

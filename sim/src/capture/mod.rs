@@ -30,6 +30,34 @@ pub const CAPTURE_FILE: &str = "capture.pcapng";
 /// The key log's file name in the run's output directory.
 pub const KEYLOG_FILE: &str = "wg.keylog";
 
+/// `jitwg run`'s capture flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CaptureArgs {
+    /// Capture the gateway's uplink into OUT/capture.pcapng and write OUT/wg.keylog, a
+    /// WireGuard key log holding the gateway's and every client's PRIVATE key (mode 0600), so
+    /// `tshark -r capture.pcapng -o wg.keylog_file:wg.keylog` decrypts every initiation's
+    /// static key and timestamp. Implies --event-log. See `jitwg timeline` and `jitwg bundle`.
+    #[arg(long)]
+    pub capture: bool,
+    /// Stop capturing after this many packets (`20000`) or bytes (`50MB`, `1GiB`).
+    #[arg(
+        long,
+        value_name = "N|SIZE",
+        default_value = "100MB",
+        requires = "capture"
+    )]
+    pub capture_limit: CaptureLimit,
+}
+
+impl CaptureArgs {
+    /// `None` without `--capture`.
+    pub fn options(&self) -> Option<CaptureOptions> {
+        self.capture.then_some(CaptureOptions {
+            limit: self.capture_limit,
+        })
+    }
+}
+
 /// What `--capture` asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CaptureOptions {

@@ -12,6 +12,7 @@ mod orchestrate;
 pub mod prereq;
 pub mod probe;
 pub mod prometheus;
+mod reproduce;
 mod results;
 pub mod services;
 pub mod stale;

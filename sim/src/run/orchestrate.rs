@@ -17,8 +17,7 @@ use rand_chacha::ChaCha20Rng;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::capture::keylog::KeyLog;
-use crate::capture::{Capture, CaptureOptions, Recorder};
+use crate::capture::Capture;
 use crate::client::{run_fleet, FleetClient, FleetConfig, FleetProgress};
 use crate::controlplane::{FaultConfig, LatencyModel, PeerDoc};
 use crate::lab::dataplane::DataPlaneBackend;
@@ -31,6 +30,7 @@ use crate::scenario::{EventAction, Scenario};
 use super::context::{FleetThread, RunContext};
 use super::daemon_config;
 use super::lab::{Lab, LabSpec, StoredPeers};
+use super::reproduce::{capture_info, prepare_capture, rerun_info};
 use super::results::{assemble, Finished};
 use super::timeline::{schedule, Timeline};
 use super::{prereq, RunError, RunOptions, RunOutcome};
@@ -374,57 +374,6 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
         results_path,
         interrupted,
     })
-}
-
-/// Writes the key log and creates the capture file (see [`crate::capture::prepare`]).
-fn prepare_capture(
-    scenario: &Scenario,
-    spec: &LabSpec,
-    out: &Path,
-    options: CaptureOptions,
-) -> Result<Recorder<std::io::BufWriter<std::fs::File>>, RunError> {
-    let keys = KeyLog::new(
-        spec.gateway_private_key,
-        scenario.clients.iter().map(|c| c.identity.private_key),
-    );
-    let uplink = crate::lab::names::Names::new(spec.run_id.clone()).veth_gw_to_client();
-    crate::capture::prepare(out, options, &uplink, &keys).map_err(RunError::CaptureSetup)
-}
-
-/// `results.capture`: the files and what they hold.
-fn capture_info(
-    scenario: &Scenario,
-    options: CaptureOptions,
-    summary: crate::capture::CaptureSummary,
-) -> jitwg_reports::CaptureInfo {
-    jitwg_reports::CaptureInfo {
-        file: crate::capture::CAPTURE_FILE.into(),
-        keylog: crate::capture::KEYLOG_FILE.into(),
-        keys: scenario.clients.len() as u64 + 1,
-        limit: options.limit.to_string(),
-        packets: summary.packets,
-        bytes: summary.bytes,
-        limit_reached: summary.limit_reached,
-        kernel_drops: summary.kernel_drops,
-    }
-}
-
-/// `results.rerun`: how this run was asked for, beyond the resolved scenario.
-fn rerun_info(scenario: &Scenario, opts: &RunOptions) -> jitwg_reports::RerunInfo {
-    let daemon_settings = daemon_config::describe(scenario)
-        .map(|settings| {
-            settings
-                .into_iter()
-                .map(|s| (s.key.to_string(), s.value))
-                .collect()
-        })
-        .unwrap_or_default();
-    jitwg_reports::RerunInfo {
-        overrides: opts.overrides_text.clone(),
-        daemon_settings,
-        event_log: opts.keep_event_log(),
-        capture_limit: opts.capture.map(|c| c.limit.as_arg()),
-    }
 }
 
 /// The driver's CPU time over the fleet's run relative to the CPUs it was allotted: 1.0 means

@@ -31,8 +31,8 @@ use story::{Line, PacketKeys, Source};
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("who").required(true).args(["client", "key"])))]
 pub struct TimelineArgs {
-    /// The run's output directory.
-    #[arg(value_name = "OUT_DIR")]
+    /// The run's output directory (or its `jitwg bundle` archive).
+    #[arg(value_name = "OUT_DIR|BUNDLE")]
     pub dir: PathBuf,
     /// The client's id (as in results.json's clients).
     #[arg(long, value_name = "ID")]
@@ -227,13 +227,24 @@ pub fn build(dir: &Path, client: Option<u32>, key: Option<&str>) -> anyhow::Resu
 
 /// `jitwg timeline`.
 pub fn command(args: TimelineArgs) -> Result<ExitCode, CliError> {
-    if !args.dir.is_dir() {
+    // A bundle is unpacked into a temporary directory first.
+    let mut _unpacked = None;
+    let dir = if crate::bundle::is_bundle(&args.dir) {
+        let tmp = tempfile::tempdir()
+            .context("creating a directory to unpack the bundle into")
+            .map_err(usage)?;
+        let dir = crate::bundle::unpack(&args.dir, tmp.path()).map_err(usage)?;
+        _unpacked = Some(tmp);
+        dir
+    } else if args.dir.is_dir() {
+        args.dir.clone()
+    } else {
         return Err(usage(anyhow::anyhow!(
-            "{} is not a run's output directory",
+            "{} is neither a run's output directory nor a bundle",
             args.dir.display()
         )));
-    }
-    let story = build(&args.dir, args.client, args.key.as_deref()).map_err(usage)?;
+    };
+    let story = build(&dir, args.client, args.key.as_deref()).map_err(usage)?;
     for h in &story.header {
         say!("{h}");
     }
