@@ -150,7 +150,8 @@ pub fn command(args: RerunArgs) -> Result<ExitCode, CliError> {
             (None, _) => None,
         };
         let opts = RunOptions {
-            scenario_file: scenario_path.clone(),
+            // The recorded run's file name, so results.json names the same scenario file.
+            scenario_file: PathBuf::from(&before.run.scenario_file),
             adjustments: Adjustments::default(),
             out,
             quiet: args.quiet,
