@@ -251,3 +251,101 @@ fn print_spreads(spreads: &[compare::Spread]) {
         say!("  {:<28} {:>8}  {}", s.figure, spread, values.join("  "));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::Override;
+
+    const SCENARIO: &str = r#"
+name = "t"
+seed = 3
+duration = "10s"
+[lab]
+cpus = "auto"
+[daemon]
+evict_after = "2m"
+[[population]]
+name = "a"
+count = 5
+arrival = { kind = "poisson", rate = 20.0 }
+behaviour = { kind = "stay", duration = "3s", traffic_every = "1s" }
+link = { delay = "2ms", jitter = "1ms", loss = 0.01 }
+"#;
+
+    fn results_of(scenario: &Scenario) -> jitwg_reports::Results {
+        jitwg_reports::Results::new(jitwg_reports::RunInfo {
+            id: "t-abc".into(),
+            scenario_name: scenario.name.clone(),
+            scenario_file: "t.toml".into(),
+            seed: scenario.seed,
+            started_at_unix_ms: 0,
+            duration_ms: 0.0,
+            resolved_scenario: serde_json::to_value(&scenario.file).unwrap(),
+            tool: jitwg_reports::ToolInfo::default(),
+            mode: "jit".into(),
+            boot: "jit".into(),
+            backend: "userspace".into(),
+            initiate: true,
+            stale_threshold_ms: 0.0,
+            cpu_split: Some(jitwg_reports::CpuSplitInfo {
+                gateway: "0".into(),
+                driver: "1".into(),
+                mechanism: "cgroup2".into(),
+            }),
+            warnings: vec![],
+        })
+    }
+
+    #[test]
+    fn the_recorded_scenario_resolves_to_the_same_clients_on_the_recorded_cpus() {
+        let adjust = Adjustments {
+            overrides: vec![Override::parse("population.0.count=7").unwrap()],
+            seed: Some(11),
+        };
+        let original = crate::scenario::parse(Path::new("t.toml"), SCENARIO, &adjust).unwrap();
+        let results = results_of(&original);
+        let file = recorded_scenario(&results).unwrap();
+        assert_eq!(
+            file.lab.cpus,
+            CpusFile::Split {
+                gateway: "0".into(),
+                driver: "1".into()
+            }
+        );
+        let text = render_scenario(&file).unwrap();
+        let again =
+            crate::scenario::parse(Path::new(SCENARIO_FILE), &text, &Adjustments::default())
+                .unwrap();
+        assert_eq!((again.seed, again.clients.len()), (11, 7));
+        for (a, b) in original.clients.iter().zip(&again.clients) {
+            assert_eq!(a.identity.public_key, b.identity.public_key);
+            assert_eq!(a.identity.private_key, b.identity.private_key);
+            assert_eq!(
+                (a.start, a.source_ip, a.link_seed),
+                (b.start, b.source_ip, b.link_seed)
+            );
+        }
+        assert_eq!(
+            daemon_config::describe(&original)
+                .unwrap()
+                .iter()
+                .map(|s| (s.key, s.value.clone()))
+                .collect::<Vec<_>>(),
+            daemon_config::describe(&again)
+                .unwrap()
+                .iter()
+                .map(|s| (s.key, s.value.clone()))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_results_file_that_is_not_a_scenario_is_refused() {
+        let original =
+            crate::scenario::parse(Path::new("t.toml"), SCENARIO, &Adjustments::default()).unwrap();
+        let mut results = results_of(&original);
+        results.run.resolved_scenario = serde_json::json!({"name": 3});
+        assert!(recorded_scenario(&results).is_err());
+    }
+}
