@@ -75,7 +75,12 @@ pub fn spreads(runs: &[Figures]) -> Vec<Spread> {
             measured.sort_by(f64::total_cmp);
             let relative = match (measured.first(), measured.last()) {
                 (Some(min), Some(max)) if measured.len() >= 2 => {
-                    let median = measured[measured.len() / 2];
+                    let mid = measured.len() / 2;
+                    let median = if measured.len() % 2 == 0 {
+                        (measured[mid - 1] + measured[mid]) / 2.0
+                    } else {
+                        measured[mid]
+                    };
                     if max == min {
                         Some(0.0)
                     } else {
@@ -218,6 +223,10 @@ mod tests {
         assert_eq!(p50.relative, Some(1.5));
         let clients = all.iter().find(|s| s.figure == "clients").unwrap();
         assert_eq!(clients.relative, Some(0.0));
+        // Two runs: the median is their mean.
+        let two = spreads(&runs[1..]);
+        let p50 = two.iter().find(|s| s.figure == "setup_p50").unwrap();
+        assert_eq!(p50.relative, Some(2.0 / 3.0));
     }
 
     #[test]
