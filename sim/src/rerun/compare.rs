@@ -76,7 +76,7 @@ pub fn spreads(runs: &[Figures]) -> Vec<Spread> {
             let relative = match (measured.first(), measured.last()) {
                 (Some(min), Some(max)) if measured.len() >= 2 => {
                     let mid = measured.len() / 2;
-                    let median = if measured.len() % 2 == 0 {
+                    let median = if mid * 2 == measured.len() {
                         (measured[mid - 1] + measured[mid]) / 2.0
                     } else {
                         measured[mid]
