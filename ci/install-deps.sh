@@ -13,6 +13,8 @@ command -v ping >/dev/null || need+=(iputils-ping)
 # Headless Chromium loads the HTML reports in a test (sim/tests/sweep_browser.rs): no
 # console errors, no chart at zero size or without data.
 command -v chromium >/dev/null || need+=(chromium)
+# tshark: the capture test decrypts `jitwg run --capture`'s initiations with its key log.
+command -v tshark >/dev/null || need+=(tshark)
 if ((${#need[@]})); then
   if [ "$(id -u)" != 0 ]; then
     echo "ci/install-deps.sh: missing ${need[*]}; run as root (or: sudo apt-get install ${need[*]})" >&2

@@ -141,7 +141,7 @@ impl Pipeline {
                 self.metrics
                     .api_latency_seconds
                     .observe(latency.as_secs_f64());
-                tracing::info!(peer = %key, src = %src, "unknown peer (control plane: 404)");
+                tracing::info!(peer = %key, key = %key.to_base64(), src = %src, "unknown peer (control plane: 404)");
                 return;
             }
             LookupOutcome::NegativeHit => {
@@ -178,6 +178,7 @@ impl Pipeline {
             Ok(done) => {
                 tracing::info!(
                     peer = %key,
+                    key = %key.to_base64(),
                     src = %src,
                     lookup = source,
                     install_us = done.latency.as_micros() as u64,

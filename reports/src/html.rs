@@ -144,6 +144,13 @@ pub fn render(results: &Results) -> Result<String, ChartError> {
             escape(&check.describe())
         );
     }
+    if let Some(capture) = &results.capture {
+        let _ = writeln!(
+            out,
+            "<p class=\"verdict none\">{}</p>",
+            escape(&capture.describe())
+        );
+    }
     out.push_str(
         "<h2>Summary</h2>\n<table>\n<tr><th>figure</th><th>value</th><th>name</th></tr>\n",
     );

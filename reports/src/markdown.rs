@@ -32,6 +32,9 @@ pub fn render(results: &Results) -> String {
         let mark = if check.mismatch() { "**" } else { "" };
         let _ = writeln!(out, "{mark}{}{mark}\n", cell(&check.describe()));
     }
+    if let Some(capture) = &results.capture {
+        let _ = writeln!(out, "> {}\n", cell(&capture.describe()));
+    }
     out.push_str("| figure | value | name |\n|---|---:|---|\n");
     for row in summary_rows(&figures) {
         let _ = writeln!(

@@ -247,6 +247,10 @@ pub fn text_summary(results: &Results) -> String {
             ms(l.lag_p99_ms)
         )
     });
+    let capture = results
+        .capture
+        .as_ref()
+        .map_or_else(String::new, |c| format!("capture:    {}\n", c.describe()));
     format!(
         "clients:    {}\n\
          connected:  {} of {} attempts ({ratio}), failed {}\n\
@@ -254,6 +258,7 @@ pub fn text_summary(results: &Results) -> String {
          API calls:  {} total, {} max per key{daemon_count}\n\
          peers:      {} installed (peak), {} stale (peak)\n\
          {load}\
+         {capture}\
          verdict:    {verdict}\n",
         f.clients,
         f.connected,

@@ -20,7 +20,7 @@ macro_rules! say {
 }
 
 /// Writes to stdout, ignoring write errors (see [`say!`]).
-fn say_raw(args: std::fmt::Arguments<'_>) {
+pub(crate) fn say_raw(args: std::fmt::Arguments<'_>) {
     use std::io::Write;
     let _ = std::io::stdout().lock().write_fmt(args);
 }
@@ -169,6 +169,12 @@ pub enum Command {
     Fleet(crate::shard::fleet::FleetArgs),
     /// Merge the results of a sharded run's shards and gateway into one results.json.
     Merge(crate::shard::cli::MergeArgs),
+    /// Run a recorded run again (its OUT_DIR or bundle) and say how the outcomes differ.
+    Rerun(crate::rerun::RerunArgs),
+    /// One client's story: its events, jitwgd's log lines and its packets, in run time.
+    Timeline(crate::timeline::TimelineArgs),
+    /// Pack a run's files into one .tar.gz for a bug report.
+    Bundle(crate::bundle::BundleArgs),
 }
 
 /// Scenario adjustments shared by `run` and `validate`.
@@ -221,6 +227,8 @@ pub struct RunArgs {
     /// machines).
     #[arg(long, value_name = "N")]
     pub shards: Option<u32>,
+    #[command(flatten)]
+    pub capture: crate::capture::CaptureArgs,
 }
 
 #[derive(Debug, Args)]
@@ -291,6 +299,9 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Gateway(args) => crate::shard::gateway::run(args),
         Command::Fleet(args) => crate::shard::fleet::run(args),
         Command::Merge(args) => crate::shard::cli::merge(args),
+        Command::Rerun(args) => crate::rerun::command(args),
+        Command::Timeline(args) => crate::timeline::command(args),
+        Command::Bundle(args) => crate::bundle::command(args),
     }
 }
 
@@ -313,6 +324,8 @@ fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         out: args.out,
         quiet: args.quiet,
         event_log: args.event_log,
+        capture: args.capture.options(),
+        overrides_text: args.scenario.set.clone(),
     };
     let outcome = crate::run::run_scenario(scenario, &opts)?;
     let report = jitwg_reports::write_report(&outcome.results, &outcome.out_dir)

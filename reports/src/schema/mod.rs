@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 
 mod attack;
 pub use attack::AttackResult;
+mod repro;
+pub use repro::{CaptureInfo, RerunInfo};
 
 /// The schema version this crate writes. Bump it when a field changes meaning or shape, and add a
 /// migration step in [`migrate`].
@@ -38,6 +40,12 @@ pub struct Results {
     /// How the load generator kept up (`load::assess`); `None` in files from before it existed.
     #[serde(default)]
     pub load: Option<crate::load::LoadSummary>,
+    /// `jitwg run --capture`: the packet capture and key log beside this file.
+    #[serde(default)]
+    pub capture: Option<CaptureInfo>,
+    /// What `jitwg rerun` needs beyond `run.resolved_scenario`; `None` in older files.
+    #[serde(default)]
+    pub rerun: Option<RerunInfo>,
     /// Attacking populations (floods, replays): never among `clients`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attacks: Vec<AttackResult>,
@@ -82,6 +90,8 @@ impl Results {
             initiations_dropped: BTreeMap::new(),
             daemon_db_integrity: None,
             stage_time: BTreeMap::new(),
+            capture: None,
+            rerun: None,
         }
     }
 

@@ -1,7 +1,8 @@
 //! `jitwg clean`: removes what crashed runs left behind — processes, namespaces, links and UAPI
 //! sockets carrying the `jwg` prefix and a well-formed run id — and nothing else. Live runs
 //! are told apart by [`RunLock`]s: a run holds an flock per namespace and interface for its
-//! whole life, and the kernel drops it when the process dies, however it dies.
+//! whole life, and the kernel drops it when the process dies, however it dies. It never
+//! touches files a run wrote: output directories, captures, key logs and bundles are the user's.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};

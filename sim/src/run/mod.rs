@@ -15,6 +15,7 @@ pub(crate) mod orchestrate;
 pub mod prereq;
 pub mod probe;
 pub mod prometheus;
+mod reproduce;
 pub(crate) mod results;
 pub mod services;
 pub mod stage_time;
@@ -32,6 +33,7 @@ use crate::lab::names::RunId;
 use crate::lab::LabError;
 use crate::scenario::{Adjustments, Scenario, ScenarioError};
 
+pub use orchestrate::gateway_private_key;
 pub use prereq::SetupError;
 
 /// UDP port of the gateway's WireGuard interface.
@@ -62,6 +64,18 @@ pub struct RunOptions {
     pub quiet: bool,
     /// Write every client's protocol events to `OUT/client-events.jsonl`.
     pub event_log: bool,
+    /// `--capture`: a pcapng of the gateway's uplink and a WireGuard key log (implies
+    /// `event_log`).
+    pub capture: Option<crate::capture::CaptureOptions>,
+    /// The `--set` overrides as the user wrote them, recorded for `jitwg rerun`.
+    pub overrides_text: Vec<String>,
+}
+
+impl RunOptions {
+    /// Whether the fleet's event log is kept after the run.
+    pub fn keep_event_log(&self) -> bool {
+        self.event_log || self.capture.is_some()
+    }
 }
 
 /// What a finished (or interrupted) run produced. The results are saved already.
@@ -147,6 +161,10 @@ pub enum RunError {
         "interrupted during setup (SIGINT or SIGTERM); everything started so far was torn down"
     )]
     InterruptedDuringSetup,
+    #[error("--capture cannot work here")]
+    CaptureSetup(#[source] crate::capture::CaptureError),
+    #[error("capturing the gateway's uplink")]
+    Capture(#[source] crate::capture::CaptureError),
     #[error("building the driver's tokio runtime")]
     Runtime(#[source] std::io::Error),
 }
@@ -182,6 +200,7 @@ impl RunError {
             | RunError::Lab { .. }
             | RunError::ControlPlaneStart(_)
             | RunError::StateDir { .. }
+            | RunError::CaptureSetup(_)
             | RunError::DaemonNotReady { .. } => FailureKind::Setup,
             RunError::InterruptedDuringSetup => FailureKind::Interrupted,
             _ => FailureKind::Internal,

@@ -17,6 +17,7 @@ use rand_chacha::ChaCha20Rng;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::capture::Capture;
 use crate::client::{run_fleet, FleetClient, FleetConfig, FleetProgress};
 use crate::controlplane::{FaultConfig, LatencyModel, PeerDoc};
 use crate::lab::dataplane::DataPlaneBackend;
@@ -29,6 +30,7 @@ use crate::scenario::{EventAction, Scenario};
 use super::context::{FleetThread, RunContext};
 use super::daemon_config;
 use super::lab::{blocking, ControlPlaneSecurity, Lab, LabSpec, StoredPeers};
+use super::reproduce::{capture_info, prepare_capture, rerun_info};
 use super::results::{assemble, Finished};
 use super::timeline::{schedule, Timeline};
 use super::{prereq, RunError, RunOptions, RunOutcome};
@@ -58,7 +60,8 @@ pub(crate) fn watch_signals() -> Result<CancellationToken, RunError> {
     Ok(token)
 }
 
-pub(crate) fn gateway_private_key(seed: u64) -> [u8; 32] {
+/// The gateway's static private key of a run with this seed (the same on every rerun).
+pub fn gateway_private_key(seed: u64) -> [u8; 32] {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     rng.set_stream(GATEWAY_KEY_STREAM);
     let mut key = [0u8; 32];
@@ -179,7 +182,7 @@ fn continuous_traffic(scenario: &Scenario) -> HashSet<u32> {
 /// The fleet's event log: written when asked for, and for every scenario that restarts the
 /// daemon, whose recovery time is read from the clients' echo replies in it.
 fn event_log_path(scenario: &Scenario, opts: &RunOptions, out: &Path) -> Option<PathBuf> {
-    (opts.event_log
+    (opts.keep_event_log()
         || !scenario
             .events
             .iter()
@@ -272,8 +275,25 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
         source,
     })?;
 
+    // Before anything starts: a capture that cannot work fails the run here.
+    let recorder = match opts.capture {
+        Some(options) => Some(prepare_capture(&scenario, &spec, &out, options)?),
+        None => None,
+    };
+
     let render = |at: &_| daemon_config::render(&scenario, at).map_err(RunError::DaemonConfig);
     let lab = Lab::build(spec, render, &interrupt).await?;
+    let capture = match recorder {
+        Some(recorder) => Some(
+            Capture::start(
+                lab.gateway_ns(),
+                &lab.endpoints().capture_interface,
+                recorder,
+            )
+            .map_err(RunError::CaptureSetup)?,
+        ),
+        None => None,
+    };
 
     // Register after the daemon is up, so in push mode it receives every published peer.
     let docs: Vec<PeerDoc> = scenario
@@ -335,6 +355,13 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
             String::new()
         },
     });
+    let capture = match (capture, opts.capture) {
+        (Some(c), Some(options)) => {
+            let summary = super::lab::blocking(|| c.stop()).map_err(RunError::Capture)?;
+            Some(capture_info(&scenario, options, summary))
+        }
+        _ => None,
+    };
     let api = ctx.lab.control().stats();
     let attacks = super::attacks::results(&prepared, &attack_outcomes, &api);
     let db_integrity = scenario
@@ -364,7 +391,7 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
 
     let event_log = event_log_path(&scenario, opts, &out);
     let reload = timeline.finish(event_log.as_deref(), &continuous_traffic(&scenario));
-    if let Some(path) = event_log.filter(|_| !opts.event_log) {
+    if let Some(path) = event_log.filter(|_| !opts.keep_event_log()) {
         // Written only to measure recovery: not asked for, so not left behind.
         if let Err(e) = std::fs::remove_file(&path) {
             tracing::warn!(log = %path.display(), error = %e, "removing the fleet's event log");
@@ -386,6 +413,8 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
         driver_cpu_utilization,
         attacks,
         db_integrity,
+        capture,
+        rerun: rerun_info(&scenario, opts),
     });
     results.run.source_addresses = Some(source_addresses);
     let results_path = out.join("results.json");

@@ -37,6 +37,10 @@ pub(crate) struct Finished<'a> {
     pub attacks: Vec<jitwg_reports::AttackResult>,
     /// `results.daemon_db_integrity` (runs that kill or reboot the gateway).
     pub db_integrity: Option<String>,
+    /// `results.capture` (`--capture`).
+    pub capture: Option<jitwg_reports::CaptureInfo>,
+    /// `results.rerun`.
+    pub rerun: jitwg_reports::RerunInfo,
 }
 
 pub(crate) fn assemble(run: Finished<'_>) -> Results {
@@ -81,6 +85,8 @@ pub(crate) fn assemble(run: Finished<'_>) -> Results {
     results.attacks = run.attacks;
     results.daemon_db_integrity = run.db_integrity;
     results.stage_time = super::stage_time::stage_time(&run.timeline.stage_time.by_outcome());
+    results.capture = run.capture;
+    results.rerun = Some(run.rerun);
     // Before the expectations: on a saturated run timing goals do not count.
     let lag_limit_ms = scenario
         .file

@@ -92,6 +92,8 @@ pub fn run(args: FleetArgs) -> Result<ExitCode, CliError> {
         out: Some(args.out.clone()),
         quiet: true,
         event_log: false,
+        capture: None,
+        overrides_text: args.scenario.set.clone(),
     };
     runtime.block_on(shard_main(&args, &scenario, &opts))
 }
@@ -311,6 +313,8 @@ async fn shard_main(
         // Attacks and the database check belong to a whole run, not to a shard.
         attacks: Vec::new(),
         db_integrity: None,
+        capture: None,
+        rerun: jitwg_reports::RerunInfo::default(),
     });
     if let Some(u) = usage {
         results.processes.push(jitwg_reports::ProcessUsage {

@@ -75,6 +75,8 @@ pub fn run(args: GatewayArgs) -> Result<ExitCode, CliError> {
         out: Some(args.out.clone()),
         quiet: true,
         event_log: false,
+        capture: None,
+        overrides_text: args.scenario.set.clone(),
     };
     runtime.block_on(serve(&args, &scenario, &opts))
 }
@@ -195,6 +197,8 @@ async fn serve(
         // Attacks and the database check belong to a whole run, not to a shard.
         attacks: Vec::new(),
         db_integrity: None,
+        capture: None,
+        rerun: jitwg_reports::RerunInfo::default(),
     });
     let path = out.join("results.json");
     jitwg_reports::save(&results, &path).map_err(|e| CliError::new(ExitCode::Internal, e))?;

@@ -266,6 +266,13 @@ fn run_one(plan: &Plan, dir: &Path, point: usize, k: usize) -> Result<Option<Rep
         out: Some(partial.clone()),
         quiet: true,
         event_log: false,
+        capture: None,
+        overrides_text: plan
+            .fixed
+            .iter()
+            .chain(plan.points[point].overrides.iter())
+            .cloned()
+            .collect(),
     };
     let run = match crate::run::run_scenario(scenario, &opts) {
         Ok(run) => run,
