@@ -221,4 +221,8 @@ pub struct Args {
     /// Log line format [default: text].
     #[arg(long, env = "JITWGD_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+
+    /// Admission control, caps and state bounds (`config::limits`).
+    #[command(flatten)]
+    pub limits: super::LimitArgs,
 }
