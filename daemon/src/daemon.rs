@@ -344,3 +344,43 @@ pub async fn run(
 
 /// How often the install worker's thread is checked for life.
 const WORKER_WATCH: Duration = Duration::from_millis(250);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task that panics, returns an error, or just returns is reported by name with
+    /// its cause; the exit line (anyhow's `{:#}`) names both.
+    #[tokio::test]
+    async fn a_dead_task_is_named_with_its_cause() {
+        let mut tasks = Tasks::new();
+        tasks.spawn("capture task", async { panic!("capture exploded") });
+        let ended = tasks.set.join_next_with_id().await.unwrap();
+        let line = format!("{:#}", anyhow::Error::from(tasks.death(ended)));
+        assert!(
+            line.starts_with("the capture task stopped unexpectedly: "),
+            "{line}"
+        );
+        assert!(line.contains("capture exploded"), "{line}");
+
+        tasks.spawn("metrics endpoint", async {
+            Err(Box::new(std::io::Error::from_raw_os_error(libc::EADDRINUSE)) as TaskCause)
+        });
+        let ended = tasks.set.join_next_with_id().await.unwrap();
+        let e = tasks.death(ended);
+        assert!(!e.is_setup_error(), "a death while running exits 1, not 3");
+        let line = format!("{:#}", anyhow::Error::from(e));
+        assert!(
+            line.contains("metrics endpoint") && line.contains("in use"),
+            "{line}"
+        );
+
+        tasks.spawn_loop("NATS subscription (push mode)", async {});
+        let ended = tasks.set.join_next_with_id().await.unwrap();
+        let line = format!("{:#}", anyhow::Error::from(tasks.death(ended)));
+        assert_eq!(
+            line,
+            "the NATS subscription (push mode) stopped unexpectedly"
+        );
+    }
+}

@@ -75,13 +75,14 @@ impl Admission {
         if !self.budget.try_take(now) {
             return Err(Refusal::UnknownBudget);
         }
+        self.penalties.charge(net, now);
         Ok(Ticket { net })
     }
 
     /// The lookup `ticket` allowed ended with `answer`.
     pub fn answered(&mut self, ticket: Ticket, answer: Answer, now: Instant) {
-        if answer == Answer::NotFound {
-            self.penalties.not_found(ticket.net, now);
+        if answer != Answer::NotFound {
+            self.penalties.refund(ticket.net, now);
         }
         self.budget.answered(answer, now);
     }
@@ -182,6 +183,25 @@ mod tests {
         assert_eq!(
             a.admit(ip("198.18.3.5"), t0).unwrap_err(),
             Refusal::UnknownBudget
+        );
+    }
+
+    #[test]
+    fn lookups_in_flight_count_against_the_source_burst() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(settings(), t0);
+        // Nothing answered yet: the network's burst (2) bounds what is in flight.
+        let t1 = a.admit(ip("198.18.1.5"), t0).unwrap();
+        let t2 = a.admit(ip("198.18.1.6"), t0).unwrap();
+        assert_eq!(
+            a.admit(ip("198.18.1.7"), t0).unwrap_err(),
+            Refusal::SourcePenalised
+        );
+        a.answered(t1, Answer::Found, t0);
+        a.answered(t2, Answer::NotFound, t0);
+        assert!(
+            a.admit(ip("198.18.1.7"), t0).is_ok(),
+            "the resolved one was refunded"
         );
     }
 

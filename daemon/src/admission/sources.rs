@@ -1,7 +1,9 @@
 //! Per-source penalties: a source network (/24 for IPv4, /64 for IPv6, the unit one
 //! operator or one attacker usually holds) whose keys come back 404 from the control
 //! plane earns a penalty; while it is over its limit, lookups of keys with no cache
-//! entry from that network are refused. Keys that resolve never add to it, so clients
+//! entry from that network are refused. Each first contact is charged when it goes to
+//! the control plane and refunded unless the answer is a 404, so lookups in flight count
+//! and keys that resolve never add to it, so clients
 //! whose keys exist are never slowed by it, even when thousands knock at once.
 //!
 //! Pure: time is an argument. Bounded: at most `max_sources` networks are tracked; when
@@ -107,8 +109,10 @@ impl SourcePenalties {
         }
     }
 
-    /// The control plane answered 404 for a key `net` sent.
-    pub fn not_found(&mut self, net: SourceNet, now: Instant) {
+    /// A first contact from `net` is going to the control plane: charge its 404 now,
+    /// before the answer, so lookups in flight count against the burst too (charging
+    /// on the answer let through every first contact that arrived while one was out).
+    pub fn charge(&mut self, net: SourceNet, now: Instant) {
         let forgive = self.settings.forgive_every;
         if !self.buckets.contains_key(&net) && self.buckets.len() >= self.settings.max_sources {
             self.buckets.retain(|_, b| b.level_at(now, forgive) > 0.0);
@@ -125,6 +129,16 @@ impl SourcePenalties {
         // within (2 × burst × forgive_every), however long it flooded.
         bucket.level = level.min(2.0 * f64::from(self.settings.burst));
         bucket.at = now;
+    }
+
+    /// The charged lookup did not end in a 404 (the key resolved, or no answer): take
+    /// the charge back.
+    pub fn refund(&mut self, net: SourceNet, now: Instant) {
+        let forgive = self.settings.forgive_every;
+        if let Some(bucket) = self.buckets.get_mut(&net) {
+            bucket.level = (bucket.level_at(now, forgive) - 1.0).max(0.0);
+            bucket.at = now;
+        }
     }
 
     /// Networks tracked now (for tests and the gauge).
@@ -177,7 +191,7 @@ mod tests {
         let mut p = SourcePenalties::new(settings());
         for _ in 0..4 {
             assert!(p.allows(net(1), t0));
-            p.not_found(net(1), t0);
+            p.charge(net(1), t0);
         }
         assert!(!p.allows(net(1), t0));
         assert!(p.allows(net(2), t0), "other networks are not affected");
@@ -186,22 +200,40 @@ mod tests {
     }
 
     #[test]
+    fn a_refund_takes_the_charge_back_and_lookups_in_flight_count() {
+        let t0 = Instant::now();
+        let mut p = SourcePenalties::new(settings());
+        for _ in 0..4 {
+            assert!(p.allows(net(1), t0));
+            p.charge(net(1), t0);
+        }
+        assert!(
+            !p.allows(net(1), t0),
+            "four lookups in flight fill the burst"
+        );
+        p.refund(net(1), t0);
+        assert!(p.allows(net(1), t0), "one resolved");
+        p.refund(net(7), t0);
+        assert_eq!(p.tracked(), 1, "a refund creates nothing");
+    }
+
+    #[test]
     fn the_table_stays_bounded_and_forgets_forgiven_networks_first() {
         let t0 = Instant::now();
         let mut p = SourcePenalties::new(settings());
         for n in 0..3 {
-            p.not_found(net(n), t0);
+            p.charge(net(n), t0);
         }
-        p.not_found(net(9), t0);
+        p.charge(net(9), t0);
         assert_eq!(p.tracked(), 3, "full and nothing forgiven: not tracked");
         let later = t0 + Duration::from_secs(5);
-        p.not_found(net(9), later);
+        p.charge(net(9), later);
         assert_eq!(p.tracked(), 1);
     }
 
     proptest! {
-        /// Whatever the sequence of 404s, a network is refused only if it caused at
-        /// least `burst` 404s, and every network is allowed again after
+        /// Whatever the sequence of 404s, a network is refused only if it was charged
+        /// at least `burst` times, and every network is allowed again after
         /// 2 × burst × forgive_every of silence; the table never exceeds its bound.
         #[test]
         fn refusal_needs_a_burst_and_always_ends(
@@ -214,7 +246,7 @@ mod tests {
             let mut at = t0;
             for (n, step_ms) in events {
                 at += Duration::from_millis(step_ms);
-                p.not_found(net(n), at);
+                p.charge(net(n), at);
                 *counts.entry(n).or_insert(0u32) += 1;
                 prop_assert!(p.tracked() <= s.max_sources);
                 for m in 0..6u8 {
