@@ -8,7 +8,7 @@
 //!
 //! Needs root, wireguard-go, wg, ip. Usage (the daemon binary comes from JITWGD_BIN or
 //! target/debug/jitwgd):
-//!   fresh-key-flood [--count 1000000] [--rate 3000] [--sources 64] [--slot 40]
+//!   fresh-key-flood [--count 1000000] [--rate 3000] [--sources 64] [--slot 90]
 //!                   [--set 'toml_key = value']...
 
 use std::net::UdpSocket;
@@ -36,7 +36,7 @@ fn parse() -> anyhow::Result<Options> {
         count: 1_000_000,
         rate: 3000,
         sources: 64,
-        slot: 40,
+        slot: 90,
         settings: Vec::new(),
         generators: 1,
     };
