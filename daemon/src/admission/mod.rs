@@ -75,15 +75,14 @@ impl Admission {
         if !self.budget.try_take(now) {
             return Err(Refusal::UnknownBudget);
         }
-        self.penalties.charge(net, now);
+        self.penalties.started(net, now);
         Ok(Ticket { net })
     }
 
     /// The lookup `ticket` allowed ended with `answer`.
     pub fn answered(&mut self, ticket: Ticket, answer: Answer, now: Instant) {
-        if answer != Answer::NotFound {
-            self.penalties.refund(ticket.net, now);
-        }
+        self.penalties
+            .answered(ticket.net, answer == Answer::NotFound, now);
         self.budget.answered(answer, now);
     }
 
@@ -187,21 +186,21 @@ mod tests {
     }
 
     #[test]
-    fn lookups_in_flight_count_against_the_source_burst() {
+    fn a_suspect_networks_lookups_in_flight_count_against_its_burst() {
         let t0 = Instant::now();
         let mut a = Admission::new(settings(), t0);
-        // Nothing answered yet: the network's burst (2) bounds what is in flight.
-        let t1 = a.admit(ip("198.18.1.5"), t0).unwrap();
-        let t2 = a.admit(ip("198.18.1.6"), t0).unwrap();
+        // One 404 makes the network suspect (half its burst of 2).
+        let t = a.admit(ip("198.18.1.5"), t0).unwrap();
+        a.answered(t, Answer::NotFound, t0);
+        let in_flight = a.admit(ip("198.18.1.6"), t0).unwrap();
         assert_eq!(
             a.admit(ip("198.18.1.7"), t0).unwrap_err(),
             Refusal::SourcePenalised
         );
-        a.answered(t1, Answer::Found, t0);
-        a.answered(t2, Answer::NotFound, t0);
+        a.answered(in_flight, Answer::Found, t0);
         assert!(
             a.admit(ip("198.18.1.7"), t0).is_ok(),
-            "the resolved one was refunded"
+            "the resolved one was not charged"
         );
     }
 
