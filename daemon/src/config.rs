@@ -5,6 +5,7 @@
 
 mod args;
 mod file;
+mod limits;
 pub mod values;
 
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use serde::Serialize;
 
 pub use args::Args;
 pub use file::{ConfigFile, Switch};
+pub use limits::{DbCorruption, LimitArgs, Limits};
 
 /// How the daemon talks to the WireGuard data plane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -124,6 +126,8 @@ pub struct Config {
     pub api_token_file: Option<PathBuf>,
     pub api_client_cert: Option<PathBuf>,
     pub api_client_key: Option<PathBuf>,
+    /// Admission control, caps and state bounds (`config::limits`).
+    pub limits: Limits,
 }
 
 impl Config {
@@ -195,6 +199,27 @@ pub mod defaults {
     /// Host routes only: one answer cannot claim a range of tunnel addresses.
     pub const ALLOWED_IP_MIN_LEN_V4: u8 = 32;
     pub const ALLOWED_IP_MIN_LEN_V6: u8 = 128;
+    /// Bounds the tasks (and their memory) a flood can create; far above what the
+    /// install path completes per second.
+    pub const MAX_PENDING: usize = 4096;
+    pub const API_CONCURRENCY: usize = 32;
+    /// First contacts that may come back 404 per second: what a fresh-key flood may cost
+    /// the control plane.
+    pub const UNKNOWN_LOOKUP_RATE: u32 = 50;
+    pub const UNKNOWN_LOOKUP_FLOOR: u32 = 5;
+    pub const UNKNOWN_LOOKUP_BURST: usize = 256;
+    pub const SOURCE_PENALTY_BURST: usize = 8;
+    pub const SOURCE_PENALTY_FORGIVE: Duration = Duration::from_secs(1);
+    pub const UNKNOWN_LOG_RATE: u32 = 10;
+    /// ~100 bytes a key: ~6.5 MB at most.
+    pub const REPLAY_MEMORY: usize = 65_536;
+    /// wireguard-go holds at most 65,536 peers.
+    pub const KNOWN_KEY_CACHE: usize = 65_536;
+    pub const NEGATIVE_CAP: usize = 100_000;
+    pub const NEGATIVE_PURGE_EVERY: Duration = Duration::from_secs(30);
+    pub const DB_CORRUPTION: super::DbCorruption = super::DbCorruption::MoveAside;
+    /// Source networks the penalty table tracks at most (~50 bytes each).
+    pub const MAX_PENALISED_SOURCES: usize = 65_536;
 }
 
 /// Why the configuration could not be resolved. Every message names the setting (and
@@ -309,8 +334,9 @@ fn word<E: ValueEnum>(s: &str) -> Result<E, String> {
     })
 }
 
-fn merge(args: Args, file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
+fn merge(mut args: Args, file: ConfigFile, path: &Path) -> Result<Config, ConfigError> {
     let f = FileValues { path };
+    let limits = limits::merge(std::mem::take(&mut args.limits), &file, &f)?;
 
     let interface = args
         .interface
@@ -490,6 +516,7 @@ fn merge(args: Args, file: ConfigFile, path: &Path) -> Result<Config, ConfigErro
         api_token_file: args.api_token_file.or(file.api_token_file),
         api_client_cert,
         api_client_key,
+        limits,
     })
 }
 

@@ -2,30 +2,34 @@
 //! install worker, capture or push, sweep, boot), runs their tasks until shutdown or
 //! until one dies, and stops them all cleanly. `run` is the whole entry point; the
 //! stages' work lives in their own modules (`pipeline`, `lookup`, `sweep`, `push`).
+//! A task that ends before shutdown (or the install worker's thread) is a failure:
+//! `run` returns `DaemonError::TaskDied` naming it and its cause, and `main` exits 1.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::task::JoinSet;
+use tokio::task::{Id, JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::activity::ActivityLog;
 use crate::addresses::claim;
+use crate::admission::{AdmissionSettings, BudgetSettings, PenaltySettings, SHARE_WINDOW};
 use crate::api::ApiClient;
 use crate::boot::{self, BootChecks};
 use crate::capture::CaptureSocket;
-use crate::config::{Backend, Config, Mode};
+use crate::config::{defaults, Backend, Config, Limits, Mode};
 use crate::dataplane::{DataPlane, DataPlaneError};
-use crate::errors::Causes;
+use crate::errors::{Causes, TaskCause};
 use crate::identify::ResponderKeys;
 use crate::identify_pool::PoolSettings;
 use crate::install::{InstallSettings, InstallWorker};
-use crate::lookup::{revalidate_loop, Lookup, LookupConfig};
+use crate::lookup::{purge_loop, revalidate_loop, Lookup, LookupConfig};
 use crate::metrics::{self, Metrics};
-use crate::pipeline::{capture_loop, start_identify_pool, Pipeline};
+use crate::pipeline::{capture_loop, start_identify_pool, Pipeline, PipelineLimits};
 use crate::push::{push_loop, PushContext, PushSubscriber};
-use crate::store::SharedStore;
+use crate::store::{Recovered, SharedStore};
 use crate::sweep::sweep_loop;
 
 pub use crate::errors::DaemonError;
@@ -34,6 +38,67 @@ fn wg_backend(b: Backend) -> wireguard_control::Backend {
     match b {
         Backend::Userspace => wireguard_control::Backend::Userspace,
         Backend::Kernel => wireguard_control::Backend::Kernel,
+    }
+}
+
+/// The daemon's tasks, each remembered by name so its death can be reported.
+struct Tasks {
+    set: JoinSet<Result<(), TaskCause>>,
+    names: HashMap<Id, &'static str>,
+}
+
+impl Tasks {
+    fn new() -> Self {
+        Tasks {
+            set: JoinSet::new(),
+            names: HashMap::new(),
+        }
+    }
+
+    /// Run `task` until it ends; an `Err` is its cause of death.
+    fn spawn(
+        &mut self,
+        name: &'static str,
+        task: impl Future<Output = Result<(), TaskCause>> + Send + 'static,
+    ) {
+        let handle = self.set.spawn(task);
+        self.names.insert(handle.id(), name);
+    }
+
+    /// A task that returns nothing ends only when cancelled (or by dying).
+    fn spawn_loop(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        self.spawn(name, async move {
+            task.await;
+            Ok(())
+        });
+    }
+
+    /// What a task's end means when it was not asked to stop.
+    fn death(&self, ended: Result<(Id, Result<(), TaskCause>), JoinError>) -> DaemonError {
+        let (id, cause) = match ended {
+            Ok((id, result)) => (id, result.err()),
+            Err(e) => (e.id(), Some(Box::new(e) as TaskCause)),
+        };
+        DaemonError::TaskDied {
+            task: self.names.get(&id).copied().unwrap_or("daemon task"),
+            cause,
+        }
+    }
+}
+
+fn admission_settings(l: &Limits) -> AdmissionSettings {
+    AdmissionSettings {
+        penalties: PenaltySettings {
+            burst: u32::try_from(l.source_penalty_burst).unwrap_or(u32::MAX),
+            forgive_every: l.source_penalty_forgive,
+            max_sources: defaults::MAX_PENALISED_SOURCES,
+        },
+        budget: BudgetSettings {
+            rate: f64::from(l.unknown_lookup_rate),
+            floor_rate: f64::from(l.unknown_lookup_floor),
+            burst: u32::try_from(l.unknown_lookup_burst).unwrap_or(u32::MAX),
+            share_window: SHARE_WINDOW,
+        },
     }
 }
 
@@ -58,22 +123,32 @@ pub async fn run(
     };
     let keys = ResponderKeys::new(identity.private_key);
 
-    // 2. Storage.
-    let store = SharedStore::open(config.db.clone())
-        .await
-        .map_err(DaemonError::Store)?;
+    // 2. Storage, checked at open (`--db-corruption` says what a damaged file means).
+    let (store, recovered) =
+        SharedStore::open_checked(config.db.clone(), config.limits.db_corruption)
+            .await
+            .map_err(DaemonError::Store)?;
+    if let Recovered::MovedAside { to, cause } = &recovered {
+        tracing::error!(
+            db = %config.db.display(),
+            moved_to = %to.display(),
+            error = %Causes(cause),
+            "peer database failed its integrity check; moved aside, starting with an empty one"
+        );
+    }
 
     // 3. Metrics endpoint: bound now so a busy port fails the start, not later.
-    let mut tasks = JoinSet::new();
+    let mut tasks = Tasks::new();
     if let Some(addr) = config.metrics_addr {
         let server = metrics::MetricsServer::bind(metrics.clone(), addr)
             .await
             .map_err(DaemonError::Metrics)?;
         let c = cancel.clone();
-        tasks.spawn(async move {
-            if let Err(e) = server.run(async move { c.cancelled().await }).await {
-                tracing::error!(error = %Causes(&e), "metrics endpoint stopped");
-            }
+        tasks.spawn("metrics endpoint", async move {
+            server
+                .run(async move { c.cancelled().await })
+                .await
+                .map_err(|e| Box::new(e) as TaskCause)
         });
     }
 
@@ -133,18 +208,23 @@ pub async fn run(
         ),
         None => None,
     };
-    let lookup = Arc::new(Lookup::new(
-        store.clone(),
-        api,
-        LookupConfig {
-            positive_ttl: config.positive_ttl,
-            negative_ttl: config.negative_ttl,
-            api_min_interval: config.api_min_interval,
-            api_retries: config.api_retries,
-            addresses: config.address_policy(),
-            ..LookupConfig::default()
-        },
-    ));
+    let lookup = Arc::new(
+        Lookup::new(
+            store.clone(),
+            api,
+            LookupConfig {
+                positive_ttl: config.positive_ttl,
+                negative_ttl: config.negative_ttl,
+                api_min_interval: config.api_min_interval,
+                api_retries: config.api_retries,
+                addresses: config.address_policy(),
+                ..LookupConfig::default()
+            },
+        )
+        .with_admission(admission_settings(&config.limits))
+        .with_api_concurrency(config.limits.api_concurrency)
+        .counting_in(metrics.clone()),
+    );
 
     // 5. Listening: capture (JIT) or the NATS subscription (push).
     match config.mode {
@@ -159,8 +239,10 @@ pub async fn run(
                     queue.clone(),
                     metrics.clone(),
                 )
-                .with_activity(activity.clone()),
+                .with_activity(activity.clone())
+                .with_limits(PipelineLimits::from(&config.limits)),
             );
+            let known_sources = pipeline.known_sources();
             let pool = start_identify_pool(
                 pipeline,
                 PoolSettings {
@@ -170,16 +252,17 @@ pub async fn run(
                 },
             )
             .map_err(DaemonError::IdentifyPool)?;
-            tasks.spawn(capture_loop(socket, pool, metrics.clone(), cancel.clone()));
+            tasks.spawn_loop(
+                "capture task",
+                capture_loop(socket, pool, known_sources, metrics.clone(), cancel.clone()),
+            );
             if config.api_url.is_some() {
                 let every = (config.positive_ttl / 4)
                     .clamp(Duration::from_secs(1), Duration::from_secs(60));
-                tasks.spawn(revalidate_loop(
-                    lookup.clone(),
-                    queue.clone(),
-                    every,
-                    cancel.clone(),
-                ));
+                tasks.spawn_loop(
+                    "revalidation task",
+                    revalidate_loop(lookup.clone(), queue.clone(), every, cancel.clone()),
+                );
             }
         }
         Mode::Push => {
@@ -197,21 +280,40 @@ pub async fn run(
                 addresses: config.address_policy(),
                 lookup: config.api_url.is_some().then(|| lookup.clone()),
             };
-            tasks.spawn(push_loop(subscriber, ctx, cancel.clone()));
+            // push_loop returns before shutdown only when the subscription ended.
+            tasks.spawn_loop(
+                "NATS subscription (push mode)",
+                push_loop(subscriber, ctx, cancel.clone()),
+            );
         }
     }
 
     // 6. Sweep.
     if config.mode == Mode::Jit || config.evict_in_push_mode {
         let (every, after) = (config.sweep_every, config.evict_after);
-        tasks.spawn(sweep_loop(
-            queue.clone(),
-            activity.clone(),
-            every,
-            after,
-            cancel.clone(),
-        ));
+        tasks.spawn_loop(
+            "sweep task",
+            sweep_loop(
+                queue.clone(),
+                activity.clone(),
+                every,
+                after,
+                cancel.clone(),
+            ),
+        );
     }
+
+    // The negative cache (and replay rows of unknown keys) stay bounded.
+    tasks.spawn_loop(
+        "negative-cache purge task",
+        purge_loop(
+            store.clone(),
+            config.limits.negative_purge_every,
+            config.limits.negative_cap,
+            metrics.clone(),
+            cancel.clone(),
+        ),
+    );
 
     // 7. Boot, then ready. Peers active before the shutdown are re-installed with their
     // endpoints and initiated to: in jit boot beside readiness (ready does not wait), in
@@ -232,20 +334,74 @@ pub async fn run(
         "ready"
     );
 
-    // 8. Run until asked to stop, or until a task dies.
-    tokio::select! {
-        _ = shutdown => tracing::info!("shutting down"),
-        Some(res) = tasks.join_next() => {
-            if let Err(e) = res {
-                tracing::error!(error = %Causes(&e), "a daemon task failed");
+    // 8. Run until asked to stop, or until a task (or the install worker) dies.
+    tokio::pin!(shutdown);
+    let mut watch = tokio::time::interval(WORKER_WATCH);
+    let died = loop {
+        tokio::select! {
+            _ = &mut shutdown => {
+                tracing::info!("shutting down");
+                break None;
+            }
+            Some(ended) = tasks.set.join_next_with_id() => break Some(tasks.death(ended)),
+            _ = watch.tick() => {
+                if worker.is_finished() {
+                    break Some(DaemonError::TaskDied { task: "install worker", cause: None });
+                }
             }
         }
+    };
+    if let Some(e) = &died {
+        tracing::error!(error = %Causes(e), "stopping: a task the daemon needs has died");
     }
     cancel.cancel();
-    while tasks.join_next().await.is_some() {}
+    while tasks.set.join_next().await.is_some() {}
     tokio::task::spawn_blocking(move || worker.stop())
         .await
         .ok();
     tracing::info!("stopped");
-    Ok(())
+    died.map_or(Ok(()), Err)
+}
+
+/// How often the install worker's thread is checked for life.
+const WORKER_WATCH: Duration = Duration::from_millis(250);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task that panics, returns an error, or just returns is reported by name with
+    /// its cause; the exit line (anyhow's `{:#}`) names both.
+    #[tokio::test]
+    async fn a_dead_task_is_named_with_its_cause() {
+        let mut tasks = Tasks::new();
+        tasks.spawn("capture task", async { panic!("capture exploded") });
+        let ended = tasks.set.join_next_with_id().await.unwrap();
+        let line = format!("{:#}", anyhow::Error::from(tasks.death(ended)));
+        assert!(
+            line.starts_with("the capture task stopped unexpectedly: "),
+            "{line}"
+        );
+        assert!(line.contains("capture exploded"), "{line}");
+
+        tasks.spawn("metrics endpoint", async {
+            Err(Box::new(std::io::Error::from_raw_os_error(libc::EADDRINUSE)) as TaskCause)
+        });
+        let ended = tasks.set.join_next_with_id().await.unwrap();
+        let e = tasks.death(ended);
+        assert!(!e.is_setup_error(), "a death while running exits 1, not 3");
+        let line = format!("{:#}", anyhow::Error::from(e));
+        assert!(
+            line.contains("metrics endpoint") && line.contains("in use"),
+            "{line}"
+        );
+
+        tasks.spawn_loop("NATS subscription (push mode)", async {});
+        let ended = tasks.set.join_next_with_id().await.unwrap();
+        let line = format!("{:#}", anyhow::Error::from(tasks.death(ended)));
+        assert_eq!(
+            line,
+            "the NATS subscription (push mode) stopped unexpectedly"
+        );
+    }
 }

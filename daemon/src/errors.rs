@@ -40,7 +40,19 @@ pub enum DaemonError {
     Boot(#[from] BootError),
     #[error("configuration: {0}")]
     Config(&'static str),
+    /// A task the daemon cannot run without ended before shutdown (the NATS subscription
+    /// closed, the metrics server failed, capture panicked, the install worker died).
+    /// The exit code is then 1, so a supervisor's `Restart=on-failure` restarts it.
+    #[error("the {task} stopped unexpectedly")]
+    TaskDied {
+        task: &'static str,
+        #[source]
+        cause: Option<TaskCause>,
+    },
 }
+
+/// Why a task ended: its own error, or its panic.
+pub type TaskCause = Box<dyn Error + Send + Sync + 'static>;
 
 impl DaemonError {
     /// Errors that mean "the environment is not set up" (exit code 3) rather than a
@@ -102,6 +114,10 @@ mod tests {
                 source: errno(),
             }),
             DaemonError::Install(InstallError::Spawn(errno())),
+            DaemonError::TaskDied {
+                task: "metrics endpoint",
+                cause: Some(Box::new(errno())),
+            },
         ];
         for e in cases {
             let line = Causes(&e).to_string();

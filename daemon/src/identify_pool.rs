@@ -1,15 +1,26 @@
-//! Identification (two X25519 operations per initiation) off the capture task: captured
-//! initiations go through a bounded queue to a few worker threads, so a storm can never
-//! make the capture socket's reader fall behind, and work beyond what the workers can do
-//! is dropped and counted (the client retries) instead of piling up as latency. The
-//! workers run at a lower CPU priority than the data plane they feed: the data plane's
-//! handshake queue draining is what decides whether clients connect before their retry.
+//! Identification (two X25519 operations per initiation, one for a known key) off the
+//! capture task: captured initiations go through a bounded queue to a few worker
+//! threads, so a storm can never make the capture socket's reader fall behind, and work
+//! beyond what the workers can do is dropped and counted (the client retries) instead of
+//! piling up as latency. The workers run at a lower CPU priority than the data plane
+//! they feed: the data plane's handshake queue draining is what decides whether clients
+//! connect before their retry.
+//!
+//! Two lanes, each bounded: initiations from a source address that recently brought a
+//! key the daemon resolved (`KnownSources`) wait in the `Known` lane, which workers
+//! always empty first; everything else waits in `Unknown`. Before identification the
+//! source is the only thing knowable about a packet (the key needs the first DH), and a
+//! returning client usually comes from the endpoint it used last; a fresh-key flood
+//! fills only the `Unknown` lane. Spoofing a known source only buys a place in the
+//! `Known` lane: identification, the replay guard and the lookup still apply.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
+
+use hashlink::LruCache;
 
 use crate::identify::Initiation;
 
@@ -21,10 +32,19 @@ pub struct Captured {
     pub captured_at: Instant,
 }
 
+/// Which queue a captured initiation waits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// From the source of a key that resolved recently: identified first.
+    Known,
+    /// Everything else.
+    Unknown,
+}
+
 /// Why a captured initiation was not identified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
-    /// Every worker busy and the queue full.
+    /// Every worker busy and the initiation's lane full.
     QueueFull,
     /// The workers have stopped (shutdown).
     Stopped,
@@ -54,16 +74,60 @@ pub struct PoolStartError {
 pub struct PoolSettings {
     /// Worker threads (at least 1).
     pub workers: usize,
-    /// Captured initiations that may wait for a worker; more are dropped.
+    /// Captured initiations that may wait for a worker, per lane; more are dropped.
     pub queue: usize,
     /// Nice value added to the workers' threads (0 = same priority as the daemon).
     pub nice: i32,
 }
 
-/// The workers and the sending end of their queue. Dropping it stops them once the
-/// queue is drained.
+/// Source addresses of keys that resolved recently (bounded, least recently seen out).
+pub struct KnownSources {
+    sources: Mutex<LruCache<SocketAddr, ()>>,
+}
+
+impl KnownSources {
+    pub fn new(capacity: usize) -> Self {
+        KnownSources {
+            sources: Mutex::new(LruCache::new(capacity.max(1))),
+        }
+    }
+
+    /// A key that came from `src` resolved.
+    pub fn resolved(&self, src: SocketAddr) {
+        lock(&self.sources).insert(src, ());
+    }
+
+    /// The lane an initiation from `src` waits in (a known source counts as seen again).
+    pub fn lane(&self, src: &SocketAddr) -> Lane {
+        if lock(&self.sources).get(src).is_some() {
+            Lane::Known
+        } else {
+            Lane::Unknown
+        }
+    }
+}
+
+/// Each lock here guards plain data left consistent between statements.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The two lanes and whether the pool is closing.
+struct Lanes {
+    known: VecDeque<Captured>,
+    unknown: VecDeque<Captured>,
+    closed: bool,
+}
+
+struct Queue {
+    lanes: Mutex<Lanes>,
+    ready: Condvar,
+    capacity: usize,
+}
+
+/// The workers and their queue. Dropping it stops them once the queue is drained.
 pub struct IdentifyPool {
-    tx: Option<SyncSender<Captured>>,
+    queue: Arc<Queue>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -80,44 +144,61 @@ impl IdentifyPool {
         I: Fn(&[u8]) -> Result<Initiation, crate::identify::IdentifyError> + Send + Sync + 'static,
         D: Fn(Captured, Result<Initiation, crate::identify::IdentifyError>) + Send + Sync + 'static,
     {
-        let (tx, rx) = mpsc::sync_channel(settings.queue.max(1));
-        let rx = Arc::new(Mutex::new(rx));
+        let queue = Arc::new(Queue {
+            lanes: Mutex::new(Lanes {
+                known: VecDeque::new(),
+                unknown: VecDeque::new(),
+                closed: false,
+            }),
+            ready: Condvar::new(),
+            capacity: settings.queue.max(1),
+        });
         let identify = Arc::new(identify);
         let deliver = Arc::new(deliver);
-        let mut threads = Vec::new();
+        let mut pool = IdentifyPool {
+            queue: queue.clone(),
+            threads: Vec::new(),
+        };
         for index in 0..settings.workers.max(1) {
-            let (rx, identify, deliver) = (rx.clone(), identify.clone(), deliver.clone());
+            let (queue, identify, deliver) = (queue.clone(), identify.clone(), deliver.clone());
             let nice = settings.nice;
             let thread = std::thread::Builder::new()
                 .name(format!("jitwgd-ident{index}"))
                 .spawn(move || {
                     lower_priority(nice);
-                    work(&rx, identify.as_ref(), deliver.as_ref());
+                    work(&queue, identify.as_ref(), deliver.as_ref());
                 })
+                // Dropping `pool` stops the threads already started.
                 .map_err(|source| PoolStartError { index, source })?;
-            threads.push(thread);
+            pool.threads.push(thread);
         }
-        Ok(IdentifyPool {
-            tx: Some(tx),
-            threads,
-        })
+        Ok(pool)
     }
 
-    /// Queue one captured payload; never blocks.
-    pub fn submit(&self, captured: Captured) -> Result<(), DropReason> {
-        let Some(tx) = &self.tx else {
+    /// Queue one captured payload in `lane`; never blocks.
+    pub fn submit(&self, captured: Captured, lane: Lane) -> Result<(), DropReason> {
+        let mut lanes = lock(&self.queue.lanes);
+        if lanes.closed {
             return Err(DropReason::Stopped);
+        }
+        let q = match lane {
+            Lane::Known => &mut lanes.known,
+            Lane::Unknown => &mut lanes.unknown,
         };
-        tx.try_send(captured).map_err(|e| match e {
-            TrySendError::Full(_) => DropReason::QueueFull,
-            TrySendError::Disconnected(_) => DropReason::Stopped,
-        })
+        if q.len() >= self.queue.capacity {
+            return Err(DropReason::QueueFull);
+        }
+        q.push_back(captured);
+        drop(lanes);
+        self.queue.ready.notify_one();
+        Ok(())
     }
 }
 
 impl Drop for IdentifyPool {
     fn drop(&mut self) {
-        self.tx = None;
+        lock(&self.queue.lanes).closed = true;
+        self.queue.ready.notify_all();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -127,14 +208,28 @@ impl Drop for IdentifyPool {
 type Identify = dyn Fn(&[u8]) -> Result<Initiation, crate::identify::IdentifyError> + Send + Sync;
 type Deliver = dyn Fn(Captured, Result<Initiation, crate::identify::IdentifyError>) + Send + Sync;
 
-fn work(rx: &Mutex<Receiver<Captured>>, identify: &Identify, deliver: &Deliver) {
+fn work(queue: &Queue, identify: &Identify, deliver: &Deliver) {
     loop {
-        // The lock is held only while waiting for the next job, not while identifying.
-        let next = match rx.lock() {
-            Ok(r) => r.recv(),
-            Err(_) => return,
+        // The lock is held only while taking the next job, not while identifying.
+        let next = {
+            let mut lanes = lock(&queue.lanes);
+            loop {
+                if let Some(c) = lanes.known.pop_front() {
+                    break Some(c);
+                }
+                if let Some(c) = lanes.unknown.pop_front() {
+                    break Some(c);
+                }
+                if lanes.closed {
+                    break None;
+                }
+                lanes = queue
+                    .ready
+                    .wait(lanes)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
         };
-        let Ok(captured) = next else { return };
+        let Some(captured) = next else { return };
         let result = identify(&captured.payload);
         deliver(captured, result);
     }
@@ -201,7 +296,12 @@ mod tests {
         })
         .unwrap();
         for b in 0..50u8 {
-            pool.submit(captured(b)).unwrap();
+            let lane = if b % 2 == 0 {
+                Lane::Known
+            } else {
+                Lane::Unknown
+            };
+            pool.submit(captured(b), lane).unwrap();
         }
         drop(pool); // drains the queue, then joins
         let mut got: Vec<(u8, Result<u32, IdentifyError>)> = rx.try_iter().collect();
@@ -235,15 +335,74 @@ mod tests {
         .unwrap();
         let mut dropped = 0;
         for b in 1..=20u8 {
-            if pool.submit(captured(b)) == Err(DropReason::QueueFull) {
+            if pool.submit(captured(b), Lane::Unknown) == Err(DropReason::QueueFull) {
                 dropped += 1;
             }
         }
         // One in the worker (maybe), two queued: at least 17 dropped.
         assert!(dropped >= 17, "{dropped}");
-        for _ in 0..3 {
+        // The known lane has room of its own.
+        assert_eq!(pool.submit(captured(99), Lane::Known), Ok(()));
+        for _ in 0..4 {
             let _ = release_tx.send(());
         }
         drop(pool);
+    }
+
+    #[test]
+    fn known_lane_is_served_first() {
+        let (release_tx, release_rx) = channel::<()>();
+        let release_rx = Mutex::new(release_rx);
+        let (order_tx, order_rx) = channel();
+        let order_tx = Mutex::new(order_tx);
+        let settings = PoolSettings {
+            workers: 1,
+            queue: 16,
+            nice: 0,
+        };
+        let pool = IdentifyPool::start(
+            settings,
+            move |p| {
+                if p.first() == Some(&1) {
+                    let _ = release_rx
+                        .lock()
+                        .unwrap()
+                        .recv_timeout(Duration::from_secs(10));
+                }
+                fake_identify(p)
+            },
+            move |c, _| {
+                let _ = order_tx.lock().unwrap().send(c.payload[0]);
+            },
+        )
+        .unwrap();
+        // The worker blocks on 1; meanwhile unknown 2..=4 and known 10..=12 queue up.
+        pool.submit(captured(1), Lane::Unknown).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        for b in 2..=4 {
+            pool.submit(captured(b), Lane::Unknown).unwrap();
+        }
+        for b in 10..=12 {
+            pool.submit(captured(b), Lane::Known).unwrap();
+        }
+        release_tx.send(()).unwrap();
+        drop(pool);
+        let order: Vec<u8> = order_rx.try_iter().collect();
+        assert_eq!(order, vec![1, 10, 11, 12, 2, 3, 4]);
+    }
+
+    #[test]
+    fn known_sources_are_bounded() {
+        let known = KnownSources::new(2);
+        let a: SocketAddr = "198.18.0.2:1".parse().unwrap();
+        let b: SocketAddr = "198.18.0.3:1".parse().unwrap();
+        let c: SocketAddr = "198.18.0.4:1".parse().unwrap();
+        assert_eq!(known.lane(&a), Lane::Unknown);
+        known.resolved(a);
+        known.resolved(b);
+        assert_eq!(known.lane(&a), Lane::Known);
+        known.resolved(c);
+        assert_eq!(known.lane(&b), Lane::Unknown, "least recently used out");
+        assert_eq!(known.lane(&a), Lane::Known);
     }
 }

@@ -22,6 +22,8 @@ pub mod identify;
 
 pub mod identify_pool;
 
+pub mod admission;
+
 pub mod replay;
 
 pub mod lookup;

@@ -29,6 +29,28 @@ pub const IDENTIFY_STAGES: &[&str] = &[
 /// initiation was never identified (`identify_pool::DropReason`).
 pub const CAPTURE_DROP_REASONS: &[&str] = &["identify_queue_full", "identify_stopped"];
 
+/// Values of the `reason` label of `jitwgd_initiations_dropped_total`: every place an
+/// initiation is dropped without being answered by the control plane's verdict.
+/// `identify_queue_full`/`identify_stopped`: before identification (also in
+/// `jitwgd_capture_dropped_total`); `handlers_full`: identified, but `--max-pending`
+/// initiations are already being handled; `replay`: timestamp not newer than the last
+/// seen; `source_penalised`/`unknown_budget`: a first contact refused by admission
+/// control; `rate_limited`: the key was looked up less than `--api-min-interval` ago.
+pub const INITIATION_DROP_REASONS: &[&str] = &[
+    "identify_queue_full",
+    "identify_stopped",
+    "handlers_full",
+    "replay",
+    "source_penalised",
+    "unknown_budget",
+    "rate_limited",
+];
+
+/// Values of the `operation` label of `jitwgd_store_errors_total`: which use of the
+/// peer database failed (the daemon carried on without it: a cache read falls through
+/// to the API, the replay guard to memory).
+pub const STORE_OPERATIONS: &[&str] = &["cache_read", "cache_write", "replay", "purge"];
+
 /// Values of the `outcome` label of `jitwgd_lookups_total`.
 pub const LOOKUP_OUTCOMES: &[&str] = &[
     "cache_hit",
@@ -38,6 +60,7 @@ pub const LOOKUP_OUTCOMES: &[&str] = &[
     "api_error",
     "refused",
     "rate_limited",
+    "throttled",
 ];
 
 /// Values of the `outcome` label of `jitwgd_api_requests_total`: how each request sent to the
@@ -85,6 +108,12 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// Label set `{operation="..."}`: which store operation failed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabel {
+    pub operation: &'static str,
+}
+
 /// Label set `{outcome="..."}`: how a lookup or a push message ended.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -101,6 +130,20 @@ pub struct Metrics {
     /// Captured initiations dropped before identification, by `reason` (see
     /// `CAPTURE_DROP_REASONS`).
     pub capture_dropped: Family<ReasonLabel, Counter>,
+    /// Initiations dropped, by `reason` (see `INITIATION_DROP_REASONS`).
+    pub initiations_dropped: Family<ReasonLabel, Counter>,
+    /// Peer-database operations that failed, by `operation` (see `STORE_OPERATIONS`).
+    pub store_errors: Family<OperationLabel, Counter>,
+    /// Identified initiations whose static-static DH came from the cache (known keys).
+    pub identify_cached: Counter,
+    /// Per-key log lines about unknown keys suppressed by `--unknown-log-rate`.
+    pub log_lines_suppressed: Counter,
+    /// Expired or over-cap negative-cache rows deleted by the purge timer.
+    pub negative_purged: Counter,
+    /// Share of 404s among recent first-contact answers (drives the unknown-key budget).
+    pub unknown_not_found_share: Gauge<f64, AtomicU64>,
+    /// Control-plane requests in flight (capped by `--api-concurrency`).
+    pub api_in_flight: Gauge,
     /// Initiations whose mac1 did not match our public key (no DH was spent on them).
     pub mac1_rejected: Counter,
     /// Identification failures by `stage` (see `IDENTIFY_STAGES`).
@@ -170,6 +213,13 @@ impl Metrics {
         let m = Metrics {
             initiations_captured: Counter::default(),
             capture_dropped: Family::default(),
+            initiations_dropped: Family::default(),
+            store_errors: Family::default(),
+            identify_cached: Counter::default(),
+            log_lines_suppressed: Counter::default(),
+            negative_purged: Counter::default(),
+            unknown_not_found_share: Gauge::default(),
+            api_in_flight: Gauge::default(),
             mac1_rejected: Counter::default(),
             identify_failed: Family::default(),
             replays_ignored: Counter::default(),
@@ -202,6 +252,12 @@ impl Metrics {
         }
         for &reason in CAPTURE_DROP_REASONS {
             let _ = m.capture_dropped.get_or_create(&ReasonLabel { reason });
+        }
+        for &reason in INITIATION_DROP_REASONS {
+            let _ = m.initiations_dropped.get_or_create(&ReasonLabel { reason });
+        }
+        for &operation in STORE_OPERATIONS {
+            let _ = m.store_errors.get_or_create(&OperationLabel { operation });
         }
         for &stage in IDENTIFY_STAGES {
             let _ = m.identify_failed.get_or_create(&StageLabel { stage });
@@ -247,6 +303,41 @@ impl Metrics {
             "capture_dropped",
             "Captured initiations dropped before identification, by reason",
             self.capture_dropped.clone(),
+        );
+        r.register(
+            "initiations_dropped",
+            "Initiations dropped without a control-plane verdict, by reason",
+            self.initiations_dropped.clone(),
+        );
+        r.register(
+            "store_errors",
+            "Peer-database operations that failed (the daemon carried on without them), by operation",
+            self.store_errors.clone(),
+        );
+        r.register(
+            "identify_cached",
+            "Initiations identified with the cached static-static DH (one X25519 instead of two)",
+            self.identify_cached.clone(),
+        );
+        r.register(
+            "log_lines_suppressed",
+            "Per-key log lines about unknown keys suppressed by the log rate limit",
+            self.log_lines_suppressed.clone(),
+        );
+        r.register(
+            "negative_purged",
+            "Negative-cache rows deleted by the purge timer (expired or over the cap)",
+            self.negative_purged.clone(),
+        );
+        r.register(
+            "unknown_not_found_share",
+            "Share of 404s among recent first-contact lookups (tightens the unknown-key budget above 0.5)",
+            self.unknown_not_found_share.clone(),
+        );
+        r.register(
+            "api_in_flight",
+            "Control-plane requests in flight",
+            self.api_in_flight.clone(),
         );
         r.register(
             "mac1_rejected",
@@ -385,6 +476,30 @@ pub fn count_capture_drop(metrics: &Metrics, reason: &'static str) {
         .inc();
 }
 
+/// Count one initiation dropped for `reason` (one of `INITIATION_DROP_REASONS`).
+pub fn count_drop(metrics: &Metrics, reason: &'static str) {
+    debug_assert!(
+        INITIATION_DROP_REASONS.contains(&reason),
+        "unknown reason {reason}"
+    );
+    metrics
+        .initiations_dropped
+        .get_or_create(&ReasonLabel { reason })
+        .inc();
+}
+
+/// Count one failed store `operation` (one of `STORE_OPERATIONS`).
+pub fn count_store_error(metrics: &Metrics, operation: &'static str) {
+    debug_assert!(
+        STORE_OPERATIONS.contains(&operation),
+        "unknown operation {operation}"
+    );
+    metrics
+        .store_errors
+        .get_or_create(&OperationLabel { operation })
+        .inc();
+}
+
 /// Count one identification failure at `stage` (one of `IDENTIFY_STAGES`).
 pub fn count_identify_failure(metrics: &Metrics, stage: &'static str) {
     debug_assert!(IDENTIFY_STAGES.contains(&stage), "unknown stage {stage}");
@@ -502,6 +617,16 @@ mod tests {
         }
         for outcome in LOOKUP_OUTCOMES {
             assert!(text.contains(&format!("jitwgd_lookups_total{{outcome=\"{outcome}\"}} 0")));
+        }
+        for reason in INITIATION_DROP_REASONS {
+            assert!(text.contains(&format!(
+                "jitwgd_initiations_dropped_total{{reason=\"{reason}\"}} 0"
+            )));
+        }
+        for operation in STORE_OPERATIONS {
+            assert!(text.contains(&format!(
+                "jitwgd_store_errors_total{{operation=\"{operation}\"}} 0"
+            )));
         }
         for outcome in API_REQUEST_OUTCOMES {
             assert!(text.contains(&format!(

@@ -1,34 +1,68 @@
 //! The JIT packet path, stage by stage: a captured datagram is parsed (capture),
-//! identified (identify), checked against the replay guard (replay, in the store),
-//! looked up (lookup) and installed (install). `capture_loop` reads the socket;
-//! the identify workers (`identify_pool`, started by `start_identify_pool`) identify
-//! them off the capture task; `Pipeline::handle` carries one identified initiation
-//! through the rest.
+//! queued in its lane (`identify_pool`: sources of known keys first), identified
+//! (identify, with the static-static DH cached for known keys), checked against the
+//! replay guard (in memory for every key, on disk for keys that resolved), looked up
+//! (lookup, with admission control for first contacts) and installed (install).
+//! `capture_loop` reads the socket; the identify workers (`start_identify_pool`) hand
+//! each identified initiation to `Pipeline::handle`, at most `max_pending` at once.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::activity::ActivityLog;
 use crate::addresses::claim;
+use crate::admission::LogBudget;
 use crate::capture::{self, CaptureSocket};
+use crate::config::{defaults, Limits};
 use crate::errors::Causes;
-use crate::identify::{self, IdentifyError, Initiation, ResponderKeys};
-use crate::identify_pool::{Captured, IdentifyPool, PoolSettings, PoolStartError};
+use crate::identify::{self, IdentifyError, Initiation, ResponderKeys, StaticStaticCache};
+use crate::identify_pool::{Captured, IdentifyPool, KnownSources, PoolSettings, PoolStartError};
 use crate::install::{InstallError, InstallQueue};
 use crate::lookup::{Lookup, LookupOutcome};
 use crate::metrics::{self, Metrics};
-use crate::peer::PublicKey;
-use crate::replay::ReplayVerdict;
+use crate::peer::{PeerConfig, PublicKey};
+use crate::replay::{ReplayMemory, ReplayVerdict};
 use crate::store::SharedStore;
+
+/// The bounds of the JIT path's own state (a subset of `config::Limits`).
+#[derive(Debug, Clone, Copy)]
+pub struct PipelineLimits {
+    /// Identified initiations handled at once at most.
+    pub max_pending: usize,
+    /// Keys the in-memory replay guard remembers.
+    pub replay_memory: usize,
+    /// Known keys whose static-static DH is cached (0: off).
+    pub known_key_cache: usize,
+    /// Per-key log lines about unknown keys per second.
+    pub unknown_log_rate: u32,
+}
+
+impl Default for PipelineLimits {
+    fn default() -> Self {
+        PipelineLimits::from(&Limits::default())
+    }
+}
+
+impl From<&Limits> for PipelineLimits {
+    fn from(l: &Limits) -> Self {
+        PipelineLimits {
+            max_pending: l.max_pending,
+            replay_memory: l.replay_memory,
+            known_key_cache: l.known_key_cache,
+            unknown_log_rate: l.unknown_log_rate,
+        }
+    }
+}
 
 /// Shared state of the JIT path.
 pub struct Pipeline {
     keys: ResponderKeys,
-    /// Holds the replay guard's newest timestamp per key.
+    /// Holds the durable replay guard (newest timestamp of keys that resolved).
     store: SharedStore,
     lookup: Arc<Lookup>,
     queue: InstallQueue,
@@ -38,6 +72,17 @@ pub struct Pipeline {
     pending: Mutex<HashSet<PublicKey>>,
     /// Where each install's endpoint is remembered for re-install at boot (`None`: off).
     activity: Option<Arc<ActivityLog>>,
+    /// The replay guard every initiation passes first; bounded, so a flood of fresh
+    /// keys costs memory up to its capacity and no disk at all.
+    replay_memory: Mutex<ReplayMemory>,
+    /// Static-static DH of keys that resolved: their next initiation costs one X25519.
+    known_keys: Arc<StaticStaticCache>,
+    /// Sources of keys that resolved: their next initiation waits in the known lane.
+    known_sources: Arc<KnownSources>,
+    /// Permits for handling identified initiations: bounds the tasks a flood can start.
+    handlers: Arc<Semaphore>,
+    /// Rate limit of per-initiation log lines about unknown keys and junk.
+    log_budget: Mutex<LogBudget>,
 }
 
 /// Removes a key from `pending` however the handling ends.
@@ -48,10 +93,13 @@ struct PendingGuard<'a> {
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        if let Ok(mut s) = self.set.lock() {
-            s.remove(&self.key);
-        }
+        lock(self.set).remove(&self.key);
     }
+}
+
+/// The locks here guard plain data that is consistent between statements.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Pipeline {
@@ -62,7 +110,9 @@ impl Pipeline {
         queue: InstallQueue,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let limits = PipelineLimits::default();
         Pipeline {
+            known_keys: Arc::new(StaticStaticCache::new(&keys, limits.known_key_cache)),
             keys,
             store,
             lookup,
@@ -70,6 +120,10 @@ impl Pipeline {
             metrics,
             pending: Mutex::new(HashSet::new()),
             activity: None,
+            replay_memory: Mutex::new(ReplayMemory::new(limits.replay_memory)),
+            known_sources: Arc::new(KnownSources::new(defaults::KNOWN_KEY_CACHE)),
+            handlers: Arc::new(Semaphore::new(limits.max_pending)),
+            log_budget: Mutex::new(LogBudget::new(limits.unknown_log_rate, Instant::now())),
         }
     }
 
@@ -79,45 +133,62 @@ impl Pipeline {
         self
     }
 
-    /// Everything after identification for one initiation.
+    /// Bound the path's state and work by `limits`.
+    pub fn with_limits(mut self, limits: PipelineLimits) -> Self {
+        self.known_keys = Arc::new(StaticStaticCache::new(&self.keys, limits.known_key_cache));
+        self.known_sources = Arc::new(KnownSources::new(limits.known_key_cache.max(1)));
+        self.replay_memory = Mutex::new(ReplayMemory::new(limits.replay_memory));
+        self.handlers = Arc::new(Semaphore::new(limits.max_pending.max(1)));
+        self.log_budget = Mutex::new(LogBudget::new(limits.unknown_log_rate, Instant::now()));
+        self
+    }
+
+    /// Sources whose initiations go to the identify pool's known lane.
+    pub fn known_sources(&self) -> Arc<KnownSources> {
+        self.known_sources.clone()
+    }
+
+    /// Whether a per-initiation line about an unknown key or junk may be logged now;
+    /// `Some(n)`: yes, `n` lines were suppressed since the last one.
+    fn may_log(&self) -> Option<u64> {
+        let allowed = lock(&self.log_budget).allow(Instant::now());
+        if allowed.is_none() {
+            self.metrics.log_lines_suppressed.inc();
+        }
+        allowed
+    }
+
+    fn drop_initiation(&self, reason: &'static str) {
+        metrics::count_drop(&self.metrics, reason);
+    }
+
+    /// Everything after identification for one initiation. `_permit` is one of the
+    /// `max_pending` handler slots, released when handling ends.
     async fn handle(
         self: Arc<Self>,
         initiation: Initiation,
         src: SocketAddr,
         captured_at: Instant,
+        _permit: OwnedSemaphorePermit,
     ) {
         let key = initiation.initiator;
-
-        // Replay guard: only a strictly newer timestamp may cause work.
         let ts = initiation.timestamp;
-        let verdict = self
-            .store
-            .call(move |store| store.check_and_record_timestamp(&key, ts))
-            .await;
-        match verdict {
-            Ok(ReplayVerdict::Fresh) => {}
-            Ok(ReplayVerdict::Replay) => {
-                self.metrics.replays_ignored.inc();
-                tracing::debug!(peer = %key, src = %src, "replayed or stale initiation ignored");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(peer = %key, error = %Causes(&e), "replay guard failed; initiation dropped");
-                return;
-            }
+
+        // Replay guard, in memory: only a strictly newer timestamp may cause work.
+        if lock(&self.replay_memory).check_and_record(key, ts) == ReplayVerdict::Replay {
+            self.replayed(key, src);
+            return;
         }
 
         if self.queue.is_installed(&key) {
-            // The data plane answers installed peers itself.
+            // The data plane answers installed peers itself. An installed key is known:
+            // one DH now (once) makes each of its later initiations cost one, not two.
             self.metrics.already_installed.inc();
+            self.known_keys.remember(&self.keys, key);
+            self.known_sources.resolved(src);
             return;
         }
-        let fresh = self
-            .pending
-            .lock()
-            .map(|mut s| s.insert(key))
-            .unwrap_or(false);
-        if !fresh {
+        if !lock(&self.pending).insert(key) {
             return;
         }
         let _pending = PendingGuard {
@@ -126,44 +197,39 @@ impl Pipeline {
         };
 
         let lookup_started = Instant::now();
-        let outcome = self.lookup.lookup(key, SystemTime::now()).await;
+        let outcome = self
+            .lookup
+            .lookup_from(key, src.ip(), SystemTime::now())
+            .await;
         metrics::observe_stage(&self.metrics, "lookup", lookup_started.elapsed());
         metrics::count_lookup(&self.metrics, lookup_label(&outcome));
-        let (config, source) = match outcome {
-            LookupOutcome::CacheHit(config) => (config, "cache"),
-            LookupOutcome::ApiFound { config, latency } => {
-                self.metrics
-                    .api_latency_seconds
-                    .observe(latency.as_secs_f64());
-                (config, "api")
-            }
-            LookupOutcome::ApiNotFound { latency } => {
-                self.metrics
-                    .api_latency_seconds
-                    .observe(latency.as_secs_f64());
-                tracing::info!(peer = %key, key = %key.to_base64(), src = %src, "unknown peer (control plane: 404)");
-                return;
-            }
-            LookupOutcome::NegativeHit => {
-                tracing::debug!(peer = %key, src = %src, "unknown peer (negative cache)");
-                return;
-            }
-            LookupOutcome::ApiError { error, latency } => {
-                if let Some(l) = latency {
-                    self.metrics.api_latency_seconds.observe(l.as_secs_f64());
-                }
-                tracing::warn!(peer = %key, src = %src, error = %Causes(&error), "control plane unavailable; will retry on the next initiation");
-                return;
-            }
-            LookupOutcome::Refused { reason } => {
-                tracing::warn!(peer = %key, src = %src, reason = %reason, "control-plane answer refused");
-                return;
-            }
-            LookupOutcome::RateLimited => {
-                tracing::debug!(peer = %key, src = %src, "lookup rate-limited");
-                return;
-            }
+        let Some((config, source)) = self.resolved(key, src, outcome) else {
+            return;
         };
+
+        // The durable replay guard, for keys that resolved only: it survives restarts
+        // (a replay of a known key's old initiation must not move its endpoint), and a
+        // flood of unknown keys writes nothing. If the store fails, the memory guard
+        // above has already judged it.
+        let durable = self
+            .store
+            .call(move |store| store.check_and_record_timestamp(&key, ts))
+            .await;
+        match durable {
+            Ok(ReplayVerdict::Fresh) => {}
+            Ok(ReplayVerdict::Replay) => {
+                self.replayed(key, src);
+                return;
+            }
+            Err(e) => {
+                metrics::count_store_error(&self.metrics, "replay");
+                tracing::warn!(peer = %key, error = %Causes(&e), "durable replay guard failed; judged in memory");
+            }
+        }
+
+        // Known from now on: its next initiation costs one DH and waits in the known lane.
+        self.known_keys.remember(&self.keys, key);
+        self.known_sources.resolved(src);
 
         // The overlap rule: an address held by another installed peer is revalidated first.
         let installing = claim::install(
@@ -191,38 +257,118 @@ impl Pipeline {
                     }
                 }
             }
+            // The daemon notices the dead worker and exits; nothing to add per packet.
             Err(InstallError::WorkerGone) => {}
             Err(e) => {
                 tracing::warn!(peer = %key, src = %src, error = %Causes(&e), "install failed")
             }
         }
     }
+
+    fn replayed(&self, key: PublicKey, src: SocketAddr) {
+        self.metrics.replays_ignored.inc();
+        self.drop_initiation("replay");
+        if let Some(suppressed) = self.may_log() {
+            tracing::debug!(peer = %key, src = %src, suppressed, "replayed or stale initiation ignored");
+        }
+    }
+
+    /// The config to install when `outcome` resolved the key; logs and counts the rest.
+    fn resolved(
+        &self,
+        key: PublicKey,
+        src: SocketAddr,
+        outcome: LookupOutcome,
+    ) -> Option<(PeerConfig, &'static str)> {
+        match outcome {
+            LookupOutcome::CacheHit(config) => Some((config, "cache")),
+            LookupOutcome::ApiFound { config, latency } => {
+                self.metrics
+                    .api_latency_seconds
+                    .observe(latency.as_secs_f64());
+                Some((config, "api"))
+            }
+            LookupOutcome::ApiNotFound { latency } => {
+                self.metrics
+                    .api_latency_seconds
+                    .observe(latency.as_secs_f64());
+                self.known_keys.forget(&key);
+                if let Some(suppressed) = self.may_log() {
+                    tracing::info!(peer = %key, key = %key.to_base64(), src = %src, suppressed, "unknown peer (control plane: 404)");
+                }
+                None
+            }
+            LookupOutcome::NegativeHit => {
+                self.known_keys.forget(&key);
+                if let Some(suppressed) = self.may_log() {
+                    tracing::debug!(peer = %key, src = %src, suppressed, "unknown peer (negative cache)");
+                }
+                None
+            }
+            LookupOutcome::ApiError { error, latency } => {
+                if let Some(l) = latency {
+                    self.metrics.api_latency_seconds.observe(l.as_secs_f64());
+                }
+                if let Some(suppressed) = self.may_log() {
+                    tracing::warn!(peer = %key, src = %src, suppressed, error = %Causes(&error), "control plane unavailable; will retry on the next initiation");
+                }
+                None
+            }
+            LookupOutcome::Refused { reason } => {
+                tracing::warn!(peer = %key, src = %src, reason = %reason, "control-plane answer refused");
+                None
+            }
+            LookupOutcome::RateLimited => {
+                self.drop_initiation("rate_limited");
+                if let Some(suppressed) = self.may_log() {
+                    tracing::debug!(peer = %key, src = %src, suppressed, "lookup rate-limited");
+                }
+                None
+            }
+            LookupOutcome::Throttled { refusal } => {
+                self.drop_initiation(refusal.as_str());
+                if let Some(suppressed) = self.may_log() {
+                    tracing::debug!(peer = %key, src = %src, suppressed, reason = refusal.as_str(), "first contact refused by admission control");
+                }
+                None
+            }
+        }
+    }
 }
 
 /// The identify workers for `pipeline`: each identified initiation is handled on its own
-/// task on the current tokio runtime; failures are counted by stage.
+/// task on the current tokio runtime, at most `max_pending` at once (the rest are
+/// dropped and counted); failures are counted by stage.
 pub fn start_identify_pool(
     pipeline: Arc<Pipeline>,
     settings: PoolSettings,
 ) -> Result<IdentifyPool, PoolStartError> {
     let runtime = tokio::runtime::Handle::current();
     let keys = pipeline.keys.clone();
+    let known_keys = pipeline.known_keys.clone();
     IdentifyPool::start(
         settings,
         {
             let metrics = pipeline.metrics.clone();
             move |payload| {
                 let started = Instant::now();
-                let identified = identify::identify(&keys, payload);
+                let identified = identify::identify_cached(&keys, &known_keys, payload);
                 metrics::observe_stage(&metrics, "identify", started.elapsed());
                 identified
             }
         },
         move |captured, result| match result {
             Ok(initiation) => {
+                if pipeline.known_keys.contains(&initiation.initiator) {
+                    pipeline.metrics.identify_cached.inc();
+                }
+                let Ok(permit) = pipeline.handlers.clone().try_acquire_owned() else {
+                    pipeline.drop_initiation("handlers_full");
+                    return;
+                };
                 let p = pipeline.clone();
                 runtime.spawn(async move {
-                    p.handle(initiation, captured.src, captured.captured_at)
+                    p.handle(initiation, captured.src, captured.captured_at, permit)
                         .await
                 });
             }
@@ -231,17 +377,20 @@ pub fn start_identify_pool(
                     pipeline.metrics.mac1_rejected.inc();
                 }
                 metrics::count_identify_failure(&pipeline.metrics, e.as_str());
-                tracing::debug!(src = %captured.src, stage = e.as_str(), "initiation rejected");
+                if let Some(suppressed) = pipeline.may_log() {
+                    tracing::debug!(src = %captured.src, stage = e.as_str(), suppressed, "initiation rejected");
+                }
             }
         },
     )
 }
 
 /// Read initiations off the capture socket until cancelled and queue each for the
-/// identify workers; what does not fit the queue is dropped and counted.
+/// identify workers in its lane; what does not fit is dropped and counted.
 pub async fn capture_loop(
     socket: CaptureSocket,
     pool: IdentifyPool,
+    known: Arc<KnownSources>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
@@ -263,7 +412,7 @@ pub async fn capture_loop(
         let frame = match capture::parse_datagram(packet) {
             Ok(f) => f,
             Err(e) => {
-                tracing::debug!(error = %e, "captured packet does not parse");
+                tracing::trace!(error = %e, "captured packet does not parse");
                 continue;
             }
         };
@@ -273,9 +422,9 @@ pub async fn capture_loop(
             src: frame.src,
             captured_at,
         };
-        if let Err(reason) = pool.submit(captured) {
+        if let Err(reason) = pool.submit(captured, known.lane(&frame.src)) {
             metrics::count_capture_drop(&metrics, reason.as_str());
-            tracing::debug!(src = %frame.src, reason = reason.as_str(), "initiation dropped before identification");
+            metrics::count_drop(&metrics, reason.as_str());
         }
     }
     // Joining the workers blocks until their queue is drained (microseconds each).
@@ -291,5 +440,9 @@ fn lookup_label(outcome: &LookupOutcome) -> &'static str {
         LookupOutcome::ApiError { .. } => "api_error",
         LookupOutcome::Refused { .. } => "refused",
         LookupOutcome::RateLimited => "rate_limited",
+        LookupOutcome::Throttled { .. } => "throttled",
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,9 +1,14 @@
 //! Replay guard: a sniffer cannot see the data plane's per-peer timestamp state, and a
 //! replayed initiation decrypts just as well as a fresh one, so jitwgd keeps the newest
 //! TAI64N timestamp per key itself and ignores anything older or equal. This module is
-//! the pure decision; `Store::check_and_record_timestamp` applies it atomically.
+//! the pure decision and `ReplayMemory`, the in-memory guard every initiation passes
+//! (bounded: least recently seen keys are forgotten first); `Store::check_and_record_timestamp`
+//! applies the same decision durably, and the pipeline asks it only for keys that
+//! resolved, so a flood of unknown keys writes nothing to disk.
 
-use crate::peer::Timestamp;
+use hashlink::LruCache;
+
+use crate::peer::{PublicKey, Timestamp};
 
 /// What the replay guard thinks of an initiation's timestamp.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,10 +29,58 @@ pub fn judge(stored_newest: Option<Timestamp>, incoming: Timestamp) -> ReplayVer
     }
 }
 
+/// The newest timestamp of up to `capacity` keys, least recently seen evicted first.
+/// A key it forgot is judged `Fresh` again: for a known key the durable guard still
+/// holds its timestamp; for an unknown key a replay only costs a negative-cache read.
+pub struct ReplayMemory {
+    newest: LruCache<PublicKey, Timestamp>,
+}
+
+impl ReplayMemory {
+    pub fn new(capacity: usize) -> Self {
+        ReplayMemory {
+            newest: LruCache::new(capacity.max(1)),
+        }
+    }
+
+    /// Judge `timestamp` for `key` and remember it when it is fresh.
+    pub fn check_and_record(&mut self, key: PublicKey, timestamp: Timestamp) -> ReplayVerdict {
+        let verdict = judge(self.newest.get(&key).copied(), timestamp);
+        if verdict == ReplayVerdict::Fresh {
+            self.newest.insert(key, timestamp);
+        }
+        verdict
+    }
+
+    pub fn len(&self) -> usize {
+        self.newest.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.newest.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn memory_guard_rejects_repeats_and_stays_bounded() {
+        let mut m = ReplayMemory::new(3);
+        let k = |n: u8| PublicKey([n; 32]);
+        assert_eq!(m.check_and_record(k(1), ts(10, 0)), ReplayVerdict::Fresh);
+        assert_eq!(m.check_and_record(k(1), ts(10, 0)), ReplayVerdict::Replay);
+        assert_eq!(m.check_and_record(k(1), ts(9, 0)), ReplayVerdict::Replay);
+        assert_eq!(m.check_and_record(k(1), ts(11, 0)), ReplayVerdict::Fresh);
+        for n in 2..100 {
+            assert_eq!(m.check_and_record(k(n), ts(1, 0)), ReplayVerdict::Fresh);
+        }
+        assert_eq!(m.len(), 3);
+        // Key 1 was forgotten: judged fresh again (the durable guard covers known keys).
+        assert_eq!(m.check_and_record(k(1), ts(10, 0)), ReplayVerdict::Fresh);
+    }
 
     /// A TAI64N timestamp from seconds and nanoseconds (the wire layout).
     fn ts(secs: u64, nanos: u32) -> Timestamp {

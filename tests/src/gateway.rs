@@ -208,6 +208,11 @@ impl Gateway {
         Ok(self.lab.reboot_dataplane()?)
     }
 
+    /// The daemon's process id, while it runs.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.lab.daemon().map(|c| c.pid())
+    }
+
     /// Whether the daemon process is still alive.
     pub fn daemon_running(&mut self) -> Result<bool, HarnessError> {
         Ok(self.lab.daemon_running()?)

@@ -353,6 +353,15 @@ fn idle_peer_is_evicted_and_returns() {
     );
 }
 
+/// Negative-cache rows in the daemon's database, read beside the running daemon (WAL).
+fn negative_rows(db: &std::path::Path) -> Option<u64> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .ok()?;
+    conn.query_row("SELECT count(*) FROM negative", [], |r| r.get(0))
+        .ok()
+}
+
 #[test]
 fn kill9_mid_load_keeps_sqlite_consistent() {
     let Some(mut gw) = gateway(GatewayOptions::new(10), TOOLS) else {
@@ -365,35 +374,49 @@ fn kill9_mid_load_keeps_sqlite_consistent() {
         let ip = format!("100.64.1.{}/32", i + 1);
         gw.register(&k.public_key(), &[&ip]).unwrap();
     }
-    // Unregistered keys too, so negative entries are being written.
-    let strangers: Vec<_> = (40..60)
+    // Unregistered keys too, with real initiations that pass identification, so the
+    // control plane answers 404 and negative entries are being written at the kill.
+    let mut strangers: Vec<_> = (40..60)
         .map(|i| gw.knocker(i, random_key()).unwrap())
         .collect();
+    let db_path = gw.db_path();
     let stop = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|s| {
+    let negatives_before_kill = std::thread::scope(|s| {
         let stop = &stop;
         s.spawn(move || {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 for k in knockers.iter_mut() {
                     let _ = k.knock();
                 }
-                for k in strangers.iter() {
-                    let _ = k.send(&[1u8; 148]);
+                for k in strangers.iter_mut() {
+                    let _ = k.knock();
                 }
                 std::thread::sleep(Duration::from_millis(25));
             }
         });
-        std::thread::sleep(Duration::from_millis(700));
+        let negatives = wait_for(Duration::from_secs(10), || {
+            negative_rows(&db_path).filter(|&n| n > 0)
+        });
+        std::thread::sleep(Duration::from_millis(300));
         gw.kill9_daemon().unwrap();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        negatives
     });
     assert!(!gw.daemon_running().unwrap());
+    assert!(
+        negatives_before_kill.is_some(),
+        "no negative-cache rows before the kill: the unregistered keys never reached the control plane"
+    );
 
     let db = rusqlite::Connection::open(gw.db_path()).unwrap();
     let check: String = db
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();
     assert_eq!(check, "ok");
+    let negatives: u64 = db
+        .query_row("SELECT count(*) FROM negative", [], |r| r.get(0))
+        .unwrap();
+    assert!(negatives > 0, "negative rows lost across the kill");
     drop(db);
 
     gw.start_daemon().unwrap();

@@ -195,15 +195,19 @@ pub struct Args {
     #[arg(long, env = "JITWGD_INITIATE_RATE", value_name = "PER_SECOND")]
     pub initiate_rate: Option<u32>,
 
-    /// Threads that identify captured initiations (2 X25519 each) off the capture task
+    /// Threads that identify captured initiations (2 X25519 each, 1 for a known key) off
+    /// the capture task
     /// [default: 2].
     #[arg(long, env = "JITWGD_IDENTIFY_WORKERS", value_name = "COUNT", value_parser = values::positive_count)]
     pub identify_workers: Option<usize>,
 
-    /// Captured initiations that may wait for an identify worker [default: 4096].
+    /// Captured initiations that may wait for an identify worker, in each of its two
+    /// lanes [default: 4096].
     ///
-    /// Beyond it they are dropped and counted in
-    /// jitwgd_capture_dropped_total{reason="identify_queue_full"}; the client retries.
+    /// Initiations from the source of a key that resolved recently wait in the known
+    /// lane, served first; the rest in the unknown lane. Beyond it they are dropped and
+    /// counted in jitwgd_initiations_dropped_total{reason="identify_queue_full"} (and
+    /// jitwgd_capture_dropped_total); the client retries.
     #[arg(long, env = "JITWGD_IDENTIFY_QUEUE", value_name = "COUNT", value_parser = values::positive_count)]
     pub identify_queue: Option<usize>,
 
@@ -254,7 +258,9 @@ pub struct Args {
     /// Remember that the control plane does not know a key (HTTP 404) for this long
     /// [default: 60s].
     ///
-    /// Shields the control plane from scanners and from clients with deleted keys.
+    /// Shields the control plane from clients with deleted keys and from a scanner that
+    /// repeats a key. It cannot stop a flood of fresh keys (each is new): that is what
+    /// --unknown-lookup-rate and --source-penalty-burst are for.
     #[arg(long, env = "JITWGD_NEGATIVE_TTL", value_name = "DURATION", value_parser = values::duration)]
     pub negative_ttl: Option<Duration>,
 
@@ -265,4 +271,8 @@ pub struct Args {
     /// Log line format [default: text].
     #[arg(long, env = "JITWGD_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+
+    /// Admission control, caps and state bounds (`config::limits`).
+    #[command(flatten)]
+    pub limits: super::LimitArgs,
 }

@@ -84,6 +84,33 @@ pub struct ConfigFile {
     pub api_client_cert: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_client_key: Option<PathBuf>,
+    // Limits (`config::limits`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pending: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_concurrency: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown_lookup_rate: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown_lookup_floor: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown_lookup_burst: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_penalty_burst: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_penalty_forgive: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown_log_rate: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay_memory: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub known_key_cache: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub negative_cap: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub negative_purge_every: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db_corruption: Option<String>,
 }
 
 /// An on/off setting as written in TOML: `initiate = "off"` (like the flag) or

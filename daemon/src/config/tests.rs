@@ -9,7 +9,7 @@ use super::*;
 
 /// Parsing `Args` reads `JITWGD_*` variables; tests that parse or change the
 /// environment hold this lock so they do not see each other's variables.
-static ENV_LOCK: Mutex<()> = Mutex::new(());
+pub(super) static ENV_LOCK: Mutex<()> = Mutex::new(());
 
 fn parse(argv: &[&str]) -> Result<Args, clap::Error> {
     Args::try_parse_from(std::iter::once("jitwgd").chain(argv.iter().copied()))

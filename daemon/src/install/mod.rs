@@ -314,6 +314,12 @@ impl InstallWorker {
         ))
     }
 
+    /// Whether the worker thread has ended (it only ends when stopped, or by a panic):
+    /// the daemon watches this so a dead worker stops it instead of being ignored.
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
     /// Stop after the current batch and wait for the thread.
     pub fn stop(mut self) {
         self.shutdown();

@@ -3,29 +3,40 @@
 //! at most once at a time per key, at most once per `api_min_interval` per key, with
 //! retries and backoff for transport errors. API errors never mean "revoked", and a cached
 //! positive entry keeps working while the API is down. Every answer is validated before use.
+//!
+//! A key with no cache entry at all (a first contact) passes admission control first
+//! (`admission`: per-source 404 penalties, the global first-contact budget), and at most
+//! `api_concurrency` requests are in flight. A cache that cannot be read is not a reason
+//! to give up: the lookup goes on as a first contact and the failure is counted
+//! (`jitwgd_store_errors_total{operation="cache_read"}`).
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use tokio::sync::Semaphore;
+
+use crate::admission::{Admission, AdmissionSettings, Answer, Refusal};
 use crate::api::{ApiAnswer, ApiClient, ApiError};
 use crate::config::defaults;
 use crate::errors::Causes;
+use crate::metrics::{self, Metrics};
 use crate::peer::{AddressPolicy, PeerConfig, PeerRejected, PublicKey};
 use crate::store::{PeerSource, SharedStore, StoreCallError};
 
+mod purge;
 mod revalidate;
 
 #[cfg(test)]
 mod tests;
 
+pub use purge::purge_loop;
 pub use revalidate::revalidate_loop;
 
 /// Why a lookup found no answer to act on.
 #[derive(Debug, thiserror::Error)]
 pub enum LookupError {
-    #[error("reading the peer cache failed")]
-    Cache(#[source] StoreCallError),
     #[error("no control-plane API is configured")]
     NoApi,
     #[error("the control plane could not be asked")]
@@ -89,6 +100,8 @@ pub enum LookupOutcome {
     Refused { reason: PeerRejected },
     /// The key was looked up too recently; try again on a later initiation.
     RateLimited,
+    /// A first contact refused by admission control (nothing was asked).
+    Throttled { refusal: Refusal },
 }
 
 /// The verdict of revalidating an installed peer whose positive entry expired.
@@ -111,6 +124,12 @@ pub struct Lookup {
     in_flight: Mutex<Pruned<Arc<tokio::sync::Mutex<()>>>>,
     /// When each key last went to the API (entries older than `api_min_interval` are pruned).
     last_call: Mutex<Pruned<Instant>>,
+    /// Admission control for first contacts (`None`: every first contact is asked about).
+    admission: Option<Mutex<Admission>>,
+    /// Caps control-plane requests in flight (`None`: no cap).
+    api_slots: Option<Semaphore>,
+    /// Where store errors and in-flight requests are counted (`None` in some tests).
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// A per-key map pruned only when it has doubled since the last pruning (at least
@@ -141,6 +160,22 @@ impl<V> Pruned<V> {
     }
 }
 
+/// Counts one request in `api_in_flight` while it lives.
+struct InFlight<'a>(&'a Metrics);
+
+impl<'a> InFlight<'a> {
+    fn new(m: &'a Metrics) -> Self {
+        m.api_in_flight.inc();
+        InFlight(m)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.api_in_flight.dec();
+    }
+}
+
 /// What the cache says about a key.
 enum Cached {
     Negative,
@@ -157,20 +192,48 @@ impl Lookup {
             config,
             in_flight: Mutex::new(Pruned::new()),
             last_call: Mutex::new(Pruned::new()),
+            admission: None,
+            api_slots: None,
+            metrics: None,
         }
     }
 
-    /// Who is `key`? See the module docs for the order of sources.
+    /// Apply admission control to first contacts.
+    pub fn with_admission(mut self, settings: AdmissionSettings) -> Self {
+        self.admission = Some(Mutex::new(Admission::new(settings, Instant::now())));
+        self
+    }
+
+    /// At most `slots` control-plane requests in flight.
+    pub fn with_api_concurrency(mut self, slots: usize) -> Self {
+        self.api_slots = Some(Semaphore::new(slots.max(1)));
+        self
+    }
+
+    /// Count store errors and in-flight requests in `metrics`.
+    pub fn counting_in(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Who is `key`? See the module docs for the order of sources. No source address:
+    /// admission control applies only its global budget.
     pub async fn lookup(&self, key: PublicKey, now: SystemTime) -> LookupOutcome {
+        self.lookup_from(key, IpAddr::V4(Ipv4Addr::UNSPECIFIED), now)
+            .await
+    }
+
+    /// `lookup` for an initiation that came from `src` (judged by its /24 or /64 if the
+    /// key turns out to be a first contact).
+    pub async fn lookup_from(&self, key: PublicKey, src: IpAddr, now: SystemTime) -> LookupOutcome {
         let _flight = self.single_flight(key).await;
         // Re-read the cache under the key's lock: a concurrent lookup may just have filled it.
         let cached = match self.read_cache(key, now).await {
             Ok(c) => c,
             Err(error) => {
-                return LookupOutcome::ApiError {
-                    error: LookupError::Cache(error),
-                    latency: None,
-                }
+                self.count_store_error("cache_read");
+                tracing::warn!(peer = %key, error = %Causes(&error), "reading the peer cache failed; asking the control plane");
+                Cached::Missing
             }
         };
         let stale = match self.recheck(key, cached) {
@@ -188,17 +251,40 @@ impl Lookup {
                 },
             };
         };
+        // Known keys (a stale entry) never wait for admission; first contacts do.
+        let ticket = match (&stale, &self.admission) {
+            (None, Some(admission)) => {
+                let admitted = admission
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .admit(src, Instant::now());
+                match admitted {
+                    Ok(ticket) => Some(ticket),
+                    Err(refusal) => return LookupOutcome::Throttled { refusal },
+                }
+            }
+            _ => None,
+        };
         if !self.take_api_slot(key) {
+            // The token was never used: give it back as an unanswered lookup.
+            self.answered(ticket, Answer::Unavailable);
             return match stale {
                 Some(config) => LookupOutcome::CacheHit(config),
                 None => LookupOutcome::RateLimited,
             };
         }
         let (answer, latency) = self.ask_with_retries(api, key).await;
+        let admission_answer = match &answer {
+            ApiAnswer::Found(_) => Answer::Found,
+            ApiAnswer::NotFound => Answer::NotFound,
+            ApiAnswer::Unavailable(_) => Answer::Unavailable,
+        };
+        self.answered(ticket, admission_answer);
         match answer {
             ApiAnswer::Found(doc) => match doc.validate(Some(key), &self.config.addresses) {
                 Ok(config) => {
                     if let Err(e) = self.store_positive(&config, now).await {
+                        self.count_store_error("cache_write");
                         tracing::warn!(peer = %key, error = %Causes(&e), "caching the peer failed");
                     }
                     LookupOutcome::ApiFound { config, latency }
@@ -207,6 +293,7 @@ impl Lookup {
             },
             ApiAnswer::NotFound => {
                 if let Err(e) = self.store_negative(key, now).await {
+                    self.count_store_error("cache_write");
                     tracing::warn!(peer = %key, error = %Causes(&e), "caching the 404 failed");
                 }
                 LookupOutcome::ApiNotFound { latency }
@@ -271,6 +358,26 @@ impl Lookup {
         }
     }
 
+    /// Hand a first contact's admission ticket back with its answer.
+    fn answered(&self, ticket: Option<crate::admission::Ticket>, answer: Answer) {
+        let (Some(ticket), Some(admission)) = (ticket, &self.admission) else {
+            return;
+        };
+        let mut admission = admission
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        admission.answered(ticket, answer, Instant::now());
+        if let Some(m) = &self.metrics {
+            m.unknown_not_found_share.set(admission.not_found_share());
+        }
+    }
+
+    fn count_store_error(&self, operation: &'static str) {
+        if let Some(m) = &self.metrics {
+            metrics::count_store_error(m, operation);
+        }
+    }
+
     async fn single_flight(&self, key: PublicKey) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = {
             let mut map = self
@@ -303,6 +410,12 @@ impl Lookup {
     }
 
     async fn ask_with_retries(&self, api: &ApiClient, key: PublicKey) -> (ApiAnswer, Duration) {
+        // Waiting here is bounded: the callers are bounded by `--max-pending`.
+        let _slot = match &self.api_slots {
+            Some(slots) => slots.acquire().await.ok(),
+            None => None,
+        };
+        let _in_flight = self.metrics.as_deref().map(InFlight::new);
         let mut delay = self.config.backoff;
         let mut attempt = 0;
         loop {

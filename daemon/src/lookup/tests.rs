@@ -349,3 +349,117 @@ async fn a_cached_config_the_current_settings_refuse_is_asked_about_again() {
         other => panic!("{other:?}"),
     }
 }
+
+fn admission(burst: u32, budget: u32) -> crate::admission::AdmissionSettings {
+    use crate::admission::{BudgetSettings, PenaltySettings};
+    crate::admission::AdmissionSettings {
+        penalties: PenaltySettings {
+            burst,
+            forgive_every: Duration::from_secs(60),
+            max_sources: 1024,
+        },
+        budget: BudgetSettings {
+            rate: 0.001,
+            floor_rate: 0.001,
+            burst: budget,
+            share_window: crate::admission::SHARE_WINDOW,
+        },
+    }
+}
+
+/// A fresh-key flood from one /24 is cut off after its penalty burst; a new client from
+/// another /24 still gets through, and a known key is never asked about admission.
+#[tokio::test]
+async fn a_404_flood_is_cut_off_by_source_while_other_sources_resolve() {
+    let (api, url) = serve().await;
+    api.register(key(200), "100.64.0.2/32");
+    api.register(key(201), "100.64.0.3/32");
+    let metrics = Metrics::new();
+    let lookup = lookup_with(&url, quick())
+        .with_admission(admission(3, 100))
+        .with_api_concurrency(4)
+        .counting_in(metrics.clone());
+    let now = SystemTime::now();
+    // The known key first, so it is cached.
+    assert!(matches!(
+        lookup
+            .lookup_from(key(200), "198.18.9.1".parse().unwrap(), now)
+            .await,
+        LookupOutcome::ApiFound { .. }
+    ));
+    let flood: IpAddr = "198.18.1.7".parse().unwrap();
+    let mut not_found = 0;
+    let mut throttled = 0;
+    for n in 0..50u8 {
+        match lookup.lookup_from(key(n), flood, now).await {
+            LookupOutcome::ApiNotFound { .. } => not_found += 1,
+            LookupOutcome::Throttled {
+                refusal: Refusal::SourcePenalised,
+            } => throttled += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((not_found, throttled), (3, 47));
+    assert!(matches!(
+        lookup
+            .lookup_from(key(201), "198.18.2.7".parse().unwrap(), now)
+            .await,
+        LookupOutcome::ApiFound { .. }
+    ));
+    // A known key from the penalised network is served from the cache.
+    assert!(matches!(
+        lookup.lookup_from(key(200), flood, now).await,
+        LookupOutcome::CacheHit(_)
+    ));
+    assert!(metrics.unknown_not_found_share.get() > 0.5);
+    assert_eq!(metrics.api_in_flight.get(), 0);
+}
+
+/// Keys that resolve give their token back: a storm of them is never throttled by a
+/// budget far smaller than the storm.
+#[tokio::test]
+async fn a_storm_of_resolving_keys_is_never_throttled() {
+    let (api, url) = serve().await;
+    for n in 0..100u8 {
+        api.register(key(n), &format!("100.64.1.{n}/32"));
+    }
+    let lookup = lookup_with(&url, quick()).with_admission(admission(1, 2));
+    let now = SystemTime::now();
+    for n in 0..100u8 {
+        let src: IpAddr = "198.18.1.7".parse().unwrap();
+        assert!(matches!(
+            lookup.lookup_from(key(n), src, now).await,
+            LookupOutcome::ApiFound { .. }
+        ));
+    }
+}
+
+/// A store that fails (here: its lock poisoned by a panicking call) does not stop
+/// lookups: they go to the API and the failure is counted as `store_error`.
+#[tokio::test]
+async fn a_failing_cache_falls_through_to_the_api_and_is_counted() {
+    let (api, url) = serve().await;
+    api.register(key(7), "100.64.0.7/32");
+    let store = SharedStore::new(Store::open_in_memory().unwrap());
+    let poisoned = store
+        .call(|_| -> Result<(), crate::store::StoreError> { panic!("poison the store lock") })
+        .await;
+    assert!(poisoned.is_err());
+    let metrics = Metrics::new();
+    let api_client = ApiClient::new(&url, Duration::from_secs(2)).unwrap();
+    let lookup = Lookup::new(store, Some(api_client), quick()).counting_in(metrics.clone());
+    assert!(matches!(
+        lookup.lookup(key(7), SystemTime::now()).await,
+        LookupOutcome::ApiFound { .. }
+    ));
+    assert_eq!(api.calls(key(7)), 1);
+    let text = metrics.encode();
+    assert!(
+        text.contains("jitwgd_store_errors_total{operation=\"cache_read\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("jitwgd_store_errors_total{operation=\"cache_write\"} 1"),
+        "{text}"
+    );
+}

@@ -6,6 +6,7 @@
 //! Time is always a parameter; nothing here reads the clock.
 
 mod activity;
+mod recover;
 mod schema;
 mod shared;
 
@@ -22,6 +23,7 @@ use crate::peer::{PeerConfig, PublicKey, Timestamp};
 use crate::replay::{self, ReplayVerdict};
 
 pub use activity::{ActivePeer, Activity};
+pub use recover::{open_checked, Recovered};
 pub use schema::SCHEMA_VERSION;
 pub use shared::{SharedStore, StoreCallError};
 
@@ -54,6 +56,18 @@ pub enum StoreError {
     },
     #[error("peer database integrity check failed: {0}")]
     Corrupt(String),
+    #[error("peer database {path} is corrupt; it was left in place (--db-corruption refuse)")]
+    CorruptRefused {
+        path: PathBuf,
+        #[source]
+        source: Box<StoreError>,
+    },
+    #[error("cannot move corrupt peer database {path} aside")]
+    MoveAside {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("stored row is malformed: {0}")]
     BadRow(String),
     #[error("peer database query failed")]
@@ -124,7 +138,12 @@ impl Store {
         let _mode: String =
             conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        Self::finish_open(conn)
+        let store = Self::finish_open(conn)?;
+        // A structural check at every open (milliseconds at 100,000 rows): a torn or
+        // damaged file is found now, not as odd answers later. `open_checked` decides
+        // what to do about it.
+        store.quick_check()?;
+        Ok(store)
     }
 
     /// A private in-memory database, for tests and for running without persistence.
@@ -145,7 +164,17 @@ impl Store {
 
     /// `PRAGMA integrity_check` must answer exactly "ok".
     pub fn integrity_check(&self) -> Result<(), StoreError> {
-        let mut stmt = self.conn.prepare("PRAGMA integrity_check")?;
+        self.check("integrity_check")
+    }
+
+    /// `PRAGMA quick_check` (integrity_check without the index-content cross-check,
+    /// O(N)) must answer exactly "ok".
+    pub fn quick_check(&self) -> Result<(), StoreError> {
+        self.check("quick_check")
+    }
+
+    fn check(&self, pragma: &str) -> Result<(), StoreError> {
+        let mut stmt = self.conn.prepare(&format!("PRAGMA {pragma}"))?;
         let lines: Vec<String> = stmt
             .query_map([], |row| row.get(0))?
             .collect::<Result<_, _>>()?;
@@ -319,6 +348,47 @@ impl Store {
         Ok(self
             .conn
             .execute("DELETE FROM negative WHERE until <= ?1", [unix_ms(now)])?)
+    }
+
+    /// Delete the negative entries expired at `now`, then, beyond `cap` rows, the ones
+    /// expiring soonest. Returns how many were deleted.
+    pub fn purge_negative(&mut self, now: SystemTime, cap: usize) -> Result<usize, StoreError> {
+        let tx = self.conn.transaction()?;
+        let expired = tx.execute("DELETE FROM negative WHERE until <= ?1", [unix_ms(now)])?;
+        let over = tx.execute(
+            "DELETE FROM negative WHERE public_key IN (
+                 SELECT public_key FROM negative ORDER BY until
+                 LIMIT max(0, (SELECT count(*) FROM negative) - ?1))",
+            [i64::try_from(cap).unwrap_or(i64::MAX)],
+        )?;
+        tx.commit()?;
+        Ok(expired + over)
+    }
+
+    /// How many negative entries are stored (expired or not).
+    pub fn negative_count(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM negative", [], |row| row.get(0))?)
+    }
+
+    /// Delete up to `limit` replay rows of keys without a positive entry: written for
+    /// every initiation by older jitwgd versions, or left by keys since revoked. Returns how many.
+    pub fn purge_orphan_replay(&mut self, limit: usize) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            "DELETE FROM replay WHERE public_key IN (
+                 SELECT r.public_key FROM replay r
+                 WHERE NOT EXISTS (SELECT 1 FROM peers p WHERE p.public_key = r.public_key)
+                 LIMIT ?1)",
+            [i64::try_from(limit).unwrap_or(i64::MAX)],
+        )?)
+    }
+
+    /// How many replay rows are stored.
+    pub fn replay_count(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM replay", [], |row| row.get(0))?)
     }
 
     /// The replay guard, atomically: if `timestamp` is strictly newer than the newest one

@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::{Store, StoreError};
+use super::{Recovered, Store, StoreError};
+use crate::config::DbCorruption;
 
 /// What failed while using the store from async code.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,18 @@ impl SharedStore {
             .await
             .map_err(StoreCallError::Task)??;
         Ok(SharedStore::new(store))
+    }
+
+    /// `open`, answering a failed integrity check with `policy` (`store::open_checked`).
+    pub async fn open_checked(
+        path: PathBuf,
+        policy: DbCorruption,
+    ) -> Result<(Self, Recovered), StoreCallError> {
+        let (store, how) =
+            tokio::task::spawn_blocking(move || super::open_checked(Path::new(&path), policy))
+                .await
+                .map_err(StoreCallError::Task)??;
+        Ok((SharedStore::new(store), how))
     }
 
     /// Runs `f` on the blocking pool with the store locked.

@@ -225,3 +225,47 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn purge_negative_drops_expired_rows_then_the_soonest_beyond_the_cap() {
+    let mut store = Store::open_in_memory().unwrap();
+    for n in 0..10u8 {
+        // Key n expires at 100 + n seconds.
+        store
+            .put_negative(
+                &PublicKey([n; 32]),
+                at(100),
+                Duration::from_secs(u64::from(n)),
+            )
+            .unwrap();
+    }
+    // At 103 s keys 0..=3 have expired; a cap of 4 then drops 4 and 5.
+    assert_eq!(store.purge_negative(at(103), 4).unwrap(), 6);
+    assert_eq!(store.negative_count().unwrap(), 4);
+    for n in 6..10u8 {
+        assert!(store.get_negative(&PublicKey([n; 32]), at(103)).unwrap());
+    }
+    assert_eq!(store.purge_negative(at(103), 100).unwrap(), 0);
+}
+
+#[test]
+fn orphan_replay_rows_are_purged_and_known_keys_keep_theirs() {
+    let mut store = Store::open_in_memory().unwrap();
+    store
+        .put_peer(&peer(1), PeerSource::Api, at(0), Duration::from_secs(60))
+        .unwrap();
+    for n in 1..=5u8 {
+        store
+            .check_and_record_timestamp(&PublicKey([n; 32]), ts(10))
+            .unwrap();
+    }
+    assert_eq!(store.purge_orphan_replay(2).unwrap(), 2);
+    assert_eq!(store.purge_orphan_replay(100).unwrap(), 2);
+    assert_eq!(store.replay_count().unwrap(), 1);
+    assert_eq!(
+        store
+            .check_and_record_timestamp(&PublicKey([1; 32]), ts(10))
+            .unwrap(),
+        ReplayVerdict::Replay
+    );
+}
