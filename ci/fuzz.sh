@@ -54,7 +54,7 @@ if os.path.exists(vectors):
 else:
     print(f"ci/fuzz.sh: no vectors at {vectors}; seeding without them", file=sys.stderr)
     key = "aHCBtyiPyEDj500p94e7Yhz0/1nQvqbYh0wWAr8xEw0="
-put("api_document", "one", json.dumps({"public_key": key, "allowed_ips": ["100.64.0.7/32"]}))
+put("api_document", "one", "\x00" + json.dumps({"public_key": key, "allowed_ips": ["100.64.0.7/32"]}))
 put("api_document", "psk", "\x01" + json.dumps({"public_key": key, "allowed_ips": ["100.64.0.7/32", "100.64.1.0/24"],
                                        "preshared_key": key}))
 put("daemon_config", "minimal", 'interface = "wg0"\napi_url = "http://100.64.0.1:8080"\n')
