@@ -73,7 +73,7 @@ pub fn all_charts(runs: &Runs<'_>) -> Result<Vec<Chart>, ChartError> {
 type DrawResult = Result<(), Box<dyn Error>>;
 
 /// Runs `draw` on a fresh SVG canvas and returns the SVG text.
-fn render(
+pub(crate) fn render(
     title: &str,
     draw: impl FnOnce(&DrawingArea<SVGBackend<'_>, plotters::coord::Shift>) -> DrawResult,
 ) -> Result<String, ChartError> {
@@ -102,7 +102,7 @@ type Plot<'a, 'b, X, Y> = ChartContext<
 
 /// The titled plotting area every chart starts from, with room for `y_label_area` pixels of
 /// y-axis labels.
-fn cartesian<'a, 'b, X: AsRangedCoord, Y: AsRangedCoord>(
+pub(crate) fn cartesian<'a, 'b, X: AsRangedCoord, Y: AsRangedCoord>(
     root: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
     title: &str,
     y_label_area: u32,
@@ -118,7 +118,7 @@ fn cartesian<'a, 'b, X: AsRangedCoord, Y: AsRangedCoord>(
 }
 
 /// Draws the series legend every chart uses (white box, black border) at `position`.
-fn draw_legend<'a, 'b, CT>(
+pub(crate) fn draw_legend<'a, 'b, CT>(
     chart: &mut ChartContext<'a, SVGBackend<'b>, CT>,
     position: SeriesLabelPosition,
 ) -> DrawResult
@@ -136,7 +136,7 @@ where
 }
 
 /// A chart that only says it has nothing to show.
-fn no_data(title: &str) -> Result<String, ChartError> {
+pub(crate) fn no_data(title: &str) -> Result<String, ChartError> {
     render(title, |root| {
         let area = root.titled(title, ("sans-serif", 20))?;
         let (w, h) = area.dim_in_pixel();
@@ -165,7 +165,7 @@ const PALETTE: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
-fn color(index: usize) -> RGBColor {
+pub(crate) fn color(index: usize) -> RGBColor {
     PALETTE[index % PALETTE.len()]
 }
 

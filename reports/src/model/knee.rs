@@ -1,0 +1,163 @@
+//! The storm knee, found from the data: a two-segment (hinge) line `y = a + b·x + c·max(0, x - k)`
+//! whose breakpoint `k` is searched, kept only when it explains the data better than one straight
+//! line by more than its two extra parameters cost (BIC) and the slope turns *up* after it.
+
+use serde::Serialize;
+
+use super::fit::{FitError, LinearFit};
+
+/// Name of the hinge column `max(0, x - knee)` in a knee's inner fit.
+pub const ABOVE_KNEE: &str = "above_knee";
+
+/// Candidate breakpoints tried between two neighbouring distinct x values.
+const STEPS_BETWEEN: usize = 8;
+
+/// A line, or a hinge at a found knee.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KneeFit {
+    /// Where the slope turns up; `None`: one line explains the data.
+    pub knee: Option<f64>,
+    /// Over features `[x]` (no knee) or `[x, max(0, x - knee)]` ([`ABOVE_KNEE`]).
+    pub fit: LinearFit,
+}
+
+impl KneeFit {
+    /// The fitted value at `x` with its 95 % prediction interval.
+    pub fn predict(&self, x: f64) -> super::fit::Band {
+        self.fit.predict(&self.features(x))
+    }
+
+    /// The feature row the inner fit takes for `x`.
+    pub fn features(&self, x: f64) -> Vec<f64> {
+        match self.knee {
+            Some(k) => vec![x, (x - k).max(0.0)],
+            None => vec![x],
+        }
+    }
+
+    /// Slope before and (if there is a knee) after it.
+    pub fn slopes(&self) -> (f64, Option<f64>) {
+        let before = self.fit.coefficients[1];
+        (before, self.knee.map(|_| before + self.fit.coefficients[2]))
+    }
+}
+
+/// Fits `ys` against `xs`, searching the breakpoint over the open range between the second and
+/// the second-to-last distinct x (each segment keeps at least two distinct x values).
+pub fn fit_knee(x_name: &str, xs: &[f64], ys: &[f64]) -> Result<KneeFit, FitError> {
+    let rows: Vec<Vec<f64>> = xs.iter().map(|&x| vec![x]).collect();
+    let line = LinearFit::fit(&[x_name], &rows, ys)?;
+    let mut distinct: Vec<f64> = xs.to_vec();
+    distinct.sort_by(f64::total_cmp);
+    distinct.dedup();
+    // A hinge has 4 parameters (a, b, c, k): it needs a residual degree of freedom beyond them.
+    if distinct.len() < 4 || xs.len() < 5 {
+        return Ok(KneeFit {
+            knee: None,
+            fit: line,
+        });
+    }
+    let mut best: Option<(f64, f64, LinearFit)> = None;
+    for pair in distinct[1..distinct.len() - 1].windows(2) {
+        for step in 0..STEPS_BETWEEN {
+            let k = pair[0] + (pair[1] - pair[0]) * step as f64 / STEPS_BETWEEN as f64;
+            let rows: Vec<Vec<f64>> = xs.iter().map(|&x| vec![x, (x - k).max(0.0)]).collect();
+            let Ok(fit) = LinearFit::fit(&[x_name, ABOVE_KNEE], &rows, ys) else {
+                continue;
+            };
+            let sse = sse(&fit);
+            if best.as_ref().is_none_or(|(_, b, _)| sse < *b) {
+                best = Some((k, sse, fit));
+            }
+        }
+    }
+    let Some((k, hinge_sse, hinge)) = best else {
+        return Ok(KneeFit {
+            knee: None,
+            fit: line,
+        });
+    };
+    let n = xs.len() as f64;
+    let mean = ys.iter().sum::<f64>() / n;
+    let sst: f64 = ys.iter().map(|y| (y - mean).powi(2)).sum();
+    // Floors keep ln() finite for exact data; a perfect line needs no knee.
+    let floor = (sst * 1e-12).max(f64::MIN_POSITIVE);
+    let line_sse = sse(&line);
+    let bic = |sse: f64, params: f64| n * (sse.max(floor) / n).ln() + params * n.ln();
+    let turns_up = hinge.coefficients[2] > 0.0;
+    if turns_up && line_sse > floor && bic(hinge_sse, 4.0) < bic(line_sse, 2.0) {
+        Ok(KneeFit {
+            knee: Some(k),
+            fit: hinge,
+        })
+    } else {
+        Ok(KneeFit {
+            knee: None,
+            fit: line,
+        })
+    }
+}
+
+fn sse(fit: &LinearFit) -> f64 {
+    fit.residuals.iter().map(|r| r.residual().powi(2)).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn hinge(x: f64, k: f64, base: f64, s1: f64, s2: f64) -> f64 {
+        base + s1 * x + s2 * (x - k).max(0.0)
+    }
+
+    #[test]
+    fn straight_line_has_no_knee() {
+        let xs: Vec<f64> = (1..=8).map(|i| i as f64 * 500.0).collect();
+        let ys: Vec<f64> = xs.iter().map(|x| 20.0 + 0.01 * x).collect();
+        let fit = fit_knee("x", &xs, &ys).unwrap();
+        assert_eq!(fit.knee, None);
+        assert!((fit.predict(2000.0).value - 40.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_downturn_is_not_a_knee() {
+        let xs: Vec<f64> = (1..=8).map(f64::from).collect();
+        let ys: Vec<f64> = xs.iter().map(|&x| hinge(x, 4.0, 10.0, 2.0, -1.9)).collect();
+        assert_eq!(fit_knee("x", &xs, &ys).unwrap().knee, None);
+    }
+
+    #[test]
+    fn too_few_points_fit_a_line() {
+        let fit = fit_knee("x", &[1.0, 2.0, 3.0], &[1.0, 2.0, 9.0]).unwrap();
+        assert_eq!(fit.knee, None);
+    }
+
+    proptest! {
+        /// A knee planted between sample points is found within one sample spacing of it.
+        #[test]
+        fn finds_a_planted_knee(
+            points in 7usize..16,
+            knee_at in 0.3f64..0.7,
+            base in 1.0f64..100.0,
+            s1 in 0.0f64..1.0,
+            turn in 5.0f64..50.0,
+            noise in proptest::collection::vec(-1.0f64..1.0, 16),
+        ) {
+            let spacing = 100.0;
+            let xs: Vec<f64> = (0..points).map(|i| spacing * (i + 1) as f64).collect();
+            let k = xs[0] + knee_at * (xs[points - 1] - xs[0]);
+            // Noise well below the turn's size over one spacing.
+            let ys: Vec<f64> = xs
+                .iter()
+                .zip(&noise)
+                .map(|(&x, e)| hinge(x, k, base, s1, turn) + e * turn * spacing * 0.02)
+                .collect();
+            let fit = fit_knee("x", &xs, &ys).unwrap();
+            let found = fit.knee.expect("a knee");
+            prop_assert!((found - k).abs() <= spacing, "found {found}, planted {k}");
+            let (before, after) = fit.slopes();
+            prop_assert!(after.unwrap() > before);
+        }
+    }
+}
