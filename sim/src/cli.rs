@@ -148,6 +148,11 @@ pub enum Command {
     Clean(CleanArgs),
     /// Run the testbed's control-plane API on its own.
     ControlPlane(ControlPlaneArgs),
+    /// Capacity planning: fit the cost model from calibration runs (a parameter sweep), then
+    /// show the fits, predict a scenario (--predict KEY=VALUE) or size a fleet (--peers N
+    /// --arrivals R/s --dwell D --evict-after E). Needs at least 3 finished runs.
+    #[command(after_help = AFTER_HELP)]
+    Plan(crate::plan::PlanArgs),
 }
 
 /// Scenario adjustments shared by `run` and `validate`.
@@ -255,6 +260,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Compare(args) => compare(args),
         Command::Clean(args) => clean(args),
         Command::ControlPlane(args) => control_plane(args),
+        Command::Plan(args) => crate::plan::run(args),
     }
 }
 

@@ -5,5 +5,6 @@ pub mod cli;
 pub mod client;
 pub mod controlplane;
 pub mod lab;
+pub mod plan;
 pub mod run;
 pub mod scenario;
