@@ -46,6 +46,9 @@ pub struct Model {
     /// Unit of the fitted quantity.
     #[serde(skip)]
     pub unit: Unit,
+    /// Fitted on the natural log of the quantity (latency: its noise is multiplicative, and a
+    /// storm moves it by orders of magnitude); predictions are transformed back.
+    pub log_scale: bool,
     pub fitted: Fitted,
 }
 
@@ -86,6 +89,7 @@ pub fn feature(point: &CalPoint, name: &str) -> Option<f64> {
         "arrivals" => Some(m.arrivals),
         "handshakes" => Some(m.handshakes),
         "peer_sweeps" => Some(m.peer_sweeps),
+        "run_seconds" => Some(m.run_seconds),
         "installed_peers" => m.installed_peak,
         "stored_peers" => m.stored_peers,
         "installed_estimate" => Some(p.installed_estimate),
@@ -126,19 +130,29 @@ fn any(_: &CalPoint) -> bool {
 const SPECS: &[Spec] = &[
     Spec {
         name: "daemon_cpu",
-        description: "jitwgd CPU seconds per arrival and per peer read by the eviction sweep",
+        description: "jitwgd CPU seconds per arrival, per peer read by the eviction sweep, per second of run",
         unit: Unit::Seconds,
         filter: steady,
         y: |p| p.figure("daemon_cpu"),
-        feature_sets: &[&["arrivals", "peer_sweeps"], &["arrivals"]],
+        feature_sets: &[
+            &["arrivals", "peer_sweeps", "run_seconds"],
+            &["arrivals", "run_seconds"],
+            &["arrivals", "peer_sweeps"],
+            &["arrivals"],
+        ],
     },
     Spec {
         name: "dataplane_cpu",
-        description: "data-plane CPU seconds per handshake (and per peer read by the sweeps)",
+        description: "data-plane CPU seconds per handshake, per peer read by the sweeps, per second of run",
         unit: Unit::Seconds,
         filter: steady,
         y: |p| p.figure("dataplane_cpu"),
-        feature_sets: &[&["handshakes", "peer_sweeps"], &["handshakes"]],
+        feature_sets: &[
+            &["handshakes", "peer_sweeps", "run_seconds"],
+            &["handshakes", "run_seconds"],
+            &["handshakes", "peer_sweeps"],
+            &["handshakes"],
+        ],
     },
     Spec {
         name: "handshakes",
@@ -174,19 +188,19 @@ const SPECS: &[Spec] = &[
     },
     Spec {
         name: "daemon_rss_peak",
-        description: "jitwgd peak RSS bytes per installed peer",
+        description: "jitwgd peak RSS bytes per installed peer and per arrival in the busiest second",
         unit: Unit::Bytes,
         filter: any,
         y: |p| p.figure("daemon_rss_peak"),
-        feature_sets: &[&["installed_peers"]],
+        feature_sets: &[&["installed_peers", "storm_size"], &["installed_peers"]],
     },
     Spec {
         name: "dataplane_rss_peak",
-        description: "data-plane peak RSS bytes per installed peer",
+        description: "data-plane peak RSS bytes per installed peer and per arrival in the busiest second",
         unit: Unit::Bytes,
         filter: any,
         y: |p| p.figure("dataplane_rss_peak"),
-        feature_sets: &[&["installed_peers"]],
+        feature_sets: &[&["installed_peers", "storm_size"], &["installed_peers"]],
     },
     Spec {
         name: "reload_time_preload",
@@ -237,6 +251,9 @@ const SPECS: &[Spec] = &[
         feature_sets: &[&["install_count"]],
     },
 ];
+
+/// Setup latency below this is taken as this before its logarithm (no run measures less).
+const LATENCY_FLOOR_MS: f64 = 0.1;
 
 /// Name of the setup-latency model (a knee fit against storm size).
 pub const SETUP_MODEL: &str = "setup_p50";
@@ -326,11 +343,20 @@ fn fit_spec(spec: &Spec, points: &[CalPoint]) -> Result<Model, String> {
             continue;
         }
         match LinearFit::fit(features, &xs, &ys) {
+            // A cost per unit is never negative: a negative slope means two features share
+            // one effect (they moved together in these runs); fit with fewer.
+            Ok(fit) if fit.coefficients[1..].iter().any(|b| *b < 0.0) => {
+                last_error = format!(
+                    "a negative cost per unit when fitted against {}: the features moved together",
+                    features.join(" and ")
+                );
+            }
             Ok(fit) => {
                 return Ok(Model {
                     name: spec.name.to_string(),
                     description: spec.description.to_string(),
                     unit: spec.unit,
+                    log_scale: false,
                     fitted: Fitted::Linear(fit),
                 })
             }
@@ -355,7 +381,7 @@ fn fit_setup(points: &[CalPoint]) -> Result<Model, String> {
         .filter(|p| steady(p) && p.planned.mode == "jit")
         .filter_map(|p| {
             let y = p.figure("setup_p50")? - p.planned.api_latency_s * 1000.0;
-            Some((p.planned.storm_size, y))
+            Some((p.planned.storm_size, y.max(LATENCY_FLOOR_MS).ln()))
         })
         .unzip();
     if xs.len() < MIN_POINTS {
@@ -370,8 +396,9 @@ fn fit_setup(points: &[CalPoint]) -> Result<Model, String> {
     })?;
     Ok(Model {
         name: SETUP_MODEL.to_string(),
-        description: "setup latency p50 (ms, less injected API latency) against storm size (arrivals in the busiest second), knee searched".to_string(),
+        description: "ln of setup latency p50 (ms, less injected API latency) against storm size (arrivals in the busiest second), knee searched".to_string(),
         unit: Unit::Ms,
+        log_scale: true,
         fitted: Fitted::Knee(knee),
     })
 }

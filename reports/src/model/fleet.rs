@@ -120,6 +120,9 @@ pub struct StormHeadroom {
 struct Costs {
     per_arrival: Band,
     per_peer_sweep: Band,
+    /// A gateway's fixed CPU per second (idle work, metrics; in calibration also the
+    /// testbed's once-a-second sampling).
+    per_second: Band,
     missing: Vec<String>,
 }
 
@@ -156,6 +159,14 @@ impl Costs {
         if sweep == zero {
             missing.push("CPU per peer read by the eviction sweep".into());
         }
+        let per_second = [("daemon_cpu"), ("dataplane_cpu")]
+            .iter()
+            .filter_map(|m| slope(m, "run_seconds"))
+            .fold(zero, |a, b| Band {
+                value: a.value + b.value,
+                low: a.low + b.low,
+                high: a.high + b.high,
+            });
         Costs {
             per_arrival: Band {
                 value: daemon.value + dataplane.value,
@@ -164,7 +175,27 @@ impl Costs {
             }
             .at_least(0.0),
             per_peer_sweep: sweep.at_least(0.0),
+            per_second: per_second.at_least(0.0),
             missing,
+        }
+    }
+}
+
+/// One set of per-unit CPU costs (seconds per arrival, per peer swept, per second).
+#[derive(Debug, Clone, Copy)]
+struct CostPoint {
+    arrival: f64,
+    peer_sweep: f64,
+    second: f64,
+}
+
+impl Costs {
+    /// The costs at one end of their bands (`pick` chooses value, low or high).
+    fn at(&self, pick: fn(&Band) -> f64) -> CostPoint {
+        CostPoint {
+            arrival: pick(&self.per_arrival),
+            peer_sweep: pick(&self.per_peer_sweep),
+            second: pick(&self.per_second),
         }
     }
 }
@@ -187,19 +218,14 @@ fn steady_state(i: &FleetInputs) -> (f64, f64) {
 }
 
 /// Fractional gateways each limit needs, for costs `per_arrival` and `per_peer_sweep`.
-fn limits(
-    i: &FleetInputs,
-    per_arrival: f64,
-    per_peer_sweep: f64,
-    knee: Option<f64>,
-) -> Vec<(String, f64)> {
+fn limits(i: &FleetInputs, c: CostPoint, knee: Option<f64>) -> Vec<(String, f64)> {
     let (installed, _) = steady_state(i);
-    let cpu_per_s = i.arrivals_per_s * per_arrival + per_peer_sweep * installed / i.sweep_every_s;
+    // Fleet-wide CPU that splits over gateways, against what each gateway has left after its
+    // fixed per-second work.
+    let shared = i.arrivals_per_s * c.arrival + c.peer_sweep * installed / i.sweep_every_s;
+    let spare = (i.cpus_per_gateway * CPU_TARGET - c.second).max(f64::MIN_POSITIVE);
     let mut out = vec![
-        (
-            "cpu".to_string(),
-            cpu_per_s / (i.cpus_per_gateway * CPU_TARGET),
-        ),
+        ("cpu".to_string(), shared / spare),
         ("peer_limit".to_string(), installed / DATAPLANE_PEER_LIMIT),
     ];
     if let (Some(storm), Some(knee)) = (i.storm, knee) {
@@ -225,9 +251,9 @@ fn gateways_for(limits: &[(String, f64)]) -> (f64, String) {
 pub fn plan(c: &Calibration, i: &FleetInputs) -> FleetPlan {
     let costs = Costs::read(c);
     let knee = c.knee();
-    let limits_mid = limits(i, costs.per_arrival.value, costs.per_peer_sweep.value, knee);
+    let limits_mid = limits(i, costs.at(|b| b.value), knee);
     let (g_exact, binding) = gateways_for(&limits_mid);
-    let g_at = |pa: f64, ps: f64| gateways_for(&limits(i, pa, ps, knee)).0.ceil().max(1.0) as u64;
+    let g_at = |c: CostPoint| gateways_for(&limits(i, c, knee)).0.ceil().max(1.0) as u64;
     let gateways = g_exact.ceil().max(1.0) as u64;
     let g = gateways as f64;
 
@@ -237,13 +263,21 @@ pub fn plan(c: &Calibration, i: &FleetInputs) -> FleetPlan {
     let arrivals = i.arrivals_per_s / g;
     let reinstalls = arrivals * reinstall_share;
     let idle_window = i.evict_after_s + i.sweep_every_s / 2.0;
+    let cpu_at =
+        |c: CostPoint| c.second + arrivals * c.arrival + c.peer_sweep * installed / i.sweep_every_s;
     let cpu = Band {
-        value: arrivals * costs.per_arrival.value
-            + costs.per_peer_sweep.value * installed / i.sweep_every_s,
-        low: arrivals * costs.per_arrival.low
-            + costs.per_peer_sweep.low * installed / i.sweep_every_s,
-        high: arrivals * costs.per_arrival.high
-            + costs.per_peer_sweep.high * installed / i.sweep_every_s,
+        value: cpu_at(costs.at(|b| b.value)),
+        low: cpu_at(costs.at(|b| b.low)),
+        high: cpu_at(costs.at(|b| b.high)),
+    };
+    // Memory at a given number of installed peers, with a steady second's arrivals in flight.
+    let exact = |v: f64| Band::around(v, 0.0);
+    let memory_inputs = |peers: f64| {
+        move |f: &str| match f {
+            "installed_peers" => exact(peers),
+            "storm_size" => exact(arrivals),
+            _ => exact(f64::NAN),
+        }
     };
     let api_per_arrival = c
         .model("api_calls")
@@ -255,8 +289,8 @@ pub fn plan(c: &Calibration, i: &FleetInputs) -> FleetPlan {
         reinstalls_per_s: reinstalls,
         api_calls_per_s: api_per_arrival.map(|b| b.scale(reinstalls).at_least(0.0)),
         cpu,
-        daemon_rss_bytes: ev.at("daemon_rss_peak", installed),
-        dataplane_rss_bytes: ev.at("dataplane_rss_peak", installed),
+        daemon_rss_bytes: ev.named("daemon_rss_peak", memory_inputs(installed)),
+        dataplane_rss_bytes: ev.named("dataplane_rss_peak", memory_inputs(installed)),
     };
     // Legacy push: every key is pushed to every gateway and never evicted.
     let active = (arrivals * (i.dwell_s + i.stale_threshold_s)).min(i.peers);
@@ -264,7 +298,7 @@ pub fn plan(c: &Calibration, i: &FleetInputs) -> FleetPlan {
     let legacy_push = LegacyPush {
         installed_peers: i.peers,
         stale_peers: (i.peers - active).max(0.0),
-        dataplane_rss_bytes: legacy_ev.at("dataplane_rss_peak", i.peers),
+        dataplane_rss_bytes: legacy_ev.named("dataplane_rss_peak", memory_inputs(i.peers)),
     };
     let preload_ms = legacy_ev.at("reload_time_preload", i.peers);
     let jit_ms = ev.eval("reload_time_jit", &[]);
@@ -332,8 +366,8 @@ pub fn plan(c: &Calibration, i: &FleetInputs) -> FleetPlan {
     extrapolated.dedup();
     FleetPlan {
         gateways,
-        gateways_low: g_at(costs.per_arrival.low, costs.per_peer_sweep.low),
-        gateways_high: g_at(costs.per_arrival.high, costs.per_peer_sweep.high),
+        gateways_low: g_at(costs.at(|b| b.low)),
+        gateways_high: g_at(costs.at(|b| b.high)),
         binding,
         limits: limits_mid,
         per_gateway,
@@ -348,15 +382,7 @@ pub fn plan(c: &Calibration, i: &FleetInputs) -> FleetPlan {
 
 /// Relative change in the fractional gateway count for +10 % of each input.
 fn sensitivity(i: &FleetInputs, costs: &Costs, knee: Option<f64>) -> Vec<(String, f64)> {
-    let g = |x: &FleetInputs| {
-        gateways_for(&limits(
-            x,
-            costs.per_arrival.value,
-            costs.per_peer_sweep.value,
-            knee,
-        ))
-        .0
-    };
+    let g = |x: &FleetInputs| gateways_for(&limits(x, costs.at(|b| b.value), knee)).0;
     let base = g(i);
     type Bump = fn(&mut FleetInputs);
     let bumps: [(&str, Bump); 6] = [
@@ -423,7 +449,12 @@ mod tests {
 
     #[test]
     fn limits_fall_with_gateways() {
-        let l = limits(&inputs(), 0.002, 1e-6, Some(500.0));
+        let costs = CostPoint {
+            arrival: 0.002,
+            peer_sweep: 1e-6,
+            second: 0.0,
+        };
+        let l = limits(&inputs(), costs, Some(500.0));
         let cpu = l.iter().find(|(n, _)| n == "cpu").unwrap().1;
         // 100/s × 2 ms = 0.2 CPU + sweep reads 79,300 peers / 30 s × 1 µs ≈ 0.0026 → /0.7.
         assert!(

@@ -8,7 +8,7 @@ use std::fmt::Write;
 use plotters::prelude::*;
 
 use super::calibrate::{Calibration, Fitted, Model};
-use super::knee::ABOVE_KNEE;
+use super::knee::is_knee_column;
 use super::predict::short;
 use crate::charts::{cartesian, color, draw_legend, render, ChartError};
 use crate::html::escape;
@@ -98,14 +98,14 @@ pub fn coefficients(m: &Model) -> String {
 fn residual_table(m: &Model) -> String {
     let fit = m.fitted.linear();
     let mut out = String::from("<details><summary>residuals</summary><table><tr>");
-    for f in fit.features.iter().filter(|f| *f != ABOVE_KNEE) {
+    for f in fit.features.iter().filter(|f| !is_knee_column(f)) {
         let _ = write!(out, "<th>{}</th>", escape(f));
     }
     out.push_str("<th>measured</th><th>fitted</th><th>residual</th></tr>");
     for r in &fit.residuals {
         out.push_str("<tr>");
         for (f, x) in fit.features.iter().zip(&r.x) {
-            if f != ABOVE_KNEE {
+            if !is_knee_column(f) {
                 let _ = write!(out, "<td>{}</td>", short(*x));
             }
         }
@@ -125,7 +125,7 @@ fn residual_table(m: &Model) -> String {
 /// Several features: measured against fitted, with the identity line.
 fn chart(m: &Model) -> Result<String, ChartError> {
     let fit = m.fitted.linear();
-    let single = fit.features.iter().filter(|f| *f != ABOVE_KNEE).count() <= 1;
+    let single = fit.features.iter().filter(|f| !is_knee_column(f)).count() <= 1;
     let points: Vec<(f64, f64)> = fit
         .residuals
         .iter()
@@ -173,7 +173,11 @@ fn chart(m: &Model) -> Result<String, ChartError> {
         chart
             .configure_mesh()
             .x_desc(x_desc.as_str())
-            .y_desc(format!("{} ({})", m.name, m.unit.label()))
+            .y_desc(if m.log_scale {
+                format!("ln({} in {})", m.name, m.unit.label())
+            } else {
+                format!("{} ({})", m.name, m.unit.label())
+            })
             .x_label_formatter(&|v| short(*v))
             .y_label_formatter(&|v| short(*v))
             .draw()?;

@@ -1,6 +1,8 @@
-//! The storm knee, found from the data: a two-segment (hinge) line `y = a + b·x + c·max(0, x - k)`
-//! whose breakpoint `k` is searched, kept only when it explains the data better than one straight
-//! line by more than its two extra parameters cost (BIC) and the slope turns *up* after it.
+//! The storm knee, found from the data: two line segments that meet, or jump, at a breakpoint,
+//! `y = a + b·x + d·[x > k] + c·max(0, x - k)`, with `k` searched; kept only when it explains the
+//! data better than one straight line by more than its three extra parameters cost (BIC) and the
+//! curve turns *up* after it (a jump up, or a steeper slope). The jump matters for storms:
+//! setup latency steps from milliseconds to WireGuard's 5 s retry rather than bending.
 
 use serde::Serialize;
 
@@ -8,16 +10,21 @@ use super::fit::{FitError, LinearFit};
 
 /// Name of the hinge column `max(0, x - knee)` in a knee's inner fit.
 pub const ABOVE_KNEE: &str = "above_knee";
+/// Name of the step column `[x > knee]` in a knee's inner fit.
+pub const JUMP: &str = "jump_at_knee";
 
-/// Candidate breakpoints tried between two neighbouring distinct x values.
-const STEPS_BETWEEN: usize = 8;
+/// Whether a feature name is one of a knee's derived columns (they follow from `x`).
+pub fn is_knee_column(name: &str) -> bool {
+    name == ABOVE_KNEE || name == JUMP
+}
 
 /// A line, or a hinge at a found knee.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct KneeFit {
     /// Where the slope turns up; `None`: one line explains the data.
     pub knee: Option<f64>,
-    /// Over features `[x]` (no knee) or `[x, max(0, x - knee)]` ([`ABOVE_KNEE`]).
+    /// Over features `[x]` (no knee) or `[x, [x > knee], max(0, x - knee)]` ([`JUMP`],
+    /// [`ABOVE_KNEE`]).
     pub fit: LinearFit,
 }
 
@@ -30,7 +37,7 @@ impl KneeFit {
     /// The feature row the inner fit takes for `x`.
     pub fn features(&self, x: f64) -> Vec<f64> {
         match self.knee {
-            Some(k) => vec![x, (x - k).max(0.0)],
+            Some(k) => vec![x, if x > k { 1.0 } else { 0.0 }, (x - k).max(0.0)],
             None => vec![x],
         }
     }
@@ -38,45 +45,66 @@ impl KneeFit {
     /// Slope before and (if there is a knee) after it.
     pub fn slopes(&self) -> (f64, Option<f64>) {
         let before = self.fit.coefficients[1];
-        (before, self.knee.map(|_| before + self.fit.coefficients[2]))
+        (before, self.knee.map(|_| before + self.fit.coefficients[3]))
+    }
+
+    /// How far the curve jumps at the knee (0 without one).
+    pub fn jump(&self) -> f64 {
+        self.knee.map_or(0.0, |_| self.fit.coefficients[2])
     }
 }
 
-/// Fits `ys` against `xs`, searching the breakpoint over the open range between the second and
-/// the second-to-last distinct x (each segment keeps at least two distinct x values).
+/// Fits `ys` against `xs`, searching the breakpoint over the range between the second and the
+/// second-to-last distinct x (each segment keeps at least two distinct x values).
 pub fn fit_knee(x_name: &str, xs: &[f64], ys: &[f64]) -> Result<KneeFit, FitError> {
     let rows: Vec<Vec<f64>> = xs.iter().map(|&x| vec![x]).collect();
     let line = LinearFit::fit(&[x_name], &rows, ys)?;
     let mut distinct: Vec<f64> = xs.to_vec();
     distinct.sort_by(f64::total_cmp);
     distinct.dedup();
-    // A hinge has 4 parameters (a, b, c, k): it needs a residual degree of freedom beyond them.
-    if distinct.len() < 4 || xs.len() < 5 {
+    // A knee has 5 parameters (a, b, d, c, k): it needs a residual degree of freedom beyond them.
+    if distinct.len() < 4 || xs.len() < 6 {
         return Ok(KneeFit {
             knee: None,
             fit: line,
         });
     }
-    let mut best: Option<(f64, f64, LinearFit)> = None;
+    // Between two neighbouring x values a jump and a bend span the same columns, so the fit is
+    // the same wherever the breakpoint sits between them: fit once per gap with the step just
+    // after its lower end, then place the knee where the two segments cross (a bend), or mid-gap
+    // when they do not cross inside it (a jump).
+    let mut best: Option<(f64, f64, f64, f64)> = None; // (lower, upper, sse, turn)
+    let last = distinct[distinct.len() - 1];
     for pair in distinct[1..distinct.len() - 1].windows(2) {
-        for step in 0..STEPS_BETWEEN {
-            let k = pair[0] + (pair[1] - pair[0]) * step as f64 / STEPS_BETWEEN as f64;
-            let rows: Vec<Vec<f64>> = xs.iter().map(|&x| vec![x, (x - k).max(0.0)]).collect();
-            let Ok(fit) = LinearFit::fit(&[x_name, ABOVE_KNEE], &rows, ys) else {
-                continue;
-            };
-            let sse = sse(&fit);
-            if best.as_ref().is_none_or(|(_, b, _)| sse < *b) {
-                best = Some((k, sse, fit));
-            }
+        let (lower, upper) = (pair[0], pair[1]);
+        let Ok(fit) = hinge_fit(x_name, xs, ys, lower) else {
+            continue;
+        };
+        let (jump, bend) = (fit.coefficients[2], fit.coefficients[3]);
+        let sse = sse(&fit);
+        if best.as_ref().is_none_or(|b| sse < b.2) {
+            best = Some((lower, upper, sse, jump + bend * (last - lower)));
         }
     }
-    let Some((k, hinge_sse, hinge)) = best else {
+    let Some((lower, upper, hinge_sse, turn)) = best else {
         return Ok(KneeFit {
             knee: None,
             fit: line,
         });
     };
+    let placed = hinge_fit(x_name, xs, ys, lower)?;
+    let (jump, bend) = (placed.coefficients[2], placed.coefficients[3]);
+    let crossing = if bend != 0.0 {
+        lower - jump / bend
+    } else {
+        f64::NAN
+    };
+    let k = if (lower..=upper).contains(&crossing) {
+        crossing
+    } else {
+        (lower + upper) / 2.0
+    };
+    let hinge = hinge_fit(x_name, xs, ys, k)?;
     let n = xs.len() as f64;
     let mean = ys.iter().sum::<f64>() / n;
     let sst: f64 = ys.iter().map(|y| (y - mean).powi(2)).sum();
@@ -84,8 +112,9 @@ pub fn fit_knee(x_name: &str, xs: &[f64], ys: &[f64]) -> Result<KneeFit, FitErro
     let floor = (sst * 1e-12).max(f64::MIN_POSITIVE);
     let line_sse = sse(&line);
     let bic = |sse: f64, params: f64| n * (sse.max(floor) / n).ln() + params * n.ln();
-    let turns_up = hinge.coefficients[2] > 0.0;
-    if turns_up && line_sse > floor && bic(hinge_sse, 4.0) < bic(line_sse, 2.0) {
+    // Turning up: at the largest x, the upper segment lies above the lower one's extension.
+    let turns_up = turn > 0.0;
+    if turns_up && line_sse > floor && bic(hinge_sse, 5.0) < bic(line_sse, 2.0) {
         Ok(KneeFit {
             knee: Some(k),
             fit: hinge,
@@ -96,6 +125,15 @@ pub fn fit_knee(x_name: &str, xs: &[f64], ys: &[f64]) -> Result<KneeFit, FitErro
             fit: line,
         })
     }
+}
+
+/// The two-segment fit with its breakpoint at `k`.
+fn hinge_fit(x_name: &str, xs: &[f64], ys: &[f64], k: f64) -> Result<LinearFit, FitError> {
+    let rows: Vec<Vec<f64>> = xs
+        .iter()
+        .map(|&x| vec![x, if x > k { 1.0 } else { 0.0 }, (x - k).max(0.0)])
+        .collect();
+    LinearFit::fit(&[x_name, JUMP, ABOVE_KNEE], &rows, ys)
 }
 
 fn sse(fit: &LinearFit) -> f64 {
@@ -118,6 +156,30 @@ mod tests {
         let fit = fit_knee("x", &xs, &ys).unwrap();
         assert_eq!(fit.knee, None);
         assert!((fit.predict(2000.0).value - 40.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_step_up_is_a_knee() {
+        // Milliseconds below 300 clients, WireGuard's 5 s retry above: a jump, not a bend.
+        let xs = [
+            50.0, 100.0, 150.0, 250.0, 300.0, 400.0, 600.0, 1000.0, 1500.0,
+        ];
+        let ys: Vec<f64> = xs
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| {
+                if x < 280.0 {
+                    40.0 + i as f64
+                } else {
+                    5000.0 + 50.0 * (i % 2) as f64
+                }
+            })
+            .collect();
+        let fit = fit_knee("x", &xs, &ys).unwrap();
+        let k = fit.knee.expect("a knee");
+        assert!((250.0..300.0).contains(&k), "{k}");
+        assert!(fit.jump() > 4000.0);
+        assert!(fit.predict(100.0).value < 100.0);
     }
 
     #[test]

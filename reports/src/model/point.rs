@@ -64,6 +64,8 @@ pub struct Measured {
     pub peer_sweeps: f64,
     /// Peers in jitwgd's database at the reboot.
     pub stored_peers: Option<f64>,
+    /// How long the run lasted (it ends early when every client is done).
+    pub run_seconds: f64,
     pub api_calls: f64,
     /// The predicted figures this run measured (registry units: seconds, bytes, ms, count).
     pub figures: BTreeMap<String, f64>,
@@ -112,6 +114,7 @@ impl CalPoint {
             installed_peak: figures.installed_peers_max.map(|n| n as f64),
             peer_sweeps: peer_seconds / planned.sweep_every_s.max(f64::MIN_POSITIVE),
             stored_peers: figures.stored_peers.map(|n| n as f64),
+            run_seconds: results.run.duration_ms / 1000.0,
             api_calls: results.api.calls_total as f64,
             figures: PREDICTED_FIGURES
                 .iter()

@@ -90,7 +90,7 @@ impl<'a> Evaluator<'a> {
         }
         for name in fit.extrapolated(&values) {
             // A knee's second column follows from its first.
-            if name == super::knee::ABOVE_KNEE {
+            if super::knee::is_knee_column(&name) {
                 continue;
             }
             if let Some(i) = fit.features.iter().position(|f| *f == name) {
@@ -104,6 +104,23 @@ impl<'a> Evaluator<'a> {
             }
         }
         Some(Band::around(base.value, spread.sqrt()))
+    }
+
+    /// `model` at inputs looked up by feature name.
+    pub fn named(&mut self, model: &str, input: impl Fn(&str) -> Band) -> Option<Band> {
+        let features = self
+            .calibration
+            .model(model)?
+            .fitted
+            .linear()
+            .features
+            .clone();
+        let row: Vec<Band> = features
+            .iter()
+            .filter(|f| !super::knee::is_knee_column(f))
+            .map(|f| input(f))
+            .collect();
+        self.eval(model, &row)
     }
 
     /// `model` at one exact input.
@@ -153,6 +170,19 @@ pub fn predict(calibration: &Calibration, p: &Planned) -> Prediction {
         inputs.insert(name.to_string(), band.into());
     }
 
+    inputs.insert("run_seconds".to_string(), exact(p.run_s).into());
+    let by_name = |name: &str| -> Band {
+        match name {
+            "arrivals" => arrivals,
+            "handshakes" => handshakes,
+            "installed_peers" => installed,
+            "peer_sweeps" => peer_sweeps,
+            "run_seconds" => exact(p.run_s),
+            "storm_size" => exact(p.storm_size),
+            "stale_estimate" => exact(p.stale_estimate),
+            _ => exact(f64::NAN),
+        }
+    };
     let mut put = |name: &str, band: Option<Band>, why: &str| match band {
         Some(b) => {
             predicted.insert(name.to_string(), b.at_least(0.0).into());
@@ -161,42 +191,16 @@ pub fn predict(calibration: &Calibration, p: &Planned) -> Prediction {
             not_predicted.insert(name.to_string(), why.to_string());
         }
     };
-    let cpu_inputs = |model: &str, first: Band| -> Vec<Band> {
-        let uses_sweeps = calibration
-            .model(model)
-            .is_some_and(|m| m.fitted.linear().features.len() > 1);
-        if uses_sweeps {
-            vec![first, peer_sweeps]
-        } else {
-            vec![first]
-        }
-    };
     let uncalibrated = "not calibrated by this directory (see the fit report)";
-    put(
+    for figure in [
         "daemon_cpu",
-        ev.eval("daemon_cpu", &cpu_inputs("daemon_cpu", arrivals)),
-        uncalibrated,
-    );
-    put(
         "dataplane_cpu",
-        ev.eval("dataplane_cpu", &cpu_inputs("dataplane_cpu", handshakes)),
-        uncalibrated,
-    );
-    put(
         "daemon_rss_peak",
-        ev.eval("daemon_rss_peak", &[installed]),
-        uncalibrated,
-    );
-    put(
         "dataplane_rss_peak",
-        ev.eval("dataplane_rss_peak", &[installed]),
-        uncalibrated,
-    );
-    put(
         "stale_peers_max",
-        ev.at("stale_peers_max", p.stale_estimate),
-        uncalibrated,
-    );
+    ] {
+        put(figure, ev.named(figure, by_name), uncalibrated);
+    }
     if p.has_reboot || p.mode != "jit" {
         put(
             "setup_p50",
@@ -204,9 +208,12 @@ pub fn predict(calibration: &Calibration, p: &Planned) -> Prediction {
             "calibrated on steady JIT runs only (this scenario reboots or pushes)",
         );
     } else {
-        let setup = ev
-            .at(SETUP_MODEL, p.storm_size)
-            .map(|b| Band::around(b.value + p.api_latency_s * 1000.0, b.half_width()));
+        let api_ms = p.api_latency_s * 1000.0;
+        let setup = ev.at(SETUP_MODEL, p.storm_size).map(|b| Band {
+            value: b.value.exp() + api_ms,
+            low: b.low.exp() + api_ms,
+            high: b.high.exp() + api_ms,
+        });
         put("setup_p50", setup, uncalibrated);
     }
     if !p.has_reboot {

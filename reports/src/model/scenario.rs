@@ -46,6 +46,8 @@ pub struct Planned {
     pub sweep_every_s: f64,
     pub stale_threshold_s: f64,
     pub duration_s: f64,
+    /// How long the run is expected to last: until its last client is done, at most `duration`.
+    pub run_s: f64,
     /// Latency the control plane adds to every lookup.
     pub api_latency_s: f64,
     /// `jit` or `push`.
@@ -136,6 +138,7 @@ impl Planned {
             sweep_every_s,
             stale_threshold_s,
             duration_s,
+            run_s: 0.0,
             api_latency_s,
             mode,
             boot,
@@ -149,6 +152,7 @@ impl Planned {
             planned.clients += p.count;
             planned.arrivals += p.count * p.connections;
             planned.storm_size = planned.storm_size.max(p.busiest_second());
+            planned.run_s = planned.run_s.max(p.done_after().min(duration_s));
             let (peak, mean, stale) = residence.of(&p);
             planned.installed_estimate += peak;
             planned.installed_mean_estimate += mean;
@@ -258,6 +262,16 @@ impl Population {
             active_s,
             gap_s,
         })
+    }
+
+    /// Seconds from the run start until the population's last client is done.
+    fn done_after(&self) -> f64 {
+        let window = if self.rate.is_finite() {
+            self.count / self.rate
+        } else {
+            0.0
+        };
+        window + self.active_s + self.gap_s.unwrap_or(0.0) * (self.connections - 1.0)
     }
 
     /// Connections started within the busiest second.
