@@ -232,7 +232,9 @@ impl LinearFit {
             .zip(&self.ranges)
             .zip(x)
             .filter(|((_, (lo, hi)), v)| {
-                let slack = (hi - lo).abs() * 1e-9;
+                // Within 2 % of the range's span (or of its value, for a point) is not
+                // extrapolation: planned and measured quantities differ by that much.
+                let slack = ((hi - lo).abs().max(hi.abs()) * 0.02).max(1e-12);
                 **v < lo - slack || **v > hi + slack
             })
             .map(|((name, _), _)| name.clone())

@@ -73,38 +73,44 @@ pub fn fit_knee(x_name: &str, xs: &[f64], ys: &[f64]) -> Result<KneeFit, FitErro
     // the same wherever the breakpoint sits between them: fit once per gap with the step just
     // after its lower end, then place the knee where the two segments cross (a bend), or mid-gap
     // when they do not cross inside it (a jump).
-    let mut best: Option<(f64, f64, f64, f64)> = None; // (lower, upper, sse, turn)
-    let last = distinct[distinct.len() - 1];
+    let mut best: Option<(f64, f64, f64)> = None; // (lower, upper, sse)
     for pair in distinct[1..distinct.len() - 1].windows(2) {
         let (lower, upper) = (pair[0], pair[1]);
         let Ok(fit) = hinge_fit(x_name, xs, ys, lower) else {
             continue;
         };
-        let (jump, bend) = (fit.coefficients[2], fit.coefficients[3]);
         let sse = sse(&fit);
         if best.as_ref().is_none_or(|b| sse < b.2) {
-            best = Some((lower, upper, sse, jump + bend * (last - lower)));
+            best = Some((lower, upper, sse));
         }
     }
-    let Some((lower, upper, hinge_sse, turn)) = best else {
+    let Some((lower, upper, _)) = best else {
         return Ok(KneeFit {
             knee: None,
             fit: line,
         });
     };
-    let placed = hinge_fit(x_name, xs, ys, lower)?;
+    let no_knee = |fit: LinearFit| Ok(KneeFit { knee: None, fit });
+    let Ok(placed) = hinge_fit(x_name, xs, ys, lower) else {
+        return no_knee(line);
+    };
     let (jump, bend) = (placed.coefficients[2], placed.coefficients[3]);
     let crossing = if bend != 0.0 {
         lower - jump / bend
     } else {
         f64::NAN
     };
+    // Segments that cross inside the gap meet there (a bend); otherwise the turn is a jump
+    // somewhere in the gap.
     let k = if (lower..=upper).contains(&crossing) {
         crossing
     } else {
         (lower + upper) / 2.0
     };
-    let hinge = hinge_fit(x_name, xs, ys, k)?;
+    let Ok(hinge) = hinge_fit(x_name, xs, ys, k) else {
+        return no_knee(line);
+    };
+    let hinge_sse = sse(&hinge);
     let n = xs.len() as f64;
     let mean = ys.iter().sum::<f64>() / n;
     let sst: f64 = ys.iter().map(|y| (y - mean).powi(2)).sum();
@@ -112,8 +118,17 @@ pub fn fit_knee(x_name: &str, xs: &[f64], ys: &[f64]) -> Result<KneeFit, FitErro
     let floor = (sst * 1e-12).max(f64::MIN_POSITIVE);
     let line_sse = sse(&line);
     let bic = |sse: f64, params: f64| n * (sse.max(floor) / n).ln() + params * n.ln();
-    // Turning up: at the largest x, the upper segment lies above the lower one's extension.
-    let turns_up = turn > 0.0;
+    // Turning up: a jump up at the knee, or the points past it lying above the lower segment's
+    // extension on average (a bend up).
+    let (jump, bend) = (hinge.coefficients[2], hinge.coefficients[3]);
+    let y_span = ys.iter().fold(0.0f64, |a, y| a.max(y.abs()));
+    let above: Vec<f64> = xs
+        .iter()
+        .filter(|&&x| x > k)
+        .map(|&x| jump + bend * (x - k))
+        .collect();
+    let mean_above = above.iter().sum::<f64>() / above.len().max(1) as f64;
+    let turns_up = jump > 1e-6 * y_span || mean_above > 1e-6 * y_span;
     if turns_up && line_sse > floor && bic(hinge_sse, 5.0) < bic(line_sse, 2.0) {
         Ok(KneeFit {
             knee: Some(k),
