@@ -192,13 +192,22 @@ pub fn predict(calibration: &Calibration, p: &Planned) -> Prediction {
         }
     };
     let uncalibrated = "not calibrated by this directory (see the fit report)";
-    for figure in [
-        "daemon_cpu",
-        "dataplane_cpu",
+    let cpu_figures = ["daemon_cpu", "dataplane_cpu"];
+    if p.has_reboot {
+        for figure in cpu_figures {
+            put(
+                figure,
+                None,
+                "CPU is calibrated on runs without a reboot (a reboot's preload is not in it)",
+            );
+        }
+    }
+    let steady_cpu: &[&str] = if p.has_reboot { &[] } else { &cpu_figures };
+    for figure in steady_cpu.iter().copied().chain([
         "daemon_rss_peak",
         "dataplane_rss_peak",
         "stale_peers_max",
-    ] {
+    ]) {
         put(figure, ev.named(figure, by_name), uncalibrated);
     }
     if p.has_reboot || p.mode != "jit" {

@@ -111,6 +111,11 @@ fn extrapolated(out: &mut String, items: &[String]) {
     }
 }
 
+/// A band without a unit: `value (low .. high)`.
+fn plain(b: &Band) -> String {
+    format!("{} ({} .. {})", short(b.value), short(b.low), short(b.high))
+}
+
 fn opt(unit: Unit, b: &Option<Band>) -> String {
     b.as_ref()
         .map_or("not calibrated".into(), |b| band(unit, b))
@@ -145,8 +150,10 @@ pub fn fleet(c: &Calibration, i: &FleetInputs, p: &FleetPlan) -> String {
         short(g.installed_peers),
         short(g.stale_peers),
         short(g.reinstalls_per_s),
-        g.api_calls_per_s.map_or("not calibrated".into(), |b| format!("{} ({} .. {})", short(b.value), short(b.low), short(b.high))),
-        format!("{} ({} .. {})", short(g.cpu.value), short(g.cpu.low), short(g.cpu.high)),
+        g.api_calls_per_s
+            .as_ref()
+            .map_or("not calibrated".into(), plain),
+        plain(&g.cpu),
         CPU_TARGET * 100.0,
         short(i.cpus_per_gateway),
         opt(Unit::Bytes, &g.daemon_rss_bytes),
