@@ -176,7 +176,9 @@ impl LinearFit {
             features: features.iter().map(|s| s.to_string()).collect(),
             coefficients,
             std_errors,
-            r_squared: (sst > f64::EPSILON * mean.abs().max(1.0)).then(|| 1.0 - sse / sst),
+            // A constant (no features) explains no variance by construction: no R².
+            r_squared: (!features.is_empty() && sst > f64::EPSILON * mean.abs().max(1.0))
+                .then(|| 1.0 - sse / sst),
             residual_std_error,
             residuals,
             ranges,

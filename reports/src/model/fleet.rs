@@ -300,8 +300,10 @@ pub fn plan(c: &Calibration, i: &FleetInputs) -> FleetPlan {
         stale_peers: (i.peers - active).max(0.0),
         dataplane_rss_bytes: legacy_ev.named("dataplane_rss_peak", memory_inputs(i.peers)),
     };
-    let preload_ms = legacy_ev.at("reload_time_preload", i.peers);
-    let jit_ms = ev.eval("reload_time_jit", &[]);
+    let preload_ms = legacy_ev
+        .at("reload_time_preload", i.peers)
+        .map(|b| b.at_least(0.0));
+    let jit_ms = ev.eval("reload_time_jit", &[]).map(|b| b.at_least(0.0));
     let budget_ms = i.reboot_budget_s.map(|s| s * 1000.0);
     let reboot = Reboot {
         preload_within_budget: budget_ms.zip(preload_ms).map(|(b, p)| p.high <= b),
