@@ -12,6 +12,7 @@ pub mod figures;
 pub mod html;
 pub mod load;
 pub mod markdown;
+pub mod model;
 pub mod schema;
 pub mod shards;
 pub mod summary;

@@ -175,6 +175,11 @@ pub enum Command {
     Timeline(crate::timeline::TimelineArgs),
     /// Pack a run's files into one .tar.gz for a bug report.
     Bundle(crate::bundle::BundleArgs),
+    /// Capacity planning: fit the cost model from calibration runs (a parameter sweep), then
+    /// show the fits, predict a scenario (--predict KEY=VALUE) or size a fleet (--peers N
+    /// --arrivals R/s --dwell D --evict-after E). Needs at least 3 finished runs.
+    #[command(after_help = AFTER_HELP)]
+    Plan(crate::plan::PlanArgs),
 }
 
 /// Scenario adjustments shared by `run` and `validate`.
@@ -302,6 +307,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Rerun(args) => crate::rerun::command(args),
         Command::Timeline(args) => crate::timeline::command(args),
         Command::Bundle(args) => crate::bundle::command(args),
+        Command::Plan(args) => crate::plan::run(args),
     }
 }
 

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod client;
 pub mod controlplane;
 pub mod lab;
+pub mod plan;
 pub mod rerun;
 pub mod run;
 pub mod scenario;

@@ -136,7 +136,7 @@ where
 }
 
 /// A chart that only says it has nothing to show.
-fn no_data(title: &str) -> Result<String, ChartError> {
+pub(crate) fn no_data(title: &str) -> Result<String, ChartError> {
     render(title, |root| {
         let area = root.titled(title, ("sans-serif", 20))?;
         let (w, h) = area.dim_in_pixel();

@@ -250,7 +250,25 @@ pub fn write_sweep_report(
     annotations: &[FigureAnnotation],
     dir: &Path,
 ) -> Result<ReportPaths, ReportError> {
-    let html = render_html(sweep, annotations)?;
+    write_sweep_report_with(sweep, annotations, None, dir)
+}
+
+/// [`write_sweep_report`] with an extra self-contained HTML section placed before the end of
+/// the page: the cost model's fit quality (`model::html::section`) once the sweep has enough
+/// finished runs to fit it.
+pub fn write_sweep_report_with(
+    sweep: &SweepFile,
+    annotations: &[FigureAnnotation],
+    extra_section: Option<&str>,
+    dir: &Path,
+) -> Result<ReportPaths, ReportError> {
+    let mut html = render_html(sweep, annotations)?;
+    if let Some(section) = extra_section {
+        match html.rfind("</body>") {
+            Some(at) => html.insert_str(at, section),
+            None => html.push_str(section),
+        }
+    }
     let markdown = render_markdown(sweep, annotations);
     crate::write_files(dir, &html, &markdown)
 }

@@ -12,7 +12,7 @@ use anyhow::{anyhow, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use jitwg_reports::sweep::{
     aggregate, fallback_annotations, figure_values, partial_dir, point_dir, repeat_dir,
-    write_sweep_report, Point, Repeat, SweepFile, SweepFileError, VariedKey, SWEEP_VERSION,
+    write_sweep_report_with, Point, Repeat, SweepFile, SweepFileError, VariedKey, SWEEP_VERSION,
 };
 
 use super::Plan;
@@ -100,10 +100,37 @@ fn record(sweep: &mut SweepFile, point: usize, repeat: Repeat) {
 /// Writes `sweep.json`, `report.html` and `summary.md`.
 fn publish(sweep: &SweepFile, dir: &Path) -> Result<(), CliError> {
     sweep.save(dir).map_err(internal)?;
-    write_sweep_report(sweep, &fallback_annotations(sweep), dir)
+    let model = cost_model_section(dir);
+    write_sweep_report_with(sweep, &fallback_annotations(sweep), model.as_deref(), dir)
         .context("writing the sweep report")
         .map_err(internal)?;
     Ok(())
+}
+
+/// The cost model fitted from the sweep's finished runs (the same fit `jitwg plan DIR` makes),
+/// as the report's fit-quality section; `None` (logged) while there are too few runs to fit or
+/// the fit fails, so a partial sweep still gets its charts.
+fn cost_model_section(dir: &Path) -> Option<String> {
+    let points = match jitwg_reports::model::read_dir(dir, crate::plan::daemon_defaults()) {
+        Ok(points) => points,
+        Err(e) => {
+            tracing::info!(error = %e, "no cost model in the sweep report: reading the runs failed");
+            return None;
+        }
+    };
+    if points.len() < jitwg_reports::model::MIN_POINTS {
+        return None;
+    }
+    let section = jitwg_reports::model::Calibration::fit(&points)
+        .map_err(anyhow::Error::from)
+        .and_then(|c| jitwg_reports::model::html::section(&c).map_err(anyhow::Error::from));
+    match section {
+        Ok(html) => Some(html),
+        Err(e) => {
+            tracing::info!(error = %e, "no cost model in the sweep report");
+            None
+        }
+    }
 }
 
 /// Sets the returned flag on SIGINT or SIGTERM, beside the run's own handler (tokio delivers a

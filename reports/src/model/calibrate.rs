@@ -1,0 +1,404 @@
+//! Fitting the cost model: one least-squares fit per cost, each on the calibration points where
+//! that cost can be seen (a reboot's reload only where there was a reboot, steady CPU only where
+//! there was none), with a two-segment knee search for setup latency against storm size.
+//!
+//! Every model keeps its fit (R², residuals, bands) so reports can show how far to trust it; a
+//! model the directory cannot identify (too few points, a feature that never varied) is listed
+//! with the reason instead of being guessed.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::fit::{FitError, LinearFit};
+use super::knee::{fit_knee, KneeFit};
+use super::point::{CalPoint, STAGES};
+use crate::figures::Unit;
+
+/// Fewest calibration points a directory must hold.
+pub const MIN_POINTS: usize = 3;
+
+/// What a model's fit is.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Fitted {
+    Linear(LinearFit),
+    Knee(KneeFit),
+}
+
+impl Fitted {
+    /// The underlying least-squares fit (a knee's is over `[x, above_knee]`).
+    pub fn linear(&self) -> &LinearFit {
+        match self {
+            Fitted::Linear(f) => f,
+            Fitted::Knee(k) => &k.fit,
+        }
+    }
+}
+
+/// One fitted cost.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Model {
+    /// Key in [`Calibration::models`], e.g. `daemon_cpu`.
+    pub name: String,
+    /// One line saying what was fitted against what.
+    pub description: String,
+    /// Unit of the fitted quantity.
+    #[serde(skip)]
+    pub unit: Unit,
+    /// Fitted on the natural log of the quantity (latency: its noise is multiplicative, and a
+    /// storm moves it by orders of magnitude); predictions are transformed back.
+    pub log_scale: bool,
+    pub fitted: Fitted,
+}
+
+/// A model the directory could not fit, and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Unfitted {
+    pub name: String,
+    pub reason: String,
+}
+
+/// Every cost the calibration directory identifies.
+#[derive(Debug, Clone, Serialize)]
+pub struct Calibration {
+    pub points: usize,
+    pub models: BTreeMap<String, Model>,
+    pub unfitted: Vec<Unfitted>,
+    /// CPUs the calibration gateway ran on (all points agreeing); `None` when unknown or mixed.
+    pub gateway_cpus: Option<u32>,
+    /// Points whose load generator saturated (their timing is suspect, they are still used).
+    pub saturated_points: usize,
+    /// The first point's recorded scenario: what `--predict` overrides apply to.
+    #[serde(skip)]
+    pub base_scenario: serde_json::Value,
+}
+
+/// Why no calibration could be made.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CalibrationError {
+    #[error("the calibration directory holds {found} finished run(s); the cost model needs at least {MIN_POINTS} (run a parameter sweep with at least {MIN_POINTS} points, or {MIN_POINTS} runs with `jitwg run --out DIR/points/<i>`)")]
+    TooFewPoints { found: usize },
+}
+
+/// The quantities a model may be fitted against, by name.
+pub fn feature(point: &CalPoint, name: &str) -> Option<f64> {
+    let m = &point.measured;
+    let p = &point.planned;
+    match name {
+        "arrivals" => Some(m.arrivals),
+        "handshakes" => Some(m.handshakes),
+        "peer_sweeps" => Some(m.peer_sweeps),
+        "run_seconds" => Some(m.run_seconds),
+        "installed_peers" => m.installed_peak,
+        "stored_peers" => m.stored_peers,
+        "installed_estimate" => Some(p.installed_estimate),
+        "stale_estimate" => Some(p.stale_estimate),
+        "planned_peer_sweeps" => Some(planned_peer_sweeps(p)),
+        "storm_size" => Some(p.storm_size),
+        _ => STAGES
+            .iter()
+            .find(|s| name == format!("{s}_count"))
+            .and_then(|s| m.stages.get(*s).map(|(_, n)| *n)),
+    }
+}
+
+/// Peers the eviction sweeps will read over the run by Little's law.
+pub fn planned_peer_sweeps(p: &super::scenario::Planned) -> f64 {
+    p.installed_mean_estimate * p.duration_s / p.sweep_every_s.max(f64::MIN_POSITIVE)
+}
+
+/// A model specification: which points, which quantity, against which features (tried in
+/// order, fewer features when the richer set cannot be identified).
+struct Spec {
+    name: &'static str,
+    description: &'static str,
+    unit: Unit,
+    filter: fn(&CalPoint) -> bool,
+    y: fn(&CalPoint) -> Option<f64>,
+    feature_sets: &'static [&'static [&'static str]],
+}
+
+fn steady(p: &CalPoint) -> bool {
+    !p.planned.has_reboot
+}
+
+fn any(_: &CalPoint) -> bool {
+    true
+}
+
+const SPECS: &[Spec] = &[
+    Spec {
+        name: "daemon_cpu",
+        description: "jitwgd CPU seconds per arrival, per peer read by the eviction sweep, per second of run",
+        unit: Unit::Seconds,
+        filter: steady,
+        y: |p| p.figure("daemon_cpu"),
+        feature_sets: &[
+            &["arrivals", "peer_sweeps", "run_seconds"],
+            &["arrivals", "run_seconds"],
+            &["arrivals", "peer_sweeps"],
+            &["arrivals"],
+        ],
+    },
+    Spec {
+        name: "dataplane_cpu",
+        description: "data-plane CPU seconds per handshake, per peer read by the sweeps, per second of run",
+        unit: Unit::Seconds,
+        filter: steady,
+        y: |p| p.figure("dataplane_cpu"),
+        feature_sets: &[
+            &["handshakes", "peer_sweeps", "run_seconds"],
+            &["handshakes", "run_seconds"],
+            &["handshakes", "peer_sweeps"],
+            &["handshakes"],
+        ],
+    },
+    Spec {
+        name: "handshakes",
+        description: "client handshake initiations per arrival (retries included)",
+        unit: Unit::Count,
+        filter: steady,
+        y: |p| Some(p.measured.handshakes),
+        feature_sets: &[&["arrivals"]],
+    },
+    Spec {
+        name: "api_calls",
+        description: "control-plane API calls per arrival",
+        unit: Unit::Count,
+        filter: any,
+        y: |p| Some(p.measured.api_calls),
+        feature_sets: &[&["arrivals"]],
+    },
+    Spec {
+        name: "installed_peers",
+        description: "peak installed peers against Little's law (arrival rate × residence)",
+        unit: Unit::Count,
+        filter: any,
+        y: |p| p.measured.installed_peak,
+        feature_sets: &[&["installed_estimate"]],
+    },
+    Spec {
+        name: "peer_sweeps",
+        description: "peers read by the eviction sweeps against Little's law",
+        unit: Unit::Count,
+        filter: any,
+        y: |p| Some(p.measured.peer_sweeps),
+        feature_sets: &[&["planned_peer_sweeps"]],
+    },
+    Spec {
+        name: "daemon_rss_peak",
+        description: "jitwgd peak RSS bytes per installed peer and per arrival in the busiest second",
+        unit: Unit::Bytes,
+        filter: any,
+        y: |p| p.figure("daemon_rss_peak"),
+        feature_sets: &[&["installed_peers", "storm_size"], &["installed_peers"]],
+    },
+    Spec {
+        name: "dataplane_rss_peak",
+        description: "data-plane peak RSS bytes per installed peer and per arrival in the busiest second",
+        unit: Unit::Bytes,
+        filter: any,
+        y: |p| p.figure("dataplane_rss_peak"),
+        feature_sets: &[&["installed_peers", "storm_size"], &["installed_peers"]],
+    },
+    Spec {
+        name: "reload_time_preload",
+        description: "preload reboot: ms from daemon start to ready per stored peer",
+        unit: Unit::Ms,
+        filter: |p| p.planned.boot == "preload",
+        y: |p| p.figure("reload_time"),
+        feature_sets: &[&["stored_peers"]],
+    },
+    Spec {
+        name: "reload_time_jit",
+        description: "JIT reboot: ms from daemon start to ready (a constant)",
+        unit: Unit::Ms,
+        filter: |p| p.planned.boot == "jit",
+        y: |p| p.figure("reload_time"),
+        feature_sets: &[&[]],
+    },
+    Spec {
+        name: "stale_peers_max",
+        description: "peak stale peers against Little's law (arrival rate × time past the stale threshold before eviction)",
+        unit: Unit::Count,
+        filter: any,
+        y: |p| p.figure("stale_peers_max"),
+        feature_sets: &[&["stale_estimate"]],
+    },
+    Spec {
+        name: "identify_seconds",
+        description: "jitwgd seconds per identify (stage metric)",
+        unit: Unit::Seconds,
+        filter: any,
+        y: |p| p.measured.stages.get("identify").map(|s| s.0),
+        feature_sets: &[&["identify_count"]],
+    },
+    Spec {
+        name: "lookup_seconds",
+        description: "jitwgd seconds per lookup (stage metric; includes waiting for the API)",
+        unit: Unit::Seconds,
+        filter: any,
+        y: |p| p.measured.stages.get("lookup").map(|s| s.0),
+        feature_sets: &[&["lookup_count"]],
+    },
+    Spec {
+        name: "install_seconds",
+        description: "jitwgd seconds per install (stage metric)",
+        unit: Unit::Seconds,
+        filter: any,
+        y: |p| p.measured.stages.get("install").map(|s| s.0),
+        feature_sets: &[&["install_count"]],
+    },
+];
+
+/// Setup latency below this is taken as this before its logarithm (no run measures less).
+const LATENCY_FLOOR_MS: f64 = 0.1;
+
+/// Name of the setup-latency model (a knee fit against storm size).
+pub const SETUP_MODEL: &str = "setup_p50";
+
+impl Calibration {
+    /// Fits every model the points identify.
+    pub fn fit(points: &[CalPoint]) -> Result<Self, CalibrationError> {
+        if points.len() < MIN_POINTS {
+            return Err(CalibrationError::TooFewPoints {
+                found: points.len(),
+            });
+        }
+        let mut models = BTreeMap::new();
+        let mut unfitted = Vec::new();
+        for spec in SPECS {
+            match fit_spec(spec, points) {
+                Ok(model) => {
+                    models.insert(spec.name.to_string(), model);
+                }
+                Err(reason) => {
+                    // A stage model without stage metrics is not news: say nothing.
+                    if !(spec.name.ends_with("_seconds") && reason.starts_with("no point")) {
+                        unfitted.push(Unfitted {
+                            name: spec.name.to_string(),
+                            reason,
+                        });
+                    }
+                }
+            }
+        }
+        match fit_setup(points) {
+            Ok(model) => {
+                models.insert(SETUP_MODEL.to_string(), model);
+            }
+            Err(reason) => unfitted.push(Unfitted {
+                name: SETUP_MODEL.to_string(),
+                reason,
+            }),
+        }
+        let cpus: Vec<Option<u32>> = points.iter().map(|p| p.measured.gateway_cpus).collect();
+        let gateway_cpus = match cpus.first() {
+            Some(Some(first)) if cpus.iter().all(|c| *c == Some(*first)) => Some(*first),
+            _ => None,
+        };
+        Ok(Calibration {
+            points: points.len(),
+            models,
+            unfitted,
+            gateway_cpus,
+            saturated_points: points.iter().filter(|p| p.measured.saturated).count(),
+            base_scenario: points[0].scenario.clone(),
+        })
+    }
+
+    /// A fitted model by name.
+    pub fn model(&self, name: &str) -> Option<&Model> {
+        self.models.get(name)
+    }
+
+    /// The storm size where setup latency turns up, if the data showed one.
+    pub fn knee(&self) -> Option<f64> {
+        match &self.model(SETUP_MODEL)?.fitted {
+            Fitted::Knee(k) => k.knee,
+            Fitted::Linear(_) => None,
+        }
+    }
+}
+
+fn fit_spec(spec: &Spec, points: &[CalPoint]) -> Result<Model, String> {
+    let mut last_error = String::new();
+    for features in spec.feature_sets {
+        let mut xs = Vec::new();
+        let mut ys = Vec::new();
+        for p in points.iter().filter(|p| (spec.filter)(p)) {
+            let row: Option<Vec<f64>> = features.iter().map(|f| feature(p, f)).collect();
+            if let (Some(row), Some(y)) = (row, (spec.y)(p)) {
+                xs.push(row);
+                ys.push(y);
+            }
+        }
+        if ys.is_empty() {
+            return Err("no point measured it".to_string());
+        }
+        let min = features.len() + 2;
+        if ys.len() < min {
+            last_error = format!("{} point(s) measured it; {min} needed", ys.len());
+            continue;
+        }
+        match LinearFit::fit(features, &xs, &ys) {
+            // A cost per unit is never negative: a negative slope means two features share
+            // one effect (they moved together in these runs); fit with fewer.
+            Ok(fit) if fit.coefficients[1..].iter().any(|b| *b < 0.0) => {
+                last_error = format!(
+                    "a negative cost per unit when fitted against {}: the features moved together",
+                    features.join(" and ")
+                );
+            }
+            Ok(fit) => {
+                return Ok(Model {
+                    name: spec.name.to_string(),
+                    description: spec.description.to_string(),
+                    unit: spec.unit,
+                    log_scale: false,
+                    fitted: Fitted::Linear(fit),
+                })
+            }
+            Err(FitError::Singular) => {
+                last_error = format!(
+                    "{} did not vary across the {} point(s) that measured it",
+                    features.join(" and "),
+                    ys.len()
+                );
+            }
+            Err(e) => last_error = e.to_string(),
+        }
+    }
+    Err(last_error)
+}
+
+/// Setup latency p50 (ms), less the control plane's injected latency, against storm size, on
+/// steady JIT runs; the knee is searched, not assumed.
+fn fit_setup(points: &[CalPoint]) -> Result<Model, String> {
+    let (xs, ys): (Vec<f64>, Vec<f64>) = points
+        .iter()
+        .filter(|p| steady(p) && p.planned.mode == "jit")
+        .filter_map(|p| {
+            let y = p.figure("setup_p50")? - p.planned.api_latency_s * 1000.0;
+            Some((p.planned.storm_size, y.max(LATENCY_FLOOR_MS).ln()))
+        })
+        .unzip();
+    if xs.len() < MIN_POINTS {
+        return Err(format!(
+            "{} steady JIT point(s) measured setup latency; {MIN_POINTS} needed",
+            xs.len()
+        ));
+    }
+    let knee = fit_knee("storm_size", &xs, &ys).map_err(|e| match e {
+        FitError::Singular => "storm size did not vary across the points".to_string(),
+        e => e.to_string(),
+    })?;
+    Ok(Model {
+        name: SETUP_MODEL.to_string(),
+        description: "ln of setup latency p50 (ms, less injected API latency) against storm size (arrivals in the busiest second), knee searched".to_string(),
+        unit: Unit::Ms,
+        log_scale: true,
+        fitted: Fitted::Knee(knee),
+    })
+}

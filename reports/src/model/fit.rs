@@ -1,0 +1,422 @@
+//! Ordinary least squares with an intercept and up to a few features, and the numbers that say
+//! how far to trust it: R², residuals, the residual standard error, and a 95 % prediction
+//! interval for a new point (which widens away from the calibration data).
+//!
+//! Pure arithmetic on `f64`; the design matrices here have at most four columns, so the normal
+//! equations, solved with partial pivoting, are accurate enough and need no linear-algebra crate.
+
+use serde::Serialize;
+
+/// Why a fit could not be made.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FitError {
+    #[error("{points} point(s) cannot fit {params} parameter(s) with a residual left to judge it")]
+    TooFewPoints { points: usize, params: usize },
+    #[error("the features do not vary independently across the points (singular design)")]
+    Singular,
+    #[error("a value is not a finite number")]
+    NotFinite,
+}
+
+/// One calibration observation as the fit saw it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Residual {
+    /// Feature values, in the order of [`LinearFit::features`].
+    pub x: Vec<f64>,
+    pub y: f64,
+    pub fitted: f64,
+}
+
+impl Residual {
+    /// Measured minus fitted.
+    pub fn residual(&self) -> f64 {
+        self.y - self.fitted
+    }
+}
+
+/// A value with a 95 % band around it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Band {
+    pub value: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+impl Band {
+    /// A band `half` wide either side of `value`.
+    pub fn around(value: f64, half: f64) -> Self {
+        Band {
+            value,
+            low: value - half,
+            high: value + half,
+        }
+    }
+
+    /// The same band with every number multiplied by `k` (`k` may be negative).
+    pub fn scale(self, k: f64) -> Self {
+        let (a, b) = (self.low * k, self.high * k);
+        Band {
+            value: self.value * k,
+            low: a.min(b),
+            high: a.max(b),
+        }
+    }
+
+    /// Clamps the band below at `floor` (counts, bytes and seconds are never negative).
+    pub fn at_least(self, floor: f64) -> Self {
+        Band {
+            value: self.value.max(floor),
+            low: self.low.max(floor),
+            high: self.high.max(floor),
+        }
+    }
+
+    /// Half the band's width.
+    pub fn half_width(&self) -> f64 {
+        (self.high - self.low) / 2.0
+    }
+}
+
+/// A fitted `y = b0 + b1·x1 + …` with its quality.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LinearFit {
+    pub features: Vec<String>,
+    /// Intercept first, then one slope per feature.
+    pub coefficients: Vec<f64>,
+    /// Standard error of each coefficient (same order).
+    pub std_errors: Vec<f64>,
+    /// `1 - SSE/SST`; `None` when `y` did not vary.
+    pub r_squared: Option<f64>,
+    /// `sqrt(SSE / (n - p))`: the typical size of a residual.
+    pub residual_std_error: f64,
+    pub residuals: Vec<Residual>,
+    /// Smallest and largest calibration value of each feature: the range predictions are
+    /// interpolations in.
+    pub ranges: Vec<(f64, f64)>,
+    /// `(XᵀX)⁻¹`, kept for prediction intervals.
+    #[serde(skip)]
+    unscaled_cov: Vec<Vec<f64>>,
+}
+
+impl LinearFit {
+    /// Fits `ys` against the rows of `xs` (each row one value per feature name).
+    pub fn fit(features: &[&str], xs: &[Vec<f64>], ys: &[f64]) -> Result<Self, FitError> {
+        let n = ys.len();
+        let p = features.len() + 1;
+        if n < p + 1 || xs.len() != n {
+            return Err(FitError::TooFewPoints {
+                points: n,
+                params: p,
+            });
+        }
+        if ys.iter().chain(xs.iter().flatten()).any(|v| !v.is_finite())
+            || xs.iter().any(|row| row.len() != features.len())
+        {
+            return Err(FitError::NotFinite);
+        }
+        let design: Vec<Vec<f64>> = xs
+            .iter()
+            .map(|row| std::iter::once(1.0).chain(row.iter().copied()).collect())
+            .collect();
+        // Columns are scaled to unit size before inverting so that a feature in the millions and
+        // the intercept do not make a well-posed problem look singular.
+        let scale: Vec<f64> = (0..p)
+            .map(|j| {
+                let max = design.iter().map(|r| r[j].abs()).fold(0.0, f64::max);
+                if max > 0.0 {
+                    max
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        let mut xtx = vec![vec![0.0; p]; p];
+        let mut xty = vec![0.0; p];
+        for (row, y) in design.iter().zip(ys) {
+            for i in 0..p {
+                xty[i] += row[i] / scale[i] * y;
+                for j in 0..p {
+                    xtx[i][j] += row[i] / scale[i] * row[j] / scale[j];
+                }
+            }
+        }
+        let inv = invert(&xtx).ok_or(FitError::Singular)?;
+        let coefficients: Vec<f64> = (0..p)
+            .map(|i| (0..p).map(|j| inv[i][j] * xty[j]).sum::<f64>() / scale[i])
+            .collect();
+        let unscaled_cov: Vec<Vec<f64>> = (0..p)
+            .map(|i| (0..p).map(|j| inv[i][j] / (scale[i] * scale[j])).collect())
+            .collect();
+        let residuals: Vec<Residual> = xs
+            .iter()
+            .zip(ys)
+            .map(|(x, &y)| Residual {
+                x: x.clone(),
+                y,
+                fitted: dot(&coefficients, x),
+            })
+            .collect();
+        let sse: f64 = residuals.iter().map(|r| r.residual().powi(2)).sum();
+        let mean = ys.iter().sum::<f64>() / n as f64;
+        let sst: f64 = ys.iter().map(|y| (y - mean).powi(2)).sum();
+        let residual_std_error = (sse / (n - p) as f64).sqrt();
+        let std_errors = (0..p)
+            .map(|i| residual_std_error * unscaled_cov[i][i].max(0.0).sqrt())
+            .collect();
+        let ranges = (0..features.len())
+            .map(|j| {
+                xs.iter()
+                    .map(|r| r[j])
+                    .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+                        (lo.min(v), hi.max(v))
+                    })
+            })
+            .collect();
+        Ok(LinearFit {
+            features: features.iter().map(|s| s.to_string()).collect(),
+            coefficients,
+            std_errors,
+            // A constant (no features) explains no variance by construction: no R².
+            r_squared: (!features.is_empty() && sst > f64::EPSILON * mean.abs().max(1.0))
+                .then(|| 1.0 - sse / sst),
+            residual_std_error,
+            residuals,
+            ranges,
+            unscaled_cov,
+        })
+    }
+
+    /// The intercept `b0`.
+    pub fn intercept(&self) -> f64 {
+        self.coefficients[0]
+    }
+
+    /// The slope of `feature`, if the fit has it.
+    pub fn slope(&self, feature: &str) -> Option<f64> {
+        let i = self.features.iter().position(|f| f == feature)?;
+        Some(self.coefficients[i + 1])
+    }
+
+    /// The slope of `feature` with its 95 % confidence band.
+    pub fn slope_band(&self, feature: &str) -> Option<Band> {
+        let i = self.features.iter().position(|f| f == feature)? + 1;
+        let t = t_975(self.degrees_of_freedom());
+        Some(Band::around(self.coefficients[i], t * self.std_errors[i]))
+    }
+
+    /// `n - p`.
+    pub fn degrees_of_freedom(&self) -> usize {
+        self.residuals.len() - self.coefficients.len()
+    }
+
+    /// The fitted value at `x` with its 95 % prediction interval: where a new measurement at
+    /// `x` is expected to fall, counting both the fit's uncertainty and the scatter of points.
+    pub fn predict(&self, x: &[f64]) -> Band {
+        let value = dot(&self.coefficients, x);
+        let row: Vec<f64> = std::iter::once(1.0).chain(x.iter().copied()).collect();
+        let leverage: f64 = (0..row.len())
+            .map(|i| {
+                (0..row.len())
+                    .map(|j| row[i] * self.unscaled_cov[i][j] * row[j])
+                    .sum::<f64>()
+            })
+            .sum();
+        let half = t_975(self.degrees_of_freedom())
+            * self.residual_std_error
+            * (1.0 + leverage.max(0.0)).sqrt();
+        Band::around(value, half)
+    }
+
+    /// Names of the features whose value in `x` lies outside the calibration range.
+    pub fn extrapolated(&self, x: &[f64]) -> Vec<String> {
+        self.features
+            .iter()
+            .zip(&self.ranges)
+            .zip(x)
+            .filter(|((_, (lo, hi)), v)| {
+                // Within 2 % of the range's span (or of its value, for a point) is not
+                // extrapolation: planned and measured quantities differ by that much.
+                let slack = ((hi - lo).abs().max(hi.abs()) * 0.02).max(1e-12);
+                **v < lo - slack || **v > hi + slack
+            })
+            .map(|((name, _), _)| name.clone())
+            .collect()
+    }
+}
+
+fn dot(coefficients: &[f64], x: &[f64]) -> f64 {
+    coefficients[0]
+        + coefficients[1..]
+            .iter()
+            .zip(x)
+            .map(|(b, v)| b * v)
+            .sum::<f64>()
+}
+
+/// Inverse of a small square matrix by Gauss-Jordan elimination with partial pivoting; `None`
+/// when it is singular (relative to its own size).
+fn invert(m: &[Vec<f64>]) -> Option<Vec<Vec<f64>>> {
+    let n = m.len();
+    let norm = m.iter().flatten().fold(0.0f64, |a, v| a.max(v.abs()));
+    if norm == 0.0 {
+        return None;
+    }
+    let mut a: Vec<Vec<f64>> = m
+        .iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let mut r = row.clone();
+            r.extend((0..n).map(|j| if i == j { 1.0 } else { 0.0 }));
+            r
+        })
+        .collect();
+    for col in 0..n {
+        let pivot = (col..n).max_by(|&x, &y| a[x][col].abs().total_cmp(&a[y][col].abs()))?;
+        if a[pivot][col].abs() <= 1e-10 * norm {
+            return None;
+        }
+        a.swap(col, pivot);
+        let p = a[col][col];
+        for v in a[col].iter_mut() {
+            *v /= p;
+        }
+        for row in 0..n {
+            if row != col {
+                let factor = a[row][col];
+                if factor != 0.0 {
+                    let pivot_row = a[col].clone();
+                    for (v, p) in a[row].iter_mut().zip(&pivot_row) {
+                        *v -= factor * p;
+                    }
+                }
+            }
+        }
+    }
+    Some(a.into_iter().map(|r| r[n..].to_vec()).collect())
+}
+
+/// Two-sided 95 % quantile of Student's t with `df` degrees of freedom (table to 30, then the
+/// Cornish-Fisher expansion around the normal quantile, within 0.1 % beyond that).
+pub fn t_975(df: usize) -> f64 {
+    const TABLE: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    match df {
+        0 => f64::INFINITY,
+        1..=30 => TABLE[df - 1],
+        _ => {
+            let z: f64 = 1.959_964;
+            let d = df as f64;
+            z + (z.powi(3) + z) / (4.0 * d)
+                + (5.0 * z.powi(5) + 16.0 * z.powi(3) + 3.0 * z) / (96.0 * d * d)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn rows(xs: &[f64]) -> Vec<Vec<f64>> {
+        xs.iter().map(|&x| vec![x]).collect()
+    }
+
+    #[test]
+    fn exact_line_has_r2_one_and_a_tight_band() {
+        let xs = [1.0, 2.0, 3.0, 4.0];
+        let ys: Vec<f64> = xs.iter().map(|x| 3.0 + 2.0 * x).collect();
+        let fit = LinearFit::fit(&["x"], &rows(&xs), &ys).unwrap();
+        assert!((fit.intercept() - 3.0).abs() < 1e-9);
+        assert!((fit.slope("x").unwrap() - 2.0).abs() < 1e-9);
+        assert!((fit.r_squared.unwrap() - 1.0).abs() < 1e-9);
+        let band = fit.predict(&[10.0]);
+        assert!((band.value - 23.0).abs() < 1e-9);
+        assert!(band.half_width() < 1e-6);
+        assert_eq!(fit.extrapolated(&[10.0]), vec!["x".to_string()]);
+        assert!(fit.extrapolated(&[2.5]).is_empty());
+    }
+
+    #[test]
+    fn band_widens_away_from_the_data() {
+        let xs = [1.0, 2.0, 3.0, 4.0, 5.0];
+        let ys = [2.1, 3.9, 6.2, 7.8, 10.1];
+        let fit = LinearFit::fit(&["x"], &rows(&xs), &ys).unwrap();
+        let inside = fit.predict(&[3.0]).half_width();
+        let outside = fit.predict(&[30.0]).half_width();
+        assert!(outside > 2.0 * inside, "{inside} {outside}");
+        assert!(fit.r_squared.unwrap() > 0.99);
+        assert_eq!(fit.degrees_of_freedom(), 3);
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_judge() {
+        assert!(matches!(
+            LinearFit::fit(&["x"], &rows(&[1.0, 2.0]), &[1.0, 2.0]),
+            Err(FitError::TooFewPoints { .. })
+        ));
+        assert_eq!(
+            LinearFit::fit(&["x"], &rows(&[1.0, 1.0, 1.0]), &[1.0, 2.0, 3.0]),
+            Err(FitError::Singular)
+        );
+        assert_eq!(
+            LinearFit::fit(&["x"], &rows(&[1.0, f64::NAN, 3.0]), &[1.0, 2.0, 3.0]),
+            Err(FitError::NotFinite)
+        );
+        // Two features that are the same column.
+        let xs: Vec<Vec<f64>> = (1..6).map(|i| vec![i as f64, 2.0 * i as f64]).collect();
+        assert_eq!(
+            LinearFit::fit(&["a", "b"], &xs, &[1.0, 2.0, 3.0, 4.0, 5.0]),
+            Err(FitError::Singular)
+        );
+    }
+
+    #[test]
+    fn t_quantiles_match_tables() {
+        assert_eq!(t_975(1), 12.706);
+        assert_eq!(t_975(10), 2.228);
+        assert!((t_975(60) - 2.000).abs() < 0.002);
+        assert!((t_975(1000) - 1.962).abs() < 0.002);
+        assert!(t_975(0).is_infinite());
+    }
+
+    proptest! {
+        /// A planted line with bounded noise is recovered: the slope lies within the noise's reach.
+        #[test]
+        fn recovers_a_planted_line(
+            intercept in -1e6f64..1e6,
+            slope in -1e3f64..1e3,
+            x0 in 0.0f64..1e5,
+            step in 1.0f64..1e4,
+            noise in proptest::collection::vec(-1.0f64..1.0, 5..30),
+        ) {
+            let xs: Vec<f64> = (0..noise.len()).map(|i| x0 + step * i as f64).collect();
+            let amplitude = 0.01 * step * slope.abs().max(1.0);
+            let ys: Vec<f64> = xs
+                .iter()
+                .zip(&noise)
+                .map(|(x, e)| intercept + slope * x + amplitude * e)
+                .collect();
+            let fit = LinearFit::fit(&["x"], &rows(&xs), &ys).unwrap();
+            let got = fit.slope("x").unwrap();
+            prop_assert!((got - slope).abs() <= 0.01 * slope.abs().max(1.0) * 2.0 + 1e-6,
+                "slope {got} vs {slope}");
+            let band = fit.slope_band("x").unwrap();
+            prop_assert!(band.low <= got && got <= band.high);
+        }
+
+        /// Two independent features are told apart.
+        #[test]
+        fn recovers_two_slopes(a in -100.0f64..100.0, b in -100.0f64..100.0, c in -1e3f64..1e3) {
+            let xs: Vec<Vec<f64>> = (0..12)
+                .map(|i| vec![(i % 4) as f64 * 1000.0, (i / 4) as f64 * 7.0 + (i % 3) as f64])
+                .collect();
+            let ys: Vec<f64> = xs.iter().map(|r| c + a * r[0] + b * r[1]).collect();
+            let fit = LinearFit::fit(&["u", "v"], &xs, &ys).unwrap();
+            prop_assert!((fit.slope("u").unwrap() - a).abs() < 1e-6 * a.abs().max(1.0));
+            prop_assert!((fit.slope("v").unwrap() - b).abs() < 1e-6 * b.abs().max(1.0));
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The cost model end to end on synthetic runs with planted costs: calibration recovers them,
+//! predictions land on them and flag extrapolation, the fleet plan and the HTML fragment work.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::*;
+use crate::schema::{ClientResult, Connection, ProcessUsage, Results, RunInfo, Sample};
+
+const DEFAULTS: DaemonDefaults = DaemonDefaults {
+    evict_after: Duration::from_secs(180),
+    sweep_every: Duration::from_secs(30),
+};
+
+/// A storm run of `n` clients in one second with planted costs: daemon 0.1 s + 1 ms per
+/// arrival, data plane 0.2 s + 0.4 ms per handshake (2 per arrival), 20 MB + 4 KiB per
+/// installed peer in jitwgd, setup p50 30 ms below 1,000 clients and growing 0.4 % per client above.
+fn storm_run(n: u32) -> CalPoint {
+    let scenario = json!({
+        "name": "storm", "duration": "25s",
+        "daemon": {"sweep_every": "5s"},
+        "population": [{"name": "s", "count": n,
+            "arrival": {"kind": "poisson", "rate": f64::from(n)},
+            "behaviour": {"kind": "stay", "duration": "15s", "traffic_every": "5s"}}]
+    });
+    let mut results = Results::new(RunInfo {
+        resolved_scenario: scenario,
+        ..RunInfo::default()
+    });
+    let x = f64::from(n);
+    let setup = 30.0 * (0.004 * (x - 1000.0).max(0.0)).exp();
+    results.clients = (0..n)
+        .map(|id| ClientResult {
+            id,
+            population: "s".into(),
+            connections: vec![Connection {
+                setup_latency_ms: Some(setup),
+                handshake_attempts: 2,
+                ..Connection::default()
+            }],
+        })
+        .collect();
+    results.samples = (0..=25)
+        .map(|t| Sample {
+            t_ms: f64::from(t) * 1000.0,
+            installed_peers: if t < 20 { u64::from(n) } else { 0 },
+            ..Sample::default()
+        })
+        .collect();
+    results.api.calls_total = u64::from(n);
+    results.processes = vec![
+        usage("daemon", 0.1 + 0.001 * x, 20e6 + 4096.0 * x),
+        usage("dataplane", 0.2 + 0.0004 * 2.0 * x, 10e6 + 8192.0 * x),
+    ];
+    CalPoint::from_results(
+        PathBuf::from(format!("p{n}")),
+        &results,
+        &json!({}),
+        DEFAULTS,
+    )
+    .unwrap()
+}
+
+fn usage(name: &str, cpu: f64, rss: f64) -> ProcessUsage {
+    ProcessUsage {
+        name: name.into(),
+        cpu_seconds: cpu,
+        peak_rss_bytes: rss as u64,
+    }
+}
+
+fn calibration() -> Calibration {
+    let points: Vec<CalPoint> = [200, 400, 600, 800, 1000, 1200, 1400, 1600]
+        .into_iter()
+        .map(storm_run)
+        .collect();
+    Calibration::fit(&points).unwrap()
+}
+
+#[test]
+fn calibration_recovers_planted_costs() {
+    let c = calibration();
+    let daemon = c.model("daemon_cpu").unwrap().fitted.linear();
+    assert!(
+        (daemon.slope("arrivals").unwrap() - 0.001).abs() < 1e-9,
+        "{daemon:?}"
+    );
+    let dp = c.model("dataplane_cpu").unwrap().fitted.linear();
+    assert!((dp.slope("handshakes").unwrap() - 0.0004).abs() < 1e-9);
+    let rss = c.model("daemon_rss_peak").unwrap().fitted.linear();
+    assert!((rss.slope("installed_peers").unwrap() - 4096.0).abs() < 1.0);
+    let hs = c.model("handshakes").unwrap().fitted.linear();
+    assert!((hs.slope("arrivals").unwrap() - 2.0).abs() < 1e-9);
+    let knee = c.knee().expect("a knee");
+    assert!((knee - 1000.0).abs() <= 200.0, "knee {knee}");
+    // No reboot in a storm sweep: the reload models say why they are missing.
+    assert!(c.unfitted.iter().any(|u| u.name == "reload_time_preload"));
+    assert_eq!(c.gateway_cpus, None);
+}
+
+#[test]
+fn too_few_points_is_a_clear_error() {
+    let points = vec![storm_run(100), storm_run(200)];
+    let e = Calibration::fit(&points).unwrap_err();
+    assert_eq!(e, CalibrationError::TooFewPoints { found: 2 });
+    assert!(e.to_string().contains("at least 3"));
+}
+
+#[test]
+fn prediction_inside_and_outside_the_grid() {
+    let c = calibration();
+    let inside = storm_run(700);
+    let p = predict(&c, &inside.planned);
+    let cpu = &p.predicted["daemon_cpu"];
+    assert!((cpu.value - (0.1 + 0.7)).abs() < 1e-6, "{cpu:?}");
+    assert!(cpu.low <= cpu.value && cpu.value <= cpu.high);
+    let setup = &p.predicted["setup_p50"];
+    assert!((setup.value - 30.0).abs() < 2.0, "{setup:?}");
+    assert!(p.extrapolated.is_empty(), "{:?}", p.extrapolated);
+    assert!(p.not_predicted.contains_key("reload_time"));
+
+    let outside = storm_run(5000);
+    let p = predict(&c, &outside.planned);
+    assert!(
+        p.extrapolated
+            .iter()
+            .any(|e| e.starts_with("daemon_cpu: arrivals = 5000")),
+        "{:?}",
+        p.extrapolated
+    );
+    assert!(p.extrapolated.iter().any(|e| e.contains("storm_size")));
+}
+
+#[test]
+fn fleet_plan_sizes_a_million_peers() {
+    let c = calibration();
+    let inputs = FleetInputs {
+        peers: 2_000_000.0,
+        arrivals_per_s: 500.0,
+        dwell_s: 1800.0,
+        evict_after_s: 180.0,
+        sweep_every_s: 30.0,
+        cpus_per_gateway: 4.0,
+        reboot_budget_s: Some(10.0),
+        storm: Some(20_000.0),
+        stale_threshold_s: 180.0,
+    };
+    let plan = plan_fleet(&c, &inputs);
+    assert!(plan.gateways >= 1);
+    assert!(plan.gateways_low <= plan.gateways && plan.gateways <= plan.gateways_high);
+    // 500/s × (1,800 + ~195) s ≈ 997,000 installed across the fleet: the peer limit or the
+    // storm knee binds, not CPU (0.5 s of CPU per second).
+    assert_ne!(plan.binding, "cpu");
+    assert!(plan.per_gateway.installed_peers <= fleet::DATAPLANE_PEER_LIMIT + 1.0);
+    assert!(plan
+        .extrapolated
+        .iter()
+        .any(|e| e.contains("--cpus-per-gateway 4")));
+    assert_eq!(plan.legacy_push.installed_peers, 2_000_000.0);
+    assert!(plan.storm.as_ref().unwrap().below_knee.unwrap());
+    assert_eq!(plan.sensitivity.len(), 6);
+    assert!(plan.sensitivity[0].1.abs() >= plan.sensitivity[5].1.abs());
+}
+
+#[test]
+fn html_fragment_is_self_contained_and_well_formed() {
+    let html = html::section(&calibration()).unwrap();
+    assert!(html.starts_with("<section"));
+    assert!(
+        !html.contains("http://")
+            || html.matches("http://www.w3.org").count() == html.matches("http://").count()
+    );
+    assert!(!html.contains("<script") && !html.contains("src="));
+    for model in ["daemon_cpu", "setup_p50", "daemon_rss_peak"] {
+        assert!(html.contains(model), "{model}");
+    }
+    assert!(html.contains("knee"));
+    roxmltree::Document::parse(&html).expect("well-formed fragment");
+}

@@ -1,0 +1,101 @@
+//! `jitwg plan`: capacity planning from calibration runs. Reads every finished run under the
+//! calibration directories (a parameter sweep's points, or runs written with `jitwg run --out
+//! DIR/points/<i>`), fits the cost model (`jitwg_reports::model`), and either shows the fits,
+//! predicts one scenario's figures (`--predict KEY=VALUE ...`), or sizes a fleet (`--peers ...`).
+
+mod args;
+mod overrides;
+mod render;
+
+pub use args::PlanArgs;
+
+use anyhow::Context;
+use jitwg_reports::model::{self, Calibration, DaemonDefaults};
+
+use crate::cli::{CliError, ExitCode};
+
+/// jitwgd's own defaults for the settings a scenario may leave unset.
+pub fn daemon_defaults() -> DaemonDefaults {
+    DaemonDefaults {
+        evict_after: jitwgd::config::defaults::EVICT_AFTER,
+        sweep_every: jitwgd::config::defaults::SWEEP_EVERY,
+    }
+}
+
+fn usage(error: impl Into<anyhow::Error>) -> CliError {
+    CliError {
+        code: ExitCode::Usage,
+        error: error.into(),
+    }
+}
+
+/// Reads and fits the calibration directories.
+pub fn calibrate(dirs: &[std::path::PathBuf]) -> Result<Calibration, CliError> {
+    let mut points = Vec::new();
+    for dir in dirs {
+        let read = model::read_dir(dir, daemon_defaults())
+            .with_context(|| format!("reading calibration directory {}", dir.display()))
+            .map_err(usage)?;
+        points.extend(read);
+    }
+    Calibration::fit(&points)
+        .with_context(|| {
+            let names: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+            format!("calibrating from {}", names.join(", "))
+        })
+        .map_err(usage)
+}
+
+/// Runs `jitwg plan`.
+pub fn run(args: PlanArgs) -> Result<ExitCode, CliError> {
+    let fleet = args.fleet_inputs().map_err(usage)?;
+    if fleet.is_some() && !args.predict.is_empty() {
+        return Err(usage(anyhow::anyhow!(
+            "--predict and a fleet plan (--peers ...) are separate questions: ask one at a time"
+        )));
+    }
+    // Parse the overrides before reading anything, so a typo fails fast.
+    let overrides = overrides::parse(&args.predict).map_err(usage)?;
+    let calibration = calibrate(&args.calibration)?;
+    let text = if let Some(inputs) = fleet {
+        let plan = model::plan_fleet(&calibration, &inputs);
+        if args.json {
+            json(&serde_json::json!({"inputs": inputs, "plan": plan}))?
+        } else {
+            render::fleet(&calibration, &inputs, &plan)
+        }
+    } else if !overrides.is_empty() || args.scenario.is_some() {
+        let base = match &args.scenario {
+            Some(path) => overrides::read_scenario(path).map_err(usage)?,
+            None => calibration.base_scenario.clone(),
+        };
+        let planned = overrides::apply(&base, &overrides).map_err(usage)?;
+        let prediction = model::predict(&calibration, &planned.planned);
+        if args.json {
+            let mut value = serde_json::to_value(&prediction).map_err(internal)?;
+            value["unused_keys"] = serde_json::json!(planned.unused);
+            json(&value)?
+        } else {
+            render::prediction(&calibration, &prediction, &planned.unused)
+        }
+    } else if args.json {
+        json(&calibration)?
+    } else {
+        render::calibration(&calibration)
+    };
+    print!("{text}");
+    Ok(ExitCode::Ok)
+}
+
+fn internal(e: impl Into<anyhow::Error>) -> CliError {
+    CliError {
+        code: ExitCode::Internal,
+        error: e.into(),
+    }
+}
+
+fn json(value: &impl serde::Serialize) -> Result<String, CliError> {
+    serde_json::to_string_pretty(value)
+        .map(|s| s + "\n")
+        .map_err(internal)
+}
