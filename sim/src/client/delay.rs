@@ -4,12 +4,15 @@
 //! about 2 ms; LAN-like links are exactly where that error swamped the figure being measured.
 //!
 //! [`DelayQueue`] is the pure part (time passed in); [`DelayLine`] is its thread: it waits on
-//! a channel with a timeout that ends [`SPIN_BEFORE_DUE`] early, then yields in a loop until
-//! the packet is due, with the thread's timer slack cut to 1 ns. On a busy machine the timer is
-//! not the problem, the scheduler is: a woken thread can wait a whole 4 ms tick for a core. So
-//! the thread asks for SCHED_FIFO (the driver runs as root), which preempts ordinary threads on
-//! wake-up; its work per packet is one `sendto` or channel send, so it cannot starve anyone.
-
+//! a channel with a timeout that ends [`WAKE_EARLY`] before the next packet is due (the
+//! thread's timer slack cut to 1 ns), then delivers every packet due within that margin in one
+//! go. On a busy machine the timer is not the problem, the scheduler is: a woken thread can
+//! wait a whole 4 ms tick for a core. So the thread asks for SCHED_FIFO (the driver runs as
+//! root), which preempts ordinary threads on wake-up. It never polls: an earlier version
+//! yielded in a loop for the last 50 µs before each packet, and in a storm, with a packet due
+//! every few µs, that loop never ended. A SCHED_FIFO thread's `sched_yield` yields only to
+//! other real-time threads, so it held the driver's CPU (60 % of the driver's CPU in a
+//! 5,000-client storm) and starved the client tasks it was delaying packets for.
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::net::{SocketAddr, UdpSocket};
@@ -20,10 +23,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
-/// How long before a packet is due the thread stops sleeping and polls: covers the kernel's
-/// wake-up latency of a SCHED_FIFO thread (measured medians landed 10–40 µs late with 50 or
-/// 150 µs alike; each µs here is CPU burnt per delayed packet, so it stays small).
-const SPIN_BEFORE_DUE: Duration = Duration::from_micros(50);
+/// How long before a packet is due the thread wakes, and how early a packet may leave: about
+/// the kernel's wake-up latency of a SCHED_FIFO thread (10–40 µs measured here), so packets
+/// leave on time on average, and packets due within this margin of each other share one
+/// wake-up (in a storm, thousands a second do).
+const WAKE_EARLY: Duration = Duration::from_micros(25);
 
 /// Items ordered by when they are due, then by the order they were pushed (so packets with
 /// equal delay keep their send order). Pure: the caller says what time it is.
@@ -230,28 +234,37 @@ fn run(rx: mpsc::Receiver<(Instant, Delivery)>) {
     raise_to_realtime();
     let mut queue: DelayQueue<Delivery> = DelayQueue::default();
     loop {
-        let now = Instant::now();
-        while let Some(delivery) = queue.pop_due(now) {
+        let horizon = Instant::now() + WAKE_EARLY;
+        while let Some(delivery) = queue.pop_due(horizon) {
             delivery.deliver();
+        }
+        // Everything already queued on the channel goes into the heap before sleeping, so a
+        // burst of sends costs one wake-up, not one each.
+        let mut disconnected = false;
+        loop {
+            match rx.try_recv() {
+                Ok((due, delivery)) => queue.push(due, delivery),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    disconnected = true;
+                    break;
+                }
+            }
+        }
+        if disconnected {
+            return;
+        }
+        if queue
+            .next_due()
+            .is_some_and(|due| due <= Instant::now() + WAKE_EARLY)
+        {
+            continue;
         }
         let received = match queue.next_due() {
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             Some(due) => {
                 let left = due.saturating_duration_since(Instant::now());
-                if left > SPIN_BEFORE_DUE {
-                    rx.recv_timeout(left - SPIN_BEFORE_DUE)
-                } else {
-                    match rx.try_recv() {
-                        Ok(p) => Ok(p),
-                        Err(TryRecvError::Empty) => {
-                            // Near the due time: yield rather than sleep, whose wake-up
-                            // latency is what we are avoiding.
-                            std::thread::yield_now();
-                            continue;
-                        }
-                        Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
-                    }
-                }
+                rx.recv_timeout(left.saturating_sub(WAKE_EARLY))
             }
         };
         match received {
