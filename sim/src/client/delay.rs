@@ -3,8 +3,8 @@
 //! tokio's timer wheel has 1 ms granularity and rounds up, which turned each 1 ms trip into
 //! about 2 ms; LAN-like links are exactly where that error swamped the figure being measured.
 //!
-//! [`DelayQueue`] is the pure part (time passed in); [`DelayLine`] is its thread: it waits on
-//! a channel with a timeout that ends [`WAKE_EARLY`] before the next packet is due (the
+//! [`DelayQueue`] is the pure part (time passed in); [`DelayLine`] is its thread: it sleeps on
+//! a condition variable until [`WAKE_EARLY`] before the next packet is due (the
 //! thread's timer slack cut to 1 ns), then delivers every packet due within that margin in one
 //! go. On a busy machine the timer is not the problem, the scheduler is: a woken thread can
 //! wait a whole 4 ms tick for a core. So the thread asks for SCHED_FIFO (the driver runs as
@@ -16,8 +16,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -188,29 +187,89 @@ pub struct DelayLine {
     thread: JoinHandle<()>,
 }
 
+/// Packets handed to the line and not yet in its heap, and whether the thread sleeps.
+///
+/// A mutex and a condition variable rather than a lock-free channel: std's channel makes a
+/// receiver that finds a slot half-written spin with `sched_yield` until the sender finishes,
+/// and a SCHED_FIFO receiver yields only to real-time threads, so on a one-CPU cpuset it
+/// spun until the kernel's real-time throttling let the preempted sender run (this was most
+/// of the driver's CPU in a storm). A contended futex mutex sleeps instead, which lets the
+/// holder run.
+#[derive(Debug, Default)]
+struct Inbox {
+    items: Vec<(Instant, Delivery)>,
+    /// Live handles; the thread ends when the last one is dropped.
+    handles: usize,
+    /// When the sleeping thread will wake by itself; `None` while it is awake.
+    sleeping_until: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    inbox: Mutex<Inbox>,
+    wake: Condvar,
+}
+
+impl Shared {
+    fn inbox(&self) -> MutexGuard<'_, Inbox> {
+        // A panic while holding the lock leaves a plain Vec behind: still usable.
+        self.inbox.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// Schedules packets on a [`DelayLine`]; cheap to clone, one per client task.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct DelayHandle {
-    tx: mpsc::Sender<(Instant, Delivery)>,
+    shared: Arc<Shared>,
+}
+
+impl Clone for DelayHandle {
+    fn clone(&self) -> Self {
+        self.shared.inbox().handles += 1;
+        DelayHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl Drop for DelayHandle {
+    fn drop(&mut self) {
+        let mut inbox = self.shared.inbox();
+        inbox.handles -= 1;
+        if inbox.handles == 0 {
+            self.shared.wake.notify_one();
+        }
+    }
 }
 
 impl DelayHandle {
     /// Delivers `delivery` at `due` (at once if `due` has passed).
     pub fn schedule(&self, due: Instant, delivery: Delivery) {
-        // Only fails once the thread has stopped, i.e. the fleet is shutting down.
-        drop(self.tx.send((due, delivery)));
+        let mut inbox = self.shared.inbox();
+        inbox.items.push((due, delivery));
+        // Wake the thread only if it would otherwise sleep past this packet: in a storm most
+        // packets are due after one already waited for, and cost no wake-up.
+        if inbox
+            .sleeping_until
+            .is_some_and(|until| due.checked_sub(WAKE_EARLY).unwrap_or(due) < until)
+        {
+            inbox.sleeping_until = None;
+            self.shared.wake.notify_one();
+        }
     }
 }
 
 impl DelayLine {
     pub fn start() -> Result<Self, DelayLineError> {
-        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared::default());
+        shared.inbox().handles = 1;
+        let for_thread = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("jitwg-link-delay".into())
-            .spawn(move || run(rx))
+            .spawn(move || run(&for_thread))
             .map_err(DelayLineError::Spawn)?;
         Ok(Self {
-            handle: DelayHandle { tx },
+            handle: DelayHandle { shared },
             thread,
         })
     }
@@ -229,48 +288,44 @@ impl DelayLine {
     }
 }
 
-fn run(rx: mpsc::Receiver<(Instant, Delivery)>) {
+/// How long an idle line sleeps before it looks again (a new packet wakes it sooner).
+const IDLE_WAIT: Duration = Duration::from_secs(3600);
+
+fn run(shared: &Shared) {
     cut_timer_slack();
     raise_to_realtime();
     let mut queue: DelayQueue<Delivery> = DelayQueue::default();
+    let mut arrived = Vec::new();
     loop {
         let horizon = Instant::now() + WAKE_EARLY;
         while let Some(delivery) = queue.pop_due(horizon) {
             delivery.deliver();
         }
-        // Everything already queued on the channel goes into the heap before sleeping, so a
-        // burst of sends costs one wake-up, not one each.
-        let mut disconnected = false;
-        loop {
-            match rx.try_recv() {
-                Ok((due, delivery)) => queue.push(due, delivery),
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    disconnected = true;
-                    break;
-                }
-            }
-        }
-        if disconnected {
+        let mut inbox = shared.inbox();
+        // Take what arrived in one swap and sort it into the heap outside the lock.
+        std::mem::swap(&mut inbox.items, &mut arrived);
+        if inbox.handles == 0 {
             return;
         }
-        if queue
-            .next_due()
-            .is_some_and(|due| due <= Instant::now() + WAKE_EARLY)
-        {
+        if arrived.is_empty() {
+            let now = Instant::now();
+            let wait = match queue.next_due() {
+                Some(due) => due.saturating_duration_since(now).saturating_sub(WAKE_EARLY),
+                None => IDLE_WAIT,
+            };
+            if !wait.is_zero() {
+                inbox.sleeping_until = Some(now + wait);
+                let (mut inbox, _) = shared
+                    .wake
+                    .wait_timeout(inbox, wait)
+                    .unwrap_or_else(PoisonError::into_inner);
+                inbox.sleeping_until = None;
+            }
             continue;
         }
-        let received = match queue.next_due() {
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some(due) => {
-                let left = due.saturating_duration_since(Instant::now());
-                rx.recv_timeout(left.saturating_sub(WAKE_EARLY))
-            }
-        };
-        match received {
-            Ok((due, delivery)) => queue.push(due, delivery),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
+        drop(inbox);
+        for (due, delivery) in arrived.drain(..) {
+            queue.push(due, delivery);
         }
     }
 }
