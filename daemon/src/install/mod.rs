@@ -5,6 +5,7 @@
 //! The rules live in `scheduler` (pure); this file is the thread, its channel and the
 //! async handle the rest of the daemon uses.
 
+pub mod feedback;
 mod pacer;
 mod scheduler;
 
@@ -13,6 +14,7 @@ mod tests;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -288,6 +290,7 @@ impl InstallWorker {
         settings: InstallSettings,
         metrics: Arc<Metrics>,
     ) -> Result<(Self, InstallQueue), InstallError> {
+        let cookies = settings.initiate_feedback.clone();
         let scheduler = Scheduler::new(settings, metrics.clone(), &peers, SystemTime::now());
         let installed = scheduler.installed();
         let (tx, rx) = mpsc::channel();
@@ -295,6 +298,7 @@ impl InstallWorker {
             scheduler,
             backend: backend.clone(),
             metrics,
+            cookies,
         };
         let thread = std::thread::Builder::new()
             .name("jitwgd-install".into())
@@ -345,11 +349,22 @@ struct Shell {
     scheduler: Scheduler<oneshot::Sender<usize>>,
     backend: Arc<dyn Backend>,
     metrics: Arc<Metrics>,
+    /// Cookie replies seen leaving the data plane, for the adaptive pacer.
+    cookies: Option<Arc<AtomicU64>>,
 }
 
 impl Shell {
     fn run(&mut self, rx: Receiver<Command>) {
         loop {
+            if let Some(cookies) = &self.cookies {
+                let rate = self.scheduler.initiation_rate();
+                self.scheduler
+                    .initiation_feedback(Instant::now(), cookies.load(Ordering::Relaxed));
+                let now = self.scheduler.initiation_rate();
+                if now != rate {
+                    tracing::debug!(from = rate, to = now, "role-inversion rate revised");
+                }
+            }
             // Idle: block for work. Removals pending: only peek, so queued installs are
             // served between removal chunks. Deferred initiations: wait until one is due.
             let wait = if self.scheduler.has_removals() {

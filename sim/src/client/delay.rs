@@ -310,7 +310,9 @@ fn run(shared: &Shared) {
         if arrived.is_empty() {
             let now = Instant::now();
             let wait = match queue.next_due() {
-                Some(due) => due.saturating_duration_since(now).saturating_sub(WAKE_EARLY),
+                Some(due) => due
+                    .saturating_duration_since(now)
+                    .saturating_sub(WAKE_EARLY),
                 None => IDLE_WAIT,
             };
             if !wait.is_zero() {
