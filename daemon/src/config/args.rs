@@ -167,7 +167,8 @@ pub struct Args {
     #[arg(long, env = "JITWGD_INITIATE_RATE", value_name = "PER_SECOND")]
     pub initiate_rate: Option<u32>,
 
-    /// Adapt the role-inversion rate to the data plane's load: on|off [default: on].
+    /// Adapt the role-inversion rate to the data plane's load: on|off [default: off; it
+    /// lost to the fixed rate in every paired storm run, BENCHMARKS.md, storm].
     ///
     /// Counts the cookie replies the data plane sends (it sends them only while under
     /// load) on a second filtered AF_PACKET socket; every 50 ms with any, the rate halves
