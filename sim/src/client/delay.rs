@@ -15,7 +15,10 @@
 //! 5,000-client storm) and starved the client tasks it was delaying packets for.
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
+#[cfg(test)]
+use std::net::UdpSocket;
+use std::os::fd::AsFd;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -104,13 +107,20 @@ impl<T> DelayQueue<T> {
     }
 }
 
+/// A socket the line can send from: the client task's own (tokio) socket, shared, not a
+/// duplicate descriptor (a duplicate per client made 10,000 clients exceed a 20,000 hard
+/// limit on open files). Sends go straight to the descriptor, beside tokio's readiness
+/// tracking, which a plain non-blocking `sendto` does not disturb.
+pub trait SendSocket: AsFd + Send + Sync + std::fmt::Debug {}
+impl<T: AsFd + Send + Sync + std::fmt::Debug> SendSocket for T {}
+
 /// Where a delayed packet goes when it is due.
 #[derive(Debug)]
 pub enum Delivery {
-    /// Client to gateway: sent from the client's own socket (a duplicate of the client task's
-    /// descriptor, so the source address is the client's).
+    /// Client to gateway: sent from the client's own socket, so the source address is the
+    /// client's.
     Up {
-        socket: Arc<UdpSocket>,
+        socket: Arc<dyn SendSocket>,
         to: SocketAddr,
         bytes: Vec<u8>,
     },
@@ -126,7 +136,8 @@ impl Delivery {
         match self {
             Delivery::Up { socket, to, bytes } => {
                 // Like a full NIC queue: the protocol's retries cover a lost send.
-                if let Err(e) = socket.send_to(&bytes, to) {
+                if let Err(e) = socket2::SockRef::from(&socket.as_fd()).send_to(&bytes, &to.into())
+                {
                     tracing::debug!(error = %e, %to, "delayed send failed");
                 }
             }
@@ -140,9 +151,9 @@ impl Delivery {
 #[derive(Debug)]
 pub struct DelayPort {
     pub line: DelayHandle,
-    /// A duplicate of the connection's socket, so delayed packets leave from the client's
-    /// own address without going back through its task.
-    pub up: Arc<UdpSocket>,
+    /// The connection's socket, shared with its task, so delayed packets leave from the
+    /// client's own address without going back through the task.
+    pub up: Arc<dyn SendSocket>,
     /// Delayed gateway packets come back to the task here.
     pub down: UnboundedSender<Vec<u8>>,
 }
@@ -151,16 +162,15 @@ impl DelayPort {
     /// A port for the connection on `socket`, and where its delayed gateway packets arrive.
     pub fn open(
         line: &DelayHandle,
-        socket: &tokio::net::UdpSocket,
-    ) -> std::io::Result<(Self, UnboundedReceiver<Vec<u8>>)> {
-        let up = socket2::SockRef::from(socket).try_clone()?;
+        socket: Arc<tokio::net::UdpSocket>,
+    ) -> (Self, UnboundedReceiver<Vec<u8>>) {
         let (down, rx) = tokio::sync::mpsc::unbounded_channel();
         let port = DelayPort {
             line: line.clone(),
-            up: Arc::new(up.into()),
+            up: socket,
             down,
         };
-        Ok((port, rx))
+        (port, rx)
     }
 }
 
@@ -395,7 +405,7 @@ mod tests {
             .set_read_timeout(Some(Duration::from_secs(2)))
             .unwrap();
         let to = receiver.local_addr().unwrap();
-        let sender = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+        let sender: Arc<dyn SendSocket> = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
         let mut samples = Vec::new();
         let mut buf = [0u8; 16];
         for i in 0u8..25 {

@@ -207,8 +207,8 @@ fn sender_index(id: u32) -> u32 {
     id.saturating_add(1)
 }
 
-/// Descriptors per client (its socket, the delay line's duplicate), and for everything else.
-const FILES_PER_CLIENT: u64 = 2;
+/// Descriptors per client (its socket), and for everything else.
+const FILES_PER_CLIENT: u64 = 1;
 const FILES_SPARE: u64 = 4096;
 
 /// Raise the open-files limit to what `clients` need, past the hard limit when allowed (root;
@@ -335,7 +335,7 @@ struct Wire<'a> {
     shared: &'a Shared,
     client: u32,
     connection: u32,
-    socket: UdpSocket,
+    socket: Arc<UdpSocket>,
     link: &'a mut LinkModel,
     /// `None` for a transparent link: packets go straight through.
     delay: Option<DelayPort>,
@@ -456,13 +456,11 @@ async fn connect(
         Ok(s) => s,
         Err(e @ SessionError::SenderIndexTooLarge { .. }) => return failed(e.to_string()),
     };
+    let socket = Arc::new(socket);
     let line = shared.delay.as_ref().filter(|_| !link.is_transparent());
-    let (delay, mut delayed) = match line.map(|line| DelayPort::open(line, &socket)) {
-        Some(Ok((port, rx))) => (Some(port), Some(rx)),
+    let (delay, mut delayed) = match line.map(|line| DelayPort::open(line, socket.clone())) {
+        Some((port, rx)) => (Some(port), Some(rx)),
         None => (None, None),
-        Some(Err(e)) => {
-            return failed(format!("duplicating the socket of {}: {e}", plan.source_ip))
-        }
     };
     let mut wire = Wire {
         shared,
