@@ -133,6 +133,7 @@ fn bench(c: &mut Criterion) {
         let settings = InstallSettings {
             initiate: true,
             initiate_rate: 1_500,
+            initiate_feedback: None,
             sweep_chunk: 256,
             sweep_budget: Duration::from_millis(50),
         };

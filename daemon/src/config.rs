@@ -99,6 +99,8 @@ pub struct Config {
     pub reinstall_active: Duration,
     /// Role-inversion initiations per second; 0 = unpaced.
     pub initiate_rate: u32,
+    /// Adapt the role-inversion rate to the cookie replies the data plane sends.
+    pub initiate_adapt: bool,
     /// Identify worker threads (>= 1).
     pub identify_workers: usize,
     /// Captured initiations waiting for a worker at most (>= 1).
@@ -187,6 +189,10 @@ pub mod defaults {
     /// Measured best of 0 (unpaced), 800, 1,000, 1,500 and 2,500 on the `storm` scenario (BENCHMARKS.md,
     /// storm): about what one core of data plane completes handshakes at.
     pub const INITIATE_RATE: u32 = 1500;
+    /// Off: in paired `storm` runs the adaptive rate lost to the fixed one (BENCHMARKS.md,
+    /// storm): the clients' own initiations put the data plane under load, and backing off
+    /// then only pushes the gateway's initiations past the clients' 5 s retry.
+    pub const INITIATE_ADAPT: bool = false;
     pub const IDENTIFY_WORKERS: usize = 2;
     pub const IDENTIFY_QUEUE: usize = 4096;
     pub const IDENTIFY_NICE: i32 = 5;
@@ -454,6 +460,10 @@ fn merge(mut args: Args, file: ConfigFile, path: &Path) -> Result<Config, Config
             .initiate_rate
             .or(file.initiate_rate)
             .unwrap_or(defaults::INITIATE_RATE),
+        initiate_adapt: args
+            .initiate_adapt
+            .or(f.switch("initiate_adapt", file.initiate_adapt)?)
+            .unwrap_or(defaults::INITIATE_ADAPT),
         identify_workers: args
             .identify_workers
             .or(f.count("identify_workers", file.identify_workers)?)

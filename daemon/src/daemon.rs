@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,7 @@ use crate::dataplane::{DataPlane, DataPlaneError};
 use crate::errors::{Causes, TaskCause};
 use crate::identify::ResponderKeys;
 use crate::identify_pool::PoolSettings;
-use crate::install::{InstallSettings, InstallWorker};
+use crate::install::{feedback, InstallSettings, InstallWorker};
 use crate::lookup::{purge_loop, revalidate_loop, Lookup, LookupConfig};
 use crate::metrics::{self, Metrics};
 use crate::pipeline::{capture_loop, start_identify_pool, Pipeline, PipelineLimits};
@@ -152,13 +153,28 @@ pub async fn run(
         });
     }
 
-    // 4. The install worker owns all data-plane writes.
+    // 4. The install worker owns all data-plane writes. With adaptive pacing, it watches
+    // the cookie replies the data plane sends (under load) to pace its own initiations.
+    let initiate_feedback = if config.initiate && config.initiate_adapt && config.mode == Mode::Jit
+    {
+        let socket = feedback::open_cookie_watch(config.capture_interface.as_deref(), listen_port)
+            .map_err(DaemonError::Capture)?;
+        let count = Arc::new(AtomicU64::new(0));
+        tasks.spawn_loop(
+            "cookie watch",
+            feedback::count_cookie_replies(socket, count.clone(), cancel.clone()),
+        );
+        Some(count)
+    } else {
+        None
+    };
     let (worker, queue) = InstallWorker::start(
         Arc::new(dataplane),
         installed,
         InstallSettings {
             initiate: config.initiate,
             initiate_rate: config.initiate_rate,
+            initiate_feedback,
             sweep_chunk: config.sweep_chunk.max(1),
             sweep_budget: config.sweep_budget,
         },
@@ -174,6 +190,7 @@ pub async fn run(
         boot = ?config.boot,
         initiate = config.initiate,
         initiate_rate = config.initiate_rate,
+        initiate_adapt = config.initiate_adapt,
         installed = queue.installed_count(),
         "attached to data plane"
     );

@@ -12,6 +12,7 @@ use libc::sock_filter;
 
 use super::wire::{
     IPPROTO_UDP, IPV4_FRAGMENT_OFFSET, IPV4_MIN_HEADER, IPV6_HEADER, UDP_DST_PORT, UDP_HEADER,
+    UDP_SRC_PORT,
 };
 
 /// Bytes the kernel copies for an accepted packet: far more than IPv6 + UDP + the
@@ -20,6 +21,8 @@ pub const SNAP_LEN: u32 = 0x40000;
 
 /// WireGuard message type of a handshake initiation (the first UDP payload byte).
 const INITIATION_TYPE: u32 = 1;
+/// WireGuard message type of a cookie reply (the data plane under load).
+const COOKIE_REPLY_TYPE: u32 = 3;
 /// `PACKET_OUTGOING` from `<linux/if_packet.h>` (not exported at libc's top level).
 const PACKET_OUTGOING: u32 = 4;
 
@@ -113,6 +116,20 @@ impl Assembler {
 /// byte is 1 (a WireGuard handshake initiation) and that the host did not send itself.
 /// Accept returns [`SNAP_LEN`], reject returns 0.
 pub fn initiation_filter(port: u16) -> Vec<sock_filter> {
+    message_filter(UDP_DST_PORT, port, INITIATION_TYPE, false)
+}
+
+/// Build the filter accepting IPv4/IPv6 UDP datagrams *from* `port` whose first payload
+/// byte is 3: the cookie replies the data plane sends when it is under load, seen leaving
+/// (packet type OUTGOING included). The initiation pacer's feedback (`install::feedback`).
+pub fn cookie_reply_filter(port: u16) -> Vec<sock_filter> {
+    message_filter(UDP_SRC_PORT, port, COOKIE_REPLY_TYPE, true)
+}
+
+/// The one program behind both filters: UDP `port` at `port_field` of the UDP header, and
+/// message type `message` as the first payload byte; the host's own sends only if
+/// `outgoing`.
+fn message_filter(port_field: usize, port: u16, message: u32, outgoing: bool) -> Vec<sock_filter> {
     use libc::{
         BPF_ABS, BPF_ALU, BPF_B, BPF_H, BPF_IND, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_JSET, BPF_K,
         BPF_LD, BPF_LDX, BPF_MISC, BPF_MSH, BPF_RET, BPF_RSH, BPF_TXA, BPF_W,
@@ -123,9 +140,11 @@ pub fn initiation_filter(port: u16) -> Vec<sock_filter> {
     let pkttype = (libc::SKF_AD_OFF + libc::SKF_AD_PKTTYPE) as u32;
 
     let mut a = Assembler::default();
-    // Never our own sends.
-    a.stmt(BPF_LD | BPF_W | BPF_ABS, pkttype);
-    a.jump(BPF_JMP | BPF_JEQ | BPF_K, PACKET_OUTGOING, Drop, Next);
+    if !outgoing {
+        // Never our own sends.
+        a.stmt(BPF_LD | BPF_W | BPF_ABS, pkttype);
+        a.jump(BPF_JMP | BPF_JEQ | BPF_K, PACKET_OUTGOING, Drop, Next);
+    }
     // IP version nibble.
     a.stmt(BPF_LD | BPF_B | BPF_ABS, 0);
     a.stmt(BPF_ALU | BPF_RSH | BPF_K, 4);
@@ -149,10 +168,10 @@ pub fn initiation_filter(port: u16) -> Vec<sock_filter> {
     a.stmt(BPF_LDX | BPF_B | BPF_MSH, 0); // X = 4 * IHL
     a.stmt(BPF_MISC | BPF_TXA, 0);
     a.jump(BPF_JMP | BPF_JGE | BPF_K, k(IPV4_MIN_HEADER), Next, Drop);
-    a.stmt(BPF_LD | BPF_H | BPF_IND, k(UDP_DST_PORT));
+    a.stmt(BPF_LD | BPF_H | BPF_IND, k(port_field));
     a.jump(BPF_JMP | BPF_JEQ | BPF_K, port, Next, Drop);
     a.stmt(BPF_LD | BPF_B | BPF_IND, k(UDP_HEADER));
-    a.jump(BPF_JMP | BPF_JEQ | BPF_K, INITIATION_TYPE, Accept, Drop);
+    a.jump(BPF_JMP | BPF_JEQ | BPF_K, message, Accept, Drop);
 
     a.label(Ipv6);
     a.jump(BPF_JMP | BPF_JEQ | BPF_K, 6, Next, Drop);
@@ -163,10 +182,10 @@ pub fn initiation_filter(port: u16) -> Vec<sock_filter> {
         Next,
         Drop,
     );
-    a.stmt(BPF_LD | BPF_H | BPF_ABS, k(IPV6_HEADER + UDP_DST_PORT));
+    a.stmt(BPF_LD | BPF_H | BPF_ABS, k(IPV6_HEADER + port_field));
     a.jump(BPF_JMP | BPF_JEQ | BPF_K, port, Next, Drop);
     a.stmt(BPF_LD | BPF_B | BPF_ABS, k(IPV6_HEADER + UDP_HEADER));
-    a.jump(BPF_JMP | BPF_JEQ | BPF_K, INITIATION_TYPE, Accept, Drop);
+    a.jump(BPF_JMP | BPF_JEQ | BPF_K, message, Accept, Drop);
 
     a.label(Accept);
     a.stmt(BPF_RET | BPF_K, SNAP_LEN);
@@ -332,6 +351,28 @@ mod tests {
         // First fragment (more-fragments set, offset 0) still carries the UDP header.
         assert!(accepts(&ipv4(0, 17, 0x2000, 51820, 1), 51820, PACKET_HOST));
         assert!(accepts(&ipv6(17, 51820, 1), 51820, PACKET_HOST));
+    }
+
+    #[test]
+    fn cookie_reply_filter_takes_outgoing_cookie_replies_from_the_port_only() {
+        let filter = cookie_reply_filter(51820);
+        let verdict = |packet: &[u8], pkttype| run(&filter, packet, pkttype);
+        // A cookie reply from 51820 (source port = the first two UDP bytes), leaving.
+        let mut cookie = ipv4(0, 17, 0, 0, 3);
+        cookie[20..22].copy_from_slice(&51820u16.to_be_bytes());
+        assert_eq!(verdict(&cookie, PACKET_OUTGOING), SNAP_LEN);
+        assert_eq!(verdict(&cookie, PACKET_HOST), SNAP_LEN);
+        let mut v6 = ipv6(17, 0, 3);
+        v6[40..42].copy_from_slice(&51820u16.to_be_bytes());
+        assert_eq!(verdict(&v6, PACKET_OUTGOING), SNAP_LEN);
+        // Another message type, another port, or the port as destination: dropped.
+        let mut response = cookie.clone();
+        response[28] = 2;
+        assert_eq!(verdict(&response, PACKET_OUTGOING), 0);
+        let mut other_port = cookie.clone();
+        other_port[20..22].copy_from_slice(&51821u16.to_be_bytes());
+        assert_eq!(verdict(&other_port, PACKET_OUTGOING), 0);
+        assert_eq!(verdict(&ipv4(0, 17, 0, 51820, 3), PACKET_OUTGOING), 0);
     }
 
     #[test]

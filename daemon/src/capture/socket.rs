@@ -49,14 +49,23 @@ impl CaptureSocket {
     /// Open the capture on `interface` (None = every interface) for initiations to
     /// UDP `port`. Needs CAP_NET_RAW. Must be called inside a tokio runtime.
     pub fn open(interface: Option<&str>, port: u16) -> Result<CaptureSocket, CaptureError> {
+        Self::open_filtered(interface, &bpf::initiation_filter(port))
+    }
+
+    /// Open a capture on `interface` (None = every interface) of what `filter` accepts
+    /// (e.g. `bpf::cookie_reply_filter`). Needs CAP_NET_RAW. Must be called inside a tokio
+    /// runtime.
+    pub fn open_filtered(
+        interface: Option<&str>,
+        filter: &[libc::sock_filter],
+    ) -> Result<CaptureSocket, CaptureError> {
         let ifindex = match interface {
             None => 0,
             Some(name) => interface_index(name)?,
         };
         let fd = packet_socket()?;
-        let filter = bpf::initiation_filter(port);
         socket2::SockRef::from(&fd)
-            .attach_filter(&filter)
+            .attach_filter(filter)
             .map_err(CaptureError::AttachFilter)?;
         drain(&fd)?;
         bind(&fd, ifindex)?;

@@ -9,6 +9,8 @@ pub const IPV4_MIN_HEADER: usize = 20;
 pub const IPV6_HEADER: usize = 40;
 /// The UDP header, in bytes; the WireGuard message starts right after it.
 pub const UDP_HEADER: usize = 8;
+/// Offset of the source port inside the UDP header.
+pub const UDP_SRC_PORT: usize = 0;
 /// Offset of the destination port inside the UDP header.
 pub const UDP_DST_PORT: usize = 2;
 /// IPv4 flags/fragment-offset field: the more-fragments flag.

@@ -195,6 +195,16 @@ pub struct Args {
     #[arg(long, env = "JITWGD_INITIATE_RATE", value_name = "PER_SECOND")]
     pub initiate_rate: Option<u32>,
 
+    /// Adapt the role-inversion rate to the data plane's load: on|off [default: off; it
+    /// lost to the fixed rate in every paired storm run, BENCHMARKS.md, storm].
+    ///
+    /// Counts the cookie replies the data plane sends (it sends them only while under
+    /// load) on a second filtered AF_PACKET socket; every 50 ms with any, the rate halves
+    /// (down to an eighth of --initiate-rate), every 50 ms without any while initiations
+    /// wait, it rises by a quarter (up to four times --initiate-rate). Off: the fixed rate.
+    #[arg(long, env = "JITWGD_INITIATE_ADAPT", value_name = "on|off", value_parser = values::switch)]
+    pub initiate_adapt: Option<bool>,
+
     /// Threads that identify captured initiations (2 X25519 each, 1 for a known key) off
     /// the capture task
     /// [default: 2].

@@ -53,6 +53,8 @@ pub struct ConfigFile {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub initiate_rate: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub initiate_adapt: Option<Switch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub identify_workers: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identify_queue: Option<usize>,

@@ -6,6 +6,7 @@
 //! async handle the rest of the daemon uses.
 
 mod addresses;
+pub mod feedback;
 mod pacer;
 mod scheduler;
 
@@ -14,6 +15,7 @@ mod tests;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -287,6 +289,7 @@ impl InstallWorker {
         settings: InstallSettings,
         metrics: Arc<Metrics>,
     ) -> Result<(Self, InstallQueue), InstallError> {
+        let cookies = settings.initiate_feedback.clone();
         let scheduler = Scheduler::new(settings, metrics.clone(), &peers, SystemTime::now());
         let installed = scheduler.installed();
         let (tx, rx) = mpsc::channel();
@@ -295,6 +298,7 @@ impl InstallWorker {
             backend: backend.clone(),
             metrics,
             addresses: AddressIndex::new(),
+            cookies,
         };
         let thread = std::thread::Builder::new()
             .name("jitwgd-install".into())
@@ -354,11 +358,22 @@ struct Shell {
     /// Who holds which allowed IP. Checked and updated here, in the same step as the
     /// write, so two newcomers racing for one address cannot both be installed.
     addresses: AddressIndex,
+    /// Cookie replies seen leaving the data plane, for the adaptive pacer.
+    cookies: Option<Arc<AtomicU64>>,
 }
 
 impl Shell {
     fn run(&mut self, rx: Receiver<Command>) {
         loop {
+            if let Some(cookies) = &self.cookies {
+                let rate = self.scheduler.initiation_rate();
+                self.scheduler
+                    .initiation_feedback(Instant::now(), cookies.load(Ordering::Relaxed));
+                let now = self.scheduler.initiation_rate();
+                if now != rate {
+                    tracing::debug!(from = rate, to = now, "role-inversion rate revised");
+                }
+            }
             // Idle: block for work. Removals pending: only peek, so queued installs are
             // served between removal chunks. Deferred initiations: wait until one is due.
             let wait = if self.scheduler.has_removals() {

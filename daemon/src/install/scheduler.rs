@@ -7,6 +7,7 @@
 //! clock: plans are applied through `Backend`, and the time comes in as arguments.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -47,6 +48,9 @@ pub struct InstallSettings {
     /// Role-inversion initiations per second (`InitiationPacer`); 0 = unpaced. Installs
     /// beyond the rate are written at once without the keepalive and initiate later.
     pub initiate_rate: u32,
+    /// `Some`: adapt the rate to the running count of cookie replies seen leaving the data
+    /// plane (`--initiate-adapt`, counted by `install::feedback`); `None`: a fixed rate.
+    pub initiate_feedback: Option<Arc<AtomicU64>>,
     /// Most peers removed in one data-plane call.
     pub sweep_chunk: usize,
     /// Time one removal call should take at most, so installs queued behind it wait no
@@ -171,7 +175,10 @@ impl<R> Scheduler<R> {
     ) -> Self {
         let installed: HashSet<PublicKey> = adopted.iter().map(|p| p.public_key).collect();
         metrics.installed_peers.set(installed.len() as i64);
-        let settings_rate = settings.initiate_rate;
+        let initiations = match settings.initiate_feedback {
+            Some(_) => InitiationPacer::adaptive(settings.initiate_rate),
+            None => InitiationPacer::new(settings.initiate_rate),
+        };
         Scheduler {
             pacer: RemovalPacer::new(settings.sweep_budget, settings.sweep_chunk),
             settings,
@@ -180,7 +187,7 @@ impl<R> Scheduler<R> {
             installed_at: adopted.iter().map(|p| (p.public_key, now)).collect(),
             removals: VecDeque::new(),
             journal: None,
-            initiations: InitiationPacer::new(settings_rate),
+            initiations,
             deferred: VecDeque::new(),
         }
     }
@@ -268,6 +275,18 @@ impl<R> Scheduler<R> {
         }
         self.mark_installed(writes.iter().map(|w| w.config.public_key), now);
         (0..writes.len()).map(|i| Ok(i < initiating)).collect()
+    }
+
+    /// The adaptive pacer's input at `mono`: the running count of cookie replies seen leaving
+    /// the data plane (ignored by a fixed-rate pacer).
+    pub fn initiation_feedback(&mut self, mono: Instant, cookies: u64) {
+        let waiting = !self.deferred.is_empty();
+        self.initiations.feedback(mono, cookies, waiting);
+    }
+
+    /// The current role-inversion rate (per second; 0 = unpaced).
+    pub fn initiation_rate(&self) -> f64 {
+        self.initiations.rate()
     }
 
     /// How long from `mono` until deferred initiations are due; `None` when none wait.

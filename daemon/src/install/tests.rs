@@ -104,6 +104,7 @@ fn settings(initiate: bool) -> InstallSettings {
     InstallSettings {
         initiate,
         initiate_rate: 0,
+        initiate_feedback: None,
         sweep_chunk: 256,
         sweep_budget: Duration::from_millis(50),
     }
@@ -179,6 +180,7 @@ fn without_role_inversion_there_is_no_keepalive_and_no_second_call() {
 fn paced(rate: u32) -> Scheduler<u32> {
     let settings = InstallSettings {
         initiate_rate: rate,
+        initiate_feedback: None,
         ..settings(true)
     };
     Scheduler::new(settings, Metrics::new(), &[], at(0))

@@ -86,6 +86,7 @@ async fn rig(known: PublicKey, replay_store: SharedStore) -> Rig {
             initiate_rate: 0,
             sweep_chunk: 16,
             sweep_budget: Duration::from_millis(50),
+            initiate_feedback: None,
         },
         metrics.clone(),
     )

@@ -3,27 +3,33 @@
 //! tokio's timer wheel has 1 ms granularity and rounds up, which turned each 1 ms trip into
 //! about 2 ms; LAN-like links are exactly where that error swamped the figure being measured.
 //!
-//! [`DelayQueue`] is the pure part (time passed in); [`DelayLine`] is its thread: it waits on
-//! a channel with a timeout that ends [`SPIN_BEFORE_DUE`] early, then yields in a loop until
-//! the packet is due, with the thread's timer slack cut to 1 ns. On a busy machine the timer is
-//! not the problem, the scheduler is: a woken thread can wait a whole 4 ms tick for a core. So
-//! the thread asks for SCHED_FIFO (the driver runs as root), which preempts ordinary threads on
-//! wake-up; its work per packet is one `sendto` or channel send, so it cannot starve anyone.
-
+//! [`DelayQueue`] is the pure part (time passed in); [`DelayLine`] is its thread: it sleeps on
+//! a condition variable until [`WAKE_EARLY`] before the next packet is due (the
+//! thread's timer slack cut to 1 ns), then delivers every packet due within that margin in one
+//! go. On a busy machine the timer is not the problem, the scheduler is: a woken thread can
+//! wait a whole 4 ms tick for a core. So the thread asks for SCHED_FIFO (the driver runs as
+//! root), which preempts ordinary threads on wake-up. It never polls: an earlier version
+//! yielded in a loop for the last 50 µs before each packet, and in a storm, with a packet due
+//! every few µs, that loop never ended. A SCHED_FIFO thread's `sched_yield` yields only to
+//! other real-time threads, so it held the driver's CPU (60 % of the driver's CPU in a
+//! 5,000-client storm) and starved the client tasks it was delaying packets for.
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::net::{SocketAddr, UdpSocket};
-use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
-use std::sync::Arc;
+use std::net::SocketAddr;
+#[cfg(test)]
+use std::net::UdpSocket;
+use std::os::fd::AsFd;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
-/// How long before a packet is due the thread stops sleeping and polls: covers the kernel's
-/// wake-up latency of a SCHED_FIFO thread (measured medians landed 10–40 µs late with 50 or
-/// 150 µs alike; each µs here is CPU burnt per delayed packet, so it stays small).
-const SPIN_BEFORE_DUE: Duration = Duration::from_micros(50);
+/// How long before a packet is due the thread wakes, and how early a packet may leave: about
+/// the kernel's wake-up latency of a SCHED_FIFO thread (10–40 µs measured here), so packets
+/// leave on time on average, and packets due within this margin of each other share one
+/// wake-up (in a storm, thousands a second do).
+const WAKE_EARLY: Duration = Duration::from_micros(25);
 
 /// Items ordered by when they are due, then by the order they were pushed (so packets with
 /// equal delay keep their send order). Pure: the caller says what time it is.
@@ -101,13 +107,20 @@ impl<T> DelayQueue<T> {
     }
 }
 
+/// A socket the line can send from: the client task's own (tokio) socket, shared, not a
+/// duplicate descriptor (a duplicate per client made 10,000 clients exceed a 20,000 hard
+/// limit on open files). Sends go straight to the descriptor, beside tokio's readiness
+/// tracking, which a plain non-blocking `sendto` does not disturb.
+pub trait SendSocket: AsFd + Send + Sync + std::fmt::Debug {}
+impl<T: AsFd + Send + Sync + std::fmt::Debug> SendSocket for T {}
+
 /// Where a delayed packet goes when it is due.
 #[derive(Debug)]
 pub enum Delivery {
-    /// Client to gateway: sent from the client's own socket (a duplicate of the client task's
-    /// descriptor, so the source address is the client's).
+    /// Client to gateway: sent from the client's own socket, so the source address is the
+    /// client's.
     Up {
-        socket: Arc<UdpSocket>,
+        socket: Arc<dyn SendSocket>,
         to: SocketAddr,
         bytes: Vec<u8>,
     },
@@ -123,7 +136,8 @@ impl Delivery {
         match self {
             Delivery::Up { socket, to, bytes } => {
                 // Like a full NIC queue: the protocol's retries cover a lost send.
-                if let Err(e) = socket.send_to(&bytes, to) {
+                if let Err(e) = socket2::SockRef::from(&socket.as_fd()).send_to(&bytes, &to.into())
+                {
                     tracing::debug!(error = %e, %to, "delayed send failed");
                 }
             }
@@ -137,9 +151,9 @@ impl Delivery {
 #[derive(Debug)]
 pub struct DelayPort {
     pub line: DelayHandle,
-    /// A duplicate of the connection's socket, so delayed packets leave from the client's
-    /// own address without going back through its task.
-    pub up: Arc<UdpSocket>,
+    /// The connection's socket, shared with its task, so delayed packets leave from the
+    /// client's own address without going back through the task.
+    pub up: Arc<dyn SendSocket>,
     /// Delayed gateway packets come back to the task here.
     pub down: UnboundedSender<Vec<u8>>,
 }
@@ -148,16 +162,15 @@ impl DelayPort {
     /// A port for the connection on `socket`, and where its delayed gateway packets arrive.
     pub fn open(
         line: &DelayHandle,
-        socket: &tokio::net::UdpSocket,
-    ) -> std::io::Result<(Self, UnboundedReceiver<Vec<u8>>)> {
-        let up = socket2::SockRef::from(socket).try_clone()?;
+        socket: Arc<tokio::net::UdpSocket>,
+    ) -> (Self, UnboundedReceiver<Vec<u8>>) {
         let (down, rx) = tokio::sync::mpsc::unbounded_channel();
         let port = DelayPort {
             line: line.clone(),
-            up: Arc::new(up.into()),
+            up: socket,
             down,
         };
-        Ok((port, rx))
+        (port, rx)
     }
 }
 
@@ -184,29 +197,89 @@ pub struct DelayLine {
     thread: JoinHandle<()>,
 }
 
+/// Packets handed to the line and not yet in its heap, and whether the thread sleeps.
+///
+/// A mutex and a condition variable rather than a lock-free channel: std's channel makes a
+/// receiver that finds a slot half-written spin with `sched_yield` until the sender finishes,
+/// and a SCHED_FIFO receiver yields only to real-time threads, so on a one-CPU cpuset it
+/// spun until the kernel's real-time throttling let the preempted sender run (this was most
+/// of the driver's CPU in a storm). A contended futex mutex sleeps instead, which lets the
+/// holder run.
+#[derive(Debug, Default)]
+struct Inbox {
+    items: Vec<(Instant, Delivery)>,
+    /// Live handles; the thread ends when the last one is dropped.
+    handles: usize,
+    /// When the sleeping thread will wake by itself; `None` while it is awake.
+    sleeping_until: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    inbox: Mutex<Inbox>,
+    wake: Condvar,
+}
+
+impl Shared {
+    fn inbox(&self) -> MutexGuard<'_, Inbox> {
+        // A panic while holding the lock leaves a plain Vec behind: still usable.
+        self.inbox.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// Schedules packets on a [`DelayLine`]; cheap to clone, one per client task.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct DelayHandle {
-    tx: mpsc::Sender<(Instant, Delivery)>,
+    shared: Arc<Shared>,
+}
+
+impl Clone for DelayHandle {
+    fn clone(&self) -> Self {
+        self.shared.inbox().handles += 1;
+        DelayHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl Drop for DelayHandle {
+    fn drop(&mut self) {
+        let mut inbox = self.shared.inbox();
+        inbox.handles -= 1;
+        if inbox.handles == 0 {
+            self.shared.wake.notify_one();
+        }
+    }
 }
 
 impl DelayHandle {
     /// Delivers `delivery` at `due` (at once if `due` has passed).
     pub fn schedule(&self, due: Instant, delivery: Delivery) {
-        // Only fails once the thread has stopped, i.e. the fleet is shutting down.
-        drop(self.tx.send((due, delivery)));
+        let mut inbox = self.shared.inbox();
+        inbox.items.push((due, delivery));
+        // Wake the thread only if it would otherwise sleep past this packet: in a storm most
+        // packets are due after one already waited for, and cost no wake-up.
+        if inbox
+            .sleeping_until
+            .is_some_and(|until| due.checked_sub(WAKE_EARLY).unwrap_or(due) < until)
+        {
+            inbox.sleeping_until = None;
+            self.shared.wake.notify_one();
+        }
     }
 }
 
 impl DelayLine {
     pub fn start() -> Result<Self, DelayLineError> {
-        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared::default());
+        shared.inbox().handles = 1;
+        let for_thread = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("jitwg-link-delay".into())
-            .spawn(move || run(rx))
+            .spawn(move || run(&for_thread))
             .map_err(DelayLineError::Spawn)?;
         Ok(Self {
-            handle: DelayHandle { tx },
+            handle: DelayHandle { shared },
             thread,
         })
     }
@@ -225,39 +298,46 @@ impl DelayLine {
     }
 }
 
-fn run(rx: mpsc::Receiver<(Instant, Delivery)>) {
+/// How long an idle line sleeps before it looks again (a new packet wakes it sooner).
+const IDLE_WAIT: Duration = Duration::from_secs(3600);
+
+fn run(shared: &Shared) {
     cut_timer_slack();
     raise_to_realtime();
     let mut queue: DelayQueue<Delivery> = DelayQueue::default();
+    let mut arrived = Vec::new();
     loop {
-        let now = Instant::now();
-        while let Some(delivery) = queue.pop_due(now) {
+        let horizon = Instant::now() + WAKE_EARLY;
+        while let Some(delivery) = queue.pop_due(horizon) {
             delivery.deliver();
         }
-        let received = match queue.next_due() {
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some(due) => {
-                let left = due.saturating_duration_since(Instant::now());
-                if left > SPIN_BEFORE_DUE {
-                    rx.recv_timeout(left - SPIN_BEFORE_DUE)
-                } else {
-                    match rx.try_recv() {
-                        Ok(p) => Ok(p),
-                        Err(TryRecvError::Empty) => {
-                            // Near the due time: yield rather than sleep, whose wake-up
-                            // latency is what we are avoiding.
-                            std::thread::yield_now();
-                            continue;
-                        }
-                        Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
-                    }
-                }
+        let mut inbox = shared.inbox();
+        // Take what arrived in one swap and sort it into the heap outside the lock.
+        std::mem::swap(&mut inbox.items, &mut arrived);
+        if inbox.handles == 0 {
+            return;
+        }
+        if arrived.is_empty() {
+            let now = Instant::now();
+            let wait = match queue.next_due() {
+                Some(due) => due
+                    .saturating_duration_since(now)
+                    .saturating_sub(WAKE_EARLY),
+                None => IDLE_WAIT,
+            };
+            if !wait.is_zero() {
+                inbox.sleeping_until = Some(now + wait);
+                let (mut inbox, _) = shared
+                    .wake
+                    .wait_timeout(inbox, wait)
+                    .unwrap_or_else(PoisonError::into_inner);
+                inbox.sleeping_until = None;
             }
-        };
-        match received {
-            Ok((due, delivery)) => queue.push(due, delivery),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
+            continue;
+        }
+        drop(inbox);
+        for (due, delivery) in arrived.drain(..) {
+            queue.push(due, delivery);
         }
     }
 }
@@ -325,7 +405,7 @@ mod tests {
             .set_read_timeout(Some(Duration::from_secs(2)))
             .unwrap();
         let to = receiver.local_addr().unwrap();
-        let sender = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+        let sender: Arc<dyn SendSocket> = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
         let mut samples = Vec::new();
         let mut buf = [0u8; 16];
         for i in 0u8..25 {

@@ -57,6 +57,7 @@ fn installs_that_take_an_installed_peers_address_are_refused_with_the_holder() {
         initiate_rate: 0,
         sweep_chunk: 16,
         sweep_budget: std::time::Duration::from_millis(50),
+        initiate_feedback: None,
     };
     let dp = Arc::new(AcceptingDataPlane::default());
     let (worker, queue) = InstallWorker::start(dp, Vec::new(), settings, Metrics::new()).unwrap();
