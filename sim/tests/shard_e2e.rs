@@ -87,8 +87,17 @@ fn smoke_with_three_shards_matches_an_unsharded_run() {
     }
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let single = run(&dir.path().join("single"), &[]);
-    let sharded = run(&dir.path().join("sharded"), &["--shards", "3"]);
+    // Sharded runs reach the control plane over plain HTTP; the smoke file turns TLS on.
+    let plain = [
+        "--set",
+        "control_plane.tls=false",
+        "--set",
+        "control_plane.token=false",
+    ];
+    let single = run(&dir.path().join("single"), &plain);
+    let mut shard_args = plain.to_vec();
+    shard_args.extend_from_slice(&["--shards", "3"]);
+    let sharded = run(&dir.path().join("sharded"), &shard_args);
     eprintln!("both runs took {:?}", started.elapsed());
 
     assert_eq!(sharded.clients.len(), single.clients.len());
@@ -168,6 +177,10 @@ fn fleet_exits_3_when_the_gateway_is_unreachable() {
         "0/2",
         "--connect-timeout",
         "1s",
+        "--set",
+        "control_plane.tls=false",
+        "--set",
+        "control_plane.token=false",
         "--out",
         dir.path().to_str().unwrap(),
     ]);

@@ -80,6 +80,7 @@ fn usage(e: impl Into<anyhow::Error>) -> CliError {
 /// Runs `jitwg fleet` (see the module docs).
 pub fn run(args: FleetArgs) -> Result<ExitCode, CliError> {
     let (scenario, adjustments) = crate::cli::load_scenario(&args.scenario)?;
+    super::refuse_secured_control_plane(&scenario)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -62,6 +62,7 @@ pub struct GatewayArgs {
 /// Runs `jitwg gateway` (see the module docs).
 pub fn run(args: GatewayArgs) -> Result<ExitCode, CliError> {
     let (scenario, adjustments) = crate::cli::load_scenario(&args.scenario)?;
+    super::refuse_secured_control_plane(&scenario)?;
     ShardSpec::new(0, args.shards).map_err(|e| CliError::new(ExitCode::Usage, e))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

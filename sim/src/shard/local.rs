@@ -271,6 +271,7 @@ fn run_children(args: &ScenarioArgs, count: u32, out: &Path) -> anyhow::Result<V
 /// Runs `jitwg run --shards N` (see the module docs).
 pub fn run(args: &ScenarioArgs, count: u32, out: Option<PathBuf>) -> Result<ExitCode, CliError> {
     let (scenario, _) = crate::cli::load_scenario(args)?;
+    super::refuse_secured_control_plane(&scenario)?;
     plan_shards(count).map_err(|e| CliError::new(ExitCode::Usage, anyhow::anyhow!(e)))?;
     let out = out.unwrap_or_else(|| {
         crate::run::default_out_dir(&format!("{}-sharded", scenario.name), &RunId::random())

@@ -17,3 +17,23 @@ pub mod gateway;
 pub mod local;
 pub mod merge;
 pub mod spec;
+
+/// Sharded runs register keys and reach the control plane over plain HTTP: the run's CA, token
+/// and client certificate live with the gateway and are not handed to fleets yet. Refused up
+/// front (exit 2) instead of leaving fleets to time out against a TLS endpoint.
+pub(crate) fn refuse_secured_control_plane(
+    scenario: &crate::scenario::Scenario,
+) -> Result<(), crate::cli::CliError> {
+    let cp = &scenario.control_plane;
+    if cp.tls || cp.token || cp.client_cert {
+        return Err(crate::cli::CliError::new(
+            crate::cli::ExitCode::Usage,
+            anyhow::anyhow!(
+                "sharded runs reach the control plane over plain HTTP: set [control_plane] tls, \
+                 token and client_cert to false (e.g. --set control_plane.tls=false \
+                 --set control_plane.token=false)"
+            ),
+        ));
+    }
+    Ok(())
+}
