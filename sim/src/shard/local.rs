@@ -171,6 +171,22 @@ struct Running {
     status: Option<ExitStatus>,
 }
 
+/// Grace a `jitwg gateway` or `jitwg fleet` child gets to tear down what it started.
+const TEARDOWN_GRACE: Duration = Duration::from_secs(10);
+
+impl Drop for Running {
+    /// A child still running when the run gives up (deadline, a failed sibling, an error) gets
+    /// SIGTERM first: a SIGKILL, `Child`'s own drop, would leave the gateway's jitwgd and data
+    /// plane orphaned, since only the gateway process's guards stop them.
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            if let Err(e) = self.child.terminate(TEARDOWN_GRACE) {
+                tracing::warn!(child = %self.what, error = %e, "stopping a sharded run's process");
+            }
+        }
+    }
+}
+
 /// Runs the sharded scenario; returns the directories to merge (gateway first).
 fn run_children(args: &ScenarioArgs, count: u32, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let (scenario, _) = crate::cli::load_scenario(args).map_err(|e| e.error)?;
@@ -237,7 +253,7 @@ fn run_children(args: &ScenarioArgs, count: u32, out: &Path) -> anyhow::Result<V
         if INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
             // Give the gateway time to write its partial series; `Child`'s drop ends the rest.
             for r in running.iter_mut().filter(|r| r.status.is_none()) {
-                r.status = r.child.terminate(Duration::from_secs(10))?;
+                r.status = r.child.terminate(TEARDOWN_GRACE)?;
             }
             anyhow::bail!("interrupted: the partial results are in {}", out.display());
         }
