@@ -165,6 +165,7 @@ pub fn render(results: &Results) -> Result<String, ChartError> {
     }
     out.push_str("</table>\n");
     attacks_section(&mut out, results);
+    shards_section(&mut out, results);
     glossary(&mut out);
     charts_section(&mut out, &charts);
     run_section(&mut out, None, results);
@@ -194,6 +195,27 @@ fn attacks_section(out: &mut String, results: &Results) {
         "</table>\n<p>{}</p>",
         escape(&crate::attack::drops_line(results))
     );
+}
+
+/// Each shard's load generator, for a merged sharded run (nothing otherwise).
+fn shards_section(out: &mut String, results: &Results) {
+    use crate::shards::{shard_rows, SHARD_HEADS};
+    if results.run.shards.is_empty() {
+        return;
+    }
+    out.push_str("<h2>Shards</h2>\n<p>Each shard's own load generator (clock offset: the gateway's clock minus the shard's).</p>\n<table class=\"shards\">\n<tr>");
+    for head in SHARD_HEADS {
+        let _ = write!(out, "<th>{}</th>", escape(head));
+    }
+    out.push_str("</tr>\n");
+    for row in shard_rows(&results.run.shards) {
+        out.push_str("<tr>");
+        for cell in row {
+            let _ = write!(out, "<td>{}</td>", escape(&cell));
+        }
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</table>\n");
 }
 
 fn glossary(out: &mut String) {

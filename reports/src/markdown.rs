@@ -46,6 +46,7 @@ pub fn render(results: &Results) -> String {
         );
     }
     out.push_str(&crate::attack::markdown(results));
+    out.push_str(&crate::shards::markdown(&results.run.shards));
     out.push_str("\nDefinitions:\n\n");
     for (term, definition) in GLOSSARY {
         let _ = writeln!(out, "- **{term}**: {}", cell(definition));

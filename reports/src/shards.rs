@@ -39,6 +39,37 @@ pub struct ShardInfo {
     /// What a reader must know about this shard (e.g. the per-source handshake limit could bind).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// The shard's own samples of its clients, once per sample period on the common clock:
+    /// the gateway cannot see clients, so a merge counts connected and in-flight clients from
+    /// these. Empty in files from before they were recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_counts: Vec<ClientCount>,
+    /// Its clients' recovery after the gateway's first reboot or daemon restart; `None`: no
+    /// reboot, or not measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<ShardRecovery>,
+}
+
+/// A shard's clients at one instant, as its own fleet counted them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClientCount {
+    /// ms after the common start, on the shard's clock (started at the gateway's start time
+    /// less the shard's estimated clock offset).
+    pub t_ms: f64,
+    /// Clients holding a usable session (the same counter `jitwg run` samples).
+    pub connected: u64,
+    /// Clients that sent an initiation and have no session yet.
+    pub in_flight: u64,
+}
+
+/// A shard's part of the recovery after a reboot (the definition of `Reload::recovery_*`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShardRecovery {
+    /// Its clients that had a working tunnel just before the reboot.
+    pub clients: u64,
+    /// Each of those that passed traffic again: reboot to its first echo reply after it, ms
+    /// (exact values, so a merge computes exact percentiles over every shard's clients).
+    pub recovered_ms: Vec<f64>,
 }
 
 /// Setup latency over every shard, from the merged histograms (`run.merged_setup`).
@@ -118,10 +149,113 @@ pub fn merge_setup(shards: &[ShardInfo]) -> Result<MergedSetup, HistogramCodecEr
     })
 }
 
+/// Column heads of [`shard_rows`].
+pub const SHARD_HEADS: [&str; 7] = [
+    "shard",
+    "clients",
+    "connected",
+    "lag p99",
+    "saturated",
+    "source addresses",
+    "clock offset",
+];
+
+/// One row per shard for the reports: what each shard's load generator did.
+pub fn shard_rows(shards: &[ShardInfo]) -> Vec<[String; 7]> {
+    let ms = |v: Option<f64>, digits: usize| {
+        v.map_or_else(|| "-".into(), |v| format!("{v:.digits$} ms"))
+    };
+    shards
+        .iter()
+        .map(|s| {
+            let load = s.load.as_ref();
+            [
+                format!("{}/{}", s.index, s.count),
+                s.clients.to_string(),
+                s.connected.to_string(),
+                ms(load.and_then(|l| l.lag_p99_ms), 1),
+                match load {
+                    Some(l) if l.saturated => format!("yes: {}", l.reasons.join("; ")),
+                    Some(_) => "no".into(),
+                    None => "-".into(),
+                },
+                s.source_addresses.to_string(),
+                match (s.clock_offset_ms, s.clock_rtt_ms) {
+                    (Some(o), Some(rtt)) => format!("{o:+.1} ms (± {:.1})", rtt / 2.0),
+                    (o, _) => ms(o, 1),
+                },
+            ]
+        })
+        .collect()
+}
+
+/// The Markdown "Shards" section of a merged run (nothing for an unsharded one).
+pub fn markdown(shards: &[ShardInfo]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    if shards.is_empty() {
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "\n## Shards\n\nEach shard's own load generator (clock offset: the gateway's clock minus the shard's).\n"
+    );
+    let _ = writeln!(out, "| {} |", SHARD_HEADS.join(" | "));
+    let _ = writeln!(out, "|{}", "---|".repeat(SHARD_HEADS.len()));
+    for row in shard_rows(shards) {
+        let cells: Vec<String> = row
+            .iter()
+            .map(|c| c.replace('|', "\\|").replace(['\n', '\r'], " "))
+            .collect();
+        let _ = writeln!(out, "| {} |", cells.join(" | "));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::figures::nearest_rank;
+
+    #[test]
+    fn the_shard_table_has_one_row_per_shard_with_its_load_and_clock() {
+        let shards = [
+            ShardInfo {
+                index: 0,
+                count: 2,
+                clients: 25,
+                connected: 24,
+                source_addresses: 25,
+                clock_offset_ms: Some(-1.5),
+                clock_rtt_ms: Some(0.6),
+                load: Some(LoadSummary {
+                    lag_p99_ms: Some(3.5),
+                    saturated: true,
+                    reasons: vec!["lag p99 50 ms > 20 ms".into()],
+                    ..LoadSummary::default()
+                }),
+                ..ShardInfo::default()
+            },
+            ShardInfo {
+                index: 1,
+                count: 2,
+                clients: 25,
+                ..ShardInfo::default()
+            },
+        ];
+        let rows = shard_rows(&shards);
+        assert_eq!(rows[0][0], "0/2");
+        assert_eq!(rows[0][3], "3.5 ms");
+        assert_eq!(rows[0][4], "yes: lag p99 50 ms > 20 ms");
+        assert_eq!(rows[0][6], "-1.5 ms (± 0.3)");
+        assert_eq!(rows[1][4], "-");
+        assert_eq!(rows[1][6], "-");
+        let md = markdown(&shards);
+        assert!(md.contains("## Shards"), "{md}");
+        assert!(md.contains("| 0/2 | 25 | 24 | 3.5 ms |"), "{md}");
+        assert_eq!(md.lines().filter(|l| l.starts_with("| ")).count(), 3);
+        assert!(markdown(&[]).is_empty());
+    }
 
     fn shard(index: u32, latencies: &[f64]) -> ShardInfo {
         ShardInfo {

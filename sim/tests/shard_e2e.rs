@@ -1,8 +1,10 @@
-//! End-to-end: scenarios/smoke.toml run by the real `jitwg` binary once unsharded and once with
-//! `--shards 3` (one gateway namespace running `jitwg gateway`, three fleet namespaces running
-//! `jitwg fleet`, then the merge). The sharded run must have the same clients with the same
-//! outcomes, and its merged p99 (from the shards' added HDR histograms) must equal the p99 over
-//! every client's latency within the histogram's precision. Plus the fleet's bad-input exits:
+//! End-to-end: scenarios/smoke.toml, as shipped (a TLS control plane with a bearer token), run
+//! by the real `jitwg` binary once unsharded and once with `--shards 3` (one gateway namespace
+//! running `jitwg gateway`, three fleet namespaces running `jitwg fleet` with the run's CA and
+//! token, then the merge). The sharded run must have the same clients with the same outcomes,
+//! its merged p99 (from the shards' added HDR histograms) must equal the p99 over every
+//! client's latency within the histogram's precision, and its samples must count the
+//! connected clients the shards saw. Plus the fleet's bad-input exits:
 //! a shard index >= N exits 2, an unreachable gateway exits 3 after a bounded wait. Only the
 //! runs' own namespaces are used. Without root, wireguard-go or jitwgd it skips loudly, except
 //! in CI (`CI` set, not 0/false) where it fails.
@@ -87,17 +89,9 @@ fn smoke_with_three_shards_matches_an_unsharded_run() {
     }
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    // Sharded runs reach the control plane over plain HTTP; the smoke file turns TLS on.
-    let plain = [
-        "--set",
-        "control_plane.tls=false",
-        "--set",
-        "control_plane.token=false",
-    ];
-    let single = run(&dir.path().join("single"), &plain);
-    let mut shard_args = plain.to_vec();
-    shard_args.extend_from_slice(&["--shards", "3"]);
-    let sharded = run(&dir.path().join("sharded"), &shard_args);
+    let single = run(&dir.path().join("single"), &[]);
+    let sharded_dir = dir.path().join("sharded");
+    let sharded = run(&sharded_dir, &["--shards", "3"]);
     eprintln!("both runs took {:?}", started.elapsed());
 
     assert_eq!(sharded.clients.len(), single.clients.len());
@@ -136,6 +130,101 @@ fn smoke_with_three_shards_matches_an_unsharded_run() {
     // The gateway's series came along: samples of the data plane and the API counts.
     assert!(!sharded.samples.is_empty());
     assert_eq!(sharded.api.calls_total, single.api.calls_total);
+    // Connected clients come from the shards' own samples (the gateway's read 0).
+    let most = |r: &Results| r.samples.iter().map(|s| s.connected_clients).max();
+    let connected = sharded.clients.len() as u64;
+    assert!(
+        most(&sharded).is_some_and(|n| n > 0 && n <= connected),
+        "merged samples: {:?}",
+        sharded
+            .samples
+            .iter()
+            .map(|s| s.connected_clients)
+            .collect::<Vec<_>>()
+    );
+    for s in &sharded.run.shards {
+        assert!(
+            !s.client_counts.is_empty(),
+            "shard {} sampled nothing",
+            s.index
+        );
+    }
+    // Both ran with TLS and a token: the gateway published them, and the shards got in.
+    let credentials = sharded_dir.join("gateway/credentials");
+    assert!(credentials.join("control-plane-ca.pem").is_file());
+    assert!(credentials.join("token").is_file());
+    assert_eq!(sharded.run.shards.len() as u64, 3);
+    assert!(sharded.run.shards.iter().all(|s| s.connected > 0));
+    // The per-shard table is in the report and the summary.
+    let md = std::fs::read_to_string(sharded_dir.join("summary.md")).unwrap();
+    assert!(md.contains("## Shards") && md.contains("| 2/3 |"), "{md}");
+}
+
+/// scenarios/reboot.toml, shrunk: 20 clients with continuous traffic, a reboot at 8 s, two
+/// shards. Recovery comes from the shards' per-client values, not from the gateway (which
+/// sees no client).
+#[test]
+fn a_sharded_reboot_measures_recovery_from_every_shards_clients() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("reboot");
+    let reboot = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/reboot.toml");
+    let out_s = out.to_str().unwrap();
+    let args = [
+        "run",
+        reboot.to_str().unwrap(),
+        "--quiet",
+        "--out",
+        out_s,
+        "--shards",
+        "2",
+        "--set",
+        "duration=20s",
+        "--set",
+        "stored_peers=0",
+        "--set",
+        "population.0.count=20",
+        "--set",
+        "population.1.count=2",
+        "--set",
+        "event.0.at=8s",
+    ];
+    let output = jitwg(&args);
+    assert!(
+        matches!(output.status.code(), Some(0 | 1)),
+        "jitwg {args:?}: {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let merged = jitwg_reports::load(out.join("results.json")).unwrap();
+    let reload = merged.reload.as_ref().expect("the gateway's reboot");
+    let parts: Vec<_> = merged
+        .run
+        .shards
+        .iter()
+        .map(|s| s.recovery.clone().expect("each shard measured its clients"))
+        .collect();
+    assert_eq!(parts.len(), 2);
+    assert!(parts.iter().all(|p| p.clients > 0), "{parts:?}");
+    assert_eq!(
+        reload.recovery_clients,
+        parts.iter().map(|p| p.clients).sum::<u64>()
+    );
+    assert_eq!(
+        reload.recovery_clients, 20,
+        "every steady client had a tunnel"
+    );
+    let all: Vec<f64> = parts.iter().flat_map(|p| p.recovered_ms.clone()).collect();
+    assert_eq!(reload.recovered_clients, all.len() as u64);
+    let max = all.iter().copied().fold(0.0, f64::max);
+    if reload.recovered_clients == reload.recovery_clients {
+        assert_eq!(reload.recovery_after_ms, Some(max));
+    }
+    let p99 = reload.recovery_p99_ms.expect("recovery p99");
+    assert!(p99 > 0.0 && p99 <= max, "p99 {p99}, max {max}");
 }
 
 #[test]

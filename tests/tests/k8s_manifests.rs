@@ -3,7 +3,8 @@
 //! is deserialized into its k8s-openapi type (unknown kinds fail), and the wiring the README
 //! relies on is checked: the Indexed fleet Job feeds JOB_COMPLETION_INDEX to --shard, the
 //! gateway has NET_ADMIN and its metrics port, the control plane has a Service, the shard
-//! count agrees between gateway and fleet, and kustomization.yaml lists every manifest.
+//! count agrees between gateway and fleet, fleets get the run's CA and token from the Secret
+//! the README has the user create, and kustomization.yaml lists every manifest.
 
 use std::path::{Path, PathBuf};
 
@@ -137,10 +138,53 @@ fn the_fleet_is_an_indexed_job_whose_index_is_the_shard() {
     );
     for flag in [
         "--gateway jitwg-gateway:51820",
-        "--control-plane http://jitwg-control-plane:8080",
+        "--control-plane-ca /credentials/control-plane-ca.pem",
+        "--token-file /credentials/token",
     ] {
         assert!(line.contains(flag), "{line}");
     }
+    // Plain HTTP would send the token in the clear, and the run's certificate names the gateway
+    // pod's address, not the Service's name: the fleet derives the URL from --gateway.
+    assert!(!line.contains("--control-plane "), "{line}");
+}
+
+#[test]
+fn fleets_get_the_runs_ca_and_token_from_a_secret() {
+    let m = load();
+    let spec = pod(job(&m, "jitwg-fleet"));
+    let volume = spec
+        .volumes
+        .as_ref()
+        .and_then(|v| v.iter().find(|v| v.name == "credentials"))
+        .expect("a credentials volume");
+    let secret = volume.secret.as_ref().expect("from a Secret");
+    assert_eq!(secret.secret_name.as_deref(), Some("jitwg-credentials"));
+    assert_ne!(
+        secret.optional,
+        Some(true),
+        "fleets must wait for it, not start without it"
+    );
+    let mounts = spec.containers[0].volume_mounts.clone().unwrap_or_default();
+    assert!(mounts
+        .iter()
+        .any(|m| m.name == "credentials" && m.mount_path == "/credentials"));
+    // The scenario asks for what the Secret provides.
+    let scenario = std::fs::read_to_string(k8s_dir().join("scenario.toml")).unwrap();
+    let lines: Vec<&str> = scenario.lines().map(str::trim).collect();
+    let section = lines
+        .iter()
+        .position(|l| *l == "[control_plane]")
+        .expect("a [control_plane] table");
+    let table: Vec<&str> = lines[section + 1..]
+        .iter()
+        .take_while(|l| !l.starts_with('['))
+        .copied()
+        .collect();
+    assert!(table.contains(&"tls = true"), "{table:?}");
+    assert!(table.contains(&"token = true"), "{table:?}");
+    // The gateway writes what the README copies into the Secret.
+    let gateway = command_line(pod(job(&m, "jitwg-gateway")));
+    assert!(gateway.contains("--out /results"), "{gateway}");
 
     let gateway = job(&m, "jitwg-gateway");
     let args = pod(gateway).containers[0].args.clone().unwrap();

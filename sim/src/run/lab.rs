@@ -174,6 +174,8 @@ pub struct Lab {
     control: ControlPlaneHandle,
     gateway_public_key: [u8; 32],
     gateway_endpoint: SocketAddr,
+    /// The control plane's TLS configuration, for other APIs served beside it (`jitwg gateway`).
+    control_plane_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Runs blocking lab work: inside a multi-thread runtime without stalling a worker, elsewhere
@@ -244,6 +246,7 @@ impl Lab {
         let cp_listen = SocketAddr::new(IpAddr::V4(cp_ip), CONTROL_PLANE_PORT);
         let (access, channel) =
             secure_channel(&spec.control_plane_security, IpAddr::V4(cp_ip), &state_path)?;
+        let control_plane_tls = access.tls.clone();
         let scheme = if access.tls.is_some() {
             "https"
         } else {
@@ -319,6 +322,7 @@ impl Lab {
             control,
             gateway_public_key,
             gateway_endpoint: SocketAddr::new(IpAddr::V4(gateway_ip), WG_PORT),
+            control_plane_tls,
         };
         if let Some(stored) = &spec.stored {
             let db = lab.endpoints.db.clone();
@@ -446,6 +450,11 @@ impl Lab {
 
     pub fn control(&self) -> &ControlPlaneHandle {
         &self.control
+    }
+
+    /// The control plane's TLS configuration (`None`: plain HTTP).
+    pub fn control_plane_tls(&self) -> Option<&Arc<rustls::ServerConfig>> {
+        self.control_plane_tls.as_ref()
     }
 
     pub fn probe(&self) -> &ProbeClient {

@@ -163,7 +163,7 @@ fn stored_peers(scenario: &Scenario) -> Option<StoredPeers> {
 }
 
 /// Clients that send traffic all along (`stay`): the ones that can see recovery time.
-fn continuous_traffic(scenario: &Scenario) -> HashSet<u32> {
+pub(crate) fn continuous_traffic(scenario: &Scenario) -> HashSet<u32> {
     scenario
         .clients
         .iter()
@@ -181,7 +181,11 @@ fn continuous_traffic(scenario: &Scenario) -> HashSet<u32> {
 
 /// The fleet's event log: written when asked for, and for every scenario that restarts the
 /// daemon, whose recovery time is read from the clients' echo replies in it.
-fn event_log_path(scenario: &Scenario, opts: &RunOptions, out: &Path) -> Option<PathBuf> {
+pub(crate) fn event_log_path(
+    scenario: &Scenario,
+    opts: &RunOptions,
+    out: &Path,
+) -> Option<PathBuf> {
     (opts.keep_event_log()
         || !scenario
             .events

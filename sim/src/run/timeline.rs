@@ -118,7 +118,7 @@ fn stored_peer_count(db: &Path) -> Option<u64> {
 /// Feeds the `echo_reply` lines of the fleet's event log to `watch`, for the clients in
 /// `continuous` only (clients that send traffic all along: anyone else's next reply is set by
 /// its own schedule, not by the gateway).
-pub(super) fn read_replies(
+pub(crate) fn read_replies(
     path: &Path,
     continuous: &HashSet<u32>,
     watch: &mut RecoveryWatch,
@@ -254,6 +254,13 @@ impl Timeline {
             }
         }
         Ok(())
+    }
+
+    /// The first reboot's (or restart's) start and its daemon's start, ms into the run.
+    pub fn first_reboot(&self) -> Option<(f64, f64)> {
+        self.reload
+            .as_ref()
+            .map(|r| (r.reboot_start_ms, r.daemon_start_ms))
     }
 
     fn push_event(&mut self, t_ms: f64, kind: EventKind, detail: String) {

@@ -105,15 +105,30 @@ impl RecoveryWatch {
         }
     }
 
-    pub fn finish(&self) -> Recovery {
-        let mut per_client: Vec<f64> = self
+    /// Clients that had a working tunnel just before the reboot, and the recovery (ms) of each
+    /// of them that passed traffic again: what a shard of a sharded run reports, so a merge
+    /// can compute [`Recovery`] over every shard's clients.
+    pub fn per_client(&self) -> (u64, Vec<f64>) {
+        let per_client = self
             .had_tunnel
             .iter()
             .filter_map(|c| self.first_after.get(c))
             .map(|t| t - self.reboot_ms)
             .collect();
+        (self.had_tunnel.len() as u64, per_client)
+    }
+
+    pub fn finish(&self) -> Recovery {
+        let (clients, per_client) = self.per_client();
+        Recovery::from_per_client(clients, per_client)
+    }
+}
+
+impl Recovery {
+    /// The figures from `clients` (those with a working tunnel before the reboot) and the
+    /// recovery of each that passed traffic again, in any order.
+    pub fn from_per_client(clients: u64, mut per_client: Vec<f64>) -> Recovery {
         per_client.sort_by(f64::total_cmp);
-        let clients = self.had_tunnel.len() as u64;
         let recovered = per_client.len() as u64;
         Recovery {
             clients,

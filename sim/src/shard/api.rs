@@ -2,9 +2,12 @@
 //! run. `GET /v1/shards` (the run: scenario, seed, shard count, and the common start time once
 //! every shard is ready), `GET /v1/time` (the gateway's clock, for offset estimation),
 //! `POST /v1/shards/{i}/ready` (shard `i` has registered its keys) and
-//! `POST /v1/shards/{i}/results` (its results file, stored under `OUT/shards/<i>/`).
-//! [`GatewayClient`] is the fleet's side; it talks to the one address it is given and uses no
-//! proxy, whatever the environment says.
+//! `POST /v1/shards/{i}/results` (its results file, stored under `OUT/shards/<i>/`). When the
+//! scenario secures the control plane, the shard API is secured the same way: HTTPS with the
+//! control plane's certificate (the run's CA) and the same bearer token on every route, since a
+//! results POST or a ready mark from anyone else would corrupt the run.
+//! [`GatewayClient`] is the fleet's side; it talks to the one address it is given, trusts only
+//! the run's CA when given one, and uses no proxy, whatever the environment says.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -12,8 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header::AUTHORIZATION, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -38,6 +42,18 @@ pub struct RunDescription {
     pub gateway_tunnel_ip: std::net::Ipv4Addr,
     /// The common start (the gateway's Unix ms); `None` until every shard is ready.
     pub start_at_unix_ms: Option<f64>,
+    /// The first reboot or daemon restart, once it happened: shards measure their clients'
+    /// recovery from it.
+    #[serde(default)]
+    pub reboot: Option<RebootMark>,
+}
+
+/// When the gateway's first reboot (or daemon restart) began and when its daemon was started
+/// again, ms after the common start: `run::tracker::RecoveryWatch`'s `reboot_ms` and `back_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RebootMark {
+    pub reboot_start_ms: f64,
+    pub back_ms: f64,
 }
 
 /// `GET /v1/time`.
@@ -68,6 +84,8 @@ pub struct ShardBoard {
     /// How far after the last shard's ready the common start lies: time for every shard to
     /// hear of it on its next poll.
     lead: Duration,
+    /// The control plane's bearer token, required on every route when set.
+    token: Option<String>,
 }
 
 fn lock(m: &Mutex<Board>) -> std::sync::MutexGuard<'_, Board> {
@@ -75,7 +93,13 @@ fn lock(m: &Mutex<Board>) -> std::sync::MutexGuard<'_, Board> {
 }
 
 impl ShardBoard {
-    pub fn new(run: RunDescription, out: PathBuf, lead: Duration) -> Arc<ShardBoard> {
+    /// `token`: the bearer token every request must carry (`None`: anyone may ask).
+    pub fn new(
+        run: RunDescription,
+        out: PathBuf,
+        lead: Duration,
+        token: Option<String>,
+    ) -> Arc<ShardBoard> {
         Arc::new(ShardBoard {
             board: Mutex::new(Board {
                 run,
@@ -84,7 +108,28 @@ impl ShardBoard {
             }),
             out,
             lead,
+            token,
         })
+    }
+
+    /// Whether `headers` carry the run's bearer token (always true without one).
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|given| given.as_bytes() == token.as_bytes())
+    }
+
+    /// Records the first reboot's marks (ms into the run), for the shards' recovery figures.
+    pub fn set_reboot(&self, mark: RebootMark) {
+        let mut b = lock(&self.board);
+        if b.run.reboot.is_none() {
+            b.run.reboot = Some(mark);
+        }
     }
 
     /// The common start, once set.
@@ -159,7 +204,54 @@ pub fn router(board: Arc<ShardBoard>) -> Router {
         .route("/v1/shards/{i}/ready", post(ready))
         .route("/v1/shards/{i}/results", post(results))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&board),
+            require_token,
+        ))
         .with_state(board)
+}
+
+async fn require_token(
+    State(board): State<Arc<ShardBoard>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if board.authorized(request.headers()) {
+        next.run(request).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            "the shard API needs the run's bearer token (jitwg fleet --token-file)",
+        )
+            .into_response()
+    }
+}
+
+/// Serves `app` on `listener` (HTTPS with `tls` when given) until `stop` is cancelled.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    let Some(tls) = tls else {
+        return axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+    };
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        stopper.graceful_shutdown(Some(Duration::from_secs(1)));
+    });
+    axum_server::from_tcp_rustls(
+        listener.into_std()?,
+        axum_server::tls_rustls::RustlsConfig::from_config(tls),
+    )
+    .handle(handle)
+    .serve(app.into_make_service())
+    .await
 }
 
 async fn describe(State(board): State<Arc<ShardBoard>>) -> Json<RunDescription> {
@@ -198,6 +290,8 @@ async fn results(
 pub enum GatewayApiError {
     #[error("building the HTTP client")]
     Client(#[source] reqwest::Error),
+    #[error("the token is not a valid HTTP header value (one line of printable ASCII)")]
+    Token,
     #[error("{url}")]
     Request {
         url: String,
@@ -220,15 +314,34 @@ pub struct GatewayClient {
 }
 
 impl GatewayClient {
-    /// A client for `base` (e.g. `http://198.19.255.1:8081`), each request bounded by `timeout`.
-    pub fn new(base: String, timeout: Duration) -> Result<GatewayClient, GatewayApiError> {
-        let http = reqwest::Client::builder()
+    /// A client for `base` (e.g. `https://198.19.255.1:8081`), each request bounded by
+    /// `timeout`, presenting `credentials` (the run's CA as its only root, the bearer token on
+    /// every request, to the shard API and the control plane alike).
+    pub fn new(
+        base: String,
+        timeout: Duration,
+        credentials: &super::secure::FleetCredentials,
+    ) -> Result<GatewayClient, GatewayApiError> {
+        let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             // Only the address given: never an HTTP proxy from the environment.
-            .no_proxy()
-            .build()
-            .map_err(GatewayApiError::Client)?;
+            .no_proxy();
+        if let Some(ca) = &credentials.ca {
+            // The run's CA alone: a certificate from any public CA is not the run's gateway.
+            builder = builder
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(ca.clone());
+        }
+        if let Some(token) = &credentials.token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| GatewayApiError::Token)?;
+            value.set_sensitive(true);
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+            builder = builder.default_headers(headers);
+        }
+        let http = builder.build().map_err(GatewayApiError::Client)?;
         Ok(GatewayClient { http, base })
     }
 
@@ -326,9 +439,11 @@ mod tests {
                 gateway_public_key: "00".repeat(32),
                 gateway_tunnel_ip: std::net::Ipv4Addr::new(100, 64, 0, 1),
                 start_at_unix_ms: None,
+                reboot: None,
             },
             dir.to_path_buf(),
             Duration::from_secs(2),
+            Some("secret".into()),
         )
     }
 
@@ -345,6 +460,51 @@ mod tests {
         // A late repeat does not move it.
         let later = t0 + Duration::from_secs(5);
         assert_eq!(b.ready(1, later).unwrap().start_at_unix_ms, Some(102_000.0));
+    }
+
+    /// The shard API over the run's TLS with its token, on loopback: a fleet with the CA and
+    /// the token gets in; without the token, with another, or trusting another CA, it does not.
+    #[tokio::test]
+    async fn the_shard_api_serves_tls_and_requires_the_token() {
+        use crate::controlplane::tls::RunPki;
+        let dir = tempfile::tempdir().unwrap();
+        let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let pki = RunPki::generate(&[ip]).unwrap();
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+        let base = format!("https://{}", listener.local_addr().unwrap());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            router(board(dir.path())),
+            Some(pki.server_config(false).unwrap()),
+            stop.clone(),
+        ));
+        let ca = reqwest::Certificate::from_pem(pki.ca_pem().as_bytes()).unwrap();
+        let client = |ca: &reqwest::Certificate, token: Option<&str>| {
+            let creds = crate::shard::secure::FleetCredentials {
+                ca: Some(ca.clone()),
+                token: token.map(str::to_string),
+            };
+            GatewayClient::new(base.clone(), Duration::from_secs(5), &creds).unwrap()
+        };
+        let run = client(&ca, Some("secret")).describe().await.unwrap();
+        assert_eq!(run.scenario_name, "smoke");
+        for token in [None, Some("other")] {
+            let refused = client(&ca, token).post_results(1, "{}".into()).await;
+            assert!(
+                matches!(refused, Err(GatewayApiError::Status { status: 401, .. })),
+                "{refused:?}"
+            );
+        }
+        let other = RunPki::generate(&[ip]).unwrap();
+        let other_ca = reqwest::Certificate::from_pem(other.ca_pem().as_bytes()).unwrap();
+        let untrusted = client(&other_ca, Some("secret")).describe().await;
+        assert!(
+            matches!(untrusted, Err(GatewayApiError::Request { .. })),
+            "{untrusted:?}"
+        );
+        stop.cancel();
+        server.await.unwrap().unwrap();
     }
 
     #[test]

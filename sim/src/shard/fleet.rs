@@ -25,7 +25,10 @@ use crate::run::RunOptions;
 use crate::scenario::Scenario;
 
 use super::api::{unix_ms, GatewayClient, RunDescription, SHARD_API_PORT};
+use super::observe;
+use super::secure::FleetCredentials;
 use super::spec::{self, ClockSample, ShardSpec};
+use crate::run::CONTROL_PLANE_PORT;
 
 /// How many timed exchanges the clock offset is estimated from.
 const CLOCK_SAMPLES: usize = 8;
@@ -45,9 +48,22 @@ pub struct FleetArgs {
     /// --control-plane), nowhere else.
     #[arg(long, value_name = "HOST:PORT")]
     pub gateway: String,
-    /// The control plane's base URL, where this shard registers its clients' keys.
+    /// The control plane's base URL, where this shard registers its clients' keys. Default:
+    /// the gateway's address on port 8080, https when the scenario's control plane uses TLS.
+    /// The run's certificate names the gateway's --listen address, so an HTTPS URL must use
+    /// that address, not a host name.
     #[arg(long, value_name = "URL")]
-    pub control_plane: String,
+    pub control_plane: Option<String>,
+    /// The run's CA certificate (PEM), the only root this fleet trusts for the control plane
+    /// and the shard API. Needed when the scenario sets [control_plane] tls: the gateway
+    /// writes it to OUT/credentials/control-plane-ca.pem and prints the path.
+    #[arg(long, value_name = "FILE")]
+    pub control_plane_ca: Option<PathBuf>,
+    /// A file holding the run's bearer token, sent to the control plane and the shard API.
+    /// Needed when the scenario sets [control_plane] token: the gateway writes it to
+    /// OUT/credentials/token (mode 0600) and prints the path.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// This shard: I/N runs the clients whose id ≡ I (mod N). I >= N exits 2.
     #[arg(long, value_name = "I/N")]
     pub shard: ShardSpec,
@@ -80,7 +96,13 @@ fn usage(e: impl Into<anyhow::Error>) -> CliError {
 /// Runs `jitwg fleet` (see the module docs).
 pub fn run(args: FleetArgs) -> Result<ExitCode, CliError> {
     let (scenario, adjustments) = crate::cli::load_scenario(&args.scenario)?;
-    super::refuse_secured_control_plane(&scenario)?;
+    super::refuse_client_cert(&scenario)?;
+    let credentials = FleetCredentials::load(
+        &scenario,
+        args.control_plane_ca.as_deref(),
+        args.token_file.as_deref(),
+    )
+    .map_err(usage)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -96,7 +118,7 @@ pub fn run(args: FleetArgs) -> Result<ExitCode, CliError> {
         capture: None,
         overrides_text: args.scenario.set.clone(),
     };
-    runtime.block_on(shard_main(&args, &scenario, &opts))
+    runtime.block_on(shard_main(&args, &scenario, &opts, &credentials))
 }
 
 /// Resolves HOST:PORT once, to the one address this fleet will talk to.
@@ -123,6 +145,13 @@ async fn join(api: &GatewayClient, within: Duration) -> Result<RunDescription, C
     loop {
         match api.describe().await {
             Ok(run) => return Ok(run),
+            // It answers, and refuses us: waiting will not change that.
+            Err(e @ super::api::GatewayApiError::Status { status: 401, .. }) => {
+                return Err(usage(anyhow::Error::new(e).context(
+                    "the gateway refused this fleet's token: pass its OUT/credentials/token \
+                     with --token-file",
+                )))
+            }
             Err(e) if Instant::now() >= deadline => {
                 return Err(setup(anyhow::Error::new(e).context(format!(
                     "gateway unreachable: its shard API at {} did not answer within {within:?}",
@@ -222,14 +251,30 @@ async fn shard_main(
     args: &FleetArgs,
     scenario: &Scenario,
     opts: &RunOptions,
+    credentials: &FleetCredentials,
 ) -> Result<ExitCode, CliError> {
     let shard = args.shard;
     let gateway = resolve_gateway(&args.gateway, args.connect_timeout).await?;
-    let api_base = match gateway.ip() {
-        IpAddr::V4(ip) => format!("http://{ip}:{}", args.api_port),
-        IpAddr::V6(ip) => format!("http://[{ip}]:{}", args.api_port),
+    let scheme = credentials.scheme();
+    let host = match gateway.ip() {
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
     };
-    let api = GatewayClient::new(api_base, REQUEST_TIMEOUT).map_err(setup)?;
+    let control_plane = args
+        .control_plane
+        .clone()
+        .unwrap_or_else(|| format!("{scheme}://{host}:{CONTROL_PLANE_PORT}"));
+    if credentials.ca.is_some() && !control_plane.starts_with("https://") {
+        return Err(usage(anyhow::anyhow!(
+            "--control-plane {control_plane}: the scenario's control plane serves HTTPS"
+        )));
+    }
+    let api = GatewayClient::new(
+        format!("{scheme}://{host}:{}", args.api_port),
+        REQUEST_TIMEOUT,
+        credentials,
+    )
+    .map_err(setup)?;
     let run = join(&api, args.connect_timeout).await?;
     check_run(&run, scenario, shard).map_err(usage)?;
     let offset = clock_offset(&api).await;
@@ -243,7 +288,7 @@ async fn shard_main(
                 PeerDoc::new(&id.public_key, vec![format!("{}/32", id.tunnel_ip)], None)
             })
             .collect();
-        api.register(&args.control_plane, &docs)
+        api.register(&control_plane, &docs)
             .await
             .context("registering this shard's clients with the control plane")
             .map_err(setup)?;
@@ -257,13 +302,21 @@ async fn shard_main(
     let origin = Instant::now() + wait;
     let started_at = SystemTime::now() + wait;
 
+    // Written only for a scenario that restarts the daemon: recovery is read from it.
+    let event_log = crate::run::orchestrate::event_log_path(scenario, opts, &args.out);
+    if event_log.is_some() {
+        std::fs::create_dir_all(&args.out)
+            .with_context(|| format!("creating {}", args.out.display()))
+            .map_err(|e| CliError::new(ExitCode::Internal, e))?;
+    }
     let config = FleetConfig {
         gateway,
         gateway_public_key: run_key(&run)?,
         gateway_tunnel_ip: run.gateway_tunnel_ip,
         give_up_after: GIVE_UP_AFTER,
-        event_log: None,
+        event_log: event_log.clone(),
     };
+    let ids: std::collections::HashSet<u32> = clients.iter().map(|c| c.plan.id).collect();
     let starts: Vec<_> = clients
         .iter()
         .map(|c| (c.plan.source_ip, c.plan.start))
@@ -277,8 +330,17 @@ async fn shard_main(
         stop.cancel();
     });
     let progress = Arc::new(FleetProgress::default());
-    let mut results_clients = run_fleet(config, clients, origin, progress, cancel)
-        .await
+    let stop_sampling = CancellationToken::new();
+    let sampler = observe::sample_clients(
+        Arc::clone(&progress),
+        origin,
+        scenario.sample_every,
+        stop_sampling.clone(),
+    );
+    let fleet = run_fleet(config, clients, origin, progress, cancel).await;
+    stop_sampling.cancel();
+    let client_counts = sampler.await.unwrap_or_default();
+    let mut results_clients = fleet
         .context("the client fleet failed")
         .map_err(|e| CliError::new(ExitCode::Internal, e))?;
     results_clients.sort_by_key(|c| c.id);
@@ -292,7 +354,11 @@ async fn shard_main(
     );
 
     let (sources, per_source) = spec::source_summary(&starts);
-    let warnings: Vec<String> = per_source.into_iter().collect();
+    let mut warnings: Vec<String> = per_source.into_iter().collect();
+    let recovery = match &event_log {
+        Some(log) => recovery(&api, scenario, &ids, log, &mut warnings).await,
+        None => None,
+    };
     for w in &warnings {
         tracing::warn!("{w}");
     }
@@ -325,8 +391,11 @@ async fn shard_main(
         });
     }
     results.run.source_addresses = Some(sources);
-    results.run.shards = vec![shard_info(&results, shard, sources, offset, warnings)
-        .map_err(|e| CliError::new(ExitCode::Internal, e))?];
+    let mut info = shard_info(&results, shard, sources, offset, warnings)
+        .map_err(|e| CliError::new(ExitCode::Internal, e))?;
+    info.client_counts = client_counts;
+    info.recovery = recovery;
+    results.run.shards = vec![info];
     let path = save(&results, &args.out)?;
     let text = results
         .to_json()
@@ -348,6 +417,39 @@ async fn shard_main(
         path.display()
     );
     Ok(ExitCode::Ok)
+}
+
+/// This shard's clients' recovery after the gateway's first reboot, from the event log (then
+/// removed, as `jitwg run` removes it); `None` with a warning when it cannot be measured.
+async fn recovery(
+    api: &GatewayClient,
+    scenario: &Scenario,
+    ids: &std::collections::HashSet<u32>,
+    log: &std::path::Path,
+    warnings: &mut Vec<String>,
+) -> Option<jitwg_reports::shards::ShardRecovery> {
+    let continuous: std::collections::HashSet<u32> =
+        crate::run::orchestrate::continuous_traffic(scenario)
+            .intersection(ids)
+            .copied()
+            .collect();
+    let outcome = match api.describe().await {
+        Ok(RunDescription {
+            reboot: Some(mark), ..
+        }) => observe::shard_recovery(log, &continuous, mark)
+            .map_err(|e| format!("reading {}: {e}", log.display())),
+        Ok(_) => Err("the gateway reported no reboot before this shard ended".into()),
+        Err(e) => Err(format!("{:#}", anyhow::Error::new(e))),
+    };
+    if let Err(e) = std::fs::remove_file(log) {
+        tracing::debug!(log = %log.display(), error = %e, "removing the event log");
+    }
+    outcome
+        .map_err(|e| {
+            tracing::warn!("recovery not measured: {e}");
+            warnings.push(format!("recovery not measured: {e}"));
+        })
+        .ok()
 }
 
 fn run_key(run: &RunDescription) -> Result<[u8; 32], CliError> {
@@ -383,6 +485,9 @@ fn shard_info(
         load: results.load.clone(),
         setup_histogram_us: encode_histogram(&setup_histogram(&latencies))?,
         warnings,
+        // Filled in by the caller.
+        client_counts: Vec::new(),
+        recovery: None,
     })
 }
 
@@ -404,8 +509,12 @@ mod tests {
     #[tokio::test]
     async fn an_unreachable_gateway_is_a_setup_failure_after_a_bounded_wait() {
         // Nothing listens on port 1 of loopback: connection refused, retried, then exit 3.
-        let api =
-            GatewayClient::new("http://127.0.0.1:1".into(), Duration::from_millis(200)).unwrap();
+        let api = GatewayClient::new(
+            "http://127.0.0.1:1".into(),
+            Duration::from_millis(200),
+            &FleetCredentials::default(),
+        )
+        .unwrap();
         let started = std::time::Instant::now();
         let err = join(&api, Duration::from_millis(600)).await.unwrap_err();
         assert_eq!(err.code, ExitCode::Setup);

@@ -4,7 +4,9 @@
 //! common start once all are ready, samples the gateway and fires the scenario's events exactly
 //! as `jitwg run` does, and stops when every shard's results arrived (or time is up). It writes
 //! its own series to `OUT/results.json`, the shards' results to `OUT/shards/<i>/`, and, when
-//! every shard reported, their merge to `OUT/merged/`.
+//! every shard reported, their merge to `OUT/merged/`. A scenario with a TLS or token control
+//! plane gets them here as in `jitwg run`; the shard API is secured the same way, and the run's
+//! CA certificate and token are published in `OUT/credentials/` for the fleets.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -62,7 +64,7 @@ pub struct GatewayArgs {
 /// Runs `jitwg gateway` (see the module docs).
 pub fn run(args: GatewayArgs) -> Result<ExitCode, CliError> {
     let (scenario, adjustments) = crate::cli::load_scenario(&args.scenario)?;
-    super::refuse_secured_control_plane(&scenario)?;
+    super::refuse_client_cert(&scenario)?;
     ShardSpec::new(0, args.shards).map_err(|e| CliError::new(ExitCode::Usage, e))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -99,7 +101,16 @@ async fn serve(
         capture_interface: args.capture_interface.clone(),
     });
     let render = |at: &_| daemon_config::render(scenario, at).map_err(RunError::DaemonConfig);
+    let token = spec.control_plane_security.token.clone();
     let lab = Lab::build(spec, render, &interrupt).await?;
+    let published = super::secure::publish(&lab.endpoints().channel, &out.join("credentials"))
+        .map_err(|e| CliError::new(ExitCode::Internal, e))?;
+    if published != Default::default() {
+        println!(
+            "fleets need the run's credentials: jitwg fleet ... {}",
+            published.fleet_flags().join(" ")
+        );
+    }
     // The shards register their own clients; the gateway registers everyone else's keys.
     let others: Vec<PeerDoc> = scenario
         .extra_peers
@@ -121,9 +132,11 @@ async fn serve(
             gateway_public_key: hex::encode(lab.gateway_public_key()),
             gateway_tunnel_ip: lab.plan().tunnel_gateway,
             start_at_unix_ms: None,
+            reboot: None,
         },
         out.clone(),
         args.start_lead,
+        token,
     );
     let listen = SocketAddr::new(IpAddr::V4(args.listen), SHARD_API_PORT);
     let listener = tokio::net::TcpListener::bind(listen)
@@ -131,13 +144,13 @@ async fn serve(
         .with_context(|| format!("binding the shard API on {listen}"))
         .map_err(|e| CliError::new(ExitCode::Setup, e))?;
     let stop_api = CancellationToken::new();
-    let stopped = stop_api.clone();
     let app = super::api::router(Arc::clone(&board));
-    let api = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stopped.cancelled().await })
-            .await
-    });
+    let api = tokio::spawn(super::api::serve(
+        listener,
+        app,
+        lab.control_plane_tls().cloned(),
+        stop_api.clone(),
+    ));
     tracing::info!(%listen, shards = args.shards, "gateway ready: waiting for the shards");
 
     let start_ms = wait_for_shards(&board, args.wait_shards, &interrupt).await?;
@@ -191,9 +204,7 @@ async fn serve(
         reload,
         api: api_stats,
         cpu_split: None,
-        warnings: vec![
-            "sharded run: the gateway's samples do not see the clients, so connected and in-flight clients read 0".into(),
-        ],
+        warnings: vec![super::GATEWAY_SERIES_WARNING.into()],
         driver_cpu_utilization: None,
         // Attacks and the database check belong to a whole run, not to a shard.
         attacks: Vec::new(),
@@ -280,6 +291,12 @@ async fn sample_until_reported(
             pending.next();
             let t_ms = ctx.now_ms();
             timeline.act(action, t_ms, ctx).await?;
+            if let Some((reboot_start_ms, back_ms)) = timeline.first_reboot() {
+                board.set_reboot(super::api::RebootMark {
+                    reboot_start_ms,
+                    back_ms,
+                });
+            }
         }
         timeline.check_ready(&ctx.lab).await;
         if elapsed >= next_sample {

@@ -2,7 +2,9 @@
 //! measures what `jitwg run` measures. One gateway namespace runs `jitwg gateway` on its own
 //! interfaces; N fleet namespaces, each with its own link and block of source addresses, run
 //! `jitwg fleet` processes; then the shards are merged into `OUT/results.json` and a report.
-//! Only the run's own namespaces and the brief's ranges are used.
+//! Only the run's own namespaces and the brief's ranges are used. A TLS or token control plane
+//! works as in `jitwg run`: the fleets start once the gateway published the run's CA and token,
+//! and are handed them.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -187,6 +189,52 @@ impl Drop for Running {
     }
 }
 
+/// How long the gateway may take to build its lab and publish the run's credentials.
+const CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Waits until the gateway published the run's CA and token (when the scenario secures its
+/// control plane), failing early if it exits first: the fleets start with them.
+fn wait_for_credentials(
+    scenario: &crate::scenario::Scenario,
+    gateway_dir: &Path,
+    gateway: &mut Running,
+) -> anyhow::Result<super::secure::Published> {
+    let dir = gateway_dir.join("credentials");
+    let cp = &scenario.control_plane;
+    let expected = super::secure::Published {
+        ca: cp.tls.then(|| dir.join(super::secure::CA_FILE)),
+        token: cp.token.then(|| dir.join(super::secure::TOKEN_FILE)),
+    };
+    let deadline = Instant::now() + CREDENTIALS_TIMEOUT;
+    loop {
+        let there = [&expected.ca, &expected.token]
+            .into_iter()
+            .flatten()
+            .all(|p| p.is_file());
+        if there {
+            return Ok(expected);
+        }
+        gateway.status = gateway.child.try_wait()?;
+        if let Some(status) = gateway.status {
+            anyhow::bail!(
+                "the gateway exited ({status}) before publishing the run's credentials; its log {} ends with:\n{}",
+                gateway.log.display(),
+                crate::run::services::log_tail(&gateway.log, 2048)
+            );
+        }
+        if INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
+            anyhow::bail!("interrupted while the gateway was starting");
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!(
+                "the gateway did not publish the run's credentials in {} within {CREDENTIALS_TIMEOUT:?}",
+                dir.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Runs the sharded scenario; returns the directories to merge (gateway first).
 fn run_children(args: &ScenarioArgs, count: u32, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let (scenario, _) = crate::cli::load_scenario(args).map_err(|e| e.error)?;
@@ -216,6 +264,7 @@ fn run_children(args: &ScenarioArgs, count: u32, out: &Path) -> anyhow::Result<V
         what: "gateway".into(),
         status: None,
     }];
+    let credentials = wait_for_credentials(&scenario, &gateway_dir, &mut running[0])?;
     let mut dirs = vec![gateway_dir];
     for (i, (shard, ns)) in shards.iter().zip(&net.fleets).enumerate() {
         let dir = out.join(format!("shard-{i}"));
@@ -226,7 +275,15 @@ fn run_children(args: &ScenarioArgs, count: u32, out: &Path) -> anyhow::Result<V
             .arg("--gateway")
             .arg(format!("{GATEWAY_ADDRESS}:{WG_PORT}"))
             .arg("--control-plane")
-            .arg(format!("http://{GATEWAY_ADDRESS}:{CONTROL_PLANE_PORT}"))
+            .arg(format!(
+                "{}://{GATEWAY_ADDRESS}:{CONTROL_PLANE_PORT}",
+                if scenario.control_plane.tls {
+                    "https"
+                } else {
+                    "http"
+                }
+            ))
+            .args(credentials.fleet_flags())
             .arg("--shard")
             .arg(format!("{i}/{count}"))
             .arg("--sources")
@@ -287,7 +344,7 @@ fn run_children(args: &ScenarioArgs, count: u32, out: &Path) -> anyhow::Result<V
 /// Runs `jitwg run --shards N` (see the module docs).
 pub fn run(args: &ScenarioArgs, count: u32, out: Option<PathBuf>) -> Result<ExitCode, CliError> {
     let (scenario, _) = crate::cli::load_scenario(args)?;
-    super::refuse_secured_control_plane(&scenario)?;
+    super::refuse_client_cert(&scenario)?;
     plan_shards(count).map_err(|e| CliError::new(ExitCode::Usage, anyhow::anyhow!(e)))?;
     let out = out.unwrap_or_else(|| {
         crate::run::default_out_dir(&format!("{}-sharded", scenario.name), &RunId::random())

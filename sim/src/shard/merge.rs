@@ -2,13 +2,29 @@
 //! Clients are concatenated (ids are disjoint by construction), setup percentiles come from the
 //! shards' merged HDR histograms (`run.merged_setup`), each shard's lag and saturation stay in
 //! `run.shards`, and shards of a different scenario or seed are refused.
+//!
+//! Two figures the gateway cannot see come from the shards:
+//! - **connected (and in-flight) clients** of each of the gateway's samples at `t`: the sum
+//!   over shards of each shard's own count from its latest sample taken no later than half a
+//!   sample period after `t` (shards sample their clients' counters, the ones `jitwg run`
+//!   samples, once per sample period on the common clock; the half period absorbs the clock
+//!   offset's error and the gateway's sampling delay, and after a shard's last sample its
+//!   final count holds). So a merged count is at most about one sample period old, and only
+//!   as aligned as the shards' clock offsets are estimated (`run.shards[].clock_rtt_ms / 2`).
+//! - **recovery after a reboot**: every shard's per-client values, measured with the
+//!   single-machine definition against the gateway's reboot marks, combined into one
+//!   `tracker::Recovery` (time = the last client's, p50/p99 exact over every client).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use jitwg_reports::shards::{ClientCount, ShardRecovery};
 use jitwg_reports::{
-    merge_setup, Expectation, Figures, LoadSummary, ProcessUsage, Results, ShardInfo,
+    merge_setup, Event, EventKind, Expectation, Figures, LoadSummary, ProcessUsage, Results,
+    ShardInfo,
 };
+
+use crate::run::tracker::Recovery;
 
 /// Why shard results could not be merged.
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +203,8 @@ pub fn merge(inputs: Vec<Input>) -> Result<Results, MergeError> {
         }
     }
     merged.clients.sort_by_key(|c| c.id);
+    merge_client_counts(&mut merged, &infos);
+    merge_recovery(&mut merged, &infos);
     merged.run.merged_setup = Some(merge_setup(&infos).map_err(MergeError::Histogram)?);
     merged.load = Some(merged_load(&merged, &infos));
     merged.run.source_addresses = Some(infos.iter().map(|s| s.source_addresses).sum());
@@ -206,6 +224,87 @@ pub fn merge(inputs: Vec<Input>) -> Result<Results, MergeError> {
         .collect();
     merged.expectations = jitwg_reports::evaluate(&expectations, &Figures::from_results(&merged));
     Ok(merged)
+}
+
+/// A shard's count at `t_ms`: its latest sample taken no later than `slack_ms` after it.
+fn count_at(series: &[ClientCount], t_ms: f64, slack_ms: f64) -> Option<ClientCount> {
+    series
+        .iter()
+        .take_while(|c| c.t_ms <= t_ms + slack_ms)
+        .last()
+        .copied()
+}
+
+/// The gateway's sample period: the median gap between its samples (1 s without two).
+fn sample_period_ms(samples: &[jitwg_reports::Sample]) -> f64 {
+    let mut gaps: Vec<f64> = samples.windows(2).map(|w| w[1].t_ms - w[0].t_ms).collect();
+    gaps.sort_by(f64::total_cmp);
+    gaps.get(gaps.len() / 2)
+        .copied()
+        .filter(|g| *g > 0.0)
+        .unwrap_or(1000.0)
+}
+
+/// Fills the gateway's samples' connected and in-flight counts from the shards' own samples.
+fn merge_client_counts(merged: &mut Results, shards: &[ShardInfo]) {
+    let without: Vec<u32> = shards
+        .iter()
+        .filter(|s| s.client_counts.is_empty())
+        .map(|s| s.index)
+        .collect();
+    let slack_ms = sample_period_ms(&merged.samples) / 2.0;
+    for sample in &mut merged.samples {
+        let counts = shards
+            .iter()
+            .filter_map(|s| count_at(&s.client_counts, sample.t_ms, slack_ms));
+        (sample.connected_clients, sample.in_flight) =
+            counts.fold((0, 0), |(c, f), n| (c + n.connected, f + n.in_flight));
+    }
+    merged
+        .run
+        .warnings
+        .retain(|w| w != super::GATEWAY_SERIES_WARNING);
+    if !without.is_empty() {
+        merged.run.warnings.push(format!(
+            "shards {without:?} recorded no client counts: the samples' connected and in-flight clients leave them out"
+        ));
+    }
+}
+
+/// Combines the shards' per-client recovery into the merged reload's figures.
+fn merge_recovery(merged: &mut Results, shards: &[ShardInfo]) {
+    let Some(reload) = merged.reload.as_mut() else {
+        return;
+    };
+    let parts: Vec<&ShardRecovery> = shards.iter().filter_map(|s| s.recovery.as_ref()).collect();
+    if parts.len() != shards.len() {
+        merged.run.warnings.push(format!(
+            "recovery not measured: {} of {} shards reported their clients' recovery",
+            parts.len(),
+            shards.len()
+        ));
+        return;
+    }
+    let recovery = Recovery::from_per_client(
+        parts.iter().map(|p| p.clients).sum(),
+        parts
+            .iter()
+            .flat_map(|p| p.recovered_ms.iter().copied())
+            .collect(),
+    );
+    reload.recovery_after_ms = recovery.all_after_ms;
+    reload.recovery_p50_ms = recovery.p50_ms;
+    reload.recovery_p99_ms = recovery.p99_ms;
+    reload.recovery_clients = recovery.clients;
+    reload.recovered_clients = recovery.recovered;
+    if let Some(after) = recovery.all_after_ms {
+        merged.events.push(Event {
+            t_ms: reload.reboot_start_ms + after,
+            kind: EventKind::Recovered,
+            detail: format!("{} clients", recovery.clients),
+        });
+        merged.events.sort_by(|a, b| a.t_ms.total_cmp(&b.t_ms));
+    }
 }
 
 /// The whole fleet's load: lag over every client, saturated when any shard was, with each
@@ -244,93 +343,4 @@ pub fn merge_dirs(paths: &[PathBuf], out: &Path) -> anyhow::Result<(Results, Pat
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use jitwg_reports::{ClientResult, Connection, RunInfo};
-
-    fn run(name: &str, seed: u64) -> RunInfo {
-        RunInfo {
-            scenario_name: name.into(),
-            seed,
-            ..RunInfo::default()
-        }
-    }
-
-    fn shard(index: u32, count: u32, ids: &[u32], seed: u64) -> Input {
-        let mut r = Results::new(run("smoke", seed));
-        let latencies: Vec<f64> = ids.iter().map(|&id| 1.0 + f64::from(id)).collect();
-        r.clients = ids
-            .iter()
-            .zip(&latencies)
-            .map(|(&id, &ms)| ClientResult {
-                id,
-                population: "p".into(),
-                connections: vec![Connection {
-                    setup_latency_ms: Some(ms),
-                    ..Connection::default()
-                }],
-            })
-            .collect();
-        let hist = jitwg_reports::shards::setup_histogram(&latencies);
-        r.run.shards = vec![ShardInfo {
-            index,
-            count,
-            clients: ids.len() as u64,
-            source_addresses: ids.len() as u64,
-            setup_histogram_us: jitwg_reports::shards::encode_histogram(&hist).unwrap(),
-            load: Some(LoadSummary {
-                saturated: index == 1,
-                reasons: vec!["lag p99 50 ms > 20 ms".into()],
-                ..LoadSummary::default()
-            }),
-            ..ShardInfo::default()
-        }];
-        Input {
-            path: PathBuf::from(format!("shard-{index}")),
-            results: r,
-        }
-    }
-
-    fn gateway(seed: u64) -> Input {
-        Input {
-            path: "gw".into(),
-            results: Results::new(run("smoke", seed)),
-        }
-    }
-
-    #[test]
-    fn merges_clients_histograms_and_keeps_each_shards_load() {
-        let merged = merge(vec![
-            shard(1, 2, &[1, 3], 7),
-            gateway(7),
-            shard(0, 2, &[0, 2], 7),
-        ])
-        .unwrap();
-        let ids: Vec<u32> = merged.clients.iter().map(|c| c.id).collect();
-        assert_eq!(ids, [0, 1, 2, 3]);
-        assert_eq!(merged.run.shards.len(), 2);
-        assert_eq!(merged.run.source_addresses, Some(4));
-        assert_eq!(merged.run.shards[0].index, 0);
-        let setup = merged.run.merged_setup.unwrap();
-        assert_eq!(setup.count, 4);
-        assert!((setup.max_ms.unwrap() - 4.0).abs() < 0.01);
-        let load = merged.load.unwrap();
-        assert!(load.saturated);
-        assert_eq!(load.reasons, ["shard 1: lag p99 50 ms > 20 ms"]);
-    }
-
-    #[test]
-    fn refuses_different_seeds_scenarios_duplicates_and_gaps() {
-        let e = merge(vec![shard(0, 2, &[0], 7), shard(1, 2, &[1], 8)]).unwrap_err();
-        assert!(e.to_string().contains("seed"), "{e}");
-        let mut other = shard(1, 2, &[1], 7);
-        other.results.run.scenario_name = "storm".into();
-        let e = merge(vec![shard(0, 2, &[0], 7), other]).unwrap_err();
-        assert!(e.to_string().contains("scenario"), "{e}");
-        let e = merge(vec![shard(0, 2, &[0], 7), shard(0, 2, &[0], 7)]).unwrap_err();
-        assert!(matches!(e, MergeError::DuplicateShard { .. }), "{e}");
-        let e = merge(vec![shard(0, 3, &[0], 7), gateway(7)]).unwrap_err();
-        assert!(matches!(e, MergeError::MissingShards { ref missing, .. } if missing == &[1, 2]));
-        assert!(matches!(merge(vec![gateway(7)]), Err(MergeError::NoShards)));
-    }
-}
+mod tests;

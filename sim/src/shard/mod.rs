@@ -6,7 +6,9 @@
 //!   percentiles from merged HDR histograms;
 //! - [`local`]: `jitwg run --shards N`, the same split on one machine in namespaces;
 //! - [`spec`] holds the pure rules (which clients, which sources, clock offset), [`api`] the
-//!   shard API both sides speak.
+//!   shard API both sides speak, [`secure`] the run's CA and token handed to fleets, and
+//!   [`observe`] what a fleet measures for the merge that the gateway cannot see (connected
+//!   clients over time, per-client recovery after a reboot).
 //!
 //! **Invariant:** a fleet sends only to the gateway address and control-plane URL it is given.
 
@@ -16,22 +18,29 @@ pub mod fleet;
 pub mod gateway;
 pub mod local;
 pub mod merge;
+pub mod observe;
+pub mod secure;
 pub mod spec;
 
-/// Sharded runs register keys and reach the control plane over plain HTTP: the run's CA, token
-/// and client certificate live with the gateway and are not handed to fleets yet. Refused up
-/// front (exit 2) instead of leaving fleets to time out against a TLS endpoint.
-pub(crate) fn refuse_secured_control_plane(
+/// The gateway's own series cannot see the clients; the merge fills its samples' connected and
+/// in-flight counts from the shards' series and drops this warning.
+pub(crate) const GATEWAY_SERIES_WARNING: &str = "sharded run: the gateway's own samples do not \
+    see the clients, so connected and in-flight clients read 0 here; the merged results count \
+    them from the shards' own samples";
+
+/// Sharded runs hand fleets the run's CA and token (`secure`), but not a client certificate:
+/// a scenario asking for one is refused up front (exit 2) instead of leaving fleets to fail
+/// their TLS handshakes.
+pub(crate) fn refuse_client_cert(
     scenario: &crate::scenario::Scenario,
 ) -> Result<(), crate::cli::CliError> {
-    let cp = &scenario.control_plane;
-    if cp.tls || cp.token || cp.client_cert {
+    if scenario.control_plane.client_cert {
         return Err(crate::cli::CliError::new(
             crate::cli::ExitCode::Usage,
             anyhow::anyhow!(
-                "sharded runs reach the control plane over plain HTTP: set [control_plane] tls, \
-                 token and client_cert to false (e.g. --set control_plane.tls=false \
-                 --set control_plane.token=false)"
+                "sharded runs do not hand fleets a client certificate: set \
+                 [control_plane] client_cert = false (--set control_plane.client_cert=false); \
+                 tls and token work"
             ),
         ));
     }
