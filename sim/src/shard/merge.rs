@@ -5,12 +5,11 @@
 //!
 //! Two figures the gateway cannot see come from the shards:
 //! - **connected (and in-flight) clients** of each of the gateway's samples at `t`: the sum
-//!   over shards of each shard's own count from its latest sample taken no later than half a
-//!   sample period after `t` (shards sample their clients' counters, the ones `jitwg run`
-//!   samples, once per sample period on the common clock; the half period absorbs the clock
-//!   offset's error and the gateway's sampling delay, and after a shard's last sample its
-//!   final count holds). So a merged count is at most about one sample period old, and only
-//!   as aligned as the shards' clock offsets are estimated (`run.shards[].clock_rtt_ms / 2`).
+//!   over shards of each shard's own count from its sample nearest in time to `t` (shards
+//!   sample their clients' counters, the ones `jitwg run` samples, once per sample period on
+//!   the common clock, and once more when their clients have stopped). So a merged count is
+//!   off by at most about half a sample period, plus the clock offset's error
+//!   (`run.shards[].clock_rtt_ms / 2`).
 //! - **recovery after a reboot**: every shard's per-client values, measured with the
 //!   single-machine definition against the gateway's reboot marks, combined into one
 //!   `tracker::Recovery` (time = the last client's, p50/p99 exact over every client).
@@ -226,23 +225,12 @@ pub fn merge(inputs: Vec<Input>) -> Result<Results, MergeError> {
     Ok(merged)
 }
 
-/// A shard's count at `t_ms`: its latest sample taken no later than `slack_ms` after it.
-fn count_at(series: &[ClientCount], t_ms: f64, slack_ms: f64) -> Option<ClientCount> {
+/// A shard's count at `t_ms`: its sample nearest in time (the earlier one on a tie).
+fn count_at(series: &[ClientCount], t_ms: f64) -> Option<ClientCount> {
     series
         .iter()
-        .take_while(|c| c.t_ms <= t_ms + slack_ms)
-        .last()
+        .min_by(|a, b| (a.t_ms - t_ms).abs().total_cmp(&(b.t_ms - t_ms).abs()))
         .copied()
-}
-
-/// The gateway's sample period: the median gap between its samples (1 s without two).
-fn sample_period_ms(samples: &[jitwg_reports::Sample]) -> f64 {
-    let mut gaps: Vec<f64> = samples.windows(2).map(|w| w[1].t_ms - w[0].t_ms).collect();
-    gaps.sort_by(f64::total_cmp);
-    gaps.get(gaps.len() / 2)
-        .copied()
-        .filter(|g| *g > 0.0)
-        .unwrap_or(1000.0)
 }
 
 /// Fills the gateway's samples' connected and in-flight counts from the shards' own samples.
@@ -252,11 +240,10 @@ fn merge_client_counts(merged: &mut Results, shards: &[ShardInfo]) {
         .filter(|s| s.client_counts.is_empty())
         .map(|s| s.index)
         .collect();
-    let slack_ms = sample_period_ms(&merged.samples) / 2.0;
     for sample in &mut merged.samples {
         let counts = shards
             .iter()
-            .filter_map(|s| count_at(&s.client_counts, sample.t_ms, slack_ms));
+            .filter_map(|s| count_at(&s.client_counts, sample.t_ms));
         (sample.connected_clients, sample.in_flight) =
             counts.fold((0, 0), |(c, f), n| (c + n.connected, f + n.in_flight));
     }

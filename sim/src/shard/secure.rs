@@ -199,7 +199,8 @@ mod tests {
     fn scenario(tls: bool, token: bool) -> Scenario {
         let text = format!(
             "name = \"t\"\nduration = \"1s\"\n[control_plane]\ntls = {tls}\ntoken = {token}\n\
-             [[population]]\nname = \"p\"\ncount = 1\n"
+             [[population]]\nname = \"p\"\ncount = 1\n\
+             arrival = {{ kind = \"constant\", rate = 1.0 }}\nbehaviour = {{ kind = \"connect_once\" }}\n"
         );
         crate::scenario::parse(
             Path::new("t.toml"),
