@@ -56,7 +56,10 @@ pub struct GatewayArgs {
     /// How long to wait for every shard to be ready before giving up (exit 3).
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub wait_shards: Duration,
-    /// Output directory: results.json (the gateway's series), shards/<i>/, merged/, logs.
+    /// Output directory: results.json (the gateway's series), shards/<i>/, merged/, logs, and,
+    /// when the scenario's control plane uses TLS or a token, credentials/ with the run's CA
+    /// certificate and token for the fleets (`jitwg fleet --control-plane-ca DIR/credentials/
+    /// control-plane-ca.pem --token-file DIR/credentials/token`; printed at start).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
 }
