@@ -224,7 +224,7 @@ fn a_sharded_reboot_measures_recovery_from_every_shards_clients() {
         .filter(|s| s.t_ms > 3_000.0 && s.t_ms < reload.reboot_start_ms)
         .map(|s| s.connected_clients);
     assert!(
-        before_reboot.clone().count() > 0 && before_reboot.clone().all(|n| n >= 20 && n <= 22),
+        before_reboot.clone().count() > 0 && before_reboot.clone().all(|n| (20..=22).contains(&n)),
         "merged connected clients: {connected:?}"
     );
 }

@@ -146,6 +146,14 @@ fn the_fleet_is_an_indexed_job_whose_index_is_the_shard() {
     // Plain HTTP would send the token in the clear, and the run's certificate names the gateway
     // pod's address, not the Service's name: the fleet derives the URL from --gateway.
     assert!(!line.contains("--control-plane "), "{line}");
+    let gateway = job(&m, "jitwg-gateway");
+    let args = pod(gateway).containers[0].args.clone().unwrap();
+    let at = args.iter().position(|a| a == "--shards").expect("--shards");
+    assert_eq!(
+        args[at + 1],
+        shards.to_string(),
+        "gateway and fleet disagree on the shard count"
+    );
 }
 
 #[test]
@@ -185,15 +193,6 @@ fn fleets_get_the_runs_ca_and_token_from_a_secret() {
     // The gateway writes what the README copies into the Secret.
     let gateway = command_line(pod(job(&m, "jitwg-gateway")));
     assert!(gateway.contains("--out /results"), "{gateway}");
-
-    let gateway = job(&m, "jitwg-gateway");
-    let args = pod(gateway).containers[0].args.clone().unwrap();
-    let at = args.iter().position(|a| a == "--shards").expect("--shards");
-    assert_eq!(
-        args[at + 1],
-        shards.to_string(),
-        "gateway and fleet disagree on the shard count"
-    );
 }
 
 #[test]
