@@ -280,3 +280,29 @@ fn fleet_exits_3_when_the_gateway_is_unreachable() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("gateway unreachable"), "{stderr}");
 }
+
+#[test]
+fn fleet_without_the_runs_credentials_exits_2_naming_the_flag() {
+    let smoke = smoke();
+    let base = [
+        "fleet",
+        smoke.to_str().unwrap(),
+        "--gateway",
+        "127.0.0.1:1",
+        "--shard",
+        "0/2",
+        "--out",
+        "/nonexistent",
+    ];
+    // smoke.toml as shipped: TLS and a token.
+    let output = jitwg(&base);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--control-plane-ca"), "{stderr}");
+    let mut client_cert = base.to_vec();
+    client_cert.extend_from_slice(&["--set", "control_plane.client_cert=true"]);
+    let output = jitwg(&client_cert);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("client_cert"), "{stderr}");
+}
