@@ -103,8 +103,10 @@ pub struct Config {
     pub initiate_adapt: bool,
     /// Identify worker threads (>= 1).
     pub identify_workers: usize,
-    /// Captured initiations waiting for a worker at most (>= 1).
+    /// Captured initiations waiting for a worker at most, per lane (>= 1).
     pub identify_queue: usize,
+    /// Of the unknown lane, initiations from one source network (/24, /64) at most (>= 1).
+    pub identify_queue_per_source: usize,
     /// Nice value added to the identify workers (0..=19).
     pub identify_nice: i32,
     /// Always `Some` in push mode.
@@ -195,6 +197,9 @@ pub mod defaults {
     pub const INITIATE_ADAPT: bool = false;
     pub const IDENTIFY_WORKERS: usize = 2;
     pub const IDENTIFY_QUEUE: usize = 4096;
+    /// A sixteenth of the unknown lane per source network: a flood from one /24 holds at
+    /// most that, and 16 such networks still leave room (by longest-queue drop) for others.
+    pub const IDENTIFY_QUEUE_PER_SOURCE: usize = 256;
     pub const IDENTIFY_NICE: i32 = 5;
     pub const NATS_SUBJECT: &str = "jitwg.peers";
     pub const ALLOWED_PREFIX: IpNet =
@@ -472,6 +477,10 @@ fn merge(mut args: Args, file: ConfigFile, path: &Path) -> Result<Config, Config
             .identify_queue
             .or(f.count("identify_queue", file.identify_queue)?)
             .unwrap_or(defaults::IDENTIFY_QUEUE),
+        identify_queue_per_source: args
+            .identify_queue_per_source
+            .or(f.count("identify_queue_per_source", file.identify_queue_per_source)?)
+            .unwrap_or(defaults::IDENTIFY_QUEUE_PER_SOURCE),
         identify_nice: args
             .identify_nice
             .or(f.check(

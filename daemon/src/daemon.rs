@@ -265,13 +265,21 @@ pub async fn run(
                 PoolSettings {
                     workers: config.identify_workers,
                     queue: config.identify_queue,
+                    per_source: config.identify_queue_per_source,
                     nice: config.identify_nice,
                 },
             )
             .map_err(DaemonError::IdentifyPool)?;
             tasks.spawn_loop(
                 "capture task",
-                capture_loop(socket, pool, known_sources, metrics.clone(), cancel.clone()),
+                capture_loop(
+                    socket,
+                    pool,
+                    known_sources,
+                    lookup.clone(),
+                    metrics.clone(),
+                    cancel.clone(),
+                ),
             );
             if config.api_url.is_some() {
                 let every = (config.positive_ttl / 4)

@@ -26,18 +26,32 @@ pub const IDENTIFY_STAGES: &[&str] = &[
 ];
 
 /// Values of the `reason` label of `jitwgd_capture_dropped_total`: why a captured
-/// initiation was never identified (`identify_pool::DropReason`).
-pub const CAPTURE_DROP_REASONS: &[&str] = &["identify_queue_full", "identify_stopped"];
+/// initiation was never identified (`identify_pool::DropReason`, and `source_penalised`:
+/// shed before identification because its source network is penalised).
+pub const CAPTURE_DROP_REASONS: &[&str] = &[
+    "identify_queue_full",
+    "identify_displaced",
+    "identify_expired",
+    "identify_stopped",
+    "source_penalised",
+];
 
 /// Values of the `reason` label of `jitwgd_initiations_dropped_total`: every place an
 /// initiation is dropped without being answered by the control plane's verdict.
-/// `identify_queue_full`/`identify_stopped`: before identification (also in
-/// `jitwgd_capture_dropped_total`); `handlers_full`: identified, but `--max-pending`
-/// initiations are already being handled; `replay`: timestamp not newer than the last
-/// seen; `source_penalised`/`unknown_budget`: a first contact refused by admission
-/// control; `rate_limited`: the key was looked up less than `--api-min-interval` ago.
+/// `identify_queue_full` (lane full, or the source network's share of the unknown lane
+/// waiting), `identify_displaced` (made room for a network with fewer waiting),
+/// `identify_expired` (waited longer than 5 s), `identify_stopped`: before identification
+/// (also in `jitwgd_capture_dropped_total`); `handlers_full`: identified, but
+/// `--max-pending` initiations are already being handled; `replay`: timestamp not newer
+/// than the last seen; `source_penalised`: from a source network penalised for 404s, shed
+/// before identification unless its source address recently brought a resolved key (the
+/// pre-identification share is also in `jitwgd_capture_dropped_total`), or a first
+/// contact refused at lookup; `unknown_budget`: a first contact refused by the global
+/// budget; `rate_limited`: the key was looked up less than `--api-min-interval` ago.
 pub const INITIATION_DROP_REASONS: &[&str] = &[
     "identify_queue_full",
+    "identify_displaced",
+    "identify_expired",
     "identify_stopped",
     "handlers_full",
     "replay",

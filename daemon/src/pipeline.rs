@@ -16,12 +16,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::activity::ActivityLog;
 use crate::addresses::claim;
-use crate::admission::LogBudget;
+use crate::admission::{LogBudget, Refusal};
 use crate::capture::{self, CaptureSocket};
 use crate::config::{defaults, Limits};
 use crate::errors::Causes;
 use crate::identify::{self, IdentifyError, Initiation, ResponderKeys, StaticStaticCache};
-use crate::identify_pool::{Captured, IdentifyPool, KnownSources, PoolSettings, PoolStartError};
+use crate::identify_pool::{
+    Captured, DropReason, IdentifyPool, KnownSources, Lane, PoolSettings, PoolStartError, Queued,
+};
 use crate::install::{InstallError, InstallQueue};
 use crate::lookup::{Lookup, LookupOutcome};
 use crate::metrics::{self, Metrics};
@@ -346,6 +348,7 @@ pub fn start_identify_pool(
     let runtime = tokio::runtime::Handle::current();
     let keys = pipeline.keys.clone();
     let known_keys = pipeline.known_keys.clone();
+    let expired_metrics = pipeline.metrics.clone();
     IdentifyPool::start(
         settings,
         {
@@ -382,15 +385,27 @@ pub fn start_identify_pool(
                 }
             }
         },
+        move |_expired| count_never_identified(&expired_metrics, DropReason::Expired.as_str()),
     )
 }
 
+/// Count an initiation dropped before identification, in both drop counters.
+fn count_never_identified(metrics: &Metrics, reason: &'static str) {
+    metrics::count_capture_drop(metrics, reason);
+    metrics::count_drop(metrics, reason);
+}
+
 /// Read initiations off the capture socket until cancelled and queue each for the
-/// identify workers in its lane; what does not fit is dropped and counted.
+/// identify workers in its lane; what does not fit is dropped and counted. An initiation
+/// for the unknown lane from a source network `lookup` penalises for 404s is shed here,
+/// before it costs a Diffie-Hellman: it could only be a first contact that lookup would
+/// refuse, or a known key from a new address in that network (it retries, and gets in
+/// once the network's penalty has been forgiven).
 pub async fn capture_loop(
     socket: CaptureSocket,
     pool: IdentifyPool,
     known: Arc<KnownSources>,
+    lookup: Arc<Lookup>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
@@ -422,9 +437,17 @@ pub async fn capture_loop(
             src: frame.src,
             captured_at,
         };
-        if let Err(reason) = pool.submit(captured, known.lane(&frame.src)) {
-            metrics::count_capture_drop(&metrics, reason.as_str());
-            metrics::count_drop(&metrics, reason.as_str());
+        let lane = known.lane(&frame.src);
+        if lane == Lane::Unknown && lookup.sheds_source(frame.src.ip(), captured_at) {
+            count_never_identified(&metrics, Refusal::SourcePenalised.as_str());
+            continue;
+        }
+        match pool.submit(captured, lane) {
+            Ok(Queued::Alone) => {}
+            Ok(Queued::Displacing) => {
+                count_never_identified(&metrics, DropReason::Displaced.as_str())
+            }
+            Err(reason) => count_never_identified(&metrics, reason.as_str()),
         }
     }
     // Joining the workers blocks until their queue is drained (microseconds each).

@@ -79,6 +79,14 @@ impl Admission {
         Ok(Ticket { net })
     }
 
+    /// Whether `src`'s network is penalised at `now`: a first contact from it would be
+    /// refused. Asked before identification too, where any initiation from an address
+    /// with no recently resolved key might be a first contact, so a penalised network's
+    /// flood is shed before it costs a Diffie-Hellman.
+    pub fn penalised(&self, src: IpAddr, now: Instant) -> bool {
+        !self.penalties.allows(SourceNet::of(src), now)
+    }
+
     /// The lookup `ticket` allowed ended with `answer`.
     pub fn answered(&mut self, ticket: Ticket, answer: Answer, now: Instant) {
         self.penalties
@@ -202,6 +210,24 @@ mod tests {
             a.admit(ip("198.18.1.7"), t0).is_ok(),
             "the resolved one was not charged"
         );
+    }
+
+    #[test]
+    fn penalised_tells_before_identification_what_admit_would_refuse() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(settings(), t0);
+        assert!(!a.penalised(ip("198.18.1.5"), t0));
+        for _ in 0..2 {
+            let t = a.admit(ip("198.18.1.5"), t0).unwrap();
+            a.answered(t, Answer::NotFound, t0);
+        }
+        assert!(a.penalised(ip("198.18.1.200"), t0), "the whole /24");
+        assert!(!a.penalised(ip("198.18.2.1"), t0));
+        assert_eq!(
+            a.admit(ip("198.18.1.200"), t0).unwrap_err(),
+            Refusal::SourcePenalised
+        );
+        assert!(!a.penalised(ip("198.18.1.5"), t0 + Duration::from_secs(5)));
     }
 
     #[test]

@@ -215,11 +215,25 @@ pub struct Args {
     /// lanes [default: 4096].
     ///
     /// Initiations from the source of a key that resolved recently wait in the known
-    /// lane, served first; the rest in the unknown lane. Beyond it they are dropped and
-    /// counted in jitwgd_initiations_dropped_total{reason="identify_queue_full"} (and
-    /// jitwgd_capture_dropped_total); the client retries.
+    /// lane, served first; the rest in the unknown lane, which is fair across source
+    /// networks (/24, /64): served round robin, and when it is full a network with fewer
+    /// waiting displaces the oldest initiation of the longest queue
+    /// (reason="identify_displaced"). Beyond it they are dropped and counted in
+    /// jitwgd_initiations_dropped_total{reason="identify_queue_full"} (and
+    /// jitwgd_capture_dropped_total); one that waited over 5 s (the client's own retry)
+    /// is dropped as reason="identify_expired". Before the unknown lane, initiations from
+    /// a network penalised for 404s (--source-penalty-burst) are shed without any
+    /// Diffie-Hellman (reason="source_penalised"). The client retries.
     #[arg(long, env = "JITWGD_IDENTIFY_QUEUE", value_name = "COUNT", value_parser = values::positive_count)]
     pub identify_queue: Option<usize>,
+
+    /// Initiations from one source network (/24 for IPv4, /64 for IPv6) that may wait in
+    /// the unknown identify lane [default: 256, a sixteenth of --identify-queue's default].
+    ///
+    /// A flood from one network holds at most this many places; more are dropped as
+    /// reason="identify_queue_full".
+    #[arg(long, env = "JITWGD_IDENTIFY_QUEUE_PER_SOURCE", value_name = "COUNT", value_parser = values::positive_count)]
+    pub identify_queue_per_source: Option<usize>,
 
     /// Nice value added to the identify workers, 0..=19 [default: 5].
     ///

@@ -59,6 +59,8 @@ pub struct ConfigFile {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identify_queue: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub identify_queue_per_source: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub identify_nice: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nats_url: Option<String>,

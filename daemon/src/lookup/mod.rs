@@ -358,6 +358,18 @@ impl Lookup {
         }
     }
 
+    /// Whether an initiation from `src` that is not known to come from a resolved key
+    /// should be shed before identification: its source network is penalised for 404s
+    /// (`Admission::penalised`). Never true without admission control.
+    pub fn sheds_source(&self, src: IpAddr, now: Instant) -> bool {
+        self.admission.as_ref().is_some_and(|admission| {
+            admission
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .penalised(src, now)
+        })
+    }
+
     /// Hand a first contact's admission ticket back with its answer.
     fn answered(&self, ticket: Option<crate::admission::Ticket>, answer: Answer) {
         let (Some(ticket), Some(admission)) = (ticket, &self.admission) else {

@@ -87,6 +87,16 @@ pub fn settings(d: &DaemonFile) -> ConfigFile {
         api_min_interval,
         reinstall_active,
         initiate_rate,
+        max_pending,
+        api_concurrency,
+        unknown_lookup_rate,
+        unknown_lookup_floor,
+        unknown_lookup_burst,
+        source_penalty_burst,
+        source_penalty_forgive,
+        identify_workers,
+        identify_queue,
+        identify_queue_per_source,
     } = d.clone();
     ConfigFile {
         mode: mode.map(|m| mode_word(m.into()).to_string()),
@@ -110,6 +120,16 @@ pub fn settings(d: &DaemonFile) -> ConfigFile {
             }
         }),
         initiate_rate,
+        max_pending,
+        api_concurrency,
+        unknown_lookup_rate,
+        unknown_lookup_floor,
+        unknown_lookup_burst,
+        source_penalty_burst,
+        source_penalty_forgive: source_penalty_forgive.map(human),
+        identify_workers,
+        identify_queue,
+        identify_queue_per_source,
         ..ConfigFile::default()
     }
 }
@@ -198,7 +218,7 @@ pub fn describe(scenario: &Scenario) -> Result<Vec<Setting>, DaemonConfigError> 
     let resolved =
         serde_json::to_value(resolve(scenario, &DaemonEndpoints::stand_in())?).unwrap_or_default();
     let set = toml::Table::try_from(settings(&scenario.daemon.set))?;
-    const KEYS: [&str; 16] = [
+    const KEYS: [&str; 26] = [
         "backend",
         "mode",
         "boot",
@@ -215,12 +235,26 @@ pub fn describe(scenario: &Scenario) -> Result<Vec<Setting>, DaemonConfigError> 
         "api_min_interval",
         "reinstall_active",
         "initiate_rate",
+        "max_pending",
+        "api_concurrency",
+        "unknown_lookup_rate",
+        "unknown_lookup_floor",
+        "unknown_lookup_burst",
+        "source_penalty_burst",
+        "source_penalty_forgive",
+        "identify_workers",
+        "identify_queue",
+        "identify_queue_per_source",
     ];
     Ok(KEYS
         .iter()
         .map(|&key| Setting {
             key,
-            value: match &resolved[key] {
+            // The admission limits sit in the resolved config's `limits` table.
+            value: match resolved
+                .get(key)
+                .unwrap_or_else(|| &resolved["limits"][key])
+            {
                 serde_json::Value::String(s) => s.clone(),
                 serde_json::Value::Bool(b) => if *b { "on" } else { "off" }.to_string(),
                 other => other.to_string(),

@@ -277,6 +277,31 @@ pub struct DaemonFile {
     /// Role-inversion initiations per second at most; 0 = unpaced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initiate_rate: Option<u32>,
+    // Admission control and the identify queue (jitwgd's `--help` explains each).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_concurrency: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown_lookup_rate: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown_lookup_floor: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown_lookup_burst: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_penalty_burst: Option<usize>,
+    #[serde(
+        with = "humantime_serde",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub source_penalty_forgive: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identify_workers: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identify_queue: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identify_queue_per_source: Option<usize>,
 }
 
 /// `[control_plane]`: who is registered and how badly the API behaves.

@@ -294,13 +294,28 @@ pub fn resolve(file: ScenarioFile) -> Result<Scenario, FieldError> {
         ("daemon.sweep_budget", d.sweep_budget),
         ("daemon.evict_after", d.evict_after),
         ("daemon.api_timeout", d.api_timeout),
+        ("daemon.source_penalty_forgive", d.source_penalty_forgive),
     ] {
         if value.is_some_and(|v| v.is_zero()) {
             return Err(invalid(key, "must be longer than 0s"));
         }
     }
-    if d.sweep_chunk == Some(0) {
-        return Err(invalid("daemon.sweep_chunk", "must be at least 1"));
+    for (key, value) in [
+        ("daemon.sweep_chunk", d.sweep_chunk),
+        ("daemon.max_pending", d.max_pending),
+        ("daemon.api_concurrency", d.api_concurrency),
+        ("daemon.unknown_lookup_burst", d.unknown_lookup_burst),
+        ("daemon.source_penalty_burst", d.source_penalty_burst),
+        ("daemon.identify_workers", d.identify_workers),
+        ("daemon.identify_queue", d.identify_queue),
+        (
+            "daemon.identify_queue_per_source",
+            d.identify_queue_per_source,
+        ),
+    ] {
+        if value == Some(0) {
+            return Err(invalid(key, "must be at least 1"));
+        }
     }
     check_fraction(
         "control_plane.faults.error_rate",

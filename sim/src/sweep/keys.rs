@@ -30,6 +30,16 @@ fn every_daemon_key() -> DaemonFile {
         api_min_interval: Some(d),
         reinstall_active: Some(d),
         initiate_rate: Some(1),
+        max_pending: Some(1),
+        api_concurrency: Some(1),
+        unknown_lookup_rate: Some(1),
+        unknown_lookup_floor: Some(1),
+        unknown_lookup_burst: Some(1),
+        source_penalty_burst: Some(1),
+        source_penalty_forgive: Some(d),
+        identify_workers: Some(1),
+        identify_queue: Some(1),
+        identify_queue_per_source: Some(1),
     }
 }
 

@@ -88,6 +88,48 @@ fn check(s: &Scenario) -> Config {
         initiate_rate,
         d.initiate_rate.unwrap_or(defaults::INITIATE_RATE)
     );
+    same!(
+        identify_workers,
+        d.identify_workers.unwrap_or(defaults::IDENTIFY_WORKERS)
+    );
+    same!(
+        identify_queue,
+        d.identify_queue.unwrap_or(defaults::IDENTIFY_QUEUE)
+    );
+    same!(
+        identify_queue_per_source,
+        d.identify_queue_per_source
+            .unwrap_or(defaults::IDENTIFY_QUEUE_PER_SOURCE)
+    );
+    let l = &c.limits;
+    let limit = |set: Option<usize>, default| set.unwrap_or(default);
+    assert_eq!(l.max_pending, limit(d.max_pending, defaults::MAX_PENDING));
+    assert_eq!(
+        l.api_concurrency,
+        limit(d.api_concurrency, defaults::API_CONCURRENCY)
+    );
+    assert_eq!(
+        l.unknown_lookup_rate,
+        d.unknown_lookup_rate
+            .unwrap_or(defaults::UNKNOWN_LOOKUP_RATE)
+    );
+    assert_eq!(
+        l.unknown_lookup_floor,
+        d.unknown_lookup_floor
+            .unwrap_or(defaults::UNKNOWN_LOOKUP_FLOOR)
+    );
+    assert_eq!(
+        l.unknown_lookup_burst,
+        limit(d.unknown_lookup_burst, defaults::UNKNOWN_LOOKUP_BURST)
+    );
+    assert_eq!(
+        l.source_penalty_burst,
+        limit(d.source_penalty_burst, defaults::SOURCE_PENALTY_BURST)
+    );
+    assert_eq!(
+        l.source_penalty_forgive,
+        dur(d.source_penalty_forgive, defaults::SOURCE_PENALTY_FORGIVE)
+    );
     // Where this run's collaborators are, and the lab's tunnel prefix.
     assert_eq!(c.interface, at.interface);
     assert_eq!(
@@ -170,8 +212,22 @@ fn every_daemon_key_reaches_jitwgd_under_its_own_name() {
         "daemon.api_min_interval=250ms",
         "daemon.reinstall_active=0s",
         "daemon.initiate_rate=700",
+        "daemon.max_pending=100",
+        "daemon.api_concurrency=3",
+        "daemon.unknown_lookup_rate=20",
+        "daemon.unknown_lookup_floor=2",
+        "daemon.unknown_lookup_burst=16",
+        "daemon.source_penalty_burst=4",
+        "daemon.source_penalty_forgive=2s",
+        "daemon.identify_workers=1",
+        "daemon.identify_queue=512",
+        "daemon.identify_queue_per_source=32",
     ]);
     let c = check(&s);
+    assert_eq!(
+        (c.limits.api_concurrency, c.identify_queue_per_source),
+        (3, 32)
+    );
     assert_eq!((c.sweep_chunk, c.api_retries), (1000, 0));
     assert!(!c.initiate && c.evict_in_push_mode);
     assert!(c.reinstall_active.is_zero(), "0s turns the re-install off");
@@ -232,6 +288,44 @@ fn shipped_scenarios_keep_the_sweep_and_negative_ttl_they_ran_with() {
         assert_eq!(c.sweep_every, std::time::Duration::from_secs(10), "{name}");
         assert_eq!(c.negative_ttl, std::time::Duration::from_secs(5), "{name}");
     }
+}
+
+#[test]
+fn admission_limits_are_validated_naming_their_key() {
+    let adjust = Adjustments::default();
+    for (line, key) in [
+        ("max_pending = 0", "daemon.max_pending"),
+        ("api_concurrency = 0", "daemon.api_concurrency"),
+        ("unknown_lookup_burst = 0", "daemon.unknown_lookup_burst"),
+        ("source_penalty_burst = 0", "daemon.source_penalty_burst"),
+        (
+            "source_penalty_forgive = \"0s\"",
+            "daemon.source_penalty_forgive",
+        ),
+        (
+            "identify_queue_per_source = 0",
+            "daemon.identify_queue_per_source",
+        ),
+    ] {
+        let text = format!("{BASE}[daemon]\n{line}\n");
+        let err = parse(Path::new("t.toml"), &text, &adjust)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{line}: {err}");
+    }
+    let text = format!("{BASE}[daemon]\nunknown_lookup_rate = 0\nsource_penalty_burst = 2\n");
+    let s = parse(Path::new("t.toml"), &text, &adjust).unwrap();
+    let c = check(&s);
+    assert_eq!(
+        (c.limits.unknown_lookup_rate, c.limits.source_penalty_burst),
+        (0, 2)
+    );
+    let settings = describe(&s).unwrap();
+    let shown = |key: &str| settings.iter().find(|s| s.key == key).unwrap().clone();
+    assert!(!shown("source_penalty_burst").jitwgd_default);
+    assert_eq!(shown("source_penalty_burst").value, "2");
+    assert!(shown("api_concurrency").jitwgd_default);
+    assert_eq!(shown("api_concurrency").value, "32");
 }
 
 #[test]

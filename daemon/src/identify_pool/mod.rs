@@ -13,15 +13,25 @@
 //! returning client usually comes from the endpoint it used last; a fresh-key flood
 //! fills only the `Unknown` lane. Spoofing a known source only buys a place in the
 //! `Known` lane: identification, the replay guard and the lookup still apply.
+//!
+//! The `Unknown` lane is fair across source networks (`fair`: a sub-queue per /24 or
+//! /64, served round robin, each bounded, the longest giving way when the lane is full),
+//! because a legitimate client's first initiation also waits there: a flood from a few
+//! networks must not fill the lane and crowd out a new network's first contact.
+
+mod fair;
+
+pub use fair::{FairQueue, FairSettings, Next, Pushed};
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hashlink::LruCache;
 
+use crate::admission::SourceNet;
 use crate::identify::Initiation;
 
 /// One captured datagram's payload waiting to be identified.
@@ -44,8 +54,14 @@ pub enum Lane {
 /// Why a captured initiation was not identified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
-    /// Every worker busy and the initiation's lane full.
+    /// Every worker busy and the initiation's lane full (in the unknown lane: or its
+    /// source network already has its share waiting).
     QueueFull,
+    /// Queued in the unknown lane, then dropped to make room for a network with fewer
+    /// initiations waiting (the oldest of the longest queue goes).
+    Displaced,
+    /// Waited longer than `MAX_WAIT` for a worker: its client has retried by then.
+    Expired,
     /// The workers have stopped (shutdown).
     Stopped,
 }
@@ -55,9 +71,24 @@ impl DropReason {
     pub fn as_str(self) -> &'static str {
         match self {
             DropReason::QueueFull => "identify_queue_full",
+            DropReason::Displaced => "identify_displaced",
+            DropReason::Expired => "identify_expired",
             DropReason::Stopped => "identify_stopped",
         }
     }
+}
+
+/// How long an initiation may wait in the unknown lane: WireGuard's REKEY_TIMEOUT, after
+/// which its client has sent a newer initiation of its own.
+pub const MAX_WAIT: Duration = Duration::from_secs(5);
+
+/// What `submit` did with an initiation it queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    /// Queued; nothing else moved.
+    Alone,
+    /// Queued, and another initiation was dropped to make room (`DropReason::Displaced`).
+    Displacing,
 }
 
 /// What failed starting the pool.
@@ -76,6 +107,8 @@ pub struct PoolSettings {
     pub workers: usize,
     /// Captured initiations that may wait for a worker, per lane; more are dropped.
     pub queue: usize,
+    /// Of those, at most this many from one source network in the unknown lane.
+    pub per_source: usize,
     /// Nice value added to the workers' threads (0 = same priority as the daemon).
     pub nice: i32,
 }
@@ -115,7 +148,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The two lanes and whether the pool is closing.
 struct Lanes {
     known: VecDeque<Captured>,
-    unknown: VecDeque<Captured>,
+    unknown: FairQueue<SourceNet, Captured>,
     closed: bool,
 }
 
@@ -134,39 +167,49 @@ pub struct IdentifyPool {
 impl IdentifyPool {
     /// Start `settings.workers` threads, each running `work` on identified-or-not
     /// results: `identify` turns a payload into an initiation, `deliver` takes the
-    /// successes and failures (it must not block for long: it runs on the worker).
-    pub fn start<I, D>(
+    /// successes and failures, `expired` each initiation that waited too long (both must
+    /// not block for long: they run on the worker).
+    pub fn start<I, D, E>(
         settings: PoolSettings,
         identify: I,
         deliver: D,
+        expired: E,
     ) -> Result<Self, PoolStartError>
     where
         I: Fn(&[u8]) -> Result<Initiation, crate::identify::IdentifyError> + Send + Sync + 'static,
         D: Fn(Captured, Result<Initiation, crate::identify::IdentifyError>) + Send + Sync + 'static,
+        E: Fn(Captured) + Send + Sync + 'static,
     {
         let queue = Arc::new(Queue {
             lanes: Mutex::new(Lanes {
                 known: VecDeque::new(),
-                unknown: VecDeque::new(),
+                unknown: FairQueue::new(FairSettings {
+                    total: settings.queue.max(1),
+                    per_source: settings.per_source.max(1),
+                    max_wait: MAX_WAIT,
+                }),
                 closed: false,
             }),
             ready: Condvar::new(),
             capacity: settings.queue.max(1),
         });
-        let identify = Arc::new(identify);
-        let deliver = Arc::new(deliver);
+        let handlers = Arc::new(Handlers {
+            identify: Box::new(identify),
+            deliver: Box::new(deliver),
+            expired: Box::new(expired),
+        });
         let mut pool = IdentifyPool {
             queue: queue.clone(),
             threads: Vec::new(),
         };
         for index in 0..settings.workers.max(1) {
-            let (queue, identify, deliver) = (queue.clone(), identify.clone(), deliver.clone());
+            let (queue, handlers) = (queue.clone(), handlers.clone());
             let nice = settings.nice;
             let thread = std::thread::Builder::new()
                 .name(format!("jitwgd-ident{index}"))
                 .spawn(move || {
                     lower_priority(nice);
-                    work(&queue, identify.as_ref(), deliver.as_ref());
+                    work(&queue, &handlers);
                 })
                 // Dropping `pool` stops the threads already started.
                 .map_err(|source| PoolStartError { index, source })?;
@@ -175,23 +218,33 @@ impl IdentifyPool {
         Ok(pool)
     }
 
-    /// Queue one captured payload in `lane`; never blocks.
-    pub fn submit(&self, captured: Captured, lane: Lane) -> Result<(), DropReason> {
+    /// Queue one captured payload in `lane`; never blocks. In the unknown lane it is
+    /// queued under its source network (`SourceNet`), with the time it was captured.
+    pub fn submit(&self, captured: Captured, lane: Lane) -> Result<Queued, DropReason> {
         let mut lanes = lock(&self.queue.lanes);
         if lanes.closed {
             return Err(DropReason::Stopped);
         }
-        let q = match lane {
-            Lane::Known => &mut lanes.known,
-            Lane::Unknown => &mut lanes.unknown,
+        let queued = match lane {
+            Lane::Known => {
+                if lanes.known.len() >= self.queue.capacity {
+                    return Err(DropReason::QueueFull);
+                }
+                lanes.known.push_back(captured);
+                Queued::Alone
+            }
+            Lane::Unknown => {
+                let (net, at) = (SourceNet::of(captured.src.ip()), captured.captured_at);
+                match lanes.unknown.push(net, captured, at) {
+                    Pushed::Queued => Queued::Alone,
+                    Pushed::Displaced(_) => Queued::Displacing,
+                    Pushed::Refused(_) => return Err(DropReason::QueueFull),
+                }
+            }
         };
-        if q.len() >= self.queue.capacity {
-            return Err(DropReason::QueueFull);
-        }
-        q.push_back(captured);
         drop(lanes);
         self.queue.ready.notify_one();
-        Ok(())
+        Ok(queued)
     }
 }
 
@@ -208,17 +261,24 @@ impl Drop for IdentifyPool {
 type Identify = dyn Fn(&[u8]) -> Result<Initiation, crate::identify::IdentifyError> + Send + Sync;
 type Deliver = dyn Fn(Captured, Result<Initiation, crate::identify::IdentifyError>) + Send + Sync;
 
-fn work(queue: &Queue, identify: &Identify, deliver: &Deliver) {
+/// What a worker does with what it takes from the lanes.
+struct Handlers {
+    identify: Box<Identify>,
+    deliver: Box<Deliver>,
+    expired: Box<dyn Fn(Captured) + Send + Sync>,
+}
+
+fn work(queue: &Queue, handlers: &Handlers) {
     loop {
         // The lock is held only while taking the next job, not while identifying.
         let next = {
             let mut lanes = lock(&queue.lanes);
             loop {
                 if let Some(c) = lanes.known.pop_front() {
-                    break Some(c);
+                    break Some(Next::Ready(c));
                 }
-                if let Some(c) = lanes.unknown.pop_front() {
-                    break Some(c);
+                if let Some(next) = lanes.unknown.pop(Instant::now()) {
+                    break Some(next);
                 }
                 if lanes.closed {
                     break None;
@@ -229,9 +289,14 @@ fn work(queue: &Queue, identify: &Identify, deliver: &Deliver) {
                     .unwrap_or_else(PoisonError::into_inner);
             }
         };
-        let Some(captured) = next else { return };
-        let result = identify(&captured.payload);
-        deliver(captured, result);
+        match next {
+            None => return,
+            Some(Next::Expired(captured)) => (handlers.expired)(captured),
+            Some(Next::Ready(captured)) => {
+                let result = (handlers.identify)(&captured.payload);
+                (handlers.deliver)(captured, result);
+            }
+        }
     }
 }
 
@@ -286,14 +351,20 @@ mod tests {
         let settings = PoolSettings {
             workers: 3,
             queue: 64,
+            per_source: 64,
             nice: 0,
         };
-        let pool = IdentifyPool::start(settings, fake_identify, move |c, r| {
-            let _ = tx
-                .lock()
-                .unwrap()
-                .send((c.payload[0], r.map(|i| i.sender_index)));
-        })
+        let pool = IdentifyPool::start(
+            settings,
+            fake_identify,
+            move |c, r| {
+                let _ = tx
+                    .lock()
+                    .unwrap()
+                    .send((c.payload[0], r.map(|i| i.sender_index)));
+            },
+            |_| {},
+        )
         .unwrap();
         for b in 0..50u8 {
             let lane = if b % 2 == 0 {
@@ -301,7 +372,7 @@ mod tests {
             } else {
                 Lane::Unknown
             };
-            pool.submit(captured(b), lane).unwrap();
+            assert_eq!(pool.submit(captured(b), lane), Ok(Queued::Alone));
         }
         drop(pool); // drains the queue, then joins
         let mut got: Vec<(u8, Result<u32, IdentifyError>)> = rx.try_iter().collect();
@@ -318,6 +389,7 @@ mod tests {
         let settings = PoolSettings {
             workers: 1,
             queue: 2,
+            per_source: 2,
             nice: 5,
         };
         // The one worker blocks on its first job until released.
@@ -331,6 +403,7 @@ mod tests {
                 fake_identify(p)
             },
             |_, _| {},
+            |_| {},
         )
         .unwrap();
         let mut dropped = 0;
@@ -342,7 +415,7 @@ mod tests {
         // One in the worker (maybe), two queued: at least 17 dropped.
         assert!(dropped >= 17, "{dropped}");
         // The known lane has room of its own.
-        assert_eq!(pool.submit(captured(99), Lane::Known), Ok(()));
+        assert_eq!(pool.submit(captured(99), Lane::Known), Ok(Queued::Alone));
         for _ in 0..4 {
             let _ = release_tx.send(());
         }
@@ -358,6 +431,7 @@ mod tests {
         let settings = PoolSettings {
             workers: 1,
             queue: 16,
+            per_source: 16,
             nice: 0,
         };
         let pool = IdentifyPool::start(
@@ -374,6 +448,7 @@ mod tests {
             move |c, _| {
                 let _ = order_tx.lock().unwrap().send(c.payload[0]);
             },
+            |_| {},
         )
         .unwrap();
         // The worker blocks on 1; meanwhile unknown 2..=4 and known 10..=12 queue up.
@@ -389,6 +464,66 @@ mod tests {
         drop(pool);
         let order: Vec<u8> = order_rx.try_iter().collect();
         assert_eq!(order, vec![1, 10, 11, 12, 2, 3, 4]);
+    }
+
+    fn captured_from(byte: u8, src: &str) -> Captured {
+        Captured {
+            payload: vec![byte],
+            src: src.parse().unwrap(),
+            captured_at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn a_flooding_network_cannot_crowd_out_a_new_networks_first_contact() {
+        let (release_tx, release_rx) = channel::<()>();
+        let release_rx = Mutex::new(release_rx);
+        let (order_tx, order_rx) = channel();
+        let order_tx = Mutex::new(order_tx);
+        let settings = PoolSettings {
+            workers: 1,
+            queue: 8,
+            per_source: 8,
+            nice: 0,
+        };
+        let pool = IdentifyPool::start(
+            settings,
+            move |p| {
+                if p.first() == Some(&1) {
+                    let _ = release_rx
+                        .lock()
+                        .unwrap()
+                        .recv_timeout(Duration::from_secs(10));
+                }
+                fake_identify(p)
+            },
+            move |c, _| {
+                let _ = order_tx.lock().unwrap().send(c.payload[0]);
+            },
+            |_| {},
+        )
+        .unwrap();
+        pool.submit(captured_from(1, "198.18.200.1:1"), Lane::Unknown)
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        // The flood's /24 fills the lane...
+        for b in 2..=9 {
+            pool.submit(captured_from(b, "198.18.200.9:1"), Lane::Unknown)
+                .unwrap();
+        }
+        assert_eq!(
+            pool.submit(captured_from(10, "198.18.200.7:1"), Lane::Unknown),
+            Err(DropReason::QueueFull)
+        );
+        // ...yet a first contact from another /24 gets in, and is served next.
+        assert_eq!(
+            pool.submit(captured_from(50, "198.18.7.2:1"), Lane::Unknown),
+            Ok(Queued::Displacing)
+        );
+        release_tx.send(()).unwrap();
+        drop(pool);
+        let order: Vec<u8> = order_rx.try_iter().collect();
+        assert_eq!(order, vec![1, 3, 50, 4, 5, 6, 7, 8, 9]);
     }
 
     #[test]
