@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use hashlink::LruCache;
 
-use crate::identify::Initiation;
+use crate::identify::Identified;
 
 /// One captured datagram's payload waiting to be identified.
 #[derive(Debug)]
@@ -141,8 +141,8 @@ impl IdentifyPool {
         deliver: D,
     ) -> Result<Self, PoolStartError>
     where
-        I: Fn(&[u8]) -> Result<Initiation, crate::identify::IdentifyError> + Send + Sync + 'static,
-        D: Fn(Captured, Result<Initiation, crate::identify::IdentifyError>) + Send + Sync + 'static,
+        I: Fn(&[u8]) -> Result<Identified, crate::identify::IdentifyError> + Send + Sync + 'static,
+        D: Fn(Captured, Result<Identified, crate::identify::IdentifyError>) + Send + Sync + 'static,
     {
         let queue = Arc::new(Queue {
             lanes: Mutex::new(Lanes {
@@ -205,8 +205,8 @@ impl Drop for IdentifyPool {
     }
 }
 
-type Identify = dyn Fn(&[u8]) -> Result<Initiation, crate::identify::IdentifyError> + Send + Sync;
-type Deliver = dyn Fn(Captured, Result<Initiation, crate::identify::IdentifyError>) + Send + Sync;
+type Identify = dyn Fn(&[u8]) -> Result<Identified, crate::identify::IdentifyError> + Send + Sync;
+type Deliver = dyn Fn(Captured, Result<Identified, crate::identify::IdentifyError>) + Send + Sync;
 
 fn work(queue: &Queue, identify: &Identify, deliver: &Deliver) {
     loop {
@@ -255,7 +255,7 @@ fn lower_priority(nice: i32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identify::IdentifyError;
+    use crate::identify::{IdentifyError, Initiation};
     use crate::peer::{PublicKey, Timestamp};
     use std::sync::mpsc::channel;
     use std::time::Duration;
@@ -268,13 +268,14 @@ mod tests {
         }
     }
 
-    fn fake_identify(p: &[u8]) -> Result<Initiation, IdentifyError> {
+    fn fake_identify(p: &[u8]) -> Result<Identified, IdentifyError> {
         match p.first() {
             Some(&b) if b != 0 => Ok(Initiation {
                 sender_index: u32::from(b),
                 initiator: PublicKey([b; 32]),
                 timestamp: Timestamp([0; 12]),
-            }),
+            }
+            .into()),
             _ => Err(IdentifyError::Mac1),
         }
     }
@@ -292,7 +293,7 @@ mod tests {
             let _ = tx
                 .lock()
                 .unwrap()
-                .send((c.payload[0], r.map(|i| i.sender_index)));
+                .send((c.payload[0], r.map(|i| i.initiation.sender_index)));
         })
         .unwrap();
         for b in 0..50u8 {
