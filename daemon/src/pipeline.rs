@@ -232,6 +232,11 @@ impl Pipeline {
         self.known_keys.remember_identified(&self.keys, &identified);
         self.known_sources.resolved(src);
 
+        // Cookie replies carrying this initiation's index answer it, not the gateway's
+        // own initiation that the install is about to trigger.
+        self.queue
+            .client_initiation(src, identified.initiation.sender_index);
+
         // The overlap rule: an address held by another installed peer is revalidated first.
         let installing = claim::install(
             &self.lookup,
