@@ -153,34 +153,43 @@ pub async fn run(
         });
     }
 
-    // 4. The install worker owns all data-plane writes. With adaptive pacing, it watches
-    // the cookie replies the data plane sends (under load) to pace its own initiations.
-    let initiate_feedback = if config.initiate && config.initiate_adapt && config.mode == Mode::Jit
-    {
-        let socket = feedback::open_cookie_watch(config.capture_interface.as_deref(), listen_port)
-            .map_err(DaemonError::Capture)?;
-        let count = Arc::new(AtomicU64::new(0));
-        tasks.spawn_loop(
-            "cookie watch",
-            feedback::count_cookie_replies(socket, count.clone(), cancel.clone()),
-        );
-        Some(count)
+    // 4. The install worker owns all data-plane writes. With role inversion it watches the
+    // cookie replies the data plane sends (under load): a client whose response to our
+    // initiation was refused gets a second initiation at once, and adaptive pacing counts them.
+    let cookie_watch = if config.initiate && config.mode == Mode::Jit {
+        Some(
+            feedback::open_cookie_watch(config.capture_interface.as_deref(), listen_port)
+                .map_err(DaemonError::Capture)?,
+        )
     } else {
         None
     };
+    let initiate_feedback =
+        (cookie_watch.is_some() && config.initiate_adapt).then(|| Arc::new(AtomicU64::new(0)));
     let (worker, queue) = InstallWorker::start(
         Arc::new(dataplane),
         installed,
         InstallSettings {
             initiate: config.initiate,
             initiate_rate: config.initiate_rate,
-            initiate_feedback,
+            initiate_feedback: initiate_feedback.clone(),
             sweep_chunk: config.sweep_chunk.max(1),
             sweep_budget: config.sweep_budget,
         },
         metrics.clone(),
     )
     .map_err(DaemonError::Install)?;
+    if let Some(socket) = cookie_watch {
+        tasks.spawn_loop(
+            "cookie watch",
+            feedback::watch_cookie_replies(
+                socket,
+                initiate_feedback,
+                queue.clone(),
+                cancel.clone(),
+            ),
+        );
+    }
 
     tracing::info!(
         interface = %config.interface,

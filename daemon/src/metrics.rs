@@ -184,6 +184,8 @@ pub struct Metrics {
     /// Deferred role inversions dropped: waited past the client's own retry, or the peer
     /// was removed meanwhile.
     pub deferred_initiations_dropped: Counter,
+    /// Role inversions sent again because the data plane refused the client's response.
+    pub role_inversion_retries: Counter,
     /// Peers removed by the sweep for being idle.
     pub evictions: Counter,
     /// Peers removed because the control plane no longer knows them.
@@ -248,6 +250,7 @@ impl Metrics {
             install_latency_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
             role_inversions: Counter::default(),
             deferred_initiations_dropped: Counter::default(),
+            role_inversion_retries: Counter::default(),
             evictions: Counter::default(),
             revocations: Counter::default(),
             installed_peers: Gauge::default(),
@@ -412,6 +415,11 @@ impl Metrics {
             "deferred_initiations_dropped",
             "Paced role inversions dropped: the client's own retry was due, or the peer left",
             self.deferred_initiations_dropped.clone(),
+        );
+        r.register(
+            "role_inversion_retries",
+            "Role inversions sent again at once because the data plane answered the client's response with a cookie reply (the client holds a cookie now)",
+            self.role_inversion_retries.clone(),
         );
         r.register(
             "evictions",

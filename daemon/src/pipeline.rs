@@ -20,7 +20,7 @@ use crate::admission::{LogBudget, Refusal};
 use crate::capture::{self, CaptureSocket};
 use crate::config::{defaults, Limits};
 use crate::errors::Causes;
-use crate::identify::{self, IdentifyError, Initiation, ResponderKeys, StaticStaticCache};
+use crate::identify::{self, Identified, IdentifyError, ResponderKeys, StaticStaticCache};
 use crate::identify_pool::{
     Captured, DropReason, IdentifyPool, KnownSources, Lane, PoolSettings, PoolStartError, Queued,
 };
@@ -168,13 +168,13 @@ impl Pipeline {
     /// `max_pending` handler slots, released when handling ends.
     async fn handle(
         self: Arc<Self>,
-        initiation: Initiation,
+        identified: Identified,
         src: SocketAddr,
         captured_at: Instant,
         _permit: OwnedSemaphorePermit,
     ) {
-        let key = initiation.initiator;
-        let ts = initiation.timestamp;
+        let key = identified.initiation.initiator;
+        let ts = identified.initiation.timestamp;
 
         // Replay guard, in memory: only a strictly newer timestamp may cause work.
         if lock(&self.replay_memory).check_and_record(key, ts) == ReplayVerdict::Replay {
@@ -186,7 +186,7 @@ impl Pipeline {
             // The data plane answers installed peers itself. An installed key is known:
             // one DH now (once) makes each of its later initiations cost one, not two.
             self.metrics.already_installed.inc();
-            self.known_keys.remember(&self.keys, key);
+            self.known_keys.remember_identified(&self.keys, &identified);
             self.known_sources.resolved(src);
             return;
         }
@@ -230,8 +230,14 @@ impl Pipeline {
         }
 
         // Known from now on: its next initiation costs one DH and waits in the known lane.
-        self.known_keys.remember(&self.keys, key);
+        // The static-static secret identify computed is kept, so this costs no X25519.
+        self.known_keys.remember_identified(&self.keys, &identified);
         self.known_sources.resolved(src);
+
+        // Cookie replies carrying this initiation's index answer it, not the gateway's
+        // own initiation that the install is about to trigger.
+        self.queue
+            .client_initiation(src, identified.initiation.sender_index);
 
         // The overlap rule: an address held by another installed peer is revalidated first.
         let installing = claim::install(
@@ -355,14 +361,14 @@ pub fn start_identify_pool(
             let metrics = pipeline.metrics.clone();
             move |payload| {
                 let started = Instant::now();
-                let identified = identify::identify_cached(&keys, &known_keys, payload);
+                let identified = identify::identify_keeping_secret(&keys, &known_keys, payload);
                 metrics::observe_stage(&metrics, "identify", started.elapsed());
                 identified
             }
         },
         move |captured, result| match result {
-            Ok(initiation) => {
-                if pipeline.known_keys.contains(&initiation.initiator) {
+            Ok(identified) => {
+                if pipeline.known_keys.contains(&identified.initiator()) {
                     pipeline.metrics.identify_cached.inc();
                 }
                 let Ok(permit) = pipeline.handlers.clone().try_acquire_owned() else {
@@ -371,7 +377,7 @@ pub fn start_identify_pool(
                 };
                 let p = pipeline.clone();
                 runtime.spawn(async move {
-                    p.handle(initiation, captured.src, captured.captured_at, permit)
+                    p.handle(identified, captured.src, captured.captured_at, permit)
                         .await
                 });
             }

@@ -15,8 +15,28 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use x25519_dalek::{PublicKey as DhPublic, SharedSecret};
 
-use super::ResponderKeys;
+use super::{Identified, ResponderKeys};
 use crate::peer::PublicKey;
+
+/// A static-static secret identify computed for one initiator against one responder key,
+/// on its way to the cache: it remembers for which keys it was computed, so it can never
+/// be filed under another initiator. Opaque: only the cache reads the secret.
+#[derive(Clone)]
+pub struct FreshStaticStatic {
+    responder: [u8; 32],
+    initiator: PublicKey,
+    secret: Arc<SharedSecret>,
+}
+
+impl FreshStaticStatic {
+    pub(super) fn new(keys: &ResponderKeys, initiator: PublicKey, secret: SharedSecret) -> Self {
+        FreshStaticStatic {
+            responder: keys.public,
+            initiator,
+            secret: Arc::new(secret),
+        }
+    }
+}
 
 /// Independently locked parts; a power of two so a key byte picks one cheaply.
 const SHARDS: usize = 16;
@@ -111,6 +131,28 @@ impl StaticStaticCache {
         }
         lock(self.shard(&initiator.0)).insert(initiator.0, Arc::new(secret));
         true
+    }
+
+    /// `remember` for a key identify has just identified: the secret identify computed on
+    /// its cache miss is filed as it is, so vouching for a first contact costs no X25519.
+    /// Falls back to `remember` when identify took the secret from the cache (it is there
+    /// already, or was evicted since) or when the secret belongs to another key pair.
+    pub fn remember_identified(&self, keys: &ResponderKeys, identified: &Identified) -> bool {
+        let initiator = identified.initiator();
+        match identified.fresh_secret() {
+            Some(fresh)
+                if fresh.initiator == initiator
+                    && fresh.responder == keys.public
+                    && keys.public == self.responder
+                    && self.capacity > 0 =>
+            {
+                if self.get(keys, &initiator).is_none() {
+                    lock(self.shard(&initiator.0)).insert(initiator.0, fresh.secret.clone());
+                }
+                true
+            }
+            _ => self.remember(keys, initiator),
+        }
     }
 
     /// Drop `initiator`'s entry (its secret is zeroized once no reader holds it).

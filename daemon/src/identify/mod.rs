@@ -14,7 +14,7 @@
 mod cache;
 mod noise;
 
-pub use cache::StaticStaticCache;
+pub use cache::{FreshStaticStatic, StaticStaticCache};
 
 use x25519_dalek::{PublicKey as DhPublic, StaticSecret};
 
@@ -89,6 +89,46 @@ pub struct Initiation {
     pub timestamp: Timestamp,
 }
 
+/// An identified initiation, with the static-static secret identify had to compute for it
+/// (None when it came from the cache). `StaticStaticCache::remember_identified` keeps that
+/// secret, so vouching for a first contact's key costs no second X25519.
+#[derive(Clone)]
+pub struct Identified {
+    pub initiation: Initiation,
+    fresh: Option<FreshStaticStatic>,
+}
+
+impl Identified {
+    /// The initiator's key.
+    pub fn initiator(&self) -> PublicKey {
+        self.initiation.initiator
+    }
+
+    pub(crate) fn fresh_secret(&self) -> Option<&FreshStaticStatic> {
+        self.fresh.as_ref()
+    }
+}
+
+/// An initiation identified elsewhere (tests, replays): nothing to hand to the cache.
+impl From<Initiation> for Identified {
+    fn from(initiation: Initiation) -> Self {
+        Identified {
+            initiation,
+            fresh: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Identified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        f.debug_struct("Identified")
+            .field("initiation", &self.initiation)
+            .field("fresh_secret", &self.fresh.is_some())
+            .finish()
+    }
+}
+
 /// The stage at which an initiation was rejected. Checked in this order: Header
 /// (type/reserved, including messages shorter than 4 bytes), Length (exactly 148),
 /// Mac1, DecryptStatic, DecryptTimestamp.
@@ -140,7 +180,7 @@ pub fn mac1_valid(keys: &ResponderKeys, msg: &[u8]) -> bool {
 /// Recover the initiator's static public key and timestamp from a handshake
 /// initiation addressed to `keys`. Costs two X25519 operations once mac1 passes.
 pub fn identify(keys: &ResponderKeys, msg: &[u8]) -> Result<Initiation, IdentifyError> {
-    identify_with(keys, None, msg)
+    identify_with(keys, None, msg).map(|i| i.initiation)
 }
 
 /// `identify`, taking the static-static DH from `cache` when the initiator's key is
@@ -153,6 +193,16 @@ pub fn identify_cached(
     cache: &StaticStaticCache,
     msg: &[u8],
 ) -> Result<Initiation, IdentifyError> {
+    identify_with(keys, Some(cache), msg).map(|i| i.initiation)
+}
+
+/// `identify_cached`, also handing back the static-static secret it computed on a cache
+/// miss, for `StaticStaticCache::remember_identified` once the key proves known.
+pub fn identify_keeping_secret(
+    keys: &ResponderKeys,
+    cache: &StaticStaticCache,
+    msg: &[u8],
+) -> Result<Identified, IdentifyError> {
     identify_with(keys, Some(cache), msg)
 }
 
@@ -160,7 +210,7 @@ fn identify_with(
     keys: &ResponderKeys,
     cache: Option<&StaticStaticCache>,
     msg: &[u8],
-) -> Result<Initiation, IdentifyError> {
+) -> Result<Identified, IdentifyError> {
     let msg = initiation_bytes(msg)?;
     if !mac1_matches(keys, msg) {
         return Err(IdentifyError::Mac1);
@@ -190,23 +240,30 @@ fn identify_with(
     // (the preshared key only enters at the second message, so it is not needed here).
     // The cache only holds contributory results, so a hit skips that check too.
     let initiator_key = PublicKey(initiator);
-    let key = match cache.and_then(|c| c.get(keys, &initiator_key)) {
-        Some(shared) => noise::kdf2(&chaining_key, shared.as_bytes()).1,
+    let (key, fresh) = match cache.and_then(|c| c.get(keys, &initiator_key)) {
+        Some(shared) => (noise::kdf2(&chaining_key, shared.as_bytes()).1, None),
         None => {
             let shared = keys.private.diffie_hellman(&DhPublic::from(initiator));
             if !shared.was_contributory() {
                 return Err(IdentifyError::DecryptTimestamp);
             }
-            noise::kdf2(&chaining_key, shared.as_bytes()).1
+            let key = noise::kdf2(&chaining_key, shared.as_bytes()).1;
+            (key, Some(shared))
         }
     };
     let timestamp: [u8; 12] =
         noise::open(&key, encrypted_timestamp, &hash).ok_or(IdentifyError::DecryptTimestamp)?;
 
-    Ok(Initiation {
-        sender_index: u32::from_le_bytes(sender_index),
-        initiator: initiator_key,
-        timestamp: Timestamp(timestamp),
+    Ok(Identified {
+        initiation: Initiation {
+            sender_index: u32::from_le_bytes(sender_index),
+            initiator: initiator_key,
+            timestamp: Timestamp(timestamp),
+        },
+        // Only for a cache that could take it: plain `identify` drops it at once.
+        fresh: fresh
+            .filter(|_| cache.is_some())
+            .map(|secret| FreshStaticStatic::new(keys, initiator_key, secret)),
     })
 }
 

@@ -398,3 +398,60 @@ proptest! {
         prop_assert!(!boringtun_responder_accepts(&mut server, &msg));
     }
 }
+
+/// A first contact's secret travels from identify to the cache: the cache then answers
+/// with the very secret a fresh X25519 gives, and the next identify of that key is the
+/// same as without the cache (and reports nothing new to keep).
+#[test]
+fn remembering_an_identified_key_keeps_the_secret_identify_computed() {
+    let responder = [7u8; 32];
+    let initiator = [9u8; 32];
+    let keys = ResponderKeys::new(responder);
+    let cache = StaticStaticCache::new(&keys, 64);
+    let msg = initiation(initiator, responder, None);
+
+    let first = identify_keeping_secret(&keys, &cache, &msg).unwrap();
+    assert!(
+        first.fresh_secret().is_some(),
+        "a cache miss hands its secret on"
+    );
+    assert!(cache.remember_identified(&keys, &first));
+    let cached = cache.get(&keys, &first.initiator()).unwrap();
+    let expected = keys
+        .private
+        .diffie_hellman(&DhPublic::from(first.initiator().0));
+    assert_eq!(cached.as_bytes(), expected.as_bytes());
+
+    let again =
+        identify_keeping_secret(&keys, &cache, &initiation(initiator, responder, None)).unwrap();
+    assert!(
+        again.fresh_secret().is_none(),
+        "a cache hit computes nothing new"
+    );
+    assert_eq!(again.initiator(), first.initiator());
+}
+
+/// A secret computed for one responder key is never filed in a cache built for another.
+#[test]
+fn a_secret_for_another_responder_key_is_not_filed() {
+    let initiator = [9u8; 32];
+    let keys_a = ResponderKeys::new([7u8; 32]);
+    let keys_b = ResponderKeys::new([8u8; 32]);
+    let cache_a = StaticStaticCache::new(&keys_a, 64);
+    let cache_b = StaticStaticCache::new(&keys_b, 64);
+    let msg = initiation(initiator, [7u8; 32], None);
+    let identified = identify_keeping_secret(&keys_a, &cache_a, &msg).unwrap();
+    // Filed under B's key it must not be: `remember` would compute B's own secret, but
+    // B's cache is bound to keys_b and this call passes keys_a, so nothing is cached.
+    assert!(!cache_b.remember_identified(&keys_a, &identified));
+    assert!(cache_b.is_empty());
+}
+
+/// Plain `identify` (no cache) never carries a secret around.
+#[test]
+fn identify_without_a_cache_keeps_no_secret() {
+    let keys = ResponderKeys::new([7u8; 32]);
+    let msg = initiation([9u8; 32], [7u8; 32], None);
+    let plain = identify_with(&keys, None, &msg).unwrap();
+    assert!(plain.fresh_secret().is_none());
+}

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use hashlink::LruCache;
 
 use crate::admission::SourceNet;
-use crate::identify::Initiation;
+use crate::identify::Identified;
 
 /// One captured datagram's payload waiting to be identified.
 #[derive(Debug)]
@@ -176,8 +176,8 @@ impl IdentifyPool {
         expired: E,
     ) -> Result<Self, PoolStartError>
     where
-        I: Fn(&[u8]) -> Result<Initiation, crate::identify::IdentifyError> + Send + Sync + 'static,
-        D: Fn(Captured, Result<Initiation, crate::identify::IdentifyError>) + Send + Sync + 'static,
+        I: Fn(&[u8]) -> Result<Identified, crate::identify::IdentifyError> + Send + Sync + 'static,
+        D: Fn(Captured, Result<Identified, crate::identify::IdentifyError>) + Send + Sync + 'static,
         E: Fn(Captured) + Send + Sync + 'static,
     {
         let queue = Arc::new(Queue {
@@ -258,8 +258,8 @@ impl Drop for IdentifyPool {
     }
 }
 
-type Identify = dyn Fn(&[u8]) -> Result<Initiation, crate::identify::IdentifyError> + Send + Sync;
-type Deliver = dyn Fn(Captured, Result<Initiation, crate::identify::IdentifyError>) + Send + Sync;
+type Identify = dyn Fn(&[u8]) -> Result<Identified, crate::identify::IdentifyError> + Send + Sync;
+type Deliver = dyn Fn(Captured, Result<Identified, crate::identify::IdentifyError>) + Send + Sync;
 
 /// What a worker does with what it takes from the lanes.
 struct Handlers {
@@ -320,7 +320,7 @@ fn lower_priority(nice: i32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identify::IdentifyError;
+    use crate::identify::{IdentifyError, Initiation};
     use crate::peer::{PublicKey, Timestamp};
     use std::sync::mpsc::channel;
     use std::time::Duration;
@@ -333,13 +333,14 @@ mod tests {
         }
     }
 
-    fn fake_identify(p: &[u8]) -> Result<Initiation, IdentifyError> {
+    fn fake_identify(p: &[u8]) -> Result<Identified, IdentifyError> {
         match p.first() {
             Some(&b) if b != 0 => Ok(Initiation {
                 sender_index: u32::from(b),
                 initiator: PublicKey([b; 32]),
                 timestamp: Timestamp([0; 12]),
-            }),
+            }
+            .into()),
             _ => Err(IdentifyError::Mac1),
         }
     }
@@ -361,7 +362,7 @@ mod tests {
                 let _ = tx
                     .lock()
                     .unwrap()
-                    .send((c.payload[0], r.map(|i| i.sender_index)));
+                    .send((c.payload[0], r.map(|i| i.initiation.sender_index)));
             },
             |_| {},
         )

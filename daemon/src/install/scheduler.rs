@@ -7,6 +7,7 @@
 //! clock: plans are applied through `Backend`, and the time comes in as arguments.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -17,6 +18,7 @@ use crate::peer::PublicKey;
 use crate::sweep::{self, RemovalPacer};
 
 use super::pacer::InitiationPacer;
+use super::refusals::RefusalWatch;
 
 /// Keepalive interval (seconds) set at install time to make the data plane send its
 /// own initiation at once; cleared again right after (see `PeerChange::ClearKeepalive`).
@@ -161,7 +163,11 @@ pub struct Scheduler<R> {
     journal: Option<Vec<sweep::Change>>,
     initiations: InitiationPacer,
     /// Installed peers waiting for their role-inversion initiation, oldest first.
-    deferred: VecDeque<(PublicKey, Instant)>,
+    deferred: VecDeque<(PeerWrite, Instant)>,
+    /// Which of the gateway's initiations the data plane refused (`refusals`).
+    refusals: RefusalWatch,
+    /// Peers whose response was refused, to initiate to again (ahead of `deferred`).
+    again: VecDeque<PeerWrite>,
 }
 
 impl<R> Scheduler<R> {
@@ -189,7 +195,14 @@ impl<R> Scheduler<R> {
             journal: None,
             initiations,
             deferred: VecDeque::new(),
+            refusals: RefusalWatch::new(),
+            again: VecDeque::new(),
         }
+    }
+
+    #[cfg(test)]
+    pub fn metrics_for_tests(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The installed set, for readers on other threads.
@@ -267,11 +280,11 @@ impl<R> Scheduler<R> {
             }
         }
         if initiate {
-            self.deferred.extend(
-                writes[initiating..]
-                    .iter()
-                    .map(|w| (w.config.public_key, mono)),
-            );
+            for w in &writes[..initiating] {
+                self.refusals.initiated(w, false, mono);
+            }
+            self.deferred
+                .extend(writes[initiating..].iter().map(|w| (w.clone(), mono)));
         }
         self.mark_installed(writes.iter().map(|w| w.config.public_key), now);
         (0..writes.len()).map(|i| Ok(i < initiating)).collect()
@@ -291,7 +304,25 @@ impl<R> Scheduler<R> {
 
     /// How long from `mono` until deferred initiations are due; `None` when none wait.
     pub fn initiation_wait(&self, mono: Instant) -> Option<Duration> {
-        (!self.deferred.is_empty()).then(|| self.initiations.wait(mono))
+        (!self.deferred.is_empty() || !self.again.is_empty()).then(|| self.initiations.wait(mono))
+    }
+
+    /// The client at `endpoint` sent an initiation with `sender_index` (its JIT install is
+    /// coming): cookie replies carrying that index are not refusals of ours.
+    pub fn client_initiation(&mut self, endpoint: SocketAddr, sender_index: u32, mono: Instant) {
+        if self.settings.initiate {
+            self.refusals
+                .client_initiation(endpoint, sender_index, mono);
+        }
+    }
+
+    /// The data plane sent a cookie reply with `receiver_index` to `endpoint`: if that
+    /// refused a client's response to one of our initiations, initiate to it again (the
+    /// client holds a cookie now), ahead of the deferred initiations.
+    pub fn cookie_reply(&mut self, endpoint: SocketAddr, receiver_index: u32, mono: Instant) {
+        if let Some(write) = self.refusals.cookie_reply(endpoint, receiver_index, mono) {
+            self.again.push_back(write);
+        }
     }
 
     /// The deferred initiations the pacer admits at `mono`, oldest first; peers that
@@ -309,19 +340,60 @@ impl<R> Scheduler<R> {
             self.deferred.pop_front();
             expired += 1;
         }
-        let n = self.initiations.admit(mono, self.deferred.len());
+        let n = self
+            .initiations
+            .admit(mono, self.again.len() + self.deferred.len());
         if n == 0 && expired == 0 {
             return None;
         }
-        let due: Vec<PublicKey> = self.deferred.drain(..n).map(|(k, _)| k).collect();
-        let keys: Vec<PublicKey> = match self.installed.lock() {
-            Ok(set) => due.into_iter().filter(|k| set.contains(k)).collect(),
-            Err(_) => Vec::new(),
+        // Refused ones first: their clients hold a cookie now, so these complete.
+        let again_n = n.min(self.again.len());
+        let again: Vec<PeerWrite> = self.again.drain(..again_n).collect();
+        let due: Vec<PeerWrite> = self.deferred.drain(..n - again_n).map(|(w, _)| w).collect();
+        let (again, due): (Vec<PeerWrite>, Vec<PeerWrite>) = match self.installed.lock() {
+            Ok(set) => (
+                again
+                    .into_iter()
+                    .filter(|w| set.contains(&w.config.public_key))
+                    .collect(),
+                due.into_iter()
+                    .filter(|w| set.contains(&w.config.public_key))
+                    .collect(),
+            ),
+            Err(_) => (Vec::new(), Vec::new()),
         };
-        expired += n - keys.len();
+        expired += n - again.len() - due.len();
+        let mut initiate = Vec::with_capacity(2 * again.len() + due.len());
+        for w in &again {
+            // The data plane sends no second initiation within REKEY_TIMEOUT of its last
+            // one, whatever the keepalive says: a fresh peer (same config and endpoint)
+            // initiates at once.
+            initiate.push(PeerChange::Remove(w.config.public_key));
+            initiate.push(PeerChange::Install {
+                write: w.clone(),
+                keepalive: Some(ROLE_INVERSION_KEEPALIVE),
+            });
+            self.refusals.initiated(w, true, mono);
+        }
+        for w in &due {
+            initiate.push(PeerChange::Initiate(w.config.public_key));
+            self.refusals.initiated(w, false, mono);
+        }
+        if !again.is_empty() {
+            self.metrics
+                .role_inversion_retries
+                .inc_by(again.len() as u64);
+            if let Some(j) = self.journal.as_mut() {
+                j.extend(
+                    again
+                        .iter()
+                        .map(|w| sweep::Change::Installed(w.config.public_key)),
+                );
+            }
+        }
         Some(InitiationRound {
-            initiate: Plan(keys.iter().map(|k| PeerChange::Initiate(*k)).collect()),
-            clear: Plan::clear_keepalives(keys),
+            initiate: Plan(initiate),
+            clear: Plan::clear_keepalives(again.iter().chain(&due).map(|w| w.config.public_key)),
             expired,
         })
     }

@@ -506,3 +506,74 @@ fn the_worker_serves_an_install_before_the_next_removal_chunk() {
         Err(InstallError::WorkerGone)
     ));
 }
+
+/// `write(n)` with an endpoint of its own.
+fn write_at(n: u16) -> PeerWrite {
+    PeerWrite {
+        endpoint: Some(std::net::SocketAddr::new(
+            std::net::Ipv4Addr::new(198, 18, 1, n as u8).into(),
+            40_000,
+        )),
+        ..write(n)
+    }
+}
+
+#[test]
+fn a_refused_response_gets_a_fresh_peer_that_initiates_ahead_of_the_deferred() {
+    let dp = FakeDataPlane::default();
+    let mut s = paced(1000);
+    let t = Instant::now();
+    let writes: Vec<PeerWrite> = (0..30).map(write_at).collect();
+    for w in &writes {
+        s.client_initiation(w.endpoint.unwrap(), 77, t);
+    }
+    s.install_batch(&dp, &writes, at(1), t);
+    // A cookie answering client 3's own initiation (its index) is no refusal...
+    s.cookie_reply(
+        writes[3].endpoint.unwrap(),
+        77,
+        t + Duration::from_millis(5),
+    );
+    // ...one answering client 5's response to our initiation is; and client 25, whose
+    // initiation is still deferred, was not initiated to yet.
+    s.cookie_reply(
+        writes[5].endpoint.unwrap(),
+        4242,
+        t + Duration::from_millis(5),
+    );
+    s.cookie_reply(
+        writes[25].endpoint.unwrap(),
+        4242,
+        t + Duration::from_millis(5),
+    );
+
+    let round = s.next_initiations(t + Duration::from_millis(10)).unwrap();
+    assert_eq!(round.initiate.0[0], PeerChange::Remove(key(5)));
+    assert_eq!(
+        round.initiate.0[1],
+        PeerChange::Install {
+            write: writes[5].clone(),
+            keepalive: Some(ROLE_INVERSION_KEEPALIVE),
+        }
+    );
+    assert!(round.initiate.0[2..]
+        .iter()
+        .all(|c| matches!(c, PeerChange::Initiate(_))));
+    assert_eq!(keys_of(&round.clear)[0], key(5));
+    assert_eq!(
+        keys_of(&round.clear).len(),
+        10,
+        "one clear per peer initiated"
+    );
+    assert_eq!(s.metrics_for_tests().role_inversion_retries.get(), 1);
+    assert!(is_installed(&s, key(5)));
+
+    // The retry is not retried again.
+    s.cookie_reply(
+        writes[5].endpoint.unwrap(),
+        4243,
+        t + Duration::from_millis(20),
+    );
+    let round = s.next_initiations(t + Duration::from_secs(1)).unwrap();
+    assert!(!round.initiate.0.contains(&PeerChange::Remove(key(5))));
+}

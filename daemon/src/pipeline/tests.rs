@@ -9,6 +9,7 @@ use boringtun::noise::{Tunn, TunnResult};
 
 use super::*;
 use crate::dataplane::{DataPlaneError, InstalledPeer};
+use crate::identify::Initiation;
 use crate::install::{Backend, InstallSettings, InstallWorker, PeerChange, Plan};
 use crate::lookup::LookupConfig;
 use crate::store::{PeerSource, Store};
@@ -113,7 +114,7 @@ impl Rig {
         let src: SocketAddr = "198.18.0.2:51820".parse().unwrap();
         self.pipeline
             .clone()
-            .handle(init, src, Instant::now(), permit)
+            .handle(init.into(), src, Instant::now(), permit)
             .await;
     }
 

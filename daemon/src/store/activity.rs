@@ -52,10 +52,8 @@ impl Store {
                     unix_ms(a.seen_at),
                 ])?;
             }
-            tx.execute(
-                "DELETE FROM activity WHERE seen_at < ?1",
-                [unix_ms(forget_before)],
-            )?;
+            tx.prepare_cached("DELETE FROM activity WHERE seen_at < ?1")?
+                .execute([unix_ms(forget_before)])?;
         }
         tx.commit()?;
         Ok(())

@@ -187,14 +187,15 @@ impl Store {
 
     /// The positive entry for `key`, fresh or expired.
     pub fn get_peer(&self, key: &PublicKey) -> Result<Option<CachedPeer>, StoreError> {
+        // Cached statements: this runs once per lookup, and parsing the SQL each time
+        // showed up in storm profiles.
         let row = self
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT public_key, allowed_ips, preshared_key, source, fetched_at, expires_at
                  FROM peers WHERE public_key = ?1",
-                [&key.0[..]],
-                RawPeer::from_row,
-            )
+            )?
+            .query_row([&key.0[..]], RawPeer::from_row)
             .optional()?;
         row.map(RawPeer::decode).transpose()
     }
@@ -312,12 +313,13 @@ impl Store {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO negative (public_key, until) VALUES (?1, ?2)
              ON CONFLICT (public_key) DO UPDATE SET until = excluded.until",
-            params![&key.0[..], unix_ms_after(now, ttl)],
-        )?;
-        tx.execute("DELETE FROM peers WHERE public_key = ?1", [&key.0[..]])?;
+        )?
+        .execute(params![&key.0[..], unix_ms_after(now, ttl)])?;
+        tx.prepare_cached("DELETE FROM peers WHERE public_key = ?1")?
+            .execute([&key.0[..]])?;
         tx.commit()?;
         Ok(())
     }
@@ -326,11 +328,8 @@ impl Store {
     pub fn get_negative(&self, key: &PublicKey, now: SystemTime) -> Result<bool, StoreError> {
         let until: Option<i64> = self
             .conn
-            .query_row(
-                "SELECT until FROM negative WHERE public_key = ?1",
-                [&key.0[..]],
-                |row| row.get(0),
-            )
+            .prepare_cached("SELECT until FROM negative WHERE public_key = ?1")?
+            .query_row([&key.0[..]], |row| row.get(0))
             .optional()?;
         Ok(until.is_some_and(|until| until > unix_ms(now)))
     }
@@ -404,11 +403,8 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let stored: Option<Vec<u8>> = tx
-            .query_row(
-                "SELECT newest FROM replay WHERE public_key = ?1",
-                [&key.0[..]],
-                |row| row.get(0),
-            )
+            .prepare_cached("SELECT newest FROM replay WHERE public_key = ?1")?
+            .query_row([&key.0[..]], |row| row.get(0))
             .optional()?;
         let stored = stored
             .map(|bytes| {
@@ -419,11 +415,11 @@ impl Store {
             .transpose()?;
         let verdict = replay::judge(stored, timestamp);
         if verdict == ReplayVerdict::Fresh {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO replay (public_key, newest) VALUES (?1, ?2)
                  ON CONFLICT (public_key) DO UPDATE SET newest = excluded.newest",
-                params![&key.0[..], &timestamp.0[..]],
-            )?;
+            )?
+            .execute(params![&key.0[..], &timestamp.0[..]])?;
             tx.commit()?;
         }
         Ok(verdict)
