@@ -69,6 +69,9 @@ pub struct Calibration {
     pub gateway_cpus: Option<u32>,
     /// Points whose load generator saturated (their timing is suspect, they are still used).
     pub saturated_points: usize,
+    /// How far past its `duration` the longest calibration run went (the fleet's finish and
+    /// the last sample), floored at 0: a predicted run length is capped at `duration` plus this.
+    pub run_end_slack_s: f64,
     /// The first point's recorded scenario: what `--predict` overrides apply to.
     #[serde(skip)]
     pub base_scenario: serde_json::Value,
@@ -93,6 +96,9 @@ pub fn feature(point: &CalPoint, name: &str) -> Option<f64> {
         "installed_peers" => m.installed_peak,
         "stored_peers" => m.stored_peers,
         "installed_estimate" => Some(p.installed_estimate),
+        "installs" => Some(p.installs_estimate),
+        "planned_run_seconds" => Some(p.run_s),
+        "setup_p50_seconds" => point.figure("setup_p50").map(|ms| ms / 1000.0),
         "stale_estimate" => Some(p.stale_estimate),
         "planned_peer_sweeps" => Some(planned_peer_sweeps(p)),
         "storm_size" => Some(p.storm_size),
@@ -127,7 +133,22 @@ fn any(_: &CalPoint) -> bool {
     true
 }
 
+fn steady_jit(p: &CalPoint) -> bool {
+    steady(p) && p.planned.mode == "jit"
+}
+
 const SPECS: &[Spec] = &[
+    Spec {
+        name: RUN_MODEL,
+        description: "run length against the planned one (last arrival + time a client stays) and setup latency p50 (a client's stay starts once it is connected, so a slow setup lengthens the run)",
+        unit: Unit::Seconds,
+        filter: steady_jit,
+        y: |p| Some(p.measured.run_seconds),
+        feature_sets: &[
+            &["planned_run_seconds", "setup_p50_seconds"],
+            &["planned_run_seconds"],
+        ],
+    },
     Spec {
         name: "daemon_cpu",
         description: "jitwgd CPU seconds per arrival, per peer read by the eviction sweep, per second of run",
@@ -196,11 +217,17 @@ const SPECS: &[Spec] = &[
     },
     Spec {
         name: "dataplane_rss_peak",
-        description: "data-plane peak RSS bytes per installed peer and per arrival in the busiest second",
+        description: "data-plane peak RSS bytes per installed peer, per peer installed over the process's life (wireguard-go keeps memory of removed peers) and per arrival in the busiest second",
         unit: Unit::Bytes,
         filter: any,
         y: |p| p.figure("dataplane_rss_peak"),
-        feature_sets: &[&["installed_peers", "storm_size"], &["installed_peers"]],
+        feature_sets: &[
+            &["installed_peers", "installs", "storm_size"],
+            &["installed_peers", "installs"],
+            &["installs", "storm_size"],
+            &["installed_peers", "storm_size"],
+            &["installed_peers"],
+        ],
     },
     Spec {
         name: "reload_time_preload",
@@ -258,6 +285,10 @@ const LATENCY_FLOOR_MS: f64 = 0.1;
 /// Name of the setup-latency model (a knee fit against storm size).
 pub const SETUP_MODEL: &str = "setup_p50";
 
+/// Name of the run-length model: the per-second CPU terms are charged for the run as it will
+/// last, which is longer than planned when clients connect late.
+pub const RUN_MODEL: &str = "run_seconds";
+
 impl Calibration {
     /// Fits every model the points identify.
     pub fn fit(points: &[CalPoint]) -> Result<Self, CalibrationError> {
@@ -304,6 +335,10 @@ impl Calibration {
             unfitted,
             gateway_cpus,
             saturated_points: points.iter().filter(|p| p.measured.saturated).count(),
+            run_end_slack_s: points
+                .iter()
+                .map(|p| p.measured.run_seconds - p.planned.duration_s)
+                .fold(0.0, f64::max),
             base_scenario: points[0].scenario.clone(),
         })
     }

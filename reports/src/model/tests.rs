@@ -179,3 +179,199 @@ fn html_fragment_is_self_contained_and_well_formed() {
     assert!(html.contains("knee"));
     roxmltree::Document::parse(&html).expect("well-formed fragment");
 }
+
+/// A steady JIT run with planted costs that separate what the storm runs above cannot:
+/// `count` connect-once or staying clients at `rate`/s, evicted `evict_after_s` after going
+/// idle; the run lasts its planned length plus the setup p50 (late connections stay late);
+/// jitwgd costs 1 ms per arrival plus 20 ms per second of run; the data plane holds 20 MB +
+/// 8 KiB per installed peer + 6 KiB per peer it ever installed (removed ones included).
+struct Synthetic {
+    count: u32,
+    rate: f64,
+    stay_s: f64,
+    evict_after_s: f64,
+    /// Peak installed peers the run's samples show.
+    installed_peak: u32,
+}
+
+const SYNTHETIC_SWEEP_S: f64 = 5.0;
+
+/// Setup p50 (ms) planted with a knee at 1,000 arrivals in a second.
+fn planted_setup_ms(storm: f64) -> f64 {
+    30.0 * (0.01 * (storm - 1000.0).max(0.0)).exp()
+}
+
+fn synthetic(s: &Synthetic) -> CalPoint {
+    let behaviour = if s.stay_s > 0.0 {
+        json!({"kind": "stay", "duration": format!("{}s", s.stay_s), "traffic_every": "5s"})
+    } else {
+        json!({"kind": "connect_once"})
+    };
+    let scenario = json!({
+        "name": "synthetic", "duration": "120s",
+        "daemon": {"sweep_every": format!("{SYNTHETIC_SWEEP_S}s"),
+                   "evict_after": format!("{}s", s.evict_after_s)},
+        "population": [{"name": "s", "count": s.count,
+            "arrival": {"kind": "poisson", "rate": s.rate},
+            "behaviour": behaviour}]
+    });
+    let n = f64::from(s.count);
+    let setup = planted_setup_ms(n.min(s.rate));
+    let planned_run = n / s.rate + s.stay_s;
+    let run_s = planned_run + setup / 1000.0;
+    let mut results = Results::new(RunInfo {
+        resolved_scenario: scenario,
+        duration_ms: run_s * 1000.0,
+        ..RunInfo::default()
+    });
+    results.clients = (0..s.count)
+        .map(|id| ClientResult {
+            id,
+            population: "s".into(),
+            connections: vec![Connection {
+                setup_latency_ms: Some(setup),
+                handshake_attempts: 1,
+                ..Connection::default()
+            }],
+        })
+        .collect();
+    results.samples = vec![
+        Sample {
+            t_ms: 0.0,
+            installed_peers: u64::from(s.installed_peak),
+            ..Sample::default()
+        },
+        Sample {
+            t_ms: run_s * 1000.0,
+            installed_peers: 0,
+            ..Sample::default()
+        },
+    ];
+    results.api.calls_total = u64::from(s.count);
+    let installed = f64::from(s.installed_peak);
+    results.processes = vec![
+        usage(
+            "daemon",
+            0.02 * run_s + 0.001 * n,
+            20e6 + 4096.0 * installed,
+        ),
+        usage(
+            "dataplane",
+            0.01 * run_s + 0.0005 * n,
+            20e6 + 8192.0 * installed + 6144.0 * n,
+        ),
+    ];
+    CalPoint::from_results(
+        PathBuf::from(format!("c{}-{}-{}", s.count, s.rate, s.evict_after_s)),
+        &results,
+        &json!({}),
+        DEFAULTS,
+    )
+    .unwrap()
+}
+
+/// Storms (everyone stays; installed = installs) and churns (connect once, evicted: installed
+/// well below installs) with planned run lengths and storm sizes that vary independently.
+fn mixed_calibration_runs() -> Vec<CalPoint> {
+    let mut runs = Vec::new();
+    for count in [200, 400, 600, 800, 1000, 1200, 1400, 1600] {
+        runs.push(synthetic(&Synthetic {
+            count,
+            rate: f64::from(count),
+            stay_s: 15.0,
+            evict_after_s: 60.0,
+            installed_peak: count,
+        }));
+    }
+    for (evict_after_s, installed_peak) in [(10.0, 125), (20.0, 225), (30.0, 325), (45.0, 475)] {
+        runs.push(synthetic(&Synthetic {
+            count: 600,
+            rate: 10.0,
+            stay_s: 0.0,
+            evict_after_s,
+            installed_peak,
+        }));
+    }
+    runs
+}
+
+#[test]
+fn cpu_per_second_is_charged_for_the_run_as_it_will_last() {
+    let c = Calibration::fit(&mixed_calibration_runs()).unwrap();
+    let run = c
+        .model("run_seconds")
+        .expect("a run-length model")
+        .fitted
+        .linear();
+    assert!(
+        (run.slope("setup_p50_seconds").unwrap() - 1.0).abs() < 1e-6,
+        "{run:?}"
+    );
+    assert!((run.slope("planned_run_seconds").unwrap() - 1.0).abs() < 1e-6);
+    // Held out, above the knee: setup p50 ~4.5 s makes the run ~4.5 s longer than planned.
+    let held = synthetic(&Synthetic {
+        count: 1500,
+        rate: 1500.0,
+        stay_s: 15.0,
+        evict_after_s: 60.0,
+        installed_peak: 1500,
+    });
+    let p = predict(&c, &held.planned);
+    let measured = held.figure("daemon_cpu").unwrap();
+    let predicted = p.predicted["daemon_cpu"].value;
+    assert!(
+        (predicted / measured - 1.0).abs() < 0.01,
+        "predicted {predicted}, measured {measured}"
+    );
+    // The planned length alone would have missed by the setup time's CPU.
+    let planned_only = 0.02 * held.planned.run_s + 0.001 * 1500.0;
+    assert!((planned_only / measured - 1.0).abs() > 0.01);
+    assert!(p.inputs["run_seconds"].value > held.planned.run_s);
+}
+
+#[test]
+fn dataplane_memory_counts_the_peers_it_removed() {
+    let c = Calibration::fit(&mixed_calibration_runs()).unwrap();
+    let rss = c.model("dataplane_rss_peak").unwrap().fitted.linear();
+    assert!(
+        (rss.slope("installs").unwrap() - 6144.0).abs() < 1.0,
+        "{rss:?}"
+    );
+    assert!((rss.slope("installed_peers").unwrap() - 8192.0).abs() < 1.0);
+    // A held-out churn: 600 installed and removed, 275 at the peak. Installed peers are
+    // predicted by Little's law (10/s × (25 s + 2.5 s) = 275).
+    let held = synthetic(&Synthetic {
+        count: 600,
+        rate: 10.0,
+        stay_s: 0.0,
+        evict_after_s: 25.0,
+        installed_peak: 275,
+    });
+    let v = validate(&c, std::slice::from_ref(&held));
+    let check = v
+        .checks
+        .iter()
+        .find(|k| k.figure == "dataplane_rss_peak")
+        .unwrap();
+    assert_eq!(check.within_goal, Some(true), "{check:?}");
+    assert!(check.error.unwrap().abs() < 0.02, "{check:?}");
+    let summary = &v.summary["dataplane_rss_peak"];
+    assert_eq!((summary.checks, summary.within_goal), (1, 1));
+}
+
+#[test]
+fn validation_gives_setup_above_the_knee_no_goal() {
+    let c = Calibration::fit(&mixed_calibration_runs()).unwrap();
+    let above = synthetic(&Synthetic {
+        count: 1500,
+        rate: 1500.0,
+        stay_s: 15.0,
+        evict_after_s: 60.0,
+        installed_peak: 1500,
+    });
+    let v = validate(&c, &[above]);
+    let setup = v.checks.iter().find(|k| k.figure == "setup_p50").unwrap();
+    assert_eq!(setup.tolerance, None);
+    assert_eq!(setup.within_goal, None);
+    assert!(setup.note.as_deref().unwrap().contains("knee"));
+}

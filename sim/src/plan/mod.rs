@@ -1,13 +1,17 @@
 //! `jitwg plan`: capacity planning from calibration runs. Reads every finished run under the
 //! calibration directories (a parameter sweep's points, or runs written with `jitwg run --out
 //! DIR/points/<i>`), fits the cost model (`jitwg_reports::model`), and either shows the fits,
-//! predicts one scenario's figures (`--predict KEY=VALUE ...`), or sizes a fleet (`--peers ...`).
+//! predicts one scenario's figures (`--predict KEY=VALUE ...`), checks predictions against
+//! held-out runs (`--validate DIR`), or sizes a fleet (`--peers ...`).
 
 mod args;
 mod overrides;
 mod render;
 
 pub use args::PlanArgs;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use jitwg_reports::model::{self, Calibration, DaemonDefaults};
@@ -30,13 +34,28 @@ fn usage(error: impl Into<anyhow::Error>) -> CliError {
 }
 
 /// Reads and fits the calibration directories.
-pub fn calibrate(dirs: &[std::path::PathBuf]) -> Result<Calibration, CliError> {
+pub fn calibrate(dirs: &[PathBuf]) -> Result<Calibration, CliError> {
+    calibrate_from(dirs, &BTreeSet::new())
+}
+
+/// A path with symbolic links resolved (calibration and held-out trees may be links into one
+/// sweep), or as given when it cannot be resolved.
+fn canonical(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Reads and fits the calibration directories, leaving out the runs in `held_out` (resolved
+/// paths of results files).
+fn calibrate_from(dirs: &[PathBuf], held_out: &BTreeSet<PathBuf>) -> Result<Calibration, CliError> {
     let mut points = Vec::new();
     for dir in dirs {
         let read = model::read_dir(dir, daemon_defaults())
             .with_context(|| format!("reading calibration directory {}", dir.display()))
             .map_err(usage)?;
-        points.extend(read);
+        points.extend(
+            read.into_iter()
+                .filter(|p| !held_out.contains(&canonical(&p.source))),
+        );
     }
     Calibration::fit(&points)
         .with_context(|| {
@@ -49,15 +68,30 @@ pub fn calibrate(dirs: &[std::path::PathBuf]) -> Result<Calibration, CliError> {
 /// Runs `jitwg plan`.
 pub fn run(args: PlanArgs) -> Result<ExitCode, CliError> {
     let fleet = args.fleet_inputs().map_err(usage)?;
-    if fleet.is_some() && !args.predict.is_empty() {
+    let questions = [
+        fleet.is_some(),
+        !args.predict.is_empty(),
+        !args.validate.is_empty(),
+    ];
+    if questions.iter().filter(|q| **q).count() > 1 {
         return Err(usage(anyhow::anyhow!(
-            "--predict and a fleet plan (--peers ...) are separate questions: ask one at a time"
+            "--predict, --validate and a fleet plan (--peers ...) are separate questions: ask one at a time"
         )));
     }
     // Parse the overrides before reading anything, so a typo fails fast.
     let overrides = overrides::parse(&args.predict).map_err(usage)?;
-    let calibration = calibrate(&args.calibration)?;
-    let text = if let Some(inputs) = fleet {
+    let held_out = read_held_out(&args.validate)?;
+    let held_out_sources: BTreeSet<PathBuf> =
+        held_out.iter().map(|h| canonical(&h.source)).collect();
+    let calibration = calibrate_from(&args.calibration, &held_out_sources)?;
+    let text = if !args.validate.is_empty() {
+        let validation = model::validate(&calibration, &held_out);
+        if args.json {
+            json(&validation)?
+        } else {
+            render::validation(&calibration, &validation)
+        }
+    } else if let Some(inputs) = fleet {
         let plan = model::plan_fleet(&calibration, &inputs);
         if args.json {
             json(&serde_json::json!({"inputs": inputs, "plan": plan}))?
@@ -85,6 +119,25 @@ pub fn run(args: PlanArgs) -> Result<ExitCode, CliError> {
     };
     print!("{text}");
     Ok(ExitCode::Ok)
+}
+
+/// Every finished run under the `--validate` directories; at least one when any was given.
+fn read_held_out(dirs: &[PathBuf]) -> Result<Vec<model::CalPoint>, CliError> {
+    let mut held_out = Vec::new();
+    for dir in dirs {
+        let read = model::read_dir(dir, daemon_defaults())
+            .with_context(|| format!("reading held-out directory {}", dir.display()))
+            .map_err(usage)?;
+        held_out.extend(read);
+    }
+    if !dirs.is_empty() && held_out.is_empty() {
+        let names: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        return Err(usage(anyhow::anyhow!(
+            "--validate: no finished run under {}",
+            names.join(", ")
+        )));
+    }
+    Ok(held_out)
 }
 
 fn internal(e: impl Into<anyhow::Error>) -> CliError {
