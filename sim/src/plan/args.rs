@@ -25,6 +25,10 @@ pub struct PlanArgs {
     /// a sweep's points can be held out of it. Repeatable.
     #[arg(long, value_name = "HELD_OUT_DIR")]
     pub validate: Vec<PathBuf>,
+    /// Leave the runs under this directory out of the calibration (e.g. a sweep's held-out
+    /// `points/<i>`, to `--predict` them from the other points). Repeatable.
+    #[arg(long, value_name = "DIR")]
+    pub exclude: Vec<PathBuf>,
     /// The scenario `--predict` changes [default: the first calibration run's recorded one].
     #[arg(long, value_name = "SCENARIO.toml")]
     pub scenario: Option<PathBuf>,

@@ -81,9 +81,14 @@ pub fn run(args: PlanArgs) -> Result<ExitCode, CliError> {
     // Parse the overrides before reading anything, so a typo fails fast.
     let overrides = overrides::parse(&args.predict).map_err(usage)?;
     let held_out = read_held_out(&args.validate)?;
-    let held_out_sources: BTreeSet<PathBuf> =
-        held_out.iter().map(|h| canonical(&h.source)).collect();
-    let calibration = calibrate_from(&args.calibration, &held_out_sources)?;
+    let mut left_out: BTreeSet<PathBuf> = held_out.iter().map(|h| canonical(&h.source)).collect();
+    for dir in &args.exclude {
+        let read = model::read_dir(dir, daemon_defaults())
+            .with_context(|| format!("reading --exclude directory {}", dir.display()))
+            .map_err(usage)?;
+        left_out.extend(read.iter().map(|p| canonical(&p.source)));
+    }
+    let calibration = calibrate_from(&args.calibration, &left_out)?;
     let text = if !args.validate.is_empty() {
         let validation = model::validate(&calibration, &held_out);
         if args.json {
@@ -151,4 +156,67 @@ fn json(value: &impl serde::Serialize) -> Result<String, CliError> {
     serde_json::to_string_pretty(value)
         .map(|s| s + "\n")
         .map_err(internal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jitwg_reports::schema::{ClientResult, Connection, ProcessUsage, Results, RunInfo};
+
+    /// A finished run of `n` connect-once clients, daemon CPU 1 ms per client.
+    fn write_run(dir: &Path, n: u32) {
+        let scenario = serde_json::json!({
+            "name": "t", "duration": "20s",
+            "population": [{"name": "c", "count": n,
+                "arrival": {"kind": "constant", "rate": 10.0},
+                "behaviour": {"kind": "connect_once"}}]
+        });
+        let mut results = Results::new(RunInfo {
+            resolved_scenario: scenario,
+            duration_ms: 20_000.0,
+            ..RunInfo::default()
+        });
+        results.clients = (0..n)
+            .map(|id| ClientResult {
+                id,
+                population: "c".into(),
+                connections: vec![Connection {
+                    setup_latency_ms: Some(5.0),
+                    handshake_attempts: 1,
+                    ..Connection::default()
+                }],
+            })
+            .collect();
+        results.processes = vec![ProcessUsage {
+            name: "daemon".into(),
+            cpu_seconds: 0.001 * f64::from(n),
+            peak_rss_bytes: 1 << 20,
+        }];
+        std::fs::create_dir_all(dir).unwrap();
+        jitwg_reports::schema::save(&results, dir.join("results.json")).unwrap();
+    }
+
+    #[test]
+    fn held_out_runs_are_left_out_of_the_calibration_that_predicts_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sweep = tmp.path().join("sweep");
+        for (i, n) in [10, 20, 30, 40, 50].into_iter().enumerate() {
+            write_run(&sweep.join(format!("points/{i}/r0")), n);
+        }
+        let held = vec![sweep.join("points/2")];
+        let held_out = read_held_out(&held).unwrap();
+        assert_eq!(held_out.len(), 1);
+        let sources = held_out.iter().map(|h| canonical(&h.source)).collect();
+        let c = calibrate_from(std::slice::from_ref(&sweep), &sources).unwrap();
+        assert_eq!(c.points, 4);
+        let v = model::validate(&c, &held_out);
+        let cpu = v.checks.iter().find(|k| k.figure == "daemon_cpu").unwrap();
+        assert!(cpu.error.unwrap().abs() < 1e-6, "{cpu:?}");
+        // A held-out directory with nothing finished in it is a usage error, not an empty table.
+        let e = read_held_out(&[tmp.path().join("empty")]).unwrap_err();
+        assert_eq!(e.code, ExitCode::Usage);
+        std::fs::create_dir_all(tmp.path().join("none")).unwrap();
+        let e = read_held_out(&[tmp.path().join("none")]).unwrap_err();
+        assert!(format!("{:#}", e.error).contains("no finished run"));
+    }
 }
