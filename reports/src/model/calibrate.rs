@@ -97,8 +97,6 @@ pub fn feature(point: &CalPoint, name: &str) -> Option<f64> {
         "stored_peers" => m.stored_peers,
         "installed_estimate" => Some(p.installed_estimate),
         "installs" => Some(p.installs_estimate),
-        "planned_run_seconds" => Some(p.run_s),
-        "setup_p50_seconds" => point.figure("setup_p50").map(|ms| ms / 1000.0),
         "stale_estimate" => Some(p.stale_estimate),
         "planned_peer_sweeps" => Some(planned_peer_sweeps(p)),
         "storm_size" => Some(p.storm_size),
@@ -133,22 +131,7 @@ fn any(_: &CalPoint) -> bool {
     true
 }
 
-fn steady_jit(p: &CalPoint) -> bool {
-    steady(p) && p.planned.mode == "jit"
-}
-
 const SPECS: &[Spec] = &[
-    Spec {
-        name: RUN_MODEL,
-        description: "run length against the planned one (last arrival + time a client stays) and setup latency p50 (a client's stay starts once it is connected, so a slow setup lengthens the run)",
-        unit: Unit::Seconds,
-        filter: steady_jit,
-        y: |p| Some(p.measured.run_seconds),
-        feature_sets: &[
-            &["planned_run_seconds", "setup_p50_seconds"],
-            &["planned_run_seconds"],
-        ],
-    },
     Spec {
         name: "daemon_cpu",
         description: "jitwgd CPU seconds per arrival, per peer read by the eviction sweep, per second of run",
@@ -287,7 +270,7 @@ pub const SETUP_MODEL: &str = "setup_p50";
 
 /// Name of the run-length model: the per-second CPU terms are charged for the run as it will
 /// last, which is longer than planned when clients connect late.
-pub const RUN_MODEL: &str = "run_seconds";
+pub const RUN_MODEL: &str = "run_overrun";
 
 impl Calibration {
     /// Fits every model the points identify.
@@ -315,14 +298,19 @@ impl Calibration {
                 }
             }
         }
-        match fit_setup(points) {
-            Ok(model) => {
-                models.insert(SETUP_MODEL.to_string(), model);
+        for (name, fitted) in [
+            (SETUP_MODEL, fit_setup(points)),
+            (RUN_MODEL, fit_overrun(points)),
+        ] {
+            match fitted {
+                Ok(model) => {
+                    models.insert(name.to_string(), model);
+                }
+                Err(reason) => unfitted.push(Unfitted {
+                    name: name.to_string(),
+                    reason,
+                }),
             }
-            Err(reason) => unfitted.push(Unfitted {
-                name: SETUP_MODEL.to_string(),
-                reason,
-            }),
         }
         let cpus: Vec<Option<u32>> = points.iter().map(|p| p.measured.gateway_cpus).collect();
         let gateway_cpus = match cpus.first() {
@@ -406,6 +394,40 @@ fn fit_spec(spec: &Spec, points: &[CalPoint]) -> Result<Model, String> {
         }
     }
     Err(last_error)
+}
+
+/// How much longer than planned a steady JIT run lasts (seconds), against storm size, knee
+/// searched. A client's stay starts once it is connected, so the run ends a setup *tail* after
+/// the last arrival's stay: milliseconds below the knee, WireGuard's 5 s retry above it, where
+/// some clients' first exchange is refused (cookie replies).
+fn fit_overrun(points: &[CalPoint]) -> Result<Model, String> {
+    let (xs, ys): (Vec<f64>, Vec<f64>) = points
+        .iter()
+        .filter(|p| steady(p) && p.planned.mode == "jit")
+        .map(|p| {
+            (
+                p.planned.storm_size,
+                p.measured.run_seconds - p.planned.run_s,
+            )
+        })
+        .unzip();
+    if xs.len() < MIN_POINTS {
+        return Err(format!(
+            "{} steady JIT point(s); {MIN_POINTS} needed",
+            xs.len()
+        ));
+    }
+    let knee = fit_knee("storm_size", &xs, &ys).map_err(|e| match e {
+        FitError::Singular => "storm size did not vary across the points".to_string(),
+        e => e.to_string(),
+    })?;
+    Ok(Model {
+        name: RUN_MODEL.to_string(),
+        description: "seconds a run lasts beyond its plan (last arrival + stay) against storm size, knee searched: the setup tail, a 5 s retry past the knee; the CPU models' per-second terms are charged for the planned length plus this".to_string(),
+        unit: Unit::Seconds,
+        log_scale: false,
+        fitted: Fitted::Knee(knee),
+    })
 }
 
 /// Setup latency p50 (ms), less the control plane's injected latency, against storm size, on

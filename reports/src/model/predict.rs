@@ -182,17 +182,21 @@ pub fn predict(calibration: &Calibration, p: &Planned) -> Prediction {
     } else {
         None
     };
+    // The run lasts its plan plus the setup tail past the knee (steady JIT runs only).
     let planned_run = exact(p.run_s);
-    let run_seconds = match setup {
-        Some(setup_ms) => ev
-            .named(RUN_MODEL, |f| match f {
-                "planned_run_seconds" => planned_run,
-                "setup_p50_seconds" => setup_ms.scale(0.001),
-                _ => exact(f64::NAN),
+    let run_seconds = if steady_jit {
+        ev.at(RUN_MODEL, p.storm_size)
+            .map(|overrun| {
+                let run = Band {
+                    value: p.run_s + overrun.value,
+                    low: p.run_s + overrun.low,
+                    high: p.run_s + overrun.high,
+                };
+                cap_run(run, p.duration_s + calibration.run_end_slack_s)
             })
-            .map(|b| cap_run(b, p.duration_s + calibration.run_end_slack_s))
-            .unwrap_or(planned_run),
-        None => planned_run,
+            .unwrap_or(planned_run)
+    } else {
+        planned_run
     }
     .at_least(0.0);
     inputs.insert("run_seconds".to_string(), run_seconds.into());

@@ -56,9 +56,11 @@ pub struct Planned {
     pub boot: String,
     pub has_reboot: bool,
     /// Peak installed peers by Little's law: each arrival holds a peer for its active time plus
-    /// `evict_after` plus half a sweep period, capped by what arrives within the run.
+    /// `evict_after` plus a whole sweep period (the peak is just before a sweep; half a period
+    /// on average), capped by what arrives within the run.
     pub installed_estimate: f64,
-    /// Mean installed peers over the run (same law, averaged over the run's duration).
+    /// Mean installed peers over the run (same law with half a sweep period, averaged over the
+    /// run's duration).
     pub installed_mean_estimate: f64,
     /// Peak stale peers by the same law: time a peer spends past the stale threshold before
     /// the eviction sweep removes it, times the arrival rate.
@@ -316,6 +318,10 @@ impl Residence {
     /// Peak installed, mean installed and peak stale peers of one population.
     fn of(&self, p: &Population) -> (f64, f64, f64) {
         let idle = self.idle_s();
+        // Just before an eviction sweep the oldest idle peers have waited `evict_after` plus a
+        // whole period: the peaks (installed, stale) are reached there, the mean half a period
+        // earlier.
+        let idle_at_peak = self.evict_after_s + self.sweep_every_s;
         // A returning client's peer stays installed across a gap shorter than `idle`.
         let held_across_gaps = match p.gap_s {
             Some(gap) if gap < idle => (p.connections - 1.0) * gap,
@@ -326,14 +332,14 @@ impl Residence {
         } else {
             p.connections
         };
-        let residence = (p.active_s + held_across_gaps + idle).min(self.duration_s);
         let keys = p.count * per_key_connections;
-        let peak = (p.rate * residence).min(keys);
-        // Mean over the run: each of `keys` residences of `residence` seconds, within the run.
-        let mean = (keys * residence / self.duration_s.max(f64::MIN_POSITIVE)).min(peak);
+        let residence = |idle: f64| (p.active_s + held_across_gaps + idle).min(self.duration_s);
+        let peak = (p.rate * residence(idle_at_peak)).min(keys);
+        // Mean over the run: each of `keys` residences, within the run.
+        let mean = (keys * residence(idle) / self.duration_s.max(f64::MIN_POSITIVE)).min(peak);
         // Stale: a peer's last handshake ages past the threshold before it is removed. Clients
         // that stay and send traffic keep handshaking (rekey every 2 min), so only idle time counts.
-        let stale_time = (idle.min(self.duration_s) - self.stale_threshold_s).max(0.0);
+        let stale_time = (idle_at_peak.min(self.duration_s) - self.stale_threshold_s).max(0.0);
         let stale = (p.rate * stale_time).min(keys);
         (peak, mean, stale)
     }
@@ -389,9 +395,10 @@ mod tests {
     #[test]
     fn littles_law_for_connect_once_clients() {
         let p = Planned::from_json(&churn("60s"), DEFAULTS).unwrap();
-        // 10/s × (60 s + 5 s) = 650 installed, 10/s × (65 - 30) s = 350 stale.
-        assert_eq!(p.installed_estimate, 650.0);
-        assert_eq!(p.stale_estimate, 350.0);
+        // Peaks, just before a sweep: 10/s × (60 s + 10 s) = 700 installed, 10/s × (70 - 30) s
+        // = 400 stale.
+        assert_eq!(p.installed_estimate, 700.0);
+        assert_eq!(p.stale_estimate, 400.0);
         assert_eq!(p.storm_size, 10.0);
         assert_eq!(p.arrivals, 10000.0);
         let short = Planned::from_json(&churn("20s"), DEFAULTS).unwrap();
@@ -421,7 +428,7 @@ mod tests {
         let p = Planned::from_json(&s, DEFAULTS).unwrap();
         assert_eq!(p.evict_after_s, 180.0);
         assert_eq!(p.sweep_every_s, 30.0);
-        assert_eq!(p.installed_estimate, 10.0 * 195.0);
+        assert_eq!(p.installed_estimate, 10.0 * 210.0);
     }
 
     #[test]
