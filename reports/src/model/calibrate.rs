@@ -433,12 +433,12 @@ fn fit_overrun(points: &[CalPoint]) -> Result<Model, String> {
 /// Setup latency p50 (ms), less the control plane's injected latency, against storm size, on
 /// steady JIT runs; the knee is searched, not assumed.
 fn fit_setup(points: &[CalPoint]) -> Result<Model, String> {
-    let (xs, ys): (Vec<f64>, Vec<f64>) = points
+    let (xs, ms): (Vec<f64>, Vec<f64>) = points
         .iter()
         .filter(|p| steady(p) && p.planned.mode == "jit")
         .filter_map(|p| {
             let y = p.figure("setup_p50")? - p.planned.api_latency_s * 1000.0;
-            Some((p.planned.storm_size, y.max(LATENCY_FLOOR_MS).ln()))
+            Some((p.planned.storm_size, y.max(LATENCY_FLOOR_MS)))
         })
         .unzip();
     if xs.len() < MIN_POINTS {
@@ -447,15 +447,44 @@ fn fit_setup(points: &[CalPoint]) -> Result<Model, String> {
             xs.len()
         ));
     }
-    let knee = fit_knee("storm_size", &xs, &ys).map_err(|e| match e {
+    let singular = |e| match e {
         FitError::Singular => "storm size did not vary across the points".to_string(),
         e => e.to_string(),
-    })?;
+    };
+    let logs: Vec<f64> = ms.iter().map(|y| y.ln()).collect();
+    let log_fit = fit_knee("storm_size", &xs, &logs).map_err(singular)?;
+    let linear_fit = fit_knee("storm_size", &xs, &ms).map_err(singular)?;
+    // Latency may grow linearly with the storm (a queue draining at a steady rate) or by
+    // orders of magnitude (WireGuard's 5 s retries): keep the scale whose fit misses the
+    // calibration points by the smaller ratios, the measure the goal is stated in.
+    let log_misses = ratio_misses(&xs, &ms, |x| log_fit.predict(x).value.exp());
+    let linear_misses = ratio_misses(&xs, &ms, |x| linear_fit.predict(x).value);
+    let (log_scale, knee, what) = if linear_misses < log_misses {
+        (false, linear_fit, "setup latency p50")
+    } else {
+        (true, log_fit, "ln of setup latency p50")
+    };
     Ok(Model {
         name: SETUP_MODEL.to_string(),
-        description: "ln of setup latency p50 (ms, less injected API latency) against storm size (arrivals in the busiest second), knee searched".to_string(),
+        description: format!("{what} (ms, less injected API latency) against storm size (arrivals in the busiest second), knee searched; the scale (linear or log) whose fit misses the calibration points by smaller ratios"),
         unit: Unit::Ms,
-        log_scale: true,
+        log_scale,
         fitted: Fitted::Knee(knee),
     })
+}
+
+/// Sum of squared log ratios of fitted to measured; a fitted value at or below 0 cannot be a
+/// latency and counts as an infinite miss.
+fn ratio_misses(xs: &[f64], measured: &[f64], fitted: impl Fn(f64) -> f64) -> f64 {
+    xs.iter()
+        .zip(measured)
+        .map(|(&x, &y)| {
+            let f = fitted(x);
+            if f > 0.0 {
+                (f / y).ln().powi(2)
+            } else {
+                f64::INFINITY
+            }
+        })
+        .sum()
 }

@@ -174,10 +174,12 @@ pub fn predict(calibration: &Calibration, p: &Planned) -> Prediction {
     let steady_jit = !p.has_reboot && p.mode == "jit";
     let api_ms = p.api_latency_s * 1000.0;
     let setup = if steady_jit {
+        let log_scale = calibration.model(SETUP_MODEL).is_some_and(|m| m.log_scale);
+        let back = |v: f64| if log_scale { v.exp() } else { v.max(0.0) };
         ev.at(SETUP_MODEL, p.storm_size).map(|b| Band {
-            value: b.value.exp() + api_ms,
-            low: b.low.exp() + api_ms,
-            high: b.high.exp() + api_ms,
+            value: back(b.value) + api_ms,
+            low: back(b.low) + api_ms,
+            high: back(b.high) + api_ms,
         })
     } else {
         None

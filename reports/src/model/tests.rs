@@ -372,3 +372,31 @@ fn validation_gives_setup_above_the_knee_no_goal() {
     assert_eq!(setup.within_goal, None);
     assert!(setup.note.as_deref().unwrap().contains("knee"));
 }
+
+#[test]
+fn setup_latency_that_grows_like_a_queue_is_fitted_on_a_linear_scale() {
+    let mut runs = mixed_calibration_runs();
+    for run in &mut runs {
+        // A queue draining at a steady rate: 20 ms + 0.7 ms per client of the storm.
+        let queue_ms = 20.0 + 0.7 * run.planned.storm_size;
+        run.measured.figures.insert("setup_p50".into(), queue_ms);
+    }
+    let c = Calibration::fit(&runs).unwrap();
+    let setup = c.model("setup_p50").unwrap();
+    assert!(!setup.log_scale, "{setup:?}");
+    let held = synthetic(&Synthetic {
+        count: 700,
+        rate: 700.0,
+        stay_s: 15.0,
+        evict_after_s: 60.0,
+        installed_peak: 700,
+    });
+    let p = predict(&c, &held.planned);
+    let predicted = p.predicted["setup_p50"].value;
+    assert!(
+        (predicted - (20.0 + 0.7 * 700.0)).abs() < 1.0,
+        "{predicted}"
+    );
+    // The planted exponential of the other tests stays on the log scale.
+    assert!(calibration().model("setup_p50").unwrap().log_scale);
+}
