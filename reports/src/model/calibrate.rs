@@ -336,12 +336,15 @@ impl Calibration {
         self.models.get(name)
     }
 
-    /// The storm size where setup latency turns up, if the data showed one.
+    /// The storm size where setup latency turns up, if the data showed one: in its p50, or,
+    /// when the p50 grows smoothly, in its tail (the jump in how long runs last past their
+    /// plan, where some clients first connect on WireGuard's 5 s retry).
     pub fn knee(&self) -> Option<f64> {
-        match &self.model(SETUP_MODEL)?.fitted {
+        let knee_of = |name: &str| match &self.model(name)?.fitted {
             Fitted::Knee(k) => k.knee,
             Fitted::Linear(_) => None,
-        }
+        };
+        knee_of(SETUP_MODEL).or_else(|| knee_of(RUN_MODEL))
     }
 }
 
