@@ -15,6 +15,9 @@ use super::knee::{fit_knee, KneeFit};
 use super::point::{CalPoint, STAGES};
 use crate::figures::Unit;
 
+/// A feature kept in a fit only when its 95 % band excludes zero.
+const INSIGNIFICANT_UNLESS_SHOWN: &str = "installs";
+
 /// Fewest calibration points a directory must hold.
 pub const MIN_POINTS: usize = 3;
 
@@ -97,6 +100,8 @@ pub fn feature(point: &CalPoint, name: &str) -> Option<f64> {
         "stored_peers" => m.stored_peers,
         "installed_estimate" => Some(p.installed_estimate),
         "installs" => Some(p.installs_estimate),
+        "bare_peers" => Some(p.bare_peers),
+        "session_peers" => m.installed_peak.map(|n| (n - p.bare_peers).max(0.0)),
         "stale_estimate" => Some(p.stale_estimate),
         "planned_peer_sweeps" => Some(planned_peer_sweeps(p)),
         "storm_size" => Some(p.storm_size),
@@ -200,14 +205,15 @@ const SPECS: &[Spec] = &[
     },
     Spec {
         name: "dataplane_rss_peak",
-        description: "data-plane peak RSS bytes per installed peer, per peer installed over the process's life (wireguard-go keeps memory of removed peers) and per arrival in the busiest second",
+        description: "data-plane peak RSS bytes per installed peer without a session (preloaded, preinstalled), per installed peer with one, and per peer installed over the process's life (removed ones included; kept only when it is told apart from zero)",
         unit: Unit::Bytes,
         filter: any,
         y: |p| p.figure("dataplane_rss_peak"),
         feature_sets: &[
-            &["installed_peers", "installs", "storm_size"],
-            &["installed_peers", "installs"],
-            &["installs", "storm_size"],
+            &["bare_peers", "session_peers", "installs"],
+            &["bare_peers", "session_peers"],
+            &["session_peers", "installs"],
+            &["session_peers"],
             &["installed_peers", "storm_size"],
             &["installed_peers"],
         ],
@@ -375,6 +381,17 @@ fn fit_spec(spec: &Spec, points: &[CalPoint]) -> Result<Model, String> {
                 last_error = format!(
                     "a negative cost per unit when fitted against {}: the features moved together",
                     features.join(" and ")
+                );
+            }
+            // Memory of removed peers is a hypothesis, not a given: it stays in the model only
+            // when the data tell its cost apart from zero.
+            Ok(fit)
+                if fit
+                    .slope_band(INSIGNIFICANT_UNLESS_SHOWN)
+                    .is_some_and(|b| b.low <= 0.0) =>
+            {
+                last_error = format!(
+                    "the cost per {INSIGNIFICANT_UNLESS_SHOWN} was not told apart from zero"
                 );
             }
             Ok(fit) => {

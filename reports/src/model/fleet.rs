@@ -279,6 +279,9 @@ pub fn plan(c: &Calibration, i: &FleetInputs) -> FleetPlan {
     let memory_inputs = |peers: f64, churn: bool| {
         move |f: &str| match f {
             "installed_peers" => exact(peers),
+            // JIT peers are installed on a handshake; pushed ones are not, until they connect.
+            "session_peers" => exact(if churn { peers } else { 0.0 }),
+            "bare_peers" => exact(if churn { 0.0 } else { peers }),
             "installs" => exact(if churn { 2.0 * peers } else { peers }),
             "storm_size" => exact(arrivals),
             _ => exact(f64::NAN),

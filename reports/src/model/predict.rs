@@ -208,6 +208,13 @@ pub fn predict(calibration: &Calibration, p: &Planned) -> Prediction {
             "handshakes" => handshakes,
             "installed_peers" => installed,
             "installs" => exact(p.installs_estimate),
+            "bare_peers" => exact(p.bare_peers),
+            "session_peers" => Band {
+                value: installed.value - p.bare_peers,
+                low: installed.low - p.bare_peers,
+                high: installed.high - p.bare_peers,
+            }
+            .at_least(0.0),
             "peer_sweeps" => peer_sweeps,
             "run_seconds" => run_seconds,
             "storm_size" => exact(p.storm_size),

@@ -70,6 +70,10 @@ pub struct Planned {
     /// plus preinstalled peers, plus stored peers a preload boot or push installs. wireguard-go
     /// keeps memory of removed peers, so its peak RSS follows this as well as the peak.
     pub installs_estimate: f64,
+    /// Peers installed without ever handshaking: preinstalled ones, and stored ones a preload
+    /// boot or push installs. wireguard-go holds far less for such a peer than for one with a
+    /// session (keypairs, queues in use).
+    pub bare_peers: f64,
 }
 
 impl Planned {
@@ -154,6 +158,7 @@ impl Planned {
             installed_mean_estimate: 0.0,
             stale_estimate: 0.0,
             installs_estimate: preinstalled_peers,
+            bare_peers: preinstalled_peers,
         };
         for (i, population) in populations.iter().enumerate() {
             let p = Population::read(i, population)?;
@@ -173,6 +178,7 @@ impl Planned {
             planned.installed_estimate += stored_peers;
             planned.installed_mean_estimate += stored_peers;
             planned.installs_estimate += stored_peers;
+            planned.bare_peers += stored_peers;
         }
         if planned.mode == "push" {
             // Every pushed peer stays installed; those idle past the threshold are stale.
@@ -449,6 +455,8 @@ mod tests {
         assert!(p.has_reboot);
         assert_eq!(p.installed_estimate, 3000.0 + 6000.0);
         assert_eq!(p.installs_estimate, 3000.0 + 6000.0);
+        // The preloaded stored peers never handshake; the storm's clients do.
+        assert_eq!(p.bare_peers, 6000.0);
     }
 
     #[test]

@@ -334,7 +334,7 @@ fn dataplane_memory_counts_the_peers_it_removed() {
         (rss.slope("installs").unwrap() - 6144.0).abs() < 1.0,
         "{rss:?}"
     );
-    assert!((rss.slope("installed_peers").unwrap() - 8192.0).abs() < 1.0);
+    assert!((rss.slope("session_peers").unwrap() - 8192.0).abs() < 1.0);
     // A held-out churn: 600 installed and removed, 275 at the peak. Installed peers are
     // predicted by Little's law (10/s × (25 s + 2.5 s) = 275).
     let held = synthetic(&Synthetic {
@@ -399,4 +399,22 @@ fn setup_latency_that_grows_like_a_queue_is_fitted_on_a_linear_scale() {
     );
     // The planted exponential of the other tests stays on the log scale.
     assert!(calibration().model("setup_p50").unwrap().log_scale);
+}
+
+#[test]
+fn memory_of_removed_peers_is_dropped_when_the_data_do_not_show_it() {
+    let mut runs = mixed_calibration_runs();
+    for (i, run) in runs.iter_mut().enumerate() {
+        // 8 KiB per peer with a session, nothing per removed peer, ±50 kB of noise.
+        let peak = run.measured.installed_peak.unwrap();
+        let noise = if i % 2 == 0 { 5e4 } else { -5e4 };
+        let rss = 20e6 + 8192.0 * peak + noise;
+        run.measured
+            .figures
+            .insert("dataplane_rss_peak".into(), rss);
+    }
+    let c = Calibration::fit(&runs).unwrap();
+    let rss = c.model("dataplane_rss_peak").unwrap().fitted.linear();
+    assert_eq!(rss.slope("installs"), None, "{rss:?}");
+    assert!((rss.slope("session_peers").unwrap() - 8192.0).abs() < 200.0);
 }
