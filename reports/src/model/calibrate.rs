@@ -15,9 +15,6 @@ use super::knee::{fit_knee, KneeFit};
 use super::point::{CalPoint, STAGES};
 use crate::figures::Unit;
 
-/// A feature kept in a fit only when its 95 % band excludes zero.
-const INSIGNIFICANT_UNLESS_SHOWN: &str = "installs";
-
 /// Fewest calibration points a directory must hold.
 pub const MIN_POINTS: usize = 3;
 
@@ -356,7 +353,8 @@ impl Calibration {
 
 fn fit_spec(spec: &Spec, points: &[CalPoint]) -> Result<Model, String> {
     let mut last_error = String::new();
-    for features in spec.feature_sets {
+    for (i, features) in spec.feature_sets.iter().enumerate() {
+        let last = i + 1 == spec.feature_sets.len();
         let mut xs = Vec::new();
         let mut ys = Vec::new();
         for p in points.iter().filter(|p| (spec.filter)(p)) {
@@ -383,15 +381,12 @@ fn fit_spec(spec: &Spec, points: &[CalPoint]) -> Result<Model, String> {
                     features.join(" and ")
                 );
             }
-            // Memory of removed peers is a hypothesis, not a given: it stays in the model only
-            // when the data tell its cost apart from zero.
-            Ok(fit)
-                if fit
-                    .slope_band(INSIGNIFICANT_UNLESS_SHOWN)
-                    .is_some_and(|b| b.low <= 0.0) =>
-            {
+            // A cost the data cannot tell apart from zero only widens the bands (and may stand
+            // in for another): fit with fewer features while a simpler set is left to try.
+            Ok(fit) if !last && insignificant(&fit).is_some() => {
                 last_error = format!(
-                    "the cost per {INSIGNIFICANT_UNLESS_SHOWN} was not told apart from zero"
+                    "the cost per {} was not told apart from zero",
+                    insignificant(&fit).unwrap_or_default()
                 );
             }
             Ok(fit) => {
@@ -448,6 +443,14 @@ fn fit_overrun(points: &[CalPoint]) -> Result<Model, String> {
         log_scale: false,
         fitted: Fitted::Knee(knee),
     })
+}
+
+/// The first feature whose slope's 95 % band reaches zero.
+fn insignificant(fit: &LinearFit) -> Option<String> {
+    fit.features
+        .iter()
+        .find(|f| fit.slope_band(f).is_some_and(|b| b.low <= 0.0))
+        .cloned()
 }
 
 /// Setup latency p50 (ms), less the control plane's injected latency, against storm size, on
