@@ -339,15 +339,18 @@ impl Calibration {
         self.models.get(name)
     }
 
-    /// The storm size where setup latency turns up, if the data showed one: in its p50, or,
-    /// when the p50 grows smoothly, in its tail (the jump in how long runs last past their
-    /// plan, where some clients first connect on WireGuard's 5 s retry).
+    /// The storm size where setup latency turns up, if the data showed one: the first of its
+    /// p50's knee and its tail's (the jump in how long runs last past their plan, where some
+    /// clients first connect on WireGuard's 5 s retry, usually well before the median moves).
     pub fn knee(&self) -> Option<f64> {
         let knee_of = |name: &str| match &self.model(name)?.fitted {
             Fitted::Knee(k) => k.knee,
             Fitted::Linear(_) => None,
         };
-        knee_of(SETUP_MODEL).or_else(|| knee_of(RUN_MODEL))
+        match (knee_of(SETUP_MODEL), knee_of(RUN_MODEL)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 
