@@ -69,6 +69,9 @@ pub struct Calibration {
     pub gateway_cpus: Option<u32>,
     /// Points whose load generator saturated (their timing is suspect, they are still used).
     pub saturated_points: usize,
+    /// How far past its `duration` the longest calibration run went (the fleet's finish and
+    /// the last sample), floored at 0: a predicted run length is capped at `duration` plus this.
+    pub run_end_slack_s: f64,
     /// The first point's recorded scenario: what `--predict` overrides apply to.
     #[serde(skip)]
     pub base_scenario: serde_json::Value,
@@ -93,6 +96,9 @@ pub fn feature(point: &CalPoint, name: &str) -> Option<f64> {
         "installed_peers" => m.installed_peak,
         "stored_peers" => m.stored_peers,
         "installed_estimate" => Some(p.installed_estimate),
+        "installs" => Some(p.installs_estimate),
+        "bare_peers" => Some(p.bare_peers),
+        "session_peers" => m.installed_peak.map(|n| (n - p.bare_peers).max(0.0)),
         "stale_estimate" => Some(p.stale_estimate),
         "planned_peer_sweeps" => Some(planned_peer_sweeps(p)),
         "storm_size" => Some(p.storm_size),
@@ -196,11 +202,18 @@ const SPECS: &[Spec] = &[
     },
     Spec {
         name: "dataplane_rss_peak",
-        description: "data-plane peak RSS bytes per installed peer and per arrival in the busiest second",
+        description: "data-plane peak RSS bytes per installed peer without a session (preloaded, preinstalled), per installed peer with one, and per peer installed over the process's life (removed ones included; kept only when it is told apart from zero)",
         unit: Unit::Bytes,
         filter: any,
         y: |p| p.figure("dataplane_rss_peak"),
-        feature_sets: &[&["installed_peers", "storm_size"], &["installed_peers"]],
+        feature_sets: &[
+            &["bare_peers", "session_peers", "installs"],
+            &["bare_peers", "session_peers"],
+            &["session_peers", "installs"],
+            &["session_peers"],
+            &["installed_peers", "storm_size"],
+            &["installed_peers"],
+        ],
     },
     Spec {
         name: "reload_time_preload",
@@ -258,6 +271,10 @@ const LATENCY_FLOOR_MS: f64 = 0.1;
 /// Name of the setup-latency model (a knee fit against storm size).
 pub const SETUP_MODEL: &str = "setup_p50";
 
+/// Name of the run-length model: the per-second CPU terms are charged for the run as it will
+/// last, which is longer than planned when clients connect late.
+pub const RUN_MODEL: &str = "run_overrun";
+
 impl Calibration {
     /// Fits every model the points identify.
     pub fn fit(points: &[CalPoint]) -> Result<Self, CalibrationError> {
@@ -284,14 +301,19 @@ impl Calibration {
                 }
             }
         }
-        match fit_setup(points) {
-            Ok(model) => {
-                models.insert(SETUP_MODEL.to_string(), model);
+        for (name, fitted) in [
+            (SETUP_MODEL, fit_setup(points)),
+            (RUN_MODEL, fit_overrun(points)),
+        ] {
+            match fitted {
+                Ok(model) => {
+                    models.insert(name.to_string(), model);
+                }
+                Err(reason) => unfitted.push(Unfitted {
+                    name: name.to_string(),
+                    reason,
+                }),
             }
-            Err(reason) => unfitted.push(Unfitted {
-                name: SETUP_MODEL.to_string(),
-                reason,
-            }),
         }
         let cpus: Vec<Option<u32>> = points.iter().map(|p| p.measured.gateway_cpus).collect();
         let gateway_cpus = match cpus.first() {
@@ -304,6 +326,10 @@ impl Calibration {
             unfitted,
             gateway_cpus,
             saturated_points: points.iter().filter(|p| p.measured.saturated).count(),
+            run_end_slack_s: points
+                .iter()
+                .map(|p| p.measured.run_seconds - p.planned.duration_s)
+                .fold(0.0, f64::max),
             base_scenario: points[0].scenario.clone(),
         })
     }
@@ -313,18 +339,25 @@ impl Calibration {
         self.models.get(name)
     }
 
-    /// The storm size where setup latency turns up, if the data showed one.
+    /// The storm size where setup latency turns up, if the data showed one: the first of its
+    /// p50's knee and its tail's (the jump in how long runs last past their plan, where some
+    /// clients first connect on WireGuard's 5 s retry, usually well before the median moves).
     pub fn knee(&self) -> Option<f64> {
-        match &self.model(SETUP_MODEL)?.fitted {
+        let knee_of = |name: &str| match &self.model(name)?.fitted {
             Fitted::Knee(k) => k.knee,
             Fitted::Linear(_) => None,
+        };
+        match (knee_of(SETUP_MODEL), knee_of(RUN_MODEL)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 }
 
 fn fit_spec(spec: &Spec, points: &[CalPoint]) -> Result<Model, String> {
     let mut last_error = String::new();
-    for features in spec.feature_sets {
+    for (i, features) in spec.feature_sets.iter().enumerate() {
+        let last = i + 1 == spec.feature_sets.len();
         let mut xs = Vec::new();
         let mut ys = Vec::new();
         for p in points.iter().filter(|p| (spec.filter)(p)) {
@@ -351,6 +384,14 @@ fn fit_spec(spec: &Spec, points: &[CalPoint]) -> Result<Model, String> {
                     features.join(" and ")
                 );
             }
+            // A cost the data cannot tell apart from zero only widens the bands (and may stand
+            // in for another): fit with fewer features while a simpler set is left to try.
+            Ok(fit) if !last && insignificant(&fit).is_some() => {
+                last_error = format!(
+                    "the cost per {} was not told apart from zero",
+                    insignificant(&fit).unwrap_or_default()
+                );
+            }
             Ok(fit) => {
                 return Ok(Model {
                     name: spec.name.to_string(),
@@ -373,20 +414,24 @@ fn fit_spec(spec: &Spec, points: &[CalPoint]) -> Result<Model, String> {
     Err(last_error)
 }
 
-/// Setup latency p50 (ms), less the control plane's injected latency, against storm size, on
-/// steady JIT runs; the knee is searched, not assumed.
-fn fit_setup(points: &[CalPoint]) -> Result<Model, String> {
+/// How much longer than planned a steady JIT run lasts (seconds), against storm size, knee
+/// searched. A client's stay starts once it is connected, so the run ends a setup *tail* after
+/// the last arrival's stay: milliseconds below the knee, WireGuard's 5 s retry above it, where
+/// some clients' first exchange is refused (cookie replies).
+fn fit_overrun(points: &[CalPoint]) -> Result<Model, String> {
     let (xs, ys): (Vec<f64>, Vec<f64>) = points
         .iter()
         .filter(|p| steady(p) && p.planned.mode == "jit")
-        .filter_map(|p| {
-            let y = p.figure("setup_p50")? - p.planned.api_latency_s * 1000.0;
-            Some((p.planned.storm_size, y.max(LATENCY_FLOOR_MS).ln()))
+        .map(|p| {
+            (
+                p.planned.storm_size,
+                p.measured.run_seconds - p.planned.run_s,
+            )
         })
         .unzip();
     if xs.len() < MIN_POINTS {
         return Err(format!(
-            "{} steady JIT point(s) measured setup latency; {MIN_POINTS} needed",
+            "{} steady JIT point(s); {MIN_POINTS} needed",
             xs.len()
         ));
     }
@@ -395,10 +440,77 @@ fn fit_setup(points: &[CalPoint]) -> Result<Model, String> {
         e => e.to_string(),
     })?;
     Ok(Model {
-        name: SETUP_MODEL.to_string(),
-        description: "ln of setup latency p50 (ms, less injected API latency) against storm size (arrivals in the busiest second), knee searched".to_string(),
-        unit: Unit::Ms,
-        log_scale: true,
+        name: RUN_MODEL.to_string(),
+        description: "seconds a run lasts beyond its plan (last arrival + stay) against storm size, knee searched: the setup tail, a 5 s retry past the knee; the CPU models' per-second terms are charged for the planned length plus this".to_string(),
+        unit: Unit::Seconds,
+        log_scale: false,
         fitted: Fitted::Knee(knee),
     })
+}
+
+/// The first feature whose slope's 95 % band reaches zero.
+fn insignificant(fit: &LinearFit) -> Option<String> {
+    fit.features
+        .iter()
+        .find(|f| fit.slope_band(f).is_some_and(|b| b.low <= 0.0))
+        .cloned()
+}
+
+/// Setup latency p50 (ms), less the control plane's injected latency, against storm size, on
+/// steady JIT runs; the knee is searched, not assumed.
+fn fit_setup(points: &[CalPoint]) -> Result<Model, String> {
+    let (xs, ms): (Vec<f64>, Vec<f64>) = points
+        .iter()
+        .filter(|p| steady(p) && p.planned.mode == "jit")
+        .filter_map(|p| {
+            let y = p.figure("setup_p50")? - p.planned.api_latency_s * 1000.0;
+            Some((p.planned.storm_size, y.max(LATENCY_FLOOR_MS)))
+        })
+        .unzip();
+    if xs.len() < MIN_POINTS {
+        return Err(format!(
+            "{} steady JIT point(s) measured setup latency; {MIN_POINTS} needed",
+            xs.len()
+        ));
+    }
+    let singular = |e| match e {
+        FitError::Singular => "storm size did not vary across the points".to_string(),
+        e => e.to_string(),
+    };
+    let logs: Vec<f64> = ms.iter().map(|y| y.ln()).collect();
+    let log_fit = fit_knee("storm_size", &xs, &logs).map_err(singular)?;
+    let linear_fit = fit_knee("storm_size", &xs, &ms).map_err(singular)?;
+    // Latency may grow linearly with the storm (a queue draining at a steady rate) or by
+    // orders of magnitude (WireGuard's 5 s retries): keep the scale whose fit misses the
+    // calibration points by the smaller ratios, the measure the goal is stated in.
+    let log_misses = ratio_misses(&xs, &ms, |x| log_fit.predict(x).value.exp());
+    let linear_misses = ratio_misses(&xs, &ms, |x| linear_fit.predict(x).value);
+    let (log_scale, knee, what) = if linear_misses < log_misses {
+        (false, linear_fit, "setup latency p50")
+    } else {
+        (true, log_fit, "ln of setup latency p50")
+    };
+    Ok(Model {
+        name: SETUP_MODEL.to_string(),
+        description: format!("{what} (ms, less injected API latency) against storm size (arrivals in the busiest second), knee searched; the scale (linear or log) whose fit misses the calibration points by smaller ratios"),
+        unit: Unit::Ms,
+        log_scale,
+        fitted: Fitted::Knee(knee),
+    })
+}
+
+/// Sum of squared log ratios of fitted to measured; a fitted value at or below 0 cannot be a
+/// latency and counts as an infinite miss.
+fn ratio_misses(xs: &[f64], measured: &[f64], fitted: impl Fn(f64) -> f64) -> f64 {
+    xs.iter()
+        .zip(measured)
+        .map(|(&x, &y)| {
+            let f = fitted(x);
+            if f > 0.0 {
+                (f / y).ln().powi(2)
+            } else {
+                f64::INFINITY
+            }
+        })
+        .sum()
 }

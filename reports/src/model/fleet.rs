@@ -271,10 +271,18 @@ pub fn plan(c: &Calibration, i: &FleetInputs) -> FleetPlan {
         high: cpu_at(costs.at(|b| b.high)),
     };
     // Memory at a given number of installed peers, with a steady second's arrivals in flight.
+    // wireguard-go keeps memory of removed peers until its garbage collector reuses it, which
+    // it does once the heap doubles the live set (GOGC=100): the removed peers it holds are at
+    // most about as many as are installed, which by Little's law are the peers evicted within
+    // one residence time. So a long-lived gateway counts as having installed twice its peers.
     let exact = |v: f64| Band::around(v, 0.0);
-    let memory_inputs = |peers: f64| {
+    let memory_inputs = |peers: f64, churn: bool| {
         move |f: &str| match f {
             "installed_peers" => exact(peers),
+            // JIT peers are installed on a handshake; pushed ones are not, until they connect.
+            "session_peers" => exact(if churn { peers } else { 0.0 }),
+            "bare_peers" => exact(if churn { 0.0 } else { peers }),
+            "installs" => exact(if churn { 2.0 * peers } else { peers }),
             "storm_size" => exact(arrivals),
             _ => exact(f64::NAN),
         }
@@ -289,8 +297,8 @@ pub fn plan(c: &Calibration, i: &FleetInputs) -> FleetPlan {
         reinstalls_per_s: reinstalls,
         api_calls_per_s: api_per_arrival.map(|b| b.scale(reinstalls).at_least(0.0)),
         cpu,
-        daemon_rss_bytes: ev.named("daemon_rss_peak", memory_inputs(installed)),
-        dataplane_rss_bytes: ev.named("dataplane_rss_peak", memory_inputs(installed)),
+        daemon_rss_bytes: ev.named("daemon_rss_peak", memory_inputs(installed, true)),
+        dataplane_rss_bytes: ev.named("dataplane_rss_peak", memory_inputs(installed, true)),
     };
     // Legacy push: every key is pushed to every gateway and never evicted.
     let active = (arrivals * (i.dwell_s + i.stale_threshold_s)).min(i.peers);
@@ -298,7 +306,8 @@ pub fn plan(c: &Calibration, i: &FleetInputs) -> FleetPlan {
     let legacy_push = LegacyPush {
         installed_peers: i.peers,
         stale_peers: (i.peers - active).max(0.0),
-        dataplane_rss_bytes: legacy_ev.named("dataplane_rss_peak", memory_inputs(i.peers)),
+        // Pushed peers are never removed.
+        dataplane_rss_bytes: legacy_ev.named("dataplane_rss_peak", memory_inputs(i.peers, false)),
     };
     let preload_ms = legacy_ev
         .at("reload_time_preload", i.peers)

@@ -14,6 +14,7 @@ pub mod knee;
 pub mod point;
 pub mod predict;
 pub mod scenario;
+pub mod validate;
 
 pub use calibrate::{Calibration, CalibrationError, Fitted, Model, Unfitted, MIN_POINTS};
 pub use fit::{Band, FitError, LinearFit};
@@ -22,6 +23,7 @@ pub use knee::KneeFit;
 pub use point::{read_dir, CalPoint, CalibrationReadError, PREDICTED_FIGURES};
 pub use predict::{predict, Predicted, Prediction};
 pub use scenario::{DaemonDefaults, Planned, ScenarioReadError};
+pub use validate::{validate, Check, Validation};
 
 #[cfg(test)]
 mod tests;

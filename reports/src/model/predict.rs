@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::calibrate::{planned_peer_sweeps, Calibration, Fitted, SETUP_MODEL};
+use super::calibrate::{planned_peer_sweeps, Calibration, Fitted, RUN_MODEL, SETUP_MODEL};
 use super::fit::Band;
 use super::scenario::Planned;
 
@@ -170,14 +170,53 @@ pub fn predict(calibration: &Calibration, p: &Planned) -> Prediction {
         inputs.insert(name.to_string(), band.into());
     }
 
-    inputs.insert("run_seconds".to_string(), exact(p.run_s).into());
+    // Setup latency first: the run's length (and so the per-second CPU terms) depends on it.
+    let steady_jit = !p.has_reboot && p.mode == "jit";
+    let api_ms = p.api_latency_s * 1000.0;
+    let setup = if steady_jit {
+        let log_scale = calibration.model(SETUP_MODEL).is_some_and(|m| m.log_scale);
+        let back = |v: f64| if log_scale { v.exp() } else { v.max(0.0) };
+        ev.at(SETUP_MODEL, p.storm_size).map(|b| Band {
+            value: back(b.value) + api_ms,
+            low: back(b.low) + api_ms,
+            high: back(b.high) + api_ms,
+        })
+    } else {
+        None
+    };
+    // The run lasts its plan plus the setup tail past the knee (steady JIT runs only).
+    let planned_run = exact(p.run_s);
+    let run_seconds = if steady_jit {
+        ev.at(RUN_MODEL, p.storm_size)
+            .map(|overrun| {
+                let run = Band {
+                    value: p.run_s + overrun.value,
+                    low: p.run_s + overrun.low,
+                    high: p.run_s + overrun.high,
+                };
+                cap_run(run, p.duration_s + calibration.run_end_slack_s)
+            })
+            .unwrap_or(planned_run)
+    } else {
+        planned_run
+    }
+    .at_least(0.0);
+    inputs.insert("run_seconds".to_string(), run_seconds.into());
     let by_name = |name: &str| -> Band {
         match name {
             "arrivals" => arrivals,
             "handshakes" => handshakes,
             "installed_peers" => installed,
+            "installs" => exact(p.installs_estimate),
+            "bare_peers" => exact(p.bare_peers),
+            "session_peers" => Band {
+                value: installed.value - p.bare_peers,
+                low: installed.low - p.bare_peers,
+                high: installed.high - p.bare_peers,
+            }
+            .at_least(0.0),
             "peer_sweeps" => peer_sweeps,
-            "run_seconds" => exact(p.run_s),
+            "run_seconds" => run_seconds,
             "storm_size" => exact(p.storm_size),
             "stale_estimate" => exact(p.stale_estimate),
             _ => exact(f64::NAN),
@@ -210,20 +249,14 @@ pub fn predict(calibration: &Calibration, p: &Planned) -> Prediction {
     ]) {
         put(figure, ev.named(figure, by_name), uncalibrated);
     }
-    if p.has_reboot || p.mode != "jit" {
+    if steady_jit {
+        put("setup_p50", setup, uncalibrated);
+    } else {
         put(
             "setup_p50",
             None,
             "calibrated on steady JIT runs only (this scenario reboots or pushes)",
         );
-    } else {
-        let api_ms = p.api_latency_s * 1000.0;
-        let setup = ev.at(SETUP_MODEL, p.storm_size).map(|b| Band {
-            value: b.value.exp() + api_ms,
-            low: b.low.exp() + api_ms,
-            high: b.high.exp() + api_ms,
-        });
-        put("setup_p50", setup, uncalibrated);
     }
     if !p.has_reboot {
         put("reload_time", None, "the scenario has no reboot");
@@ -245,5 +278,15 @@ pub fn predict(calibration: &Calibration, p: &Planned) -> Prediction {
         not_predicted,
         extrapolated: ev.extrapolated,
         inputs,
+    }
+}
+
+/// A predicted run length no longer than the run can last: `duration`, plus the time the
+/// calibration runs took past theirs to finish.
+fn cap_run(band: Band, longest: f64) -> Band {
+    Band {
+        value: band.value.min(longest),
+        low: band.low.min(longest),
+        high: band.high.min(longest),
     }
 }

@@ -56,13 +56,24 @@ pub struct Planned {
     pub boot: String,
     pub has_reboot: bool,
     /// Peak installed peers by Little's law: each arrival holds a peer for its active time plus
-    /// `evict_after` plus half a sweep period, capped by what arrives within the run.
+    /// `evict_after` plus a whole sweep period (the peak is just before a sweep; half a period
+    /// on average), capped by what arrives within the run.
     pub installed_estimate: f64,
-    /// Mean installed peers over the run (same law, averaged over the run's duration).
+    /// Mean installed peers over the run (same law with half a sweep period, averaged over the
+    /// run's duration).
     pub installed_mean_estimate: f64,
     /// Peak stale peers by the same law: time a peer spends past the stale threshold before
     /// the eviction sweep removes it, times the arrival rate.
     pub stale_estimate: f64,
+    /// Peers one data-plane process installs over its life (removed ones included): every
+    /// key's installs (a returning client evicted between its connections is installed again),
+    /// plus preinstalled peers, plus stored peers a preload boot or push installs. wireguard-go
+    /// keeps memory of removed peers, so its peak RSS follows this as well as the peak.
+    pub installs_estimate: f64,
+    /// Peers installed without ever handshaking: preinstalled ones, and stored ones a preload
+    /// boot or push installs. wireguard-go holds far less for such a peer than for one with a
+    /// session (keypairs, queues in use).
+    pub bare_peers: f64,
 }
 
 impl Planned {
@@ -146,6 +157,8 @@ impl Planned {
             installed_estimate: 0.0,
             installed_mean_estimate: 0.0,
             stale_estimate: 0.0,
+            installs_estimate: preinstalled_peers,
+            bare_peers: preinstalled_peers,
         };
         for (i, population) in populations.iter().enumerate() {
             let p = Population::read(i, population)?;
@@ -157,17 +170,21 @@ impl Planned {
             planned.installed_estimate += peak;
             planned.installed_mean_estimate += mean;
             planned.stale_estimate += stale;
+            planned.installs_estimate += residence.installs(&p);
         }
         // Peers preinstalled or preloaded sit installed until evicted, idle: they count in full.
         planned.installed_estimate += preinstalled_peers;
         if planned.boot == "preload" && has_reboot || planned.mode == "push" {
             planned.installed_estimate += stored_peers;
             planned.installed_mean_estimate += stored_peers;
+            planned.installs_estimate += stored_peers;
+            planned.bare_peers += stored_peers;
         }
         if planned.mode == "push" {
             // Every pushed peer stays installed; those idle past the threshold are stale.
             let pushed = planned.clients + stored_peers;
             planned.installed_estimate = planned.installed_estimate.max(pushed);
+            planned.installs_estimate = planned.installs_estimate.max(pushed);
             planned.stale_estimate = if duration_s > stale_threshold_s {
                 (pushed - active_within(&planned, stale_threshold_s)).max(0.0)
             } else {
@@ -289,10 +306,28 @@ struct Residence {
 }
 
 impl Residence {
+    /// An idle peer goes at the first sweep after `evict_after`: half a period on average.
+    fn idle_s(&self) -> f64 {
+        self.evict_after_s + self.sweep_every_s / 2.0
+    }
+
+    /// Installs of one population's keys over the run: once per key when the gaps between a
+    /// returning client's connections are shorter than the idle time (it stays installed),
+    /// otherwise once per connection.
+    fn installs(&self, p: &Population) -> f64 {
+        match p.gap_s {
+            Some(gap) if gap < self.idle_s() => p.count,
+            _ => p.count * p.connections,
+        }
+    }
+
     /// Peak installed, mean installed and peak stale peers of one population.
     fn of(&self, p: &Population) -> (f64, f64, f64) {
-        // An idle peer goes at the first sweep after `evict_after`: half a period on average.
-        let idle = self.evict_after_s + self.sweep_every_s / 2.0;
+        let idle = self.idle_s();
+        // Just before an eviction sweep the oldest idle peers have waited `evict_after` plus a
+        // whole period: the peaks (installed, stale) are reached there, the mean half a period
+        // earlier.
+        let idle_at_peak = self.evict_after_s + self.sweep_every_s;
         // A returning client's peer stays installed across a gap shorter than `idle`.
         let held_across_gaps = match p.gap_s {
             Some(gap) if gap < idle => (p.connections - 1.0) * gap,
@@ -303,14 +338,14 @@ impl Residence {
         } else {
             p.connections
         };
-        let residence = (p.active_s + held_across_gaps + idle).min(self.duration_s);
         let keys = p.count * per_key_connections;
-        let peak = (p.rate * residence).min(keys);
-        // Mean over the run: each of `keys` residences of `residence` seconds, within the run.
-        let mean = (keys * residence / self.duration_s.max(f64::MIN_POSITIVE)).min(peak);
+        let residence = |idle: f64| (p.active_s + held_across_gaps + idle).min(self.duration_s);
+        let peak = (p.rate * residence(idle_at_peak)).min(keys);
+        // Mean over the run: each of `keys` residences, within the run.
+        let mean = (keys * residence(idle) / self.duration_s.max(f64::MIN_POSITIVE)).min(peak);
         // Stale: a peer's last handshake ages past the threshold before it is removed. Clients
         // that stay and send traffic keep handshaking (rekey every 2 min), so only idle time counts.
-        let stale_time = (idle.min(self.duration_s) - self.stale_threshold_s).max(0.0);
+        let stale_time = (idle_at_peak.min(self.duration_s) - self.stale_threshold_s).max(0.0);
         let stale = (p.rate * stale_time).min(keys);
         (peak, mean, stale)
     }
@@ -366,13 +401,30 @@ mod tests {
     #[test]
     fn littles_law_for_connect_once_clients() {
         let p = Planned::from_json(&churn("60s"), DEFAULTS).unwrap();
-        // 10/s × (60 s + 5 s) = 650 installed, 10/s × (65 - 30) s = 350 stale.
-        assert_eq!(p.installed_estimate, 650.0);
-        assert_eq!(p.stale_estimate, 350.0);
+        // Peaks, just before a sweep: 10/s × (60 s + 10 s) = 700 installed, 10/s × (70 - 30) s
+        // = 400 stale.
+        assert_eq!(p.installed_estimate, 700.0);
+        assert_eq!(p.stale_estimate, 400.0);
         assert_eq!(p.storm_size, 10.0);
         assert_eq!(p.arrivals, 10000.0);
         let short = Planned::from_json(&churn("20s"), DEFAULTS).unwrap();
         assert_eq!(short.stale_estimate, 0.0);
+        // Installed and removed again, every one: the data plane saw all 10,000.
+        assert_eq!(short.installs_estimate, 10000.0);
+    }
+
+    #[test]
+    fn returning_clients_are_installed_again_only_when_evicted_between_visits() {
+        let returning = |evict_after: &str| {
+            let mut s = churn(evict_after);
+            s["population"][0]["count"] = json!(100);
+            s["population"][0]["behaviour"] = json!({"kind": "return", "gap": "30s", "times": 3});
+            Planned::from_json(&s, DEFAULTS).unwrap()
+        };
+        // Idle 10 s + 5 s < the 30 s gap: evicted between visits, three installs per key.
+        assert_eq!(returning("10s").installs_estimate, 300.0);
+        // Idle 60 s + 5 s > the gap: installed once.
+        assert_eq!(returning("60s").installs_estimate, 100.0);
     }
 
     #[test]
@@ -382,7 +434,7 @@ mod tests {
         let p = Planned::from_json(&s, DEFAULTS).unwrap();
         assert_eq!(p.evict_after_s, 180.0);
         assert_eq!(p.sweep_every_s, 30.0);
-        assert_eq!(p.installed_estimate, 10.0 * 195.0);
+        assert_eq!(p.installed_estimate, 10.0 * 210.0);
     }
 
     #[test]
@@ -402,6 +454,9 @@ mod tests {
         assert!((p.api_latency_s - 0.02).abs() < 1e-12);
         assert!(p.has_reboot);
         assert_eq!(p.installed_estimate, 3000.0 + 6000.0);
+        assert_eq!(p.installs_estimate, 3000.0 + 6000.0);
+        // The preloaded stored peers never handshake; the storm's clients do.
+        assert_eq!(p.bare_peers, 6000.0);
     }
 
     #[test]

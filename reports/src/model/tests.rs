@@ -179,3 +179,242 @@ fn html_fragment_is_self_contained_and_well_formed() {
     assert!(html.contains("knee"));
     roxmltree::Document::parse(&html).expect("well-formed fragment");
 }
+
+/// A steady JIT run with planted costs that separate what the storm runs above cannot:
+/// `count` connect-once or staying clients at `rate`/s, evicted `evict_after_s` after going
+/// idle; the run lasts its planned length plus 0.2 s, or 5.5 s past 1,000 arrivals in a second
+/// (a WireGuard retry in the setup tail: late connections stay late);
+/// jitwgd costs 1 ms per arrival plus 20 ms per second of run; the data plane holds 20 MB +
+/// 8 KiB per installed peer + 6 KiB per peer it ever installed (removed ones included).
+struct Synthetic {
+    count: u32,
+    rate: f64,
+    stay_s: f64,
+    evict_after_s: f64,
+    /// Peak installed peers the run's samples show.
+    installed_peak: u32,
+}
+
+const SYNTHETIC_SWEEP_S: f64 = 5.0;
+
+/// Setup p50 (ms) planted with a knee at 1,000 arrivals in a second.
+fn planted_setup_ms(storm: f64) -> f64 {
+    30.0 * (0.01 * (storm - 1000.0).max(0.0)).exp()
+}
+
+fn synthetic(s: &Synthetic) -> CalPoint {
+    let behaviour = if s.stay_s > 0.0 {
+        json!({"kind": "stay", "duration": format!("{}s", s.stay_s), "traffic_every": "5s"})
+    } else {
+        json!({"kind": "connect_once"})
+    };
+    let scenario = json!({
+        "name": "synthetic", "duration": "120s",
+        "daemon": {"sweep_every": format!("{SYNTHETIC_SWEEP_S}s"),
+                   "evict_after": format!("{}s", s.evict_after_s)},
+        "population": [{"name": "s", "count": s.count,
+            "arrival": {"kind": "poisson", "rate": s.rate},
+            "behaviour": behaviour}]
+    });
+    let n = f64::from(s.count);
+    let setup = planted_setup_ms(n.min(s.rate));
+    let planned_run = n / s.rate + s.stay_s;
+    let run_s = planned_run + if n.min(s.rate) > 1000.0 { 5.5 } else { 0.2 };
+    let mut results = Results::new(RunInfo {
+        resolved_scenario: scenario,
+        duration_ms: run_s * 1000.0,
+        ..RunInfo::default()
+    });
+    results.clients = (0..s.count)
+        .map(|id| ClientResult {
+            id,
+            population: "s".into(),
+            connections: vec![Connection {
+                setup_latency_ms: Some(setup),
+                handshake_attempts: 1,
+                ..Connection::default()
+            }],
+        })
+        .collect();
+    results.samples = vec![
+        Sample {
+            t_ms: 0.0,
+            installed_peers: u64::from(s.installed_peak),
+            ..Sample::default()
+        },
+        Sample {
+            t_ms: run_s * 1000.0,
+            installed_peers: 0,
+            ..Sample::default()
+        },
+    ];
+    results.api.calls_total = u64::from(s.count);
+    let installed = f64::from(s.installed_peak);
+    results.processes = vec![
+        usage(
+            "daemon",
+            0.02 * run_s + 0.001 * n,
+            20e6 + 4096.0 * installed,
+        ),
+        usage(
+            "dataplane",
+            0.01 * run_s + 0.0005 * n,
+            20e6 + 8192.0 * installed + 6144.0 * n,
+        ),
+    ];
+    CalPoint::from_results(
+        PathBuf::from(format!("c{}-{}-{}", s.count, s.rate, s.evict_after_s)),
+        &results,
+        &json!({}),
+        DEFAULTS,
+    )
+    .unwrap()
+}
+
+/// Storms (everyone stays; installed = installs) and churns (connect once, evicted: installed
+/// well below installs) with planned run lengths and storm sizes that vary independently.
+fn mixed_calibration_runs() -> Vec<CalPoint> {
+    let mut runs = Vec::new();
+    for count in [200, 400, 600, 800, 1000, 1200, 1400, 1600] {
+        runs.push(synthetic(&Synthetic {
+            count,
+            rate: f64::from(count),
+            stay_s: 15.0,
+            evict_after_s: 60.0,
+            installed_peak: count,
+        }));
+    }
+    for (evict_after_s, installed_peak) in [(10.0, 125), (20.0, 225), (30.0, 325), (45.0, 475)] {
+        runs.push(synthetic(&Synthetic {
+            count: 600,
+            rate: 10.0,
+            stay_s: 0.0,
+            evict_after_s,
+            installed_peak,
+        }));
+    }
+    runs
+}
+
+#[test]
+fn cpu_per_second_is_charged_for_the_run_as_it_will_last() {
+    let c = Calibration::fit(&mixed_calibration_runs()).unwrap();
+    let Fitted::Knee(run) = &c.model("run_overrun").expect("a run-length model").fitted else {
+        panic!("the overrun is a knee fit");
+    };
+    let knee = run.knee.expect("the retry step is found");
+    assert!((1000.0..1200.0).contains(&knee), "knee {knee}");
+    assert!((run.jump() - 5.3).abs() < 1e-6, "{run:?}");
+    // Held out, above the knee: a 5 s retry in the tail makes the run 5.5 s longer than planned.
+    let held = synthetic(&Synthetic {
+        count: 1500,
+        rate: 1500.0,
+        stay_s: 15.0,
+        evict_after_s: 60.0,
+        installed_peak: 1500,
+    });
+    let p = predict(&c, &held.planned);
+    let measured = held.figure("daemon_cpu").unwrap();
+    let predicted = p.predicted["daemon_cpu"].value;
+    assert!(
+        (predicted / measured - 1.0).abs() < 0.01,
+        "predicted {predicted}, measured {measured}"
+    );
+    // The planned length alone would have missed by the setup time's CPU.
+    let planned_only = 0.02 * held.planned.run_s + 0.001 * 1500.0;
+    assert!((planned_only / measured - 1.0).abs() > 0.01);
+    assert!(p.inputs["run_seconds"].value > held.planned.run_s);
+}
+
+#[test]
+fn dataplane_memory_counts_the_peers_it_removed() {
+    let c = Calibration::fit(&mixed_calibration_runs()).unwrap();
+    let rss = c.model("dataplane_rss_peak").unwrap().fitted.linear();
+    assert!(
+        (rss.slope("installs").unwrap() - 6144.0).abs() < 1.0,
+        "{rss:?}"
+    );
+    assert!((rss.slope("session_peers").unwrap() - 8192.0).abs() < 1.0);
+    // A held-out churn: 600 installed and removed, 275 at the peak. Installed peers are
+    // predicted by Little's law (10/s × (25 s + 2.5 s) = 275).
+    let held = synthetic(&Synthetic {
+        count: 600,
+        rate: 10.0,
+        stay_s: 0.0,
+        evict_after_s: 25.0,
+        installed_peak: 275,
+    });
+    let v = validate(&c, std::slice::from_ref(&held));
+    let check = v
+        .checks
+        .iter()
+        .find(|k| k.figure == "dataplane_rss_peak")
+        .unwrap();
+    assert_eq!(check.within_goal, Some(true), "{check:?}");
+    assert!(check.error.unwrap().abs() < 0.02, "{check:?}");
+    let summary = &v.summary["dataplane_rss_peak"];
+    assert_eq!((summary.checks, summary.within_goal), (1, 1));
+}
+
+#[test]
+fn validation_gives_setup_above_the_knee_no_goal() {
+    let c = Calibration::fit(&mixed_calibration_runs()).unwrap();
+    let above = synthetic(&Synthetic {
+        count: 1500,
+        rate: 1500.0,
+        stay_s: 15.0,
+        evict_after_s: 60.0,
+        installed_peak: 1500,
+    });
+    let v = validate(&c, &[above]);
+    let setup = v.checks.iter().find(|k| k.figure == "setup_p50").unwrap();
+    assert_eq!(setup.tolerance, None);
+    assert_eq!(setup.within_goal, None);
+    assert!(setup.note.as_deref().unwrap().contains("knee"));
+}
+
+#[test]
+fn setup_latency_that_grows_like_a_queue_is_fitted_on_a_linear_scale() {
+    let mut runs = mixed_calibration_runs();
+    for run in &mut runs {
+        // A queue draining at a steady rate: 20 ms + 0.7 ms per client of the storm.
+        let queue_ms = 20.0 + 0.7 * run.planned.storm_size;
+        run.measured.figures.insert("setup_p50".into(), queue_ms);
+    }
+    let c = Calibration::fit(&runs).unwrap();
+    let setup = c.model("setup_p50").unwrap();
+    assert!(!setup.log_scale, "{setup:?}");
+    let held = synthetic(&Synthetic {
+        count: 700,
+        rate: 700.0,
+        stay_s: 15.0,
+        evict_after_s: 60.0,
+        installed_peak: 700,
+    });
+    let p = predict(&c, &held.planned);
+    let predicted = p.predicted["setup_p50"].value;
+    assert!(
+        (predicted - (20.0 + 0.7 * 700.0)).abs() < 1.0,
+        "{predicted}"
+    );
+    // The planted exponential of the other tests stays on the log scale.
+    assert!(calibration().model("setup_p50").unwrap().log_scale);
+}
+
+#[test]
+fn memory_of_removed_peers_is_dropped_when_the_data_do_not_show_it() {
+    let mut runs = mixed_calibration_runs();
+    for (i, run) in runs.iter_mut().enumerate() {
+        // 8 KiB per peer with a session, nothing per removed peer, ±50 kB of noise.
+        let peak = run.measured.installed_peak.unwrap();
+        let noise = if i % 2 == 0 { 5e4 } else { -5e4 };
+        let rss = 20e6 + 8192.0 * peak + noise;
+        run.measured
+            .figures
+            .insert("dataplane_rss_peak".into(), rss);
+    }
+    let c = Calibration::fit(&runs).unwrap();
+    let rss = c.model("dataplane_rss_peak").unwrap().fitted.linear();
+    assert_eq!(rss.slope("installs"), None, "{rss:?}");
+    assert!((rss.slope("session_peers").unwrap() - 8192.0).abs() < 200.0);
+}

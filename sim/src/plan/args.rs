@@ -17,6 +17,18 @@ pub struct PlanArgs {
     /// Repeatable.
     #[arg(long, value_name = "KEY=VALUE")]
     pub predict: Vec<String>,
+    /// Check the model against held-out runs: predict each finished run under this directory
+    /// (a sweep's, one of its `points/<i>`, or any tree of results.json files) from its
+    /// recorded scenario and compare with what it measured (predicted / measured - 1, against
+    /// ±25 % for CPU, memory and stale peers, ±40 % for latency below the knee). Runs under a
+    /// --validate directory are left out of the calibration even when a CAL_DIR holds them, so
+    /// a sweep's points can be held out of it. Repeatable.
+    #[arg(long, value_name = "HELD_OUT_DIR")]
+    pub validate: Vec<PathBuf>,
+    /// Leave the runs under this directory out of the calibration (e.g. a sweep's held-out
+    /// `points/<i>`, to `--predict` them from the other points). Repeatable.
+    #[arg(long, value_name = "DIR")]
+    pub exclude: Vec<PathBuf>,
     /// The scenario `--predict` changes [default: the first calibration run's recorded one].
     #[arg(long, value_name = "SCENARIO.toml")]
     pub scenario: Option<PathBuf>,

@@ -6,7 +6,7 @@ use std::fmt::Write;
 use jitwg_reports::model::fleet::{FleetPlan, CPU_TARGET};
 use jitwg_reports::model::html::coefficients;
 use jitwg_reports::model::predict::short;
-use jitwg_reports::model::{Band, Calibration, FleetInputs, Prediction};
+use jitwg_reports::model::{Band, Calibration, FleetInputs, Prediction, Validation};
 use jitwg_reports::{figure, Unit};
 
 fn header(c: &Calibration) -> String {
@@ -97,6 +97,78 @@ pub fn prediction(c: &Calibration, p: &Prediction, unused: &[String]) -> String 
         );
     }
     extrapolated(&mut out, &p.extrapolated);
+    out
+}
+
+/// Predicted vs measured for held-out runs: a summary per figure, then every check (Markdown
+/// tables, so they paste into BENCHMARKS.md as they are).
+pub fn validation(c: &Calibration, v: &Validation) -> String {
+    let mut out = header(c);
+    if let Some(k) = c.knee() {
+        let _ = writeln!(out, "storm knee: {} arrivals in one second", short(k));
+    }
+    let runs: std::collections::BTreeSet<_> = v.checks.iter().map(|k| &k.source).collect();
+    let _ = writeln!(
+        out,
+        "held-out runs: {}{}\n",
+        runs.len(),
+        if v.saturated_runs > 0 {
+            format!(", {} flagged saturated (timing suspect)", v.saturated_runs)
+        } else {
+            String::new()
+        }
+    );
+    out.push_str("| figure | checks | errors (predicted / measured - 1) | within goal | measured in 95 % band |\n|---|---|---|---|---|\n");
+    for (figure, s) in &v.summary {
+        let goal = v.checks.iter().find(|k| &k.figure == figure).and_then(|k| {
+            k.tolerance
+                .or(jitwg_reports::model::validate::tolerance(figure))
+        });
+        let _ = writeln!(
+            out,
+            "| {figure} | {} | {} | {} | {}/{} |",
+            s.checks,
+            s.error_range.map_or("—".into(), |(lo, hi)| format!(
+                "{:+.0} .. {:+.0} %",
+                lo * 100.0,
+                hi * 100.0
+            )),
+            match goal {
+                Some(t) if s.with_goal > 0 =>
+                    format!("{}/{} (±{:.0} %)", s.within_goal, s.with_goal, t * 100.0),
+                _ => "— (no goal)".into(),
+            },
+            s.in_band,
+            s.checks,
+        );
+    }
+    out.push_str("\n| run | figure | measured | predicted (95 % band) | error | goal |\n|---|---|---|---|---|---|\n");
+    for k in &v.checks {
+        let unit = figure(&k.figure).map_or(Unit::Count, |f| f.unit);
+        let b = Band {
+            value: k.predicted.value,
+            low: k.predicted.low,
+            high: k.predicted.high,
+        };
+        let verdict = match (k.within_goal, &k.note) {
+            (Some(true), _) => "within".to_string(),
+            (Some(false), _) => "MISS".to_string(),
+            (None, Some(note)) => note.clone(),
+            (None, None) => "—".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {}{} | {} | {verdict} |",
+            k.source.display(),
+            k.figure,
+            unit.format(k.measured),
+            band(unit, &b),
+            if k.in_band { "" } else { " (outside)" },
+            k.error
+                .map_or("—".into(), |e| format!("{:+.1} %", e * 100.0)),
+        );
+    }
+    extrapolated(&mut out, &v.extrapolated);
     out
 }
 
