@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-#! Runs every cargo-fuzz target in fuzz/ for a fixed time each, seeded from the wire vectors
-#! in ../shared/vectors (or $JITWG_VECTORS) and the shipped scenarios, and prints execs/s
-#! and total execs per target (the figures BENCHMARKS.md records).
+#! Runs every cargo-fuzz target in fuzz/ for a fixed time each (or to an exec count), seeded
+#! from the wire vectors in ../shared/vectors (or $JITWG_VECTORS) and the shipped scenarios,
+#! and prints execs/s, total execs and wall time per target (the figures BENCHMARKS.md records).
 #
 # usage: ci/fuzz.sh [MINUTES_PER_TARGET] [TARGET...]   (default: 5 minutes, every target)
+#        FUZZ_RUNS=10000000 ci/fuzz.sh 120 identify    (stop at 10M execs, or after 120 min)
+#        ci/fuzz.sh 0                                   (only write the seed corpora)
+# An input that runs longer than FUZZ_TIMEOUT seconds (default 30) counts as a hang.
 # Needs a nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`). Corpora and any
 # crash inputs are kept in fuzz/corpus/<target> and fuzz/artifacts/<target> (git-ignored),
 # so a second run continues where the first stopped.
@@ -64,15 +67,26 @@ for path in glob.glob(f"{root}/scenarios/**/*.toml", recursive=True):
     put("scenario", os.path.basename(path), open(path, "rb").read())
 PY
 
-printf '%-14s %10s %14s %8s\n' target "execs/s" "total execs" result
+if [ "$minutes" -eq 0 ]; then
+    exit 0
+fi
+
+limits=(-max_total_time=$((minutes * 60)) -timeout="${FUZZ_TIMEOUT:-30}")
+if [ -n "${FUZZ_RUNS:-}" ]; then
+    limits+=(-runs="$FUZZ_RUNS")
+fi
+
+printf '%-14s %10s %14s %8s %8s\n' target "execs/s" "total execs" "wall s" result
 for target in "${targets[@]}"; do
     log="artifacts/$target.log"
     mkdir -p "artifacts/$target"
     status=clean
-    cargo +nightly fuzz run --release "$target" "corpus/$target" -- \
-        -max_total_time=$((minutes * 60)) -artifact_prefix="artifacts/$target/" \
-        -print_final_stats=1 >"$log" 2>&1 || status="FAILED (see fuzz/$log)"
+    started=$SECONDS
+    cargo +nightly fuzz run --release "$target" "corpus/$target" -- "${limits[@]}" \
+        -artifact_prefix="artifacts/$target/" -print_final_stats=1 >"$log" 2>&1 ||
+        status="FAILED (see fuzz/$log)"
     execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)"
     rate="$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)"
-    printf '%-14s %10s %14s %8s\n' "$target" "${rate:-?}" "${execs:-?}" "$status"
+    printf '%-14s %10s %14s %8s %8s\n' "$target" "${rate:-?}" "${execs:-?}" \
+        "$((SECONDS - started))" "$status"
 done

@@ -15,8 +15,10 @@ pub enum Arrival {
 }
 
 impl Arrival {
-    /// Start offsets for `count` clients, non-decreasing.
-    pub fn offsets(&self, count: u32, rng: &mut impl Rng) -> Vec<Duration> {
+    /// Start offsets for `count` clients, non-decreasing; `None` when a start is not a
+    /// representable duration (a rate so small that clients would start after ~584 billion
+    /// years, or extreme ramp values that make it NaN).
+    pub fn offsets(&self, count: u32, rng: &mut impl Rng) -> Option<Vec<Duration>> {
         let secs: Vec<f64> = match *self {
             Arrival::Constant { rate } => (0..count).map(|i| f64::from(i) / rate).collect(),
             Arrival::Poisson { rate } => {
@@ -36,7 +38,9 @@ impl Arrival {
                 .map(|i| ramp_time(from, to, over.as_secs_f64(), f64::from(i)))
                 .collect(),
         };
-        secs.into_iter().map(Duration::from_secs_f64).collect()
+        secs.into_iter()
+            .map(|s| Duration::try_from_secs_f64(s).ok())
+            .collect()
     }
 }
 
@@ -71,6 +75,7 @@ mod tests {
 
     fn offs(a: Arrival, n: u32) -> Vec<f64> {
         a.offsets(n, &mut ChaCha20Rng::seed_from_u64(1))
+            .expect("representable starts")
             .into_iter()
             .map(|d| d.as_secs_f64())
             .collect()
@@ -80,6 +85,28 @@ mod tests {
     fn constant_is_evenly_spaced() {
         let o = offs(Arrival::Constant { rate: 4.0 }, 5);
         assert_eq!(o, vec![0.0, 0.25, 0.5, 0.75, 1.0]);
+    }
+
+    #[test]
+    fn starts_beyond_any_duration_are_refused_not_a_panic() {
+        // Found while writing the scenario fuzz target: `rate = 1e-300` put the second client
+        // 1e300 s out, and converting that to a Duration panicked.
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        for a in [
+            Arrival::Constant { rate: 1e-300 },
+            Arrival::Poisson { rate: 1e-300 },
+            Arrival::Ramp {
+                from: 1e308,
+                to: 1.7e308,
+                over: Duration::from_nanos(1),
+            },
+        ] {
+            assert_eq!(a.offsets(3, &mut rng), None, "{a:?}");
+        }
+        assert_eq!(
+            Arrival::Constant { rate: 1e-300 }.offsets(1, &mut rng),
+            Some(vec![Duration::ZERO])
+        );
     }
 
     #[test]

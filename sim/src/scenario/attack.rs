@@ -20,6 +20,9 @@ use crate::lab::topology::{ATTACK_SOURCES_V4, ATTACK_SOURCES_V6};
 
 /// Keys cycled by `registered` and `unregistered` floods when `key_pool` is unset.
 pub const DEFAULT_KEY_POOL: u32 = 256;
+/// Most keys one flood may cycle: each is derived (one X25519) when the scenario resolves.
+/// Registered pools also count against `MAX_PEERS`; an unregistered pool only has this.
+pub const MAX_KEY_POOL: u32 = super::resolve::MAX_PEERS;
 /// Most initiations one flood may send: its packets are built before the run (a fresh-key
 /// initiation costs ~4 X25519 operations, too many to build live at thousands per second on
 /// a shared driver CPU), and this bounds that time and memory (148 bytes each).
@@ -197,6 +200,9 @@ impl AttackShape {
         }
         if self.key_pool == Some(0) {
             return bad("key_pool", "must be at least 1".into());
+        }
+        if self.key_pool.is_some_and(|n| n > MAX_KEY_POOL) {
+            return bad("key_pool", format!("must be at most {MAX_KEY_POOL}"));
         }
         if self.key_pool.is_some() && self.pool_size() == 0 {
             return bad(
@@ -491,6 +497,11 @@ arrival = { kind = "constant", rate = 50.0 }
             ),
             (
                 r#"{ kind = "flood", keys = "fresh", key_pool = 3, packets_per_second = 1.0, sources = 4 }"#,
+                "key_pool",
+            ),
+            // Unbounded, this derived 4 billion keys before the run could start.
+            (
+                r#"{ kind = "flood", keys = "unregistered", key_pool = 4000000000, packets_per_second = 1.0, sources = 4 }"#,
                 "key_pool",
             ),
             (

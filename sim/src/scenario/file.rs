@@ -428,8 +428,9 @@ pub struct FloodFile {
     /// `ipv4` (default) or `ipv6` (2001:2::/48; the run gets an IPv6 underlay).
     #[serde(default)]
     pub family: Family,
-    /// Distinct keys cycled through for `registered` and `unregistered` (default 256); fresh
-    /// keys are never reused, so `count` of them are made.
+    /// Distinct keys cycled through for `registered` and `unregistered` (default 256, at most
+    /// 65,000: each is derived before the run); fresh keys are never reused, so `count` of
+    /// them are made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_pool: Option<u32>,
 }

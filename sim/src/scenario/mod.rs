@@ -318,6 +318,15 @@ arrival = { kind = "constant", rate = 2.0 }
             .unwrap_err()
             .to_string();
         assert!(err.contains("population[0].link.loss"), "{err}");
+        // A rate so small that the second client's start overflows a Duration is refused,
+        // naming the arrival (it panicked in resolve before).
+        let err = with_sets(
+            MINIMAL,
+            &[r#"population.0.arrival={ kind = "constant", rate = 1e-300 }"#],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("population[0].arrival"), "{err}");
     }
 
     #[test]

@@ -434,7 +434,13 @@ pub fn resolve(file: ScenarioFile) -> Result<Scenario, FieldError> {
         if attack_shape(&p.behaviour).is_some() {
             continue;
         }
-        for start in p.arrival.offsets(p.count, &mut arrivals) {
+        let starts = p.arrival.offsets(p.count, &mut arrivals).ok_or_else(|| {
+            invalid(
+                format!("population[{pi}].arrival"),
+                "starts clients further out than a duration can hold; raise the rate",
+            )
+        })?;
+        for start in starts {
             clients.push(ClientPlan {
                 id: next_id,
                 population: pi,
