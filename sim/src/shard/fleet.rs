@@ -103,21 +103,8 @@ pub fn run(args: FleetArgs) -> Result<ExitCode, CliError> {
         args.token_file.as_deref(),
     )
     .map_err(usage)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("building the tokio runtime")
-        .map_err(|e| CliError::new(ExitCode::Internal, e))?;
-    let opts = RunOptions {
-        scenario_file: args.scenario.scenario.clone(),
-        adjustments,
-        out: Some(args.out.clone()),
-        quiet: true,
-        event_log: false,
-        capture: None,
-        overrides_text: args.scenario.set.clone(),
-    };
+    let runtime = super::runtime()?;
+    let opts = super::run_options(&args.scenario, adjustments, &args.out);
     runtime.block_on(shard_main(&args, &scenario, &opts, &credentials))
 }
 

@@ -69,21 +69,8 @@ pub fn run(args: GatewayArgs) -> Result<ExitCode, CliError> {
     let (scenario, adjustments) = crate::cli::load_scenario(&args.scenario)?;
     super::refuse_client_cert(&scenario)?;
     ShardSpec::new(0, args.shards).map_err(|e| CliError::new(ExitCode::Usage, e))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("building the tokio runtime")
-        .map_err(|e| CliError::new(ExitCode::Internal, e))?;
-    let opts = RunOptions {
-        scenario_file: args.scenario.scenario.clone(),
-        adjustments,
-        out: Some(args.out.clone()),
-        quiet: true,
-        event_log: false,
-        capture: None,
-        overrides_text: args.scenario.set.clone(),
-    };
+    let runtime = super::runtime()?;
+    let opts = super::run_options(&args.scenario, adjustments, &args.out);
     runtime.block_on(serve(&args, &scenario, &opts))
 }
 

@@ -22,6 +22,14 @@ pub mod observe;
 pub mod secure;
 pub mod spec;
 
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::cli::{CliError, ExitCode, ScenarioArgs};
+use crate::run::RunOptions;
+use crate::scenario::Adjustments;
+
 /// The gateway's own series cannot see the clients; the merge fills its samples' connected and
 /// in-flight counts from the shards' series and drops this warning.
 pub(crate) const GATEWAY_SERIES_WARNING: &str = "sharded run: the gateway's own samples do not \
@@ -45,4 +53,33 @@ pub(crate) fn refuse_client_cert(
         ));
     }
     Ok(())
+}
+
+/// The tokio runtime `jitwg gateway` and `jitwg fleet` run on: two workers, as `jitwg run`'s
+/// (setup and reboots block one in `block_in_place` while the other samples or drives clients).
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")
+        .map_err(|e| CliError::new(ExitCode::Internal, e))
+}
+
+/// A sharded run's options, the gateway's as a fleet's: results in `out`, no progress bar, no
+/// capture, and the fleet's event log only where a restart's recovery is read from it.
+pub(crate) fn run_options(
+    scenario: &ScenarioArgs,
+    adjustments: Adjustments,
+    out: &Path,
+) -> RunOptions {
+    RunOptions {
+        scenario_file: scenario.scenario.clone(),
+        adjustments,
+        out: Some(out.to_path_buf()),
+        quiet: true,
+        event_log: false,
+        capture: None,
+        overrides_text: scenario.set.clone(),
+    }
 }
