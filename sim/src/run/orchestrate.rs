@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use ipnet::{IpNet, Ipv4Net};
-use jitwg_reports::{Event, EventKind, Sample};
+use jitwg_reports::Sample;
 use jitwgd::peer::PeerConfig;
 use jitwgd::store::PeerSource;
 use rand::{RngCore, SeedableRng};
@@ -32,11 +32,9 @@ use super::daemon_config;
 use super::lab::{blocking, ControlPlaneSecurity, Lab, LabSpec, StoredPeers};
 use super::reproduce::{capture_info, prepare_capture, rerun_info};
 use super::results::{assemble, Finished};
-use super::timeline::{schedule, Timeline};
+use super::timeline::{Clock, Timeline};
 use super::{prereq, RunError, RunOptions, RunOutcome};
 
-/// How often the loop wakes up (events fire with this resolution); samples are taken every second.
-const TICK: Duration = Duration::from_millis(100);
 /// Seed stream of the gateway's private key (the scenario uses streams 1..=3 for clients).
 const GATEWAY_KEY_STREAM: u64 = 100;
 /// Most clients set to give up after WireGuard's REKEY_ATTEMPT_TIME.
@@ -347,18 +345,7 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
     let mut clients = ctx.fleet.finish().await?;
     let attack_outcomes = attacks.finish()?;
     clients.sort_by_key(|c| c.id);
-    let end = ctx.now_ms();
-    timeline.check_ready(&ctx.lab).await;
-    timeline.sample(&ctx).await;
-    timeline.events.push(Event {
-        t_ms: end,
-        kind: EventKind::RunEnd,
-        detail: if interrupted {
-            "interrupted".into()
-        } else {
-            String::new()
-        },
-    });
+    let end = timeline.end(&ctx, interrupted).await;
     let capture = match (capture, opts.capture) {
         (Some(c), Some(options)) => {
             let summary = super::lab::blocking(|| c.stop()).map_err(RunError::Capture)?;
@@ -455,29 +442,15 @@ async fn run_loop(
 ) -> Result<bool, RunError> {
     let scenario = ctx.scenario;
     let bar = progress_bar(quiet, scenario.clients.len() as u64);
-    let mut pending = schedule(scenario).into_iter().peekable();
-    let mut next_sample = Duration::ZERO;
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut clock = Clock::new(scenario);
     let mut interrupted = false;
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = interrupt.cancelled() => { interrupted = true; break; }
+        if !clock.wait(interrupt).await {
+            interrupted = true;
+            break;
         }
         let elapsed = ctx.origin.elapsed();
-        while let Some(&(at, action)) = pending.peek() {
-            if at > elapsed {
-                break;
-            }
-            pending.next();
-            let t_ms = ctx.now_ms();
-            timeline.act(action, t_ms, ctx).await?;
-        }
-        timeline.check_ready(&ctx.lab).await;
-        if elapsed >= next_sample {
-            timeline.sample(ctx).await;
-            next_sample += scenario.sample_every;
+        if clock.step(elapsed, timeline, ctx, |_| {}).await? {
             update_bar(&bar, &ctx.progress, timeline.samples.last());
         }
         if (ctx.fleet_done() && attacks_done()) || elapsed >= scenario.duration {

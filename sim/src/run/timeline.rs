@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use jitwg_reports::{Event, EventKind, Reload, Sample, RECOVERY_WINDOW_MS};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::context::{ms, RunContext};
 use super::lab::{blocking, Lab, READY_POLL};
@@ -53,6 +54,68 @@ pub(crate) fn schedule(scenario: &Scenario) -> Vec<(Duration, Action)> {
     }
     out.sort_by_key(|(at, _)| *at);
     out
+}
+
+/// How often a run's loop wakes up: events fire with this resolution.
+pub(crate) const TICK: Duration = Duration::from_millis(100);
+
+/// What a run's loop has left to do on the timeline: the scenario's events still to fire and
+/// when the next sample is due, woken every [`TICK`]. `jitwg run` and `jitwg gateway` both step
+/// it, so a sharded run's gateway fires events and samples exactly as a single-machine run.
+pub(crate) struct Clock {
+    pending: std::iter::Peekable<std::vec::IntoIter<(Duration, Action)>>,
+    next_sample: Duration,
+    tick: tokio::time::Interval,
+}
+
+impl Clock {
+    /// The scenario's schedule, with the first sample due at once.
+    pub fn new(scenario: &Scenario) -> Self {
+        let pending = schedule(scenario).into_iter().peekable();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        Self {
+            pending,
+            next_sample: Duration::ZERO,
+            tick,
+        }
+    }
+
+    /// Waits for the next tick; `false` when `interrupt` fired first.
+    pub async fn wait(&mut self, interrupt: &CancellationToken) -> bool {
+        tokio::select! {
+            _ = self.tick.tick() => true,
+            _ = interrupt.cancelled() => false,
+        }
+    }
+
+    /// One tick at `elapsed` into the run: fires every event that is due, in order (calling
+    /// `fired` after each), checks the daemon's readiness, and samples when a sample is due.
+    /// Returns whether it sampled.
+    pub async fn step(
+        &mut self,
+        elapsed: Duration,
+        timeline: &mut Timeline,
+        ctx: &mut RunContext<'_>,
+        mut fired: impl FnMut(&Timeline),
+    ) -> Result<bool, RunError> {
+        while let Some(&(at, action)) = self.pending.peek() {
+            if at > elapsed {
+                break;
+            }
+            self.pending.next();
+            let t_ms = ctx.now_ms();
+            timeline.act(action, t_ms, ctx).await?;
+            fired(timeline);
+        }
+        timeline.check_ready(&ctx.lab).await;
+        if elapsed < self.next_sample {
+            return Ok(false);
+        }
+        timeline.sample(ctx).await;
+        self.next_sample += ctx.scenario.sample_every;
+        Ok(true)
+    }
 }
 
 /// The reload after the first reboot or daemon restart.
@@ -325,6 +388,24 @@ impl Timeline {
                 self.usage.observe(name, u.cpu_seconds, u.peak_rss_bytes);
             }
         }
+    }
+
+    /// Closes the run's timeline: one last readiness check and sample, and the `RunEnd` event
+    /// (detail `interrupted` when the user cut the run short). Returns the run's end, ms into it.
+    pub async fn end(&mut self, ctx: &RunContext<'_>, interrupted: bool) -> f64 {
+        let end = ctx.now_ms();
+        self.check_ready(&ctx.lab).await;
+        self.sample(ctx).await;
+        self.events.push(Event {
+            t_ms: end,
+            kind: EventKind::RunEnd,
+            detail: if interrupted {
+                "interrupted".into()
+            } else {
+                String::new()
+            },
+        });
+        end
     }
 
     /// Takes one sample of the gateway; its time is when the data plane was read.

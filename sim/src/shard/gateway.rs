@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use jitwg_reports::{Event, EventKind};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -26,15 +25,12 @@ use crate::lab::names::RunId;
 use crate::run::context::{FleetThread, RunContext};
 use crate::run::lab::{HostSite, Lab};
 use crate::run::results::{assemble, Finished};
-use crate::run::timeline::{schedule, Timeline};
+use crate::run::timeline::{Clock, Timeline, TICK};
 use crate::run::{daemon_config, RunError, RunOptions, FLEET_STOP_TIMEOUT};
 use crate::scenario::Scenario;
 
 use super::api::{unix_ms, RunDescription, ShardBoard, SHARD_API_PORT};
 use super::spec::ShardSpec;
-
-/// How often the loop wakes up (events fire with this resolution), as in `jitwg run`.
-const TICK: Duration = Duration::from_millis(100);
 
 #[derive(Debug, clap::Args)]
 pub struct GatewayArgs {
@@ -162,18 +158,7 @@ async fn serve(
     let mut timeline = Timeline::default();
     let interrupted =
         sample_until_reported(&mut ctx, &mut timeline, &board, args.shards, &interrupt).await?;
-    let end = ctx.now_ms();
-    timeline.check_ready(&ctx.lab).await;
-    timeline.sample(&ctx).await;
-    timeline.events.push(Event {
-        t_ms: end,
-        kind: EventKind::RunEnd,
-        detail: if interrupted {
-            "interrupted".into()
-        } else {
-            String::new()
-        },
-    });
+    let end = timeline.end(&ctx, interrupted).await;
     let api_stats = ctx.lab.control().stats();
     drop(ctx);
     stop_api.cancel();
@@ -264,35 +249,22 @@ async fn sample_until_reported(
     let scenario = ctx.scenario;
     // Shards stop at `duration`, then save and post their results.
     let give_up = scenario.duration + FLEET_STOP_TIMEOUT * 2;
-    let mut pending = schedule(scenario).into_iter().peekable();
-    let mut next_sample = Duration::ZERO;
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut clock = Clock::new(scenario);
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = interrupt.cancelled() => return Ok(true),
+        if !clock.wait(interrupt).await {
+            return Ok(true);
         }
         let elapsed = ctx.origin.elapsed();
-        while let Some(&(at, action)) = pending.peek() {
-            if at > elapsed {
-                break;
-            }
-            pending.next();
-            let t_ms = ctx.now_ms();
-            timeline.act(action, t_ms, ctx).await?;
-            if let Some((reboot_start_ms, back_ms)) = timeline.first_reboot() {
-                board.set_reboot(super::api::RebootMark {
-                    reboot_start_ms,
-                    back_ms,
-                });
-            }
-        }
-        timeline.check_ready(&ctx.lab).await;
-        if elapsed >= next_sample {
-            timeline.sample(ctx).await;
-            next_sample += scenario.sample_every;
-        }
+        clock
+            .step(elapsed, timeline, ctx, |timeline| {
+                if let Some((reboot_start_ms, back_ms)) = timeline.first_reboot() {
+                    board.set_reboot(super::api::RebootMark {
+                        reboot_start_ms,
+                        back_ms,
+                    });
+                }
+            })
+            .await?;
         if board.received().len() as u32 == shards || elapsed >= give_up {
             return Ok(false);
         }
