@@ -383,88 +383,97 @@ mod tests {
         assert_eq!(got[7], (7, Ok(7)));
     }
 
+    /// A one-worker pool whose worker holds the payloads `held` picks until the rig finishes,
+    /// and which records the order payloads are delivered in: lets a test queue work up behind
+    /// a busy worker.
+    struct HeldPool {
+        pool: IdentifyPool,
+        release: std::sync::mpsc::Sender<()>,
+        order: std::sync::mpsc::Receiver<u8>,
+    }
+
+    impl HeldPool {
+        fn start(queue: usize, nice: i32, held: fn(&[u8]) -> bool) -> Self {
+            let (release, release_rx) = channel::<()>();
+            let release_rx = Mutex::new(release_rx);
+            let (order_tx, order) = channel();
+            let order_tx = Mutex::new(order_tx);
+            let settings = PoolSettings {
+                workers: 1,
+                queue,
+                per_source: queue,
+                nice,
+            };
+            let pool = IdentifyPool::start(
+                settings,
+                move |p| {
+                    if held(p) {
+                        let _ = release_rx
+                            .lock()
+                            .unwrap()
+                            .recv_timeout(Duration::from_secs(10));
+                    }
+                    fake_identify(p)
+                },
+                move |c, _| {
+                    let _ = order_tx.lock().unwrap().send(c.payload[0]);
+                },
+                |_| {},
+            )
+            .unwrap();
+            Self {
+                pool,
+                release,
+                order,
+            }
+        }
+
+        /// Releases every held payload, drains and joins the pool; the delivery order.
+        fn finish(self) -> Vec<u8> {
+            drop(self.release);
+            drop(self.pool);
+            self.order.try_iter().collect()
+        }
+    }
+
     #[test]
     fn a_full_queue_drops_instead_of_blocking() {
-        let (release_tx, release_rx) = channel::<()>();
-        let release_rx = Mutex::new(release_rx);
-        let settings = PoolSettings {
-            workers: 1,
-            queue: 2,
-            per_source: 2,
-            nice: 5,
-        };
-        // The one worker blocks on its first job until released.
-        let pool = IdentifyPool::start(
-            settings,
-            move |p| {
-                let _ = release_rx
-                    .lock()
-                    .unwrap()
-                    .recv_timeout(Duration::from_secs(10));
-                fake_identify(p)
-            },
-            |_, _| {},
-            |_| {},
-        )
-        .unwrap();
+        // The one worker holds every job until the rig finishes.
+        let rig = HeldPool::start(2, 5, |_| true);
         let mut dropped = 0;
         for b in 1..=20u8 {
-            if pool.submit(captured(b), Lane::Unknown) == Err(DropReason::QueueFull) {
+            if rig.pool.submit(captured(b), Lane::Unknown) == Err(DropReason::QueueFull) {
                 dropped += 1;
             }
         }
         // One in the worker (maybe), two queued: at least 17 dropped.
         assert!(dropped >= 17, "{dropped}");
         // The known lane has room of its own.
-        assert_eq!(pool.submit(captured(99), Lane::Known), Ok(Queued::Alone));
-        for _ in 0..4 {
-            let _ = release_tx.send(());
-        }
-        drop(pool);
+        assert_eq!(
+            rig.pool.submit(captured(99), Lane::Known),
+            Ok(Queued::Alone)
+        );
+        rig.finish();
+    }
+
+    /// Holds the job whose payload is 1.
+    fn first_job(p: &[u8]) -> bool {
+        p.first() == Some(&1)
     }
 
     #[test]
     fn known_lane_is_served_first() {
-        let (release_tx, release_rx) = channel::<()>();
-        let release_rx = Mutex::new(release_rx);
-        let (order_tx, order_rx) = channel();
-        let order_tx = Mutex::new(order_tx);
-        let settings = PoolSettings {
-            workers: 1,
-            queue: 16,
-            per_source: 16,
-            nice: 0,
-        };
-        let pool = IdentifyPool::start(
-            settings,
-            move |p| {
-                if p.first() == Some(&1) {
-                    let _ = release_rx
-                        .lock()
-                        .unwrap()
-                        .recv_timeout(Duration::from_secs(10));
-                }
-                fake_identify(p)
-            },
-            move |c, _| {
-                let _ = order_tx.lock().unwrap().send(c.payload[0]);
-            },
-            |_| {},
-        )
-        .unwrap();
+        let rig = HeldPool::start(16, 0, first_job);
         // The worker blocks on 1; meanwhile unknown 2..=4 and known 10..=12 queue up.
-        pool.submit(captured(1), Lane::Unknown).unwrap();
+        rig.pool.submit(captured(1), Lane::Unknown).unwrap();
         std::thread::sleep(Duration::from_millis(50));
         for b in 2..=4 {
-            pool.submit(captured(b), Lane::Unknown).unwrap();
+            rig.pool.submit(captured(b), Lane::Unknown).unwrap();
         }
         for b in 10..=12 {
-            pool.submit(captured(b), Lane::Known).unwrap();
+            rig.pool.submit(captured(b), Lane::Known).unwrap();
         }
-        release_tx.send(()).unwrap();
-        drop(pool);
-        let order: Vec<u8> = order_rx.try_iter().collect();
-        assert_eq!(order, vec![1, 10, 11, 12, 2, 3, 4]);
+        assert_eq!(rig.finish(), vec![1, 10, 11, 12, 2, 3, 4]);
     }
 
     fn captured_from(byte: u8, src: &str) -> Captured {
@@ -477,33 +486,8 @@ mod tests {
 
     #[test]
     fn a_flooding_network_cannot_crowd_out_a_new_networks_first_contact() {
-        let (release_tx, release_rx) = channel::<()>();
-        let release_rx = Mutex::new(release_rx);
-        let (order_tx, order_rx) = channel();
-        let order_tx = Mutex::new(order_tx);
-        let settings = PoolSettings {
-            workers: 1,
-            queue: 8,
-            per_source: 8,
-            nice: 0,
-        };
-        let pool = IdentifyPool::start(
-            settings,
-            move |p| {
-                if p.first() == Some(&1) {
-                    let _ = release_rx
-                        .lock()
-                        .unwrap()
-                        .recv_timeout(Duration::from_secs(10));
-                }
-                fake_identify(p)
-            },
-            move |c, _| {
-                let _ = order_tx.lock().unwrap().send(c.payload[0]);
-            },
-            |_| {},
-        )
-        .unwrap();
+        let rig = HeldPool::start(8, 0, first_job);
+        let pool = &rig.pool;
         pool.submit(captured_from(1, "198.18.200.1:1"), Lane::Unknown)
             .unwrap();
         std::thread::sleep(Duration::from_millis(50));
@@ -521,10 +505,7 @@ mod tests {
             pool.submit(captured_from(50, "198.18.7.2:1"), Lane::Unknown),
             Ok(Queued::Displacing)
         );
-        release_tx.send(()).unwrap();
-        drop(pool);
-        let order: Vec<u8> = order_rx.try_iter().collect();
-        assert_eq!(order, vec![1, 3, 50, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(rig.finish(), vec![1, 3, 50, 4, 5, 6, 7, 8, 9]);
     }
 
     #[test]
