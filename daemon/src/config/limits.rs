@@ -169,64 +169,36 @@ pub(super) fn merge(
     f: &FileValues<'_>,
 ) -> Result<Limits, ConfigError> {
     let d = Limits::default();
-    let dur = |key, raw: &Option<String>| f.check(key, raw.clone(), values::positive_duration);
+    // How a file's key is checked, as the flag's own parser would check it.
+    let count = |key, raw: &Option<usize>| f.count(key, *raw);
+    let duration = |key, raw: &Option<String>| f.check(key, raw.clone(), values::positive_duration);
+    let db_corruption = |key, raw: &Option<String>| f.check(key, raw.clone(), word::<DbCorruption>);
+    // A limit keeps one name from flag to TOML key to field: the flag, else the file's key
+    // (through `$check` where the flag has a parser of its own), else the default.
+    macro_rules! layer {
+        ($name:ident) => {
+            args.$name.or(file.$name).unwrap_or(d.$name)
+        };
+        ($name:ident, $check:ident) => {
+            args.$name
+                .or($check(stringify!($name), &file.$name)?)
+                .unwrap_or(d.$name)
+        };
+    }
     Ok(Limits {
-        max_pending: args
-            .max_pending
-            .or(f.count("max_pending", file.max_pending)?)
-            .unwrap_or(d.max_pending),
-        api_concurrency: args
-            .api_concurrency
-            .or(f.count("api_concurrency", file.api_concurrency)?)
-            .unwrap_or(d.api_concurrency),
-        unknown_lookup_rate: args
-            .unknown_lookup_rate
-            .or(file.unknown_lookup_rate)
-            .unwrap_or(d.unknown_lookup_rate),
-        unknown_lookup_floor: args
-            .unknown_lookup_floor
-            .or(file.unknown_lookup_floor)
-            .unwrap_or(d.unknown_lookup_floor),
-        unknown_lookup_burst: args
-            .unknown_lookup_burst
-            .or(f.count("unknown_lookup_burst", file.unknown_lookup_burst)?)
-            .unwrap_or(d.unknown_lookup_burst),
-        source_penalty_burst: args
-            .source_penalty_burst
-            .or(f.count("source_penalty_burst", file.source_penalty_burst)?)
-            .unwrap_or(d.source_penalty_burst),
-        source_penalty_forgive: args
-            .source_penalty_forgive
-            .or(dur("source_penalty_forgive", &file.source_penalty_forgive)?)
-            .unwrap_or(d.source_penalty_forgive),
-        unknown_log_rate: args
-            .unknown_log_rate
-            .or(file.unknown_log_rate)
-            .unwrap_or(d.unknown_log_rate),
-        replay_memory: args
-            .replay_memory
-            .or(f.count("replay_memory", file.replay_memory)?)
-            .unwrap_or(d.replay_memory),
-        known_key_cache: args
-            .known_key_cache
-            .or(file.known_key_cache)
-            .unwrap_or(d.known_key_cache),
-        negative_cap: args
-            .negative_cap
-            .or(f.count("negative_cap", file.negative_cap)?)
-            .unwrap_or(d.negative_cap),
-        negative_purge_every: args
-            .negative_purge_every
-            .or(dur("negative_purge_every", &file.negative_purge_every)?)
-            .unwrap_or(d.negative_purge_every),
-        db_corruption: args
-            .db_corruption
-            .or(f.check(
-                "db_corruption",
-                file.db_corruption.clone(),
-                word::<DbCorruption>,
-            )?)
-            .unwrap_or(d.db_corruption),
+        max_pending: layer!(max_pending, count),
+        api_concurrency: layer!(api_concurrency, count),
+        unknown_lookup_rate: layer!(unknown_lookup_rate),
+        unknown_lookup_floor: layer!(unknown_lookup_floor),
+        unknown_lookup_burst: layer!(unknown_lookup_burst, count),
+        source_penalty_burst: layer!(source_penalty_burst, count),
+        source_penalty_forgive: layer!(source_penalty_forgive, duration),
+        unknown_log_rate: layer!(unknown_log_rate),
+        replay_memory: layer!(replay_memory, count),
+        known_key_cache: layer!(known_key_cache),
+        negative_cap: layer!(negative_cap, count),
+        negative_purge_every: layer!(negative_purge_every, duration),
+        db_corruption: layer!(db_corruption, db_corruption),
     })
 }
 
