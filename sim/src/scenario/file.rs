@@ -103,79 +103,38 @@ pub enum BootName {
     Preload,
 }
 
-// The defaults and the words of these three are jitwgd's: converting both ways keeps
-// the scenario from having an opinion of its own.
-impl Default for BackendName {
-    fn default() -> Self {
-        defaults::BACKEND.into()
-    }
-}
-
-impl From<Backend> for BackendName {
-    fn from(b: Backend) -> Self {
-        match b {
-            Backend::Userspace => BackendName::Userspace,
-            Backend::Kernel => BackendName::Kernel,
+/// One of jitwgd's enums as a scenario spells it: the same variants converted both ways, and
+/// jitwgd's default as the scenario's, so the scenario has no opinion of its own. The matches
+/// are exhaustive, so a variant jitwgd adds fails to compile here until the scenario has it.
+macro_rules! jitwgd_words {
+    ($ours:ident mirrors $theirs:ident, default $default:expr, [$($variant:ident),+ $(,)?]) => {
+        impl Default for $ours {
+            fn default() -> Self {
+                $default.into()
+            }
         }
-    }
-}
 
-impl From<BackendName> for Backend {
-    fn from(b: BackendName) -> Self {
-        match b {
-            BackendName::Userspace => Backend::Userspace,
-            BackendName::Kernel => Backend::Kernel,
+        impl From<$theirs> for $ours {
+            fn from(v: $theirs) -> Self {
+                match v {
+                    $($theirs::$variant => $ours::$variant,)+
+                }
+            }
         }
-    }
-}
 
-impl Default for ModeName {
-    fn default() -> Self {
-        defaults::MODE.into()
-    }
-}
-
-impl From<Mode> for ModeName {
-    fn from(m: Mode) -> Self {
-        match m {
-            Mode::Jit => ModeName::Jit,
-            Mode::Push => ModeName::Push,
+        impl From<$ours> for $theirs {
+            fn from(v: $ours) -> Self {
+                match v {
+                    $($ours::$variant => $theirs::$variant,)+
+                }
+            }
         }
-    }
+    };
 }
 
-impl From<ModeName> for Mode {
-    fn from(m: ModeName) -> Self {
-        match m {
-            ModeName::Jit => Mode::Jit,
-            ModeName::Push => Mode::Push,
-        }
-    }
-}
-
-impl Default for BootName {
-    fn default() -> Self {
-        defaults::BOOT.into()
-    }
-}
-
-impl From<Boot> for BootName {
-    fn from(b: Boot) -> Self {
-        match b {
-            Boot::Jit => BootName::Jit,
-            Boot::Preload => BootName::Preload,
-        }
-    }
-}
-
-impl From<BootName> for Boot {
-    fn from(b: BootName) -> Self {
-        match b {
-            BootName::Jit => Boot::Jit,
-            BootName::Preload => Boot::Preload,
-        }
-    }
-}
+jitwgd_words!(BackendName mirrors Backend, default defaults::BACKEND, [Userspace, Kernel]);
+jitwgd_words!(ModeName mirrors Mode, default defaults::MODE, [Jit, Push]);
+jitwgd_words!(BootName mirrors Boot, default defaults::BOOT, [Jit, Preload]);
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
