@@ -16,6 +16,42 @@ use super::{LabError, Namespace};
 /// Kernel routing table `local` (where `ip route add local ...` goes).
 const RT_TABLE_LOCAL: u32 = 255;
 
+/// A destination prefix of one address family, as rtnetlink's route builder (typed by family)
+/// takes it: lets one route function serve IPv4 and IPv6.
+pub trait RoutePrefix: Copy + std::fmt::Display {
+    /// The family's address (a gateway's).
+    type Addr: Copy + std::fmt::Display;
+    /// A route of this family with this prefix as its destination.
+    fn destination(self) -> RouteMessageBuilder<Self::Addr>;
+    /// `route` with `via` as its gateway.
+    fn gateway(
+        route: RouteMessageBuilder<Self::Addr>,
+        via: Self::Addr,
+    ) -> RouteMessageBuilder<Self::Addr>;
+}
+
+// rtnetlink spells the two families' builders alike but as separate inherent methods.
+macro_rules! route_prefix {
+    ($net:ty, $addr:ty) => {
+        impl RoutePrefix for $net {
+            type Addr = $addr;
+            fn destination(self) -> RouteMessageBuilder<$addr> {
+                RouteMessageBuilder::<$addr>::new()
+                    .destination_prefix(self.network(), self.prefix_len())
+            }
+            fn gateway(
+                route: RouteMessageBuilder<$addr>,
+                via: $addr,
+            ) -> RouteMessageBuilder<$addr> {
+                route.gateway(via)
+            }
+        }
+    };
+}
+
+route_prefix!(Ipv4Net, Ipv4Addr);
+route_prefix!(Ipv6Net, Ipv6Addr);
+
 /// One rtnetlink connection inside one namespace.
 pub struct Netlink {
     ns: String,
@@ -247,52 +283,27 @@ impl Netlink {
             })
     }
 
-    /// `ip -6 route add DEST via GATEWAY dev NAME`.
-    pub fn add_route_via_v6(
+    /// `ip route add DEST via GATEWAY dev NAME` (`ip -6 route` for an IPv6 `dest`).
+    pub fn add_route_via<P: RoutePrefix>(
         &self,
-        dest: Ipv6Net,
-        via: Ipv6Addr,
+        dest: P,
+        via: P::Addr,
         dev: &str,
     ) -> Result<(), LabError> {
         let index = self.require_index(dev)?;
-        let route = RouteMessageBuilder::<Ipv6Addr>::new()
-            .destination_prefix(dest.network(), dest.prefix_len())
-            .gateway(via)
-            .output_interface(index)
-            .build();
-        self.add_route(route, format!("{dest} via {via} dev {dev}"))
-    }
-
-    /// `ip -6 route add local DEST dev NAME`: IPv6's any-IP, as [`Self::add_local_route`].
-    pub fn add_local_route_v6(&self, dest: Ipv6Net, dev: &str) -> Result<(), LabError> {
-        let index = self.require_index(dev)?;
-        let route = RouteMessageBuilder::<Ipv6Addr>::new()
-            .destination_prefix(dest.network(), dest.prefix_len())
-            .output_interface(index)
-            .kind(RouteType::Local)
-            .scope(RouteScope::Host)
-            .table_id(RT_TABLE_LOCAL)
-            .build();
-        self.add_route(route, format!("local {dest} dev {dev}"))
-    }
-
-    /// `ip route add DEST via GATEWAY dev NAME`.
-    pub fn add_route_via(&self, dest: Ipv4Net, via: Ipv4Addr, dev: &str) -> Result<(), LabError> {
-        let index = self.require_index(dev)?;
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dest.network(), dest.prefix_len())
-            .gateway(via)
+        let route = P::gateway(dest.destination(), via)
             .output_interface(index)
             .build();
         self.add_route(route, format!("{dest} via {via} dev {dev}"))
     }
 
     /// `ip route add local DEST dev NAME` (table local, scope host): every address of `dest`
-    /// becomes local, so sockets can bind any of them without adding each address.
-    pub fn add_local_route(&self, dest: Ipv4Net, dev: &str) -> Result<(), LabError> {
+    /// becomes local, so sockets can bind any of them without adding each address (IPv6's
+    /// any-IP likewise, `ip -6 route add local`).
+    pub fn add_local_route<P: RoutePrefix>(&self, dest: P, dev: &str) -> Result<(), LabError> {
         let index = self.require_index(dev)?;
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dest.network(), dest.prefix_len())
+        let route = dest
+            .destination()
             .output_interface(index)
             .kind(RouteType::Local)
             .scope(RouteScope::Host)

@@ -349,11 +349,11 @@ fn wire_ipv6(
     let len = v6.underlay_link.prefix_len();
     Netlink::with(gateway, |nl| {
         nl.add_address_v6(gw_cl, v6.gateway(), len)?;
-        nl.add_route_via_v6(v6.attack_sources, v6.client_link_address(), gw_cl)
+        nl.add_route_via(v6.attack_sources, v6.client_link_address(), gw_cl)
     })?;
     Netlink::with(client, |nl| {
         nl.add_address_v6(cl_gw, v6.client_link_address(), len)?;
-        nl.add_local_route_v6(v6.attack_sources, "lo")
+        nl.add_local_route(v6.attack_sources, "lo")
     })
 }
 
