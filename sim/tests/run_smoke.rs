@@ -7,25 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-const JITWG: &str = env!("CARGO_BIN_EXE_jitwg");
+mod common;
 
-fn jitwgd_path() -> PathBuf {
-    std::env::var_os("JITWGD_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(JITWG).with_file_name("jitwgd"))
-}
-
-/// True when the test can run; false (skip) outside CI; panics in CI.
-fn prerequisites() -> bool {
-    let mut missing = jitwg_testsupport::missing_root_and_tools(&["wireguard-go"]);
-    if !jitwgd_path().is_file() {
-        missing.push(format!(
-            "{} (cargo build -p jitwgd)",
-            jitwgd_path().display()
-        ));
-    }
-    jitwg_testsupport::require(&missing)
-}
+use common::{can_run_jitwg, JITWG};
 
 fn write_scenario(dir: &Path, name: &str, clients: u32, rate: f64, duration: &str) -> PathBuf {
     let path = dir.join(format!("{name}.toml"));
@@ -187,7 +171,7 @@ fn assert_no_leftovers(id: &str, out: &Path) {
 
 #[test]
 fn same_seed_gives_same_client_outcomes_and_leaves_nothing_behind() {
-    if !prerequisites() {
+    if !can_run_jitwg(&[]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -227,7 +211,7 @@ fn same_seed_gives_same_client_outcomes_and_leaves_nothing_behind() {
 
 #[test]
 fn sigint_mid_run_writes_partial_results_and_tears_down() {
-    if !prerequisites() {
+    if !can_run_jitwg(&[]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -284,7 +268,7 @@ fn invalid_scenario_exits_2_naming_key_and_file() {
 
 #[test]
 fn missing_jitwgd_is_a_setup_failure_that_creates_nothing() {
-    if !prerequisites() {
+    if !can_run_jitwg(&[]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -387,7 +371,7 @@ fn wait_for_gateway(out: &Path) -> String {
 
 #[test]
 fn gateway_processes_are_confined_to_the_gateway_cpus_and_the_cgroup_goes() {
-    if !prerequisites() || !two_cpus() {
+    if !can_run_jitwg(&[]) || !two_cpus() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -419,7 +403,7 @@ fn gateway_processes_are_confined_to_the_gateway_cpus_and_the_cgroup_goes() {
 
 #[test]
 fn a_crashed_runs_cgroup_is_removed_by_clean() {
-    if !prerequisites() || !two_cpus() {
+    if !can_run_jitwg(&[]) || !two_cpus() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -15,24 +15,9 @@ use std::time::{Duration, Instant};
 
 use jitwg_reports::Results;
 
-const JITWG: &str = env!("CARGO_BIN_EXE_jitwg");
+mod common;
 
-fn jitwgd_path() -> PathBuf {
-    std::env::var_os("JITWGD_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(JITWG).with_file_name("jitwgd"))
-}
-
-fn prerequisites() -> bool {
-    let mut missing = jitwg_testsupport::missing_root_and_tools(&["wireguard-go"]);
-    if !jitwgd_path().is_file() {
-        missing.push(format!(
-            "{} (cargo build -p jitwgd)",
-            jitwgd_path().display()
-        ));
-    }
-    jitwg_testsupport::require(&missing)
-}
+use common::{can_run_jitwg, jitwgd_path, JITWG};
 
 fn smoke() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/smoke.toml")
@@ -84,7 +69,7 @@ fn outcomes(r: &Results) -> Vec<(u32, String, Vec<Option<String>>)> {
 
 #[test]
 fn smoke_with_three_shards_matches_an_unsharded_run() {
-    if !prerequisites() {
+    if !can_run_jitwg(&[]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -155,7 +140,7 @@ fn smoke_with_three_shards_matches_an_unsharded_run() {
 /// sees no client).
 #[test]
 fn a_sharded_reboot_measures_recovery_from_every_shards_clients() {
-    if !prerequisites() {
+    if !can_run_jitwg(&[]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

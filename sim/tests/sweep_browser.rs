@@ -9,13 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const JITWG: &str = env!("CARGO_BIN_EXE_jitwg");
+mod common;
 
-fn jitwgd_path() -> PathBuf {
-    std::env::var_os("JITWGD_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(JITWG).with_file_name("jitwgd"))
-}
+use common::{can_run_jitwg, JITWG};
 
 fn write_scenario(dir: &Path) -> PathBuf {
     let path = dir.join("tiny-sweep.toml");
@@ -216,14 +212,7 @@ fn assert_page_is_sound(chromium: &Path, html: &Path, scratch: &Path, sweep: boo
 
 #[test]
 fn a_sweep_runs_resumes_and_its_reports_render_in_chromium() {
-    let mut missing = jitwg_testsupport::missing_root_and_tools(&["wireguard-go", "chromium"]);
-    if !jitwgd_path().is_file() {
-        missing.push(format!(
-            "{} (cargo build -p jitwgd)",
-            jitwgd_path().display()
-        ));
-    }
-    if !jitwg_testsupport::require(&missing) {
+    if !can_run_jitwg(&["chromium"]) {
         return;
     }
     let chromium = jitwg_testsupport::find_tool("chromium").expect("checked above");
