@@ -17,15 +17,29 @@ struct Running {
 }
 
 async fn start(faults: FaultConfig, nats: Option<(String, String)>) -> Running {
+    start_with(faults, nats, Access::default()).await
+}
+
+/// [`start`] with `access` (HTTPS when it has a TLS config).
+async fn start_with(
+    faults: FaultConfig,
+    nats: Option<(String, String)>,
+    access: Access,
+) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
+    let scheme = if access.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let base = format!("{scheme}://{}", listener.local_addr().unwrap());
     let cp = ControlPlane::open(ControlPlaneConfig {
         db: dir.path().join("cp.db"),
         nats,
         faults,
         seed: 1,
-        access: Default::default(),
+        access,
     })
     .await
     .unwrap();
@@ -41,6 +55,16 @@ async fn start(faults: FaultConfig, nats: Option<(String, String)>) -> Running {
         _shutdown: tx,
         _dir: dir,
     }
+}
+
+/// An HTTPS client that trusts only the CA in `ca_pem` (no system roots, no proxy).
+fn trusting_only(ca_pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .no_proxy()
+        .build()
+        .unwrap()
 }
 
 fn doc(i: u32) -> PeerDoc {
@@ -403,33 +427,14 @@ async fn registration_publishes_new_peers_on_nats() {
 
 #[tokio::test]
 async fn tls_with_the_run_ca_and_the_bearer_token_are_enforced() {
-    let dir = tempfile::tempdir().unwrap();
     let pki = super::tls::RunPki::generate(&["127.0.0.1".parse().unwrap()]).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("https://{}", listener.local_addr().unwrap());
-    let cp = ControlPlane::open(ControlPlaneConfig {
-        db: dir.path().join("cp.db"),
-        nats: None,
-        faults: FaultConfig::default(),
-        seed: 1,
-        access: super::Access {
-            tls: Some(pki.server_config(false).unwrap()),
-            token: Some("t0ken".into()),
-        },
-    })
-    .await
-    .unwrap();
-    let handle = cp.handle();
-    let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(cp.serve(listener, async {
-        let _ = rx.await;
-    }));
-    let trusting = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem().as_bytes()).unwrap())
-        .no_proxy()
-        .build()
-        .unwrap();
+    let access = Access {
+        tls: Some(pki.server_config(false).unwrap()),
+        token: Some("t0ken".into()),
+    };
+    let cp = start_with(FaultConfig::default(), None, access).await;
+    let base = &cp.base;
+    let trusting = trusting_only(pki.ca_pem());
     let url = format!("{base}/v1/peers/{}", "ab".repeat(32));
     let status = |token: Option<&'static str>| {
         let mut request = trusting.get(&url);
@@ -447,15 +452,10 @@ async fn tls_with_the_run_ca_and_the_bearer_token_are_enforced() {
         .json(&serde_json::json!({}));
     assert_eq!(register.send().await.unwrap().status().as_u16(), 401);
     // Refused lookups are still counted as arrivals.
-    assert_eq!(handle.stats().requests_total, 3);
+    assert_eq!(cp.handle.stats().requests_total, 3);
     // A client that does not trust the run's CA fails the handshake.
     let other = super::tls::RunPki::generate(&["127.0.0.1".parse().unwrap()]).unwrap();
-    let untrusting = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(other.ca_pem().as_bytes()).unwrap())
-        .no_proxy()
-        .build()
-        .unwrap();
+    let untrusting = trusting_only(other.ca_pem());
     let err = untrusting
         .get(&url)
         .bearer_auth("t0ken")
@@ -479,24 +479,12 @@ async fn jitwgd_presents_its_client_certificate_and_token() {
     let files = pki.write(dir.path()).unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "t0ken\n").unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("https://{}", listener.local_addr().unwrap());
-    let cp = ControlPlane::open(ControlPlaneConfig {
-        db: dir.path().join("cp.db"),
-        nats: None,
-        faults: FaultConfig::default(),
-        seed: 1,
-        access: super::Access {
-            tls: Some(pki.server_config(true).unwrap()),
-            token: Some("t0ken".into()),
-        },
-    })
-    .await
-    .unwrap();
-    let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(cp.serve(listener, async {
-        let _ = rx.await;
-    }));
+    let access = Access {
+        tls: Some(pki.server_config(true).unwrap()),
+        token: Some("t0ken".into()),
+    };
+    let cp = start_with(FaultConfig::default(), None, access).await;
+    let base = cp.base.clone();
     let full = ChannelSecurity {
         ca_file: Some(files.ca.clone()),
         token_file: Some(token_file.clone()),
