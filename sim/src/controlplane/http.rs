@@ -38,6 +38,19 @@ pub(crate) struct AppState {
     pub(crate) token: Option<String>,
 }
 
+/// Whether `headers` carry `Authorization: Bearer <token>` (always true when no token is
+/// required). The control plane and the shard API guard their routes with the same rule.
+pub(crate) fn carries_bearer(token: Option<&str>, headers: &HeaderMap) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| given.as_bytes() == token.as_bytes())
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Poisoning only means a handler panicked; the data is still consistent enough for a testbed.
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -46,14 +59,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl AppState {
     /// Whether `headers` carry this control plane's bearer token (always, without one).
     fn authorized(&self, headers: &HeaderMap) -> bool {
-        let Some(token) = &self.token else {
-            return true;
-        };
-        headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|given| given.as_bytes() == token.as_bytes())
+        carries_bearer(self.token.as_deref(), headers)
     }
 
     fn verdict(&self) -> Verdict {

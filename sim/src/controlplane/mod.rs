@@ -21,6 +21,7 @@ use rand_chacha::ChaCha8Rng;
 
 pub use cli::{run_cli, ControlPlaneArgs};
 pub use faults::{FaultConfig, LatencyModel, OutageMode, OutageWindow};
+pub(crate) use http::carries_bearer;
 pub use publish::NatsConnectError;
 pub use stats::{StatsSnapshot, ABORTED, PENDING};
 pub use store::{is_key_hex, PeerDoc, StoreError};
