@@ -3,8 +3,11 @@
 //!
 //! The rule it keeps in one place: a test whose prerequisites (root, a tool) are missing is
 //! skipped loudly on a developer machine and FAILS in CI, so CI never passes by skipping.
+//! Also [`ipv4_udp`], the datagram the packet parsers' unit tests (jitwgd's and the driver's)
+//! feed them.
 
 use std::fmt::Display;
+use std::net::SocketAddrV4;
 use std::path::PathBuf;
 
 /// Whether `CI` (its value, if set) says the tests run in CI: any value other than empty,
@@ -101,9 +104,50 @@ pub fn missing_root_and_tools(tools: &[&str]) -> Vec<String> {
     missing
 }
 
+/// An IPv4 UDP datagram from `src` to `dst` carrying `payload`: a 20-byte header (no
+/// options, don't fragment, TTL 64), lengths filled in, both checksums zero.
+pub fn ipv4_udp(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+    let udp_len = 8 + payload.len();
+    let total = 20 + udp_len;
+    let mut p = vec![
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        0,
+        0x40,
+        0,
+        64,
+        17,
+        0,
+        0,
+    ];
+    p.extend_from_slice(&src.ip().octets());
+    p.extend_from_slice(&dst.ip().octets());
+    p.extend_from_slice(&src.port().to_be_bytes());
+    p.extend_from_slice(&dst.port().to_be_bytes());
+    p.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(payload);
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv4_udp_lays_out_the_headers_and_the_payload() {
+        let src = "198.18.0.1:51820".parse().unwrap();
+        let p = ipv4_udp(src, "198.18.1.9:40000".parse().unwrap(), &[1, 2, 3]);
+        assert_eq!(p.len(), 31);
+        assert_eq!(&p[..4], &[0x45, 0, 0, 31]);
+        assert_eq!(p[9], 17);
+        assert_eq!(&p[12..20], &[198, 18, 0, 1, 198, 18, 1, 9]);
+        assert_eq!(&p[20..28], &[0xca, 0x6c, 0x9c, 0x40, 0, 11, 0, 0]);
+        assert_eq!(&p[28..], &[1, 2, 3]);
+    }
 
     #[test]
     fn any_ci_value_but_empty_zero_or_false_means_ci() {

@@ -89,32 +89,15 @@ pub async fn watch_cookie_replies(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::net::{Ipv4Addr, SocketAddrV4};
 
     /// An IPv4 packet from the gateway's port 51820 to `dst` carrying `payload`.
     fn ipv4_udp(dst: [u8; 4], dst_port: u16, payload: &[u8]) -> Vec<u8> {
-        let total = 20 + 8 + payload.len();
-        let mut p = vec![
-            0x45,
-            0,
-            (total >> 8) as u8,
-            total as u8,
-            0,
-            0,
-            0x40,
-            0,
-            64,
-            17,
-            0,
-            0,
-        ];
-        p.extend_from_slice(&[198, 18, 0, 1]);
-        p.extend_from_slice(&dst);
-        p.extend_from_slice(&51820u16.to_be_bytes());
-        p.extend_from_slice(&dst_port.to_be_bytes());
-        p.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-        p.extend_from_slice(&[0, 0]);
-        p.extend_from_slice(payload);
-        p
+        jitwg_testsupport::ipv4_udp(
+            SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 51820),
+            SocketAddrV4::new(dst.into(), dst_port),
+            payload,
+        )
     }
 
     #[test]

@@ -165,6 +165,7 @@ pub fn packet_line(timestamp: Duration, packet: &[u8], keys: &PacketKeys<'_>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddrV4;
 
     const KEY: &str = "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789+/abcde=";
 
@@ -215,37 +216,13 @@ mod tests {
         );
     }
 
+    /// A datagram from port 50000 to WireGuard's 51820.
     fn udp_v4(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
-        let total = 28 + payload.len();
-        let mut p = vec![
-            0x45,
-            0,
-            (total >> 8) as u8,
-            total as u8,
-            0,
-            0,
-            0x40,
-            0,
-            64,
-            17,
-            0,
-            0,
-        ];
-        p.extend_from_slice(&src);
-        p.extend_from_slice(&dst);
-        let udp_len = 8 + payload.len();
-        p.extend_from_slice(&[
-            0xc3,
-            0x50,
-            0xca,
-            0x6c,
-            (udp_len >> 8) as u8,
-            udp_len as u8,
-            0,
-            0,
-        ]);
-        p.extend_from_slice(payload);
-        p
+        jitwg_testsupport::ipv4_udp(
+            SocketAddrV4::new(src.into(), 50000),
+            SocketAddrV4::new(dst.into(), 51820),
+            payload,
+        )
     }
 
     #[test]
