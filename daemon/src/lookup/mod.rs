@@ -34,6 +34,28 @@ mod tests;
 pub use purge::purge_loop;
 pub use revalidate::revalidate_loop;
 
+/// The timer of the lookup stage's background loops (`revalidate_loop`, `purge_loop`): a tick
+/// every `every`, the first at once; a late tick delays the next instead of bunching them.
+struct Every {
+    tick: tokio::time::Interval,
+}
+
+impl Every {
+    fn new(every: Duration) -> Self {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Every { tick }
+    }
+
+    /// Waits for the next tick; `false` once `cancel` fires (the loop then returns).
+    async fn tick(&mut self, cancel: &tokio_util::sync::CancellationToken) -> bool {
+        tokio::select! {
+            _ = cancel.cancelled() => false,
+            _ = self.tick.tick() => true,
+        }
+    }
+}
+
 /// Why a lookup found no answer to act on.
 #[derive(Debug, thiserror::Error)]
 pub enum LookupError {

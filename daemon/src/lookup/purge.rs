@@ -24,13 +24,8 @@ pub async fn purge_loop(
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticks = super::Every::new(every);
+    while ticks.tick(&cancel).await {
         let now = SystemTime::now();
         let purged = store
             .call(move |s| {

@@ -17,13 +17,8 @@ pub async fn revalidate_loop(
     every: Duration,
     cancel: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticks = super::Every::new(every);
+    while ticks.tick(&cancel).await {
         let now = SystemTime::now();
         let expired = match lookup.expired(now).await {
             Ok(keys) => keys,

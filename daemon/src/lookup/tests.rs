@@ -463,3 +463,17 @@ async fn a_failing_cache_falls_through_to_the_api_and_is_counted() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn the_background_timer_ticks_at_once_then_every_period_until_cancelled() {
+    let period = Duration::from_secs(1);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let mut ticks = Every::new(period);
+    let start = tokio::time::Instant::now();
+    assert!(ticks.tick(&cancel).await);
+    assert!(start.elapsed() < period, "the first tick is at once");
+    assert!(ticks.tick(&cancel).await);
+    assert!(start.elapsed() >= period);
+    cancel.cancel();
+    assert!(!ticks.tick(&cancel).await, "a cancelled loop stops");
+}
