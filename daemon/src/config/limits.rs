@@ -204,23 +204,11 @@ pub(super) fn merge(
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::documented_default;
     use super::super::{resolve_text, Args};
     use super::*;
-    use clap::{CommandFactory, Parser};
+    use clap::Parser;
     use std::path::Path;
-
-    fn documented_default(id: &str) -> String {
-        let cmd = Args::command();
-        let arg = cmd
-            .get_arguments()
-            .find(|a| a.get_id() == id)
-            .unwrap_or_else(|| panic!("no flag {id}"));
-        let help = arg.get_long_help().or(arg.get_help()).unwrap().to_string();
-        let start = help.find("[default: ").expect("states a default") + "[default: ".len();
-        let rest = &help[start..];
-        let end = rest.find([']', ',']).unwrap_or(rest.len());
-        rest[..end].trim().to_string()
-    }
 
     #[test]
     fn help_states_the_defaults_resolve_uses() {

@@ -406,8 +406,9 @@ fn resolve_text_layers_a_file_without_reading_one() {
     );
 }
 
-/// The `[default: ...]` a flag's long help states, read back as the flag would parse it.
-fn documented_default(id: &str) -> String {
+/// The `[default: ...]` a flag's long help states, read back as the flag would parse it
+/// (also `limits`' tests).
+pub(super) fn documented_default(id: &str) -> String {
     let cmd = Args::command();
     let arg = cmd
         .get_arguments()
