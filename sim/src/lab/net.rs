@@ -249,30 +249,18 @@ impl Netlink {
 
     /// `ip addr add ADDRESS/PREFIX dev NAME`.
     pub fn add_address(&self, name: &str, address: Ipv4Net) -> Result<(), LabError> {
-        let index = self.require_index(name)?;
-        let request = self
-            .handle
-            .address()
-            .add(index, IpAddr::V4(address.addr()), address.prefix_len())
-            .execute();
-        self.runtime
-            .block_on(request)
-            .map_err(|source| LabError::AddressAdd {
-                ns: self.ns.clone(),
-                link: name.into(),
-                address: address.to_string(),
-                source: Box::new(source),
-            })
+        self.add_ip(name, IpAddr::V4(address.addr()), address.prefix_len())
     }
 
     /// `ip -6 addr add ADDRESS/PREFIX dev NAME`.
     pub fn add_address_v6(&self, name: &str, address: Ipv6Addr, len: u8) -> Result<(), LabError> {
+        self.add_ip(name, IpAddr::V6(address), len)
+    }
+
+    /// `ip addr add ADDRESS/LEN dev NAME` for either family.
+    fn add_ip(&self, name: &str, address: IpAddr, len: u8) -> Result<(), LabError> {
         let index = self.require_index(name)?;
-        let request = self
-            .handle
-            .address()
-            .add(index, IpAddr::V6(address), len)
-            .execute();
+        let request = self.handle.address().add(index, address, len).execute();
         self.runtime
             .block_on(request)
             .map_err(|source| LabError::AddressAdd {
