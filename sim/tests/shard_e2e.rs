@@ -36,9 +36,14 @@ fn run(out: &Path, extra: &[&str]) -> Results {
     let smoke = smoke();
     let mut args = vec!["run", smoke.to_str().unwrap(), "--quiet", "--out", out_s];
     args.extend_from_slice(extra);
-    let output = jitwg(&args);
+    finished(&args, out)
+}
+
+/// Runs `jitwg args` to its end and reads the results it wrote to `out`.
+fn finished(args: &[&str], out: &Path) -> Results {
+    let output = jitwg(args);
     // Exit 1 is a breached expectation: on a busy machine a saturated load generator makes the
-    // smoke's timing goal inconclusive. What this test compares is still measured.
+    // scenario's timing goal inconclusive. What these tests compare is still measured.
     assert!(
         matches!(output.status.code(), Some(0 | 1)),
         "jitwg {args:?}: {:?}\nstdout:\n{}\nstderr:\n{}",
@@ -166,15 +171,7 @@ fn a_sharded_reboot_measures_recovery_from_every_shards_clients() {
         "--set",
         "event.0.at=8s",
     ];
-    let output = jitwg(&args);
-    assert!(
-        matches!(output.status.code(), Some(0 | 1)),
-        "jitwg {args:?}: {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let merged = jitwg_reports::load(out.join("results.json")).unwrap();
+    let merged = finished(&args, &out);
     let reload = merged.reload.as_ref().expect("the gateway's reboot");
     let parts: Vec<_> = merged
         .run
