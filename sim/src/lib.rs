@@ -8,6 +8,7 @@ pub mod client;
 pub mod controlplane;
 pub mod lab;
 pub mod plan;
+pub mod private_file;
 pub mod rerun;
 pub mod run;
 pub mod scenario;

@@ -4,8 +4,6 @@
 //! covers the gateway's role-inversion initiations to it. The file holds private keys: it is
 //! created with mode 0600.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -58,18 +56,7 @@ impl KeyLog {
             path: path.to_path_buf(),
             source,
         };
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(create)?;
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(create)?;
-        file.write_all(self.render().as_bytes()).map_err(create)?;
-        file.sync_all().map_err(create)
+        crate::private_file::write(path, self.render().as_bytes(), 0o600).map_err(create)
     }
 }
 

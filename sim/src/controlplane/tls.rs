@@ -168,20 +168,10 @@ impl RunPki {
 }
 
 fn write_private(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let err = |source| TlsError::Write {
+    crate::private_file::write(path, bytes, mode).map_err(|source| TlsError::Write {
         path: path.to_path_buf(),
         source,
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .map_err(err)?;
-    file.write_all(bytes).map_err(err)
+    })
 }
 
 #[cfg(test)]

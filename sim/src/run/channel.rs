@@ -66,23 +66,12 @@ pub fn secure_channel(
     }
     if let Some(token) = &security.token {
         let path = dir.join("cp-token");
-        write_secret(&path, token).map_err(|e| failed("writing the token file", e))?;
+        crate::private_file::write(&path, token.as_bytes(), 0o600)
+            .map_err(|e| failed("writing the token file", e))?;
         access.token = Some(token.clone());
         channel.token_file = Some(path);
     }
     Ok((access, channel))
-}
-
-fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?
-        .write_all(text.as_bytes())
 }
 
 /// A random bearer token for one run (64 hex characters).
