@@ -38,7 +38,8 @@ pub use addresses::ManyInstalled;
 pub use pacer::InitiationPacer;
 pub use scheduler::{
     Backend, InitiationRound, InstallSettings, PeerChange, Plan, RemovalReason, Scheduler,
-    SweepStarted, DEFERRED_INITIATION_MAX_AGE, MAX_INSTALL_BATCH, ROLE_INVERSION_KEEPALIVE,
+    SweepStarted, DEFERRED_INITIATION_MAX_AGE, MAX_INSTALL_BATCH, REINSTALL_BATCH,
+    ROLE_INVERSION_KEEPALIVE,
 };
 
 /// What failed in the install stage.
@@ -87,7 +88,7 @@ enum Command {
         reply: oneshot::Sender<()>,
     },
     /// Peers active before a restart, with their last endpoint: installed like JIT ones
-    /// (same batch path, role inversion included), at most `MAX_INSTALL_BATCH` a command.
+    /// (same batch path, role inversion included), at most `REINSTALL_BATCH` a command.
     Reinstall {
         writes: Vec<PeerWrite>,
         reply: oneshot::Sender<usize>,
@@ -226,8 +227,9 @@ impl InstallQueue {
     }
 
     /// Re-install peers that were active before a restart with their last endpoint, in the
-    /// initiator role like a JIT install (when `initiate` is on), one batch at a time so
-    /// JIT installs queued meanwhile go between batches. Returns how many were installed.
+    /// initiator role like a JIT install (when `initiate` is on), one small batch at a time
+    /// (`REINSTALL_BATCH`) so JIT installs queued meanwhile and the paced initiations of the
+    /// batches before go between batches. Returns how many were installed.
     pub async fn reinstall(
         &self,
         peers: Vec<(PeerConfig, SocketAddr)>,
@@ -241,7 +243,7 @@ impl InstallQueue {
             .collect();
         let mut done = 0;
         while !writes.is_empty() {
-            let rest = writes.split_off(writes.len().min(MAX_INSTALL_BATCH));
+            let rest = writes.split_off(writes.len().min(REINSTALL_BATCH));
             let batch = std::mem::replace(&mut writes, rest);
             done += self
                 .ask(|reply| Command::Reinstall {

@@ -66,6 +66,11 @@ impl Shell {
             }
             if !installs.is_empty() {
                 self.install_batch(installs);
+                // A storm's installs arrive for seconds on end; the paced initiations (and
+                // the retries of refused responses) must not wait for a gap in them.
+                // Measured: with initiations only between batches, none left for a whole
+                // second while installs flowed, and retries waited 1.0-1.3 s.
+                self.initiate_deferred();
             } else if !self.initiate_deferred() {
                 self.remove_one_chunk();
             }

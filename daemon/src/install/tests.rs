@@ -19,6 +19,10 @@ struct FakeDataPlane {
     fail_removals: std::sync::atomic::AtomicBool,
     /// (entered, release): a removal call signals `entered`, then waits on `release`.
     gate: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
+    /// The same for calls that install peers.
+    install_gate: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
+    /// How long a call that installs peers takes (the real one takes ~0.5 ms a peer).
+    install_delay: Mutex<Duration>,
 }
 
 fn failure() -> DataPlaneError {
@@ -33,6 +37,17 @@ impl Backend for FakeDataPlane {
         let removal = plan.0.iter().any(|c| matches!(c, PeerChange::Remove(_)));
         if removal {
             if let Some((entered, release)) = self.gate.lock().unwrap().as_ref() {
+                entered.send(()).unwrap();
+                release.recv().unwrap();
+            }
+        }
+        let installs = plan
+            .0
+            .iter()
+            .any(|c| matches!(c, PeerChange::Install { .. }));
+        if installs {
+            std::thread::sleep(*self.install_delay.lock().unwrap());
+            if let Some((entered, release)) = self.install_gate.lock().unwrap().as_ref() {
                 entered.send(()).unwrap();
                 release.recv().unwrap();
             }
@@ -576,4 +591,119 @@ fn a_refused_response_gets_a_fresh_peer_that_initiates_ahead_of_the_deferred() {
     );
     let round = s.next_initiations(t + Duration::from_secs(1)).unwrap();
     assert!(!round.initiate.0.contains(&PeerChange::Remove(key(5))));
+}
+
+/// A peer with an endpoint and an allowed IP of its own (no address conflicts).
+fn write_own(n: u16) -> PeerWrite {
+    let mut w = write_at(n);
+    w.endpoint = Some(std::net::SocketAddr::new(
+        std::net::Ipv4Addr::new(198, 18, 2 + (n >> 8) as u8, n as u8).into(),
+        40_000,
+    ));
+    w.config.allowed_ips = vec![format!("100.64.{}.{}/32", 1 + (n >> 8), n & 255)
+        .parse()
+        .unwrap()];
+    w
+}
+
+#[test]
+fn paced_initiations_go_out_while_installs_keep_arriving() {
+    let dp = Arc::new(FakeDataPlane::default());
+    let (entered_tx, entered) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel();
+    *dp.install_gate.lock().unwrap() = Some((entered_tx, release_rx));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let settings = InstallSettings {
+        initiate_rate: 1000,
+        ..settings(true)
+    };
+    let (worker, queue) =
+        InstallWorker::start(dp.clone(), Vec::new(), settings, Metrics::new()).unwrap();
+    rt.block_on(async {
+        // 30 peers at 1,000/s: a burst of 20 initiates at once, 10 are deferred.
+        let q = queue.clone();
+        let first = tokio::spawn(async move {
+            let peers = (0..30)
+                .map(write_own)
+                .map(|w| (w.config, w.endpoint.unwrap()))
+                .collect();
+            q.reinstall(peers).await
+        });
+        tokio::task::yield_now().await;
+        // The worker is inside the batch's install call.
+        entered.recv().unwrap();
+        // From now on an install is always waiting when the worker finishes the last one.
+        let mut pending = Vec::new();
+        for n in 100..104u16 {
+            let q = queue.clone();
+            pending.push(tokio::spawn(async move {
+                let w = write_own(n);
+                q.install(w.config, w.endpoint.unwrap(), Instant::now())
+                    .await
+            }));
+            tokio::task::yield_now().await;
+            // The command is queued; let the pacer earn tokens, then let the call finish.
+            std::thread::sleep(Duration::from_millis(20));
+            release.send(()).unwrap();
+            entered.recv().unwrap();
+        }
+        release.send(()).unwrap();
+        assert_eq!(first.await.unwrap().unwrap(), 30);
+        for p in pending {
+            assert!(p.await.unwrap().is_ok());
+        }
+    });
+    let plans = dp.plans();
+    let last_install = plans
+        .iter()
+        .rposition(|p| p.0.iter().any(|c| matches!(c, PeerChange::Install { .. })))
+        .unwrap();
+    let deferred_sent = plans[..last_install]
+        .iter()
+        .any(|p| p.0.iter().any(|c| matches!(c, PeerChange::Initiate(_))));
+    assert!(
+        deferred_sent,
+        "deferred initiations waited for the installs to stop"
+    );
+    worker.stop();
+}
+
+#[test]
+fn a_reinstall_goes_in_small_batches_with_the_paced_initiations_between_them() {
+    let dp = Arc::new(FakeDataPlane::default());
+    *dp.install_delay.lock().unwrap() = Duration::from_millis(10);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let settings = InstallSettings {
+        initiate_rate: 1000,
+        ..settings(true)
+    };
+    let (worker, queue) =
+        InstallWorker::start(dp.clone(), Vec::new(), settings, Metrics::new()).unwrap();
+    let n = 4 * REINSTALL_BATCH as u16;
+    let peers = (0..n)
+        .map(write_own)
+        .map(|w| (w.config, w.endpoint.unwrap()))
+        .collect();
+    assert_eq!(rt.block_on(queue.reinstall(peers)).unwrap(), n as usize);
+    worker.stop();
+    let plans = dp.plans();
+    let installs: Vec<usize> = plans
+        .iter()
+        .map(|p| {
+            p.0.iter()
+                .filter(|c| matches!(c, PeerChange::Install { .. }))
+                .count()
+        })
+        .collect();
+    assert!(installs.iter().all(|&k| k <= REINSTALL_BATCH));
+    assert_eq!(installs.iter().sum::<usize>(), n as usize);
+    // 10 ms a batch earns the pacer 10 tokens: initiations go out before the last batch.
+    let last_install = installs.iter().rposition(|&k| k > 0).unwrap();
+    assert!(plans[..last_install]
+        .iter()
+        .any(|p| p.0.iter().any(|c| matches!(c, PeerChange::Initiate(_)))));
 }
