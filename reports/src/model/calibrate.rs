@@ -1,6 +1,7 @@
 //! Fitting the cost model: one least-squares fit per cost, each on the calibration points where
 //! that cost can be seen (a reboot's reload only where there was a reboot, steady CPU only where
-//! there was none), with a two-segment knee search for setup latency against storm size.
+//! there was none), with a two-segment knee search for setup latency against the clients queued at a searched drain
+//! rate (arrivals that come faster than the gateway sets peers up).
 //!
 //! Every model keeps its fit (R², residuals, bands) so reports can show how far to trust it; a
 //! model the directory cannot identify (too few points, a feature that never varied) is listed
@@ -67,6 +68,10 @@ pub struct Calibration {
     pub unfitted: Vec<Unfitted>,
     /// CPUs the calibration gateway ran on (all points agreeing); `None` when unknown or mixed.
     pub gateway_cpus: Option<u32>,
+    /// Peers per second the gateway sets up, as the setup-latency fit found it (the drain rate
+    /// of [`Planned::queued`](super::scenario::Planned::queued)); `None` when setup latency was
+    /// not fitted.
+    pub drain_per_s: Option<f64>,
     /// Points whose load generator saturated (their timing is suspect, they are still used).
     pub saturated_points: usize,
     /// How far past its `duration` the longest calibration run went (the fleet's finish and
@@ -271,6 +276,9 @@ const LATENCY_FLOOR_MS: f64 = 0.1;
 /// Name of the setup-latency model (a knee fit against storm size).
 pub const SETUP_MODEL: &str = "setup_p50";
 
+/// Name of the setup and run-length models' input: clients queued at the fitted drain rate.
+pub const QUEUED: &str = "queued";
+
 /// Name of the run-length model: the per-second CPU terms are charged for the run as it will
 /// last, which is longer than planned when clients connect late.
 pub const RUN_MODEL: &str = "run_overrun";
@@ -301,9 +309,11 @@ impl Calibration {
                 }
             }
         }
+        let setup = fit_setup(points);
+        let drain_per_s = setup.as_ref().ok().map(|(_, drain)| *drain);
         for (name, fitted) in [
-            (SETUP_MODEL, fit_setup(points)),
-            (RUN_MODEL, fit_overrun(points)),
+            (SETUP_MODEL, setup.map(|(model, _)| model)),
+            (RUN_MODEL, fit_overrun(points, drain_per_s.unwrap_or(0.0))),
         ] {
             match fitted {
                 Ok(model) => {
@@ -321,6 +331,7 @@ impl Calibration {
             _ => None,
         };
         Ok(Calibration {
+            drain_per_s,
             points: points.len(),
             models,
             unfitted,
@@ -339,7 +350,19 @@ impl Calibration {
         self.models.get(name)
     }
 
-    /// The storm size where setup latency turns up, if the data showed one: the first of its
+    /// The setup models' input for a run: clients its arrivals leave queued at the fitted drain
+    /// rate (the largest wave when setup latency was not fitted).
+    pub fn queued(&self, p: &super::scenario::Planned) -> f64 {
+        p.queued(self.drain_per_s.unwrap_or(0.0))
+    }
+
+    /// The storm knee as a storm arriving within one second: `knee` clients left queued by a
+    /// wave of `knee + drain` in that second.
+    pub fn storm_knee(&self) -> Option<f64> {
+        self.knee().map(|k| k + self.drain_per_s.unwrap_or(0.0))
+    }
+
+    /// The clients queued where setup latency turns up, if the data showed one: the first of its
     /// p50's knee and its tail's (the jump in how long runs last past their plan, where some
     /// clients first connect on WireGuard's 5 s retry, usually well before the median moves).
     pub fn knee(&self) -> Option<f64> {
@@ -414,17 +437,17 @@ fn fit_spec(spec: &Spec, points: &[CalPoint]) -> Result<Model, String> {
     Err(last_error)
 }
 
-/// How much longer than planned a steady JIT run lasts (seconds), against storm size, knee
-/// searched. A client's stay starts once it is connected, so the run ends a setup *tail* after
+/// How much longer than planned a steady JIT run lasts (seconds), against the clients queued at
+/// the setup model's drain rate `drain`, knee searched. A client's stay starts once it is connected, so the run ends a setup *tail* after
 /// the last arrival's stay: milliseconds below the knee, WireGuard's 5 s retry above it, where
 /// some clients' first exchange is refused (cookie replies).
-fn fit_overrun(points: &[CalPoint]) -> Result<Model, String> {
+fn fit_overrun(points: &[CalPoint], drain: f64) -> Result<Model, String> {
     let (xs, ys): (Vec<f64>, Vec<f64>) = points
         .iter()
         .filter(|p| steady(p) && p.planned.mode == "jit")
         .map(|p| {
             (
-                p.planned.storm_size,
+                p.planned.queued(drain),
                 p.measured.run_seconds - p.planned.run_s,
             )
         })
@@ -435,13 +458,13 @@ fn fit_overrun(points: &[CalPoint]) -> Result<Model, String> {
             xs.len()
         ));
     }
-    let knee = fit_knee("storm_size", &xs, &ys).map_err(|e| match e {
-        FitError::Singular => "storm size did not vary across the points".to_string(),
+    let knee = fit_knee(QUEUED, &xs, &ys).map_err(|e| match e {
+        FitError::Singular => "the clients queued did not vary across the points".to_string(),
         e => e.to_string(),
     })?;
     Ok(Model {
         name: RUN_MODEL.to_string(),
-        description: "seconds a run lasts beyond its plan (last arrival + stay) against storm size, knee searched: the setup tail, a 5 s retry past the knee; the CPU models' per-second terms are charged for the planned length plus this".to_string(),
+        description: "seconds a run lasts beyond its plan (last arrival + stay) against the clients queued (at the setup model's drain rate), knee searched: the setup tail, a 5 s retry past the knee; the CPU models' per-second terms are charged for the planned length plus this".to_string(),
         unit: Unit::Seconds,
         log_scale: false,
         fitted: Fitted::Knee(knee),
@@ -456,47 +479,89 @@ fn insignificant(fit: &LinearFit) -> Option<String> {
         .cloned()
 }
 
-/// Setup latency p50 (ms), less the control plane's injected latency, against storm size, on
-/// steady JIT runs; the knee is searched, not assumed.
-fn fit_setup(points: &[CalPoint]) -> Result<Model, String> {
-    let (xs, ms): (Vec<f64>, Vec<f64>) = points
+/// Drain rates (peers set up per second) the setup-latency fit tries: 0 (every arrival of a
+/// wave counts, the busiest wave's size) and then 1/s to 100,000/s in steps of 5 %.
+fn drain_grid() -> impl Iterator<Item = f64> {
+    std::iter::once(0.0).chain((0..=236).map(|i| 1.05_f64.powi(i)))
+}
+
+/// Setup latency p50 (ms), less the control plane's injected latency, against the clients a
+/// run's arrivals leave queued ([`Planned::queued`](super::scenario::Planned::queued)) at a
+/// gateway draining `drain` per second, on steady JIT runs. The drain rate is searched (the
+/// value whose fit misses the calibration points by the smallest ratios; ties go to the lower
+/// rate), and so is the knee. Returns the model and the drain rate.
+fn fit_setup(points: &[CalPoint]) -> Result<(Model, f64), String> {
+    let runs: Vec<(&CalPoint, f64)> = points
         .iter()
         .filter(|p| steady(p) && p.planned.mode == "jit")
         .filter_map(|p| {
             let y = p.figure("setup_p50")? - p.planned.api_latency_s * 1000.0;
-            Some((p.planned.storm_size, y.max(LATENCY_FLOOR_MS)))
+            Some((p, y.max(LATENCY_FLOOR_MS)))
         })
-        .unzip();
-    if xs.len() < MIN_POINTS {
+        .collect();
+    if runs.len() < MIN_POINTS {
         return Err(format!(
             "{} steady JIT point(s) measured setup latency; {MIN_POINTS} needed",
-            xs.len()
+            runs.len()
         ));
     }
-    let singular = |e| match e {
-        FitError::Singular => "storm size did not vary across the points".to_string(),
-        e => e.to_string(),
-    };
+    let ms: Vec<f64> = runs.iter().map(|r| r.1).collect();
     let logs: Vec<f64> = ms.iter().map(|y| y.ln()).collect();
-    let log_fit = fit_knee("storm_size", &xs, &logs).map_err(singular)?;
-    let linear_fit = fit_knee("storm_size", &xs, &ms).map_err(singular)?;
-    // Latency may grow linearly with the storm (a queue draining at a steady rate) or by
-    // orders of magnitude (WireGuard's 5 s retries): keep the scale whose fit misses the
-    // calibration points by the smaller ratios, the measure the goal is stated in.
-    let log_misses = ratio_misses(&xs, &ms, |x| log_fit.predict(x).value.exp());
-    let linear_misses = ratio_misses(&xs, &ms, |x| linear_fit.predict(x).value);
-    let (log_scale, knee, what) = if linear_misses < log_misses {
-        (false, linear_fit, "setup latency p50")
-    } else {
-        (true, log_fit, "ln of setup latency p50")
+    // (misses, drain, log scale, fit)
+    let mut best: Option<(f64, f64, bool, KneeFit)> = None;
+    let mut last_error = FitError::Singular;
+    for drain in drain_grid() {
+        let xs: Vec<f64> = runs.iter().map(|r| r.0.planned.queued(drain)).collect();
+        // Latency may grow linearly with the queue (draining at a steady rate) or by orders of
+        // magnitude (WireGuard's 5 s retries): keep the scale whose fit misses the calibration
+        // points by the smaller ratios, the measure the goal is stated in.
+        for log_scale in [false, true] {
+            let fit = match fit_knee(QUEUED, &xs, if log_scale { &logs } else { &ms }) {
+                Ok(fit) => fit,
+                Err(e) => {
+                    last_error = e;
+                    continue;
+                }
+            };
+            let misses = ratio_misses(&xs, &ms, |x| {
+                let v = fit.predict(x).value;
+                if log_scale {
+                    v.exp()
+                } else {
+                    v
+                }
+            });
+            // Strictly better by more than rounding: among equals the lower drain rate (and the
+            // linear scale) stays, so a calibration at one arrival rate keeps the wave's size.
+            if best
+                .as_ref()
+                .is_none_or(|b| misses < b.0 * (1.0 - 1e-9) && misses.is_finite())
+            {
+                best = Some((misses, drain, log_scale, fit));
+            }
+        }
+    }
+    let Some((_, drain, log_scale, knee)) = best else {
+        return Err(match last_error {
+            FitError::Singular => "the clients queued did not vary across the points".to_string(),
+            e => e.to_string(),
+        });
     };
-    Ok(Model {
-        name: SETUP_MODEL.to_string(),
-        description: format!("{what} (ms, less injected API latency) against storm size (arrivals in the busiest second), knee searched; the scale (linear or log) whose fit misses the calibration points by smaller ratios"),
-        unit: Unit::Ms,
-        log_scale,
-        fitted: Fitted::Knee(knee),
-    })
+    let what = if log_scale {
+        "ln of setup latency p50"
+    } else {
+        "setup latency p50"
+    };
+    Ok((
+        Model {
+            name: SETUP_MODEL.to_string(),
+            description: format!("{what} (ms, less injected API latency) against the clients queued when a wave has arrived (count × (1 − drain / arrival rate), 0 when the gateway keeps up), the gateway's drain rate searched ({} peers/s fitted) and the knee searched; the scale (linear or log) and the drain rate whose fit misses the calibration points by the smallest ratios", super::predict::short(drain)),
+            unit: Unit::Ms,
+            log_scale,
+            fitted: Fitted::Knee(knee),
+        },
+        drain,
+    ))
 }
 
 /// Sum of squared log ratios of fitted to measured; a fitted value at or below 0 cannot be a
