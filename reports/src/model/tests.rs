@@ -451,7 +451,11 @@ fn setup_latency_knows_a_queue_from_a_busy_second() {
         .into_iter()
         .map(|rate| queue_run(300, rate))
         .collect();
-    runs.extend([50, 100, 200, 400, 800].into_iter().map(|n| queue_run(n, 2500.0)));
+    runs.extend(
+        [50, 100, 200, 400, 800]
+            .into_iter()
+            .map(|n| queue_run(n, 2500.0)),
+    );
     let c = Calibration::fit(&runs).unwrap();
     let drain = c.drain_per_s.expect("a drain rate");
     assert!((drain / 400.0 - 1.0).abs() < 0.06, "drain {drain}");
