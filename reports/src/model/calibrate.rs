@@ -507,7 +507,7 @@ fn fit_setup(points: &[CalPoint]) -> Result<(Model, f64), String> {
     }
     let ms: Vec<f64> = runs.iter().map(|r| r.1).collect();
     let logs: Vec<f64> = ms.iter().map(|y| y.ln()).collect();
-    // (misses, drain, log scale, fit)
+    // (score, drain, log scale, fit)
     let mut best: Option<(f64, f64, bool, KneeFit)> = None;
     let mut last_error = FitError::Singular;
     for drain in drain_grid() {
@@ -531,13 +531,18 @@ fn fit_setup(points: &[CalPoint]) -> Result<(Model, f64), String> {
                     v
                 }
             });
-            // Strictly better by more than rounding: among equals the lower drain rate (and the
-            // linear scale) stays, so a calibration at one arrival rate keeps the wave's size.
-            if best
-                .as_ref()
-                .is_none_or(|b| misses < b.0 * (1.0 - 1e-9) && misses.is_finite())
-            {
-                best = Some((misses, drain, log_scale, fit));
+            // The drain rate and a knee are parameters too: a knee searched at every drain rate
+            // can follow the noise of a few points. So candidates are compared by how well they
+            // predict each point left out (the knee where the full fit put it), which a knee held
+            // up by one or two points cannot do. Strictly better by more than rounding: among
+            // equals the lower drain rate (and the linear scale) stays, so a calibration at one
+            // arrival rate keeps the wave's size.
+            if !misses.is_finite() {
+                continue;
+            }
+            let score = left_out_misses(&fit, &xs, &ms, log_scale);
+            if score.is_finite() && best.as_ref().is_none_or(|b| score < b.0 * (1.0 - 1e-9)) {
+                best = Some((score, drain, log_scale, fit));
             }
         }
     }
@@ -555,13 +560,52 @@ fn fit_setup(points: &[CalPoint]) -> Result<(Model, f64), String> {
     Ok((
         Model {
             name: SETUP_MODEL.to_string(),
-            description: format!("{what} (ms, less injected API latency) against the clients queued when a wave has arrived (count × (1 − drain / arrival rate), 0 when the gateway keeps up), the gateway's drain rate searched ({} peers/s fitted) and the knee searched; the scale (linear or log) and the drain rate whose fit misses the calibration points by the smallest ratios", super::predict::short(drain)),
+            description: format!("{what} (ms, less injected API latency) against the clients queued when a wave has arrived (count × (1 − drain / arrival rate), 0 when the gateway keeps up), the gateway's drain rate searched ({} peer setups/s fitted) and the knee searched; the scale (linear or log) and the drain rate whose fit best predicts each calibration point left out of it (squared log ratios)", super::predict::short(drain)),
             unit: Unit::Ms,
             log_scale,
             fitted: Fitted::Knee(knee),
         },
         drain,
     ))
+}
+
+/// Sum over the points of the squared log ratio by which the fit of all the others, with the
+/// knee where `fit` has it, misses the one left out; infinite when a point cannot be predicted
+/// without itself (it alone held up a parameter).
+fn left_out_misses(fit: &KneeFit, xs: &[f64], ms: &[f64], log_scale: bool) -> f64 {
+    let names: Vec<&str> = fit.fit.features.iter().map(String::as_str).collect();
+    let rows: Vec<Vec<f64>> = xs.iter().map(|&x| fit.features(x)).collect();
+    let ys: Vec<f64> = if log_scale {
+        ms.iter().map(|y| y.ln()).collect()
+    } else {
+        ms.to_vec()
+    };
+    let mut total = 0.0;
+    for i in 0..xs.len() {
+        let keep = |v: &[f64]| -> Vec<f64> {
+            v.iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, y)| *y)
+                .collect()
+        };
+        let others: Vec<Vec<f64>> = rows
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, r)| r.clone())
+            .collect();
+        let Ok(without) = LinearFit::fit(&names, &others, &keep(&ys)) else {
+            return f64::INFINITY;
+        };
+        let v = without.predict(&rows[i]).value;
+        let predicted = if log_scale { v.exp() } else { v };
+        if !(predicted > 0.0) {
+            return f64::INFINITY;
+        }
+        total += (predicted / ms[i]).ln().powi(2);
+    }
+    total
 }
 
 /// Sum of squared log ratios of fitted to measured; a fitted value at or below 0 cannot be a
