@@ -541,7 +541,11 @@ fn fit_setup(points: &[CalPoint]) -> Result<(Model, f64), String> {
                 continue;
             }
             let score = left_out_misses(&fit, &xs, &ms, log_scale);
-            if score.is_finite() && best.as_ref().is_none_or(|b| score < b.0 * (1.0 - 1e-9)) {
+            if score.is_finite()
+                && best
+                    .as_ref()
+                    .is_none_or(|b| score < b.0 * (1.0 - 1e-9) - 1e-12)
+            {
                 best = Some((score, drain, log_scale, fit));
             }
         }
