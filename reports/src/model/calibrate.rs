@@ -604,7 +604,7 @@ fn left_out_misses(fit: &KneeFit, xs: &[f64], ms: &[f64], log_scale: bool) -> f6
         };
         let v = without.predict(&rows[i]).value;
         let predicted = if log_scale { v.exp() } else { v };
-        if !(predicted > 0.0) {
+        if predicted.is_nan() || predicted <= 0.0 {
             return f64::INFINITY;
         }
         total += (predicted / ms[i]).ln().powi(2);
