@@ -1,6 +1,7 @@
 //! Fitting the cost model: one least-squares fit per cost, each on the calibration points where
 //! that cost can be seen (a reboot's reload only where there was a reboot, steady CPU only where
-//! there was none), with a two-segment knee search for setup latency against storm size.
+//! there was none), with a two-segment knee search for setup latency against the clients queued at a searched drain
+//! rate (arrivals that come faster than the gateway sets peers up).
 //!
 //! Every model keeps its fit (R², residuals, bands) so reports can show how far to trust it; a
 //! model the directory cannot identify (too few points, a feature that never varied) is listed
@@ -13,6 +14,7 @@ use serde::Serialize;
 use super::fit::{FitError, LinearFit};
 use super::knee::{fit_knee, KneeFit};
 use super::point::{CalPoint, STAGES};
+use super::setup::fit_setup;
 use crate::figures::Unit;
 
 /// Fewest calibration points a directory must hold.
@@ -67,6 +69,10 @@ pub struct Calibration {
     pub unfitted: Vec<Unfitted>,
     /// CPUs the calibration gateway ran on (all points agreeing); `None` when unknown or mixed.
     pub gateway_cpus: Option<u32>,
+    /// Peers per second the gateway sets up, as the setup-latency fit found it (the drain rate
+    /// of [`Planned::queued`](super::scenario::Planned::queued)); `None` when setup latency was
+    /// not fitted.
+    pub drain_per_s: Option<f64>,
     /// Points whose load generator saturated (their timing is suspect, they are still used).
     pub saturated_points: usize,
     /// How far past its `duration` the longest calibration run went (the fleet's finish and
@@ -125,7 +131,7 @@ struct Spec {
     feature_sets: &'static [&'static [&'static str]],
 }
 
-fn steady(p: &CalPoint) -> bool {
+pub(crate) fn steady(p: &CalPoint) -> bool {
     !p.planned.has_reboot
 }
 
@@ -265,11 +271,11 @@ const SPECS: &[Spec] = &[
     },
 ];
 
-/// Setup latency below this is taken as this before its logarithm (no run measures less).
-const LATENCY_FLOOR_MS: f64 = 0.1;
-
 /// Name of the setup-latency model (a knee fit against storm size).
 pub const SETUP_MODEL: &str = "setup_p50";
+
+/// Name of the setup and run-length models' input: clients queued at the fitted drain rate.
+pub const QUEUED: &str = "queued";
 
 /// Name of the run-length model: the per-second CPU terms are charged for the run as it will
 /// last, which is longer than planned when clients connect late.
@@ -301,9 +307,11 @@ impl Calibration {
                 }
             }
         }
+        let setup = fit_setup(points);
+        let drain_per_s = setup.as_ref().ok().map(|(_, drain)| *drain);
         for (name, fitted) in [
-            (SETUP_MODEL, fit_setup(points)),
-            (RUN_MODEL, fit_overrun(points)),
+            (SETUP_MODEL, setup.map(|(model, _)| model)),
+            (RUN_MODEL, fit_overrun(points, drain_per_s.unwrap_or(0.0))),
         ] {
             match fitted {
                 Ok(model) => {
@@ -321,6 +329,7 @@ impl Calibration {
             _ => None,
         };
         Ok(Calibration {
+            drain_per_s,
             points: points.len(),
             models,
             unfitted,
@@ -339,7 +348,19 @@ impl Calibration {
         self.models.get(name)
     }
 
-    /// The storm size where setup latency turns up, if the data showed one: the first of its
+    /// The setup models' input for a run: clients its arrivals leave queued at the fitted drain
+    /// rate (the largest wave when setup latency was not fitted).
+    pub fn queued(&self, p: &super::scenario::Planned) -> f64 {
+        p.queued(self.drain_per_s.unwrap_or(0.0))
+    }
+
+    /// The storm knee as a storm arriving within one second: `knee` clients left queued by a
+    /// wave of `knee + drain` in that second.
+    pub fn storm_knee(&self) -> Option<f64> {
+        self.knee().map(|k| k + self.drain_per_s.unwrap_or(0.0))
+    }
+
+    /// The clients queued where setup latency turns up, if the data showed one: the first of its
     /// p50's knee and its tail's (the jump in how long runs last past their plan, where some
     /// clients first connect on WireGuard's 5 s retry, usually well before the median moves).
     pub fn knee(&self) -> Option<f64> {
@@ -414,17 +435,17 @@ fn fit_spec(spec: &Spec, points: &[CalPoint]) -> Result<Model, String> {
     Err(last_error)
 }
 
-/// How much longer than planned a steady JIT run lasts (seconds), against storm size, knee
-/// searched. A client's stay starts once it is connected, so the run ends a setup *tail* after
+/// How much longer than planned a steady JIT run lasts (seconds), against the clients queued at
+/// the setup model's drain rate `drain`, knee searched. A client's stay starts once it is connected, so the run ends a setup *tail* after
 /// the last arrival's stay: milliseconds below the knee, WireGuard's 5 s retry above it, where
 /// some clients' first exchange is refused (cookie replies).
-fn fit_overrun(points: &[CalPoint]) -> Result<Model, String> {
+fn fit_overrun(points: &[CalPoint], drain: f64) -> Result<Model, String> {
     let (xs, ys): (Vec<f64>, Vec<f64>) = points
         .iter()
         .filter(|p| steady(p) && p.planned.mode == "jit")
         .map(|p| {
             (
-                p.planned.storm_size,
+                p.planned.queued(drain),
                 p.measured.run_seconds - p.planned.run_s,
             )
         })
@@ -435,13 +456,13 @@ fn fit_overrun(points: &[CalPoint]) -> Result<Model, String> {
             xs.len()
         ));
     }
-    let knee = fit_knee("storm_size", &xs, &ys).map_err(|e| match e {
-        FitError::Singular => "storm size did not vary across the points".to_string(),
+    let knee = fit_knee(QUEUED, &xs, &ys).map_err(|e| match e {
+        FitError::Singular => "the clients queued did not vary across the points".to_string(),
         e => e.to_string(),
     })?;
     Ok(Model {
         name: RUN_MODEL.to_string(),
-        description: "seconds a run lasts beyond its plan (last arrival + stay) against storm size, knee searched: the setup tail, a 5 s retry past the knee; the CPU models' per-second terms are charged for the planned length plus this".to_string(),
+        description: "seconds a run lasts beyond its plan (last arrival + stay) against the clients queued (at the setup model's drain rate), knee searched: the setup tail, a 5 s retry past the knee; the CPU models' per-second terms are charged for the planned length plus this".to_string(),
         unit: Unit::Seconds,
         log_scale: false,
         fitted: Fitted::Knee(knee),
@@ -454,63 +475,4 @@ fn insignificant(fit: &LinearFit) -> Option<String> {
         .iter()
         .find(|f| fit.slope_band(f).is_some_and(|b| b.low <= 0.0))
         .cloned()
-}
-
-/// Setup latency p50 (ms), less the control plane's injected latency, against storm size, on
-/// steady JIT runs; the knee is searched, not assumed.
-fn fit_setup(points: &[CalPoint]) -> Result<Model, String> {
-    let (xs, ms): (Vec<f64>, Vec<f64>) = points
-        .iter()
-        .filter(|p| steady(p) && p.planned.mode == "jit")
-        .filter_map(|p| {
-            let y = p.figure("setup_p50")? - p.planned.api_latency_s * 1000.0;
-            Some((p.planned.storm_size, y.max(LATENCY_FLOOR_MS)))
-        })
-        .unzip();
-    if xs.len() < MIN_POINTS {
-        return Err(format!(
-            "{} steady JIT point(s) measured setup latency; {MIN_POINTS} needed",
-            xs.len()
-        ));
-    }
-    let singular = |e| match e {
-        FitError::Singular => "storm size did not vary across the points".to_string(),
-        e => e.to_string(),
-    };
-    let logs: Vec<f64> = ms.iter().map(|y| y.ln()).collect();
-    let log_fit = fit_knee("storm_size", &xs, &logs).map_err(singular)?;
-    let linear_fit = fit_knee("storm_size", &xs, &ms).map_err(singular)?;
-    // Latency may grow linearly with the storm (a queue draining at a steady rate) or by
-    // orders of magnitude (WireGuard's 5 s retries): keep the scale whose fit misses the
-    // calibration points by the smaller ratios, the measure the goal is stated in.
-    let log_misses = ratio_misses(&xs, &ms, |x| log_fit.predict(x).value.exp());
-    let linear_misses = ratio_misses(&xs, &ms, |x| linear_fit.predict(x).value);
-    let (log_scale, knee, what) = if linear_misses < log_misses {
-        (false, linear_fit, "setup latency p50")
-    } else {
-        (true, log_fit, "ln of setup latency p50")
-    };
-    Ok(Model {
-        name: SETUP_MODEL.to_string(),
-        description: format!("{what} (ms, less injected API latency) against storm size (arrivals in the busiest second), knee searched; the scale (linear or log) whose fit misses the calibration points by smaller ratios"),
-        unit: Unit::Ms,
-        log_scale,
-        fitted: Fitted::Knee(knee),
-    })
-}
-
-/// Sum of squared log ratios of fitted to measured; a fitted value at or below 0 cannot be a
-/// latency and counts as an infinite miss.
-fn ratio_misses(xs: &[f64], measured: &[f64], fitted: impl Fn(f64) -> f64) -> f64 {
-    xs.iter()
-        .zip(measured)
-        .map(|(&x, &y)| {
-            let f = fitted(x);
-            if f > 0.0 {
-                (f / y).ln().powi(2)
-            } else {
-                f64::INFINITY
-            }
-        })
-        .sum()
 }

@@ -111,7 +111,8 @@ pub struct StormHeadroom {
     pub headroom_cpu_per_s: f64,
     /// Seconds of spare CPU the storm takes to absorb.
     pub absorb_s: f64,
-    /// Storm size per gateway where setup latency turns up; `None`: no knee in the data.
+    /// Storm size per gateway (arrivals within one second) where setup latency turns up: the
+    /// knee in clients queued plus what the gateway drains in that second; `None`: no knee.
     pub knee: Option<f64>,
     pub below_knee: Option<bool>,
 }
@@ -250,7 +251,8 @@ fn gateways_for(limits: &[(String, f64)]) -> (f64, String) {
 /// Plans the fleet.
 pub fn plan(c: &Calibration, i: &FleetInputs) -> FleetPlan {
     let costs = Costs::read(c);
-    let knee = c.knee();
+    // A storm of S within one second leaves S - drain queued: its knee in storm units.
+    let knee = c.storm_knee();
     let limits_mid = limits(i, costs.at(|b| b.value), knee);
     let (g_exact, binding) = gateways_for(&limits_mid);
     let g_at = |c: CostPoint| gateways_for(&limits(i, c, knee)).0.ceil().max(1.0) as u64;
@@ -338,7 +340,10 @@ pub fn plan(c: &Calibration, i: &FleetInputs) -> FleetPlan {
         }
     });
     if let Some(s) = &storm {
-        ev.at(super::calibrate::SETUP_MODEL, s.per_gateway);
+        ev.at(
+            super::calibrate::SETUP_MODEL,
+            (s.per_gateway - c.drain_per_s.unwrap_or(0.0)).max(0.0),
+        );
     }
     if let Some(m) = c.model("daemon_cpu") {
         let fit = m.fitted.linear();

@@ -88,7 +88,7 @@ pub fn coefficients(m: &Model) -> String {
     }
     if let Fitted::Knee(k) = &m.fitted {
         match k.knee {
-            Some(at) => parts.push(format!("knee at storm size {}", short(at))),
+            Some(at) => parts.push(format!("knee at {} {}", short(at), k.fit.features[0])),
             None => parts.push("no knee in the data".into()),
         }
     }

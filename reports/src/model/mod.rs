@@ -14,6 +14,7 @@ pub mod knee;
 pub mod point;
 pub mod predict;
 pub mod scenario;
+pub mod setup;
 pub mod validate;
 
 pub use calibrate::{Calibration, CalibrationError, Fitted, Model, Unfitted, MIN_POINTS};

@@ -173,10 +173,14 @@ pub fn predict(calibration: &Calibration, p: &Planned) -> Prediction {
     // Setup latency first: the run's length (and so the per-second CPU terms) depends on it.
     let steady_jit = !p.has_reboot && p.mode == "jit";
     let api_ms = p.api_latency_s * 1000.0;
+    let queued = calibration.queued(p);
+    if steady_jit {
+        inputs.insert(super::calibrate::QUEUED.to_string(), exact(queued).into());
+    }
     let setup = if steady_jit {
         let log_scale = calibration.model(SETUP_MODEL).is_some_and(|m| m.log_scale);
         let back = |v: f64| if log_scale { v.exp() } else { v.max(0.0) };
-        ev.at(SETUP_MODEL, p.storm_size).map(|b| Band {
+        ev.at(SETUP_MODEL, queued).map(|b| Band {
             value: back(b.value) + api_ms,
             low: back(b.low) + api_ms,
             high: back(b.high) + api_ms,
@@ -187,7 +191,7 @@ pub fn predict(calibration: &Calibration, p: &Planned) -> Prediction {
     // The run lasts its plan plus the setup tail past the knee (steady JIT runs only).
     let planned_run = exact(p.run_s);
     let run_seconds = if steady_jit {
-        ev.at(RUN_MODEL, p.storm_size)
+        ev.at(RUN_MODEL, queued)
             .map(|overrun| {
                 let run = Band {
                     value: p.run_s + overrun.value,

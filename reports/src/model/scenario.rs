@@ -39,6 +39,10 @@ pub struct Planned {
     pub arrivals: f64,
     /// Most connections planned within any one second (the busiest population's).
     pub storm_size: f64,
+    /// Each population's first wave of arrivals: how many, how fast. What the setup-latency
+    /// model reads through [`Planned::queued`]: the same second can hold 10 arrivals spread
+    /// over it or 50 within 20 ms, and only the second kind queues.
+    pub waves: Vec<Wave>,
     /// Peers in jitwgd's database that never connect (`stored_peers` + `extra_registered`).
     pub stored_peers: f64,
     pub preinstalled_peers: f64,
@@ -143,6 +147,7 @@ impl Planned {
             clients: 0.0,
             arrivals: 0.0,
             storm_size: 0.0,
+            waves: Vec::new(),
             stored_peers,
             preinstalled_peers,
             evict_after_s,
@@ -165,6 +170,10 @@ impl Planned {
             planned.clients += p.count;
             planned.arrivals += p.count * p.connections;
             planned.storm_size = planned.storm_size.max(p.busiest_second());
+            planned.waves.push(Wave {
+                count: p.count,
+                rate: p.rate,
+            });
             planned.run_s = planned.run_s.max(p.done_after().min(duration_s));
             let (peak, mean, stale) = residence.of(&p);
             planned.installed_estimate += peak;
@@ -192,6 +201,37 @@ impl Planned {
             };
         }
         Ok(planned)
+    }
+}
+
+/// One population's arrivals: `count` clients at `rate` per second (infinite for a burst).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Wave {
+    pub count: f64,
+    pub rate: f64,
+}
+
+impl Wave {
+    /// Clients left waiting when the wave has arrived, if the gateway sets peers up at
+    /// `drain_per_s` and the wave arrives at a steady `rate` (a fluid queue): it grows at
+    /// `rate - drain` for `count / rate` seconds, so `count × (1 - drain / rate)`, and 0 when
+    /// the gateway keeps up.
+    pub fn queued(&self, drain_per_s: f64) -> f64 {
+        if self.rate.is_infinite() {
+            return self.count;
+        }
+        (self.count * (1.0 - drain_per_s.max(0.0) / self.rate)).max(0.0)
+    }
+}
+
+impl Planned {
+    /// The largest backlog any population's arrivals leave at a gateway that sets peers up at
+    /// `drain_per_s`: the setup-latency model's input. At a drain of 0 it is the largest wave.
+    pub fn queued(&self, drain_per_s: f64) -> f64 {
+        self.waves
+            .iter()
+            .map(|w| w.queued(drain_per_s))
+            .fold(0.0, f64::max)
     }
 }
 
@@ -396,6 +436,27 @@ mod tests {
                 "arrival": {"kind": "poisson", "rate": 10.0},
                 "behaviour": {"kind": "connect_once"}}]
         })
+    }
+
+    #[test]
+    fn a_wave_queues_only_what_arrives_faster_than_the_gateway_drains() {
+        // 10,000 at 10/s: a gateway setting up 100/s keeps up; one setting up 5/s is left
+        // with half of them.
+        let p = Planned::from_json(&churn("60s"), DEFAULTS).unwrap();
+        assert_eq!(p.queued(100.0), 0.0);
+        assert_eq!(p.queued(5.0), 5000.0);
+        assert_eq!(p.queued(0.0), 10000.0);
+        // 300 at 2,500/s against 500/s drained: 300 × (1 - 0.2) = 240 waiting.
+        let storm = Wave {
+            count: 300.0,
+            rate: 2500.0,
+        };
+        assert!((storm.queued(500.0) - 240.0).abs() < 1e-9);
+        let burst = Wave {
+            count: 300.0,
+            rate: f64::INFINITY,
+        };
+        assert_eq!(burst.queued(1e6), 300.0);
     }
 
     #[test]

@@ -93,8 +93,14 @@ fn calibration_recovers_planted_costs() {
     assert!((rss.slope("installed_peers").unwrap() - 4096.0).abs() < 1.0);
     let hs = c.model("handshakes").unwrap().fitted.linear();
     assert!((hs.slope("arrivals").unwrap() - 2.0).abs() < 1e-9);
-    let knee = c.knee().expect("a knee");
-    assert!((knee - 1000.0).abs() <= 200.0, "knee {knee}");
+    // Each storm arrives within its second, so the knee as a storm is the clients queued at
+    // the knee plus what the gateway drained meanwhile.
+    let knee = c.storm_knee().expect("a knee");
+    assert!(
+        (knee - 1000.0).abs() <= 200.0,
+        "knee {knee}, drain {:?}",
+        c.drain_per_s
+    );
     // No reboot in a storm sweep: the reload models say why they are missing.
     assert!(c.unfitted.iter().any(|u| u.name == "reload_time_preload"));
     assert_eq!(c.gateway_cpus, None);
@@ -130,7 +136,7 @@ fn prediction_inside_and_outside_the_grid() {
         "{:?}",
         p.extrapolated
     );
-    assert!(p.extrapolated.iter().any(|e| e.contains("storm_size")));
+    assert!(p.extrapolated.iter().any(|e| e.contains("queued")));
 }
 
 #[test]
@@ -417,4 +423,66 @@ fn memory_of_removed_peers_is_dropped_when_the_data_do_not_show_it() {
     let rss = c.model("dataplane_rss_peak").unwrap().fitted.linear();
     assert_eq!(rss.slope("installs"), None, "{rss:?}");
     assert!((rss.slope("session_peers").unwrap() - 8192.0).abs() < 200.0);
+}
+
+/// Setup p50 planted as a fluid queue: 20 ms of service plus 2 ms per client left waiting when
+/// `count` clients arrive at `rate`/s at a gateway that sets up 400 peers/s.
+fn planted_queue_ms(count: f64, rate: f64) -> f64 {
+    20.0 + 2.0 * count * (1.0 - 400.0 / rate).max(0.0)
+}
+
+fn queue_run(count: u32, rate: f64) -> CalPoint {
+    let mut run = synthetic(&Synthetic {
+        count,
+        rate,
+        stay_s: 5.0,
+        evict_after_s: 60.0,
+        installed_peak: count,
+    });
+    let ms = planted_queue_ms(f64::from(count), rate);
+    run.measured.figures.insert("setup_p50".into(), ms);
+    run
+}
+
+#[test]
+fn setup_latency_knows_a_queue_from_a_busy_second() {
+    // A rate sweep (300 clients at 10/s ... 2,500/s) beside a storm sweep at 2,500/s.
+    let mut runs: Vec<CalPoint> = [10.0, 40.0, 150.0, 300.0, 600.0, 1200.0, 2500.0]
+        .into_iter()
+        .map(|rate| queue_run(300, rate))
+        .collect();
+    runs.extend(
+        [50, 100, 200, 400, 800]
+            .into_iter()
+            .map(|n| queue_run(n, 2500.0)),
+    );
+    let c = Calibration::fit(&runs).unwrap();
+    let drain = c.drain_per_s.expect("a drain rate");
+    assert!((drain / 400.0 - 1.0).abs() < 0.06, "drain {drain}");
+    let setup = c.model("setup_p50").unwrap();
+    assert!(setup.fitted.linear().r_squared.unwrap() > 0.99, "{setup:?}");
+    // A churn of 600 at 10/s: the busiest second holds 10, none waits: the service time.
+    let churn = predict(&c, &queue_run(600, 10.0).planned);
+    assert!(
+        (churn.predicted["setup_p50"].value - 20.0).abs() < 3.0,
+        "{:?}",
+        churn.predicted["setup_p50"]
+    );
+    assert_eq!(churn.inputs["queued"].value, 0.0);
+    // Held out between the rates: 300 at 1,000/s leave 180 waiting.
+    let between = predict(&c, &queue_run(300, 1000.0).planned);
+    let want = planted_queue_ms(300.0, 1000.0);
+    let got = between.predicted["setup_p50"].value;
+    assert!((got / want - 1.0).abs() < 0.05, "{got} vs {want}");
+
+    // The storms alone (one rate) cannot tell a drain rate from a wave's size: the tie goes to
+    // the lowest drain, and the rate runs' churn would be over-predicted.
+    let storms: Vec<CalPoint> = [50, 100, 200, 400, 800]
+        .into_iter()
+        .map(|n| queue_run(n, 2500.0))
+        .collect();
+    let only_storms = Calibration::fit(&storms).unwrap();
+    assert_eq!(only_storms.drain_per_s, Some(0.0));
+    let churn = predict(&only_storms, &queue_run(600, 10.0).planned);
+    assert!(churn.predicted["setup_p50"].value > 100.0, "{churn:?}");
 }

@@ -84,7 +84,7 @@ pub fn validate(calibration: &Calibration, held_out: &[CalPoint]) -> Validation 
                 continue;
             };
             let above_knee =
-                figure == "setup_p50" && knee.is_some_and(|k| run.planned.storm_size > k);
+                figure == "setup_p50" && knee.is_some_and(|k| calibration.queued(&run.planned) > k);
             let error = (measured != 0.0).then(|| predicted.value / measured - 1.0);
             let tolerance = tolerance(figure).filter(|_| !above_knee);
             let note = if above_knee {

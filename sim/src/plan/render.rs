@@ -43,6 +43,21 @@ pub fn calibration(c: &Calibration) -> String {
             m.description
         );
     }
+    if let Some(drain) = c.drain_per_s {
+        let _ = writeln!(
+            out,
+            "setup: the gateway drains {} peer setups/s (fitted); arrivals faster than that queue",
+            short(drain)
+        );
+    }
+    if let Some(k) = c.knee() {
+        let _ = writeln!(
+            out,
+            "storm knee: {} clients queued (a storm of {} in one second)",
+            short(k),
+            short(c.storm_knee().unwrap_or(k))
+        );
+    }
     if !c.unfitted.is_empty() {
         out.push_str("not fitted:\n");
         for u in &c.unfitted {
@@ -105,7 +120,12 @@ pub fn prediction(c: &Calibration, p: &Prediction, unused: &[String]) -> String 
 pub fn validation(c: &Calibration, v: &Validation) -> String {
     let mut out = header(c);
     if let Some(k) = c.knee() {
-        let _ = writeln!(out, "storm knee: {} arrivals in one second", short(k));
+        let _ = writeln!(
+            out,
+            "storm knee: {} clients queued (a storm of {} in one second)",
+            short(k),
+            short(c.storm_knee().unwrap_or(k))
+        );
     }
     let runs: std::collections::BTreeSet<_> = v.checks.iter().map(|k| &k.source).collect();
     let _ = writeln!(
