@@ -109,7 +109,10 @@ impl Admission {
     /// contact: `Err` sheds it before it costs a Diffie-Hellman. Outside a penalised
     /// network everything passes. Inside one, an address that offended (a 404, a
     /// negative-cache hit, knocking faster than `quiet_gap`) is refused, and a quiet one
-    /// passes only on one of the network's newcomer passes, which `admit` then uses.
+    /// passes only on one of the network's newcomer passes, which `admit` then uses, and
+    /// only while the global budget is at least half full: passes are the first thing a
+    /// flood draining it loses, so a flood's first knocks from many penalised networks
+    /// cannot spend what first contacts from clean networks need.
     pub fn screen(&mut self, src: IpAddr, now: Instant) -> Result<(), Refusal> {
         let net = SourceNet::of(src);
         let net_penalised = !self.penalties.allows(net, now);
@@ -126,7 +129,11 @@ impl Admission {
         }
         match standing {
             Standing::Penalised | Standing::Chatty => Err(Refusal::AddressPenalised),
-            Standing::Quiet if self.addresses.take_newcomer(net, src, now) => Ok(()),
+            Standing::Quiet
+                if self.budget.healthy(now) && self.addresses.take_newcomer(net, src, now) =>
+            {
+                Ok(())
+            }
             Standing::Quiet => Err(Refusal::SourcePenalised),
         }
     }
@@ -307,8 +314,13 @@ mod tests {
         }
     }
 
-    fn with_addresses() -> AdmissionSettings {
+    fn with_addresses(budget_burst: u32) -> AdmissionSettings {
+        let base = settings();
         AdmissionSettings {
+            budget: BudgetSettings {
+                burst: budget_burst,
+                ..base.budget
+            },
             addresses: AddressSettings {
                 quiet_gap: Duration::from_secs(1),
                 hold: Duration::from_secs(8),
@@ -316,7 +328,7 @@ mod tests {
                 newcomer_burst: 2,
                 newcomer_rate: 0.5,
             },
-            ..settings()
+            ..base
         }
     }
 
@@ -331,7 +343,7 @@ mod tests {
     #[test]
     fn inside_a_penalised_network_only_the_offending_address_is_shed() {
         let t0 = Instant::now();
-        let mut a = Admission::new(with_addresses(), t0);
+        let mut a = Admission::new(with_addresses(10), t0);
         assert_eq!(a.screen(ip("198.18.1.5"), t0), Ok(()));
         penalise(&mut a, "198.18.1.5", t0);
         assert_eq!(
@@ -367,9 +379,24 @@ mod tests {
     }
 
     #[test]
+    fn no_newcomer_passes_while_404s_have_drained_the_budget_below_half() {
+        let t0 = Instant::now();
+        // Budget burst 3: two 404s leave 1 token, less than half.
+        let mut a = Admission::new(with_addresses(3), t0);
+        penalise(&mut a, "198.18.1.5", t0);
+        assert_eq!(
+            a.screen(ip("198.18.1.77"), t0),
+            Err(Refusal::SourcePenalised)
+        );
+        // Refilled (rate 1/s): passes again.
+        let later = t0 + Duration::from_secs(2);
+        assert_eq!(a.screen(ip("198.18.1.78"), later), Ok(()));
+    }
+
+    #[test]
     fn a_negative_hit_is_an_offence_of_the_address() {
         let t0 = Instant::now();
-        let mut a = Admission::new(with_addresses(), t0);
+        let mut a = Admission::new(with_addresses(10), t0);
         penalise(&mut a, "198.18.1.5", t0);
         a.negative_hit(ip("198.18.1.6"), t0);
         assert_eq!(

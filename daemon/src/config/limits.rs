@@ -86,8 +86,9 @@ pub struct LimitArgs {
     /// faster, or whose key came back 404 or hit the negative cache, is shed before
     /// identification for --source-penalty-burst × --source-penalty-forgive (8 s) after
     /// its last such knock (reason="address_penalised"); any other address may still
-    /// bring a first contact, on one of the network's newcomer passes (16, one regained
-    /// every 500 ms, and one given back by each key that resolves; with none left:
+    /// bring a first contact, on one of the network's newcomer passes (64, one regained
+    /// every 500 ms, one given back by each key that resolves, none granted while 404s
+    /// have drained the --unknown-lookup-burst budget below half; with none left:
     /// reason="source_penalised"). So a flooder sharing a /24 with legitimate clients no
     /// longer locks them all out, while one with many addresses (a /64) gets at most the
     /// passes. 0 or off: no address level, every first contact from a penalised network
