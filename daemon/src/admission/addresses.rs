@@ -81,6 +81,8 @@ struct Address {
     penalised_until: Option<Instant>,
     /// It was granted a newcomer pass at this time (for the lookup to use).
     pass: Option<Instant>,
+    /// Its last knock came less than `quiet_gap` after the one before.
+    chatty: bool,
 }
 
 /// A pass unused for this long (its initiation was dropped or identified as a known key)
@@ -138,6 +140,7 @@ impl SourceAddresses {
             .last_seen
             .is_some_and(|last| now.saturating_duration_since(last) < s.quiet_gap);
         a.last_seen = Some(a.last_seen.map_or(now, |last| last.max(now)));
+        a.chatty = chatty;
         if chatty && net_penalised {
             a.penalised_until = Some(now + s.hold);
         }
@@ -166,6 +169,17 @@ impl SourceAddresses {
             .peek(&ip)
             .and_then(|a| a.penalised_until)
             .is_some_and(|until| now < until)
+    }
+
+    /// Whether `ip` was seen, its last knock was not chatty and it is not penalised at
+    /// `now`: it looks like a WireGuard client's first contact.
+    pub fn quiet(&self, ip: IpAddr, now: Instant) -> bool {
+        self.enabled()
+            && !self.penalised(ip, now)
+            && self
+                .table
+                .peek(&ip)
+                .is_some_and(|a| a.last_seen.is_some() && !a.chatty)
     }
 
     /// Use `ip`'s newcomer pass, if it holds a valid one and is not penalised.

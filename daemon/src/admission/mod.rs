@@ -92,7 +92,15 @@ impl Admission {
             if self.addresses.penalised(src, now) {
                 return Err(Refusal::AddressPenalised);
             }
-            if !self.addresses.take_pass(src, now) {
+            // Screened before the network was penalised (a flood's 404s can penalise it
+            // while this initiation was being identified): a quiet address may take its
+            // pass now, on the same terms as `screen`.
+            let passed = self.addresses.take_pass(src, now)
+                || (self.addresses.quiet(src, now)
+                    && self.budget.healthy(now)
+                    && self.addresses.take_newcomer(net, src, now)
+                    && self.addresses.take_pass(src, now));
+            if !passed {
                 return Err(Refusal::SourcePenalised);
             }
             newcomer = true;
@@ -391,6 +399,32 @@ mod tests {
         // Refilled (rate 1/s): passes again.
         let later = t0 + Duration::from_secs(2);
         assert_eq!(a.screen(ip("198.18.1.78"), later), Ok(()));
+    }
+
+    #[test]
+    fn a_quiet_address_screened_before_the_penalty_takes_its_pass_at_admission() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(with_addresses(10), t0);
+        assert_eq!(a.screen(ip("198.18.1.77"), t0), Ok(()), "not penalised yet");
+        assert_eq!(a.screen(ip("198.18.1.78"), t0), Ok(()));
+        assert_eq!(
+            a.screen(ip("198.18.1.78"), t0),
+            Ok(()),
+            "chatty, not penalised"
+        );
+        penalise(&mut a, "198.18.1.5", t0);
+        let t = a.admit(ip("198.18.1.77"), t0).unwrap();
+        a.answered(t, Answer::Found, t0);
+        assert_eq!(
+            a.admit(ip("198.18.1.78"), t0).unwrap_err(),
+            Refusal::SourcePenalised,
+            "its last knock was a flooder's pace"
+        );
+        assert_eq!(
+            a.admit(ip("198.18.1.79"), t0).unwrap_err(),
+            Refusal::SourcePenalised,
+            "never screened"
+        );
     }
 
     #[test]
