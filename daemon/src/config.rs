@@ -221,6 +221,18 @@ pub mod defaults {
     pub const UNKNOWN_LOOKUP_BURST: usize = 256;
     pub const SOURCE_PENALTY_BURST: usize = 8;
     pub const SOURCE_PENALTY_FORGIVE: Duration = Duration::from_secs(1);
+    /// A fifth of WireGuard's 5 s REKEY_TIMEOUT: a client's own retries never come this
+    /// close, a flooder's knocks (1,000/s from 48 addresses: ~48 ms apart) always do.
+    pub const SOURCE_QUIET_GAP: Duration = Duration::from_secs(1);
+    /// Newcomer passes of a penalised network: the addresses of a flood that was under
+    /// way when the penalty began each spend one on their first knock (48 in
+    /// `flood-shared`), and neighbours must still find some; regained at 2/s (and given
+    /// back by every key that resolves). Passes are granted only while the global
+    /// budget is at least half full, so many networks' passes cannot drain it.
+    pub const NEWCOMER_PASSES: u32 = 64;
+    pub const NEWCOMER_PASS_EVERY: Duration = Duration::from_millis(500);
+    /// Source addresses remembered (~100 bytes each: ~6.5 MB at most).
+    pub const SOURCE_ADDRESSES: usize = 65_536;
     pub const UNKNOWN_LOG_RATE: u32 = 10;
     /// ~100 bytes a key: ~6.5 MB at most.
     pub const REPLAY_MEMORY: usize = 65_536;

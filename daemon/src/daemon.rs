@@ -16,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::activity::ActivityLog;
 use crate::addresses::claim;
-use crate::admission::{AdmissionSettings, BudgetSettings, PenaltySettings, SHARE_WINDOW};
+use crate::admission::{
+    AddressSettings, AdmissionSettings, BudgetSettings, PenaltySettings, SHARE_WINDOW,
+};
 use crate::api::ApiClient;
 use crate::boot::{self, BootChecks};
 use crate::capture::CaptureSocket;
@@ -99,6 +101,16 @@ fn admission_settings(l: &Limits) -> AdmissionSettings {
             floor_rate: f64::from(l.unknown_lookup_floor),
             burst: u32::try_from(l.unknown_lookup_burst).unwrap_or(u32::MAX),
             share_window: SHARE_WINDOW,
+        },
+        addresses: AddressSettings {
+            quiet_gap: l.source_quiet_gap,
+            // As long as a network's full burst takes to be forgiven.
+            hold: l
+                .source_penalty_forgive
+                .saturating_mul(u32::try_from(l.source_penalty_burst).unwrap_or(u32::MAX)),
+            capacity: defaults::SOURCE_ADDRESSES,
+            newcomer_burst: defaults::NEWCOMER_PASSES,
+            newcomer_rate: 1.0 / defaults::NEWCOMER_PASS_EVERY.as_secs_f64(),
         },
     }
 }

@@ -26,14 +26,16 @@ pub const IDENTIFY_STAGES: &[&str] = &[
 ];
 
 /// Values of the `reason` label of `jitwgd_capture_dropped_total`: why a captured
-/// initiation was never identified (`identify_pool::DropReason`, and `source_penalised`:
-/// shed before identification because its source network is penalised).
+/// initiation was never identified (`identify_pool::DropReason`, `source_penalised`:
+/// shed before identification because its source network is penalised and no newcomer
+/// pass was left, `address_penalised`: its address in a penalised network offended).
 pub const CAPTURE_DROP_REASONS: &[&str] = &[
     "identify_queue_full",
     "identify_displaced",
     "identify_expired",
     "identify_stopped",
     "source_penalised",
+    "address_penalised",
 ];
 
 /// Values of the `reason` label of `jitwgd_initiations_dropped_total`: every place an
@@ -46,7 +48,10 @@ pub const CAPTURE_DROP_REASONS: &[&str] = &[
 /// than the last seen; `source_penalised`: from a source network penalised for 404s, shed
 /// before identification unless its source address recently brought a resolved key (the
 /// pre-identification share is also in `jitwgd_capture_dropped_total`), or a first
-/// contact refused at lookup; `unknown_budget`: a first contact refused by the global
+/// contact refused at lookup; `address_penalised`: from an address inside a penalised
+/// network that caused a 404 or a negative-cache hit, or knocked faster than
+/// `--source-quiet-gap` (shed before identification, or refused at lookup);
+/// `unknown_budget`: a first contact refused by the global
 /// budget; `rate_limited`: the key was looked up less than `--api-min-interval` ago.
 pub const INITIATION_DROP_REASONS: &[&str] = &[
     "identify_queue_full",
@@ -56,6 +61,7 @@ pub const INITIATION_DROP_REASONS: &[&str] = &[
     "handlers_full",
     "replay",
     "source_penalised",
+    "address_penalised",
     "unknown_budget",
     "rate_limited",
 ];

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::activity::ActivityLog;
 use crate::addresses::claim;
-use crate::admission::{LogBudget, Refusal};
+use crate::admission::LogBudget;
 use crate::capture::{self, CaptureSocket};
 use crate::config::{defaults, Limits};
 use crate::errors::Causes;
@@ -404,9 +404,10 @@ fn count_never_identified(metrics: &Metrics, reason: &'static str) {
 /// Read initiations off the capture socket until cancelled and queue each for the
 /// identify workers in its lane; what does not fit is dropped and counted. An initiation
 /// for the unknown lane from a source network `lookup` penalises for 404s is shed here,
-/// before it costs a Diffie-Hellman: it could only be a first contact that lookup would
-/// refuse, or a known key from a new address in that network (it retries, and gets in
-/// once the network's penalty has been forgiven).
+/// before it costs a Diffie-Hellman, unless its address is quiet and gets one of the
+/// network's newcomer passes (`Admission::screen`): otherwise it could only be a first
+/// contact that lookup would refuse, or a known key from a new address in that network
+/// (it retries, and gets in once the network's penalty has been forgiven).
 pub async fn capture_loop(
     socket: CaptureSocket,
     pool: IdentifyPool,
@@ -444,9 +445,11 @@ pub async fn capture_loop(
             captured_at,
         };
         let lane = known.lane(&frame.src);
-        if lane == Lane::Unknown && lookup.sheds_source(frame.src.ip(), captured_at) {
-            count_never_identified(&metrics, Refusal::SourcePenalised.as_str());
-            continue;
+        if lane == Lane::Unknown {
+            if let Some(refusal) = lookup.sheds_source(frame.src.ip(), captured_at) {
+                count_never_identified(&metrics, refusal.as_str());
+                continue;
+            }
         }
         match pool.submit(captured, lane) {
             Ok(Queued::Alone) => {}

@@ -83,6 +83,13 @@ impl UnknownBudget {
         self.tokens
     }
 
+    /// Whether at least half the burst is left at `now`: while 404s have drained it
+    /// further, newcomer passes of penalised networks are not granted (they would spend
+    /// what legitimate first contacts elsewhere need).
+    pub fn healthy(&mut self, now: Instant) -> bool {
+        self.tokens(now) * 2.0 >= f64::from(self.settings.burst)
+    }
+
     /// Take a token for one first-contact lookup; false when there is none.
     pub fn try_take(&mut self, now: Instant) -> bool {
         self.advance(now);

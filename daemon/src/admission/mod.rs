@@ -1,34 +1,44 @@
 //! Admission control for keys the control plane does not know. A first contact (a key
 //! with no cache entry at all) may only go to the API if its source network is not
-//! penalised for recent 404s (`sources`) and the global unknown-key budget has a token
-//! (`budget`); keys that resolve give their token back and never add to a penalty, so
-//! the limits bite only on keys the control plane answers 404 for. Known keys (a cache
-//! entry, fresh or stale) never pass through here. `LogBudget` rate-limits the per-key
-//! log lines about unknown keys, so a flood cannot fill the disk.
+//! penalised for recent 404s (`sources`), or, inside a penalised network, if its own
+//! address is quiet and holds one of the network's newcomer passes (`addresses`), and
+//! the global unknown-key budget has a token (`budget`); keys that resolve give their
+//! tokens back and never add to a penalty, so the limits bite only on keys the control
+//! plane answers 404 for. Known keys (a cache entry, fresh or stale) never pass through
+//! here. `LogBudget` rate-limits the per-key log lines about unknown keys, so a flood
+//! cannot fill the disk.
 //!
 //! Pure: every call takes the time; the pipeline holds these behind a lock.
 
+mod addresses;
 mod budget;
 mod sources;
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+pub use addresses::{AddressSettings, SourceAddresses, Standing};
 pub use budget::{Answer, BudgetSettings, UnknownBudget};
 pub use sources::{PenaltySettings, SourceNet, SourcePenalties};
 
-/// Both limits' settings.
+/// The limits' settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdmissionSettings {
     pub penalties: PenaltySettings,
     pub budget: BudgetSettings,
+    /// The address level inside penalised networks (`AddressSettings::off()`: none).
+    pub addresses: AddressSettings,
 }
 
 /// Why a first contact was not looked up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
-    /// Its source network caused too many 404s recently.
+    /// Its source network caused too many 404s recently (and, inside it, the address
+    /// got no newcomer pass).
     SourcePenalised,
+    /// Its source address, in a penalised network, caused a 404 or knocked faster than a
+    /// WireGuard client does.
+    AddressPenalised,
     /// The global budget for first contacts is spent.
     UnknownBudget,
 }
@@ -38,6 +48,7 @@ impl Refusal {
     pub fn as_str(self) -> &'static str {
         match self {
             Refusal::SourcePenalised => "source_penalised",
+            Refusal::AddressPenalised => "address_penalised",
             Refusal::UnknownBudget => "unknown_budget",
         }
     }
@@ -48,13 +59,17 @@ impl Refusal {
 #[must_use = "hand the ticket back with `Admission::answered`"]
 pub struct Ticket {
     net: SourceNet,
+    src: IpAddr,
+    /// Admitted on a newcomer pass of a penalised network.
+    newcomer: bool,
 }
 
-/// The two limits together.
+/// The limits together.
 #[derive(Debug)]
 pub struct Admission {
     penalties: SourcePenalties,
     budget: UnknownBudget,
+    addresses: SourceAddresses,
 }
 
 impl Admission {
@@ -62,29 +77,83 @@ impl Admission {
         Admission {
             penalties: SourcePenalties::new(settings.penalties),
             budget: UnknownBudget::new(settings.budget, now),
+            addresses: SourceAddresses::new(settings.addresses),
         }
     }
 
     /// May a first contact from `src` be looked up at `now`? The source check comes
-    /// first, so a penalised network's flood spends none of the global budget.
+    /// first, so a penalised network's flood spends none of the global budget. Inside a
+    /// penalised network only an address holding a newcomer pass (granted by `screen`)
+    /// gets through.
     pub fn admit(&mut self, src: IpAddr, now: Instant) -> Result<Ticket, Refusal> {
         let net = SourceNet::of(src);
+        let mut newcomer = false;
         if !self.penalties.allows(net, now) {
-            return Err(Refusal::SourcePenalised);
+            if self.addresses.penalised(src, now) {
+                return Err(Refusal::AddressPenalised);
+            }
+            // Screened before the network was penalised (a flood's 404s can penalise it
+            // while this initiation was being identified): a quiet address may take its
+            // pass now, on the same terms as `screen`.
+            let passed = self.addresses.take_pass(src, now)
+                || (self.addresses.quiet(src, now)
+                    && self.budget.healthy(now)
+                    && self.addresses.take_newcomer(net, src, now)
+                    && self.addresses.take_pass(src, now));
+            if !passed {
+                return Err(Refusal::SourcePenalised);
+            }
+            newcomer = true;
         }
         if !self.budget.try_take(now) {
             return Err(Refusal::UnknownBudget);
         }
         self.penalties.started(net, now);
-        Ok(Ticket { net })
+        Ok(Ticket { net, src, newcomer })
     }
 
-    /// Whether `src`'s network is penalised at `now`: a first contact from it would be
-    /// refused. Asked before identification too, where any initiation from an address
-    /// with no recently resolved key might be a first contact, so a penalised network's
-    /// flood is shed before it costs a Diffie-Hellman.
+    /// Judge an initiation from `src`, captured at `now`, before identification, where
+    /// any initiation from an address with no recently resolved key might be a first
+    /// contact: `Err` sheds it before it costs a Diffie-Hellman. Outside a penalised
+    /// network everything passes. Inside one, an address that offended (a 404, a
+    /// negative-cache hit, knocking faster than `quiet_gap`) is refused, and a quiet one
+    /// passes only on one of the network's newcomer passes, which `admit` then uses, and
+    /// only while the global budget is at least half full: passes are the first thing a
+    /// flood draining it loses, so a flood's first knocks from many penalised networks
+    /// cannot spend what first contacts from clean networks need.
+    pub fn screen(&mut self, src: IpAddr, now: Instant) -> Result<(), Refusal> {
+        let net = SourceNet::of(src);
+        let net_penalised = !self.penalties.allows(net, now);
+        if !self.addresses.enabled() {
+            return if net_penalised {
+                Err(Refusal::SourcePenalised)
+            } else {
+                Ok(())
+            };
+        }
+        let standing = self.addresses.seen(src, now, net_penalised);
+        if !net_penalised {
+            return Ok(());
+        }
+        match standing {
+            Standing::Penalised | Standing::Chatty => Err(Refusal::AddressPenalised),
+            Standing::Quiet
+                if self.budget.healthy(now) && self.addresses.take_newcomer(net, src, now) =>
+            {
+                Ok(())
+            }
+            Standing::Quiet => Err(Refusal::SourcePenalised),
+        }
+    }
+
+    /// Whether a first contact from `src` would be refused at `now` (no side effects).
     pub fn penalised(&self, src: IpAddr, now: Instant) -> bool {
         !self.penalties.allows(SourceNet::of(src), now)
+    }
+
+    /// A key from `src` hit the negative cache at `now`: an offence of its address.
+    pub fn negative_hit(&mut self, src: IpAddr, now: Instant) {
+        self.addresses.offence(src, now);
     }
 
     /// The lookup `ticket` allowed ended with `answer`.
@@ -92,6 +161,13 @@ impl Admission {
         self.penalties
             .answered(ticket.net, answer == Answer::NotFound, now);
         self.budget.answered(answer, now);
+        match answer {
+            Answer::NotFound => self.addresses.offence(ticket.src, now),
+            Answer::Found | Answer::Unavailable if ticket.newcomer => {
+                self.addresses.newcomer_resolved(ticket.net)
+            }
+            _ => {}
+        }
     }
 
     /// Recent share of 404s among first contacts' answers (for the gauge).
@@ -102,6 +178,11 @@ impl Admission {
     /// Source networks tracked (for the gauge).
     pub fn penalised_sources_tracked(&self) -> usize {
         self.penalties.tracked()
+    }
+
+    /// Source addresses tracked (for tests and the gauge).
+    pub fn addresses_tracked(&self) -> usize {
+        self.addresses.tracked()
     }
 }
 
@@ -162,6 +243,7 @@ mod tests {
                 burst: 3,
                 share_window: SHARE_WINDOW,
             },
+            addresses: AddressSettings::off(),
         }
     }
 
@@ -238,6 +320,137 @@ mod tests {
             let t = a.admit(ip("198.18.1.5"), t0).unwrap();
             a.answered(t, Answer::Found, t0);
         }
+    }
+
+    fn with_addresses(budget_burst: u32) -> AdmissionSettings {
+        let base = settings();
+        AdmissionSettings {
+            budget: BudgetSettings {
+                burst: budget_burst,
+                ..base.budget
+            },
+            addresses: AddressSettings {
+                quiet_gap: Duration::from_secs(1),
+                hold: Duration::from_secs(8),
+                capacity: 64,
+                newcomer_burst: 2,
+                newcomer_rate: 0.5,
+            },
+            ..base
+        }
+    }
+
+    /// 404s from `src` until its network is penalised (burst 2).
+    fn penalise(a: &mut Admission, src: &str, at: Instant) {
+        for _ in 0..2 {
+            let t = a.admit(ip(src), at).unwrap();
+            a.answered(t, Answer::NotFound, at);
+        }
+    }
+
+    #[test]
+    fn inside_a_penalised_network_only_the_offending_address_is_shed() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(with_addresses(10), t0);
+        assert_eq!(a.screen(ip("198.18.1.5"), t0), Ok(()));
+        penalise(&mut a, "198.18.1.5", t0);
+        assert_eq!(
+            a.screen(ip("198.18.1.5"), t0),
+            Err(Refusal::AddressPenalised)
+        );
+        // A neighbour's first knock passes on a newcomer pass and is admitted.
+        assert_eq!(a.screen(ip("198.18.1.77"), t0), Ok(()));
+        let t = a.admit(ip("198.18.1.77"), t0).unwrap();
+        a.answered(t, Answer::Found, t0);
+        // Its pass came back: two more neighbours fit the burst of two.
+        assert_eq!(a.screen(ip("198.18.1.78"), t0), Ok(()));
+        assert_eq!(a.screen(ip("198.18.1.79"), t0), Ok(()));
+        assert_eq!(
+            a.screen(ip("198.18.1.80"), t0),
+            Err(Refusal::SourcePenalised),
+            "no pass left"
+        );
+        // Knocking again at once is a flooder's pace.
+        assert_eq!(
+            a.screen(ip("198.18.1.78"), t0 + Duration::from_millis(50)),
+            Err(Refusal::AddressPenalised)
+        );
+        assert_eq!(
+            a.admit(ip("198.18.1.78"), t0).unwrap_err(),
+            Refusal::AddressPenalised
+        );
+        // Unscreened: the network's penalty refuses, as without the address level.
+        assert_eq!(
+            a.admit(ip("198.18.1.90"), t0).unwrap_err(),
+            Refusal::SourcePenalised
+        );
+    }
+
+    #[test]
+    fn no_newcomer_passes_while_404s_have_drained_the_budget_below_half() {
+        let t0 = Instant::now();
+        // Budget burst 3: two 404s leave 1 token, less than half.
+        let mut a = Admission::new(with_addresses(3), t0);
+        penalise(&mut a, "198.18.1.5", t0);
+        assert_eq!(
+            a.screen(ip("198.18.1.77"), t0),
+            Err(Refusal::SourcePenalised)
+        );
+        // Refilled (rate 1/s): passes again.
+        let later = t0 + Duration::from_secs(2);
+        assert_eq!(a.screen(ip("198.18.1.78"), later), Ok(()));
+    }
+
+    #[test]
+    fn a_quiet_address_screened_before_the_penalty_takes_its_pass_at_admission() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(with_addresses(10), t0);
+        assert_eq!(a.screen(ip("198.18.1.77"), t0), Ok(()), "not penalised yet");
+        assert_eq!(a.screen(ip("198.18.1.78"), t0), Ok(()));
+        assert_eq!(
+            a.screen(ip("198.18.1.78"), t0),
+            Ok(()),
+            "chatty, not penalised"
+        );
+        penalise(&mut a, "198.18.1.5", t0);
+        let t = a.admit(ip("198.18.1.77"), t0).unwrap();
+        a.answered(t, Answer::Found, t0);
+        assert_eq!(
+            a.admit(ip("198.18.1.78"), t0).unwrap_err(),
+            Refusal::SourcePenalised,
+            "its last knock was a flooder's pace"
+        );
+        assert_eq!(
+            a.admit(ip("198.18.1.79"), t0).unwrap_err(),
+            Refusal::SourcePenalised,
+            "never screened"
+        );
+    }
+
+    #[test]
+    fn a_negative_hit_is_an_offence_of_the_address() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(with_addresses(10), t0);
+        penalise(&mut a, "198.18.1.5", t0);
+        a.negative_hit(ip("198.18.1.6"), t0);
+        assert_eq!(
+            a.screen(ip("198.18.1.6"), t0),
+            Err(Refusal::AddressPenalised)
+        );
+        assert_eq!(a.addresses_tracked(), 2);
+    }
+
+    #[test]
+    fn without_the_address_level_a_penalised_network_sheds_everyone() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(settings(), t0);
+        penalise(&mut a, "198.18.1.5", t0);
+        assert_eq!(
+            a.screen(ip("198.18.1.77"), t0),
+            Err(Refusal::SourcePenalised)
+        );
+        assert_eq!(a.screen(ip("198.18.2.77"), t0), Ok(()));
+        assert_eq!(a.addresses_tracked(), 0);
     }
 
     #[test]

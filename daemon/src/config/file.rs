@@ -104,6 +104,8 @@ pub struct ConfigFile {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source_penalty_forgive: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_quiet_gap: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub unknown_log_rate: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replay_memory: Option<usize>,

@@ -77,6 +77,25 @@ pub struct LimitArgs {
     #[arg(long, env = "JITWGD_SOURCE_PENALTY_FORGIVE", value_name = "DURATION", value_parser = values::positive_duration)]
     pub source_penalty_forgive: Option<Duration>,
 
+    /// Inside a source network penalised for 404s, two initiations from one address
+    /// closer than this mark the address as a flooder's [default: 1s].
+    ///
+    /// A WireGuard client retries an initiation no sooner than every 5 s, so only a
+    /// flooder (or several clients starting at once behind one NAT) knocks faster.
+    /// Inside a penalised network (--source-penalty-burst), an address that knocks
+    /// faster, or whose key came back 404 or hit the negative cache, is shed before
+    /// identification for --source-penalty-burst × --source-penalty-forgive (8 s) after
+    /// its last such knock (reason="address_penalised"); any other address may still
+    /// bring a first contact, on one of the network's newcomer passes (64, one regained
+    /// every 500 ms, one given back by each key that resolves, none granted while 404s
+    /// have drained the --unknown-lookup-burst budget below half; with none left:
+    /// reason="source_penalised"). So a flooder sharing a /24 with legitimate clients no
+    /// longer locks them all out, while one with many addresses (a /64) gets at most the
+    /// passes. 0 or off: no address level, every first contact from a penalised network
+    /// is refused.
+    #[arg(long, env = "JITWGD_SOURCE_QUIET_GAP", value_name = "DURATION", value_parser = values::duration_or_off)]
+    pub source_quiet_gap: Option<Duration>,
+
     /// Per-key log lines about unknown keys (404s, negative-cache hits, refusals) per
     /// second at most [default: 10].
     ///
@@ -133,6 +152,8 @@ pub struct Limits {
     pub source_penalty_burst: usize,
     #[serde(with = "humantime_serde")]
     pub source_penalty_forgive: Duration,
+    #[serde(with = "humantime_serde")]
+    pub source_quiet_gap: Duration,
     pub unknown_log_rate: u32,
     pub replay_memory: usize,
     pub known_key_cache: usize,
@@ -152,6 +173,7 @@ impl Default for Limits {
             unknown_lookup_burst: defaults::UNKNOWN_LOOKUP_BURST,
             source_penalty_burst: defaults::SOURCE_PENALTY_BURST,
             source_penalty_forgive: defaults::SOURCE_PENALTY_FORGIVE,
+            source_quiet_gap: defaults::SOURCE_QUIET_GAP,
             unknown_log_rate: defaults::UNKNOWN_LOG_RATE,
             replay_memory: defaults::REPLAY_MEMORY,
             known_key_cache: defaults::KNOWN_KEY_CACHE,
@@ -172,6 +194,8 @@ pub(super) fn merge(
     // How a file's key is checked, as the flag's own parser would check it.
     let count = |key, raw: &Option<usize>| f.count(key, *raw);
     let duration = |key, raw: &Option<String>| f.check(key, raw.clone(), values::positive_duration);
+    let duration_or_off =
+        |key, raw: &Option<String>| f.check(key, raw.clone(), values::duration_or_off);
     let db_corruption = |key, raw: &Option<String>| f.check(key, raw.clone(), word::<DbCorruption>);
     // A limit keeps one name from flag to TOML key to field: the flag, else the file's key
     // (through `$check` where the flag has a parser of its own), else the default.
@@ -193,6 +217,7 @@ pub(super) fn merge(
         unknown_lookup_burst: layer!(unknown_lookup_burst, count),
         source_penalty_burst: layer!(source_penalty_burst, count),
         source_penalty_forgive: layer!(source_penalty_forgive, duration),
+        source_quiet_gap: layer!(source_quiet_gap, duration_or_off),
         unknown_log_rate: layer!(unknown_log_rate),
         replay_memory: layer!(replay_memory, count),
         known_key_cache: layer!(known_key_cache),
@@ -222,6 +247,7 @@ mod tests {
         assert_eq!(n("unknown_lookup_burst"), d.unknown_lookup_burst as u64);
         assert_eq!(n("source_penalty_burst"), d.source_penalty_burst as u64);
         assert_eq!(dur("source_penalty_forgive"), d.source_penalty_forgive);
+        assert_eq!(dur("source_quiet_gap"), d.source_quiet_gap);
         assert_eq!(n("unknown_log_rate"), u64::from(d.unknown_log_rate));
         assert_eq!(n("replay_memory"), d.replay_memory as u64);
         assert_eq!(n("known_key_cache"), d.known_key_cache as u64);

@@ -259,7 +259,15 @@ impl Lookup {
             }
         };
         let stale = match self.recheck(key, cached) {
-            Cached::Negative => return LookupOutcome::NegativeHit,
+            Cached::Negative => {
+                if let Some(admission) = &self.admission {
+                    admission
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .negative_hit(src, Instant::now());
+                }
+                return LookupOutcome::NegativeHit;
+            }
             Cached::Fresh(config) => return LookupOutcome::CacheHit(config),
             Cached::Stale(config) => Some(config),
             Cached::Missing => None,
@@ -381,14 +389,16 @@ impl Lookup {
     }
 
     /// Whether an initiation from `src` that is not known to come from a resolved key
-    /// should be shed before identification: its source network is penalised for 404s
-    /// (`Admission::penalised`). Never true without admission control.
-    pub fn sheds_source(&self, src: IpAddr, now: Instant) -> bool {
-        self.admission.as_ref().is_some_and(|admission| {
+    /// should be shed before identification (`Admission::screen`: its source network is
+    /// penalised for 404s and its address offended or got no newcomer pass), and why.
+    /// Never without admission control.
+    pub fn sheds_source(&self, src: IpAddr, now: Instant) -> Option<Refusal> {
+        self.admission.as_ref().and_then(|admission| {
             admission
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .penalised(src, now)
+                .screen(src, now)
+                .err()
         })
     }
 

@@ -364,6 +364,7 @@ fn admission(burst: u32, budget: u32) -> crate::admission::AdmissionSettings {
             burst: budget,
             share_window: crate::admission::SHARE_WINDOW,
         },
+        addresses: crate::admission::AddressSettings::off(),
     }
 }
 
@@ -476,4 +477,56 @@ async fn the_background_timer_ticks_at_once_then_every_period_until_cancelled() 
     assert!(start.elapsed() >= period);
     cancel.cancel();
     assert!(!ticks.tick(&cancel).await, "a cancelled loop stops");
+}
+
+/// The second level: inside a /24 penalised for a flooder's 404s, the flooder's address
+/// is shed and refused, while a quiet neighbour screened through on a newcomer pass is
+/// still looked up; without a pass the network's penalty refuses as before.
+#[tokio::test]
+async fn a_quiet_neighbour_of_a_flooder_gets_in_on_a_newcomer_pass() {
+    use crate::admission::AddressSettings;
+    let (api, url) = serve().await;
+    api.register(key(200), "100.64.0.2/32");
+    let mut settings = admission(3, 100);
+    settings.addresses = AddressSettings {
+        quiet_gap: Duration::from_secs(1),
+        hold: Duration::from_secs(60),
+        capacity: 64,
+        newcomer_burst: 2,
+        newcomer_rate: 0.001,
+    };
+    let lookup = lookup_with(&url, quick()).with_admission(settings);
+    let now = SystemTime::now();
+    let flood: IpAddr = "198.18.1.7".parse().unwrap();
+    for n in 0..3u8 {
+        assert_eq!(lookup.sheds_source(flood, Instant::now()), None);
+        assert!(matches!(
+            lookup.lookup_from(key(n), flood, now).await,
+            LookupOutcome::ApiNotFound { .. }
+        ));
+    }
+    assert_eq!(
+        lookup.sheds_source(flood, Instant::now()),
+        Some(Refusal::AddressPenalised)
+    );
+    assert!(matches!(
+        lookup.lookup_from(key(50), flood, now).await,
+        LookupOutcome::Throttled {
+            refusal: Refusal::AddressPenalised
+        }
+    ));
+    let neighbour: IpAddr = "198.18.1.99".parse().unwrap();
+    assert_eq!(lookup.sheds_source(neighbour, Instant::now()), None);
+    assert!(matches!(
+        lookup.lookup_from(key(200), neighbour, now).await,
+        LookupOutcome::ApiFound { .. }
+    ));
+    assert!(matches!(
+        lookup
+            .lookup_from(key(201), "198.18.1.98".parse().unwrap(), now)
+            .await,
+        LookupOutcome::Throttled {
+            refusal: Refusal::SourcePenalised
+        }
+    ));
 }
