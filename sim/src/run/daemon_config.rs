@@ -94,6 +94,7 @@ pub fn settings(d: &DaemonFile) -> ConfigFile {
         unknown_lookup_burst,
         source_penalty_burst,
         source_penalty_forgive,
+        source_quiet_gap,
         identify_workers,
         identify_queue,
         identify_queue_per_source,
@@ -112,13 +113,7 @@ pub fn settings(d: &DaemonFile) -> ConfigFile {
         api_timeout: api_timeout.map(human),
         api_retries,
         api_min_interval: api_min_interval.map(human),
-        reinstall_active: reinstall_active.map(|d| {
-            if d.is_zero() {
-                "off".to_string()
-            } else {
-                human(d)
-            }
-        }),
+        reinstall_active: reinstall_active.map(off_or_human),
         initiate_rate,
         max_pending,
         api_concurrency,
@@ -127,10 +122,20 @@ pub fn settings(d: &DaemonFile) -> ConfigFile {
         unknown_lookup_burst,
         source_penalty_burst,
         source_penalty_forgive: source_penalty_forgive.map(human),
+        source_quiet_gap: source_quiet_gap.map(off_or_human),
         identify_workers,
         identify_queue,
         identify_queue_per_source,
         ..ConfigFile::default()
+    }
+}
+
+/// jitwgd's spelling of a duration that 0 turns off.
+fn off_or_human(d: Duration) -> String {
+    if d.is_zero() {
+        "off".to_string()
+    } else {
+        human(d)
     }
 }
 
@@ -218,7 +223,7 @@ pub fn describe(scenario: &Scenario) -> Result<Vec<Setting>, DaemonConfigError> 
     let resolved =
         serde_json::to_value(resolve(scenario, &DaemonEndpoints::stand_in())?).unwrap_or_default();
     let set = toml::Table::try_from(settings(&scenario.daemon.set))?;
-    const KEYS: [&str; 26] = [
+    const KEYS: [&str; 27] = [
         "backend",
         "mode",
         "boot",
@@ -242,6 +247,7 @@ pub fn describe(scenario: &Scenario) -> Result<Vec<Setting>, DaemonConfigError> 
         "unknown_lookup_burst",
         "source_penalty_burst",
         "source_penalty_forgive",
+        "source_quiet_gap",
         "identify_workers",
         "identify_queue",
         "identify_queue_per_source",

@@ -255,6 +255,14 @@ pub struct DaemonFile {
         skip_serializing_if = "Option::is_none"
     )]
     pub source_penalty_forgive: Option<Duration>,
+    /// Inside a penalised network, an address knocking again sooner than this is shed; `0s`
+    /// turns the per-address level off.
+    #[serde(
+        with = "humantime_serde",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub source_quiet_gap: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identify_workers: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

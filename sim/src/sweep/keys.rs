@@ -37,6 +37,7 @@ fn every_daemon_key() -> DaemonFile {
         unknown_lookup_burst: Some(1),
         source_penalty_burst: Some(1),
         source_penalty_forgive: Some(d),
+        source_quiet_gap: Some(d),
         identify_workers: Some(1),
         identify_queue: Some(1),
         identify_queue_per_source: Some(1),

@@ -130,6 +130,10 @@ fn check(s: &Scenario) -> Config {
         l.source_penalty_forgive,
         dur(d.source_penalty_forgive, defaults::SOURCE_PENALTY_FORGIVE)
     );
+    assert_eq!(
+        l.source_quiet_gap,
+        dur(d.source_quiet_gap, defaults::SOURCE_QUIET_GAP)
+    );
     // Where this run's collaborators are, and the lab's tunnel prefix.
     assert_eq!(c.interface, at.interface);
     assert_eq!(
@@ -219,6 +223,7 @@ fn every_daemon_key_reaches_jitwgd_under_its_own_name() {
         "daemon.unknown_lookup_burst=16",
         "daemon.source_penalty_burst=4",
         "daemon.source_penalty_forgive=2s",
+        "daemon.source_quiet_gap=0s",
         "daemon.identify_workers=1",
         "daemon.identify_queue=512",
         "daemon.identify_queue_per_source=32",
@@ -231,6 +236,10 @@ fn every_daemon_key_reaches_jitwgd_under_its_own_name() {
     assert_eq!((c.sweep_chunk, c.api_retries), (1000, 0));
     assert!(!c.initiate && c.evict_in_push_mode);
     assert!(c.reinstall_active.is_zero(), "0s turns the re-install off");
+    assert!(
+        c.limits.source_quiet_gap.is_zero(),
+        "0s turns the per-address level off"
+    );
     assert_eq!(c.initiate_rate, 700);
     let settings = describe(&s).unwrap();
     assert!(settings.iter().all(|s| !s.jitwgd_default), "{settings:?}");
