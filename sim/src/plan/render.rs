@@ -50,14 +50,7 @@ pub fn calibration(c: &Calibration) -> String {
             short(drain)
         );
     }
-    if let Some(k) = c.knee() {
-        let _ = writeln!(
-            out,
-            "storm knee: {} clients queued (a storm of {} in one second)",
-            short(k),
-            short(c.storm_knee().unwrap_or(k))
-        );
-    }
+    knee_line(c, &mut out);
     if !c.unfitted.is_empty() {
         out.push_str("not fitted:\n");
         for u in &c.unfitted {
@@ -115,10 +108,8 @@ pub fn prediction(c: &Calibration, p: &Prediction, unused: &[String]) -> String 
     out
 }
 
-/// Predicted vs measured for held-out runs: a summary per figure, then every check (Markdown
-/// tables, so they paste into BENCHMARKS.md as they are).
-pub fn validation(c: &Calibration, v: &Validation) -> String {
-    let mut out = header(c);
+/// The storm knee, where the calibration found one: in clients queued and as a storm in one second.
+fn knee_line(c: &Calibration, out: &mut String) {
     if let Some(k) = c.knee() {
         let _ = writeln!(
             out,
@@ -127,6 +118,13 @@ pub fn validation(c: &Calibration, v: &Validation) -> String {
             short(c.storm_knee().unwrap_or(k))
         );
     }
+}
+
+/// Predicted vs measured for held-out runs: a summary per figure, then every check (Markdown
+/// tables, so they paste into BENCHMARKS.md as they are).
+pub fn validation(c: &Calibration, v: &Validation) -> String {
+    let mut out = header(c);
+    knee_line(c, &mut out);
     let runs: std::collections::BTreeSet<_> = v.checks.iter().map(|k| &k.source).collect();
     let _ = writeln!(
         out,
