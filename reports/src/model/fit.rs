@@ -1,6 +1,7 @@
-//! Ordinary least squares with an intercept and up to a few features, and the numbers that say
-//! how far to trust it: R², residuals, the residual standard error, and a 95 % prediction
-//! interval for a new point (which widens away from the calibration data).
+//! Least squares with an intercept and up to a few features, ordinary or weighted by 1/y² (a
+//! fit of relative misses), and the numbers that say how far to trust it: R², residuals, the
+//! residual standard error, and a 95 % prediction interval for a new point (which widens away
+//! from the calibration data).
 //!
 //! Pure arithmetic on `f64`; the design matrices here have at most four columns, so the normal
 //! equations, solved with partial pivoting, are accurate enough and need no linear-algebra crate.
@@ -16,6 +17,32 @@ pub enum FitError {
     Singular,
     #[error("a value is not a finite number")]
     NotFinite,
+    #[error("a fit of relative misses needs every measured value above 0")]
+    NotPositive,
+}
+
+/// How much each point's miss counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Weighting {
+    /// Every point alike: misses in the unit of `y` (ordinary least squares).
+    #[default]
+    Uniform,
+    /// Each point by `1/y²`: misses as a fraction of the measured value, so a 20 ms run counts
+    /// as much as a 2 s one. The scatter is then taken as proportional to the value: the
+    /// residual standard error is a fraction of `y`, R² is the weighted one (relative misses
+    /// around the weighted mean) and a prediction band widens with the predicted value.
+    Relative,
+}
+
+impl Weighting {
+    /// How much a point measured at `y` counts.
+    pub fn weight(self, y: f64) -> f64 {
+        match self {
+            Weighting::Uniform => 1.0,
+            Weighting::Relative => 1.0 / (y * y),
+        }
+    }
 }
 
 /// One calibration observation as the fit saw it.
@@ -85,22 +112,36 @@ pub struct LinearFit {
     pub coefficients: Vec<f64>,
     /// Standard error of each coefficient (same order).
     pub std_errors: Vec<f64>,
-    /// `1 - SSE/SST`; `None` when `y` did not vary.
+    /// How the misses were weighted; [`Weighting::Relative`] changes what the next two mean.
+    pub weighting: Weighting,
+    /// `1 - SSE/SST` (both weighted, for a relative fit); `None` when `y` did not vary.
     pub r_squared: Option<f64>,
-    /// `sqrt(SSE / (n - p))`: the typical size of a residual.
+    /// `sqrt(SSE / (n - p))`: the typical size of a residual (in the unit of `y`, or for a
+    /// relative fit as a fraction of `y`).
     pub residual_std_error: f64,
     pub residuals: Vec<Residual>,
     /// Smallest and largest calibration value of each feature: the range predictions are
     /// interpolations in.
     pub ranges: Vec<(f64, f64)>,
-    /// `(XᵀX)⁻¹`, kept for prediction intervals.
+    /// `(XᵀWX)⁻¹`, kept for prediction intervals.
     #[serde(skip)]
     unscaled_cov: Vec<Vec<f64>>,
 }
 
 impl LinearFit {
-    /// Fits `ys` against the rows of `xs` (each row one value per feature name).
+    /// Fits `ys` against the rows of `xs` (each row one value per feature name), every point
+    /// alike.
     pub fn fit(features: &[&str], xs: &[Vec<f64>], ys: &[f64]) -> Result<Self, FitError> {
+        Self::fit_weighted(features, xs, ys, Weighting::Uniform)
+    }
+
+    /// Fits `ys` against the rows of `xs`, each point's miss weighted as `weighting` says.
+    pub fn fit_weighted(
+        features: &[&str],
+        xs: &[Vec<f64>],
+        ys: &[f64],
+        weighting: Weighting,
+    ) -> Result<Self, FitError> {
         let n = ys.len();
         let p = features.len() + 1;
         if n < p + 1 || xs.len() != n {
@@ -114,6 +155,10 @@ impl LinearFit {
         {
             return Err(FitError::NotFinite);
         }
+        if weighting == Weighting::Relative && ys.iter().any(|&y| y <= 0.0) {
+            return Err(FitError::NotPositive);
+        }
+        let weights: Vec<f64> = ys.iter().map(|&y| weighting.weight(y)).collect();
         let design: Vec<Vec<f64>> = xs
             .iter()
             .map(|row| std::iter::once(1.0).chain(row.iter().copied()).collect())
@@ -132,11 +177,11 @@ impl LinearFit {
             .collect();
         let mut xtx = vec![vec![0.0; p]; p];
         let mut xty = vec![0.0; p];
-        for (row, y) in design.iter().zip(ys) {
+        for ((row, y), w) in design.iter().zip(ys).zip(&weights) {
             for i in 0..p {
-                xty[i] += row[i] / scale[i] * y;
+                xty[i] += w * row[i] / scale[i] * y;
                 for j in 0..p {
-                    xtx[i][j] += row[i] / scale[i] * row[j] / scale[j];
+                    xtx[i][j] += w * row[i] / scale[i] * row[j] / scale[j];
                 }
             }
         }
@@ -156,9 +201,23 @@ impl LinearFit {
                 fitted: dot(&coefficients, x),
             })
             .collect();
-        let sse: f64 = residuals.iter().map(|r| r.residual().powi(2)).sum();
-        let mean = ys.iter().sum::<f64>() / n as f64;
-        let sst: f64 = ys.iter().map(|y| (y - mean).powi(2)).sum();
+        let sse: f64 = residuals
+            .iter()
+            .zip(&weights)
+            .map(|(r, w)| w * r.residual().powi(2))
+            .sum();
+        let total_weight: f64 = weights.iter().sum();
+        let mean = ys.iter().zip(&weights).map(|(y, w)| w * y).sum::<f64>() / total_weight;
+        let sst: f64 = ys
+            .iter()
+            .zip(&weights)
+            .map(|(y, w)| w * (y - mean).powi(2))
+            .sum();
+        // Below this, y is taken as constant (no R²); a relative fit's sums are dimensionless.
+        let constant_below = match weighting {
+            Weighting::Uniform => f64::EPSILON * mean.abs().max(1.0),
+            Weighting::Relative => f64::EPSILON,
+        };
         let residual_std_error = (sse / (n - p) as f64).sqrt();
         let std_errors = (0..p)
             .map(|i| residual_std_error * unscaled_cov[i][i].max(0.0).sqrt())
@@ -177,8 +236,8 @@ impl LinearFit {
             coefficients,
             std_errors,
             // A constant (no features) explains no variance by construction: no R².
-            r_squared: (!features.is_empty() && sst > f64::EPSILON * mean.abs().max(1.0))
-                .then(|| 1.0 - sse / sst),
+            weighting,
+            r_squared: (!features.is_empty() && sst > constant_below).then(|| 1.0 - sse / sst),
             residual_std_error,
             residuals,
             ranges,
@@ -209,8 +268,17 @@ impl LinearFit {
         self.residuals.len() - self.coefficients.len()
     }
 
+    /// Weighted sum of squared residuals (the quantity the fit minimised).
+    pub fn sse(&self) -> f64 {
+        self.residuals
+            .iter()
+            .map(|r| self.weighting.weight(r.y) * r.residual().powi(2))
+            .sum()
+    }
+
     /// The fitted value at `x` with its 95 % prediction interval: where a new measurement at
-    /// `x` is expected to fall, counting both the fit's uncertainty and the scatter of points.
+    /// `x` is expected to fall, counting both the fit's uncertainty and the scatter of points
+    /// (for a relative fit, scatter in proportion to the predicted value).
     pub fn predict(&self, x: &[f64]) -> Band {
         let value = dot(&self.coefficients, x);
         let row: Vec<f64> = std::iter::once(1.0).chain(x.iter().copied()).collect();
@@ -221,9 +289,15 @@ impl LinearFit {
                     .sum::<f64>()
             })
             .sum();
+        // A new point's own scatter, in units of the residual standard error: 1 for a uniform
+        // fit, the value squared when the scatter is a fraction of the value.
+        let scatter = match self.weighting {
+            Weighting::Uniform => 1.0,
+            Weighting::Relative => value * value,
+        };
         let half = t_975(self.degrees_of_freedom())
             * self.residual_std_error
-            * (1.0 + leverage.max(0.0)).sqrt();
+            * (scatter + leverage.max(0.0)).sqrt();
         Band::around(value, half)
     }
 

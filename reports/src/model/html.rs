@@ -8,6 +8,7 @@ use std::fmt::Write;
 use plotters::prelude::*;
 
 use super::calibrate::{Calibration, Fitted, Model};
+use super::fit::Weighting;
 use super::knee::is_knee_column;
 use super::predict::short;
 use crate::charts::{cartesian, color, draw_legend, render, ChartError};
@@ -46,7 +47,11 @@ A model is only as good as its R² and its residuals: read both before its predi
             escape(&m.name),
             fit.residuals.len(),
             fit.r_squared.map_or("—".into(), |r| format!("{r:.3}")),
-            short(fit.residual_std_error),
+            match fit.weighting {
+                Weighting::Uniform => short(fit.residual_std_error),
+                Weighting::Relative =>
+                    format!("{:.0} % (relative)", fit.residual_std_error * 100.0),
+            },
             escape(&coefficients(m)),
         );
     }

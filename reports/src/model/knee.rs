@@ -6,7 +6,7 @@
 
 use serde::Serialize;
 
-use super::fit::{FitError, LinearFit};
+use super::fit::{FitError, LinearFit, Weighting};
 
 /// Name of the hinge column `max(0, x - knee)` in a knee's inner fit.
 pub const ABOVE_KNEE: &str = "above_knee";
@@ -57,8 +57,19 @@ impl KneeFit {
 /// Fits `ys` against `xs`, searching the breakpoint over the range between the second and the
 /// second-to-last distinct x (each segment keeps at least two distinct x values).
 pub fn fit_knee(x_name: &str, xs: &[f64], ys: &[f64]) -> Result<KneeFit, FitError> {
+    fit_knee_weighted(x_name, xs, ys, Weighting::Uniform)
+}
+
+/// [`fit_knee`] with each point's miss weighted as `weighting` says: the breakpoint search and
+/// the line-or-knee test then compare weighted sums of squares.
+pub fn fit_knee_weighted(
+    x_name: &str,
+    xs: &[f64],
+    ys: &[f64],
+    weighting: Weighting,
+) -> Result<KneeFit, FitError> {
     let rows: Vec<Vec<f64>> = xs.iter().map(|&x| vec![x]).collect();
-    let line = LinearFit::fit(&[x_name], &rows, ys)?;
+    let line = LinearFit::fit_weighted(&[x_name], &rows, ys, weighting)?;
     let mut distinct: Vec<f64> = xs.to_vec();
     distinct.sort_by(f64::total_cmp);
     distinct.dedup();
@@ -76,10 +87,10 @@ pub fn fit_knee(x_name: &str, xs: &[f64], ys: &[f64]) -> Result<KneeFit, FitErro
     let mut best: Option<(f64, f64, f64)> = None; // (lower, upper, sse)
     for pair in distinct[1..distinct.len() - 1].windows(2) {
         let (lower, upper) = (pair[0], pair[1]);
-        let Ok(fit) = hinge_fit(x_name, xs, ys, lower) else {
+        let Ok(fit) = hinge_fit(x_name, xs, ys, lower, weighting) else {
             continue;
         };
-        let sse = sse(&fit);
+        let sse = fit.sse();
         if best.as_ref().is_none_or(|b| sse < b.2) {
             best = Some((lower, upper, sse));
         }
@@ -91,7 +102,7 @@ pub fn fit_knee(x_name: &str, xs: &[f64], ys: &[f64]) -> Result<KneeFit, FitErro
         });
     };
     let no_knee = |fit: LinearFit| Ok(KneeFit { knee: None, fit });
-    let Ok(placed) = hinge_fit(x_name, xs, ys, lower) else {
+    let Ok(placed) = hinge_fit(x_name, xs, ys, lower, weighting) else {
         return no_knee(line);
     };
     let (jump, bend) = (placed.coefficients[2], placed.coefficients[3]);
@@ -107,16 +118,22 @@ pub fn fit_knee(x_name: &str, xs: &[f64], ys: &[f64]) -> Result<KneeFit, FitErro
     } else {
         (lower + upper) / 2.0
     };
-    let Ok(hinge) = hinge_fit(x_name, xs, ys, k) else {
+    let Ok(hinge) = hinge_fit(x_name, xs, ys, k, weighting) else {
         return no_knee(line);
     };
-    let hinge_sse = sse(&hinge);
+    let hinge_sse = hinge.sse();
     let n = xs.len() as f64;
-    let mean = ys.iter().sum::<f64>() / n;
-    let sst: f64 = ys.iter().map(|y| (y - mean).powi(2)).sum();
+    let weights: Vec<f64> = ys.iter().map(|&y| weighting.weight(y)).collect();
+    let mean =
+        ys.iter().zip(&weights).map(|(y, w)| w * y).sum::<f64>() / weights.iter().sum::<f64>();
+    let sst: f64 = ys
+        .iter()
+        .zip(&weights)
+        .map(|(y, w)| w * (y - mean).powi(2))
+        .sum();
     // Floors keep ln() finite for exact data; a perfect line needs no knee.
     let floor = (sst * 1e-12).max(f64::MIN_POSITIVE);
-    let line_sse = sse(&line);
+    let line_sse = line.sse();
     let bic = |sse: f64, params: f64| n * (sse.max(floor) / n).ln() + params * n.ln();
     // Turning up: a jump up at the knee, or the points past it lying above the lower segment's
     // extension on average (a bend up).
@@ -143,16 +160,18 @@ pub fn fit_knee(x_name: &str, xs: &[f64], ys: &[f64]) -> Result<KneeFit, FitErro
 }
 
 /// The two-segment fit with its breakpoint at `k`.
-fn hinge_fit(x_name: &str, xs: &[f64], ys: &[f64], k: f64) -> Result<LinearFit, FitError> {
+fn hinge_fit(
+    x_name: &str,
+    xs: &[f64],
+    ys: &[f64],
+    k: f64,
+    weighting: Weighting,
+) -> Result<LinearFit, FitError> {
     let rows: Vec<Vec<f64>> = xs
         .iter()
         .map(|&x| vec![x, if x > k { 1.0 } else { 0.0 }, (x - k).max(0.0)])
         .collect();
-    LinearFit::fit(&[x_name, JUMP, ABOVE_KNEE], &rows, ys)
-}
-
-fn sse(fit: &LinearFit) -> f64 {
-    fit.residuals.iter().map(|r| r.residual().powi(2)).sum()
+    LinearFit::fit_weighted(&[x_name, JUMP, ABOVE_KNEE], &rows, ys, weighting)
 }
 
 #[cfg(test)]

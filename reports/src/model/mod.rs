@@ -18,7 +18,7 @@ pub mod setup;
 pub mod validate;
 
 pub use calibrate::{Calibration, CalibrationError, Fitted, Model, Unfitted, MIN_POINTS};
-pub use fit::{Band, FitError, LinearFit};
+pub use fit::{Band, FitError, LinearFit, Weighting};
 pub use fleet::{plan as plan_fleet, FleetInputs, FleetPlan};
 pub use knee::KneeFit;
 pub use point::{read_dir, CalPoint, CalibrationReadError, PREDICTED_FIGURES};
