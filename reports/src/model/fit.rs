@@ -447,6 +447,81 @@ mod tests {
         );
     }
 
+    /// A planted `20 + 1.5·x` with ±10 % multiplicative noise, most points small: the relative
+    /// fit recovers both coefficients, and its residual s.e. is the noise's relative size.
+    #[test]
+    fn relative_fit_recovers_a_line_with_multiplicative_noise() {
+        let xs: Vec<f64> = [
+            0.0, 0.0, 0.0, 0.0, 5.0, 10.0, 20.0, 50.0, 100.0, 300.0, 800.0, 1500.0,
+        ]
+        .to_vec();
+        let noise = [
+            0.1, -0.08, 0.05, -0.1, 0.07, -0.04, 0.09, -0.06, 0.02, -0.09, 0.08, -0.03,
+        ];
+        let ys: Vec<f64> = xs
+            .iter()
+            .zip(noise)
+            .map(|(x, e)| (20.0 + 1.5 * x) * (1.0 + e))
+            .collect();
+        let fit = LinearFit::fit_weighted(&["x"], &rows(&xs), &ys, Weighting::Relative).unwrap();
+        assert_eq!(fit.weighting, Weighting::Relative);
+        assert!((fit.intercept() / 20.0 - 1.0).abs() < 0.05, "{fit:?}");
+        assert!(
+            (fit.slope("x").unwrap() / 1.5 - 1.0).abs() < 0.05,
+            "{fit:?}"
+        );
+        assert!(
+            (0.03..0.12).contains(&fit.residual_std_error),
+            "relative s.e. {}",
+            fit.residual_std_error
+        );
+        let r2 = fit.r_squared.unwrap();
+        assert!((0.9..1.0).contains(&r2), "{r2}");
+        // The band is a similar fraction of the value at 20 ms and at 2 s, not the same width.
+        let small = fit.predict(&[0.0]);
+        let large = fit.predict(&[1300.0]);
+        let (fs, fl) = (
+            small.half_width() / small.value,
+            large.half_width() / large.value,
+        );
+        assert!(fs > 0.05 && fs < 0.4 && fl > 0.05 && fl < 0.4, "{fs} {fl}");
+        assert!(large.half_width() > 20.0 * small.half_width());
+    }
+
+    /// One point far above the line at large x: the ordinary fit lets it pull the line and its
+    /// intercept (the small values' prediction) away; the relative fit keeps the intercept.
+    #[test]
+    fn a_far_point_does_not_drag_the_relative_intercept() {
+        let xs = [0.0, 0.0, 0.0, 0.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
+        let ys = [20.0, 21.0, 19.0, 22.0, 95.0, 170.0, 320.0, 770.0, 3000.0];
+        let relative =
+            LinearFit::fit_weighted(&["x"], &rows(&xs), &ys, Weighting::Relative).unwrap();
+        let uniform = LinearFit::fit(&["x"], &rows(&xs), &ys).unwrap();
+        assert!(
+            (relative.intercept() / 20.5 - 1.0).abs() < 0.1,
+            "relative {}",
+            relative.intercept()
+        );
+        assert!(
+            (uniform.intercept() / 20.5 - 1.0).abs() > 0.4,
+            "uniform {}",
+            uniform.intercept()
+        );
+    }
+
+    #[test]
+    fn a_relative_fit_needs_positive_values() {
+        assert_eq!(
+            LinearFit::fit_weighted(
+                &["x"],
+                &rows(&[1.0, 2.0, 3.0]),
+                &[1.0, 0.0, 3.0],
+                Weighting::Relative
+            ),
+            Err(FitError::NotPositive)
+        );
+    }
+
     #[test]
     fn t_quantiles_match_tables() {
         assert_eq!(t_975(1), 12.706);

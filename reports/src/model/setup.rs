@@ -97,15 +97,18 @@ pub(crate) fn fit_setup(points: &[CalPoint]) -> Result<(Model, f64), String> {
             e => e.to_string(),
         });
     };
-    let what = if log_scale {
-        "ln of setup latency p50"
+    let (what, weighted) = if log_scale {
+        ("ln of setup latency p50", "")
     } else {
-        "setup latency p50, fitted by relative misses (weights 1/p50²: R² is the weighted one, the residual s.e. a fraction of p50, bands widen in proportion to the prediction),"
+        (
+            "setup latency p50",
+            "; the linear scale is fitted by relative misses (weights 1/p50²): its R² is the weighted one, its residual s.e. a fraction of p50, and its bands widen in proportion to the prediction",
+        )
     };
     Ok((
         Model {
             name: SETUP_MODEL.to_string(),
-            description: format!("{what} (ms, less injected API latency) against the clients queued when a wave has arrived (count × (1 − drain / arrival rate), 0 when the gateway keeps up), the gateway's drain rate searched ({} peer setups/s fitted) and the knee searched; the scale (linear or log) and the drain rate whose fit best predicts each calibration point left out of it (squared log ratios)", super::predict::short(drain)),
+            description: format!("{what} (ms, less injected API latency) against the clients queued when a wave has arrived (count × (1 − drain / arrival rate), 0 when the gateway keeps up), the gateway's drain rate searched ({} peer setups/s fitted) and the knee searched; the scale (linear or log) and the drain rate whose fit best predicts each calibration point left out of it (squared log ratios){weighted}", super::predict::short(drain)),
             unit: Unit::Ms,
             log_scale,
             fitted: Fitted::Knee(knee),
