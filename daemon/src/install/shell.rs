@@ -153,6 +153,9 @@ impl Shell {
                     tracing::warn!(error = %Causes(e), failed = writes.len() - done, "re-installing active peers failed");
                 }
                 let _ = reply.send(done);
+                // The next batch may already be queued and would be taken in this same
+                // round: the initiations this batch earned go first, as after a JIT batch.
+                self.initiate_deferred();
             }
             Command::Remove {
                 keys,

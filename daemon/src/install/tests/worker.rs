@@ -202,9 +202,18 @@ fn a_reinstall_goes_in_small_batches_with_the_paced_initiations_between_them() {
         .collect();
     assert!(installs.iter().all(|&k| k <= REINSTALL_BATCH));
     assert_eq!(installs.iter().sum::<usize>(), n as usize);
-    // 10 ms a batch earns the pacer 10 tokens: initiations go out before the last batch.
-    let last_install = installs.iter().rposition(|&k| k > 0).unwrap();
-    assert!(plans[..last_install]
-        .iter()
-        .any(|p| p.0.iter().any(|c| matches!(c, PeerChange::Initiate(_)))));
+    // 10 ms a batch earns the pacer 10 tokens: after every batch but the last, initiations
+    // go out before the next batch is installed.
+    let batches: Vec<usize> = (0..plans.len()).filter(|&i| installs[i] > 0).collect();
+    assert_eq!(batches.len(), 4);
+    for pair in batches.windows(2) {
+        assert!(
+            plans[pair[0] + 1..pair[1]]
+                .iter()
+                .any(|p| p.0.iter().any(|c| matches!(c, PeerChange::Initiate(_)))),
+            "no initiations between the batches at plans {} and {}",
+            pair[0],
+            pair[1]
+        );
+    }
 }
