@@ -90,8 +90,9 @@ pub enum CalibrationError {
     TooFewPoints { found: usize },
 }
 
-/// The quantities a model may be fitted against, by name.
-pub fn feature(point: &CalPoint, name: &str) -> Option<f64> {
+/// The quantities a model may be fitted against, by name; `drain_per_s` is the setup model's
+/// drain rate (0 when it was not fitted), which decides which arrivals were set up alone.
+pub fn feature(point: &CalPoint, name: &str, drain_per_s: f64) -> Option<f64> {
     let m = &point.measured;
     let p = &point.planned;
     match name {
@@ -106,7 +107,8 @@ pub fn feature(point: &CalPoint, name: &str) -> Option<f64> {
         "bare_peers" => Some(p.bare_peers),
         "session_peers" => m.installed_peak.map(|n| (n - p.bare_peers).max(0.0)),
         "stale_estimate" => Some(p.stale_estimate),
-        "planned_peer_sweeps" => Some(planned_peer_sweeps(p)),
+        "planned_peer_sweeps" => Some(planned_peer_sweeps(p, m.run_seconds)),
+        "lone_arrivals" => Some(p.lone_arrivals(drain_per_s)),
         "storm_size" => Some(p.storm_size),
         _ => STAGES
             .iter()
@@ -115,9 +117,10 @@ pub fn feature(point: &CalPoint, name: &str) -> Option<f64> {
     }
 }
 
-/// Peers the eviction sweeps will read over the run by Little's law.
-pub fn planned_peer_sweeps(p: &super::scenario::Planned) -> f64 {
-    p.installed_mean_estimate * p.duration_s / p.sweep_every_s.max(f64::MIN_POSITIVE)
+/// Peers the eviction sweeps will read over a run that lasts `run_s`, by Little's law: the
+/// installed peer-seconds up to the run's end over the sweep period.
+pub fn planned_peer_sweeps(p: &super::scenario::Planned, run_s: f64) -> f64 {
+    p.peer_seconds(run_s) / p.sweep_every_s.max(f64::MIN_POSITIVE)
 }
 
 /// A model specification: which points, which quantity, against which features (tried in
@@ -139,32 +142,48 @@ fn any(_: &CalPoint) -> bool {
     true
 }
 
+/// The CPU models' feature sets, richest first. Every cost a run has: per arrival (or
+/// handshake), per lone arrival, per installed peer over time, per second. A short run differs
+/// from a long one in all but the first, so fitting one with only arrivals and seconds charged
+/// the long churn runs' installed peers to every second and gave a negative start-up cost
+/// (BENCHMARKS.md, capacity planning, fourth round).
+const CPU_SETS_DAEMON: &[&[&str]] = &[
+    &["arrivals", "lone_arrivals", "peer_sweeps", "run_seconds"],
+    &["arrivals", "lone_arrivals", "peer_sweeps"],
+    &["arrivals", "peer_sweeps", "run_seconds"],
+    &["arrivals", "lone_arrivals", "run_seconds"],
+    &["arrivals", "lone_arrivals"],
+    &["arrivals", "run_seconds"],
+    &["arrivals", "peer_sweeps"],
+    &["arrivals"],
+];
+const CPU_SETS_DATAPLANE: &[&[&str]] = &[
+    &["handshakes", "lone_arrivals", "peer_sweeps", "run_seconds"],
+    &["handshakes", "lone_arrivals", "peer_sweeps"],
+    &["handshakes", "peer_sweeps", "run_seconds"],
+    &["handshakes", "lone_arrivals", "run_seconds"],
+    &["handshakes", "lone_arrivals"],
+    &["handshakes", "run_seconds"],
+    &["handshakes", "peer_sweeps"],
+    &["handshakes"],
+];
+
 const SPECS: &[Spec] = &[
     Spec {
         name: "daemon_cpu",
-        description: "jitwgd CPU seconds per arrival, per peer read by the eviction sweep, per second of run",
+        description: "jitwgd CPU seconds: a fixed start-up cost (the intercept, never significantly below 0), per arrival, per arrival set up alone (an install batch of its own: arrivals slower than the setup model's drain rate), per installed peer per sweep period (the eviction sweep; in the testbed also its once-a-second sampling), per second of run (timers)",
         unit: Unit::Seconds,
         filter: steady,
         y: |p| p.figure("daemon_cpu"),
-        feature_sets: &[
-            &["arrivals", "peer_sweeps", "run_seconds"],
-            &["arrivals", "run_seconds"],
-            &["arrivals", "peer_sweeps"],
-            &["arrivals"],
-        ],
+        feature_sets: CPU_SETS_DAEMON,
     },
     Spec {
         name: "dataplane_cpu",
-        description: "data-plane CPU seconds per handshake, per peer read by the sweeps, per second of run",
+        description: "data-plane CPU seconds: a fixed start-up cost (the intercept, never significantly below 0), per handshake, per arrival set up alone (a data-plane write of its own), per installed peer per sweep period (the sweep's and the testbed's listings of the peers), per second of run (timers)",
         unit: Unit::Seconds,
         filter: steady,
         y: |p| p.figure("dataplane_cpu"),
-        feature_sets: &[
-            &["handshakes", "peer_sweeps", "run_seconds"],
-            &["handshakes", "run_seconds"],
-            &["handshakes", "peer_sweeps"],
-            &["handshakes"],
-        ],
+        feature_sets: CPU_SETS_DATAPLANE,
     },
     Spec {
         name: "handshakes",
@@ -291,8 +310,11 @@ impl Calibration {
         }
         let mut models = BTreeMap::new();
         let mut unfitted = Vec::new();
+        // Setup latency first: its drain rate tells which arrivals were set up alone.
+        let setup = fit_setup(points);
+        let drain_per_s = setup.as_ref().ok().map(|(_, drain)| *drain);
         for spec in SPECS {
-            match fit_spec(spec, points) {
+            match fit_spec(spec, points, drain_per_s.unwrap_or(0.0)) {
                 Ok(model) => {
                     models.insert(spec.name.to_string(), model);
                 }
@@ -307,8 +329,6 @@ impl Calibration {
                 }
             }
         }
-        let setup = fit_setup(points);
-        let drain_per_s = setup.as_ref().ok().map(|(_, drain)| *drain);
         for (name, fitted) in [
             (SETUP_MODEL, setup.map(|(model, _)| model)),
             (RUN_MODEL, fit_overrun(points, drain_per_s.unwrap_or(0.0))),
@@ -354,6 +374,12 @@ impl Calibration {
         p.queued(self.drain_per_s.unwrap_or(0.0))
     }
 
+    /// Arrivals of a run set up alone, at the setup model's drain rate (none when it was not
+    /// fitted): the CPU models' `lone_arrivals`.
+    pub fn lone_arrivals(&self, p: &super::scenario::Planned) -> f64 {
+        p.lone_arrivals(self.drain_per_s.unwrap_or(0.0))
+    }
+
     /// The storm knee as a storm arriving within one second: `knee` clients left queued by a
     /// wave of `knee + drain` in that second.
     pub fn storm_knee(&self) -> Option<f64> {
@@ -375,14 +401,17 @@ impl Calibration {
     }
 }
 
-fn fit_spec(spec: &Spec, points: &[CalPoint]) -> Result<Model, String> {
+fn fit_spec(spec: &Spec, points: &[CalPoint], drain_per_s: f64) -> Result<Model, String> {
     let mut last_error = String::new();
     for (i, features) in spec.feature_sets.iter().enumerate() {
         let last = i + 1 == spec.feature_sets.len();
         let mut xs = Vec::new();
         let mut ys = Vec::new();
         for p in points.iter().filter(|p| (spec.filter)(p)) {
-            let row: Option<Vec<f64>> = features.iter().map(|f| feature(p, f)).collect();
+            let row: Option<Vec<f64>> = features
+                .iter()
+                .map(|f| feature(p, f, drain_per_s))
+                .collect();
             if let (Some(row), Some(y)) = (row, (spec.y)(p)) {
                 xs.push(row);
                 ys.push(y);
@@ -402,6 +431,15 @@ fn fit_spec(spec: &Spec, points: &[CalPoint]) -> Result<Model, String> {
             Ok(fit) if fit.coefficients[1..].iter().any(|b| *b < 0.0) => {
                 last_error = format!(
                     "a negative cost per unit when fitted against {}: the features moved together",
+                    features.join(" and ")
+                );
+            }
+            // Every quantity modelled here is 0 when nothing happens, and a run's fixed cost
+            // (start-up) is never negative: an intercept clearly below 0 means a cost that
+            // grows with the run was left out or charged to the wrong feature; fit another set.
+            Ok(fit) if !last && fit.intercept_band().is_some_and(|b| b.high < 0.0) => {
+                last_error = format!(
+                    "a negative fixed cost when fitted against {}",
                     features.join(" and ")
                 );
             }

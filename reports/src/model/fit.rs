@@ -256,6 +256,15 @@ impl LinearFit {
         Some(self.coefficients[i + 1])
     }
 
+    /// The intercept with its 95 % confidence band (`None` without a residual to judge it).
+    pub fn intercept_band(&self) -> Option<Band> {
+        if self.degrees_of_freedom() == 0 {
+            return None;
+        }
+        let t = t_975(self.degrees_of_freedom());
+        Some(Band::around(self.coefficients[0], t * self.std_errors[0]))
+    }
+
     /// The slope of `feature` with its 95 % confidence band.
     pub fn slope_band(&self, feature: &str) -> Option<Band> {
         let i = self.features.iter().position(|f| f == feature)? + 1;

@@ -120,6 +120,9 @@ pub struct StormHeadroom {
 /// Per-unit costs read off the calibration (CPU seconds per unit).
 struct Costs {
     per_arrival: Band,
+    /// Per arrival of a storm: arrivals faster than the gateway drains are installed in
+    /// batches and pay no lone-arrival cost.
+    per_storm_arrival: Band,
     per_peer_sweep: Band,
     /// A gateway's fixed CPU per second (idle work, metrics; in calibration also the
     /// testbed's once-a-second sampling).
@@ -143,6 +146,17 @@ impl Costs {
             missing.push("data-plane CPU per handshake".into());
             zero
         });
+        // A fleet spreads its arrivals so each gateway sees a small share, far below the rate
+        // it drains: every arrival is set up alone and pays the lone-arrival cost on top (an
+        // upper bound when the share per gateway is high enough for installs to batch).
+        let lone = [("daemon_cpu"), ("dataplane_cpu")]
+            .iter()
+            .filter_map(|m| slope(m, "lone_arrivals"))
+            .fold(zero, |a, b| Band {
+                value: a.value + b.value,
+                low: a.low + b.low,
+                high: a.high + b.high,
+            });
         let handshakes = slope("handshakes", "arrivals").unwrap_or(Band::around(1.0, 0.0));
         let dataplane = Band {
             value: per_handshake.value * handshakes.value,
@@ -169,10 +183,16 @@ impl Costs {
                 high: a.high + b.high,
             });
         Costs {
-            per_arrival: Band {
+            per_storm_arrival: Band {
                 value: daemon.value + dataplane.value,
                 low: daemon.low + dataplane.low,
                 high: daemon.high + dataplane.high,
+            }
+            .at_least(0.0),
+            per_arrival: Band {
+                value: daemon.value + dataplane.value + lone.value,
+                low: daemon.low + dataplane.low + lone.low,
+                high: daemon.high + dataplane.high + lone.high,
             }
             .at_least(0.0),
             per_peer_sweep: sweep.at_least(0.0),
@@ -324,7 +344,7 @@ pub fn plan(c: &Calibration, i: &FleetInputs) -> FleetPlan {
     };
     let storm = i.storm.map(|s| {
         let per_gateway = s / g;
-        let cpu_seconds = costs.per_arrival.scale(per_gateway);
+        let cpu_seconds = costs.per_storm_arrival.scale(per_gateway);
         let headroom = (i.cpus_per_gateway - cpu.value).max(0.0);
         StormHeadroom {
             per_gateway,

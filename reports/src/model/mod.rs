@@ -16,6 +16,7 @@ pub mod predict;
 pub mod scenario;
 pub mod setup;
 pub mod validate;
+pub mod wave;
 
 pub use calibrate::{Calibration, CalibrationError, Fitted, Model, Unfitted, MIN_POINTS};
 pub use fit::{Band, FitError, LinearFit, Weighting};

@@ -157,15 +157,10 @@ pub fn predict(calibration: &Calibration, p: &Planned) -> Prediction {
         .at("installed_peers", p.installed_estimate)
         .unwrap_or(exact(p.installed_estimate))
         .at_least(0.0);
-    let peer_sweeps = ev
-        .at("peer_sweeps", planned_peer_sweeps(p))
-        .unwrap_or(exact(planned_peer_sweeps(p)))
-        .at_least(0.0);
     for (name, band) in [
         ("arrivals", arrivals),
         ("handshakes", handshakes),
         ("installed_peers", installed),
-        ("peer_sweeps", peer_sweeps),
     ] {
         inputs.insert(name.to_string(), band.into());
     }
@@ -206,6 +201,19 @@ pub fn predict(calibration: &Calibration, p: &Planned) -> Prediction {
     }
     .at_least(0.0);
     inputs.insert("run_seconds".to_string(), run_seconds.into());
+    // Peers the sweeps read: Little's law up to the run's end, through the calibrated model.
+    let planned_sweeps = Band {
+        value: planned_peer_sweeps(p, run_seconds.value),
+        low: planned_peer_sweeps(p, run_seconds.low),
+        high: planned_peer_sweeps(p, run_seconds.high),
+    };
+    let peer_sweeps = ev
+        .eval("peer_sweeps", &[planned_sweeps])
+        .unwrap_or(planned_sweeps)
+        .at_least(0.0);
+    inputs.insert("peer_sweeps".to_string(), peer_sweeps.into());
+    let lone = exact(calibration.lone_arrivals(p));
+    inputs.insert("lone_arrivals".to_string(), lone.into());
     let by_name = |name: &str| -> Band {
         match name {
             "arrivals" => arrivals,
@@ -220,6 +228,7 @@ pub fn predict(calibration: &Calibration, p: &Planned) -> Prediction {
             }
             .at_least(0.0),
             "peer_sweeps" => peer_sweeps,
+            "lone_arrivals" => lone,
             "run_seconds" => run_seconds,
             "storm_size" => exact(p.storm_size),
             "stale_estimate" => exact(p.stale_estimate),

@@ -10,6 +10,8 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
+pub use super::wave::Wave;
+
 /// jitwgd's defaults for the settings a scenario may leave unset; the driver passes jitwgd's
 /// own (`reports` depends on neither crate).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -78,6 +80,10 @@ pub struct Planned {
     /// boot or push installs. wireguard-go holds far less for such a peer than for one with a
     /// session (keypairs, queues in use).
     pub bare_peers: f64,
+    /// Peers installed for the whole run whatever the arrivals do: preinstalled ones, stored
+    /// ones a preload boot or push installs, and in push mode every registered client. They
+    /// count in full in [`Planned::peer_seconds`].
+    pub resident_peers: f64,
 }
 
 impl Planned {
@@ -164,15 +170,20 @@ impl Planned {
             stale_estimate: 0.0,
             installs_estimate: preinstalled_peers,
             bare_peers: preinstalled_peers,
+            resident_peers: preinstalled_peers,
         };
         for (i, population) in populations.iter().enumerate() {
             let p = Population::read(i, population)?;
             planned.clients += p.count;
             planned.arrivals += p.count * p.connections;
             planned.storm_size = planned.storm_size.max(p.busiest_second());
+            let (keys, residence_s) = residence.held(&p);
             planned.waves.push(Wave {
                 count: p.count,
                 rate: p.rate,
+                arrivals: p.count * p.connections,
+                keys,
+                residence_s,
             });
             planned.run_s = planned.run_s.max(p.done_after().min(duration_s));
             let (peak, mean, stale) = residence.of(&p);
@@ -188,8 +199,10 @@ impl Planned {
             planned.installed_mean_estimate += stored_peers;
             planned.installs_estimate += stored_peers;
             planned.bare_peers += stored_peers;
+            planned.resident_peers += stored_peers;
         }
         if planned.mode == "push" {
+            planned.resident_peers += planned.clients;
             // Every pushed peer stays installed; those idle past the threshold are stale.
             let pushed = planned.clients + stored_peers;
             planned.installed_estimate = planned.installed_estimate.max(pushed);
@@ -201,37 +214,6 @@ impl Planned {
             };
         }
         Ok(planned)
-    }
-}
-
-/// One population's arrivals: `count` clients at `rate` per second (infinite for a burst).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Wave {
-    pub count: f64,
-    pub rate: f64,
-}
-
-impl Wave {
-    /// Clients left waiting when the wave has arrived, if the gateway sets peers up at
-    /// `drain_per_s` and the wave arrives at a steady `rate` (a fluid queue): it grows at
-    /// `rate - drain` for `count / rate` seconds, so `count × (1 - drain / rate)`, and 0 when
-    /// the gateway keeps up.
-    pub fn queued(&self, drain_per_s: f64) -> f64 {
-        if self.rate.is_infinite() {
-            return self.count;
-        }
-        (self.count * (1.0 - drain_per_s.max(0.0) / self.rate)).max(0.0)
-    }
-}
-
-impl Planned {
-    /// The largest backlog any population's arrivals leave at a gateway that sets peers up at
-    /// `drain_per_s`: the setup-latency model's input. At a drain of 0 it is the largest wave.
-    pub fn queued(&self, drain_per_s: f64) -> f64 {
-        self.waves
-            .iter()
-            .map(|w| w.queued(drain_per_s))
-            .fold(0.0, f64::max)
     }
 }
 
@@ -361,13 +343,11 @@ impl Residence {
         }
     }
 
-    /// Peak installed, mean installed and peak stale peers of one population.
-    fn of(&self, p: &Population) -> (f64, f64, f64) {
+    /// Keys one population installs and how long each stays installed on average (its active
+    /// time, gaps it is held across, then `evict_after` and half a sweep period), not capped by
+    /// the run: [`Wave::peer_seconds`] cuts it at the run's end.
+    fn held(&self, p: &Population) -> (f64, f64) {
         let idle = self.idle_s();
-        // Just before an eviction sweep the oldest idle peers have waited `evict_after` plus a
-        // whole period: the peaks (installed, stale) are reached there, the mean half a period
-        // earlier.
-        let idle_at_peak = self.evict_after_s + self.sweep_every_s;
         // A returning client's peer stays installed across a gap shorter than `idle`.
         let held_across_gaps = match p.gap_s {
             Some(gap) if gap < idle => (p.connections - 1.0) * gap,
@@ -378,8 +358,21 @@ impl Residence {
         } else {
             p.connections
         };
-        let keys = p.count * per_key_connections;
-        let residence = |idle: f64| (p.active_s + held_across_gaps + idle).min(self.duration_s);
+        (
+            p.count * per_key_connections,
+            p.active_s + held_across_gaps + idle,
+        )
+    }
+
+    /// Peak installed, mean installed and peak stale peers of one population.
+    fn of(&self, p: &Population) -> (f64, f64, f64) {
+        let idle = self.idle_s();
+        // Just before an eviction sweep the oldest idle peers have waited `evict_after` plus a
+        // whole period: the peaks (installed, stale) are reached there, the mean half a period
+        // earlier.
+        let idle_at_peak = self.evict_after_s + self.sweep_every_s;
+        let (keys, held_s) = self.held(p);
+        let residence = |idle_s: f64| (held_s - idle + idle_s).min(self.duration_s);
         let peak = (p.rate * residence(idle_at_peak)).min(keys);
         // Mean over the run: each of `keys` residences, within the run.
         let mean = (keys * residence(idle) / self.duration_s.max(f64::MIN_POSITIVE)).min(peak);
@@ -436,27 +429,6 @@ mod tests {
                 "arrival": {"kind": "poisson", "rate": 10.0},
                 "behaviour": {"kind": "connect_once"}}]
         })
-    }
-
-    #[test]
-    fn a_wave_queues_only_what_arrives_faster_than_the_gateway_drains() {
-        // 10,000 at 10/s: a gateway setting up 100/s keeps up; one setting up 5/s is left
-        // with half of them.
-        let p = Planned::from_json(&churn("60s"), DEFAULTS).unwrap();
-        assert_eq!(p.queued(100.0), 0.0);
-        assert_eq!(p.queued(5.0), 5000.0);
-        assert_eq!(p.queued(0.0), 10000.0);
-        // 300 at 2,500/s against 500/s drained: 300 × (1 - 0.2) = 240 waiting.
-        let storm = Wave {
-            count: 300.0,
-            rate: 2500.0,
-        };
-        assert!((storm.queued(500.0) - 240.0).abs() < 1e-9);
-        let burst = Wave {
-            count: 300.0,
-            rate: f64::INFINITY,
-        };
-        assert_eq!(burst.queued(1e6), 300.0);
     }
 
     #[test]

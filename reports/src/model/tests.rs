@@ -486,3 +486,106 @@ fn setup_latency_knows_a_queue_from_a_busy_second() {
     let churn = predict(&only_storms, &queue_run(600, 10.0).planned);
     assert!(churn.predicted["setup_p50"].value > 100.0, "{churn:?}");
 }
+
+/// CPU planted the way the fourth round measured it: no fixed cost to speak of (2 ms), per
+/// arrival, per arrival set up alone (drain 400/s, as [`planted_queue_ms`]), per peer read by
+/// the sweeps (installed peer-seconds over the 5 s period) and a little per second.
+fn planted_cpu(p: &CalPoint) -> f64 {
+    0.002
+        + 0.0003 * p.measured.arrivals
+        + 0.0006 * p.planned.lone_arrivals(400.0)
+        + 0.00006 * p.measured.peer_sweeps
+        + 0.0007 * p.measured.run_seconds
+}
+
+/// A queue run whose installed peer-seconds follow its plan (within ±3 %, alternating by
+/// size so the peer-sweep model has a residual) and whose CPU is [`planted_cpu`].
+fn cpu_run(count: u32, rate: f64, stay_s: f64, evict_after_s: f64) -> CalPoint {
+    let mut run = synthetic(&Synthetic {
+        count,
+        rate,
+        stay_s,
+        evict_after_s,
+        installed_peak: count,
+    });
+    run.measured
+        .figures
+        .insert("setup_p50".into(), planted_queue_ms(f64::from(count), rate));
+    let wobble = if count.is_multiple_of(2) { 1.03 } else { 0.97 };
+    run.measured.peer_sweeps =
+        wobble * calibrate::planned_peer_sweeps(&run.planned, run.measured.run_seconds);
+    let cpu = planted_cpu(&run);
+    run.measured.figures.insert("daemon_cpu".into(), cpu);
+    run
+}
+
+#[test]
+fn short_runs_cpu_comes_from_arrivals_lone_installs_and_installed_peers() {
+    // A rate sweep, a storm sweep and near-idle runs of different lengths, as the calibration
+    // sweeps cal-rate, cal-storm and cal-idle.
+    let mut runs: Vec<CalPoint> = [10.0, 40.0, 150.0, 300.0, 600.0, 1200.0, 2500.0]
+        .into_iter()
+        .map(|rate| cpu_run(300, rate, 5.0, 180.0))
+        .collect();
+    runs.extend(
+        [50, 101, 200, 401, 800]
+            .into_iter()
+            .map(|n| cpu_run(n, 2500.0, 15.0, 180.0)),
+    );
+    runs.extend(
+        [3.0, 12.0, 48.0]
+            .into_iter()
+            .map(|stay| cpu_run(1, 1.0, stay, 180.0)),
+    );
+    let c = Calibration::fit(&runs).unwrap();
+    let drain = c.drain_per_s.unwrap();
+    assert!((drain / 400.0 - 1.0).abs() < 0.06, "drain {drain}");
+    let cpu = c.model("daemon_cpu").unwrap().fitted.linear();
+    assert_eq!(
+        cpu.features,
+        ["arrivals", "lone_arrivals", "peer_sweeps", "run_seconds"]
+    );
+    let near = |got: Option<f64>, want: f64, tol: f64| {
+        let got = got.unwrap_or(f64::NAN);
+        assert!((got / want - 1.0).abs() < tol, "{got} vs {want}: {cpu:?}");
+    };
+    near(cpu.slope("arrivals"), 0.0003, 0.1);
+    near(cpu.slope("lone_arrivals"), 0.0006, 0.1);
+    near(cpu.slope("peer_sweeps"), 0.00006, 0.1);
+    assert!(cpu.intercept_band().unwrap().high >= 0.0, "{cpu:?}");
+
+    // Held out: short runs between the grid's points (a rate, a small storm) and a churn whose
+    // peers are evicted within the run, each within 5 %.
+    for held in [
+        cpu_run(300, 100.0, 5.0, 180.0),
+        cpu_run(120, 2500.0, 15.0, 180.0),
+        cpu_run(600, 10.0, 0.0, 20.0),
+    ] {
+        let p = predict(&c, &held.planned);
+        let measured = held.figure("daemon_cpu").unwrap();
+        let predicted = p.predicted["daemon_cpu"].value;
+        assert!(
+            (predicted / measured - 1.0).abs() < 0.05,
+            "{:?}: predicted {predicted}, measured {measured}",
+            held.source
+        );
+    }
+
+    // The third round's terms on the same runs (arrivals and seconds only) give the fixed cost
+    // a negative value and miss the short rate runs by more than the goal's 25 %.
+    let (xs, ys): (Vec<Vec<f64>>, Vec<f64>) = runs
+        .iter()
+        .map(|p| {
+            let row = vec![p.measured.arrivals, p.measured.run_seconds];
+            (row, p.figure("daemon_cpu").unwrap())
+        })
+        .unzip();
+    let old = LinearFit::fit(&["arrivals", "run_seconds"], &xs, &ys).unwrap();
+    assert!(old.intercept() < 0.0, "{old:?}");
+    let worst = old
+        .residuals
+        .iter()
+        .map(|r| (r.fitted / r.y - 1.0).abs())
+        .fold(0.0, f64::max);
+    assert!(worst > 0.25, "worst miss {worst}");
+}
