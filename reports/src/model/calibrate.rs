@@ -403,6 +403,15 @@ impl Calibration {
 
 fn fit_spec(spec: &Spec, points: &[CalPoint], drain_per_s: f64) -> Result<Model, String> {
     let mut last_error = String::new();
+    // A feature every set starts with is the model's base cost (CPU per arrival, memory per
+    // installed peer): it stays even when a richer set shares its effect with another feature
+    // (handshakes and lone arrivals move together outside storms); the other features are the
+    // ones dropped when not told apart from zero.
+    let firsts: Vec<Option<&&str>> = spec.feature_sets.iter().map(|f| f.first()).collect();
+    let base = match firsts.first() {
+        Some(Some(first)) if firsts.iter().all(|f| f == &Some(*first)) => Some(**first),
+        _ => None,
+    };
     for (i, features) in spec.feature_sets.iter().enumerate() {
         let last = i + 1 == spec.feature_sets.len();
         let mut xs = Vec::new();
@@ -428,7 +437,15 @@ fn fit_spec(spec: &Spec, points: &[CalPoint], drain_per_s: f64) -> Result<Model,
         match LinearFit::fit(features, &xs, &ys) {
             // A cost per unit is never negative: a negative slope means two features share
             // one effect (they moved together in these runs); fit with fewer.
-            Ok(fit) if fit.coefficients[1..].iter().any(|b| *b < 0.0) => {
+            // The base cost may come out a hair below 0 when the data cannot tell it from 0
+            // (its band reaches above 0): that is "no cost of its own here", not a clash.
+            Ok(fit)
+                if fit.features.iter().any(|f| {
+                    fit.slope_band(f).is_some_and(|band| {
+                        band.value < 0.0 && (Some(f.as_str()) != base || band.high < 0.0)
+                    })
+                }) =>
+            {
                 last_error = format!(
                     "a negative cost per unit when fitted against {}: the features moved together",
                     features.join(" and ")
@@ -445,10 +462,10 @@ fn fit_spec(spec: &Spec, points: &[CalPoint], drain_per_s: f64) -> Result<Model,
             }
             // A cost the data cannot tell apart from zero only widens the bands (and may stand
             // in for another): fit with fewer features while a simpler set is left to try.
-            Ok(fit) if !last && insignificant(&fit).is_some() => {
+            Ok(fit) if !last && insignificant(&fit, base).is_some() => {
                 last_error = format!(
                     "the cost per {} was not told apart from zero",
-                    insignificant(&fit).unwrap_or_default()
+                    insignificant(&fit, base).unwrap_or_default()
                 );
             }
             Ok(fit) => {
@@ -507,10 +524,11 @@ fn fit_overrun(points: &[CalPoint], drain: f64) -> Result<Model, String> {
     })
 }
 
-/// The first feature whose slope's 95 % band reaches zero.
-fn insignificant(fit: &LinearFit) -> Option<String> {
+/// The first feature other than `base` whose slope's 95 % band reaches zero.
+fn insignificant(fit: &LinearFit, base: Option<&str>) -> Option<String> {
     fit.features
         .iter()
+        .filter(|f| Some(f.as_str()) != base)
         .find(|f| fit.slope_band(f).is_some_and(|b| b.low <= 0.0))
         .cloned()
 }

@@ -589,3 +589,43 @@ fn short_runs_cpu_comes_from_arrivals_lone_installs_and_installed_peers() {
         .fold(0.0, f64::max);
     assert!(worst > 0.25, "worst miss {worst}");
 }
+
+#[test]
+fn a_base_cost_the_data_cannot_see_does_not_drop_the_costs_they_can() {
+    // The data plane as the fourth round's churn-heavy calibration saw it: no cost per
+    // handshake of its own (it moves with lone arrivals outside storms), 1.2 ms per lone
+    // arrival and 0.28 ms per peer swept, ±2 % scatter.
+    let planted = |p: &CalPoint| {
+        0.0012 * p.planned.lone_arrivals(400.0) + 0.00028 * p.measured.peer_sweeps + 0.001
+    };
+    let mut runs: Vec<CalPoint> = [10.0, 40.0, 150.0, 300.0, 600.0, 1200.0, 2500.0]
+        .into_iter()
+        .map(|rate| cpu_run(300, rate, 5.0, 180.0))
+        .collect();
+    runs.extend(
+        [50, 101, 200, 401, 800]
+            .into_iter()
+            .map(|n| cpu_run(n, 2500.0, 15.0, 180.0)),
+    );
+    runs.extend(
+        [10.0, 20.0, 45.0]
+            .into_iter()
+            .map(|evict| cpu_run(600, 10.0, 0.0, evict)),
+    );
+    for (i, run) in runs.iter_mut().enumerate() {
+        let scatter = [1.0, 1.02, 0.98][i % 3];
+        let cpu = planted(run) * scatter;
+        run.measured.figures.insert("dataplane_cpu".into(), cpu);
+    }
+    let c = Calibration::fit(&runs).unwrap();
+    let dp = c.model("dataplane_cpu").unwrap().fitted.linear();
+    assert!(
+        dp.features.iter().any(|f| f == "lone_arrivals")
+            && dp.features.iter().any(|f| f == "peer_sweeps"),
+        "{dp:?}"
+    );
+    let held = cpu_run(300, 100.0, 5.0, 180.0);
+    let want = planted(&held);
+    let got = predict(&c, &held.planned).predicted["dataplane_cpu"].value;
+    assert!((got / want - 1.0).abs() < 0.1, "{got} vs {want}: {dp:?}");
+}
