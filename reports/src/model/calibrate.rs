@@ -99,6 +99,7 @@ pub fn feature(point: &CalPoint, name: &str, drain_per_s: f64) -> Option<f64> {
         "arrivals" => Some(m.arrivals),
         "handshakes" => Some(m.handshakes),
         "peer_sweeps" => Some(m.peer_sweeps),
+        "peer_samples" => Some(m.peer_sweeps * p.sweep_every_s / p.sample_every_s.max(1e-3)),
         "run_seconds" => Some(m.run_seconds),
         "installed_peers" => m.installed_peak,
         "stored_peers" => m.stored_peers,
@@ -143,11 +144,25 @@ fn any(_: &CalPoint) -> bool {
 }
 
 /// The CPU models' feature sets, richest first. Every cost a run has: per arrival (or
-/// handshake), per lone arrival, per installed peer over time, per second. A short run differs
+/// handshake), per lone arrival, per installed peer over time (read by the eviction sweep
+/// every `sweep_every`, and listed by the testbed's sampling every `sample_every`: the two
+/// are told apart only by calibration runs that vary one of the periods, e.g. cal-sample),
+/// per second. A short run differs
 /// from a long one in all but the first, so fitting one with only arrivals and seconds charged
 /// the long churn runs' installed peers to every second and gave a negative start-up cost
 /// (BENCHMARKS.md, capacity planning, fourth round).
+const CPU_SPECS: [&str; 2] = ["daemon_cpu", "dataplane_cpu"];
 const CPU_SETS_DAEMON: &[&[&str]] = &[
+    &[
+        "arrivals",
+        "lone_arrivals",
+        "peer_sweeps",
+        "peer_samples",
+        "run_seconds",
+    ],
+    &["arrivals", "lone_arrivals", "peer_sweeps", "peer_samples"],
+    &["arrivals", "lone_arrivals", "peer_samples", "run_seconds"],
+    &["arrivals", "lone_arrivals", "peer_samples"],
     &["arrivals", "lone_arrivals", "peer_sweeps", "run_seconds"],
     &["arrivals", "lone_arrivals", "peer_sweeps"],
     &["arrivals", "peer_sweeps", "run_seconds"],
@@ -158,6 +173,16 @@ const CPU_SETS_DAEMON: &[&[&str]] = &[
     &["arrivals"],
 ];
 const CPU_SETS_DATAPLANE: &[&[&str]] = &[
+    &[
+        "handshakes",
+        "lone_arrivals",
+        "peer_sweeps",
+        "peer_samples",
+        "run_seconds",
+    ],
+    &["handshakes", "lone_arrivals", "peer_sweeps", "peer_samples"],
+    &["handshakes", "lone_arrivals", "peer_samples", "run_seconds"],
+    &["handshakes", "lone_arrivals", "peer_samples"],
     &["handshakes", "lone_arrivals", "peer_sweeps", "run_seconds"],
     &["handshakes", "lone_arrivals", "peer_sweeps"],
     &["handshakes", "peer_sweeps", "run_seconds"],
@@ -403,17 +428,31 @@ impl Calibration {
 
 fn fit_spec(spec: &Spec, points: &[CalPoint], drain_per_s: f64) -> Result<Model, String> {
     let mut last_error = String::new();
-    // A feature every set starts with is the model's base cost (CPU per arrival, memory per
-    // installed peer): it stays even when a richer set shares its effect with another feature
-    // (handshakes and lone arrivals move together outside storms); the other features are the
-    // ones dropped when not told apart from zero.
-    let firsts: Vec<Option<&&str>> = spec.feature_sets.iter().map(|f| f.first()).collect();
-    let base = match firsts.first() {
-        Some(Some(first)) if firsts.iter().all(|f| f == &Some(*first)) => Some(**first),
-        _ => None,
+    // The CPU models' first feature is their base cost (per arrival, per handshake): it stays
+    // even when a richer set shares its effect with another feature (handshakes and lone
+    // arrivals move together outside storms); the other features are the ones dropped when
+    // not told apart from zero. (Memory keeps the plain rule: a per-peer cost not told apart
+    // from zero there means the set is wrong, and the next one is tried.)
+    let base = CPU_SPECS
+        .contains(&spec.name)
+        .then(|| spec.feature_sets.first().and_then(|f| f.first()).copied())
+        .flatten();
+    // The sampling's cost per peer is told from the sweep's only when the calibration varied
+    // one period against the other; otherwise it is one cost, named after the sweep (which a
+    // production gateway has too, so the fleet plan charges it).
+    let periods_vary = {
+        let ratio = |p: &CalPoint| p.planned.sweep_every_s / p.planned.sample_every_s.max(1e-3);
+        let mut ratios = points.iter().filter(|p| (spec.filter)(p)).map(ratio);
+        let first = ratios.next().unwrap_or(1.0);
+        ratios.any(|r| (r / first - 1.0).abs() > 1e-6)
     };
-    for (i, features) in spec.feature_sets.iter().enumerate() {
-        let last = i + 1 == spec.feature_sets.len();
+    let sets: Vec<&&[&str]> = spec
+        .feature_sets
+        .iter()
+        .filter(|f| periods_vary || !f.contains(&"peer_samples"))
+        .collect();
+    for (i, features) in sets.iter().enumerate() {
+        let last = i + 1 == sets.len();
         let mut xs = Vec::new();
         let mut ys = Vec::new();
         for p in points.iter().filter(|p| (spec.filter)(p)) {

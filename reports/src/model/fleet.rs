@@ -123,6 +123,9 @@ struct Costs {
     /// Per arrival of a storm: arrivals faster than the gateway drains are installed in
     /// batches and pay no lone-arrival cost.
     per_storm_arrival: Band,
+    /// CPU per installed peer per eviction sweep; the testbed's own sampling cost per peer
+    /// (`peer_samples`, when the calibration tells it apart) is not charged: a production
+    /// gateway is not sampled.
     per_peer_sweep: Band,
     /// A gateway's fixed CPU per second (idle work, metrics; in calibration also the
     /// testbed's once-a-second sampling).

@@ -229,6 +229,7 @@ pub fn predict(calibration: &Calibration, p: &Planned) -> Prediction {
             .at_least(0.0),
             "peer_sweeps" => peer_sweeps,
             "lone_arrivals" => lone,
+            "peer_samples" => peer_sweeps.scale(p.sweep_every_s / p.sample_every_s.max(1e-3)),
             "run_seconds" => run_seconds,
             "storm_size" => exact(p.storm_size),
             "stale_estimate" => exact(p.stale_estimate),

@@ -50,6 +50,10 @@ pub struct Planned {
     pub preinstalled_peers: f64,
     pub evict_after_s: f64,
     pub sweep_every_s: f64,
+    /// How often the testbed's driver samples the gateway (lists the data plane's peers,
+    /// scrapes jitwgd's metrics): a cost per installed peer the run pays and a production
+    /// gateway does not.
+    pub sample_every_s: f64,
     pub stale_threshold_s: f64,
     pub duration_s: f64,
     /// How long the run is expected to last: until its last client is done, at most `duration`.
@@ -120,6 +124,11 @@ impl Planned {
             Some(v) => seconds("stale_threshold", v)?,
             None => 180.0,
         };
+        // The driver's default sampling period when the scenario leaves it unset.
+        let sample_every_s = match scenario.get("sample_every") {
+            Some(v) if !v.is_null() => seconds("sample_every", v)?,
+            _ => 1.0,
+        };
         let api_latency_s = match scenario.pointer("/control_plane/faults/latency") {
             Some(v) => seconds("control_plane.faults.latency", v)?,
             None => 0.0,
@@ -158,6 +167,7 @@ impl Planned {
             preinstalled_peers,
             evict_after_s,
             sweep_every_s,
+            sample_every_s,
             stale_threshold_s,
             duration_s,
             run_s: 0.0,
