@@ -629,3 +629,54 @@ fn a_base_cost_the_data_cannot_see_does_not_drop_the_costs_they_can() {
     let got = predict(&c, &held.planned).predicted["dataplane_cpu"].value;
     assert!((got / want - 1.0).abs() < 0.1, "{got} vs {want}: {dp:?}");
 }
+
+/// `run` sampled every `sample_every_s`; CPU planted as 1 ms per arrival, 0.5 ms more per lone
+/// arrival, 50 µs per peer the sweeps read and 60 µs per peer a sample lists.
+fn sampled(mut run: CalPoint, sample_every_s: f64) -> CalPoint {
+    run.planned.sample_every_s = sample_every_s;
+    let samples = run.measured.peer_sweeps * run.planned.sweep_every_s / sample_every_s;
+    let cpu = 0.001 * run.measured.arrivals
+        + 0.0005 * run.planned.lone_arrivals(400.0)
+        + 0.00005 * run.measured.peer_sweeps
+        + 0.00006 * samples;
+    run.measured.figures.insert("daemon_cpu".into(), cpu);
+    run
+}
+
+#[test]
+fn the_testbeds_sampling_is_told_from_the_sweep_only_when_its_period_varies() {
+    // Storms and churns (`evict_after` varied), all sampled once a second.
+    let mut fixed: Vec<CalPoint> = [50, 101, 200, 401, 800]
+        .into_iter()
+        .map(|n| sampled(cpu_run(n, 2500.0, 15.0, 180.0), 1.0))
+        .collect();
+    fixed.extend(
+        [10.0, 20.0, 45.0]
+            .into_iter()
+            .map(|e| sampled(cpu_run(600, 10.0, 0.0, e), 1.0)),
+    );
+    let c = Calibration::fit(&fixed).unwrap();
+    let cpu = c.model("daemon_cpu").unwrap().fitted.linear();
+    // One period: one cost per peer, named after the sweep (the fleet plan charges it).
+    assert!(cpu.features.iter().any(|f| f == "peer_sweeps"), "{cpu:?}");
+    assert!(!cpu.features.iter().any(|f| f == "peer_samples"), "{cpu:?}");
+
+    // Churns sampled every 0.25, 0.5 and 5 s tell the two apart.
+    let mut varied = fixed;
+    varied.extend(
+        [(0.25, 45.0), (5.0, 45.0), (0.5, 20.0)]
+            .into_iter()
+            .map(|(s, e)| sampled(cpu_run(600, 10.0, 0.0, e), s)),
+    );
+    let c = Calibration::fit(&varied).unwrap();
+    let cpu = c.model("daemon_cpu").unwrap().fitted.linear();
+    let sweep = cpu.slope("peer_sweeps").unwrap_or(f64::NAN);
+    let sample = cpu.slope("peer_samples").unwrap_or(f64::NAN);
+    assert!((sweep / 0.00005 - 1.0).abs() < 0.05, "{cpu:?}");
+    assert!((sample / 0.00006 - 1.0).abs() < 0.05, "{cpu:?}");
+    // A run sampled every 2 s is predicted from both costs.
+    let held = sampled(cpu_run(600, 10.0, 0.0, 25.0), 2.0);
+    let want = held.figure("daemon_cpu").unwrap();
+    let got = predict(&c, &held.planned).predicted["daemon_cpu"].value;
+    assert!((got / want - 1.0).abs() < 0.05, "{got} vs {want}");
+}
