@@ -473,18 +473,12 @@ fn fit_spec(spec: &Spec, points: &[CalPoint], drain_per_s: f64) -> Result<Model,
             last_error = format!("{} point(s) measured it; {min} needed", ys.len());
             continue;
         }
-        match LinearFit::fit(features, &xs, &ys) {
+        let fitted = LinearFit::fit(features, &xs, &ys)
+            .and_then(|fit| without_negative_base(fit, base, &xs, &ys));
+        match fitted {
             // A cost per unit is never negative: a negative slope means two features share
             // one effect (they moved together in these runs); fit with fewer.
-            // The base cost may come out a hair below 0 when the data cannot tell it from 0
-            // (its band reaches above 0): that is "no cost of its own here", not a clash.
-            Ok(fit)
-                if fit.features.iter().any(|f| {
-                    fit.slope_band(f).is_some_and(|band| {
-                        band.value < 0.0 && (Some(f.as_str()) != base || band.high < 0.0)
-                    })
-                }) =>
-            {
+            Ok(fit) if fit.coefficients[1..].iter().any(|b| *b < 0.0) => {
                 last_error = format!(
                     "a negative cost per unit when fitted against {}: the features moved together",
                     features.join(" and ")
@@ -561,6 +555,47 @@ fn fit_overrun(points: &[CalPoint], drain: f64) -> Result<Model, String> {
         log_scale: false,
         fitted: Fitted::Knee(knee),
     })
+}
+
+/// `fit` refitted without its `base` feature when that came out below 0 but not clearly so
+/// (its band reaches above 0): the data show no cost of its own (every unit of it came with
+/// units of the other features), and a negative cost per handshake would only subtract from
+/// predictions. The cost is then 0 (least squares with that slope held at its bound); a base
+/// clearly below 0 is left for the negative-slope rule.
+fn without_negative_base(
+    fit: LinearFit,
+    base: Option<&str>,
+    xs: &[Vec<f64>],
+    ys: &[f64],
+) -> Result<LinearFit, FitError> {
+    let Some(i) = base.and_then(|b| fit.features.iter().position(|f| f == b)) else {
+        return Ok(fit);
+    };
+    let drop = fit.features.len() > 1
+        && fit
+            .slope_band(&fit.features[i])
+            .is_some_and(|band| band.value < 0.0 && band.high >= 0.0);
+    if !drop {
+        return Ok(fit);
+    }
+    let features: Vec<&str> = fit
+        .features
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| *j != i)
+        .map(|(_, f)| f.as_str())
+        .collect();
+    let rows: Vec<Vec<f64>> = xs
+        .iter()
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, v)| *v)
+                .collect()
+        })
+        .collect();
+    LinearFit::fit(&features, &rows, ys)
 }
 
 /// The first feature other than `base` whose slope's 95 % band reaches zero.
