@@ -14,6 +14,7 @@ use serde::Serialize;
 use super::fit::{FitError, LinearFit};
 use super::knee::{fit_knee, KneeFit};
 use super::point::{CalPoint, STAGES};
+use super::select::{fit_spec, Spec};
 use super::setup::fit_setup;
 use crate::figures::Unit;
 
@@ -124,17 +125,6 @@ pub fn planned_peer_sweeps(p: &super::scenario::Planned, run_s: f64) -> f64 {
     p.peer_seconds(run_s) / p.sweep_every_s.max(f64::MIN_POSITIVE)
 }
 
-/// A model specification: which points, which quantity, against which features (tried in
-/// order, fewer features when the richer set cannot be identified).
-struct Spec {
-    name: &'static str,
-    description: &'static str,
-    unit: Unit,
-    filter: fn(&CalPoint) -> bool,
-    y: fn(&CalPoint) -> Option<f64>,
-    feature_sets: &'static [&'static [&'static str]],
-}
-
 pub(crate) fn steady(p: &CalPoint) -> bool {
     !p.planned.has_reboot
 }
@@ -151,7 +141,6 @@ fn any(_: &CalPoint) -> bool {
 /// from a long one in all but the first, so fitting one with only arrivals and seconds charged
 /// the long churn runs' installed peers to every second and gave a negative start-up cost
 /// (BENCHMARKS.md, capacity planning, fourth round).
-const CPU_SPECS: [&str; 2] = ["daemon_cpu", "dataplane_cpu"];
 const CPU_SETS_DAEMON: &[&[&str]] = &[
     &[
         "arrivals",
@@ -426,103 +415,6 @@ impl Calibration {
     }
 }
 
-fn fit_spec(spec: &Spec, points: &[CalPoint], drain_per_s: f64) -> Result<Model, String> {
-    let mut last_error = String::new();
-    // The CPU models' first feature is their base cost (per arrival, per handshake): it stays
-    // even when a richer set shares its effect with another feature (handshakes and lone
-    // arrivals move together outside storms); the other features are the ones dropped when
-    // not told apart from zero. (Memory keeps the plain rule: a per-peer cost not told apart
-    // from zero there means the set is wrong, and the next one is tried.)
-    let base = CPU_SPECS
-        .contains(&spec.name)
-        .then(|| spec.feature_sets.first().and_then(|f| f.first()).copied())
-        .flatten();
-    // The sampling's cost per peer is told from the sweep's only when the calibration varied
-    // one period against the other; otherwise it is one cost, named after the sweep (which a
-    // production gateway has too, so the fleet plan charges it).
-    let periods_vary = {
-        let ratio = |p: &CalPoint| p.planned.sweep_every_s / p.planned.sample_every_s.max(1e-3);
-        let mut ratios = points.iter().filter(|p| (spec.filter)(p)).map(ratio);
-        let first = ratios.next().unwrap_or(1.0);
-        ratios.any(|r| (r / first - 1.0).abs() > 1e-6)
-    };
-    let sets: Vec<&&[&str]> = spec
-        .feature_sets
-        .iter()
-        .filter(|f| periods_vary || !f.contains(&"peer_samples"))
-        .collect();
-    for (i, features) in sets.iter().enumerate() {
-        let last = i + 1 == sets.len();
-        let mut xs = Vec::new();
-        let mut ys = Vec::new();
-        for p in points.iter().filter(|p| (spec.filter)(p)) {
-            let row: Option<Vec<f64>> = features
-                .iter()
-                .map(|f| feature(p, f, drain_per_s))
-                .collect();
-            if let (Some(row), Some(y)) = (row, (spec.y)(p)) {
-                xs.push(row);
-                ys.push(y);
-            }
-        }
-        if ys.is_empty() {
-            return Err("no point measured it".to_string());
-        }
-        let min = features.len() + 2;
-        if ys.len() < min {
-            last_error = format!("{} point(s) measured it; {min} needed", ys.len());
-            continue;
-        }
-        let fitted = LinearFit::fit(features, &xs, &ys)
-            .and_then(|fit| without_negative_base(fit, base, &xs, &ys));
-        match fitted {
-            // A cost per unit is never negative: a negative slope means two features share
-            // one effect (they moved together in these runs); fit with fewer.
-            Ok(fit) if fit.coefficients[1..].iter().any(|b| *b < 0.0) => {
-                last_error = format!(
-                    "a negative cost per unit when fitted against {}: the features moved together",
-                    features.join(" and ")
-                );
-            }
-            // Every quantity modelled here is 0 when nothing happens, and a run's fixed cost
-            // (start-up) is never negative: an intercept clearly below 0 means a cost that
-            // grows with the run was left out or charged to the wrong feature; fit another set.
-            Ok(fit) if !last && fit.intercept_band().is_some_and(|b| b.high < 0.0) => {
-                last_error = format!(
-                    "a negative fixed cost when fitted against {}",
-                    features.join(" and ")
-                );
-            }
-            // A cost the data cannot tell apart from zero only widens the bands (and may stand
-            // in for another): fit with fewer features while a simpler set is left to try.
-            Ok(fit) if !last && insignificant(&fit, base).is_some() => {
-                last_error = format!(
-                    "the cost per {} was not told apart from zero",
-                    insignificant(&fit, base).unwrap_or_default()
-                );
-            }
-            Ok(fit) => {
-                return Ok(Model {
-                    name: spec.name.to_string(),
-                    description: spec.description.to_string(),
-                    unit: spec.unit,
-                    log_scale: false,
-                    fitted: Fitted::Linear(fit),
-                })
-            }
-            Err(FitError::Singular) => {
-                last_error = format!(
-                    "{} did not vary across the {} point(s) that measured it",
-                    features.join(" and "),
-                    ys.len()
-                );
-            }
-            Err(e) => last_error = e.to_string(),
-        }
-    }
-    Err(last_error)
-}
-
 /// How much longer than planned a steady JIT run lasts (seconds), against the clients queued at
 /// the setup model's drain rate `drain`, knee searched. A client's stay starts once it is connected, so the run ends a setup *tail* after
 /// the last arrival's stay: milliseconds below the knee, WireGuard's 5 s retry above it, where
@@ -555,54 +447,4 @@ fn fit_overrun(points: &[CalPoint], drain: f64) -> Result<Model, String> {
         log_scale: false,
         fitted: Fitted::Knee(knee),
     })
-}
-
-/// `fit` refitted without its `base` feature when that came out below 0 but not clearly so
-/// (its band reaches above 0): the data show no cost of its own (every unit of it came with
-/// units of the other features), and a negative cost per handshake would only subtract from
-/// predictions. The cost is then 0 (least squares with that slope held at its bound); a base
-/// clearly below 0 is left for the negative-slope rule.
-fn without_negative_base(
-    fit: LinearFit,
-    base: Option<&str>,
-    xs: &[Vec<f64>],
-    ys: &[f64],
-) -> Result<LinearFit, FitError> {
-    let Some(i) = base.and_then(|b| fit.features.iter().position(|f| f == b)) else {
-        return Ok(fit);
-    };
-    let drop = fit.features.len() > 1
-        && fit
-            .slope_band(&fit.features[i])
-            .is_some_and(|band| band.value < 0.0 && band.high >= 0.0);
-    if !drop {
-        return Ok(fit);
-    }
-    let features: Vec<&str> = fit
-        .features
-        .iter()
-        .enumerate()
-        .filter(|(j, _)| *j != i)
-        .map(|(_, f)| f.as_str())
-        .collect();
-    let rows: Vec<Vec<f64>> = xs
-        .iter()
-        .map(|row| {
-            row.iter()
-                .enumerate()
-                .filter(|(j, _)| *j != i)
-                .map(|(_, v)| *v)
-                .collect()
-        })
-        .collect();
-    LinearFit::fit(&features, &rows, ys)
-}
-
-/// The first feature other than `base` whose slope's 95 % band reaches zero.
-fn insignificant(fit: &LinearFit, base: Option<&str>) -> Option<String> {
-    fit.features
-        .iter()
-        .filter(|f| Some(f.as_str()) != base)
-        .find(|f| fit.slope_band(f).is_some_and(|b| b.low <= 0.0))
-        .cloned()
 }

@@ -14,6 +14,7 @@ pub mod knee;
 pub mod point;
 pub mod predict;
 pub mod scenario;
+pub mod select;
 pub mod setup;
 pub mod validate;
 pub mod wave;
