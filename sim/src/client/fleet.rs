@@ -4,7 +4,7 @@
 //! timers, whose 1 ms granularity doubled a 1 ms link), progress counters for the driver's
 //! live display, and the results.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,8 +19,13 @@ use tokio_util::sync::CancellationToken;
 use super::delay::{delayed_down, DelayHandle, DelayLine, DelayLineError, DelayPort, Delivery};
 use super::eventlog::{EventLog, EventLogError, EventRecord, EventSink};
 use super::link::{is_transparent, Direction, LinkModel};
+use super::rxlag::{RxLagRecorder, RxLagTotals};
 use super::session::{
     Action, Phase, Session, SessionConfig, SessionError, SessionEvent, MAX_SENDER_INDEX,
+};
+use super::socket::{
+    bind_source, control_buffer, enable_receive_timestamps, raise_open_files_limit, receive_lag,
+    recv_stamped,
 };
 use crate::scenario::file::BehaviourFile;
 use crate::scenario::resolve::{ClientPlan, Link};
@@ -70,6 +75,8 @@ pub struct FleetProgress {
     failed: AtomicU64,
     /// Attempts begun and neither connected nor failed yet.
     in_flight: AtomicU64,
+    /// How late the clients read the gateway's datagrams (`results.load.rx_lag_*`).
+    rx_lag: RxLagRecorder,
 }
 
 /// A copy of [`FleetProgress`] at one instant.
@@ -91,6 +98,11 @@ impl FleetProgress {
             failed: self.failed.load(Ordering::Relaxed),
             in_flight: self.in_flight.load(Ordering::Relaxed),
         }
+    }
+
+    /// The receive lags of every datagram the clients read so far.
+    pub fn rx_lag(&self) -> RxLagTotals {
+        self.rx_lag.totals()
     }
 
     fn inc(counter: &AtomicU64) {
@@ -205,71 +217,6 @@ pub async fn run_fleet(
 /// boringtun shifts the index left by 8; 0 is avoided so no client shares a gateway's default.
 fn sender_index(id: u32) -> u32 {
     id.saturating_add(1)
-}
-
-/// Descriptors per client (its socket), and for everything else.
-const FILES_PER_CLIENT: u64 = 1;
-const FILES_SPARE: u64 = 4096;
-
-/// Raise the open-files limit to what `clients` need, past the hard limit when allowed (root;
-/// capped by `fs.nr_open`): 10,000 clients need ~24,000, and a hard limit of 20,000 made
-/// hundreds of them fail to bind ("Too many open files") and count as failures.
-fn raise_open_files_limit(clients: usize) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own; no other memory is touched.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "reading RLIMIT_NOFILE");
-        return;
-    }
-    let needed = (clients as u64)
-        .saturating_mul(FILES_PER_CLIENT)
-        .saturating_add(FILES_SPARE);
-    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(limit.rlim_max);
-    let want_max = limit.rlim_max.max(needed.min(ceiling));
-    for max in [want_max, limit.rlim_max] {
-        if limit.rlim_cur >= max {
-            return;
-        }
-        let wanted = libc::rlimit {
-            rlim_cur: max,
-            rlim_max: max,
-        };
-        // SAFETY: setrlimit only reads the struct we pass.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) } == 0 {
-            tracing::debug!(from = limit.rlim_cur, to = max, "raised RLIMIT_NOFILE");
-            return;
-        }
-        tracing::debug!(error = %std::io::Error::last_os_error(), to = max, "raising RLIMIT_NOFILE");
-    }
-    tracing::warn!(
-        needed,
-        "could not raise RLIMIT_NOFILE: some clients may fail to bind"
-    );
-}
-
-/// A UDP socket on `ip`, any port; falls back to IP_FREEBIND when the address is not local
-/// (the client namespace normally has a local route for the whole source range).
-/// Must run inside a tokio runtime.
-pub fn bind_source(ip: Ipv4Addr) -> std::io::Result<UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-    socket.set_nonblocking(true)?;
-    let addr: SocketAddr = SocketAddrV4::new(ip, 0).into();
-    match socket.bind(&addr.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
-            socket.set_freebind(true)?;
-            socket.bind(&addr.into())?;
-        }
-        Err(e) => return Err(e),
-    }
-    UdpSocket::from_std(socket.into())
 }
 
 /// What a client does once a connection is proven.
@@ -458,6 +405,10 @@ async fn connect(
         Ok(s) => s,
         Err(e @ SessionError::SenderIndexTooLarge { .. }) => return failed(e.to_string()),
     };
+    if let Err(e) = enable_receive_timestamps(&socket) {
+        // Without stamps this client's datagrams are left out of the receive lag, nothing else.
+        tracing::debug!(client = plan.id, error = %e, "enabling receive timestamps");
+    }
     let socket = Arc::new(socket);
     let line = shared.delay.as_ref().filter(|_| !link.is_transparent());
     let (delay, mut delayed) = match line.map(|line| DelayPort::open(line, socket.clone())) {
@@ -483,6 +434,7 @@ async fn connect(
     let cancel = shared.cancel.cancelled();
     tokio::pin!(cancel);
     let mut buf = vec![0u8; RECV_BUF];
+    let mut control = control_buffer();
     let mut counted_connected = false;
     let mut stay_until: Option<Instant> = None;
     let mut next_traffic: Option<Instant> = None;
@@ -516,11 +468,16 @@ async fn connect(
             Some(datagram) = delayed_down(&mut delayed) => {
                 session.on_datagram(Instant::now().into_std(), &datagram, &mut actions);
             }
-            received = wire.socket.recv_from(&mut buf) => match received {
-                Ok((len, _from)) => {
-                    let datagram = &buf[..len];
+            received = recv_stamped(&wire.socket, &mut buf, &mut control) => match received {
+                Ok(got) => {
+                    let now = Instant::now();
+                    if let Some(at) = got.kernel_at {
+                        let lag = receive_lag(at, std::time::SystemTime::now());
+                        progress.rx_lag.record(lag, now.saturating_duration_since(shared.origin));
+                    }
+                    let datagram = &buf[..got.len];
                     if wire.delay.is_none() {
-                        session.on_datagram(Instant::now().into_std(), datagram, &mut actions);
+                        session.on_datagram(now.into_std(), datagram, &mut actions);
                     } else {
                         wire.travel(Direction::Down, datagram.to_vec()).await;
                     }

@@ -364,6 +364,7 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
         ctx.origin.elapsed(),
         driver_cpus,
     );
+    let driver = ctx.progress.rx_lag().measures(driver_cpu_utilization);
     let cpu_split = ctx.lab.cpus().map(|c| jitwg_reports::CpuSplitInfo {
         gateway: c.split().gateway.to_string(),
         driver: c.split().driver.to_string(),
@@ -401,7 +402,7 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
         api,
         cpu_split,
         warnings,
-        driver_cpu_utilization,
+        driver,
         attacks,
         db_integrity,
         capture,
