@@ -19,14 +19,10 @@ use tokio_util::sync::CancellationToken;
 use super::delay::{delayed_down, DelayHandle, DelayLine, DelayLineError, DelayPort, Delivery};
 use super::eventlog::{EventLog, EventLogError, EventRecord, EventSink};
 use super::link::{is_transparent, Direction, LinkModel};
+use super::prepare::{prepare, Prepared, PREPARE_AHEAD};
 use super::rxlag::{RxLagRecorder, RxLagTotals};
-use super::session::{
-    Action, Phase, Session, SessionConfig, SessionError, SessionEvent, MAX_SENDER_INDEX,
-};
-use super::socket::{
-    bind_source, control_buffer, enable_receive_timestamps, raise_open_files_limit, receive_lag,
-    recv_stamped,
-};
+use super::session::{Action, Phase, SessionEvent, MAX_SENDER_INDEX};
+use super::socket::{control_buffer, raise_open_files_limit, receive_lag, recv_stamped};
 use crate::scenario::file::BehaviourFile;
 use crate::scenario::resolve::{ClientPlan, Link};
 
@@ -236,10 +232,6 @@ async fn run_client(shared: Arc<Shared>, client: FleetClient) -> ClientResult {
         connections: Vec::new(),
     };
     let start_at = shared.origin + client.plan.start;
-    tokio::select! {
-        _ = shared.cancel.cancelled() => return result,
-        _ = tokio::time::sleep_until(start_at) => {}
-    }
     let (times, gap, hold) = match client.behaviour {
         BehaviourFile::ConnectOnce => (1, Duration::ZERO, Hold::Leave),
         BehaviourFile::Stay {
@@ -258,6 +250,23 @@ async fn run_client(shared: Arc<Shared>, client: FleetClient) -> ClientResult {
         // Attackers are never clients (`scenario::attack`); they run in `client::attack`.
         BehaviourFile::Flood(_) | BehaviourFile::Replay(_) => return result,
     };
+    // The first connection's socket and Tunn are made ready ahead of the arrival (`prepare`);
+    // later connections make their own when they start.
+    let prepare_at = start_at.checked_sub(PREPARE_AHEAD).unwrap_or(start_at);
+    tokio::select! {
+        _ = shared.cancel.cancelled() => return result,
+        _ = tokio::time::sleep_until(prepare_at) => {}
+    }
+    let mut prepared = Some(prepare(
+        &shared.config,
+        &client.plan,
+        sender_index(client.plan.id),
+        ECHO_RETRY,
+    ));
+    tokio::select! {
+        _ = shared.cancel.cancelled() => return result,
+        _ = tokio::time::sleep_until(start_at) => {}
+    }
     let mut link = LinkModel::new(client.link, client.plan.link_seed);
     // When the arrival process meant each connection to start, against which lag is measured.
     let mut scheduled = start_at;
@@ -269,7 +278,8 @@ async fn run_client(shared: Arc<Shared>, client: FleetClient) -> ClientResult {
                 _ = tokio::time::sleep_until(scheduled) => {}
             }
         }
-        let mut connection = connect(&shared, &client, n, &mut link, hold).await;
+        let ready = prepared.take();
+        let mut connection = connect(&shared, &client, n, &mut link, hold, ready).await;
         connection.scheduled_ms = Some(shared.ms_since_origin(scheduled));
         result.connections.push(connection);
         if shared.cancel.is_cancelled() {
@@ -370,6 +380,7 @@ async fn connect(
     n: u32,
     link: &mut LinkModel,
     hold: Hold,
+    prepared: Option<Result<Prepared, String>>,
 ) -> Connection {
     let progress = &shared.progress;
     FleetProgress::inc(&progress.started);
@@ -388,27 +399,15 @@ async fn connect(
         }
     };
     let plan = &client.plan;
-    let socket = match bind_source(plan.source_ip) {
-        Ok(s) => s,
-        Err(e) => return failed(format!("binding {}: {e}", plan.source_ip)),
+    let prepared = prepared
+        .unwrap_or_else(|| prepare(&shared.config, plan, sender_index(plan.id), ECHO_RETRY));
+    let Prepared {
+        socket,
+        mut session,
+    } = match prepared {
+        Ok(p) => p,
+        Err(failure) => return failed(failure),
     };
-    let session = Session::new(SessionConfig {
-        private_key: plan.identity.private_key,
-        gateway_public_key: shared.config.gateway_public_key,
-        sender_index: sender_index(plan.id),
-        tunnel_ip: plan.identity.tunnel_ip,
-        gateway_tunnel_ip: shared.config.gateway_tunnel_ip,
-        give_up_after: shared.config.give_up_after,
-        echo_retry: ECHO_RETRY,
-    });
-    let mut session = match session {
-        Ok(s) => s,
-        Err(e @ SessionError::SenderIndexTooLarge { .. }) => return failed(e.to_string()),
-    };
-    if let Err(e) = enable_receive_timestamps(&socket) {
-        // Without stamps this client's datagrams are left out of the receive lag, nothing else.
-        tracing::debug!(client = plan.id, error = %e, "enabling receive timestamps");
-    }
     let socket = Arc::new(socket);
     let line = shared.delay.as_ref().filter(|_| !link.is_transparent());
     let (delay, mut delayed) = match line.map(|line| DelayPort::open(line, socket.clone())) {

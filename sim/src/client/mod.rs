@@ -5,7 +5,8 @@
 //! Code map: [`icmp`] builds and parses echo packets, [`link`] decides each packet's delay and
 //! loss and [`delay`] applies them on one timer thread, [`session`] is one connection's protocol state machine (no IO, time passed in),
 //! [`eventlog`] writes the per-event JSON lines, [`socket`] binds sockets and reads datagrams
-//! with their kernel receive time, [`rxlag`] aggregates how late they were read, and [`fleet`]
+//! with their kernel receive time, [`rxlag`] aggregates how late they were read, [`prepare`] readies a connection before
+//! its client arrives, and [`fleet`]
 //! owns sockets, tasks and timers.
 
 pub mod attack;
@@ -14,6 +15,7 @@ pub mod eventlog;
 pub mod fleet;
 pub mod icmp;
 pub mod link;
+pub mod prepare;
 pub mod rxlag;
 pub mod session;
 pub mod socket;
@@ -21,4 +23,5 @@ pub mod socket;
 pub use fleet::{
     run_fleet, ClientError, FleetClient, FleetConfig, FleetProgress, ProgressSnapshot,
 };
+pub use prepare::{prepare_lead, PREPARE_AHEAD};
 pub use socket::bind_source;

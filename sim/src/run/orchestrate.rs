@@ -324,9 +324,13 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
         .cpus()
         .map_or(available.len(), |c| c.split().driver.len());
     let driver_cpu_at_start = crate::lab::process::own_usage().map(|u| u.cpu_seconds);
-    let started_at = SystemTime::now();
-    let origin = Instant::now();
+    // The fleet readies the first arrivals' sockets and Tunns before the origin, so a storm's
+    // driver does not pay for them while its clients are arriving (`client::prepare`).
+    let lead = crate::client::prepare_lead(scenario.clients.iter().map(|c| c.start));
+    let started_at = SystemTime::now() + lead;
+    let origin = Instant::now() + lead;
     let fleet = start_fleet(&lab, &scenario, opts, &out, &progress, origin)?;
+    tokio::time::sleep_until(origin).await;
     let mut ctx = RunContext {
         fleet,
         lab,
