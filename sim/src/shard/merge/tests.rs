@@ -257,7 +257,7 @@ fn the_merged_report_and_summary_have_a_row_per_shard() {
     assert!(md.contains("## Shards"), "{md}");
     assert!(md.contains("| 0/2 | 2 |"), "{md}");
     assert!(
-        md.contains("| 1/2 | 2 | 0 | - | yes: lag p99 50 ms > 20 ms | 2 | - |"),
+        md.contains("| 1/2 | 2 | 0 | - / - | yes: lag p99 50 ms > 20 ms | 2 | - |"),
         "{md}"
     );
 }
