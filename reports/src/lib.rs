@@ -25,7 +25,7 @@ pub use charts::ChartError;
 pub use compare::{compare, Comparison, ComparisonRow, Verdict};
 pub use expect::{all_passed, evaluate, parse_expectations, ExpectError, Expectation};
 pub use figures::{figure, nearest_rank, Better, FigureDef, Figures, Unit, FIGURES};
-pub use load::{assess as assess_load, LoadSummary, LAG_P99_LIMIT_MS};
+pub use load::{assess as assess_load, DriverMeasures, LoadSummary, RxLagWindow, LAG_P99_LIMIT_MS};
 pub use schema::{
     load, save, ApiSummary, AttackResult, CaptureInfo, ClientResult, CompareOp, Connection,
     CpuSplitInfo, Event, EventKind, ExpectationResult, LoadError, ProcessUsage, Reload, RerunInfo,

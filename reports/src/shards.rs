@@ -154,7 +154,7 @@ pub const SHARD_HEADS: [&str; 7] = [
     "shard",
     "clients",
     "connected",
-    "lag p99",
+    "lag p99 (start / receive)",
     "saturated",
     "source addresses",
     "clock offset",
@@ -173,7 +173,11 @@ pub fn shard_rows(shards: &[ShardInfo]) -> Vec<[String; 7]> {
                 format!("{}/{}", s.index, s.count),
                 s.clients.to_string(),
                 s.connected.to_string(),
-                ms(load.and_then(|l| l.lag_p99_ms), 1),
+                format!(
+                    "{} / {}",
+                    ms(load.and_then(|l| l.lag_p99_ms), 1),
+                    ms(load.and_then(|l| l.rx_lag_p99_ms), 1)
+                ),
                 match load {
                     Some(l) if l.saturated => format!("yes: {}", l.reasons.join("; ")),
                     Some(_) => "no".into(),
@@ -230,6 +234,7 @@ mod tests {
                 clock_rtt_ms: Some(0.6),
                 load: Some(LoadSummary {
                     lag_p99_ms: Some(3.5),
+                    rx_lag_p99_ms: Some(0.25),
                     saturated: true,
                     reasons: vec!["lag p99 50 ms > 20 ms".into()],
                     ..LoadSummary::default()
@@ -245,14 +250,14 @@ mod tests {
         ];
         let rows = shard_rows(&shards);
         assert_eq!(rows[0][0], "0/2");
-        assert_eq!(rows[0][3], "3.5 ms");
+        assert_eq!(rows[0][3], "3.5 ms / 0.2 ms");
         assert_eq!(rows[0][4], "yes: lag p99 50 ms > 20 ms");
         assert_eq!(rows[0][6], "-1.5 ms (± 0.3)");
         assert_eq!(rows[1][4], "-");
         assert_eq!(rows[1][6], "-");
         let md = markdown(&shards);
         assert!(md.contains("## Shards"), "{md}");
-        assert!(md.contains("| 0/2 | 25 | 24 | 3.5 ms |"), "{md}");
+        assert!(md.contains("| 0/2 | 25 | 24 | 3.5 ms / 0.2 ms |"), "{md}");
         assert_eq!(md.lines().filter(|l| l.starts_with("| ")).count(), 3);
         assert!(markdown(&[]).is_empty());
     }

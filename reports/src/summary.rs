@@ -22,6 +22,7 @@ const SUMMARY_FIGURES: &[&str] = &[
     "setup_max",
     "setup_from_intent_p99",
     "driver_lag_p99",
+    "driver_rx_lag_p99",
     "api_calls_total",
     "api_calls_per_key_max",
     "installed_peers_max",
@@ -242,9 +243,11 @@ pub fn text_summary(results: &Results) -> String {
             "kept up".to_string()
         };
         format!(
-            "load gen:   lag p50 {}, p99 {}, driver CPU {cpu} of its CPUs: {state}\n",
+            "load gen:   lag p50 {}, p99 {}; receive lag p50 {}, p99 {}; driver CPU {cpu} of its CPUs: {state}\n",
             ms(l.lag_p50_ms),
-            ms(l.lag_p99_ms)
+            ms(l.lag_p99_ms),
+            ms(l.rx_lag_p50_ms),
+            ms(l.rx_lag_p99_ms)
         )
     });
     let capture = results

@@ -330,6 +330,15 @@ fn twenty_connect_once_clients_all_connect() {
     assert_eq!(snapshot.in_flight, 0);
     assert_eq!(snapshot.failed, 0);
     assert_eq!(gateway.peers_with_handshake(), 20);
+    // Every client read at least the handshake response and the echo reply, each stamped by
+    // the kernel: the receive lag covers them (and an idle loopback reads them in well under 1 s).
+    let rx_lag = progress.rx_lag();
+    assert!(rx_lag.all.len() >= 40, "{} datagrams", rx_lag.all.len());
+    assert!(rx_lag.all.max() < 1_000_000, "max {} µs", rx_lag.all.max());
+    assert_eq!(
+        rx_lag.by_second.iter().map(|w| w.datagrams).sum::<u64>(),
+        rx_lag.all.len()
+    );
 
     let log = std::fs::read_to_string(&log_path).unwrap();
     let events: Vec<serde_json::Value> = log

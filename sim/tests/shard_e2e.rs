@@ -117,6 +117,17 @@ fn smoke_with_three_shards_matches_an_unsharded_run() {
         (p99 - exact).abs() <= precision,
         "merged p99 {p99} ms vs exact {exact} ms"
     );
+    // Receive lag: the merged count is the sum of the shards' (their histograms added).
+    let rx_lag = |load: Option<&jitwg_reports::LoadSummary>| load.map_or(0, |l| l.rx_lag_datagrams);
+    let per_shard_rx: u64 = sharded
+        .run
+        .shards
+        .iter()
+        .map(|s| rx_lag(s.load.as_ref()))
+        .sum();
+    assert!(per_shard_rx > 0, "no shard stamped a datagram");
+    assert_eq!(rx_lag(sharded.load.as_ref()), per_shard_rx);
+    assert!(sharded.load.as_ref().unwrap().rx_lag_p99_ms.is_some());
     // The gateway's series came along: samples of the data plane and the API counts.
     assert!(!sharded.samples.is_empty());
     assert_eq!(sharded.api.calls_total, single.api.calls_total);

@@ -4,7 +4,7 @@
 //! timers, whose 1 ms granularity doubled a 1 ms link), progress counters for the driver's
 //! live display, and the results.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,9 +19,10 @@ use tokio_util::sync::CancellationToken;
 use super::delay::{delayed_down, DelayHandle, DelayLine, DelayLineError, DelayPort, Delivery};
 use super::eventlog::{EventLog, EventLogError, EventRecord, EventSink};
 use super::link::{is_transparent, Direction, LinkModel};
-use super::session::{
-    Action, Phase, Session, SessionConfig, SessionError, SessionEvent, MAX_SENDER_INDEX,
-};
+use super::prepare::{prepare, Prepared, PREPARE_AHEAD};
+use super::rxlag::{RxLagRecorder, RxLagTotals};
+use super::session::{Action, Phase, SessionEvent, MAX_SENDER_INDEX};
+use super::socket::{control_buffer, raise_open_files_limit, receive_lag, recv_stamped};
 use crate::scenario::file::BehaviourFile;
 use crate::scenario::resolve::{ClientPlan, Link};
 
@@ -70,6 +71,8 @@ pub struct FleetProgress {
     failed: AtomicU64,
     /// Attempts begun and neither connected nor failed yet.
     in_flight: AtomicU64,
+    /// How late the clients read the gateway's datagrams (`results.load.rx_lag_*`).
+    rx_lag: RxLagRecorder,
 }
 
 /// A copy of [`FleetProgress`] at one instant.
@@ -91,6 +94,11 @@ impl FleetProgress {
             failed: self.failed.load(Ordering::Relaxed),
             in_flight: self.in_flight.load(Ordering::Relaxed),
         }
+    }
+
+    /// The receive lags of every datagram the clients read so far.
+    pub fn rx_lag(&self) -> RxLagTotals {
+        self.rx_lag.totals()
     }
 
     fn inc(counter: &AtomicU64) {
@@ -207,71 +215,6 @@ fn sender_index(id: u32) -> u32 {
     id.saturating_add(1)
 }
 
-/// Descriptors per client (its socket), and for everything else.
-const FILES_PER_CLIENT: u64 = 1;
-const FILES_SPARE: u64 = 4096;
-
-/// Raise the open-files limit to what `clients` need, past the hard limit when allowed (root;
-/// capped by `fs.nr_open`): 10,000 clients need ~24,000, and a hard limit of 20,000 made
-/// hundreds of them fail to bind ("Too many open files") and count as failures.
-fn raise_open_files_limit(clients: usize) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own; no other memory is touched.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "reading RLIMIT_NOFILE");
-        return;
-    }
-    let needed = (clients as u64)
-        .saturating_mul(FILES_PER_CLIENT)
-        .saturating_add(FILES_SPARE);
-    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(limit.rlim_max);
-    let want_max = limit.rlim_max.max(needed.min(ceiling));
-    for max in [want_max, limit.rlim_max] {
-        if limit.rlim_cur >= max {
-            return;
-        }
-        let wanted = libc::rlimit {
-            rlim_cur: max,
-            rlim_max: max,
-        };
-        // SAFETY: setrlimit only reads the struct we pass.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) } == 0 {
-            tracing::debug!(from = limit.rlim_cur, to = max, "raised RLIMIT_NOFILE");
-            return;
-        }
-        tracing::debug!(error = %std::io::Error::last_os_error(), to = max, "raising RLIMIT_NOFILE");
-    }
-    tracing::warn!(
-        needed,
-        "could not raise RLIMIT_NOFILE: some clients may fail to bind"
-    );
-}
-
-/// A UDP socket on `ip`, any port; falls back to IP_FREEBIND when the address is not local
-/// (the client namespace normally has a local route for the whole source range).
-/// Must run inside a tokio runtime.
-pub fn bind_source(ip: Ipv4Addr) -> std::io::Result<UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-    socket.set_nonblocking(true)?;
-    let addr: SocketAddr = SocketAddrV4::new(ip, 0).into();
-    match socket.bind(&addr.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
-            socket.set_freebind(true)?;
-            socket.bind(&addr.into())?;
-        }
-        Err(e) => return Err(e),
-    }
-    UdpSocket::from_std(socket.into())
-}
-
 /// What a client does once a connection is proven.
 #[derive(Debug, Clone, Copy)]
 enum Hold {
@@ -289,10 +232,6 @@ async fn run_client(shared: Arc<Shared>, client: FleetClient) -> ClientResult {
         connections: Vec::new(),
     };
     let start_at = shared.origin + client.plan.start;
-    tokio::select! {
-        _ = shared.cancel.cancelled() => return result,
-        _ = tokio::time::sleep_until(start_at) => {}
-    }
     let (times, gap, hold) = match client.behaviour {
         BehaviourFile::ConnectOnce => (1, Duration::ZERO, Hold::Leave),
         BehaviourFile::Stay {
@@ -311,6 +250,23 @@ async fn run_client(shared: Arc<Shared>, client: FleetClient) -> ClientResult {
         // Attackers are never clients (`scenario::attack`); they run in `client::attack`.
         BehaviourFile::Flood(_) | BehaviourFile::Replay(_) => return result,
     };
+    // The first connection's socket and Tunn are made ready ahead of the arrival (`prepare`);
+    // later connections make their own when they start.
+    let prepare_at = start_at.checked_sub(PREPARE_AHEAD).unwrap_or(start_at);
+    tokio::select! {
+        _ = shared.cancel.cancelled() => return result,
+        _ = tokio::time::sleep_until(prepare_at) => {}
+    }
+    let mut prepared = Some(prepare(
+        &shared.config,
+        &client.plan,
+        sender_index(client.plan.id),
+        ECHO_RETRY,
+    ));
+    tokio::select! {
+        _ = shared.cancel.cancelled() => return result,
+        _ = tokio::time::sleep_until(start_at) => {}
+    }
     let mut link = LinkModel::new(client.link, client.plan.link_seed);
     // When the arrival process meant each connection to start, against which lag is measured.
     let mut scheduled = start_at;
@@ -322,7 +278,8 @@ async fn run_client(shared: Arc<Shared>, client: FleetClient) -> ClientResult {
                 _ = tokio::time::sleep_until(scheduled) => {}
             }
         }
-        let mut connection = connect(&shared, &client, n, &mut link, hold).await;
+        let ready = prepared.take();
+        let mut connection = connect(&shared, &client, n, &mut link, hold, ready).await;
         connection.scheduled_ms = Some(shared.ms_since_origin(scheduled));
         result.connections.push(connection);
         if shared.cancel.is_cancelled() {
@@ -423,6 +380,7 @@ async fn connect(
     n: u32,
     link: &mut LinkModel,
     hold: Hold,
+    prepared: Option<Result<Prepared, String>>,
 ) -> Connection {
     let progress = &shared.progress;
     FleetProgress::inc(&progress.started);
@@ -441,22 +399,14 @@ async fn connect(
         }
     };
     let plan = &client.plan;
-    let socket = match bind_source(plan.source_ip) {
-        Ok(s) => s,
-        Err(e) => return failed(format!("binding {}: {e}", plan.source_ip)),
-    };
-    let session = Session::new(SessionConfig {
-        private_key: plan.identity.private_key,
-        gateway_public_key: shared.config.gateway_public_key,
-        sender_index: sender_index(plan.id),
-        tunnel_ip: plan.identity.tunnel_ip,
-        gateway_tunnel_ip: shared.config.gateway_tunnel_ip,
-        give_up_after: shared.config.give_up_after,
-        echo_retry: ECHO_RETRY,
-    });
-    let mut session = match session {
-        Ok(s) => s,
-        Err(e @ SessionError::SenderIndexTooLarge { .. }) => return failed(e.to_string()),
+    let prepared = prepared
+        .unwrap_or_else(|| prepare(&shared.config, plan, sender_index(plan.id), ECHO_RETRY));
+    let Prepared {
+        socket,
+        mut session,
+    } = match prepared {
+        Ok(p) => p,
+        Err(failure) => return failed(failure),
     };
     let socket = Arc::new(socket);
     let line = shared.delay.as_ref().filter(|_| !link.is_transparent());
@@ -483,6 +433,7 @@ async fn connect(
     let cancel = shared.cancel.cancelled();
     tokio::pin!(cancel);
     let mut buf = vec![0u8; RECV_BUF];
+    let mut control = control_buffer();
     let mut counted_connected = false;
     let mut stay_until: Option<Instant> = None;
     let mut next_traffic: Option<Instant> = None;
@@ -516,11 +467,16 @@ async fn connect(
             Some(datagram) = delayed_down(&mut delayed) => {
                 session.on_datagram(Instant::now().into_std(), &datagram, &mut actions);
             }
-            received = wire.socket.recv_from(&mut buf) => match received {
-                Ok((len, _from)) => {
-                    let datagram = &buf[..len];
+            received = recv_stamped(&wire.socket, &mut buf, &mut control) => match received {
+                Ok(got) => {
+                    let now = Instant::now();
+                    if let Some(at) = got.kernel_at {
+                        let lag = receive_lag(at, std::time::SystemTime::now());
+                        progress.rx_lag.record(lag, now.saturating_duration_since(shared.origin));
+                    }
+                    let datagram = &buf[..got.len];
                     if wire.delay.is_none() {
-                        session.on_datagram(Instant::now().into_std(), datagram, &mut actions);
+                        session.on_datagram(now.into_std(), datagram, &mut actions);
                     } else {
                         wire.travel(Direction::Down, datagram.to_vec()).await;
                     }

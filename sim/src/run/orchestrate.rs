@@ -324,9 +324,13 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
         .cpus()
         .map_or(available.len(), |c| c.split().driver.len());
     let driver_cpu_at_start = crate::lab::process::own_usage().map(|u| u.cpu_seconds);
-    let started_at = SystemTime::now();
-    let origin = Instant::now();
+    // The fleet readies the first arrivals' sockets and Tunns before the origin, so a storm's
+    // driver does not pay for them while its clients are arriving (`client::prepare`).
+    let lead = crate::client::prepare_lead(scenario.clients.iter().map(|c| c.start));
+    let started_at = SystemTime::now() + lead;
+    let origin = Instant::now() + lead;
     let fleet = start_fleet(&lab, &scenario, opts, &out, &progress, origin)?;
+    tokio::time::sleep_until(origin).await;
     let mut ctx = RunContext {
         fleet,
         lab,
@@ -364,6 +368,7 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
         ctx.origin.elapsed(),
         driver_cpus,
     );
+    let driver = ctx.progress.rx_lag().measures(driver_cpu_utilization);
     let cpu_split = ctx.lab.cpus().map(|c| jitwg_reports::CpuSplitInfo {
         gateway: c.split().gateway.to_string(),
         driver: c.split().driver.to_string(),
@@ -401,7 +406,7 @@ pub(super) async fn execute(scenario: Scenario, opts: &RunOptions) -> Result<Run
         api,
         cpu_split,
         warnings,
-        driver_cpu_utilization,
+        driver,
         attacks,
         db_integrity,
         capture,

@@ -31,8 +31,8 @@ pub(crate) struct Finished<'a> {
     pub cpu_split: Option<jitwg_reports::CpuSplitInfo>,
     /// `run.warnings`.
     pub warnings: Vec<String>,
-    /// For `results.load` (see `jitwg_reports::load`).
-    pub driver_cpu_utilization: Option<f64>,
+    /// For `results.load` (see `jitwg_reports::load`): the driver's CPU share and receive lag.
+    pub driver: jitwg_reports::DriverMeasures,
     /// `results.attacks`.
     pub attacks: Vec<jitwg_reports::AttackResult>,
     /// `results.daemon_db_integrity` (runs that kill or reboot the gateway).
@@ -97,7 +97,7 @@ pub(crate) fn assemble(run: Finished<'_>) -> Results {
         });
     results.load = Some(jitwg_reports::assess_load(
         &results,
-        run.driver_cpu_utilization,
+        run.driver,
         lag_limit_ms,
     ));
     results.expectations =

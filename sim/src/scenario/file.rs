@@ -151,7 +151,8 @@ pub struct LabFile {
     /// `"auto"` (default: two halves), `"off"`, or `{ gateway = "0", driver = "1" }`.
     #[serde(default)]
     pub cpus: super::cpus::CpusFile,
-    /// Lag p99 (intended start to first initiation) above which the run counts as saturated
+    /// Lag p99 (intended start to first initiation, and receive lag: a gateway datagram's
+    /// kernel arrival to the client reading it) above which the run counts as saturated
     /// and its timing goals as inconclusive; default 20 ms. Loosen it only where the whole
     /// machine is slow by construction (an emulated VM), and say why in the scenario.
     #[serde(

@@ -44,13 +44,15 @@ pub fn finish_merge(inputs: &[PathBuf], out: &Path) -> Result<ExitCode, CliError
     for shard in &merged.run.shards {
         let load = shard.load.as_ref();
         println!(
-            "shard {}/{}: {} clients, {} connected, {} source addresses, lag p99 {}, clock offset {}{}",
+            "shard {}/{}: {} clients, {} connected, {} source addresses, lag p99 {}, receive lag p99 {}, clock offset {}{}",
             shard.index,
             shard.count,
             shard.clients,
             shard.connected,
             shard.source_addresses,
             load.and_then(|l| l.lag_p99_ms)
+                .map_or("-".into(), |v| format!("{v:.1} ms")),
+            load.and_then(|l| l.rx_lag_p99_ms)
                 .map_or("-".into(), |v| format!("{v:.1} ms")),
             shard
                 .clock_offset_ms

@@ -324,7 +324,7 @@ async fn shard_main(
         scenario.sample_every,
         stop_sampling.clone(),
     );
-    let fleet = run_fleet(config, clients, origin, progress, cancel).await;
+    let fleet = run_fleet(config, clients, origin, Arc::clone(&progress), cancel).await;
     stop_sampling.cancel();
     let client_counts = sampler.await.unwrap_or_default();
     let mut results_clients = fleet
@@ -363,7 +363,7 @@ async fn shard_main(
         api: Default::default(),
         cpu_split: None,
         warnings: warnings.clone(),
-        driver_cpu_utilization: utilization,
+        driver: progress.rx_lag().measures(utilization),
         // Attacks and the database check belong to a whole run, not to a shard.
         attacks: Vec::new(),
         db_integrity: None,

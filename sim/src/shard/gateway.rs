@@ -180,7 +180,7 @@ async fn serve(
         api: api_stats,
         cpu_split: None,
         warnings: vec![super::GATEWAY_SERIES_WARNING.into()],
-        driver_cpu_utilization: None,
+        driver: Default::default(),
         // Attacks and the database check belong to a whole run, not to a shard.
         attacks: Vec::new(),
         db_integrity: None,

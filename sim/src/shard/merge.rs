@@ -205,7 +205,7 @@ pub fn merge(inputs: Vec<Input>) -> Result<Results, MergeError> {
     merge_client_counts(&mut merged, &infos);
     merge_recovery(&mut merged, &infos);
     merged.run.merged_setup = Some(merge_setup(&infos).map_err(MergeError::Histogram)?);
-    merged.load = Some(merged_load(&merged, &infos));
+    merged.load = Some(merged_load(&merged, &infos)?);
     merged.run.source_addresses = Some(infos.iter().map(|s| s.source_addresses).sum());
     merged.run.shards = infos;
     // The gateway evaluated its expectations without clients: evaluate them again on it all.
@@ -294,9 +294,9 @@ fn merge_recovery(merged: &mut Results, shards: &[ShardInfo]) {
     }
 }
 
-/// The whole fleet's load: lag over every client, saturated when any shard was, with each
-/// saturated shard's reasons named.
-fn merged_load(merged: &Results, shards: &[ShardInfo]) -> LoadSummary {
+/// The whole fleet's load: start lag over every client, receive lag from the sum of the shards'
+/// histograms, saturated when any shard was, with each saturated shard's reasons named.
+fn merged_load(merged: &Results, shards: &[ShardInfo]) -> Result<LoadSummary, MergeError> {
     let lags = jitwg_reports::load::lags_ms(merged);
     let mut reasons = Vec::new();
     let mut utilization: Option<f64> = None;
@@ -310,13 +310,20 @@ fn merged_load(merged: &Results, shards: &[ShardInfo]) -> LoadSummary {
             }
         }
     }
-    LoadSummary {
+    let mut load = LoadSummary {
         lag_p50_ms: jitwg_reports::nearest_rank(&lags, 50.0),
         lag_p99_ms: jitwg_reports::nearest_rank(&lags, 99.0),
         driver_cpu_utilization: utilization,
         saturated: !reasons.is_empty(),
         reasons,
+        ..LoadSummary::default()
+    };
+    let rx_lag = jitwg_reports::load::merge_rx_lag(shards.iter().filter_map(|s| s.load.as_ref()))
+        .map_err(MergeError::Histogram)?;
+    if let Some(histogram) = rx_lag {
+        jitwg_reports::load::set_rx_lag(&mut load, &histogram);
     }
+    Ok(load)
 }
 
 /// Reads, merges and writes `OUT/results.json`; returns the merged results and their path.

@@ -257,7 +257,7 @@ fn the_merged_report_and_summary_have_a_row_per_shard() {
     assert!(md.contains("## Shards"), "{md}");
     assert!(md.contains("| 0/2 | 2 |"), "{md}");
     assert!(
-        md.contains("| 1/2 | 2 | 0 | - | yes: lag p99 50 ms > 20 ms | 2 | - |"),
+        md.contains("| 1/2 | 2 | 0 | - / - | yes: lag p99 50 ms > 20 ms | 2 | - |"),
         "{md}"
     );
 }
@@ -283,4 +283,43 @@ fn a_shards_per_source_warning_reaches_the_merged_results() {
     assert!(merged.run.warnings.contains(&format!("shard 0: {warning}")));
     assert_eq!(merged.run.shards[0].warnings, [warning]);
     assert_eq!(merged.run.source_addresses, Some(1 + 2));
+}
+
+/// `input` with its shard's load carrying these receive lags (ms).
+fn with_rx_lags(mut input: Input, lags_ms: &[f64]) -> Input {
+    let load = input.results.run.shards[0].load.as_mut().unwrap();
+    jitwg_reports::load::set_rx_lag(load, &jitwg_reports::shards::setup_histogram(lags_ms));
+    input
+}
+
+#[test]
+fn receive_lag_comes_from_the_sum_of_the_shards_histograms() {
+    // Shard 0 read 99 datagrams promptly, shard 1 one datagram 2 s late: over all 100 the p99
+    // is prompt and the count is exact (a mean of the shards' p99s would say ~1 s).
+    let merged = merge(vec![
+        with_rx_lags(shard(0, 2, &[0], 7), &[0.2; 99]),
+        with_rx_lags(shard(1, 2, &[1], 7), &[2_000.0]),
+    ])
+    .unwrap();
+    let load = merged.load.unwrap();
+    assert_eq!(load.rx_lag_datagrams, 100);
+    assert_eq!(
+        (load.rx_lag_p50_ms, load.rx_lag_p99_ms),
+        (Some(0.2), Some(0.2))
+    );
+    assert!(load.rx_lag_histogram_us.is_some());
+    // Shards from before receive lag was measured: no figure.
+    let old = merge(vec![shard(0, 2, &[0], 7), shard(1, 2, &[1], 7)]).unwrap();
+    assert_eq!(old.load.unwrap().rx_lag_p99_ms, None);
+    // A corrupt histogram is an error, not a silently smaller count.
+    let mut broken = shard(1, 2, &[1], 7);
+    broken.results.run.shards[0]
+        .load
+        .as_mut()
+        .unwrap()
+        .rx_lag_histogram_us = Some("zz".into());
+    assert!(matches!(
+        merge(vec![shard(0, 2, &[0], 7), broken]),
+        Err(MergeError::Histogram(_))
+    ));
 }
