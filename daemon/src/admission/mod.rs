@@ -54,6 +54,24 @@ impl Refusal {
     }
 }
 
+/// Sources admission control refuses at one moment (`Admission::judged`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Judged {
+    /// Penalised addresses, the longest-held first.
+    Addresses(Vec<IpAddr>),
+    /// Penalised networks (the address level is off).
+    Networks(Vec<SourceNet>),
+}
+
+impl Judged {
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Judged::Addresses(a) => a.is_empty(),
+            Judged::Networks(n) => n.is_empty(),
+        }
+    }
+}
+
 /// A first contact's permission to ask the API; hand it back with the answer.
 #[derive(Debug)]
 #[must_use = "hand the ticket back with `Admission::answered`"]
@@ -149,6 +167,23 @@ impl Admission {
     /// Whether a first contact from `src` would be refused at `now` (no side effects).
     pub fn penalised(&self, src: IpAddr, now: Instant) -> bool {
         !self.penalties.allows(SourceNet::of(src), now)
+    }
+
+    /// The sources judged at `now`, for the kernel shield (`crate::shield`): with the
+    /// address level on, every penalised address (a network's penalty alone sheds only
+    /// what gets no newcomer pass, which the kernel cannot tell); without it, every
+    /// penalised network.
+    pub fn judged(&self, now: Instant) -> Judged {
+        if self.addresses.enabled() {
+            let mut addresses = self.addresses.penalised_addresses(now);
+            // Longest-held first: the ones to keep when the shield's table is full.
+            addresses.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            Judged::Addresses(addresses.into_iter().map(|(ip, _)| ip).collect())
+        } else {
+            let mut nets = self.penalties.refused(now);
+            nets.sort_by_key(|n| n.to_string());
+            Judged::Networks(nets)
+        }
     }
 
     /// A key from `src` hit the negative cache at `now`: an offence of its address.

@@ -402,6 +402,17 @@ impl Lookup {
         })
     }
 
+    /// The sources admission control judges at `now`, for the kernel shield (`None`:
+    /// no admission control).
+    pub fn judged_sources(&self, now: Instant) -> Option<crate::admission::Judged> {
+        self.admission.as_ref().map(|admission| {
+            admission
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .judged(now)
+        })
+    }
+
     /// Hand a first contact's admission ticket back with its answer.
     fn answered(&self, ticket: Option<crate::admission::Ticket>, answer: Answer) {
         let (Some(ticket), Some(admission)) = (ticket, &self.admission) else {

@@ -1,0 +1,140 @@
+//! The kernel shield: sources admission control has judged (penalised addresses, or
+//! penalised networks when the address level is off) get their handshake initiations
+//! dropped at tc ingress of the capture interface, before wireguard-go spends its own
+//! X25519 on each (measured: 34-46 % of the gateway core under a 3,000/s fresh-key flood,
+//! and bursts that put it in its cookie "under load" mode, which then refuses legitimate
+//! clients' responses). jitwgd's own capture still sees every dropped initiation (packet
+//! taps run before tc ingress), so the penalties that drive the filters stay current and
+//! expire on their own terms, and admission still lets a first contact through to
+//! identify as before; the gateway's JIT initiation and the client's response (type 2)
+//! are never filtered.
+//!
+//! Installed peers are never cut off: `plan` leaves their endpoints unblocked, with pass
+//! filters inside a blocked network (module doc there). The endpoints come from the data
+//! plane, read at most every `ENDPOINT_REFRESH` while anything is judged; until the first
+//! read succeeds nothing is blocked. What the shield cannot see is an installed peer
+//! roaming to a judged address: its initiations are dropped until that address's penalty
+//! ends (`hold` after its last offence), the same window admission already applies to
+//! first contacts from it.
+//!
+//! `plan` is the pure core (time is the caller's); `tc` is the rtnetlink edge; `run` is
+//! the loop between them. Bounded: at most `max_filters` filters; removed at exit, and a
+//! restart flushes a killed run's leftovers.
+
+pub mod plan;
+
+pub mod tc;
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::admission::LogBudget;
+use crate::dataplane::DataPlane;
+use crate::errors::Causes;
+use crate::lookup::Lookup;
+
+pub use plan::{FilterTable, Op, Prefix, Rule};
+pub use tc::{TcError, TcShield};
+
+/// How often the judged sources are turned into filters: a flood's addresses are shed
+/// in the kernel within this of being judged.
+pub const TICK: Duration = Duration::from_millis(250);
+
+/// How stale the installed peers' endpoints may be while anything is judged. A peer
+/// installed meanwhile is set up by the gateway's own initiation (its client's response
+/// is never filtered); its client's next initiation, a rekey, comes minutes later.
+pub const ENDPOINT_REFRESH: Duration = Duration::from_secs(2);
+
+/// Filters the kernel can hold per priority (u32 node ids); the cap is clamped to it.
+pub const MAX_FILTERS: usize = plan::MAX_ID as usize;
+
+/// What the shield loop needs.
+pub struct ShieldSettings {
+    /// Filters at most (0: no shield).
+    pub max_filters: usize,
+}
+
+/// Keep the filters on `tc` in step with `lookup`'s judged sources until `cancel`, then
+/// remove them.
+pub async fn run(
+    mut tc: TcShield,
+    lookup: Arc<Lookup>,
+    dataplane: DataPlane,
+    settings: ShieldSettings,
+    cancel: CancellationToken,
+) {
+    let cap = settings.max_filters.min(MAX_FILTERS);
+    let mut table = FilterTable::default();
+    let mut endpoints: Option<HashSet<IpAddr>> = None;
+    let mut endpoints_at: Option<Instant> = None;
+    let mut warnings = LogBudget::new(1, Instant::now());
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        let Some(judged) = lookup.judged_sources(now) else {
+            // No admission control, nothing is ever judged: idle until shutdown.
+            cancel.cancelled().await;
+            break;
+        };
+        let stale = endpoints_at.is_none_or(|at| now.duration_since(at) >= ENDPOINT_REFRESH);
+        if !judged.is_empty() && stale {
+            let dp = dataplane.clone();
+            match tokio::task::spawn_blocking(move || dp.peers()).await {
+                Ok(Ok(peers)) => {
+                    endpoints = Some(
+                        peers
+                            .iter()
+                            .filter_map(|p| p.endpoint.map(|e| plan::canonical(e.ip())))
+                            .collect(),
+                    );
+                    endpoints_at = Some(now);
+                }
+                Ok(Err(e)) => {
+                    if let Some(suppressed) = warnings.allow(now) {
+                        tracing::warn!(error = %Causes(&e), suppressed, "shield: reading the installed peers failed; not blocking anything new");
+                    }
+                }
+                Err(e) => {
+                    if let Some(suppressed) = warnings.allow(now) {
+                        tracing::warn!(error = %e, suppressed, "shield: reading the installed peers failed");
+                    }
+                }
+            }
+        }
+        // Never block without knowing whom not to block.
+        let want = match &endpoints {
+            Some(endpoints) => plan::desired(&judged, endpoints, cap, &table.rules()),
+            None => Default::default(),
+        };
+        let ops = table.plan(&want);
+        if ops.is_empty() {
+            continue;
+        }
+        for op in &ops {
+            match tc.apply(op).await {
+                Ok(()) => table.applied(op),
+                Err(e) => {
+                    if let Some(suppressed) = warnings.allow(now) {
+                        tracing::warn!(error = %Causes(&e), suppressed, "shield: changing a tc filter failed; retrying next tick");
+                    }
+                    // Every prefix of the plan is safe (`plan`): stop here.
+                    break;
+                }
+            }
+        }
+        tracing::debug!(filters = table.len(), changes = ops.len(), "shield filters updated");
+    }
+    if let Err(e) = tc.close().await {
+        tracing::warn!(error = %Causes(&e), "shield: removing the tc filters at exit failed");
+    }
+}
+

@@ -1,0 +1,256 @@
+//! The kernel shield's pure core: which tc filters should exist at a moment, given the
+//! sources admission control judges (`Admission::judged`) and the endpoints of installed
+//! peers, and the ordered changes that take the installed filters there without ever
+//! leaving an installed peer's endpoint blocked. No IO, no clock: the caller evaluates
+//! the penalties at its `now` and applies the returned operations one by one.
+//!
+//! Safety rule: an installed peer must always be able to initiate (rekey, retry). A
+//! blocked address that is an installed endpoint is simply not blocked; a blocked
+//! network gets a higher-priority pass filter for each installed endpoint inside it, and
+//! is not blocked at all when its passes do not fit the filter budget. Changes are
+//! ordered passes-added, blocks-removed, blocks-added, passes-removed, so every prefix of
+//! the sequence is as safe as its start and its end: applying stops at the first failure.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::admission::{Judged, SourceNet};
+
+/// An IPv4 or IPv6 prefix (host bits zero).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Prefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Prefix {
+    /// The host prefix of `ip` (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn host(ip: IpAddr) -> Prefix {
+        let addr = canonical(ip);
+        let len = if addr.is_ipv4() { 32 } else { 128 };
+        Prefix { addr, len }
+    }
+
+    /// The /24 or /64 admission control judges.
+    pub fn of_net(net: SourceNet) -> Prefix {
+        match net {
+            SourceNet::V4([a, b, c]) => Prefix {
+                addr: IpAddr::V4(Ipv4Addr::new(a, b, c, 0)),
+                len: 24,
+            },
+            SourceNet::V6(n) => {
+                let mut o = [0u8; 16];
+                o[..8].copy_from_slice(&n);
+                Prefix {
+                    addr: IpAddr::V6(Ipv6Addr::from(o)),
+                    len: 64,
+                }
+            }
+        }
+    }
+
+    /// Whether `ip` lies inside.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, canonical(ip)) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.len)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// An IPv4-mapped IPv6 address as IPv4 (what the wire carries on an IPv4 underlay).
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// One filter on the capture interface's ingress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Rule {
+    /// Let initiations from this installed endpoint through (checked before any block).
+    Pass(IpAddr),
+    /// Drop initiations from this prefix.
+    Block(Prefix),
+}
+
+impl Rule {
+    pub fn is_v4(&self) -> bool {
+        match self {
+            Rule::Pass(ip) => ip.is_ipv4(),
+            Rule::Block(p) => p.addr.is_ipv4(),
+        }
+    }
+}
+
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rule::Pass(ip) => write!(f, "pass {ip}"),
+            Rule::Block(p) => write!(f, "block {p}"),
+        }
+    }
+}
+
+/// The filters that should exist: the judged sources, the installed endpoints' passes,
+/// at most `cap` filters in all. When the judged sources do not all fit, those already
+/// installed (in `current`) are kept first, then the rest in `judged`'s order.
+pub fn desired(
+    judged: &Judged,
+    endpoints: &HashSet<IpAddr>,
+    cap: usize,
+    current: &BTreeSet<Rule>,
+) -> BTreeSet<Rule> {
+    let endpoints: BTreeSet<IpAddr> = endpoints.iter().map(|ip| canonical(*ip)).collect();
+    // Each candidate: its block and the passes it needs.
+    let mut candidates: Vec<(Prefix, Vec<IpAddr>)> = match judged {
+        Judged::Addresses(ips) => ips
+            .iter()
+            .map(|ip| Prefix::host(*ip))
+            .filter(|p| !endpoints.contains(&p.addr))
+            .map(|p| (p, Vec::new()))
+            .collect(),
+        Judged::Networks(nets) => nets
+            .iter()
+            .map(|net| {
+                let p = Prefix::of_net(*net);
+                let passes = endpoints.iter().filter(|e| p.contains(**e)).copied();
+                (p, passes.collect())
+            })
+            .collect(),
+    };
+    // Stable: installed ones first, each group in the given order.
+    candidates.sort_by_key(|(p, _)| !current.contains(&Rule::Block(*p)));
+    let mut out = BTreeSet::new();
+    for (block, passes) in candidates {
+        let rules = std::iter::once(Rule::Block(block)).chain(passes.into_iter().map(Rule::Pass));
+        let new: Vec<Rule> = rules.filter(|r| !out.contains(r)).collect();
+        if out.len() + new.len() <= cap {
+            out.extend(new);
+        }
+    }
+    out
+}
+
+/// One change to the kernel's filters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Add { rule: Rule, id: u16 },
+    Remove { rule: Rule, id: u16 },
+}
+
+/// u32 filter node ids run from 1 to 0xfff within one priority.
+pub const MAX_ID: u16 = 0xfff;
+
+/// The filters installed, each with its node id within its (kind, family) priority.
+#[derive(Debug, Default, Clone)]
+pub struct FilterTable {
+    installed: BTreeMap<Rule, u16>,
+}
+
+/// Which of the four priorities a rule sits at (pass v4, pass v6, block v4, block v6).
+pub fn slot(rule: &Rule) -> usize {
+    let kind = if matches!(rule, Rule::Pass(_)) { 0 } else { 2 };
+    kind + usize::from(!rule.is_v4())
+}
+
+impl FilterTable {
+    pub fn rules(&self) -> BTreeSet<Rule> {
+        self.installed.keys().copied().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.installed.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.installed.is_empty()
+    }
+
+    /// The changes from what is installed to `want`, in the safe order (module doc).
+    /// Ids are allocated as if every earlier op succeeded.
+    pub fn plan(&self, want: &BTreeSet<Rule>) -> Vec<Op> {
+        let have = self.rules();
+        let mut used: [BTreeSet<u16>; 4] = Default::default();
+        for (rule, id) in &self.installed {
+            used[slot(rule)].insert(*id);
+        }
+        let mut ops = Vec::new();
+        let removes = |pass: bool, ops: &mut Vec<Op>, used: &mut [BTreeSet<u16>; 4]| {
+            for rule in have.difference(want) {
+                if matches!(rule, Rule::Pass(_)) == pass {
+                    if let Some(id) = self.installed.get(rule) {
+                        used[slot(rule)].remove(id);
+                        ops.push(Op::Remove { rule: *rule, id: *id });
+                    }
+                }
+            }
+        };
+        let adds = |pass: bool, ops: &mut Vec<Op>, used: &mut [BTreeSet<u16>; 4]| {
+            for rule in want.difference(&have) {
+                if matches!(rule, Rule::Pass(_)) == pass {
+                    let taken = &mut used[slot(rule)];
+                    // Lowest free id; none left: the rule is not installed (the cap
+                    // keeps this from happening).
+                    if let Some(id) = (1..=MAX_ID).find(|id| !taken.contains(id)) {
+                        taken.insert(id);
+                        ops.push(Op::Add { rule: *rule, id });
+                    }
+                }
+            }
+        };
+        adds(true, &mut ops, &mut used);
+        removes(false, &mut ops, &mut used);
+        adds(false, &mut ops, &mut used);
+        removes(true, &mut ops, &mut used);
+        // A block whose passes could not all get an id must not go in.
+        let passes_added: BTreeSet<Rule> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Add { rule, .. } if matches!(rule, Rule::Pass(_)) => Some(*rule),
+                _ => None,
+            })
+            .collect();
+        let missing_pass = want
+            .iter()
+            .any(|r| matches!(r, Rule::Pass(_)) && !have.contains(r) && !passes_added.contains(r));
+        if missing_pass {
+            ops.retain(|op| !matches!(op, Op::Add { rule: Rule::Block(_), .. }));
+        }
+        ops
+    }
+
+    /// `op` was applied.
+    pub fn applied(&mut self, op: &Op) {
+        match op {
+            Op::Add { rule, id } => {
+                self.installed.insert(*rule, *id);
+            }
+            Op::Remove { rule, .. } => {
+                self.installed.remove(rule);
+            }
+        }
+    }
+
+    /// Everything was removed (flushed at once).
+    pub fn clear(&mut self) {
+        self.installed.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,295 @@
+//! Tests of the shield's pure core: what to block given judged sources and installed
+//! endpoints, and that every prefix of a change sequence keeps installed peers reachable.
+
+use super::*;
+use crate::admission::{
+    Admission, AdmissionSettings, AddressSettings, Answer, BudgetSettings, PenaltySettings,
+    SHARE_WINDOW,
+};
+use proptest::prelude::*;
+use std::time::{Duration, Instant};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn set(ips: &[&str]) -> HashSet<IpAddr> {
+    ips.iter().map(|s| ip(s)).collect()
+}
+
+fn block(s: &str) -> Rule {
+    let (a, l) = s.split_once('/').unwrap();
+    Rule::Block(Prefix {
+        addr: ip(a),
+        len: l.parse().unwrap(),
+    })
+}
+
+/// Apply every op of `plan` to `table`.
+fn converge(table: &mut FilterTable, want: &BTreeSet<Rule>) {
+    for op in table.plan(want) {
+        table.applied(&op);
+    }
+}
+
+/// No endpoint in `endpoints` lies in an installed block without its pass.
+fn safe(table: &FilterTable, endpoints: &HashSet<IpAddr>) -> bool {
+    let rules = table.rules();
+    endpoints.iter().all(|e| {
+        let blocked = rules
+            .iter()
+            .any(|r| matches!(r, Rule::Block(p) if p.contains(*e)));
+        !blocked || rules.contains(&Rule::Pass(canonical(*e)))
+    })
+}
+
+#[test]
+fn prefixes_contain_what_they_should() {
+    let p = Prefix::of_net(SourceNet::of(ip("198.18.7.9")));
+    assert_eq!(p.to_string(), "198.18.7.0/24");
+    assert!(p.contains(ip("198.18.7.200")));
+    assert!(p.contains(ip("::ffff:198.18.7.1")));
+    assert!(!p.contains(ip("198.18.8.1")));
+    assert!(!p.contains(ip("2001:2::1")));
+    let p6 = Prefix::of_net(SourceNet::of(ip("2001:2:0:1::5")));
+    assert_eq!(p6.to_string(), "2001:2:0:1::/64");
+    assert!(p6.contains(ip("2001:2:0:1:ffff::1")));
+    assert!(!p6.contains(ip("2001:2:0:2::1")));
+    assert_eq!(Prefix::host(ip("::ffff:198.18.1.1")).to_string(), "198.18.1.1/32");
+    assert!(Prefix::host(ip("2001:2::1")).contains(ip("2001:2::1")));
+    assert!(!Prefix::host(ip("2001:2::1")).contains(ip("2001:2::2")));
+}
+
+#[test]
+fn judged_addresses_are_blocked_except_installed_endpoints() {
+    let judged = Judged::Addresses(vec![ip("198.18.1.5"), ip("198.18.1.6"), ip("2001:2::9")]);
+    let want = desired(&judged, &set(&["198.18.1.6"]), 100, &BTreeSet::new());
+    let expected: BTreeSet<Rule> = [block("198.18.1.5/32"), block("2001:2::9/128")].into();
+    assert_eq!(want, expected);
+}
+
+#[test]
+fn judged_networks_are_blocked_with_a_pass_for_each_installed_endpoint_inside() {
+    let judged = Judged::Networks(vec![SourceNet::of(ip("198.18.1.0"))]);
+    let endpoints = set(&["198.18.1.6", "198.18.2.6", "::ffff:198.18.1.7"]);
+    let want = desired(&judged, &endpoints, 100, &BTreeSet::new());
+    let expected: BTreeSet<Rule> = [
+        block("198.18.1.0/24"),
+        Rule::Pass(ip("198.18.1.6")),
+        Rule::Pass(ip("198.18.1.7")),
+    ]
+    .into();
+    assert_eq!(want, expected);
+}
+
+#[test]
+fn a_network_whose_passes_do_not_fit_is_not_blocked_and_installed_blocks_stay_first() {
+    let nets = Judged::Networks(vec![
+        SourceNet::of(ip("198.18.1.0")),
+        SourceNet::of(ip("198.18.2.0")),
+        SourceNet::of(ip("198.18.3.0")),
+    ]);
+    let endpoints = set(&["198.18.1.6", "198.18.1.7"]);
+    // Cap 2: 198.18.1.0/24 needs 3 filters, so it is left open; the next two fit.
+    let want = desired(&nets, &endpoints, 2, &BTreeSet::new());
+    let expected: BTreeSet<Rule> = [block("198.18.2.0/24"), block("198.18.3.0/24")].into();
+    assert_eq!(want, expected);
+    // Cap 1 with 198.18.3.0/24 installed: it stays rather than the first in order.
+    let current: BTreeSet<Rule> = [block("198.18.3.0/24")].into();
+    let want = desired(&nets, &endpoints, 1, &current);
+    assert_eq!(want, current);
+}
+
+#[test]
+fn plan_adds_passes_before_blocks_and_removes_blocks_before_passes() {
+    let mut t = FilterTable::default();
+    let want: BTreeSet<Rule> = [block("198.18.1.0/24"), Rule::Pass(ip("198.18.1.6"))].into();
+    let ops = t.plan(&want);
+    assert_eq!(
+        ops,
+        vec![
+            Op::Add { rule: Rule::Pass(ip("198.18.1.6")), id: 1 },
+            Op::Add { rule: block("198.18.1.0/24"), id: 1 },
+        ]
+    );
+    converge(&mut t, &want);
+    assert!(t.plan(&want).is_empty(), "converged: nothing to do");
+    let ops = t.plan(&BTreeSet::new());
+    assert_eq!(
+        ops,
+        vec![
+            Op::Remove { rule: block("198.18.1.0/24"), id: 1 },
+            Op::Remove { rule: Rule::Pass(ip("198.18.1.6")), id: 1 },
+        ]
+    );
+}
+
+#[test]
+fn ids_are_per_priority_and_reused_after_removal() {
+    let mut t = FilterTable::default();
+    let want: BTreeSet<Rule> = [
+        block("198.18.1.5/32"),
+        block("198.18.1.6/32"),
+        block("2001:2::1/128"),
+    ]
+    .into();
+    converge(&mut t, &want);
+    let ids: Vec<u16> = t.installed.values().copied().collect();
+    assert_eq!(ids, vec![1, 2, 1], "v4 blocks 1, 2; the v6 block has its own 1");
+    let want2: BTreeSet<Rule> = [block("198.18.1.6/32"), block("198.18.1.7/32")].into();
+    let ops = t.plan(&want2);
+    assert!(ops.contains(&Op::Add { rule: block("198.18.1.7/32"), id: 1 }), "{ops:?}");
+}
+
+#[test]
+fn no_block_goes_in_when_a_pass_it_needs_gets_no_id() {
+    let mut t = FilterTable::default();
+    for id in 1..=MAX_ID {
+        t.applied(&Op::Add {
+            rule: Rule::Pass(IpAddr::V4(Ipv4Addr::from(0xC612_0000u32 + u32::from(id)))),
+            id,
+        });
+    }
+    let mut want = t.rules();
+    want.insert(Rule::Pass(ip("198.18.200.1")));
+    want.insert(block("198.18.200.0/24"));
+    let ops = t.plan(&want);
+    assert!(ops.is_empty(), "{ops:?}");
+}
+
+fn admission(now: Instant) -> Admission {
+    Admission::new(
+        AdmissionSettings {
+            penalties: PenaltySettings {
+                burst: 2,
+                forgive_every: Duration::from_secs(1),
+                max_sources: 16,
+            },
+            budget: BudgetSettings {
+                rate: 100.0,
+                floor_rate: 100.0,
+                burst: 100,
+                share_window: SHARE_WINDOW,
+            },
+            addresses: AddressSettings {
+                quiet_gap: Duration::from_secs(1),
+                hold: Duration::from_secs(4),
+                capacity: 64,
+                newcomer_burst: 2,
+                newcomer_rate: 0.5,
+            },
+        },
+        now,
+    )
+}
+
+#[test]
+fn blocks_follow_the_penalties_and_expire_with_them() {
+    let t0 = Instant::now();
+    let mut a = admission(t0);
+    // Two 404s penalise 198.18.1.0/24 and both offending addresses.
+    for src in ["198.18.1.5", "198.18.1.6"] {
+        let t = a.admit(ip(src), t0).unwrap();
+        a.answered(t, Answer::NotFound, t0);
+    }
+    // A flooder knocking every 100 ms stays judged for as long as it knocks.
+    let mut table = FilterTable::default();
+    let endpoints = set(&["198.18.1.6"]);
+    for step in 0..20u32 {
+        let now = t0 + Duration::from_millis(100) * step;
+        let _ = a.screen(ip("198.18.1.9"), now);
+        let want = desired(&a.judged(now), &endpoints, 16, &table.rules());
+        converge(&mut table, &want);
+        assert!(safe(&table, &endpoints));
+    }
+    let at_2s = t0 + Duration::from_secs(2);
+    let expected: BTreeSet<Rule> = [block("198.18.1.5/32"), block("198.18.1.9/32")].into();
+    assert_eq!(table.rules(), expected, "the installed endpoint .6 is never blocked");
+    // 198.18.1.5 offended at t0 (hold 4 s); the flooder's last knock was at 1.9 s.
+    let at_4500 = t0 + Duration::from_millis(4500);
+    let want = desired(&a.judged(at_4500), &endpoints, 16, &table.rules());
+    converge(&mut table, &want);
+    assert_eq!(table.rules(), [block("198.18.1.9/32")].into());
+    let at_6 = at_2s + Duration::from_secs(4);
+    let want = desired(&a.judged(at_6), &endpoints, 16, &table.rules());
+    converge(&mut table, &want);
+    assert!(table.is_empty(), "every penalty has expired");
+}
+
+#[test]
+fn without_the_address_level_whole_networks_are_judged() {
+    let t0 = Instant::now();
+    let mut a = Admission::new(
+        AdmissionSettings {
+            penalties: PenaltySettings {
+                burst: 2,
+                forgive_every: Duration::from_secs(1),
+                max_sources: 16,
+            },
+            budget: BudgetSettings {
+                rate: 100.0,
+                floor_rate: 100.0,
+                burst: 100,
+                share_window: SHARE_WINDOW,
+            },
+            addresses: AddressSettings::off(),
+        },
+        t0,
+    );
+    for _ in 0..2 {
+        let t = a.admit(ip("198.18.1.5"), t0).unwrap();
+        a.answered(t, Answer::NotFound, t0);
+    }
+    assert_eq!(
+        a.judged(t0),
+        Judged::Networks(vec![SourceNet::of(ip("198.18.1.5"))])
+    );
+    assert_eq!(a.judged(t0 + Duration::from_secs(5)), Judged::Networks(vec![]));
+}
+
+/// A judged state drawn from small address and network pools.
+fn judged_strategy() -> impl Strategy<Value = Judged> {
+    prop_oneof![
+        proptest::collection::vec(0u8..12, 0..8).prop_map(|v| Judged::Addresses(
+            v.into_iter()
+                .map(|h| IpAddr::V4(Ipv4Addr::new(198, 18, h % 3, h)))
+                .collect()
+        )),
+        proptest::collection::vec(0u8..4, 0..4).prop_map(|v| Judged::Networks(
+            v.into_iter()
+                .map(|n| SourceNet::V4([198, 18, n]))
+                .collect()
+        )),
+    ]
+}
+
+proptest! {
+    /// Whatever the sequence of judged states and wherever applying stops (a failed
+    /// netlink call), no installed endpoint is ever behind a block without its pass, the
+    /// cap holds, and a complete plan reaches exactly the desired filters.
+    #[test]
+    fn every_prefix_of_every_plan_keeps_installed_endpoints_reachable(
+        states in proptest::collection::vec((judged_strategy(), 0usize..20), 1..12),
+        endpoint_hosts in proptest::collection::vec(0u8..12, 0..6),
+        cap in 0usize..10,
+    ) {
+        let endpoints: HashSet<IpAddr> = endpoint_hosts
+            .into_iter()
+            .map(|h| IpAddr::V4(Ipv4Addr::new(198, 18, h % 3, h)))
+            .collect();
+        let mut table = FilterTable::default();
+        for (judged, stop_after) in states {
+            let want = desired(&judged, &endpoints, cap, &table.rules());
+            prop_assert!(want.len() <= cap);
+            let ops = table.plan(&want);
+            let complete = stop_after >= ops.len();
+            for op in ops.iter().take(stop_after) {
+                table.applied(op);
+                prop_assert!(safe(&table, &endpoints), "unsafe after {op:?}");
+            }
+            if complete {
+                prop_assert_eq!(table.rules(), want);
+            }
+        }
+    }
+}
