@@ -17,15 +17,18 @@
 //! ends (`hold` after its last offence), the same window admission already applies to
 //! first contacts from it.
 //!
-//! `plan` is the pure core (time is the caller's); `tc` is the rtnetlink edge; `run` is
-//! the loop between them. Bounded: at most `max_filters` filters; removed at exit, and a
-//! restart flushes a killed run's leftovers.
+//! `plan` is the pure core (time is the caller's), `bpf` compiles a family's rules into
+//! one classic program, `tc` is the rtnetlink edge; `run` is the loop between them.
+//! Bounded: at most `max_filters` rules (one program per family); removed at exit, and
+//! a restart flushes a killed run's leftovers.
 
 pub mod plan;
 
+pub mod bpf;
+
 pub mod tc;
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,7 +40,7 @@ use crate::dataplane::DataPlane;
 use crate::errors::Causes;
 use crate::lookup::Lookup;
 
-pub use plan::{FilterTable, Op, Prefix, Rule};
+pub use plan::{Prefix, Rule};
 pub use tc::{TcError, TcShield};
 
 /// How often the judged sources are turned into filters: a flood's addresses are shed
@@ -49,8 +52,9 @@ pub const TICK: Duration = Duration::from_millis(250);
 /// is never filtered); its client's next initiation, a rekey, comes minutes later.
 pub const ENDPOINT_REFRESH: Duration = Duration::from_secs(2);
 
-/// Filters the kernel can hold per priority (u32 node ids); the cap is clamped to it.
-pub const MAX_FILTERS: usize = plan::MAX_ID as usize;
+/// Rules one classic program holds even when all are IPv6 hosts (`bpf::MAX_INSNS`);
+/// the cap is clamped to it.
+pub const MAX_FILTERS: usize = (bpf::MAX_INSNS - bpf::HEADER_INSNS - 1) / bpf::MAX_RULE_INSNS;
 
 /// What the shield loop needs.
 pub struct ShieldSettings {
@@ -68,7 +72,8 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let cap = settings.max_filters.min(MAX_FILTERS);
-    let mut table = FilterTable::default();
+    // What each family's program holds now (IPv4, IPv6).
+    let mut installed: [BTreeSet<Rule>; 2] = Default::default();
     let mut endpoints: Option<HashSet<IpAddr>> = None;
     let mut endpoints_at: Option<Instant> = None;
     let mut warnings = LogBudget::new(1, Instant::now());
@@ -100,7 +105,7 @@ pub async fn run(
                 }
                 Ok(Err(e)) => {
                     if let Some(suppressed) = warnings.allow(now) {
-                        tracing::warn!(error = %Causes(&e), suppressed, "shield: reading the installed peers failed; not blocking anything new");
+                        tracing::warn!(error = %Causes(&e), suppressed, "shield: reading the installed peers failed; blocking nothing new");
                     }
                 }
                 Err(e) => {
@@ -111,27 +116,29 @@ pub async fn run(
             }
         }
         // Never block without knowing whom not to block.
+        let current: BTreeSet<Rule> = installed.iter().flatten().copied().collect();
         let want = match &endpoints {
-            Some(endpoints) => plan::desired(&judged, endpoints, cap, &table.rules()),
-            None => Default::default(),
+            Some(endpoints) => plan::desired(&judged, endpoints, cap, &current),
+            None => BTreeSet::new(),
         };
-        let ops = table.plan(&want);
-        if ops.is_empty() {
-            continue;
-        }
-        for op in &ops {
-            match tc.apply(op).await {
-                Ok(()) => table.applied(op),
+        for (family, v4) in [(0, true), (1, false)] {
+            let rules = plan::family(&want, v4);
+            if rules == installed[family] {
+                continue;
+            }
+            let list: Vec<Rule> = rules.iter().copied().collect();
+            match tc.replace(&list, v4).await {
+                Ok(()) => {
+                    tracing::debug!(rules = list.len(), v4, "shield program replaced");
+                    installed[family] = rules;
+                }
                 Err(e) => {
                     if let Some(suppressed) = warnings.allow(now) {
-                        tracing::warn!(error = %Causes(&e), suppressed, "shield: changing a tc filter failed; retrying next tick");
+                        tracing::warn!(error = %Causes(&e), suppressed, "shield: replacing the tc program failed; retrying next tick");
                     }
-                    // Every prefix of the plan is safe (`plan`): stop here.
-                    break;
                 }
             }
         }
-        tracing::debug!(filters = table.len(), changes = ops.len(), "shield filters updated");
     }
     if let Err(e) = tc.close().await {
         tracing::warn!(error = %Causes(&e), "shield: removing the tc filters at exit failed");

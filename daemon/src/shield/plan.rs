@@ -1,17 +1,15 @@
-//! The kernel shield's pure core: which tc filters should exist at a moment, given the
-//! sources admission control judges (`Admission::judged`) and the endpoints of installed
-//! peers, and the ordered changes that take the installed filters there without ever
-//! leaving an installed peer's endpoint blocked. No IO, no clock: the caller evaluates
-//! the penalties at its `now` and applies the returned operations one by one.
+//! The kernel shield's pure core: which rules the kernel should apply at a moment, given
+//! the sources admission control judges (`Admission::judged`) and the endpoints of
+//! installed peers. No IO, no clock: the caller evaluates the penalties at its `now`.
+//! The rules of one address family become one program (`bpf`), swapped in atomically, so
+//! there is never a moment with a block in force and its passes missing.
 //!
 //! Safety rule: an installed peer must always be able to initiate (rekey, retry). A
-//! blocked address that is an installed endpoint is simply not blocked; a blocked
-//! network gets a higher-priority pass filter for each installed endpoint inside it, and
-//! is not blocked at all when its passes do not fit the filter budget. Changes are
-//! ordered passes-added, blocks-removed, blocks-added, passes-removed, so every prefix of
-//! the sequence is as safe as its start and its end: applying stops at the first failure.
+//! judged address that is an installed endpoint is simply not blocked; a judged network
+//! gets a pass rule (checked before any block) for each installed endpoint inside it, and
+//! is not blocked at all when its passes do not fit the rule budget.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::admission::{Judged, SourceNet};
@@ -146,110 +144,9 @@ pub fn desired(
     out
 }
 
-/// One change to the kernel's filters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Op {
-    Add { rule: Rule, id: u16 },
-    Remove { rule: Rule, id: u16 },
-}
-
-/// u32 filter node ids run from 1 to 0xfff within one priority.
-pub const MAX_ID: u16 = 0xfff;
-
-/// The filters installed, each with its node id within its (kind, family) priority.
-#[derive(Debug, Default, Clone)]
-pub struct FilterTable {
-    installed: BTreeMap<Rule, u16>,
-}
-
-/// Which of the four priorities a rule sits at (pass v4, pass v6, block v4, block v6).
-pub fn slot(rule: &Rule) -> usize {
-    let kind = if matches!(rule, Rule::Pass(_)) { 0 } else { 2 };
-    kind + usize::from(!rule.is_v4())
-}
-
-impl FilterTable {
-    pub fn rules(&self) -> BTreeSet<Rule> {
-        self.installed.keys().copied().collect()
-    }
-
-    pub fn len(&self) -> usize {
-        self.installed.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.installed.is_empty()
-    }
-
-    /// The changes from what is installed to `want`, in the safe order (module doc).
-    /// Ids are allocated as if every earlier op succeeded.
-    pub fn plan(&self, want: &BTreeSet<Rule>) -> Vec<Op> {
-        let have = self.rules();
-        let mut used: [BTreeSet<u16>; 4] = Default::default();
-        for (rule, id) in &self.installed {
-            used[slot(rule)].insert(*id);
-        }
-        let mut ops = Vec::new();
-        let removes = |pass: bool, ops: &mut Vec<Op>, used: &mut [BTreeSet<u16>; 4]| {
-            for rule in have.difference(want) {
-                if matches!(rule, Rule::Pass(_)) == pass {
-                    if let Some(id) = self.installed.get(rule) {
-                        used[slot(rule)].remove(id);
-                        ops.push(Op::Remove { rule: *rule, id: *id });
-                    }
-                }
-            }
-        };
-        let adds = |pass: bool, ops: &mut Vec<Op>, used: &mut [BTreeSet<u16>; 4]| {
-            for rule in want.difference(&have) {
-                if matches!(rule, Rule::Pass(_)) == pass {
-                    let taken = &mut used[slot(rule)];
-                    // Lowest free id; none left: the rule is not installed (the cap
-                    // keeps this from happening).
-                    if let Some(id) = (1..=MAX_ID).find(|id| !taken.contains(id)) {
-                        taken.insert(id);
-                        ops.push(Op::Add { rule: *rule, id });
-                    }
-                }
-            }
-        };
-        adds(true, &mut ops, &mut used);
-        removes(false, &mut ops, &mut used);
-        adds(false, &mut ops, &mut used);
-        removes(true, &mut ops, &mut used);
-        // A block whose passes could not all get an id must not go in.
-        let passes_added: BTreeSet<Rule> = ops
-            .iter()
-            .filter_map(|op| match op {
-                Op::Add { rule, .. } if matches!(rule, Rule::Pass(_)) => Some(*rule),
-                _ => None,
-            })
-            .collect();
-        let missing_pass = want
-            .iter()
-            .any(|r| matches!(r, Rule::Pass(_)) && !have.contains(r) && !passes_added.contains(r));
-        if missing_pass {
-            ops.retain(|op| !matches!(op, Op::Add { rule: Rule::Block(_), .. }));
-        }
-        ops
-    }
-
-    /// `op` was applied.
-    pub fn applied(&mut self, op: &Op) {
-        match op {
-            Op::Add { rule, id } => {
-                self.installed.insert(*rule, *id);
-            }
-            Op::Remove { rule, .. } => {
-                self.installed.remove(rule);
-            }
-        }
-    }
-
-    /// Everything was removed (flushed at once).
-    pub fn clear(&mut self) {
-        self.installed.clear();
-    }
+/// The rules of one address family (the kernel holds one program per family).
+pub fn family(rules: &BTreeSet<Rule>, v4: bool) -> BTreeSet<Rule> {
+    rules.iter().filter(|r| r.is_v4() == v4).copied().collect()
 }
 
 #[cfg(test)]
