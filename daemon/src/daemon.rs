@@ -340,8 +340,15 @@ pub async fn run(
                     cancel.clone(),
                 ),
             );
-            start_shield(&config, listen_port, &lookup, shield_dataplane, &mut tasks, &cancel)
-                .await?;
+            start_shield(
+                &config,
+                listen_port,
+                &lookup,
+                shield_dataplane,
+                &mut tasks,
+                &cancel,
+            )
+            .await?;
             if config.api_url.is_some() {
                 let every = (config.positive_ttl / 4)
                     .clamp(Duration::from_secs(1), Duration::from_secs(60));

@@ -32,7 +32,12 @@ fn udp_in_datagrams(pid: u32) -> u64 {
         .split_whitespace()
         .position(|n| n == "InDatagrams")
         .unwrap();
-    values.split_whitespace().nth(column).unwrap().parse().unwrap()
+    values
+        .split_whitespace()
+        .nth(column)
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 fn address_penalised(gw: &Gateway) -> u64 {
@@ -56,11 +61,13 @@ fn judged_sources_are_dropped_in_the_kernel_and_installed_peers_still_get_in() {
     // flooder's address.
     let installed_key = random_key();
     let mut installed = gw.knocker(0, installed_key).unwrap();
-    gw.register(&installed.public_key(), &["100.64.0.2/32"]).unwrap();
+    gw.register(&installed.public_key(), &["100.64.0.2/32"])
+        .unwrap();
     installed.connect(Duration::from_secs(3)).unwrap();
     let roaming_key = random_key();
     let mut roaming = gw.knocker(1, roaming_key).unwrap();
-    gw.register(&roaming.public_key(), &["100.64.0.3/32"]).unwrap();
+    gw.register(&roaming.public_key(), &["100.64.0.3/32"])
+        .unwrap();
     roaming.connect(Duration::from_secs(3)).unwrap();
 
     // A key nobody knows from the installed peer's own address: a 404, an offence of
@@ -134,7 +141,10 @@ fn judged_sources_are_dropped_in_the_kernel_and_installed_peers_still_get_in() {
          namespace {reached}, jitwgd address_penalised drops {seen}; installed peer at a \
          judged address: {rekey:?}; roaming onto a flooder's address: {roam:?}"
     );
-    assert!(flood_in_window > 1000, "the flood did not run ({flood_in_window})");
+    assert!(
+        flood_in_window > 1000,
+        "the flood did not run ({flood_in_window})"
+    );
     assert!(
         reached * 20 < flood_in_window,
         "{reached} of {flood_in_window} flood initiations reached wireguard-go's socket; \

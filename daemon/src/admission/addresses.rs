@@ -232,7 +232,11 @@ impl SourceAddresses {
     pub fn penalised_addresses(&self, now: Instant) -> Vec<(IpAddr, Instant)> {
         self.table
             .iter()
-            .filter_map(|(ip, a)| a.penalised_until.filter(|until| now < *until).map(|u| (*ip, u)))
+            .filter_map(|(ip, a)| {
+                a.penalised_until
+                    .filter(|until| now < *until)
+                    .map(|u| (*ip, u))
+            })
             .collect()
     }
 

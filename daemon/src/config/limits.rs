@@ -96,17 +96,18 @@ pub struct LimitArgs {
     #[arg(long, env = "JITWGD_SOURCE_QUIET_GAP", value_name = "DURATION", value_parser = values::duration_or_off)]
     pub source_quiet_gap: Option<Duration>,
 
-    /// Kernel filters the shield may hold on --capture-interface's tc ingress
-    /// [default: 1024; 0 or off disables; at most 4095 are used].
+    /// Sources the kernel shield may block at once on --capture-interface's tc ingress
+    /// [default: 453, the most one classic BPF program holds; 0 or off disables].
     ///
     /// Handshake initiations from the sources admission control judges (each penalised
     /// address, see --source-quiet-gap; each penalised network when that is off) are
-    /// dropped by the kernel before the data plane spends its own Diffie-Hellman on them,
-    /// which under a fresh-key flood otherwise costs it a third of a core and pushes it
-    /// into its cookie "under load" mode. jitwgd's capture still sees them, so penalties
-    /// stay current; filters go when their penalty ends, and at exit. Installed peers'
-    /// endpoints are never blocked (a pass filter lets them through inside a blocked
-    /// network). Needs CAP_NET_ADMIN and --capture-interface (without one it stays off).
+    /// dropped by the kernel (a cls_bpf filter) before the data plane spends its own
+    /// Diffie-Hellman on them, which under a fresh-key flood otherwise costs it a third of
+    /// a core and can push it into its cookie "under load" mode. jitwgd's capture still
+    /// sees them, so penalties stay current; a block goes when its penalty ends, and all
+    /// go at exit. Installed peers' endpoints are never blocked (inside a blocked network
+    /// a pass rule, counted here too, lets each through). Needs CAP_NET_ADMIN and
+    /// --capture-interface (without one it stays off).
     #[arg(long, env = "JITWGD_SHIELD_FILTERS", value_name = "COUNT", value_parser = values::count_or_off)]
     pub shield_filters: Option<usize>,
 
@@ -209,8 +210,13 @@ pub(super) fn merge(
     let d = Limits::default();
     // How a file's key is checked, as the flag's own parser would check it.
     let count = |key, raw: &Option<usize>| f.count(key, *raw);
-    let count_or_off =
-        |key, raw: &Option<CountOrOff>| f.check(key, raw.as_ref().map(CountOrOff::text), values::count_or_off);
+    let count_or_off = |key, raw: &Option<CountOrOff>| {
+        f.check(
+            key,
+            raw.as_ref().map(CountOrOff::text),
+            values::count_or_off,
+        )
+    };
     let duration = |key, raw: &Option<String>| f.check(key, raw.clone(), values::positive_duration);
     let duration_or_off =
         |key, raw: &Option<String>| f.check(key, raw.clone(), values::duration_or_off);
@@ -306,6 +312,36 @@ mod tests {
         assert_eq!(l.db_corruption, DbCorruption::Refuse);
         assert_eq!(l.source_penalty_forgive, Duration::from_secs(3));
         assert_eq!(l.max_pending, defaults::MAX_PENDING);
+    }
+
+    #[test]
+    fn the_shield_is_switched_off_by_zero_or_off_in_flag_or_file() {
+        assert_eq!(
+            resolve(&[], "").unwrap().shield_filters,
+            defaults::SHIELD_FILTERS
+        );
+        assert_eq!(
+            resolve(&[], "shield_filters = \"off\"\n")
+                .unwrap()
+                .shield_filters,
+            0
+        );
+        assert_eq!(
+            resolve(&[], "shield_filters = 64\n")
+                .unwrap()
+                .shield_filters,
+            64
+        );
+        assert_eq!(
+            resolve(&["--shield-filters", "off"], "shield_filters = 64\n")
+                .unwrap()
+                .shield_filters,
+            0
+        );
+        let err = resolve(&[], "shield_filters = \"many\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("shield_filters"), "{err}");
     }
 
     #[test]

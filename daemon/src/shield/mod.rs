@@ -144,4 +144,3 @@ pub async fn run(
         tracing::warn!(error = %Causes(&e), "shield: removing the tc filters at exit failed");
     }
 }
-

@@ -15,8 +15,8 @@
 
 use futures::StreamExt;
 use rtnetlink::packet_core::{
-    DefaultNla, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL,
-    NLM_F_REPLACE, NLM_F_REQUEST,
+    DefaultNla, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE,
+    NLM_F_REQUEST,
 };
 use rtnetlink::packet_route::tc::{
     TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcMessage, TcOption,
@@ -105,11 +105,14 @@ impl TcShield {
     pub async fn replace(&mut self, rules: &[Rule], v4: bool) -> Result<(), TcError> {
         let family = if v4 { 0 } else { 1 };
         if rules.is_empty() {
-            return self.remove(family).await.map_err(|source| TcError::Replace {
-                family: family_name(v4),
-                rules: 0,
-                source,
-            });
+            return self
+                .remove(family)
+                .await
+                .map_err(|source| TcError::Replace {
+                    family: family_name(v4),
+                    rules: 0,
+                    source,
+                });
         }
         let program = bpf::program(rules, v4, self.port);
         let mut msg = self.header(family);
@@ -139,13 +142,11 @@ impl TcShield {
 
     /// Remove both families' filters.
     pub async fn flush(&mut self) -> Result<(), TcError> {
-        for family in 0..PRIORITIES.len() {
-            self.remove(family)
-                .await
-                .map_err(|source| TcError::Flush {
-                    priority: PRIORITIES[family],
-                    source,
-                })?;
+        for (family, priority) in PRIORITIES.iter().enumerate() {
+            self.remove(family).await.map_err(|source| TcError::Flush {
+                priority: *priority,
+                source,
+            })?;
         }
         Ok(())
     }

@@ -107,13 +107,33 @@ fn ipv4_initiations_from_blocked_sources_are_shot_and_nothing_else() {
     );
     let shot = |src: &str, port: u16, word: [u8; 4]| run(&p, &datagram(ip(src), port, word));
     assert_eq!(shot("198.18.1.5", PORT, INIT), TC_ACT_SHOT);
-    assert_eq!(shot("198.18.1.6", PORT, INIT), TC_ACT_UNSPEC, "installed endpoint");
+    assert_eq!(
+        shot("198.18.1.6", PORT, INIT),
+        TC_ACT_UNSPEC,
+        "installed endpoint"
+    );
     assert_eq!(shot("198.18.2.9", PORT, INIT), TC_ACT_SHOT);
     assert_eq!(shot("198.18.2.8", PORT, INIT), TC_ACT_UNSPEC);
-    assert_eq!(shot("198.18.1.5", PORT, [2, 0, 0, 0]), TC_ACT_UNSPEC, "a response");
-    assert_eq!(shot("198.18.1.5", PORT, [4, 0, 0, 0]), TC_ACT_UNSPEC, "data");
-    assert_eq!(shot("198.18.1.5", PORT, [1, 0, 0, 1]), TC_ACT_UNSPEC, "not type 1 to WireGuard");
-    assert_eq!(shot("198.18.1.5", PORT + 1, INIT), TC_ACT_UNSPEC, "another port");
+    assert_eq!(
+        shot("198.18.1.5", PORT, [2, 0, 0, 0]),
+        TC_ACT_UNSPEC,
+        "a response"
+    );
+    assert_eq!(
+        shot("198.18.1.5", PORT, [4, 0, 0, 0]),
+        TC_ACT_UNSPEC,
+        "data"
+    );
+    assert_eq!(
+        shot("198.18.1.5", PORT, [1, 0, 0, 1]),
+        TC_ACT_UNSPEC,
+        "not type 1 to WireGuard"
+    );
+    assert_eq!(
+        shot("198.18.1.5", PORT + 1, INIT),
+        TC_ACT_UNSPEC,
+        "another port"
+    );
     let mut options = datagram(ip("198.18.1.5"), PORT, INIT);
     options[0] = 0x46;
     assert_eq!(run(&p, &options), TC_ACT_UNSPEC, "IPv4 options: not judged");
@@ -123,7 +143,11 @@ fn ipv4_initiations_from_blocked_sources_are_shot_and_nothing_else() {
     let mut tcp = datagram(ip("198.18.1.5"), PORT, INIT);
     tcp[9] = 6;
     assert_eq!(run(&p, &tcp), TC_ACT_UNSPEC);
-    assert_eq!(run(&p, &[0x45, 0, 0]), 0, "truncated: the kernel's out-of-bounds 0");
+    assert_eq!(
+        run(&p, &[0x45, 0, 0]),
+        0,
+        "truncated: the kernel's out-of-bounds 0"
+    );
 }
 
 #[test]
@@ -151,7 +175,11 @@ fn ipv6_programs_compare_only_the_prefix_words() {
 #[test]
 fn the_largest_rule_set_fits_the_kernels_limit() {
     let worst: Vec<Rule> = (0..super::super::MAX_FILTERS as u128)
-        .map(|i| Rule::Block(Prefix::host(IpAddr::V6(Ipv6Addr::from((0x2001_0002u128 << 96) | i)))))
+        .map(|i| {
+            Rule::Block(Prefix::host(IpAddr::V6(Ipv6Addr::from(
+                (0x2001_0002u128 << 96) | i,
+            ))))
+        })
         .collect();
     let p = program(&worst, false, PORT);
     assert!(p.len() <= MAX_INSNS, "{} instructions", p.len());
@@ -161,7 +189,8 @@ fn the_largest_rule_set_fits_the_kernels_limit() {
 fn v4_rule() -> impl Strategy<Value = Rule> {
     prop_oneof![
         (0u8..3, 0u8..6).prop_map(|(n, h)| Rule::Pass(IpAddr::V4(Ipv4Addr::new(198, 18, n, h)))),
-        (0u8..3, 0u8..6).prop_map(|(n, h)| Rule::Block(Prefix::host(IpAddr::V4(Ipv4Addr::new(198, 18, n, h))))),
+        (0u8..3, 0u8..6)
+            .prop_map(|(n, h)| Rule::Block(Prefix::host(IpAddr::V4(Ipv4Addr::new(198, 18, n, h))))),
         (0u8..3).prop_map(|n| Rule::Block(Prefix {
             addr: IpAddr::V4(Ipv4Addr::new(198, 18, n, 0)),
             len: 24
@@ -180,7 +209,7 @@ proptest! {
     ) {
         let p = rules(&list, true);
         let src = IpAddr::V4(Ipv4Addr::new(198, 18, n, h));
-        let passed = list.iter().any(|r| *r == Rule::Pass(src));
+        let passed = list.contains(&Rule::Pass(src));
         let blocked = list.iter().any(|r| matches!(r, Rule::Block(b) if b.contains(src)));
         let expected = if blocked && !passed { TC_ACT_SHOT } else { TC_ACT_UNSPEC };
         prop_assert_eq!(run(&p, &datagram(src, PORT, INIT)), expected);

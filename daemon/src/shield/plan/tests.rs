@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::admission::{
-    Admission, AdmissionSettings, AddressSettings, Answer, BudgetSettings, PenaltySettings,
+    AddressSettings, Admission, AdmissionSettings, Answer, BudgetSettings, PenaltySettings,
     SHARE_WINDOW,
 };
 use proptest::prelude::*;
@@ -47,7 +47,10 @@ fn prefixes_contain_what_they_should() {
     assert_eq!(p6.to_string(), "2001:2:0:1::/64");
     assert!(p6.contains(ip("2001:2:0:1:ffff::1")));
     assert!(!p6.contains(ip("2001:2:0:2::1")));
-    assert_eq!(Prefix::host(ip("::ffff:198.18.1.1")).to_string(), "198.18.1.1/32");
+    assert_eq!(
+        Prefix::host(ip("::ffff:198.18.1.1")).to_string(),
+        "198.18.1.1/32"
+    );
     assert!(Prefix::host(ip("2001:2::1")).contains(ip("2001:2::1")));
     assert!(!Prefix::host(ip("2001:2::1")).contains(ip("2001:2::2")));
 }
@@ -138,7 +141,10 @@ fn blocks_follow_the_penalties_and_expire_with_them() {
     }
     let at_2s = t0 + Duration::from_secs(2);
     let expected: BTreeSet<Rule> = [block("198.18.1.5/32"), block("198.18.1.9/32")].into();
-    assert_eq!(table, expected, "the installed endpoint .6 is never blocked");
+    assert_eq!(
+        table, expected,
+        "the installed endpoint .6 is never blocked"
+    );
     // 198.18.1.5 offended at t0 (hold 4 s); the flooder's last knock was at 1.9 s.
     let at_4500 = t0 + Duration::from_millis(4500);
     table = desired(&a.judged(at_4500), &endpoints, 16, &table);
@@ -176,7 +182,10 @@ fn without_the_address_level_whole_networks_are_judged() {
         a.judged(t0),
         Judged::Networks(vec![SourceNet::of(ip("198.18.1.5"))])
     );
-    assert_eq!(a.judged(t0 + Duration::from_secs(5)), Judged::Networks(vec![]));
+    assert_eq!(
+        a.judged(t0 + Duration::from_secs(5)),
+        Judged::Networks(vec![])
+    );
 }
 
 /// A judged state drawn from small address and network pools.
@@ -188,9 +197,7 @@ fn judged_strategy() -> impl Strategy<Value = Judged> {
                 .collect()
         )),
         proptest::collection::vec(0u8..4, 0..4).prop_map(|v| Judged::Networks(
-            v.into_iter()
-                .map(|n| SourceNet::V4([198, 18, n]))
-                .collect()
+            v.into_iter().map(|n| SourceNet::V4([198, 18, n])).collect()
         )),
     ]
 }
