@@ -144,7 +144,10 @@ async fn start_shield(
             tc,
             lookup.clone(),
             dataplane,
-            ShieldSettings { max_filters },
+            ShieldSettings {
+                max_filters,
+                block_networks: config.initiate,
+            },
             cancel.clone(),
         ),
     );

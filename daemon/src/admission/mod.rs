@@ -55,20 +55,17 @@ impl Refusal {
 }
 
 /// Sources admission control refuses at one moment (`Admission::judged`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Judged {
-    /// Penalised addresses, the longest-held first.
-    Addresses(Vec<IpAddr>),
-    /// Penalised networks (the address level is off).
-    Networks(Vec<SourceNet>),
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Judged {
+    /// Penalised addresses (the address level), the longest-held first.
+    pub addresses: Vec<IpAddr>,
+    /// Penalised networks.
+    pub networks: Vec<SourceNet>,
 }
 
 impl Judged {
     pub fn is_empty(&self) -> bool {
-        match self {
-            Judged::Addresses(a) => a.is_empty(),
-            Judged::Networks(n) => n.is_empty(),
-        }
+        self.addresses.is_empty() && self.networks.is_empty()
     }
 }
 
@@ -169,20 +166,21 @@ impl Admission {
         !self.penalties.allows(SourceNet::of(src), now)
     }
 
-    /// The sources judged at `now`, for the kernel shield (`crate::shield`): with the
-    /// address level on, every penalised address (a network's penalty alone sheds only
-    /// what gets no newcomer pass, which the kernel cannot tell); without it, every
-    /// penalised network.
+    /// The sources judged at `now`, for the kernel shield (`crate::shield`): every
+    /// penalised address (with the address level on) and every penalised network.
     pub fn judged(&self, now: Instant) -> Judged {
-        if self.addresses.enabled() {
-            let mut addresses = self.addresses.penalised_addresses(now);
-            // Longest-held first: the ones to keep when the shield's table is full.
-            addresses.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-            Judged::Addresses(addresses.into_iter().map(|(ip, _)| ip).collect())
+        let mut addresses = if self.addresses.enabled() {
+            self.addresses.penalised_addresses(now)
         } else {
-            let mut nets = self.penalties.refused(now);
-            nets.sort_by_key(|n| n.to_string());
-            Judged::Networks(nets)
+            Vec::new()
+        };
+        // Longest-held first: the ones to keep when the shield's table is full.
+        addresses.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut networks = self.penalties.refused(now);
+        networks.sort_by_key(|n| n.to_string());
+        Judged {
+            addresses: addresses.into_iter().map(|(ip, _)| ip).collect(),
+            networks,
         }
     }
 

@@ -43,8 +43,8 @@ use crate::lookup::Lookup;
 pub use plan::{Prefix, Rule};
 pub use tc::{TcError, TcShield};
 
-/// How often the judged sources are turned into filters: a flood's addresses are shed
-/// in the kernel within this of being judged.
+/// How often the rules are recomputed without a wake-up (penalties expiring); a newly
+/// judged source wakes the loop at once (`Lookup::judged_changed`).
 pub const TICK: Duration = Duration::from_millis(250);
 
 /// How stale the installed peers' endpoints may be while anything is judged. A peer
@@ -56,10 +56,16 @@ pub const ENDPOINT_REFRESH: Duration = Duration::from_secs(2);
 /// the cap is clamped to it.
 pub const MAX_FILTERS: usize = (bpf::MAX_INSNS - bpf::HEADER_INSNS - 1) / bpf::MAX_RULE_INSNS;
 
+/// The least time between two program replacements: a flood's addresses are judged one
+/// knock at a time, so their rules are batched rather than installed one by one.
+pub const MIN_GAP: Duration = Duration::from_millis(10);
+
 /// What the shield loop needs.
 pub struct ShieldSettings {
-    /// Filters at most (0: no shield).
+    /// Rules at most (0: no shield).
     pub max_filters: usize,
+    /// Block whole judged networks (the gateway initiates to newcomers, `plan::desired`).
+    pub block_networks: bool,
 }
 
 /// Keep the filters on `tc` in step with `lookup`'s judged sources until `cancel`, then
@@ -79,10 +85,15 @@ pub async fn run(
     let mut warnings = LogBudget::new(1, Instant::now());
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let judged_changed = lookup.judged_changed();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tick.tick() => {}
+            _ = judged_changed.notified() => {
+                // Let the knocks of the same moment be judged too, then act on all.
+                tokio::time::sleep(MIN_GAP).await;
+            }
         }
         let now = Instant::now();
         let Some(judged) = lookup.judged_sources(now) else {
@@ -118,7 +129,9 @@ pub async fn run(
         // Never block without knowing whom not to block.
         let current: BTreeSet<Rule> = installed.iter().flatten().copied().collect();
         let want = match &endpoints {
-            Some(endpoints) => plan::desired(&judged, endpoints, cap, &current),
+            Some(endpoints) => {
+                plan::desired(&judged, endpoints, cap, &current, settings.block_networks)
+            }
             None => BTreeSet::new(),
         };
         for (family, v4) in [(0, true), (1, false)] {

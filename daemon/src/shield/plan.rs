@@ -106,41 +106,56 @@ impl std::fmt::Display for Rule {
     }
 }
 
-/// The filters that should exist: the judged sources, the installed endpoints' passes,
-/// at most `cap` filters in all. When the judged sources do not all fit, those already
-/// installed (in `current`) are kept first, then the rest in `judged`'s order.
+/// The rules that should exist, at most `cap`: with `block_networks`, each judged
+/// network with a pass for every installed endpoint inside it (left open when those do
+/// not fit); then each judged address that is no installed endpoint and not inside a
+/// network already blocked. Within each kind, rules already in force (`current`) are
+/// kept first, then the rest in `judged`'s order.
+///
+/// Blocking a whole network is for the JIT path with the gateway initiating: a newcomer
+/// there needs no initiation to reach the data plane (jitwgd captures it before tc, and
+/// the client's response is never filtered); without initiation a newcomer's retry must
+/// reach it, so only the offending addresses are blocked.
 pub fn desired(
     judged: &Judged,
     endpoints: &HashSet<IpAddr>,
     cap: usize,
     current: &BTreeSet<Rule>,
+    block_networks: bool,
 ) -> BTreeSet<Rule> {
     let endpoints: BTreeSet<IpAddr> = endpoints.iter().map(|ip| canonical(*ip)).collect();
-    // Each candidate: its block and the passes it needs.
-    let mut candidates: Vec<(Prefix, Vec<IpAddr>)> = match judged {
-        Judged::Addresses(ips) => ips
-            .iter()
-            .map(|ip| Prefix::host(*ip))
-            .filter(|p| !endpoints.contains(&p.addr))
-            .map(|p| (p, Vec::new()))
-            .collect(),
-        Judged::Networks(nets) => nets
-            .iter()
-            .map(|net| {
-                let p = Prefix::of_net(*net);
-                let passes = endpoints.iter().filter(|e| p.contains(**e)).copied();
-                (p, passes.collect())
-            })
-            .collect(),
-    };
-    // Stable: installed ones first, each group in the given order.
-    candidates.sort_by_key(|(p, _)| !current.contains(&Rule::Block(*p)));
+    let in_force = |p: &Prefix| !current.contains(&Rule::Block(*p));
     let mut out = BTreeSet::new();
-    for (block, passes) in candidates {
-        let rules = std::iter::once(Rule::Block(block)).chain(passes.into_iter().map(Rule::Pass));
-        let new: Vec<Rule> = rules.filter(|r| !out.contains(r)).collect();
-        if out.len() + new.len() <= cap {
-            out.extend(new);
+    let mut blocked_nets: Vec<Prefix> = Vec::new();
+    if block_networks {
+        let mut nets: Vec<Prefix> = judged.networks.iter().map(|n| Prefix::of_net(*n)).collect();
+        nets.sort_by_key(in_force);
+        for p in nets {
+            let passes = endpoints
+                .iter()
+                .filter(|e| p.contains(**e))
+                .map(|e| Rule::Pass(*e));
+            let new: Vec<Rule> = std::iter::once(Rule::Block(p))
+                .chain(passes)
+                .filter(|r| !out.contains(r))
+                .collect();
+            if out.len() + new.len() <= cap {
+                out.extend(new);
+                blocked_nets.push(p);
+            }
+        }
+    }
+    let mut hosts: Vec<Prefix> = judged
+        .addresses
+        .iter()
+        .map(|ip| Prefix::host(*ip))
+        .filter(|p| !endpoints.contains(&p.addr))
+        .filter(|p| !blocked_nets.iter().any(|n| n.contains(p.addr)))
+        .collect();
+    hosts.sort_by_key(in_force);
+    for p in hosts {
+        if out.len() < cap {
+            out.insert(Rule::Block(p));
         }
     }
     out
