@@ -3,9 +3,11 @@
 //! capture interface: they no longer reach wireguard-go's socket (the gateway namespace's
 //! UDP InDatagrams stand still while the flood goes on), yet jitwgd's AF_PACKET capture
 //! still sees every one of them (its `address_penalised` drops keep counting, so the
-//! penalties that drive the filters stay fresh). An installed peer whose own address is
-//! judged (a 404 from a neighbour key behind the same address) still handshakes, while
-//! the same kind of peer roaming to a flooder's address does not.
+//! penalties that drive the filters stay fresh). The gateway initiates (the fixture's
+//! default), so the whole penalised /24 is blocked, with a pass rule for each installed
+//! endpoint inside it: an installed peer whose own address is judged too (a 404 from a
+//! neighbour key behind the same address) still handshakes, while the same kind of peer
+//! roaming to a flooder's address does not.
 //! Needs root and wireguard-go/wg/ip; in CI (`CI` set, not 0/false) a missing one fails.
 //! Address slot 26 (links 198.19.52.0/30 and 198.19.53.0/30, clients 198.18.26.0/24).
 

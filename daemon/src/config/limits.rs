@@ -100,7 +100,8 @@ pub struct LimitArgs {
     /// [default: 453, the most one classic BPF program holds; 0 or off disables].
     ///
     /// Handshake initiations from the sources admission control judges (each penalised
-    /// address, see --source-quiet-gap; each penalised network when that is off) are
+    /// address, see --source-quiet-gap; with --initiate on, each penalised /24 or /64
+    /// whole, since the gateway's own initiation sets up a newcomer there) are
     /// dropped by the kernel (a cls_bpf filter) before the data plane spends its own
     /// Diffie-Hellman on them, which under a fresh-key flood otherwise costs it a third of
     /// a core and can push it into its cookie "under load" mode. jitwgd's capture still

@@ -1,5 +1,5 @@
-//! The kernel shield: sources admission control has judged (penalised addresses, or
-//! penalised networks when the address level is off) get their handshake initiations
+//! The kernel shield: sources admission control has judged (penalised addresses, and
+//! with the gateway initiating whole penalised networks) get their handshake initiations
 //! dropped at tc ingress of the capture interface, before wireguard-go spends its own
 //! X25519 on each (measured: 34-46 % of the gateway core under a 3,000/s fresh-key flood,
 //! and bursts that put it in its cookie "under load" mode, which then refuses legitimate
