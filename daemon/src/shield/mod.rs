@@ -10,12 +10,12 @@
 //! are never filtered.
 //!
 //! Installed peers are never cut off: `plan` leaves their endpoints unblocked, with pass
-//! filters inside a blocked network (module doc there). The endpoints come from the data
+//! rules inside a blocked network (module doc there). The endpoints come from the data
 //! plane, read at most every `ENDPOINT_REFRESH` while anything is judged; until the first
 //! read succeeds nothing is blocked. What the shield cannot see is an installed peer
-//! roaming to a judged address: its initiations are dropped until that address's penalty
-//! ends (`hold` after its last offence), the same window admission already applies to
-//! first contacts from it.
+//! roaming to a judged address (or into a blocked network, before the next endpoint
+//! read shows it there): its initiations are dropped until the penalty ends, the same
+//! window admission already applies to first contacts from it.
 //!
 //! `plan` is the pure core (time is the caller's), `bpf` compiles a family's rules into
 //! one classic program, `tc` is the rtnetlink edge; `run` is the loop between them.
