@@ -7,13 +7,16 @@
 //! default), so the whole penalised /24 is blocked, with a pass rule for each installed
 //! endpoint inside it: an installed peer whose own address is judged too (a 404 from a
 //! neighbour key behind the same address) still handshakes, while the same kind of peer
-//! roaming to a flooder's address does not.
+//! roaming to a flooder's address does not. A kill -9 leaves the filter; the next start
+//! replaces it.
 //! Needs root and wireguard-go/wg/ip; in CI (`CI` set, not 0/false) a missing one fails.
 //! Address slot 26 (links 198.19.52.0/30 and 198.19.53.0/30, clients 198.18.26.0/24).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use std::process::Command;
 
 use jitwg_tests::prereq::TOOLS;
 use jitwg_tests::{prerequisites_met, random_key, Gateway, GatewayOptions, Knocker};
@@ -42,6 +45,25 @@ fn udp_in_datagrams(pid: u32) -> u64 {
         .unwrap()
 }
 
+/// The shield's tc filters on the gateway's capture interface (`tc filter show`,
+/// priority 0xc7a0 = 51104 for IPv4).
+fn shield_filter_present(gw: &Gateway) -> bool {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            gw.topology().gateway.name(),
+            "tc",
+            "filter",
+            "show",
+        ])
+        .args(["dev", &gw.topology().names.veth_gw_to_client(), "ingress"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "tc filter show failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout).contains("pref 51104 bpf")
+}
+
 fn address_penalised(gw: &Gateway) -> u64 {
     gw.scrape()
         .unwrap()
@@ -56,7 +78,7 @@ fn judged_sources_are_dropped_in_the_kernel_and_installed_peers_still_get_in() {
     if !prerequisites_met(TOOLS).unwrap() {
         return;
     }
-    let gw = Gateway::start(GatewayOptions::new(26)).unwrap();
+    let mut gw = Gateway::start(GatewayOptions::new(26)).unwrap();
     let pid = gw.daemon_pid().expect("jitwgd runs");
 
     // An installed peer at source 0, and one at source 1 that will try to roam to a
@@ -132,8 +154,14 @@ fn judged_sources_are_dropped_in_the_kernel_and_installed_peers_still_get_in() {
     let rekey = again.connect(Duration::from_secs(3));
     let mut roamed = gw.knocker(10, roaming_key).unwrap();
     let roam = roamed.connect(Duration::from_secs(2));
+    // A daemon killed now leaves its program behind; the next start replaces it (and,
+    // nothing being judged yet, removes it).
+    gw.kill9_daemon().unwrap();
+    let stale = shield_filter_present(&gw);
     stop.store(true, Ordering::Relaxed);
     flood.join().unwrap();
+    gw.start_daemon().unwrap();
+    let after_restart = shield_filter_present(&gw);
 
     let flood_in_window = sent1 - sent0;
     let reached = udp1 - udp0;
@@ -164,5 +192,10 @@ fn judged_sources_are_dropped_in_the_kernel_and_installed_peers_still_get_in() {
     assert!(
         roam.is_err(),
         "a handshake from a flooder's address got through: the block is not in force"
+    );
+    assert!(stale, "no shield filter found after the kill");
+    assert!(
+        !after_restart,
+        "the restarted daemon left a killed run's filter in place"
     );
 }
