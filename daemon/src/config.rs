@@ -17,7 +17,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 pub use args::Args;
-pub use file::{ConfigFile, Switch};
+pub use file::{ConfigFile, CountOrOff, Switch};
 pub use limits::{DbCorruption, LimitArgs, Limits};
 
 /// How the daemon talks to the WireGuard data plane.
@@ -224,6 +224,9 @@ pub mod defaults {
     /// A fifth of WireGuard's 5 s REKEY_TIMEOUT: a client's own retries never come this
     /// close, a flooder's knocks (1,000/s from 48 addresses: ~48 ms apart) always do.
     pub const SOURCE_QUIET_GAP: Duration = Duration::from_secs(1);
+    /// Sources the kernel shield blocks at most: all one classic BPF program holds
+    /// (`shield::MAX_FILTERS`); a 256-address flood fits.
+    pub const SHIELD_FILTERS: usize = crate::shield::MAX_FILTERS;
     /// Newcomer passes of a penalised network: the addresses of a flood that was under
     /// way when the penalty began each spend one on their first knock (48 in
     /// `flood-shared`), and neighbours must still find some; regained at 2/s (and given

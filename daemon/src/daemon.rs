@@ -32,6 +32,7 @@ use crate::lookup::{purge_loop, revalidate_loop, Lookup, LookupConfig};
 use crate::metrics::{self, Metrics};
 use crate::pipeline::{capture_loop, start_identify_pool, Pipeline, PipelineLimits};
 use crate::push::{push_loop, PushContext, PushSubscriber};
+use crate::shield::{self, ShieldSettings, TcShield};
 use crate::store::{Recovered, SharedStore};
 use crate::sweep::sweep_loop;
 
@@ -115,6 +116,44 @@ fn admission_settings(l: &Limits) -> AdmissionSettings {
     }
 }
 
+/// Start the kernel shield (`shield`) when it is on and there is an interface to put
+/// it on.
+async fn start_shield(
+    config: &Config,
+    listen_port: u16,
+    lookup: &Arc<Lookup>,
+    dataplane: DataPlane,
+    tasks: &mut Tasks,
+    cancel: &CancellationToken,
+) -> Result<(), DaemonError> {
+    let max_filters = config.limits.shield_filters;
+    if max_filters == 0 {
+        return Ok(());
+    }
+    let Some(name) = config.capture_interface.as_deref() else {
+        tracing::warn!("the kernel shield needs --capture-interface (capturing on every interface, there is no one ingress to filter); it stays off");
+        return Ok(());
+    };
+    let tc = TcShield::open(name, listen_port)
+        .await
+        .map_err(DaemonError::Shield)?;
+    tracing::info!(interface = name, max_filters, "kernel shield on");
+    tasks.spawn_loop(
+        "kernel shield",
+        shield::run(
+            tc,
+            lookup.clone(),
+            dataplane,
+            ShieldSettings {
+                max_filters,
+                block_networks: config.initiate,
+            },
+            cancel.clone(),
+        ),
+    );
+    Ok(())
+}
+
 /// Run the daemon until `shutdown` resolves. `started` is process start, for the
 /// time-to-ready figure.
 pub async fn run(
@@ -178,6 +217,8 @@ pub async fn run(
     };
     let initiate_feedback =
         (cookie_watch.is_some() && config.initiate_adapt).then(|| Arc::new(AtomicU64::new(0)));
+    // The kernel shield reads the installed peers' endpoints (never writes).
+    let shield_dataplane = dataplane.clone();
     let (worker, queue) = InstallWorker::start(
         Arc::new(dataplane),
         installed,
@@ -302,6 +343,15 @@ pub async fn run(
                     cancel.clone(),
                 ),
             );
+            start_shield(
+                &config,
+                listen_port,
+                &lookup,
+                shield_dataplane,
+                &mut tasks,
+                &cancel,
+            )
+            .await?;
             if config.api_url.is_some() {
                 let every = (config.positive_ttl / 4)
                     .clamp(Duration::from_secs(1), Duration::from_secs(60));

@@ -14,6 +14,7 @@ use crate::identify_pool::PoolStartError;
 use crate::install::InstallError;
 use crate::metrics::MetricsError;
 use crate::push::PushError;
+use crate::shield::TcError;
 use crate::store::StoreCallError;
 
 /// What stopped the daemon from starting or running.
@@ -36,6 +37,8 @@ pub enum DaemonError {
     Install(#[source] InstallError),
     #[error("starting the identify workers failed")]
     IdentifyPool(#[source] PoolStartError),
+    #[error("setting up the kernel shield failed (--shield-filters 0 turns it off)")]
+    Shield(#[source] TcError),
     #[error("boot failed")]
     Boot(#[from] BootError),
     #[error("configuration: {0}")]
@@ -66,6 +69,7 @@ impl DaemonError {
                 | DaemonError::Store(_)
                 | DaemonError::Install(_)
                 | DaemonError::IdentifyPool(_)
+                | DaemonError::Shield(_)
         )
     }
 }

@@ -24,6 +24,8 @@ pub mod identify_pool;
 
 pub mod admission;
 
+pub mod shield;
+
 pub mod replay;
 
 pub mod lookup;

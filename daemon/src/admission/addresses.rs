@@ -227,6 +227,19 @@ impl SourceAddresses {
         }
     }
 
+    /// Every address penalised at `now`, with when its penalty ends (for the kernel
+    /// shield, `crate::shield`). Walks the table: call it a few times a second at most.
+    pub fn penalised_addresses(&self, now: Instant) -> Vec<(IpAddr, Instant)> {
+        self.table
+            .iter()
+            .filter_map(|(ip, a)| {
+                a.penalised_until
+                    .filter(|until| now < *until)
+                    .map(|u| (*ip, u))
+            })
+            .collect()
+    }
+
     /// Addresses remembered now (for tests and the gauge).
     pub fn tracked(&self) -> usize {
         self.table.len()

@@ -54,6 +54,21 @@ impl Refusal {
     }
 }
 
+/// Sources admission control refuses at one moment (`Admission::judged`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Judged {
+    /// Penalised addresses (the address level), the longest-held first.
+    pub addresses: Vec<IpAddr>,
+    /// Penalised networks.
+    pub networks: Vec<SourceNet>,
+}
+
+impl Judged {
+    pub fn is_empty(&self) -> bool {
+        self.addresses.is_empty() && self.networks.is_empty()
+    }
+}
+
 /// A first contact's permission to ask the API; hand it back with the answer.
 #[derive(Debug)]
 #[must_use = "hand the ticket back with `Admission::answered`"]
@@ -149,6 +164,24 @@ impl Admission {
     /// Whether a first contact from `src` would be refused at `now` (no side effects).
     pub fn penalised(&self, src: IpAddr, now: Instant) -> bool {
         !self.penalties.allows(SourceNet::of(src), now)
+    }
+
+    /// The sources judged at `now`, for the kernel shield (`crate::shield`): every
+    /// penalised address (with the address level on) and every penalised network.
+    pub fn judged(&self, now: Instant) -> Judged {
+        let mut addresses = if self.addresses.enabled() {
+            self.addresses.penalised_addresses(now)
+        } else {
+            Vec::new()
+        };
+        // Longest-held first: the ones to keep when the shield's table is full.
+        addresses.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut networks = self.penalties.refused(now);
+        networks.sort_by_key(|n| n.to_string());
+        Judged {
+            addresses: addresses.into_iter().map(|(ip, _)| ip).collect(),
+            networks,
+        }
     }
 
     /// A key from `src` hit the negative cache at `now`: an offence of its address.

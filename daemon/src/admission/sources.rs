@@ -155,6 +155,15 @@ impl SourcePenalties {
         }))
     }
 
+    /// Every network refused at `now` (for the kernel shield, `crate::shield`).
+    pub fn refused(&self, now: Instant) -> Vec<SourceNet> {
+        self.buckets
+            .keys()
+            .filter(|net| !self.allows(**net, now))
+            .copied()
+            .collect()
+    }
+
     /// Networks tracked now (for tests and the gauge).
     pub fn tracked(&self) -> usize {
         self.buckets.len()

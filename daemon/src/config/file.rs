@@ -106,6 +106,8 @@ pub struct ConfigFile {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source_quiet_gap: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub shield_filters: Option<CountOrOff>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub unknown_log_rate: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replay_memory: Option<usize>,
@@ -126,6 +128,25 @@ pub struct ConfigFile {
 pub enum Switch {
     Bool(bool),
     Word(String),
+}
+
+/// A count that may be switched off, as written in TOML: `shield_filters = 512` or
+/// `shield_filters = "off"`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum CountOrOff {
+    Count(usize),
+    Word(String),
+}
+
+impl CountOrOff {
+    /// The value as the flag would be written.
+    pub fn text(&self) -> String {
+        match self {
+            CountOrOff::Count(n) => n.to_string(),
+            CountOrOff::Word(w) => w.clone(),
+        }
+    }
 }
 
 impl ConfigFile {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::ValueEnum;
 use serde::Serialize;
 
-use super::{defaults, values, ConfigFile, FileValues};
+use super::{defaults, values, ConfigFile, CountOrOff, FileValues};
 use super::{word, ConfigError};
 
 /// What to do when the database fails `PRAGMA quick_check` at start-up.
@@ -96,6 +96,22 @@ pub struct LimitArgs {
     #[arg(long, env = "JITWGD_SOURCE_QUIET_GAP", value_name = "DURATION", value_parser = values::duration_or_off)]
     pub source_quiet_gap: Option<Duration>,
 
+    /// Sources the kernel shield may block at once on --capture-interface's tc ingress
+    /// [default: 453, the most one classic BPF program holds; 0 or off disables].
+    ///
+    /// Handshake initiations from the sources admission control judges (each penalised
+    /// address, see --source-quiet-gap; with --initiate on, each penalised /24 or /64
+    /// whole, since the gateway's own initiation sets up a newcomer there) are
+    /// dropped by the kernel (a cls_bpf filter) before the data plane spends its own
+    /// Diffie-Hellman on them, which under a fresh-key flood otherwise costs it a third of
+    /// a core and can push it into its cookie "under load" mode. jitwgd's capture still
+    /// sees them, so penalties stay current; a block goes when its penalty ends, and all
+    /// go at exit. Installed peers' endpoints are never blocked (inside a blocked network
+    /// a pass rule, counted here too, lets each through). Needs CAP_NET_ADMIN and
+    /// --capture-interface (without one it stays off).
+    #[arg(long, env = "JITWGD_SHIELD_FILTERS", value_name = "COUNT", value_parser = values::count_or_off)]
+    pub shield_filters: Option<usize>,
+
     /// Per-key log lines about unknown keys (404s, negative-cache hits, refusals) per
     /// second at most [default: 10].
     ///
@@ -154,6 +170,7 @@ pub struct Limits {
     pub source_penalty_forgive: Duration,
     #[serde(with = "humantime_serde")]
     pub source_quiet_gap: Duration,
+    pub shield_filters: usize,
     pub unknown_log_rate: u32,
     pub replay_memory: usize,
     pub known_key_cache: usize,
@@ -174,6 +191,7 @@ impl Default for Limits {
             source_penalty_burst: defaults::SOURCE_PENALTY_BURST,
             source_penalty_forgive: defaults::SOURCE_PENALTY_FORGIVE,
             source_quiet_gap: defaults::SOURCE_QUIET_GAP,
+            shield_filters: defaults::SHIELD_FILTERS,
             unknown_log_rate: defaults::UNKNOWN_LOG_RATE,
             replay_memory: defaults::REPLAY_MEMORY,
             known_key_cache: defaults::KNOWN_KEY_CACHE,
@@ -193,6 +211,13 @@ pub(super) fn merge(
     let d = Limits::default();
     // How a file's key is checked, as the flag's own parser would check it.
     let count = |key, raw: &Option<usize>| f.count(key, *raw);
+    let count_or_off = |key, raw: &Option<CountOrOff>| {
+        f.check(
+            key,
+            raw.as_ref().map(CountOrOff::text),
+            values::count_or_off,
+        )
+    };
     let duration = |key, raw: &Option<String>| f.check(key, raw.clone(), values::positive_duration);
     let duration_or_off =
         |key, raw: &Option<String>| f.check(key, raw.clone(), values::duration_or_off);
@@ -218,6 +243,7 @@ pub(super) fn merge(
         source_penalty_burst: layer!(source_penalty_burst, count),
         source_penalty_forgive: layer!(source_penalty_forgive, duration),
         source_quiet_gap: layer!(source_quiet_gap, duration_or_off),
+        shield_filters: layer!(shield_filters, count_or_off),
         unknown_log_rate: layer!(unknown_log_rate),
         replay_memory: layer!(replay_memory, count),
         known_key_cache: layer!(known_key_cache),
@@ -248,6 +274,7 @@ mod tests {
         assert_eq!(n("source_penalty_burst"), d.source_penalty_burst as u64);
         assert_eq!(dur("source_penalty_forgive"), d.source_penalty_forgive);
         assert_eq!(dur("source_quiet_gap"), d.source_quiet_gap);
+        assert_eq!(n("shield_filters"), d.shield_filters as u64);
         assert_eq!(n("unknown_log_rate"), u64::from(d.unknown_log_rate));
         assert_eq!(n("replay_memory"), d.replay_memory as u64);
         assert_eq!(n("known_key_cache"), d.known_key_cache as u64);
@@ -286,6 +313,36 @@ mod tests {
         assert_eq!(l.db_corruption, DbCorruption::Refuse);
         assert_eq!(l.source_penalty_forgive, Duration::from_secs(3));
         assert_eq!(l.max_pending, defaults::MAX_PENDING);
+    }
+
+    #[test]
+    fn the_shield_is_switched_off_by_zero_or_off_in_flag_or_file() {
+        assert_eq!(
+            resolve(&[], "").unwrap().shield_filters,
+            defaults::SHIELD_FILTERS
+        );
+        assert_eq!(
+            resolve(&[], "shield_filters = \"off\"\n")
+                .unwrap()
+                .shield_filters,
+            0
+        );
+        assert_eq!(
+            resolve(&[], "shield_filters = 64\n")
+                .unwrap()
+                .shield_filters,
+            64
+        );
+        assert_eq!(
+            resolve(&["--shield-filters", "off"], "shield_filters = 64\n")
+                .unwrap()
+                .shield_filters,
+            0
+        );
+        let err = resolve(&[], "shield_filters = \"many\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("shield_filters"), "{err}");
     }
 
     #[test]

@@ -142,6 +142,16 @@ pub fn positive_count(s: &str) -> Result<usize, String> {
     }
 }
 
+/// A count where 0 (or `off`) switches the feature off.
+pub fn count_or_off(s: &str) -> Result<usize, String> {
+    match s.trim() {
+        "off" => Ok(0),
+        t => t
+            .parse::<usize>()
+            .map_err(|_| "not a whole number or off".to_string()),
+    }
+}
+
 /// A nice value to add to a thread, 0..=19.
 pub fn nice(s: &str) -> Result<i32, String> {
     match s.trim().parse::<i32>() {

@@ -152,6 +152,9 @@ pub struct Lookup {
     api_slots: Option<Semaphore>,
     /// Where store errors and in-flight requests are counted (`None` in some tests).
     metrics: Option<Arc<Metrics>>,
+    /// Woken when admission control may have judged a new source (a refusal, a 404), so
+    /// the kernel shield follows within milliseconds instead of its next tick.
+    judged_changed: Arc<tokio::sync::Notify>,
 }
 
 /// A per-key map pruned only when it has doubled since the last pruning (at least
@@ -217,6 +220,7 @@ impl Lookup {
             admission: None,
             api_slots: None,
             metrics: None,
+            judged_changed: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -393,12 +397,32 @@ impl Lookup {
     /// penalised for 404s and its address offended or got no newcomer pass), and why.
     /// Never without admission control.
     pub fn sheds_source(&self, src: IpAddr, now: Instant) -> Option<Refusal> {
-        self.admission.as_ref().and_then(|admission| {
+        let refusal = self.admission.as_ref().and_then(|admission| {
             admission
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .screen(src, now)
                 .err()
+        });
+        if refusal.is_some() {
+            self.judged_changed.notify_one();
+        }
+        refusal
+    }
+
+    /// Woken when a source may have been judged (see `judged_sources`).
+    pub fn judged_changed(&self) -> Arc<tokio::sync::Notify> {
+        self.judged_changed.clone()
+    }
+
+    /// The sources admission control judges at `now`, for the kernel shield (`None`:
+    /// no admission control).
+    pub fn judged_sources(&self, now: Instant) -> Option<crate::admission::Judged> {
+        self.admission.as_ref().map(|admission| {
+            admission
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .judged(now)
         })
     }
 
@@ -411,6 +435,9 @@ impl Lookup {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         admission.answered(ticket, answer, Instant::now());
+        if answer == Answer::NotFound {
+            self.judged_changed.notify_one();
+        }
         if let Some(m) = &self.metrics {
             m.unknown_not_found_share.set(admission.not_found_share());
         }
