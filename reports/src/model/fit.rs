@@ -69,6 +69,19 @@ pub struct Band {
     pub high: f64,
 }
 
+/// The band of a sum: values, lows and highs add (a conservative band, as the terms' errors
+/// are not assumed to cancel).
+impl std::ops::Add for Band {
+    type Output = Band;
+    fn add(self, other: Band) -> Band {
+        Band {
+            value: self.value + other.value,
+            low: self.low + other.low,
+            high: self.high + other.high,
+        }
+    }
+}
+
 impl Band {
     /// A band `half` wide either side of `value`.
     pub fn around(value: f64, half: f64) -> Self {

@@ -149,55 +149,31 @@ impl Costs {
             missing.push("data-plane CPU per handshake".into());
             zero
         });
+        // A cost per `term` summed over jitwgd's and the data plane's CPU models.
+        let both_cpus = |term: &str| {
+            ["daemon_cpu", "dataplane_cpu"]
+                .iter()
+                .filter_map(|m| slope(m, term))
+                .fold(zero, |a, b| a + b)
+        };
         // A fleet spreads its arrivals so each gateway sees a small share, far below the rate
         // it drains: every arrival is set up alone and pays the lone-arrival cost on top (an
         // upper bound when the share per gateway is high enough for installs to batch).
-        let lone = [("daemon_cpu"), ("dataplane_cpu")]
-            .iter()
-            .filter_map(|m| slope(m, "lone_arrivals"))
-            .fold(zero, |a, b| Band {
-                value: a.value + b.value,
-                low: a.low + b.low,
-                high: a.high + b.high,
-            });
+        let lone = both_cpus("lone_arrivals");
         let handshakes = slope("handshakes", "arrivals").unwrap_or(Band::around(1.0, 0.0));
         let dataplane = Band {
             value: per_handshake.value * handshakes.value,
             low: per_handshake.low * handshakes.low,
             high: per_handshake.high * handshakes.high,
         };
-        let sweep = [("daemon_cpu"), ("dataplane_cpu")]
-            .iter()
-            .filter_map(|m| slope(m, "peer_sweeps"))
-            .fold(zero, |a, b| Band {
-                value: a.value + b.value,
-                low: a.low + b.low,
-                high: a.high + b.high,
-            });
+        let sweep = both_cpus("peer_sweeps");
         if sweep == zero {
             missing.push("CPU per peer read by the eviction sweep".into());
         }
-        let per_second = [("daemon_cpu"), ("dataplane_cpu")]
-            .iter()
-            .filter_map(|m| slope(m, "run_seconds"))
-            .fold(zero, |a, b| Band {
-                value: a.value + b.value,
-                low: a.low + b.low,
-                high: a.high + b.high,
-            });
+        let per_second = both_cpus("run_seconds");
         Costs {
-            per_storm_arrival: Band {
-                value: daemon.value + dataplane.value,
-                low: daemon.low + dataplane.low,
-                high: daemon.high + dataplane.high,
-            }
-            .at_least(0.0),
-            per_arrival: Band {
-                value: daemon.value + dataplane.value + lone.value,
-                low: daemon.low + dataplane.low + lone.low,
-                high: daemon.high + dataplane.high + lone.high,
-            }
-            .at_least(0.0),
+            per_storm_arrival: (daemon + dataplane).at_least(0.0),
+            per_arrival: (daemon + dataplane + lone).at_least(0.0),
             per_peer_sweep: sweep.at_least(0.0),
             per_second: per_second.at_least(0.0),
             missing,
