@@ -37,8 +37,6 @@ const TCA_BPF_OPS_LEN: u16 = 4;
 const TCA_BPF_OPS: u16 = 5;
 /// The handle of our one filter per priority.
 const FILTER_HANDLE: u32 = 1;
-const ENOENT: i32 = 2;
-const EEXIST: i32 = 17;
 
 /// What failed while setting up or changing the shield's filters.
 #[derive(Debug, thiserror::Error)]
@@ -171,7 +169,7 @@ impl TcShield {
             )
             .await
         {
-            Err(e) if e.raw_os_error() == Some(ENOENT) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
             other => other,
         }
     }
@@ -188,7 +186,7 @@ impl TcShield {
         {
             Ok(()) => Ok(()),
             // A clsact (or ingress) qdisc is already there: filters attach to it alike.
-            Err(e) if e.raw_os_error() == Some(EEXIST) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
             Err(source) => Err(TcError::Qdisc {
                 name: self.name.clone(),
                 source,

@@ -115,7 +115,8 @@ fn a_network_whose_passes_do_not_fit_is_left_to_its_addresses() {
     assert_eq!(want, [block("198.18.1.9/32")].into());
 }
 
-fn admission(now: Instant) -> Admission {
+/// Admission with quick penalties (burst 2), a budget that never refuses, and `addresses`.
+fn admission_with(addresses: AddressSettings, now: Instant) -> Admission {
     Admission::new(
         AdmissionSettings {
             penalties: PenaltySettings {
@@ -129,13 +130,21 @@ fn admission(now: Instant) -> Admission {
                 burst: 100,
                 share_window: SHARE_WINDOW,
             },
-            addresses: AddressSettings {
-                quiet_gap: Duration::from_secs(1),
-                hold: Duration::from_secs(4),
-                capacity: 64,
-                newcomer_burst: 2,
-                newcomer_rate: 0.5,
-            },
+            addresses,
+        },
+        now,
+    )
+}
+
+/// With the address level on.
+fn admission(now: Instant) -> Admission {
+    admission_with(
+        AddressSettings {
+            quiet_gap: Duration::from_secs(1),
+            hold: Duration::from_secs(4),
+            capacity: 64,
+            newcomer_burst: 2,
+            newcomer_rate: 0.5,
         },
         now,
     )
@@ -183,23 +192,7 @@ fn blocks_follow_the_penalties_and_expire_with_them() {
 #[test]
 fn without_the_address_level_only_networks_are_judged() {
     let t0 = Instant::now();
-    let mut a = Admission::new(
-        AdmissionSettings {
-            penalties: PenaltySettings {
-                burst: 2,
-                forgive_every: Duration::from_secs(1),
-                max_sources: 16,
-            },
-            budget: BudgetSettings {
-                rate: 100.0,
-                floor_rate: 100.0,
-                burst: 100,
-                share_window: SHARE_WINDOW,
-            },
-            addresses: AddressSettings::off(),
-        },
-        t0,
-    );
+    let mut a = admission_with(AddressSettings::off(), t0);
     for _ in 0..2 {
         let t = a.admit(ip("198.18.1.5"), t0).unwrap();
         a.answered(t, Answer::NotFound, t0);
