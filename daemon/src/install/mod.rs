@@ -6,7 +6,6 @@
 //! async handle the rest of the daemon uses.
 
 mod addresses;
-mod clears;
 pub mod feedback;
 mod pacer;
 mod refusals;

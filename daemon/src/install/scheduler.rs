@@ -2,9 +2,9 @@
 //! data plane in which order, as `Plan`s. Installs go out in batches (a failed batch is
 //! split so one bad peer fails alone) and always before removals; removals run in chunks
 //! sized by `RemovalPacer`, revocations ahead of idle evictions; writes made while a
-//! sweep reads the data plane are journalled and reconciled with that read. No IO (bar a
-//! `tracing` warning about a batch that had to be split) and no clock: plans are applied
-//! through `Backend`, and the time comes in as arguments.
+//! sweep reads the data plane are journalled and reconciled with that read. No IO (bar two
+//! `tracing` warnings about a batch that had to be split or a keepalive not cleared) and no
+//! clock: plans are applied through `Backend`, and the time comes in as arguments.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -17,13 +17,11 @@ use crate::metrics::Metrics;
 use crate::peer::PublicKey;
 use crate::sweep::{self, RemovalPacer};
 
-use super::clears::PendingClears;
 use super::pacer::InitiationPacer;
 use super::refusals::RefusalWatch;
 
 /// Keepalive interval (seconds) set at install time to make the data plane send its
-/// own initiation at once; cleared again by the next call (`PeerChange::ClearKeepalive`,
-/// `clears`).
+/// own initiation at once; cleared again right after (see `PeerChange::ClearKeepalive`).
 pub const ROLE_INVERSION_KEEPALIVE: u16 = 1;
 
 /// A deferred role-inversion initiation older than this is dropped: by then the client
@@ -109,17 +107,17 @@ impl Plan {
                 .collect(),
         )
     }
+
+    fn clear_keepalives(keys: impl IntoIterator<Item = PublicKey>) -> Plan {
+        Plan(keys.into_iter().map(PeerChange::ClearKeepalive).collect())
+    }
 }
 
-/// Deferred role inversions due now, applied as one call (`plan`): `clear` turns off the
-/// keepalives of earlier initiations (they ride this call), `initiate` makes these peers
-/// initiate; their own keepalives are cleared by a later call.
+/// Deferred role inversions due now: apply `initiate`, then `clear`.
 #[derive(Debug)]
 pub struct InitiationRound {
     pub initiate: Plan,
     pub clear: Plan,
-    /// Peers made to initiate by `initiate`.
-    pub initiated: usize,
     /// Peers dropped from the queue because they waited too long or are gone.
     pub expired: usize,
 }
@@ -178,8 +176,6 @@ pub struct Scheduler<R> {
     refusals: RefusalWatch,
     /// Peers whose response was refused, to initiate to again (ahead of `deferred`).
     again: VecDeque<PeerWrite>,
-    /// Role-inversion keepalives still on, cleared by the next call (`clears`).
-    clears: PendingClears,
 }
 
 impl<R> Scheduler<R> {
@@ -209,7 +205,6 @@ impl<R> Scheduler<R> {
             deferred: VecDeque::new(),
             refusals: RefusalWatch::new(),
             again: VecDeque::new(),
-            clears: PendingClears::default(),
         }
     }
 
@@ -252,9 +247,8 @@ impl<R> Scheduler<R> {
         }
     }
 
-    /// JIT installs: one call for the whole batch, which also clears the keepalives of
-    /// earlier initiations; the keepalives that make this batch's peers initiate are
-    /// cleared by the next call (`clears`). Only as many peers as
+    /// JIT installs: one call for the whole batch, then (role inversion) a second call
+    /// that clears the keepalive that made the data plane initiate. Only as many peers as
     /// the initiation pacer admits at `mono` initiate now; the rest are installed without
     /// the keepalive and queued for `next_initiations`. A failed batch is retried peer by
     /// peer so one bad peer fails alone. One result per write, in order: `Ok(true)` when
@@ -273,11 +267,7 @@ impl<R> Scheduler<R> {
         } else {
             0
         };
-        let clears = self.take_clears();
-        let mut plan = Plan::install_initiating(writes, initiating);
-        plan.0.splice(0..0, clears.iter().cloned());
-        if let Err(e) = backend.apply(&plan) {
-            self.clears.restore(&clears, mono);
+        if let Err(e) = backend.apply(&Plan::install_initiating(writes, initiating)) {
             self.initiations.refund(initiating);
             if writes.len() > 1 {
                 tracing::warn!(error = %crate::errors::Causes(&e), batch = writes.len(), "batched install failed; retrying peer by peer");
@@ -288,11 +278,16 @@ impl<R> Scheduler<R> {
             }
             return vec![Err(e)];
         }
+        if initiating > 0 {
+            let clear =
+                Plan::clear_keepalives(writes[..initiating].iter().map(|w| w.config.public_key));
+            if let Err(e) = backend.apply(&clear) {
+                // The peers are installed; they just keep a keepalive until the next
+                // install or eviction. Worth a warning, not a failure.
+                tracing::warn!(error = %crate::errors::Causes(&e), "clearing the role-inversion keepalive failed");
+            }
+        }
         if initiate {
-            self.clears.add(
-                writes[..initiating].iter().map(|w| w.config.public_key),
-                mono,
-            );
             for w in &writes[..initiating] {
                 self.refusals.initiated(w, false, mono);
             }
@@ -404,53 +399,11 @@ impl<R> Scheduler<R> {
                 );
             }
         }
-        let clear = Plan(self.take_clears());
-        self.clears
-            .add(again.iter().chain(&due).map(|w| w.config.public_key), mono);
         Some(InitiationRound {
             initiate: Plan(initiate),
-            clear,
-            initiated: again.len() + due.len(),
+            clear: Plan::clear_keepalives(again.iter().chain(&due).map(|w| w.config.public_key)),
             expired,
         })
-    }
-
-    /// An initiation round's call failed (or was not made: nothing to initiate) at `mono`:
-    /// the clears it carried go with a later call (the failed peers' own clears are queued already and harmless if they never
-    /// initiated).
-    pub fn round_not_sent(&mut self, round: &InitiationRound, mono: Instant) {
-        self.clears.restore(&round.clear.0, mono);
-    }
-
-    /// How long from `mono` until pending keepalive clears must go out in a call of their
-    /// own; `None` when none wait.
-    pub fn clear_wait(&self, mono: Instant) -> Option<Duration> {
-        self.clears.wait(mono)
-    }
-
-    /// The pending keepalive clears as a call of their own, when they have waited
-    /// `clears::CLEAR_WITHIN` at `mono` or `now_anyway` (the worker is stopping); `None`
-    /// when there is nothing to send yet. A failed call goes back through `clears_failed`.
-    pub fn due_clears(&mut self, mono: Instant, now_anyway: bool) -> Option<Plan> {
-        if self.clears.is_empty() || !(now_anyway || self.clears.due(mono)) {
-            return None;
-        }
-        let plan = Plan(self.take_clears());
-        (!plan.0.is_empty()).then_some(plan)
-    }
-
-    /// A call of `due_clears` failed at `mono`: its clears go with a later call.
-    pub fn clears_failed(&mut self, plan: &Plan, mono: Instant) {
-        self.clears.restore(&plan.0, mono);
-    }
-
-    /// Every pending clear of a peer still installed (a clear of a removed one would
-    /// re-create it, empty).
-    fn take_clears(&mut self) -> Vec<PeerChange> {
-        match self.installed.lock() {
-            Ok(set) => self.clears.take(|k| set.contains(k)),
-            Err(_) => self.clears.take(|_| false),
-        }
     }
 
     /// Bulk installs without endpoints (preload, push), in chunks; stops at the first

@@ -36,38 +36,28 @@ impl Shell {
                 }
             }
             // Idle: block for work. Removals pending: only peek, so queued installs are
-            // served between removal chunks. Deferred initiations or keepalive clears: wait
-            // until the first is due.
-            let now = Instant::now();
+            // served between removal chunks. Deferred initiations: wait until one is due.
             let wait = if self.scheduler.has_removals() {
                 Some(Duration::ZERO)
             } else {
-                match (
-                    self.scheduler.initiation_wait(now),
-                    self.scheduler.clear_wait(now),
-                ) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
+                self.scheduler.initiation_wait(Instant::now())
             };
             let first = match wait {
                 Some(w) => match rx.recv_timeout(w) {
                     Ok(c) => Some(c),
                     Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => return self.stop(),
+                    Err(RecvTimeoutError::Disconnected) => return,
                 },
                 None => match rx.recv() {
                     Ok(c) => Some(c),
-                    Err(_) => return self.stop(),
+                    Err(_) => return,
                 },
             };
             let mut installs = Vec::new();
             let mut next = first;
             while let Some(cmd) = next {
                 if !self.take(cmd, &mut installs) {
-                    // Installs already taken are dropped with their reply channels (their
-                    // callers see the worker gone); their peers' keepalives need no clear.
-                    return self.stop();
+                    return;
                 }
                 if installs.len() >= MAX_INSTALL_BATCH {
                     break;
@@ -81,33 +71,10 @@ impl Shell {
                 // Measured: with initiations only between batches, none left for a whole
                 // second while installs flowed, and retries waited 1.0-1.3 s.
                 self.initiate_deferred();
-            } else if !self.initiate_deferred() && !self.clear_now(false) {
+            } else if !self.initiate_deferred() {
                 self.remove_one_chunk();
             }
         }
-    }
-
-    /// The worker is stopping: a keepalive left on would make its peer send one every
-    /// second until evicted, so the pending clears go out first.
-    fn stop(&mut self) {
-        self.clear_now(true);
-    }
-
-    /// Sends the pending keepalive clears in a call of their own if they are due (or
-    /// `stopping`: a keepalive left on would make the peer send one every second until
-    /// evicted); `true` if it wrote.
-    fn clear_now(&mut self, stopping: bool) -> bool {
-        let now = Instant::now();
-        let Some(plan) = self.scheduler.due_clears(now, stopping) else {
-            return false;
-        };
-        if let Err(e) = self.backend.apply(&plan) {
-            tracing::warn!(error = %Causes(&e), peers = plan.0.len(), "clearing role-inversion keepalives failed; retrying with the next call");
-            if !stopping {
-                self.scheduler.clears_failed(&plan, now);
-            }
-        }
-        true
     }
 
     /// Handles one command; JIT installs are only collected. `false`: stop.
@@ -260,33 +227,24 @@ impl Shell {
         let Some(round) = self.scheduler.next_initiations(Instant::now()) else {
             return false;
         };
-        let n = round.initiated;
+        // One clear per peer initiated (a refused one's initiate is a remove and an add).
+        let n = round.clear.0.len();
         if round.expired > 0 {
             self.metrics
                 .deferred_initiations_dropped
                 .inc_by(round.expired as u64);
         }
         if n == 0 {
-            // Nothing to initiate: the clears it took wait for the next call.
-            self.scheduler.round_not_sent(&round, Instant::now());
             return false;
         }
-        // One call: the earlier initiations' clears first, then this round's initiations.
-        let plan = Plan(
-            round
-                .clear
-                .0
-                .iter()
-                .chain(&round.initiate.0)
-                .cloned()
-                .collect(),
-        );
-        match self.backend.apply(&plan) {
+        match self.backend.apply(&round.initiate) {
             Ok(()) => {
                 self.metrics.role_inversions.inc_by(n as u64);
+                if let Err(e) = self.backend.apply(&round.clear) {
+                    tracing::warn!(error = %Causes(&e), "clearing the role-inversion keepalive failed");
+                }
             }
             Err(e) => {
-                self.scheduler.round_not_sent(&round, Instant::now());
                 tracing::warn!(error = %Causes(&e), peers = n, "deferred role inversion failed; the clients will retry")
             }
         }

@@ -155,78 +155,25 @@ fn drain_removals(s: &mut Scheduler<u32>, dp: &FakeDataPlane) -> Vec<(Option<u32
     done
 }
 
-fn clears(plan: &Plan) -> Vec<PublicKey> {
-    plan.0
-        .iter()
-        .filter_map(|c| match c {
-            PeerChange::ClearKeepalive(k) => Some(*k),
-            _ => None,
-        })
-        .collect()
-}
-
 #[test]
-fn a_batch_is_one_call_and_its_keepalive_clears_ride_the_next_call() {
+fn a_batch_is_one_install_call_then_one_call_clearing_the_keepalive() {
     let dp = FakeDataPlane::default();
     let mut s = scheduler(true);
-    let t = Instant::now();
-    let results = s.install_batch(&dp, &[write(1), write(2), write(3)], at(1), t);
+    let results = s.install_batch(&dp, &[write(1), write(2), write(3)], at(1), Instant::now());
     assert!(results.iter().all(Result::is_ok));
     let plans = dp.plans();
-    assert_eq!(plans.len(), 1, "no call of its own for the clears");
+    assert_eq!(plans.len(), 2);
     assert!(plans[0].0.iter().all(|c| matches!(
         c,
         PeerChange::Install { keepalive: Some(k), .. } if *k == scheduler::ROLE_INVERSION_KEEPALIVE
     )));
     assert_eq!(keys_of(&plans[0]), vec![key(1), key(2), key(3)]);
+    assert!(plans[1]
+        .0
+        .iter()
+        .all(|c| matches!(c, PeerChange::ClearKeepalive(_))));
+    assert_eq!(keys_of(&plans[1]), vec![key(1), key(2), key(3)]);
     assert!(is_installed(&s, key(2)));
-    assert_eq!(s.clear_wait(t), Some(clears::CLEAR_WITHIN));
-
-    // The next batch's call clears them first, then installs (and its own wait).
-    s.install_batch(&dp, &[write(4)], at(1), t + Duration::from_millis(20));
-    let plans = dp.plans();
-    assert_eq!(plans.len(), 2);
-    assert_eq!(clears(&plans[1]), vec![key(1), key(2), key(3)]);
-    assert_eq!(keys_of(&plans[1]), vec![key(1), key(2), key(3), key(4)]);
-    assert!(matches!(plans[1].0[3], PeerChange::Install { .. }));
-    assert_eq!(s.due_clears(t + Duration::from_millis(200), false), None);
-
-    // No call within CLEAR_WITHIN: they go alone; then nothing is left.
-    let due = t + Duration::from_millis(20) + clears::CLEAR_WITHIN;
-    let alone = s.due_clears(due, false).unwrap();
-    assert_eq!(alone.0, vec![PeerChange::ClearKeepalive(key(4))]);
-    assert_eq!(s.clear_wait(due), None);
-    assert_eq!(s.due_clears(due, true), None);
-}
-
-#[test]
-fn a_stopping_worker_clears_at_once_and_a_removed_peer_is_never_cleared() {
-    let dp = FakeDataPlane::default();
-    let mut s = scheduler(true);
-    let t = Instant::now();
-    s.install_batch(&dp, &[write(1), write(2)], at(1), t);
-    s.queue_removal(vec![key(1)], RemovalReason::Revoked, None);
-    drain_removals(&mut s, &dp);
-    let plan = s.due_clears(t, true).unwrap();
-    assert_eq!(plan.0, vec![PeerChange::ClearKeepalive(key(2))]);
-    // A failed clear call goes with the next one.
-    s.clears_failed(&plan, t);
-    s.install_batch(&dp, &[write(3)], at(1), t);
-    assert_eq!(clears(dp.plans().last().unwrap()), vec![key(2)]);
-}
-
-#[test]
-fn a_failed_batch_keeps_the_clears_it_carried_for_the_next_call() {
-    let dp = FakeDataPlane::default();
-    let mut s = scheduler(true);
-    let t = Instant::now();
-    s.install_batch(&dp, &[write(1)], at(1), t);
-    dp.bad.lock().unwrap().insert(key(2));
-    let results = s.install_batch(&dp, &[write(2)], at(1), t);
-    assert!(results[0].is_err());
-    assert_eq!(clears(dp.plans().last().unwrap()), vec![key(1)]);
-    s.install_batch(&dp, &[write(3)], at(1), t);
-    assert_eq!(clears(dp.plans().last().unwrap()), vec![key(1)]);
 }
 
 #[test]
@@ -282,11 +229,14 @@ fn a_paced_batch_installs_everyone_but_initiates_only_a_burst() {
     let plans = dp.plans();
     assert_eq!(plans[0].0.len(), 100, "everyone installed in one call");
     assert_eq!(initiating(&plans[0]), 20);
-    assert!(clears(&plans[0]).is_empty());
+    assert_eq!(
+        keys_of(&plans[1]).len(),
+        20,
+        "only the initiators' keepalive cleared"
+    );
     assert!(is_installed(&s, key(99)));
 
-    // The rest initiate as the rate allows, oldest first; the round's call clears only
-    // the initiators' keepalives, and its own are cleared by the next call.
+    // The rest initiate as the rate allows, oldest first, each followed by its clear.
     assert_eq!(s.initiation_wait(t), Some(Duration::from_millis(1)));
     let round = s.next_initiations(t + Duration::from_millis(10)).unwrap();
     assert_eq!(
@@ -298,15 +248,10 @@ fn a_paced_batch_installs_everyone_but_initiates_only_a_burst() {
         .0
         .iter()
         .all(|c| matches!(c, PeerChange::Initiate(_))));
-    assert_eq!(keys_of(&round.clear), (0..20).map(key).collect::<Vec<_>>());
-    assert_eq!(round.initiated, 10);
+    assert_eq!(keys_of(&round.clear), keys_of(&round.initiate));
     // A new batch does not jump the queue of deferred initiations.
     let more = s.install_batch(&dp, &[write(500)], at(1), t + Duration::from_secs(1));
     assert!(matches!(more[0], Ok(false)));
-    assert_eq!(
-        clears(dp.plans().last().unwrap()),
-        (20..30).map(key).collect::<Vec<_>>()
-    );
     let round = s.next_initiations(t + Duration::from_secs(1)).unwrap();
     assert_eq!(
         keys_of(&round.initiate),
@@ -570,10 +515,12 @@ fn a_refused_response_gets_a_fresh_peer_that_initiates_ahead_of_the_deferred() {
     assert!(round.initiate.0[2..]
         .iter()
         .all(|c| matches!(c, PeerChange::Initiate(_))));
-    // The batch's 20 initiators are cleared by this round's call; its own 10 (the retried
-    // one among them) by the next call.
-    assert_eq!(keys_of(&round.clear), (0..20).map(key).collect::<Vec<_>>());
-    assert_eq!(round.initiated, 10, "one initiation per peer");
+    assert_eq!(keys_of(&round.clear)[0], key(5));
+    assert_eq!(
+        keys_of(&round.clear).len(),
+        10,
+        "one clear per peer initiated"
+    );
     assert_eq!(s.metrics_for_tests().role_inversion_retries.get(), 1);
     assert!(is_installed(&s, key(5)));
 
