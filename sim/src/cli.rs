@@ -158,7 +158,8 @@ pub enum Command {
     /// idle peers.)
     #[command(after_help = AFTER_HELP)]
     Sweep(crate::sweep::SweepArgs),
-    /// Remove leftovers of crashed runs: jwg-* namespaces, links, UAPI sockets, processes.
+    /// Remove leftovers of crashed runs: jwg-* namespaces, links, UAPI sockets, processes,
+    /// cgroups, and their scratch in $TMPDIR (state directories, default wireguard-go logs).
     Clean(CleanArgs),
     /// Run the testbed's control-plane API on its own.
     ControlPlane(ControlPlaneArgs),
@@ -523,6 +524,7 @@ fn clean(args: CleanArgs) -> Result<ExitCode, CliError> {
         ("link", &report.links_removed),
         ("socket", &report.sockets_removed),
         ("cgroup", &report.cgroups_removed),
+        ("scratch", &report.scratch_removed),
     ];
     let mut any = false;
     for (what, items) in groups {

@@ -179,6 +179,10 @@ fn userspace_data_plane_life_cycle() {
     assert_eq!(device.listen_port, Some(51820));
     assert_eq!(plane.interface(), iface);
     let first_pid = plane.pid().unwrap();
+    // No log path given: wireguard-go logs to scratch in the temporary directory.
+    let log = plane.log_path().to_path_buf();
+    assert!(log.starts_with(std::env::temp_dir()), "{}", log.display());
+    assert!(log.exists(), "{}", log.display());
     assert!(plane.usage().unwrap().rss_bytes > 0);
     assert!(Netlink::with(&ns, |nl| nl.link_index(&iface))
         .unwrap()
@@ -219,6 +223,7 @@ fn userspace_data_plane_life_cycle() {
     drop(plane);
     assert!(!pid_alive(second_pid));
     assert!(!uapi_socket_path(&iface).exists());
+    assert!(!log.exists(), "the default log outlived its data plane");
     assert!(Netlink::with(&ns, |nl| nl.link_index(&iface))
         .unwrap()
         .is_none());

@@ -135,6 +135,15 @@ fn leftovers(id: &str, out: &Path) -> Vec<String> {
             found.push(format!("link {line}"));
         }
     }
+    // Scratch in the temporary directory: the state directory and a default data-plane log.
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with(&format!("jitwg-{id}-")) || name == format!("jitwg-jwg{id}.log") {
+                found.push(format!("scratch {}", e.path().display()));
+            }
+        }
+    }
     let out = out.display().to_string();
     let me = std::process::id().to_string();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {

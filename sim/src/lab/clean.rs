@@ -1,8 +1,10 @@
 //! `jitwg clean`: removes what crashed runs left behind — processes, namespaces, links and UAPI
 //! sockets carrying the `jwg` prefix and a well-formed run id — and nothing else. Live runs
 //! are told apart by [`RunLock`]s: a run holds an flock per namespace and interface for its
-//! whole life, and the kernel drops it when the process dies, however it dies. It never
-//! touches files a run wrote: output directories, captures, key logs and bundles are the user's.
+//! whole life, and the kernel drops it when the process dies, however it dies. Of the files a
+//! run wrote it removes only its scratch in the temporary directory (the state directory with
+//! its databases, a data plane's default log): output directories, captures, key logs and
+//! bundles are the user's.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -11,7 +13,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::names::{run_id_of, RunId, PREFIX, UAPI_DIR};
+use super::names::{run_id_of, scratch_run_id, RunId, PREFIX, UAPI_DIR};
 use super::net::Netlink;
 use super::netns::NETNS_DIR;
 use super::LabError;
@@ -97,6 +99,8 @@ pub struct CleanReport {
     pub sockets_removed: Vec<String>,
     /// `[lab] cpus` subtrees (`jwg-<id>-cpus`), by path.
     pub cgroups_removed: Vec<String>,
+    /// State directories and default logs in the temporary directory, by path.
+    pub scratch_removed: Vec<String>,
 }
 
 impl CleanReport {
@@ -106,6 +110,7 @@ impl CleanReport {
             && self.links_removed.is_empty()
             && self.sockets_removed.is_empty()
             && self.cgroups_removed.is_empty()
+            && self.scratch_removed.is_empty()
     }
 }
 
@@ -127,6 +132,7 @@ pub fn clean(dry_run: bool) -> Result<CleanReport, LabError> {
             cgroups.push((name.clone(), hierarchy.join(name)));
         }
     }
+    let scratch = scratch_entries(&std::env::temp_dir())?;
     let root_links: Vec<String> = Netlink::with_current(|nl| nl.link_names())?
         .into_iter()
         .filter(|name| run_id_of(name).is_some())
@@ -199,7 +205,51 @@ pub fn clean(dry_run: bool) -> Result<CleanReport, LabError> {
         }
         report.cgroups_removed.push(dir.display().to_string());
     }
+    // Last: the databases of a dead run's state directory are closed now its processes are gone.
+    for (run, path) in scratch {
+        if live.contains(&run) {
+            continue;
+        }
+        if !dry_run {
+            remove_scratch(&path)?;
+        }
+        report.scratch_removed.push(path.display().to_string());
+    }
     Ok(report)
+}
+
+/// A run's scratch in `dir` (the temporary directory), with the run it belongs to.
+fn scratch_entries(dir: &Path) -> Result<Vec<(RunId, PathBuf)>, LabError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| LabError::Clean {
+        what: format!("listing {}", dir.display()),
+        source,
+    })?;
+    let mut found: Vec<(RunId, PathBuf)> = entries
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let run = scratch_run_id(entry.file_name().to_str()?)?;
+            Some((run, entry.path()))
+        })
+        .collect();
+    found.sort_by(|a, b| a.1.cmp(&b.1));
+    Ok(found)
+}
+
+fn remove_scratch(path: &Path) -> Result<(), LabError> {
+    // Not followed: a symlink of that name is removed, never what it points at.
+    let removed = match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match removed {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(LabError::Clean {
+            what: path.display().to_string(),
+            source,
+        }),
+    }
 }
 
 /// Names in `dir` ending in `suffix` (stripped) that are jitwg object names.
@@ -379,6 +429,41 @@ mod tests {
         drop(lock);
         assert!(!lock_path(&name).exists());
         drop(RunLock::acquire(&name).unwrap());
+    }
+
+    #[test]
+    fn scratch_is_found_by_run_and_removed_without_following_links() {
+        use super::super::names::{default_log_name, state_dir_prefix};
+        let tmp = tempfile::tempdir().unwrap();
+        let (dead, other) = (RunId::random(), RunId::random());
+        let state = tmp
+            .path()
+            .join(format!("{}Ab6mkn", state_dir_prefix(&dead)));
+        std::fs::create_dir(&state).unwrap();
+        std::fs::write(state.join("jitwgd.db"), b"x").unwrap();
+        let log = tmp.path().join(default_log_name(&format!("jwg{other}")));
+        std::fs::write(&log, b"log").unwrap();
+        // The user's files, one of them pointed at by a link that looks like scratch.
+        let mine = tmp.path().join("jitwg-run.tar.gz");
+        std::fs::write(&mine, b"bundle").unwrap();
+        let link = tmp
+            .path()
+            .join(format!("{}linked", state_dir_prefix(&other)));
+        std::os::unix::fs::symlink(&mine, &link).unwrap();
+
+        let found = scratch_entries(tmp.path()).unwrap();
+        let mut runs: Vec<_> = found.iter().map(|(run, _)| run.clone()).collect();
+        runs.sort_by_key(|r| r.to_string());
+        let mut want = vec![dead.clone(), other.clone(), other.clone()];
+        want.sort_by_key(|r| r.to_string());
+        assert_eq!(runs, want, "{found:?}");
+        for (_, path) in &found {
+            remove_scratch(path).unwrap();
+        }
+        assert!(!state.exists() && !log.exists() && !link.exists());
+        assert_eq!(std::fs::read(&mine).unwrap(), b"bundle");
+        // Gone already (another clean got there first) is not an error.
+        remove_scratch(&state).unwrap();
     }
 
     #[test]

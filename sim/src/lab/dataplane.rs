@@ -15,7 +15,7 @@ use ipnet::{IpNet, Ipv4Net};
 use wireguard_control::{Backend, Device, DeviceUpdate, InterfaceName, Key, PeerConfigBuilder};
 
 use super::clean::RunLock;
-use super::names::{check_ifname, uapi_socket_path};
+use super::names::{check_ifname, default_log_name, uapi_socket_path};
 use super::net::Netlink;
 use super::process::{spawn_in, Child, Usage};
 use super::{LabError, Namespace};
@@ -94,6 +94,9 @@ pub struct DataPlane {
     child: Option<Child>,
     /// Where wireguard-go logs (userspace only).
     log: PathBuf,
+    /// The log is the default one in the temporary directory, not a path the starter chose:
+    /// it is scratch, removed with the data plane (errors carry its tail already).
+    own_log: bool,
     /// Marks the interface name as in use, so `jitwg clean` leaves it alone.
     _lock: RunLock,
 }
@@ -129,10 +132,11 @@ impl DataPlane {
                 name: spec.interface.clone(),
                 reason: format!("{e}"),
             })?;
+        let own_log = options.log.is_none();
         let log = options
             .log
             .clone()
-            .unwrap_or_else(|| std::env::temp_dir().join(format!("jitwg-{}.log", spec.interface)));
+            .unwrap_or_else(|| std::env::temp_dir().join(default_log_name(&spec.interface)));
         let lock = RunLock::acquire(&spec.interface)?;
         let mut plane = DataPlane {
             ns: Arc::clone(ns),
@@ -141,6 +145,7 @@ impl DataPlane {
             iface,
             child: None,
             log,
+            own_log,
             _lock: lock,
         };
         plane.bring_up()?;
@@ -468,6 +473,15 @@ impl Drop for DataPlane {
     fn drop(&mut self) {
         if let Err(e) = self.teardown() {
             tracing::error!(iface = %self.spec.interface, error = %e, "tearing down data plane");
+        }
+        if self.own_log {
+            match std::fs::remove_file(&self.log) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(log = %self.log.display(), error = %e, "removing the data plane's log")
+                }
+            }
         }
     }
 }

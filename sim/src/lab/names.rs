@@ -204,6 +204,41 @@ pub fn run_id_of(name: &str) -> Option<RunId> {
     RunId::parse(id).ok()
 }
 
+/// Prefix of a run's scratch in the system temporary directory: its state directory
+/// (`jitwg-<id>-XXXXXX`, the databases) and a data plane's default log (`jitwg-<iface>.log`).
+pub const SCRATCH_PREFIX: &str = "jitwg-";
+
+/// The prefix a run's state directory gets before its random suffix: `jitwg-<id>-`.
+pub fn state_dir_prefix(run: &RunId) -> String {
+    format!("{SCRATCH_PREFIX}{run}-")
+}
+
+/// The run lock held while a run's state directory exists: `jwg-<id>-state`.
+pub fn state_lock_name(run: &RunId) -> String {
+    format!("{PREFIX}-{run}-state")
+}
+
+/// The file name of a data plane's log when its starter names none: `jitwg-<iface>.log`.
+pub fn default_log_name(interface: &str) -> String {
+    format!("{SCRATCH_PREFIX}{interface}.log")
+}
+
+/// If `name` (a file name in the temporary directory) is a run's scratch, returns its run id.
+/// State directories end in the random suffix `tempfile` adds (alphanumeric); logs end in
+/// `.log` after a jitwg interface name. Anything else, the user's files included, is `None`.
+pub fn scratch_run_id(name: &str) -> Option<RunId> {
+    let rest = name.strip_prefix(SCRATCH_PREFIX)?;
+    if let Some(interface) = rest.strip_suffix(".log") {
+        return run_id_of(interface).filter(|_| !interface.starts_with("jwg-"));
+    }
+    let id = rest.get(..RUN_ID_LEN)?;
+    let suffix = rest.get(RUN_ID_LEN..)?.strip_prefix('-')?;
+    if suffix.is_empty() || !suffix.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return None;
+    }
+    RunId::parse(id).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +289,34 @@ mod tests {
     }
 
     #[test]
+    fn scratch_names_map_back_to_their_run_and_nothing_else_does() {
+        let run = RunId::parse("abc123").unwrap();
+        let names = Names::new(run.clone());
+        let id = |s: &str| scratch_run_id(s).map(|r| r.to_string());
+        assert_eq!(
+            id(&format!("{}Ab6mkn", state_dir_prefix(&run))).as_deref(),
+            Some("abc123")
+        );
+        assert_eq!(
+            id(&default_log_name(&names.wg_interface())).as_deref(),
+            Some("abc123")
+        );
+        for other in [
+            "jitwg-abc123-",           // no suffix: not something tempfile made
+            "jitwg-abc123-Ab.6mk",     // a suffix tempfile never makes
+            "jitwg-abc123",            // no suffix at all
+            "jitwg-ABC123-Ab6mkn",     // not a run id
+            "jitwg-jwg-abc123-gw.log", // a namespace name is not an interface's log
+            "jitwg-other.log",
+            "jitwg-run.tar.gz", // a bundle's default name
+            "abc123-Ab6mkn",
+            "jwgabc123.log",
+        ] {
+            assert_eq!(id(other), None, "{other}");
+        }
+    }
+
+    #[test]
     fn run_id_of_recognises_only_our_objects() {
         let id = |s: &str| run_id_of(s).map(|r| r.to_string());
         assert_eq!(id("jwg-abc123-gw").as_deref(), Some("abc123"));
@@ -282,6 +345,7 @@ mod tests {
                 names.veth_client_to_gw(),
                 names.veth_gw_to_control(),
                 names.veth_control_to_gw(),
+                state_lock_name(&run),
             ] {
                 prop_assert_eq!(run_id_of(&name), Some(run.clone()));
             }

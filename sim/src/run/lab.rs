@@ -13,9 +13,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::controlplane::{ControlPlaneConfig, ControlPlaneHandle, FaultConfig};
+use crate::lab::clean::RunLock;
 use crate::lab::cpuset::CpuConfinement;
 use crate::lab::dataplane::{DataPlane, DataPlaneBackend, DataPlaneOptions, DataPlaneSpec};
-use crate::lab::names::RunId;
+use crate::lab::names::{state_dir_prefix, state_lock_name, RunId};
 use crate::lab::process::Child;
 use crate::lab::topology::{AddressPlan, Topology};
 use crate::lab::{LabError, Namespace};
@@ -133,7 +134,7 @@ struct Parts {
     /// WAL needs shared memory the output directory's filesystem may not offer (a 9p share in
     /// `ci/vm.sh`'s VM), and databases are not results. One directory per lab, so the daemon
     /// finds its own database again after a reboot; removed after everything using it stopped.
-    state: Option<tempfile::TempDir>,
+    state: Option<StateDir>,
     /// The CPU split: undone once every process it confined is gone.
     cpus: Option<CpuConfinement>,
 }
@@ -153,7 +154,7 @@ impl Drop for Parts {
                 tracing::info!(run = %t.run_id(), "tearing down the lab");
                 drop(t);
             }
-            if let Some(dir) = self.state.take() {
+            if let Some(StateDir { dir, _lock }) = self.state.take() {
                 let path = dir.path().to_path_buf();
                 if let Err(e) = dir.close() {
                     tracing::warn!(dir = %path.display(), error = %e, "could not remove the lab's state directory");
@@ -198,8 +199,8 @@ impl Lab {
         interrupt: &CancellationToken,
     ) -> Result<Lab, RunError> {
         let mut parts = Parts::default();
-        let state = state_dir(&spec.run_id)?;
-        let state_path = state.path().to_path_buf();
+        let state = StateDir::create(&spec.run_id)?;
+        let state_path = state.dir.path().to_path_buf();
         parts.state = Some(state);
         let topo = blocking(|| match &spec.host {
             None => Topology::build(&spec.plan, &spec.run_id),
@@ -506,14 +507,26 @@ fn start_dataplane(
         .map_err(RunError::lab("starting the data plane"))
 }
 
-/// Creates the lab's state directory, `jitwg-<run id>-XXXXXX` under the system temporary
-/// directory (`$TMPDIR`, else `/tmp`): a local filesystem, unlike the output directory may be.
-fn state_dir(run_id: &RunId) -> Result<tempfile::TempDir, RunError> {
-    let parent = std::env::temp_dir();
-    tempfile::Builder::new()
-        .prefix(&format!("jitwg-{run_id}-"))
-        .tempdir_in(&parent)
-        .map_err(|source| RunError::StateDir { parent, source })
+/// The lab's state directory, `jitwg-<run id>-XXXXXX` under the system temporary directory
+/// (`$TMPDIR`, else `/tmp`): a local filesystem, unlike the output directory may be.
+struct StateDir {
+    dir: tempfile::TempDir,
+    /// Taken before the directory exists and released after it is gone, so `jitwg clean`
+    /// removes only the directories of runs that died without removing their own.
+    _lock: RunLock,
+}
+
+impl StateDir {
+    fn create(run_id: &RunId) -> Result<StateDir, RunError> {
+        let lock = RunLock::acquire(&state_lock_name(run_id))
+            .map_err(RunError::lab("locking the lab's state directory"))?;
+        let parent = std::env::temp_dir();
+        let dir = tempfile::Builder::new()
+            .prefix(&state_dir_prefix(run_id))
+            .tempdir_in(&parent)
+            .map_err(|source| RunError::StateDir { parent, source })?;
+        Ok(StateDir { dir, _lock: lock })
+    }
 }
 
 /// Puts the scenario's synthetic peers into the data plane (one bulk request), so the
