@@ -120,8 +120,8 @@ pub struct StormHeadroom {
 /// Per-unit costs read off the calibration (CPU seconds per unit).
 struct Costs {
     per_arrival: Band,
-    /// Per arrival of a storm: arrivals faster than the gateway drains are installed in
-    /// batches and pay no lone-arrival cost.
+    /// Per arrival of a storm: arrivals faster than the gateway drains are installed in a
+    /// few large batches and pay no batch cost to speak of.
     per_storm_arrival: Band,
     /// CPU per installed peer per eviction sweep; the testbed's own sampling cost per peer
     /// (`peer_samples`, when the calibration tells it apart) is not charged: a production
@@ -157,9 +157,9 @@ impl Costs {
                 .fold(zero, |a, b| a + b)
         };
         // A fleet spreads its arrivals so each gateway sees a small share, far below the rate
-        // it drains: every arrival is set up alone and pays the lone-arrival cost on top (an
+        // it drains: every arrival is set up alone and pays an install batch's cost on top (an
         // upper bound when the share per gateway is high enough for installs to batch).
-        let lone = both_cpus("lone_arrivals");
+        let batch = both_cpus("install_batches");
         let handshakes = slope("handshakes", "arrivals").unwrap_or(Band::around(1.0, 0.0));
         let dataplane = Band {
             value: per_handshake.value * handshakes.value,
@@ -173,7 +173,7 @@ impl Costs {
         let per_second = both_cpus("run_seconds");
         Costs {
             per_storm_arrival: (daemon + dataplane).at_least(0.0),
-            per_arrival: (daemon + dataplane + lone).at_least(0.0),
+            per_arrival: (daemon + dataplane + batch).at_least(0.0),
             per_peer_sweep: sweep.at_least(0.0),
             per_second: per_second.at_least(0.0),
             missing,

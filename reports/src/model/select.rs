@@ -4,6 +4,7 @@
 //! arrival, per handshake) is never the one dropped, and is held at 0 when the data put it
 //! insignificantly below 0.
 
+use super::batch::Batching;
 use super::calibrate::{feature, Fitted, Model};
 use super::fit::{FitError, LinearFit};
 use super::point::CalPoint;
@@ -26,11 +27,11 @@ pub(crate) struct Spec {
 pub(crate) fn fit_spec(
     spec: &Spec,
     points: &[CalPoint],
-    drain_per_s: f64,
+    batching: &Batching,
 ) -> Result<Model, String> {
     let mut last_error = String::new();
     // The CPU models' first feature is their base cost (per arrival, per handshake): it stays
-    // even when a richer set shares its effect with another feature (handshakes and lone
+    // even when a richer set shares its effect with another feature (handshakes and install
     // arrivals move together outside storms); the other features are the ones dropped when
     // not told apart from zero. (Memory keeps the plain rule: a per-peer cost not told apart
     // from zero there means the set is wrong, and the next one is tried.)
@@ -57,10 +58,7 @@ pub(crate) fn fit_spec(
         let mut xs = Vec::new();
         let mut ys = Vec::new();
         for p in points.iter().filter(|p| (spec.filter)(p)) {
-            let row: Option<Vec<f64>> = features
-                .iter()
-                .map(|f| feature(p, f, drain_per_s))
-                .collect();
+            let row: Option<Vec<f64>> = features.iter().map(|f| feature(p, f, batching)).collect();
             if let (Some(row), Some(y)) = (row, (spec.y)(p)) {
                 xs.push(row);
                 ys.push(y);

@@ -7,6 +7,7 @@
 
 use serde::Serialize;
 
+use super::batch::{BatchLaw, Batching};
 use super::scenario::Planned;
 
 /// One population's arrivals: `count` clients at `rate` per second (infinite for a burst).
@@ -59,6 +60,15 @@ impl Wave {
         self.arrivals * (1.0 - self.rate / drain_per_s).max(0.0)
     }
 
+    /// Install batches the wave's arrivals make under `law` (a returning client's later
+    /// connections batch as its first did).
+    pub fn batches(&self, law: &BatchLaw) -> f64 {
+        if self.count <= 0.0 {
+            return 0.0;
+        }
+        law.batches(self.count, self.rate) * self.arrivals / self.count
+    }
+
     /// Installed peer-seconds of the wave's keys up to `run_end_s`: the keys arrive evenly
     /// over `count / rate` seconds (returning clients' later installs are taken as arriving
     /// with the first) and each stays `residence_s` or until the run ends, whichever is first.
@@ -95,6 +105,15 @@ impl Planned {
     /// Arrivals set up alone at a gateway draining `drain_per_s` (see [`Wave::lone`]).
     pub fn lone_arrivals(&self, drain_per_s: f64) -> f64 {
         self.waves.iter().map(|w| w.lone(drain_per_s)).sum()
+    }
+
+    /// Install batches the run's arrivals make: the CPU models' `install_batches` (each pays a
+    /// batch's fixed cost).
+    pub fn install_batches(&self, batching: &Batching) -> f64 {
+        match batching {
+            Batching::Law(law) => self.waves.iter().map(|w| w.batches(law)).sum(),
+            Batching::Drain { per_s } => self.lone_arrivals(*per_s),
+        }
     }
 
     /// Installed peer-seconds of a run that ends at `run_end_s`: every wave's, plus the

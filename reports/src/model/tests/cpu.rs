@@ -65,14 +65,14 @@ fn short_runs_cpu_comes_from_arrivals_lone_installs_and_installed_peers() {
     let cpu = c.model("daemon_cpu").unwrap().fitted.linear();
     assert_eq!(
         cpu.features,
-        ["arrivals", "lone_arrivals", "peer_sweeps", "run_seconds"]
+        ["arrivals", "install_batches", "peer_sweeps", "run_seconds"]
     );
     let near = |got: Option<f64>, want: f64, tol: f64| {
         let got = got.unwrap_or(f64::NAN);
         assert!((got / want - 1.0).abs() < tol, "{got} vs {want}: {cpu:?}");
     };
     near(cpu.slope("arrivals"), 0.0003, 0.1);
-    near(cpu.slope("lone_arrivals"), 0.0006, 0.1);
+    near(cpu.slope("install_batches"), 0.0006, 0.1);
     near(cpu.slope("peer_sweeps"), 0.00006, 0.1);
     assert!(cpu.intercept_band().unwrap().high >= 0.0, "{cpu:?}");
 
@@ -134,7 +134,7 @@ fn a_base_cost_the_data_cannot_see_does_not_drop_the_costs_they_can() {
     let c = Calibration::fit(&runs).unwrap();
     let dp = c.model("dataplane_cpu").unwrap().fitted.linear();
     assert!(
-        dp.features.iter().any(|f| f == "lone_arrivals")
+        dp.features.iter().any(|f| f == "install_batches")
             && dp.features.iter().any(|f| f == "peer_sweeps"),
         "{dp:?}"
     );
