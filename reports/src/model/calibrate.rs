@@ -114,6 +114,7 @@ pub fn feature(point: &CalPoint, name: &str, batching: &Batching) -> Option<f64>
         "session_peers" => m.installed_peak.map(|n| (n - p.bare_peers).max(0.0)),
         "stale_estimate" => Some(p.stale_estimate),
         "planned_peer_sweeps" => Some(planned_peer_sweeps(p, m.run_seconds)),
+        "gateway_retries" => Some(p.gateway_retries(m.run_seconds)),
         "install_batches" => Some(p.install_batches(batching)),
         "storm_size" => Some(p.storm_size),
         _ => STAGES
@@ -166,6 +167,26 @@ const CPU_SETS_DAEMON: &[&[&str]] = &[
     &["arrivals"],
 ];
 const CPU_SETS_DATAPLANE: &[&[&str]] = &[
+    &[
+        "handshakes",
+        "install_batches",
+        "gateway_retries",
+        "peer_sweeps",
+        "peer_samples",
+    ],
+    &[
+        "handshakes",
+        "install_batches",
+        "gateway_retries",
+        "peer_samples",
+    ],
+    &[
+        "handshakes",
+        "install_batches",
+        "gateway_retries",
+        "peer_sweeps",
+    ],
+    &["handshakes", "install_batches", "gateway_retries"],
     &[
         "handshakes",
         "install_batches",
