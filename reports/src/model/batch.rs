@@ -16,10 +16,9 @@ use serde::Serialize;
 pub struct BatchLaw {
     pub per_batch_s: f64,
     pub per_arrival_s: f64,
-    /// Runs it was fitted on, and the root-mean-square of its misses over them as a share of
-    /// each run's arrivals (`(law - measured) / count`).
+    /// Runs it was fitted on, and the root-mean-square of `ln(law / measured)` over them.
     pub runs: usize,
-    pub rms_share_error: f64,
+    pub rms_log_error: f64,
 }
 
 /// How a calibration counts install batches: by the batch law fitted to jitwgd's install
@@ -47,7 +46,7 @@ impl BatchLaw {
             per_batch_s,
             per_arrival_s,
             runs: 0,
-            rms_share_error: 0.0,
+            rms_log_error: 0.0,
         }
     }
 
@@ -63,7 +62,9 @@ impl BatchLaw {
             return count.min(2.0);
         }
         let steady = count * self.steady_share(rate).unwrap_or(1.0);
-        steady.min(self.from_idle(count, rate)).clamp(1.0, count)
+        steady
+            .min(self.batches_from_idle(count, rate))
+            .clamp(1.0, count)
     }
 
     /// Batches per arrival in the steady state, `None` when the queue grows without bound
@@ -90,7 +91,7 @@ impl BatchLaw {
 
     /// Batches from an idle start, in the mean: the first arrival alone, each next batch what
     /// arrived while the last one was set up (at least one), until `count` have arrived.
-    fn from_idle(&self, count: f64, rate: f64) -> f64 {
+    fn batches_from_idle(&self, count: f64, rate: f64) -> f64 {
         let mut left = count;
         let mut size: f64 = 1.0;
         let mut batches = 0.0;
@@ -108,14 +109,10 @@ impl BatchLaw {
         batches
     }
 
-    /// The law that fits the runs' install counts best, searched on a grid of 0.1-100 ms per
-    /// batch and 0 or 0.05-5 ms per arrival, 12 % apart. A miss is weighed as a share of the
-    /// run's arrivals (`(law - measured) / count`, squared): the CPU models charge each batch
-    /// its fixed cost, so a run's CPU misses by that share of its per-arrival cost, whether it
-    /// is a 2,000-client storm's 10 batches against 29 (1 %) or a 300-client run's 73 against
-    /// 145 (24 %). (Least squares on `ln` counts let the storms' 6-100 batches, scattered run
-    /// to run, set the law, and missed the 600/s runs' counts by half: BENCHMARKS.md, fifth
-    /// round.) `None` with fewer than 3 runs or when their rates do not differ.
+    /// The law that fits the runs' install counts best (least squares on `ln`, so a run of
+    /// 5 batches weighs as much as one of 300), searched on a grid of 0.1-100 ms per batch and
+    /// 0 or 0.05-5 ms per arrival, 12 % apart. `None` with fewer than 3 runs or when their
+    /// rates do not differ (nothing to tell the two times apart).
     pub fn fit(samples: &[BatchSample]) -> Option<BatchLaw> {
         let usable: Vec<&BatchSample> = samples
             .iter()
@@ -128,7 +125,7 @@ impl BatchLaw {
         let error = |law: &BatchLaw| -> f64 {
             usable
                 .iter()
-                .map(|s| ((law.batches(s.count, s.rate) - s.batches) / s.count).powi(2))
+                .map(|s| (law.batches(s.count, s.rate) / s.batches).ln().powi(2))
                 .sum()
         };
         let mut best: Option<(f64, BatchLaw)> = None;
@@ -150,7 +147,7 @@ impl BatchLaw {
         let (sse, law) = best?;
         Some(BatchLaw {
             runs: usable.len(),
-            rms_share_error: (sse / usable.len() as f64).sqrt(),
+            rms_log_error: (sse / usable.len() as f64).sqrt(),
             ..law
         })
     }
@@ -160,17 +157,17 @@ impl BatchLaw {
 mod tests {
     use super::*;
 
-    /// The fifth round's fitted law (1.26 ms per batch, 0.79 ms per arrival).
+    /// The fifth round's fitted law (5.01 ms per batch, 0.446 ms per arrival).
     fn measured_law() -> BatchLaw {
-        BatchLaw::new(0.00126, 0.00079)
+        BatchLaw::new(0.00501, 0.000446)
     }
 
     #[test]
     fn slow_arrivals_are_set_up_alone_and_fast_ones_in_a_few_batches() {
         let law = measured_law();
-        // 300 at 10/s: a batch lasts ~2 ms, the next arrival comes ~100 ms later.
+        // 300 at 10/s: a batch lasts ~5.5 ms, the next arrival comes ~100 ms later.
         assert!(law.batches(300.0, 10.0) > 299.0);
-        // 300 at 2,500/s: the gateway cannot keep up (2,500 × 0.79 ms > 1), batches grow
+        // 300 at 2,500/s: the gateway cannot keep up (2,500 × 0.446 ms > 1), batches grow
         // 1, 5, 13, 30, ... and 300 are in after a handful (the runs counted 5-8).
         let storm = law.batches(300.0, 2500.0);
         assert!((4.0..=9.0).contains(&storm), "{storm}");

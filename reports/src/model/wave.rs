@@ -28,11 +28,13 @@ pub struct Wave {
     pub active_s: f64,
 }
 
-/// WireGuard's timers (wireguard-go `device/constants.go`, the protocol's own): a peer that
-/// received data and sent none back sends a keepalive after 10 s (KeepaliveTimeout); having
-/// sent and heard nothing for 15 s more (KeepaliveTimeout + RekeyTimeout) it starts a new
-/// handshake, retries it every 5 s (RekeyTimeout) and gives up after 90 s (RekeyAttemptTime).
-pub const RETRY_AFTER_S: f64 = 25.0;
+/// WireGuard's timers (wireguard-go's `device/constants.go` and `timers.go`, the protocol's
+/// own): a peer that sent data (the gateway's echo reply to a client's last packet) and heard
+/// nothing back for 15 s (KeepaliveTimeout + RekeyTimeout) starts a new handshake, retries it
+/// every 5 s (RekeyTimeout) and gives up after 90 s (RekeyAttemptTime). Keepalives do not arm
+/// that timer. (The calibration cannot tell a 15 s start from 20 or 25 s: R² 0.983, 0.983,
+/// 0.982; BENCHMARKS.md, capacity planning, fifth round.)
+pub const RETRY_AFTER_S: f64 = 15.0;
 pub const RETRY_EVERY_S: f64 = 5.0;
 pub const RETRY_FOR_S: f64 = 90.0;
 
@@ -200,24 +202,26 @@ mod tests {
     }
 
     #[test]
-    fn the_gateway_retries_departed_clients_from_25_s_until_eviction() {
+    fn the_gateway_retries_departed_clients_from_15_s_until_eviction() {
         // 600 connect-once clients at 10/s, each evicted 47.5 s after arrival, a 60 s run:
-        // retry phase 25..47.5 s after arrival, cut by the run's end for the last 12.5 s of
-        // arrivals. Shifted by 25 s: 22.5 s phases of keys arriving over 60 s, run end 35 s.
+        // retry phase 15..47.5 s after arrival, cut by the run's end for the last 12.5 s of
+        // arrivals. Shifted by 15 s: 32.5 s phases of keys arriving over 60 s, run end 45 s.
         let churn = Wave::new(600.0, 10.0, 47.5);
-        let shifted = Wave::new(600.0, 10.0, 22.5).peer_seconds(35.0);
+        let shifted = Wave::new(600.0, 10.0, 32.5).peer_seconds(45.0);
         assert!((churn.gateway_retries(60.0) - shifted / 5.0).abs() < 1e-9);
-        // 10 s × 10/s arrivals with a full 22.5 s phase (4.5 retries each) and 12.5 s of
-        // arrivals cut: 450 + 10 × ∫0..12.5 (12.5 - t) dt / 5 = 450 + 156.25.
-        assert!((churn.gateway_retries(60.0) - 606.25).abs() < 1e-9);
+        // Arrivals in the first 12.5 s get the full 32.5 s phase (6.5 retries each, 125 of
+        // them); those at 12.5-45 s retry from t + 15 s until the run ends at 60 s (45 - t
+        // seconds); later ones never start: 812.5 + 10 × ∫12.5..45 (45 - t) dt / 5 = 812.5
+        // + 1056.25.
+        assert!((churn.gateway_retries(60.0) - 1868.75).abs() < 1e-9);
         // Evicted before the retries start (evict_after 10 s): none.
         assert_eq!(Wave::new(600.0, 10.0, 12.5).gateway_retries(60.0), 0.0);
-        // Clients that keep sending for 15 s, then leave: retries from 40 s after arrival.
+        // Clients that keep sending for 15 s, then leave: retries from 30 s after arrival.
         let stay = Wave {
             active_s: 15.0,
             ..Wave::new(100.0, f64::INFINITY, 200.0)
         };
-        assert!((stay.gateway_retries(60.0) - 100.0 * 20.0 / 5.0).abs() < 1e-9);
+        assert!((stay.gateway_retries(60.0) - 100.0 * 30.0 / 5.0).abs() < 1e-9);
         // WireGuard gives up after 90 s of retries: 18 each at most.
         let long = Wave::new(10.0, f64::INFINITY, 1000.0);
         assert!((long.gateway_retries(1000.0) - 10.0 * 18.0).abs() < 1e-9);

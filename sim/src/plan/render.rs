@@ -54,11 +54,11 @@ pub fn calibration(c: &Calibration) -> String {
         jitwg_reports::model::Batching::Law(law) => {
             let _ = writeln!(
                 out,
-                "install batches: a batch keeps the gateway busy {:.2} ms + {:.3} ms per arrival (fitted to {} runs' install counts, rms miss {:.1} % of arrivals)",
+                "install batches: a batch keeps the gateway busy {:.2} ms + {:.3} ms per arrival (fitted to {} runs' install counts, rms ln error {:.2})",
                 law.per_batch_s * 1e3,
                 law.per_arrival_s * 1e3,
                 law.runs,
-                law.rms_share_error * 100.0
+                law.rms_log_error
             );
         }
         jitwg_reports::model::Batching::Drain { .. } => out.push_str(
