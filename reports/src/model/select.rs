@@ -2,7 +2,9 @@
 //! first set whose fit is sound is kept (no negative cost per unit, no clearly negative fixed
 //! cost, every cost but the base one told apart from zero). A CPU model's base cost (per
 //! arrival, per handshake) is never the one dropped, and is held at 0 when the data put it
-//! insignificantly below 0.
+//! insignificantly below 0. A model with an optional cost (the data plane's retries to departed
+//! clients) tries it on top of every set and takes the sets by size instead, keeping the best fit
+//! among the sound sets of the largest size that has one.
 
 use super::batch::Batching;
 use super::calibrate::{feature, Fitted, Model};
