@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::batch::{BatchLaw, BatchSample, Batching};
 use super::fit::{FitError, LinearFit};
 use super::knee::{fit_knee, KneeFit};
 use super::point::{CalPoint, STAGES};
@@ -74,6 +75,9 @@ pub struct Calibration {
     /// of [`Planned::queued`](super::scenario::Planned::queued)); `None` when setup latency was
     /// not fitted.
     pub drain_per_s: Option<f64>,
+    /// How install batches are counted: the batch law fitted to the runs' install counts, or
+    /// the drain's lone arrivals when they recorded none.
+    pub batching: Batching,
     /// Points whose load generator saturated (their timing is suspect, they are still used).
     pub saturated_points: usize,
     /// How far past its `duration` the longest calibration run went (the fleet's finish and
@@ -91,9 +95,9 @@ pub enum CalibrationError {
     TooFewPoints { found: usize },
 }
 
-/// The quantities a model may be fitted against, by name; `drain_per_s` is the setup model's
-/// drain rate (0 when it was not fitted), which decides which arrivals were set up alone.
-pub fn feature(point: &CalPoint, name: &str, drain_per_s: f64) -> Option<f64> {
+/// The quantities a model may be fitted against, by name; `batching` counts a run's install
+/// batches (the batch law, or the setup model's drain where the runs have no install counts).
+pub fn feature(point: &CalPoint, name: &str, batching: &Batching) -> Option<f64> {
     let m = &point.measured;
     let p = &point.planned;
     match name {
@@ -110,7 +114,8 @@ pub fn feature(point: &CalPoint, name: &str, drain_per_s: f64) -> Option<f64> {
         "session_peers" => m.installed_peak.map(|n| (n - p.bare_peers).max(0.0)),
         "stale_estimate" => Some(p.stale_estimate),
         "planned_peer_sweeps" => Some(planned_peer_sweeps(p, m.run_seconds)),
-        "lone_arrivals" => Some(p.lone_arrivals(drain_per_s)),
+        "gateway_retries" => Some(p.gateway_retries(m.run_seconds)),
+        "install_batches" => Some(p.install_batches(batching)),
         "storm_size" => Some(p.storm_size),
         _ => STAGES
             .iter()
@@ -134,7 +139,7 @@ fn any(_: &CalPoint) -> bool {
 }
 
 /// The CPU models' feature sets, richest first. Every cost a run has: per arrival (or
-/// handshake), per lone arrival, per installed peer over time (read by the eviction sweep
+/// handshake), per install batch, per installed peer over time (read by the eviction sweep
 /// every `sweep_every`, and listed by the testbed's sampling every `sample_every`: the two
 /// are told apart only by calibration runs that vary one of the periods, e.g. cal-sample),
 /// per second. A short run differs
@@ -144,19 +149,19 @@ fn any(_: &CalPoint) -> bool {
 const CPU_SETS_DAEMON: &[&[&str]] = &[
     &[
         "arrivals",
-        "lone_arrivals",
+        "install_batches",
         "peer_sweeps",
         "peer_samples",
         "run_seconds",
     ],
-    &["arrivals", "lone_arrivals", "peer_sweeps", "peer_samples"],
-    &["arrivals", "lone_arrivals", "peer_samples", "run_seconds"],
-    &["arrivals", "lone_arrivals", "peer_samples"],
-    &["arrivals", "lone_arrivals", "peer_sweeps", "run_seconds"],
-    &["arrivals", "lone_arrivals", "peer_sweeps"],
+    &["arrivals", "install_batches", "peer_sweeps", "peer_samples"],
+    &["arrivals", "install_batches", "peer_samples", "run_seconds"],
+    &["arrivals", "install_batches", "peer_samples"],
+    &["arrivals", "install_batches", "peer_sweeps", "run_seconds"],
+    &["arrivals", "install_batches", "peer_sweeps"],
     &["arrivals", "peer_sweeps", "run_seconds"],
-    &["arrivals", "lone_arrivals", "run_seconds"],
-    &["arrivals", "lone_arrivals"],
+    &["arrivals", "install_batches", "run_seconds"],
+    &["arrivals", "install_batches"],
     &["arrivals", "run_seconds"],
     &["arrivals", "peer_sweeps"],
     &["arrivals"],
@@ -164,19 +169,34 @@ const CPU_SETS_DAEMON: &[&[&str]] = &[
 const CPU_SETS_DATAPLANE: &[&[&str]] = &[
     &[
         "handshakes",
-        "lone_arrivals",
+        "install_batches",
         "peer_sweeps",
         "peer_samples",
         "run_seconds",
     ],
-    &["handshakes", "lone_arrivals", "peer_sweeps", "peer_samples"],
-    &["handshakes", "lone_arrivals", "peer_samples", "run_seconds"],
-    &["handshakes", "lone_arrivals", "peer_samples"],
-    &["handshakes", "lone_arrivals", "peer_sweeps", "run_seconds"],
-    &["handshakes", "lone_arrivals", "peer_sweeps"],
+    &[
+        "handshakes",
+        "install_batches",
+        "peer_sweeps",
+        "peer_samples",
+    ],
+    &[
+        "handshakes",
+        "install_batches",
+        "peer_samples",
+        "run_seconds",
+    ],
+    &["handshakes", "install_batches", "peer_samples"],
+    &[
+        "handshakes",
+        "install_batches",
+        "peer_sweeps",
+        "run_seconds",
+    ],
+    &["handshakes", "install_batches", "peer_sweeps"],
     &["handshakes", "peer_sweeps", "run_seconds"],
-    &["handshakes", "lone_arrivals", "run_seconds"],
-    &["handshakes", "lone_arrivals"],
+    &["handshakes", "install_batches", "run_seconds"],
+    &["handshakes", "install_batches"],
     &["handshakes", "run_seconds"],
     &["handshakes", "peer_sweeps"],
     &["handshakes"],
@@ -185,7 +205,7 @@ const CPU_SETS_DATAPLANE: &[&[&str]] = &[
 const SPECS: &[Spec] = &[
     Spec {
         name: "daemon_cpu",
-        description: "jitwgd CPU seconds: a fixed start-up cost (the intercept, never significantly below 0), per arrival, per arrival set up alone (an install batch of its own: arrivals slower than the setup model's drain rate), per installed peer per sweep period (the eviction sweep; in the testbed also its once-a-second sampling), per second of run (timers)",
+        description: "jitwgd CPU seconds: a fixed start-up cost (the intercept, never significantly below 0), per arrival, per install batch (the batch's fixed cost: the batch law fitted to jitwgd's install counts says how many a run's arrivals make), per installed peer per sweep period (the eviction sweep; in the testbed also its once-a-second sampling), per second of run (timers)",
         unit: Unit::Seconds,
         filter: steady,
         y: |p| p.figure("daemon_cpu"),
@@ -193,7 +213,7 @@ const SPECS: &[Spec] = &[
     },
     Spec {
         name: "dataplane_cpu",
-        description: "data-plane CPU seconds: a fixed start-up cost (the intercept, never significantly below 0), per handshake, per arrival set up alone (a data-plane write of its own), per installed peer per sweep period (the sweep's and the testbed's listings of the peers), per second of run (timers)",
+        description: "data-plane CPU seconds: a fixed start-up cost (the intercept, never significantly below 0), per handshake, per install batch (a data-plane write of its own), per handshake it sends to departed clients (WireGuard's retries, kept only when told apart from zero), per installed peer per sweep period (the sweep's and the testbed's listings of the peers), per second of run (timers)",
         unit: Unit::Seconds,
         filter: steady,
         y: |p| p.figure("dataplane_cpu"),
@@ -324,11 +344,18 @@ impl Calibration {
         }
         let mut models = BTreeMap::new();
         let mut unfitted = Vec::new();
-        // Setup latency first: its drain rate tells which arrivals were set up alone.
+        // Setup latency first: where the runs recorded no install counts, its drain rate tells
+        // which arrivals were set up alone (each a batch).
         let setup = fit_setup(points);
         let drain_per_s = setup.as_ref().ok().map(|(_, drain)| *drain);
+        let batching = fit_batching(points).map_or(
+            Batching::Drain {
+                per_s: drain_per_s.unwrap_or(0.0),
+            },
+            Batching::Law,
+        );
         for spec in SPECS {
-            match fit_spec(spec, points, drain_per_s.unwrap_or(0.0)) {
+            match fit_spec(spec, points, &batching) {
                 Ok(model) => {
                     models.insert(spec.name.to_string(), model);
                 }
@@ -364,6 +391,7 @@ impl Calibration {
         };
         Ok(Calibration {
             drain_per_s,
+            batching,
             points: points.len(),
             models,
             unfitted,
@@ -388,10 +416,9 @@ impl Calibration {
         p.queued(self.drain_per_s.unwrap_or(0.0))
     }
 
-    /// Arrivals of a run set up alone, at the setup model's drain rate (none when it was not
-    /// fitted): the CPU models' `lone_arrivals`.
-    pub fn lone_arrivals(&self, p: &super::scenario::Planned) -> f64 {
-        p.lone_arrivals(self.drain_per_s.unwrap_or(0.0))
+    /// Install batches a run's arrivals make: the CPU models' `install_batches`.
+    pub fn install_batches(&self, p: &super::scenario::Planned) -> f64 {
+        p.install_batches(&self.batching)
     }
 
     /// The storm knee as a storm arriving within one second: `knee` clients left queued by a
@@ -413,6 +440,30 @@ impl Calibration {
             (a, b) => a.or(b),
         }
     }
+}
+
+/// The batch law fitted to the install counts of the steady JIT runs that recorded them
+/// (jitwgd's `install` stage count), each run's waves summed into one: `None` when too few
+/// recorded one or their rates did not differ.
+fn fit_batching(points: &[CalPoint]) -> Option<BatchLaw> {
+    let samples: Vec<BatchSample> = points
+        .iter()
+        .filter(|p| steady(p) && p.planned.mode == "jit")
+        .filter_map(|p| {
+            let (_, batches) = *p.measured.stages.get("install")?;
+            // One population per calibration run; a run of several is left out (its waves
+            // overlap in ways one rate does not describe).
+            let [wave] = p.planned.waves.as_slice() else {
+                return None;
+            };
+            Some(BatchSample {
+                count: wave.count,
+                rate: wave.rate,
+                batches: batches * wave.count / wave.arrivals.max(1.0),
+            })
+        })
+        .collect();
+    BatchLaw::fit(&samples)
 }
 
 /// How much longer than planned a steady JIT run lasts (seconds), against the clients queued at

@@ -14,6 +14,7 @@ use serde::Serialize;
 use super::calibrate::Calibration;
 use super::fit::Band;
 use super::predict::{short, Evaluator};
+use super::wave;
 
 /// wireguard-go holds at most this many peers (its index table).
 pub const DATAPLANE_PEER_LIMIT: f64 = 65_536.0;
@@ -120,8 +121,8 @@ pub struct StormHeadroom {
 /// Per-unit costs read off the calibration (CPU seconds per unit).
 struct Costs {
     per_arrival: Band,
-    /// Per arrival of a storm: arrivals faster than the gateway drains are installed in
-    /// batches and pay no lone-arrival cost.
+    /// Per arrival of a storm: arrivals faster than the gateway drains are installed in a
+    /// few large batches and pay no batch cost to speak of.
     per_storm_arrival: Band,
     /// CPU per installed peer per eviction sweep; the testbed's own sampling cost per peer
     /// (`peer_samples`, when the calibration tells it apart) is not charged: a production
@@ -133,8 +134,18 @@ struct Costs {
     missing: Vec<String>,
 }
 
+/// Handshakes a gateway sends to one departed client before it gives up or evicts the peer
+/// (WireGuard's retries, [`wave::RETRY_AFTER_S`] after the client's last packet, every
+/// [`wave::RETRY_EVERY_S`] for at most [`wave::RETRY_FOR_S`]): an upper bound, as a client that
+/// returns within the window stops them.
+fn retries_per_departure(i: &FleetInputs) -> f64 {
+    let idle_window = i.evict_after_s + i.sweep_every_s / 2.0;
+    let phase = idle_window.min(wave::RETRY_AFTER_S + wave::RETRY_FOR_S) - wave::RETRY_AFTER_S;
+    phase.max(0.0) / wave::RETRY_EVERY_S
+}
+
 impl Costs {
-    fn read(c: &Calibration) -> Self {
+    fn read(c: &Calibration, retries_per_arrival: f64) -> Self {
         let mut missing = Vec::new();
         let zero = Band::around(0.0, 0.0);
         let slope = |model: &str, feature: &str| {
@@ -157,15 +168,19 @@ impl Costs {
                 .fold(zero, |a, b| a + b)
         };
         // A fleet spreads its arrivals so each gateway sees a small share, far below the rate
-        // it drains: every arrival is set up alone and pays the lone-arrival cost on top (an
+        // it drains: every arrival is set up alone and pays an install batch's cost on top (an
         // upper bound when the share per gateway is high enough for installs to batch).
-        let lone = both_cpus("lone_arrivals");
+        let batch = both_cpus("install_batches");
         let handshakes = slope("handshakes", "arrivals").unwrap_or(Band::around(1.0, 0.0));
         let dataplane = Band {
             value: per_handshake.value * handshakes.value,
             low: per_handshake.low * handshakes.low,
             high: per_handshake.high * handshakes.high,
         };
+        // Every arrival leaves again: the data plane's retries to it (kept in the model only
+        // when the calibration told their cost apart from zero).
+        let retries = slope("dataplane_cpu", "gateway_retries")
+            .map_or(zero, |b| b.scale(retries_per_arrival));
         let sweep = both_cpus("peer_sweeps");
         if sweep == zero {
             missing.push("CPU per peer read by the eviction sweep".into());
@@ -173,7 +188,7 @@ impl Costs {
         let per_second = both_cpus("run_seconds");
         Costs {
             per_storm_arrival: (daemon + dataplane).at_least(0.0),
-            per_arrival: (daemon + dataplane + lone).at_least(0.0),
+            per_arrival: (daemon + dataplane + batch + retries).at_least(0.0),
             per_peer_sweep: sweep.at_least(0.0),
             per_second: per_second.at_least(0.0),
             missing,
@@ -249,7 +264,7 @@ fn gateways_for(limits: &[(String, f64)]) -> (f64, String) {
 
 /// Plans the fleet.
 pub fn plan(c: &Calibration, i: &FleetInputs) -> FleetPlan {
-    let costs = Costs::read(c);
+    let costs = Costs::read(c, retries_per_departure(i));
     // A storm of S within one second leaves S - drain queued: its knee in storm units.
     let knee = c.storm_knee();
     let limits_mid = limits(i, costs.at(|b| b.value), knee);
@@ -479,5 +494,26 @@ mod tests {
         let (g, binding) = gateways_for(&l);
         assert_eq!(binding, "peer_limit");
         assert!(g > 1.0);
+    }
+
+    #[test]
+    fn a_departed_client_is_retried_from_15_s_until_eviction_or_90_s_of_retries() {
+        // Evicted 195 s after its last packet (180 s + half a 30 s sweep): WireGuard gives up
+        // first, after 18 retries.
+        assert_eq!(retries_per_departure(&inputs()), 18.0);
+        // Evicted at 35 s: retries at 15-35 s, one per 5 s.
+        let short = FleetInputs {
+            evict_after_s: 30.0,
+            sweep_every_s: 10.0,
+            ..inputs()
+        };
+        assert_eq!(retries_per_departure(&short), 4.0);
+        // Evicted at 12.5 s, before the first retry.
+        let shorter = FleetInputs {
+            evict_after_s: 10.0,
+            sweep_every_s: 5.0,
+            ..inputs()
+        };
+        assert_eq!(retries_per_departure(&shorter), 0.0);
     }
 }

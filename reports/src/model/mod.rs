@@ -6,6 +6,7 @@
 //!
 //! Pure: reads results files and returns numbers. `jitwg plan` is its command line.
 
+pub mod batch;
 pub mod calibrate;
 pub mod fit;
 pub mod fleet;
@@ -19,6 +20,7 @@ pub mod setup;
 pub mod validate;
 pub mod wave;
 
+pub use batch::{BatchLaw, Batching};
 pub use calibrate::{Calibration, CalibrationError, Fitted, Model, Unfitted, MIN_POINTS};
 pub use fit::{Band, FitError, LinearFit, Weighting};
 pub use fleet::{plan as plan_fleet, FleetInputs, FleetPlan};

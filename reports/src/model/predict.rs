@@ -212,8 +212,14 @@ pub fn predict(calibration: &Calibration, p: &Planned) -> Prediction {
         .unwrap_or(planned_sweeps)
         .at_least(0.0);
     inputs.insert("peer_sweeps".to_string(), peer_sweeps.into());
-    let lone = exact(calibration.lone_arrivals(p));
-    inputs.insert("lone_arrivals".to_string(), lone.into());
+    let batches = exact(calibration.install_batches(p));
+    inputs.insert("install_batches".to_string(), batches.into());
+    let retries = Band {
+        value: p.gateway_retries(run_seconds.value),
+        low: p.gateway_retries(run_seconds.low),
+        high: p.gateway_retries(run_seconds.high),
+    };
+    inputs.insert("gateway_retries".to_string(), retries.into());
     let by_name = |name: &str| -> Band {
         match name {
             "arrivals" => arrivals,
@@ -228,7 +234,8 @@ pub fn predict(calibration: &Calibration, p: &Planned) -> Prediction {
             }
             .at_least(0.0),
             "peer_sweeps" => peer_sweeps,
-            "lone_arrivals" => lone,
+            "install_batches" => batches,
+            "gateway_retries" => retries,
             "peer_samples" => peer_sweeps.scale(p.sweep_every_s / p.sample_every_s.max(1e-3)),
             "run_seconds" => run_seconds,
             "storm_size" => exact(p.storm_size),

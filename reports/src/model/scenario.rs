@@ -194,6 +194,7 @@ impl Planned {
                 arrivals: p.count * p.connections,
                 keys,
                 residence_s,
+                active_s: p.active_s,
             });
             planned.run_s = planned.run_s.max(p.done_after().min(duration_s));
             let (peak, mean, stale) = residence.of(&p);

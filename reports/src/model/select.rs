@@ -2,8 +2,11 @@
 //! first set whose fit is sound is kept (no negative cost per unit, no clearly negative fixed
 //! cost, every cost but the base one told apart from zero). A CPU model's base cost (per
 //! arrival, per handshake) is never the one dropped, and is held at 0 when the data put it
-//! insignificantly below 0.
+//! insignificantly below 0. A model with an optional cost (the data plane's retries to departed
+//! clients) tries it on top of every set and takes the sets by size instead, keeping the best fit
+//! among the sound sets of the largest size that has one.
 
+use super::batch::Batching;
 use super::calibrate::{feature, Fitted, Model};
 use super::fit::{FitError, LinearFit};
 use super::point::CalPoint;
@@ -11,6 +14,12 @@ use crate::figures::Unit;
 
 /// The models whose first feature is a base cost kept whatever the richer sets do.
 const CPU_SPECS: [&str; 2] = ["daemon_cpu", "dataplane_cpu"];
+
+/// A cost some runs have and others lack, tried with every feature set (the set with it first,
+/// then the set alone) so that it is kept only on top of the costs the set already names: the
+/// data plane's handshakes to departed clients come only with churn runs whose peers outlive
+/// the retry delay, so as a set of its own it stood in for the installed peers' sweep cost.
+const OPTIONAL: [(&str, &str); 1] = [("dataplane_cpu", "gateway_retries")];
 
 /// A model specification: which points, which quantity, against which features (tried in
 /// order, fewer features when the richer set cannot be identified).
@@ -26,11 +35,11 @@ pub(crate) struct Spec {
 pub(crate) fn fit_spec(
     spec: &Spec,
     points: &[CalPoint],
-    drain_per_s: f64,
+    batching: &Batching,
 ) -> Result<Model, String> {
     let mut last_error = String::new();
     // The CPU models' first feature is their base cost (per arrival, per handshake): it stays
-    // even when a richer set shares its effect with another feature (handshakes and lone
+    // even when a richer set shares its effect with another feature (handshakes and install
     // arrivals move together outside storms); the other features are the ones dropped when
     // not told apart from zero. (Memory keeps the plain rule: a per-peer cost not told apart
     // from zero there means the set is wrong, and the next one is tried.)
@@ -47,20 +56,40 @@ pub(crate) fn fit_spec(
         let first = ratios.next().unwrap_or(1.0);
         ratios.any(|r| (r / first - 1.0).abs() > 1e-6)
     };
-    let sets: Vec<&&[&str]> = spec
+    let optional = OPTIONAL
+        .iter()
+        .find(|(name, _)| *name == spec.name)
+        .map(|(_, f)| *f);
+    let mut sets: Vec<Vec<&str>> = spec
         .feature_sets
         .iter()
         .filter(|f| periods_vary || !f.contains(&"peer_samples"))
+        .flat_map(|f| {
+            let with = optional.map(|o| f.iter().copied().chain([o]).collect::<Vec<_>>());
+            with.into_iter().chain([f.to_vec()])
+        })
         .collect();
+    // With an optional cost, sets are tried by size, richest first, and among the sound sets of
+    // one size the best fit is kept (same runs, same number of costs: the higher R²), so the
+    // optional cost neither stands in for a cost the set names nor loses to a set that fits
+    // worse only because it came first in the list.
+    let by_size = optional.is_some();
+    if by_size {
+        sets.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    }
+    let mut best: Option<LinearFit> = None;
     for (i, features) in sets.iter().enumerate() {
+        if best
+            .as_ref()
+            .is_some_and(|b| features.len() < b.features.len())
+        {
+            break;
+        }
         let last = i + 1 == sets.len();
         let mut xs = Vec::new();
         let mut ys = Vec::new();
         for p in points.iter().filter(|p| (spec.filter)(p)) {
-            let row: Option<Vec<f64>> = features
-                .iter()
-                .map(|f| feature(p, f, drain_per_s))
-                .collect();
+            let row: Option<Vec<f64>> = features.iter().map(|f| feature(p, f, batching)).collect();
             if let (Some(row), Some(y)) = (row, (spec.y)(p)) {
                 xs.push(row);
                 ys.push(y);
@@ -103,13 +132,13 @@ pub(crate) fn fit_spec(
                 );
             }
             Ok(fit) => {
-                return Ok(Model {
-                    name: spec.name.to_string(),
-                    description: spec.description.to_string(),
-                    unit: spec.unit,
-                    log_scale: false,
-                    fitted: Fitted::Linear(fit),
-                })
+                let r2 = |f: &LinearFit| f.r_squared.unwrap_or(f64::NEG_INFINITY);
+                if best.as_ref().is_none_or(|b| r2(&fit) > r2(b)) {
+                    best = Some(fit);
+                }
+                if !by_size {
+                    break;
+                }
             }
             Err(FitError::Singular) => {
                 last_error = format!(
@@ -121,7 +150,14 @@ pub(crate) fn fit_spec(
             Err(e) => last_error = e.to_string(),
         }
     }
-    Err(last_error)
+    let fit = best.ok_or(last_error)?;
+    Ok(Model {
+        name: spec.name.to_string(),
+        description: spec.description.to_string(),
+        unit: spec.unit,
+        log_scale: false,
+        fitted: Fitted::Linear(fit),
+    })
 }
 
 /// `fit` refitted without its `base` feature when that came out below 0 but not clearly so

@@ -7,6 +7,7 @@
 
 use serde::Serialize;
 
+use super::batch::{BatchLaw, Batching};
 use super::scenario::Planned;
 
 /// One population's arrivals: `count` clients at `rate` per second (infinite for a burst).
@@ -21,7 +22,21 @@ pub struct Wave {
     /// Seconds each of them stays installed: active, held across gaps, then `evict_after` and
     /// half a sweep period (not cut at the run's end).
     pub residence_s: f64,
+    /// Seconds each client keeps sending after it connected (0 for connect-once clients):
+    /// the gateway's handshake retries to a departed client start this long after arrival
+    /// plus [`RETRY_AFTER_S`].
+    pub active_s: f64,
 }
+
+/// WireGuard's timers (wireguard-go's `device/constants.go` and `timers.go`, the protocol's
+/// own): a peer that sent data (the gateway's echo reply to a client's last packet) and heard
+/// nothing back for 15 s (KeepaliveTimeout + RekeyTimeout) starts a new handshake, retries it
+/// every 5 s (RekeyTimeout) and gives up after 90 s (RekeyAttemptTime). Keepalives do not arm
+/// that timer. (The calibration cannot tell a 15 s start from 20 or 25 s: R² 0.983, 0.983,
+/// 0.982; BENCHMARKS.md, capacity planning, fifth round.)
+pub const RETRY_AFTER_S: f64 = 15.0;
+pub const RETRY_EVERY_S: f64 = 5.0;
+pub const RETRY_FOR_S: f64 = 90.0;
 
 impl Wave {
     /// A wave of `count` connect-once clients whose peers stay `residence_s`.
@@ -32,6 +47,7 @@ impl Wave {
             arrivals: count,
             keys: count,
             residence_s,
+            active_s: 0.0,
         }
     }
 
@@ -57,6 +73,35 @@ impl Wave {
             return 0.0;
         }
         self.arrivals * (1.0 - self.rate / drain_per_s).max(0.0)
+    }
+
+    /// Install batches the wave's arrivals make under `law` (a returning client's later
+    /// connections batch as its first did).
+    pub fn batches(&self, law: &BatchLaw) -> f64 {
+        if self.count <= 0.0 {
+            return 0.0;
+        }
+        law.batches(self.count, self.rate) * self.arrivals / self.count
+    }
+
+    /// Handshake initiations the gateway sends to the wave's departed clients up to
+    /// `run_end_s`: each key's retry phase runs from [`RETRY_AFTER_S`] after its client's
+    /// last packet (`active_s` after arrival) until it is evicted, the run ends or WireGuard
+    /// gives up, one initiation per [`RETRY_EVERY_S`]. Each costs the data plane a new
+    /// ephemeral key and two X25519 operations, whoever the peer was.
+    pub fn gateway_retries(&self, run_end_s: f64) -> f64 {
+        let start = self.active_s.max(0.0) + RETRY_AFTER_S;
+        let phase = self.residence_s.min(start + RETRY_FOR_S) - start;
+        if phase <= 0.0 {
+            return 0.0;
+        }
+        // The retry phases are the peer-seconds of the same keys arriving `start` later and
+        // staying `phase`.
+        let retrying = Wave {
+            residence_s: phase,
+            ..*self
+        };
+        retrying.peer_seconds(run_end_s - start) / RETRY_EVERY_S
     }
 
     /// Installed peer-seconds of the wave's keys up to `run_end_s`: the keys arrive evenly
@@ -97,6 +142,27 @@ impl Planned {
         self.waves.iter().map(|w| w.lone(drain_per_s)).sum()
     }
 
+    /// Install batches the run's arrivals make: the CPU models' `install_batches` (each pays a
+    /// batch's fixed cost).
+    pub fn install_batches(&self, batching: &Batching) -> f64 {
+        match batching {
+            Batching::Law(law) => self.waves.iter().map(|w| w.batches(law)).sum(),
+            Batching::Drain { per_s } => self.lone_arrivals(*per_s),
+        }
+    }
+
+    /// Handshake initiations the gateway sends to departed clients over a run that ends at
+    /// `run_end_s` (see [`Wave::gateway_retries`]); pushed peers are never handshaken.
+    pub fn gateway_retries(&self, run_end_s: f64) -> f64 {
+        if self.mode == "push" {
+            return 0.0;
+        }
+        self.waves
+            .iter()
+            .map(|w| w.gateway_retries(run_end_s))
+            .sum()
+    }
+
     /// Installed peer-seconds of a run that ends at `run_end_s`: every wave's, plus the
     /// resident peers' (installed throughout). In push mode the waves are in the residents.
     pub fn peer_seconds(&self, run_end_s: f64) -> f64 {
@@ -133,6 +199,32 @@ mod tests {
             0.0,
             "no drain fitted: nothing is known to be alone"
         );
+    }
+
+    #[test]
+    fn the_gateway_retries_departed_clients_from_15_s_until_eviction() {
+        // 600 connect-once clients at 10/s, each evicted 47.5 s after arrival, a 60 s run:
+        // retry phase 15..47.5 s after arrival, cut by the run's end for the last 12.5 s of
+        // arrivals. Shifted by 15 s: 32.5 s phases of keys arriving over 60 s, run end 45 s.
+        let churn = Wave::new(600.0, 10.0, 47.5);
+        let shifted = Wave::new(600.0, 10.0, 32.5).peer_seconds(45.0);
+        assert!((churn.gateway_retries(60.0) - shifted / 5.0).abs() < 1e-9);
+        // Arrivals in the first 12.5 s get the full 32.5 s phase (6.5 retries each, 125 of
+        // them); those at 12.5-45 s retry from t + 15 s until the run ends at 60 s (45 - t
+        // seconds); later ones never start: 812.5 + 10 × ∫12.5..45 (45 - t) dt / 5 = 812.5
+        // + 1056.25.
+        assert!((churn.gateway_retries(60.0) - 1868.75).abs() < 1e-9);
+        // Evicted before the retries start (evict_after 10 s): none.
+        assert_eq!(Wave::new(600.0, 10.0, 12.5).gateway_retries(60.0), 0.0);
+        // Clients that keep sending for 15 s, then leave: retries from 30 s after arrival.
+        let stay = Wave {
+            active_s: 15.0,
+            ..Wave::new(100.0, f64::INFINITY, 200.0)
+        };
+        assert!((stay.gateway_retries(60.0) - 100.0 * 30.0 / 5.0).abs() < 1e-9);
+        // WireGuard gives up after 90 s of retries: 18 each at most.
+        let long = Wave::new(10.0, f64::INFINITY, 1000.0);
+        assert!((long.gateway_retries(1000.0) - 10.0 * 18.0).abs() < 1e-9);
     }
 
     #[test]

@@ -50,6 +50,21 @@ pub fn calibration(c: &Calibration) -> String {
             short(drain)
         );
     }
+    match &c.batching {
+        jitwg_reports::model::Batching::Law(law) => {
+            let _ = writeln!(
+                out,
+                "install batches: a batch keeps the gateway busy {:.2} ms + {:.3} ms per arrival (fitted to {} runs' install counts, rms ln error {:.2})",
+                law.per_batch_s * 1e3,
+                law.per_arrival_s * 1e3,
+                law.runs,
+                law.rms_log_error
+            );
+        }
+        jitwg_reports::model::Batching::Drain { .. } => out.push_str(
+            "install batches: no install counts recorded; arrivals slower than the drain are counted as batches of one\n",
+        ),
+    }
     knee_line(c, &mut out);
     if !c.unfitted.is_empty() {
         out.push_str("not fitted:\n");
@@ -136,8 +151,36 @@ pub fn validation(c: &Calibration, v: &Validation) -> String {
             String::new()
         }
     );
+    summary_table(&mut out, v, &v.summary);
+    let medians: Vec<_> = v
+        .per_point
+        .iter()
+        .filter(|k| {
+            k.note
+                .as_deref()
+                .is_some_and(|n| n.starts_with("median of"))
+        })
+        .collect();
+    if !medians.is_empty() {
+        out.push_str("\nper point (a repeated point once, by the median of its repeats):\n\n");
+        summary_table(&mut out, v, &v.per_point_summary);
+    }
+    out.push_str("\n| run | figure | measured | predicted (95 % band) | error | goal |\n|---|---|---|---|---|---|\n");
+    for k in v.checks.iter().chain(medians) {
+        check_row(&mut out, k);
+    }
+    extrapolated(&mut out, &v.extrapolated);
+    out
+}
+
+/// One summary row per figure.
+fn summary_table(
+    out: &mut String,
+    v: &Validation,
+    summary: &std::collections::BTreeMap<String, jitwg_reports::model::validate::FigureSummary>,
+) {
     out.push_str("| figure | checks | errors (predicted / measured - 1) | within goal | measured in 95 % band |\n|---|---|---|---|---|\n");
-    for (figure, s) in &v.summary {
+    for (figure, s) in summary {
         let goal = v.checks.iter().find(|k| &k.figure == figure).and_then(|k| {
             k.tolerance
                 .or(jitwg_reports::model::validate::tolerance(figure))
@@ -160,34 +203,35 @@ pub fn validation(c: &Calibration, v: &Validation) -> String {
             s.checks,
         );
     }
-    out.push_str("\n| run | figure | measured | predicted (95 % band) | error | goal |\n|---|---|---|---|---|---|\n");
-    for k in &v.checks {
-        let unit = figure(&k.figure).map_or(Unit::Count, |f| f.unit);
-        let b = Band {
-            value: k.predicted.value,
-            low: k.predicted.low,
-            high: k.predicted.high,
-        };
-        let verdict = match (k.within_goal, &k.note) {
-            (Some(true), _) => "within".to_string(),
-            (Some(false), _) => "MISS".to_string(),
-            (None, Some(note)) => note.clone(),
-            (None, None) => "—".to_string(),
-        };
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {}{} | {} | {verdict} |",
-            k.source.display(),
-            k.figure,
-            unit.format(k.measured),
-            band(unit, &b),
-            if k.in_band { "" } else { " (outside)" },
-            k.error
-                .map_or("—".into(), |e| format!("{:+.1} %", e * 100.0)),
-        );
-    }
-    extrapolated(&mut out, &v.extrapolated);
-    out
+}
+
+/// One held-out check as a table row (a repeated point's median says so in its verdict).
+fn check_row(out: &mut String, k: &jitwg_reports::model::Check) {
+    let unit = figure(&k.figure).map_or(Unit::Count, |f| f.unit);
+    let b = Band {
+        value: k.predicted.value,
+        low: k.predicted.low,
+        high: k.predicted.high,
+    };
+    let verdict = match (k.within_goal, &k.note) {
+        (Some(true), None) => "within".to_string(),
+        (Some(false), None) => "MISS".to_string(),
+        (Some(true), Some(note)) => format!("within ({note})"),
+        (Some(false), Some(note)) => format!("MISS ({note})"),
+        (None, Some(note)) => note.clone(),
+        (None, None) => "—".to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "| {} | {} | {} | {}{} | {} | {verdict} |",
+        k.source.display(),
+        k.figure,
+        unit.format(k.measured),
+        band(unit, &b),
+        if k.in_band { "" } else { " (outside)" },
+        k.error
+            .map_or("—".into(), |e| format!("{:+.1} %", e * 100.0)),
+    );
 }
 
 fn extrapolated(out: &mut String, items: &[String]) {

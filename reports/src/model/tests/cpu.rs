@@ -65,14 +65,14 @@ fn short_runs_cpu_comes_from_arrivals_lone_installs_and_installed_peers() {
     let cpu = c.model("daemon_cpu").unwrap().fitted.linear();
     assert_eq!(
         cpu.features,
-        ["arrivals", "lone_arrivals", "peer_sweeps", "run_seconds"]
+        ["arrivals", "install_batches", "peer_sweeps", "run_seconds"]
     );
     let near = |got: Option<f64>, want: f64, tol: f64| {
         let got = got.unwrap_or(f64::NAN);
         assert!((got / want - 1.0).abs() < tol, "{got} vs {want}: {cpu:?}");
     };
     near(cpu.slope("arrivals"), 0.0003, 0.1);
-    near(cpu.slope("lone_arrivals"), 0.0006, 0.1);
+    near(cpu.slope("install_batches"), 0.0006, 0.1);
     near(cpu.slope("peer_sweeps"), 0.00006, 0.1);
     assert!(cpu.intercept_band().unwrap().high >= 0.0, "{cpu:?}");
 
@@ -134,11 +134,46 @@ fn a_base_cost_the_data_cannot_see_does_not_drop_the_costs_they_can() {
     let c = Calibration::fit(&runs).unwrap();
     let dp = c.model("dataplane_cpu").unwrap().fitted.linear();
     assert!(
-        dp.features.iter().any(|f| f == "lone_arrivals")
-            && dp.features.iter().any(|f| f == "peer_sweeps"),
+        dp.features.iter().any(|f| f == "install_batches")
+            && dp.features.iter().any(|f| f == "peer_sweeps")
+            && !dp.features.iter().any(|f| f == "gateway_retries"),
         "{dp:?}"
     );
     let held = cpu_run(300, 100.0, 5.0, 180.0);
+    let want = planted(&held);
+    let got = predict(&c, &held.planned).predicted["dataplane_cpu"].value;
+    assert!((got / want - 1.0).abs() < 0.1, "{got} vs {want}: {dp:?}");
+}
+
+#[test]
+fn the_data_planes_handshakes_to_departed_clients_are_kept_when_the_churns_show_them() {
+    // As above, plus 0.5 ms per handshake the gateway sends to a client that has gone (the
+    // fifth round fitted 0.35 ms): churns whose peers are evicted before the 15 s retry delay
+    // is up (10 s) or up to 75 s after it.
+    let planted = |p: &CalPoint| {
+        0.0012 * p.planned.lone_arrivals(400.0)
+            + 0.00028 * p.measured.peer_sweeps
+            + 0.0005 * p.planned.gateway_retries(p.measured.run_seconds)
+            + 0.001
+    };
+    let mut runs = rate_and_storm_runs();
+    runs.extend(
+        [10.0, 20.0, 30.0, 45.0, 90.0]
+            .into_iter()
+            .map(|evict| cpu_run(600, 10.0, 0.0, evict)),
+    );
+    for (i, run) in runs.iter_mut().enumerate() {
+        let scatter = [1.0, 1.02, 0.98][i % 3];
+        let cpu = planted(run) * scatter;
+        run.measured.figures.insert("dataplane_cpu".into(), cpu);
+    }
+    let c = Calibration::fit(&runs).unwrap();
+    let dp = c.model("dataplane_cpu").unwrap().fitted.linear();
+    let retry = dp.slope("gateway_retries").unwrap_or(f64::NAN);
+    assert!((retry / 0.0005 - 1.0).abs() < 0.25, "{dp:?}");
+    assert!(dp.features.iter().any(|f| f == "peer_sweeps"), "{dp:?}");
+    // A churn between the calibrated ones, half its peers evicted mid-retry.
+    let held = cpu_run(600, 10.0, 0.0, 60.0);
     let want = planted(&held);
     let got = predict(&c, &held.planned).predicted["dataplane_cpu"].value;
     assert!((got / want - 1.0).abs() < 0.1, "{got} vs {want}: {dp:?}");
