@@ -194,6 +194,12 @@ pub struct Metrics {
     pub role_inversion_retries: Counter,
     /// Peers removed by the sweep for being idle.
     pub evictions: Counter,
+    /// Kernel shield (`crate::shield`): times it recomputed its rules.
+    pub shield_recomputes: Counter,
+    /// Kernel shield: tc program replacements (one per changed address family).
+    pub shield_replacements: Counter,
+    /// Kernel shield: data-plane reads it made itself (no shared read was recent enough).
+    pub shield_reads: Counter,
     /// Peers removed because the control plane no longer knows them.
     pub revocations: Counter,
     /// Peers currently configured on the interface.
@@ -258,6 +264,9 @@ impl Metrics {
             deferred_initiations_dropped: Counter::default(),
             role_inversion_retries: Counter::default(),
             evictions: Counter::default(),
+            shield_recomputes: Counter::default(),
+            shield_replacements: Counter::default(),
+            shield_reads: Counter::default(),
             revocations: Counter::default(),
             installed_peers: Gauge::default(),
             push_messages: Family::default(),
@@ -466,6 +475,21 @@ impl Metrics {
             "ready",
             "1 once boot has finished, 0 before",
             self.ready.clone(),
+        );
+        r.register(
+            "shield_recomputes",
+            "Times the kernel shield recomputed its rules",
+            self.shield_recomputes.clone(),
+        );
+        r.register(
+            "shield_replacements",
+            "Kernel shield tc program replacements",
+            self.shield_replacements.clone(),
+        );
+        r.register(
+            "shield_reads",
+            "Data-plane peer reads the kernel shield made itself",
+            self.shield_reads.clone(),
         );
         r.register(
             "stage_seconds",

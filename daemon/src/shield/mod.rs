@@ -11,8 +11,9 @@
 //!
 //! Installed peers are never cut off: `plan` leaves their endpoints unblocked, with pass
 //! rules inside a blocked network (module doc there). The endpoints come from the data
-//! plane, read at most every `ENDPOINT_REFRESH` while anything is judged; until the first
-//! read succeeds nothing is blocked. What the shield cannot see is an installed peer
+//! plane's one reader (`sweep::PeerReads`, shared with the sweep): while anything is
+//! judged, the last read is used when it is at most `ENDPOINT_REFRESH` old, else one is
+//! made (and published for the sweep); until the first read succeeds nothing is blocked. What the shield cannot see is an installed peer
 //! roaming to a judged address (or into a blocked network, before the next endpoint
 //! read shows it there): its initiations are dropped until the penalty ends, the same
 //! window admission already applies to first contacts from it.
@@ -36,9 +37,10 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::LogBudget;
-use crate::dataplane::DataPlane;
 use crate::errors::Causes;
 use crate::lookup::Lookup;
+use crate::metrics::Metrics;
+use crate::sweep::{reads, PeerRead, PeerReads};
 
 pub use plan::{Prefix, Rule};
 pub use tc::{TcError, TcShield};
@@ -60,6 +62,9 @@ pub const MAX_FILTERS: usize = (bpf::MAX_INSNS - bpf::HEADER_INSNS - 1) / bpf::M
 /// knock at a time, so their rules are batched rather than installed one by one.
 pub const MIN_GAP: Duration = Duration::from_millis(10);
 
+/// How often, at most, the loop logs what it did so far (only when it did something).
+pub const REPORT_EVERY: Duration = Duration::from_secs(5);
+
 /// What the shield loop needs.
 pub struct ShieldSettings {
     /// Rules at most (0: no shield).
@@ -68,24 +73,39 @@ pub struct ShieldSettings {
     pub block_networks: bool,
 }
 
+/// What the loop did, logged at exit (the figures behind `jitwgd_shield_*`, with the
+/// time each part took, for judging the shield's own cost).
+#[derive(Debug, Default)]
+struct Tally {
+    recomputes: u64,
+    recompute_time: Duration,
+    reads: u64,
+    read_time: Duration,
+    replacements: u64,
+    replace_time: Duration,
+}
+
 /// Keep the filters on `tc` in step with `lookup`'s judged sources until `cancel`, then
-/// remove them.
+/// remove them. Installed endpoints come from `reads`, shared with the sweep.
 pub async fn run(
     mut tc: TcShield,
     lookup: Arc<Lookup>,
-    dataplane: DataPlane,
+    reads: Arc<PeerReads>,
+    metrics: Arc<Metrics>,
     settings: ShieldSettings,
     cancel: CancellationToken,
 ) {
     let cap = settings.max_filters.min(MAX_FILTERS);
     // What each family's program holds now (IPv4, IPv6).
     let mut installed: [BTreeSet<Rule>; 2] = Default::default();
-    let mut endpoints: Option<HashSet<IpAddr>> = None;
-    let mut endpoints_at: Option<Instant> = None;
+    // The read the endpoints were taken from, and those endpoints.
+    let mut endpoints: Option<(Arc<PeerRead>, HashSet<IpAddr>)> = None;
     let mut warnings = LogBudget::new(1, Instant::now());
+    let mut tally = Tally::default();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let judged_changed = lookup.judged_changed();
+    let mut reported = (Instant::now(), 0u64);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -95,33 +115,38 @@ pub async fn run(
                 tokio::time::sleep(MIN_GAP).await;
             }
         }
-        let now = Instant::now();
-        let Some(judged) = lookup.judged_sources(now) else {
+        let began = Instant::now();
+        let Some(judged) = lookup.judged_sources(began) else {
             // No admission control, nothing is ever judged: idle until shutdown.
             cancel.cancelled().await;
             break;
         };
-        let stale = endpoints_at.is_none_or(|at| now.duration_since(at) >= ENDPOINT_REFRESH);
-        if !judged.is_empty() && stale {
-            let dp = dataplane.clone();
-            match tokio::task::spawn_blocking(move || dp.peers()).await {
-                Ok(Ok(peers)) => {
-                    endpoints = Some(
-                        peers
-                            .iter()
-                            .filter_map(|p| p.endpoint.map(|e| plan::canonical(e.ip())))
-                            .collect(),
-                    );
-                    endpoints_at = Some(now);
-                }
-                Ok(Err(e)) => {
-                    if let Some(suppressed) = warnings.allow(now) {
-                        tracing::warn!(error = %Causes(&e), suppressed, "shield: reading the installed peers failed; blocking nothing new");
+        tally.recomputes += 1;
+        metrics.shield_recomputes.inc();
+        if !judged.is_empty() {
+            // The last read (the sweep's or ours) when recent enough, else one new read.
+            let reading = Instant::now();
+            match reads
+                .started_since(reads::since(began, ENDPOINT_REFRESH))
+                .await
+            {
+                Ok((read, read_here)) => {
+                    if read_here {
+                        tally.reads += 1;
+                        tally.read_time += reading.elapsed();
+                        metrics.shield_reads.inc();
+                    }
+                    if endpoints
+                        .as_ref()
+                        .is_none_or(|(had, _)| !Arc::ptr_eq(had, &read))
+                    {
+                        let fresh = plan::installed_endpoints(&read.peers);
+                        endpoints = Some((read, fresh));
                     }
                 }
                 Err(e) => {
-                    if let Some(suppressed) = warnings.allow(now) {
-                        tracing::warn!(error = %e, suppressed, "shield: reading the installed peers failed");
+                    if let Some(suppressed) = warnings.allow(began) {
+                        tracing::warn!(error = %Causes(&e), suppressed, "shield: reading the installed peers failed; blocking nothing new");
                     }
                 }
             }
@@ -129,31 +154,59 @@ pub async fn run(
         // Never block without knowing whom not to block.
         let current: BTreeSet<Rule> = installed.iter().flatten().copied().collect();
         let want = match &endpoints {
-            Some(endpoints) => {
+            Some((_, endpoints)) => {
                 plan::desired(&judged, endpoints, cap, &current, settings.block_networks)
             }
             None => BTreeSet::new(),
         };
+        tally.recompute_time += began.elapsed();
         for (family, v4) in [(0, true), (1, false)] {
             let rules = plan::family(&want, v4);
             if rules == installed[family] {
                 continue;
             }
             let list: Vec<Rule> = rules.iter().copied().collect();
+            let replacing = Instant::now();
             match tc.replace(&list, v4).await {
                 Ok(()) => {
                     tracing::debug!(rules = list.len(), v4, "shield program replaced");
                     installed[family] = rules;
+                    tally.replacements += 1;
+                    metrics.shield_replacements.inc();
                 }
                 Err(e) => {
-                    if let Some(suppressed) = warnings.allow(now) {
+                    if let Some(suppressed) = warnings.allow(began) {
                         tracing::warn!(error = %Causes(&e), suppressed, "shield: replacing the tc program failed; retrying next tick");
                     }
                 }
             }
+            tally.replace_time += replacing.elapsed();
+        }
+        if began.duration_since(reported.0) >= REPORT_EVERY && tally.recomputes > reported.1 {
+            tally.log("kernel shield: work so far");
+            reported = (began, tally.recomputes);
         }
     }
+    tally.log("kernel shield stopping");
     if let Err(e) = tc.close().await {
         tracing::warn!(error = %Causes(&e), "shield: removing the tc filters at exit failed");
     }
+}
+
+impl Tally {
+    fn log(&self, what: &str) {
+        tracing::info!(
+            recomputes = self.recomputes,
+            recompute_ms = ms(self.recompute_time),
+            reads = self.reads,
+            read_ms = ms(self.read_time),
+            replacements = self.replacements,
+            replace_ms = ms(self.replace_time),
+            "{what}"
+        );
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
 }

@@ -13,6 +13,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::admission::{Judged, SourceNet};
+use crate::dataplane::InstalledPeer;
 
 /// An IPv4 or IPv6 prefix (host bits zero).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -159,6 +160,14 @@ pub fn desired(
         }
     }
     out
+}
+
+/// The endpoint addresses of installed peers (canonical: an IPv4-mapped address as IPv4).
+pub fn installed_endpoints(peers: &[InstalledPeer]) -> HashSet<IpAddr> {
+    peers
+        .iter()
+        .filter_map(|p| p.endpoint.map(|e| canonical(e.ip())))
+        .collect()
 }
 
 /// The rules of one address family (the kernel holds one program per family).

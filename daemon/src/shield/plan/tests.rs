@@ -265,3 +265,26 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn installed_endpoints_are_canonical_and_skip_peers_without_one() {
+    use crate::dataplane::InstalledPeer;
+    use crate::peer::PublicKey;
+    let peer = |k: u8, endpoint: Option<&str>| InstalledPeer {
+        public_key: PublicKey([k; 32]),
+        last_handshake: None,
+        endpoint: endpoint.map(|e| e.parse().unwrap()),
+    };
+    let peers = [
+        peer(1, Some("198.18.0.7:51820")),
+        peer(2, Some("[::ffff:198.18.0.9]:4000")),
+        peer(3, None),
+        peer(4, Some("[2001:2::5]:51820")),
+        peer(5, Some("198.18.0.7:9")),
+    ];
+    assert_eq!(
+        installed_endpoints(&peers),
+        set(&["198.18.0.7", "198.18.0.9", "2001:2::5"])
+    );
+    assert!(installed_endpoints(&[]).is_empty());
+}
