@@ -51,8 +51,9 @@ pub struct LoadSummary {
     /// `ShardInfo::setup_histogram_us`), so shards merge exactly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rx_lag_histogram_us: Option<String>,
-    /// Receive lag per second of the run (by when the datagram was read), to tell a driver that
-    /// fell behind at the start of a storm from one that was always slow. Per shard only: a
+    /// Receive lag per window of the run (by when the datagram was read; 1 s windows over the
+    /// first minute, wider after it), to tell a driver that fell behind at the start of a
+    /// storm from one that was always slow. Per shard only: a
     /// merged run leaves it empty (its shards' own are in `run.shards[].load`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rx_lag_by_second: Vec<RxLagWindow>,
@@ -64,15 +65,23 @@ pub struct LoadSummary {
     pub reasons: Vec<String>,
 }
 
-/// Receive lag over one second of a run.
+/// Receive lag over one window of a run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct RxLagWindow {
-    /// The window is `[second, second + 1)` s after the run's start.
+    /// The window is `[second, second + seconds)` s after the run's start.
     pub second: u32,
+    /// The window's length: 1 s over a run's first minute, wider after it (files from before
+    /// windows widened hold only 1 s windows).
+    #[serde(default = "one_second")]
+    pub seconds: u32,
     pub datagrams: u64,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+}
+
+fn one_second() -> u32 {
+    1
 }
 
 /// What the driver measured about itself, for [`assess`].

@@ -336,7 +336,7 @@ fn twenty_connect_once_clients_all_connect() {
     assert!(rx_lag.all.len() >= 40, "{} datagrams", rx_lag.all.len());
     assert!(rx_lag.all.max() < 1_000_000, "max {} µs", rx_lag.all.max());
     assert_eq!(
-        rx_lag.by_second.iter().map(|w| w.datagrams).sum::<u64>(),
+        rx_lag.by_window.iter().map(|w| w.datagrams).sum::<u64>(),
         rx_lag.all.len()
     );
 

@@ -5,7 +5,10 @@
 //! the global unknown-key budget has a token (`budget`); keys that resolve give their
 //! tokens back and never add to a penalty, so the limits bite only on keys the control
 //! plane answers 404 for. Known keys (a cache entry, fresh or stale) never pass through
-//! here. `LogBudget` rate-limits the per-key log lines about unknown keys, so a flood
+//! here. An IPv6 /64's 404s also count for its /48, so a flood spread over many /64s
+//! of one site earns one penalty renewal per forgive period, not one per /64; and a
+//! penalised network whose renewal the budget refuses keeps its penalty (`sources`).
+//! `LogBudget` rate-limits the per-key log lines about unknown keys, so a flood
 //! cannot fill the disk.
 //!
 //! Pure: every call takes the time; the pipeline holds these behind a lock.
@@ -104,6 +107,7 @@ impl Admission {
         let net = SourceNet::of(src);
         let mut newcomer = false;
         if !self.penalties.allows(net, now) {
+            self.penalties.knocked(net, now);
             if self.addresses.penalised(src, now) {
                 return Err(Refusal::AddressPenalised);
             }
@@ -121,6 +125,9 @@ impl Admission {
             newcomer = true;
         }
         if !self.budget.try_take(now) {
+            // A penalised network's renewal refused here keeps its penalty: letting it
+            // lapse would re-open the network to identification and the data plane.
+            self.penalties.hold(net, now);
             return Err(Refusal::UnknownBudget);
         }
         self.penalties.started(net, now);
@@ -139,6 +146,9 @@ impl Admission {
     pub fn screen(&mut self, src: IpAddr, now: Instant) -> Result<(), Refusal> {
         let net = SourceNet::of(src);
         let net_penalised = !self.penalties.allows(net, now);
+        if net_penalised {
+            self.penalties.knocked(net, now);
+        }
         if !self.addresses.enabled() {
             return if net_penalised {
                 Err(Refusal::SourcePenalised)
@@ -484,6 +494,70 @@ mod tests {
         );
         assert_eq!(a.screen(ip("198.18.2.77"), t0), Ok(()));
         assert_eq!(a.addresses_tracked(), 0);
+    }
+
+    /// `flood-ipv6` in miniature, with the daemon's default limits: 1,000 fresh keys a
+    /// second (all 404) from 256 addresses in 64 /64s of one /48, while a new legitimate
+    /// IPv4 client (its key resolves) arrives every 50 ms. Returns the flood's lookups
+    /// per second; asserts every legitimate first contact was admitted at once.
+    fn ipv6_site_flood(secs: u64) -> Vec<u32> {
+        let t0 = Instant::now();
+        let mut a = Admission::new(
+            AdmissionSettings {
+                penalties: PenaltySettings {
+                    burst: 8,
+                    forgive_every: Duration::from_secs(1),
+                    max_sources: 65_536,
+                },
+                budget: BudgetSettings {
+                    rate: 50.0,
+                    floor_rate: 5.0,
+                    burst: 256,
+                    share_window: SHARE_WINDOW,
+                },
+                addresses: AddressSettings {
+                    quiet_gap: Duration::from_secs(1),
+                    hold: Duration::from_secs(8),
+                    capacity: 16_384,
+                    newcomer_burst: 64,
+                    newcomer_rate: 2.0,
+                },
+            },
+            t0,
+        );
+        let mut per_second = vec![0u32; secs as usize];
+        for ms in 0..secs * 1_000 {
+            let now = t0 + Duration::from_millis(ms);
+            let k = ms % 256;
+            let flooder =
+                IpAddr::from([0x2001, 2, 0, (k % 64) as u16, 0, 0, 0, 1 + (k / 64) as u16]);
+            if a.screen(flooder, now).is_ok() {
+                if let Ok(t) = a.admit(flooder, now) {
+                    a.answered(t, Answer::NotFound, now);
+                    per_second[(ms / 1_000) as usize] += 1;
+                }
+            }
+            if ms % 50 == 0 {
+                let n = ms / 50;
+                let client = IpAddr::from([198, 18, (n / 200) as u8, (n % 200) as u8 + 1]);
+                assert_eq!(a.screen(client, now), Ok(()), "client {n}");
+                let t = a.admit(client, now).expect("a legitimate first contact");
+                a.answered(t, Answer::Found, now);
+            }
+        }
+        per_second
+    }
+
+    #[test]
+    fn a_flood_from_one_ipv6_site_leaves_the_budget_to_legitimate_first_contacts() {
+        let per_second = ipv6_site_flood(30);
+        // The start (each /64's first 404s, the site's burst, the newcomer passes its
+        // addresses take before they offend) stays well inside the budget's burst.
+        let start: u32 = per_second[..10].iter().sum();
+        assert!(start <= 256, "{per_second:?}");
+        // Then about one renewal a second for the whole site.
+        let steady: u32 = per_second[10..].iter().sum();
+        assert!(steady <= 2 * 20, "{per_second:?}");
     }
 
     #[test]

@@ -68,7 +68,10 @@ pub struct LimitArgs {
     /// its first contacts are refused [default: 8].
     ///
     /// Refusals are counted in jitwgd_initiations_dropped_total{reason="source_penalised"}.
-    /// Keys that resolve never count, and known keys are never refused.
+    /// Keys that resolve never count, and known keys are never refused. An IPv6 /64's 404s
+    /// also count for its /48: past this many there, each /64 of the /48 that caused a 404
+    /// is refused with it while it keeps knocking (one renewal lookup per
+    /// --source-penalty-forgive for the whole /48), and a /64 with none is judged alone.
     #[arg(long, env = "JITWGD_SOURCE_PENALTY_BURST", value_name = "COUNT", value_parser = values::positive_count)]
     pub source_penalty_burst: Option<usize>,
 

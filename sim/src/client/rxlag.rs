@@ -1,8 +1,10 @@
 //! Receive lag, aggregated across a fleet's client tasks: one HDR histogram over the whole run
-//! (what `results.load` reports and shards merge) and a summary per second of the run, so a
+//! (what `results.load` reports and shards merge) and a summary per window of the run, so a
 //! driver that fell behind while a storm's clients were starting shows apart from one that was
-//! always slow. Recording is one uncontended lock and two counter updates per datagram: the
-//! driver is the bottleneck in a storm already.
+//! always slow. Windows are 1 s for the first minute (where storms happen) and widen after it
+//! (`window_of`), so a soak's results.json grows with the logarithm of its length, not with
+//! every second of it. Recording is one uncontended lock and two counter updates per datagram:
+//! the driver is the bottleneck in a storm already.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -20,9 +22,10 @@ pub struct RxLagRecorder {
 #[derive(Debug)]
 struct State {
     all: Histogram<u64>,
-    /// The second being filled; datagrams are read in time order (up to the few µs two worker
-    /// threads may interleave), so one histogram suffices: a new second closes the previous.
-    current_second: u32,
+    /// The window being filled, as (first second, length in seconds); datagrams are read in
+    /// time order (up to the few µs two worker threads may interleave), so one histogram
+    /// suffices: a later window closes the previous.
+    current_window: (u32, u32),
     current: Histogram<u64>,
     closed: Vec<RxLagWindow>,
 }
@@ -32,7 +35,7 @@ impl Default for RxLagRecorder {
         Self {
             state: Mutex::new(State {
                 all: empty_lag_histogram(),
-                current_second: 0,
+                current_window: window_of(0),
                 current: empty_lag_histogram(),
                 closed: Vec::new(),
             }),
@@ -45,8 +48,8 @@ impl Default for RxLagRecorder {
 pub struct RxLagTotals {
     /// µs, with `jitwg_reports::load::empty_lag_histogram`'s bounds.
     pub all: Histogram<u64>,
-    /// Seconds without datagrams are left out.
-    pub by_second: Vec<RxLagWindow>,
+    /// Per window (`window_of`); windows without datagrams are left out.
+    pub by_window: Vec<RxLagWindow>,
 }
 
 impl RxLagTotals {
@@ -55,7 +58,7 @@ impl RxLagTotals {
         DriverMeasures {
             cpu_utilization,
             rx_lag_us: Some(self.all),
-            rx_lag_by_second: self.by_second,
+            rx_lag_by_second: self.by_window,
         }
     }
 }
@@ -67,9 +70,9 @@ impl RxLagRecorder {
         let second = u32::try_from(read_at.as_secs()).unwrap_or(u32::MAX);
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.all.saturating_record(us);
-        if second > state.current_second {
+        if second >= state.current_window.0 + state.current_window.1 {
             state.close_current();
-            state.current_second = second;
+            state.current_window = window_of(second);
         }
         state.current.saturating_record(us);
     }
@@ -77,28 +80,41 @@ impl RxLagRecorder {
     /// Everything recorded so far.
     pub fn totals(&self) -> RxLagTotals {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut by_second = state.closed.clone();
-        by_second.extend(window(state.current_second, &state.current));
+        let mut by_window = state.closed.clone();
+        by_window.extend(window(state.current_window, &state.current));
         RxLagTotals {
             all: state.all.clone(),
-            by_second,
+            by_window,
         }
     }
 }
 
 impl State {
     fn close_current(&mut self) {
-        if let Some(w) = window(self.current_second, &self.current) {
+        if let Some(w) = window(self.current_window, &self.current) {
             self.closed.push(w);
         }
         self.current.reset();
     }
 }
 
-/// The summary of one second's histogram; `None` when it is empty.
-fn window(second: u32, histogram: &Histogram<u64>) -> Option<RxLagWindow> {
+/// The window `second` of the run falls in, as (first second, length): 1 s over the first
+/// minute, 10 s to 10 min, 1 min to an hour, 10 min after that. A 24 h soak has about 300.
+fn window_of(second: u32) -> (u32, u32) {
+    let width = match second {
+        0..60 => 1,
+        60..600 => 10,
+        600..3_600 => 60,
+        _ => 600,
+    };
+    (second - second % width, width)
+}
+
+/// The summary of one window's histogram; `None` when it is empty.
+fn window((second, seconds): (u32, u32), histogram: &Histogram<u64>) -> Option<RxLagWindow> {
     Some(RxLagWindow {
         second,
+        seconds,
         datagrams: histogram.len(),
         p50_ms: histogram_ms(histogram, 50.0)?,
         p99_ms: histogram_ms(histogram, 99.0)?,
@@ -129,23 +145,47 @@ mod tests {
         let totals = recorder.totals();
         assert_eq!(totals.all.len(), 14);
         let seconds: Vec<(u32, u64)> = totals
-            .by_second
+            .by_window
             .iter()
             .map(|w| (w.second, w.datagrams))
             .collect();
         assert_eq!(seconds, vec![(0, 10), (3, 3), (5, 1)]);
-        let early = totals.by_second[0];
+        let early = totals.by_window[0];
         assert!((1_999.0..=2_002.0).contains(&early.p99_ms), "{early:?}");
-        let prompt = totals.by_second[1];
+        let prompt = totals.by_window[1];
         // 3 significant digits: 3 ms reads back as the top of its bucket, 3.001 ms.
         assert_eq!(prompt.p50_ms, 2.0);
         assert!((3.0..3.01).contains(&prompt.max_ms), "{prompt:?}");
     }
 
     #[test]
+    fn windows_widen_after_the_first_minute_and_stay_few_over_a_day() {
+        assert_eq!(window_of(0), (0, 1));
+        assert_eq!(window_of(59), (59, 1));
+        assert_eq!(window_of(60), (60, 10));
+        assert_eq!(window_of(75), (70, 10));
+        assert_eq!(window_of(600), (600, 60));
+        assert_eq!(window_of(3_661), (3_600, 600));
+        let recorder = RxLagRecorder::default();
+        for second in 0..86_400u64 {
+            recorder.record(ms(1), Duration::from_secs(second));
+        }
+        let totals = recorder.totals();
+        assert_eq!(totals.all.len(), 86_400);
+        let windows = &totals.by_window;
+        assert_eq!(windows.len(), 60 + 54 + 50 + 138);
+        assert_eq!(windows.iter().map(|w| w.datagrams).sum::<u64>(), 86_400);
+        // Windows tile the run: each starts where the previous ended.
+        for pair in windows.windows(2) {
+            assert_eq!(pair[0].second + pair[0].seconds, pair[1].second, "{pair:?}");
+        }
+        assert_eq!(windows[70].seconds, 10);
+    }
+
+    #[test]
     fn nothing_recorded_is_no_window_and_an_empty_histogram() {
         let totals = RxLagRecorder::default().totals();
-        assert!(totals.all.is_empty() && totals.by_second.is_empty());
+        assert!(totals.all.is_empty() && totals.by_window.is_empty());
     }
 
     #[test]

@@ -36,20 +36,23 @@ impl RunLock {
     /// Takes the lock of `name`; [`LabError::LockBusy`] if a live run holds it.
     pub fn acquire(name: &str) -> Result<RunLock, LabError> {
         let path = lock_path(name);
-        Self::try_acquire_path(&path)?.ok_or_else(|| LabError::LockBusy {
+        Self::try_acquire_path(&path, true)?.ok_or_else(|| LabError::LockBusy {
             name: name.to_string(),
             path,
         })
     }
 
-    fn try_acquire_path(path: &Path) -> Result<Option<RunLock>, LabError> {
+    /// `create`: make the file if it is missing. A probe of another run's lock must not: that
+    /// run may have just finished and removed it, and re-creating it would leave a lock file
+    /// with no run behind (a dry run keeps the files it probed).
+    fn try_acquire_path(path: &Path, create: bool) -> Result<Option<RunLock>, LabError> {
         let lock_err = |source| LabError::Lock {
             path: path.to_path_buf(),
             source,
         };
         std::fs::create_dir_all(LOCK_DIR).map_err(lock_err)?;
         let file = OpenOptions::new()
-            .create(true)
+            .create(create)
             .truncate(false)
             .write(true)
             .open(path)
@@ -229,7 +232,7 @@ fn live_runs(dry_run: bool) -> Result<(HashSet<RunId>, Vec<RunLock>), LabError> 
         let Some(run) = run_id_of(&name) else {
             continue;
         };
-        match RunLock::try_acquire_path(&lock_path(&name)) {
+        match RunLock::try_acquire_path(&lock_path(&name), false) {
             Ok(Some(mut lock)) if dry_run => lock.keep_file = true,
             Ok(Some(lock)) => stale.push(lock),
             Ok(None) => {
@@ -376,5 +379,19 @@ mod tests {
         drop(lock);
         assert!(!lock_path(&name).exists());
         drop(RunLock::acquire(&name).unwrap());
+    }
+
+    #[test]
+    fn probing_a_lock_its_run_just_removed_does_not_bring_the_file_back() {
+        // What `clean` in one test met when another test's run ended between the directory
+        // listing and the probe: the probe must find nothing, not re-create the file.
+        let name = format!("jwg{}", RunId::random());
+        drop(RunLock::acquire(&name).unwrap());
+        let probed = RunLock::try_acquire_path(&lock_path(&name), false);
+        assert!(
+            matches!(&probed, Err(LabError::Lock { source, .. }) if source.kind() == std::io::ErrorKind::NotFound),
+            "{probed:?}"
+        );
+        assert!(!lock_path(&name).exists());
     }
 }
