@@ -3,6 +3,7 @@
 //! and readiness. `server` serves it over HTTP (`GET /metrics`, `GET /ready`).
 
 mod server;
+mod shield;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 pub use server::{serve, MetricsError, MetricsServer, OPENMETRICS_CONTENT_TYPE};
+pub use shield::ShieldMetrics;
 
 /// Values of the `stage` label of `jitwgd_identify_failed_total`.
 pub const IDENTIFY_STAGES: &[&str] = &[
@@ -194,12 +196,8 @@ pub struct Metrics {
     pub role_inversion_retries: Counter,
     /// Peers removed by the sweep for being idle.
     pub evictions: Counter,
-    /// Kernel shield (`crate::shield`): times it recomputed its rules.
-    pub shield_recomputes: Counter,
-    /// Kernel shield: tc program replacements (one per changed address family).
-    pub shield_replacements: Counter,
-    /// Kernel shield: data-plane reads it made itself (no shared read was recent enough).
-    pub shield_reads: Counter,
+    /// The kernel shield's own work (`shield`).
+    pub shield: ShieldMetrics,
     /// Peers removed because the control plane no longer knows them.
     pub revocations: Counter,
     /// Peers currently configured on the interface.
@@ -264,9 +262,7 @@ impl Metrics {
             deferred_initiations_dropped: Counter::default(),
             role_inversion_retries: Counter::default(),
             evictions: Counter::default(),
-            shield_recomputes: Counter::default(),
-            shield_replacements: Counter::default(),
-            shield_reads: Counter::default(),
+            shield: ShieldMetrics::default(),
             revocations: Counter::default(),
             installed_peers: Gauge::default(),
             push_messages: Family::default(),
@@ -476,21 +472,7 @@ impl Metrics {
             "1 once boot has finished, 0 before",
             self.ready.clone(),
         );
-        r.register(
-            "shield_recomputes",
-            "Times the kernel shield recomputed its rules",
-            self.shield_recomputes.clone(),
-        );
-        r.register(
-            "shield_replacements",
-            "Kernel shield tc program replacements",
-            self.shield_replacements.clone(),
-        );
-        r.register(
-            "shield_reads",
-            "Data-plane peer reads the kernel shield made itself",
-            self.shield_reads.clone(),
-        );
+        self.shield.register(r);
         r.register(
             "stage_seconds",
             "Seconds spent in each JIT pipeline stage (identify, lookup, install)",

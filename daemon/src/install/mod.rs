@@ -287,10 +287,11 @@ impl InstallQueue {
         evict_after: Duration,
     ) -> Result<(SweepStarted, Vec<InstalledPeer>), InstallError> {
         self.ask(|reply| Command::SweepBegin { reply }).await?;
-        // Only a read started after the worker began journalling can be reconciled.
+        // Only a read started after the worker began journalling can be reconciled: one
+        // started after this instant (the shield's, or a new one), which follows the ack.
         let started = Instant::now();
-        let read = match self.reads.started_since(Some(started)).await {
-            Ok((read, _)) => Ok(read.peers.clone()),
+        let read = match self.reads.read_started_after(Some(started)).await {
+            Ok(reading) => Ok(reading.read.peers.clone()),
             Err(PeerReadError::Read(e)) => Err(InstallError::SweepRead(e)),
             Err(PeerReadError::Task(e)) => Err(InstallError::SweepTask(e)),
         };

@@ -12,9 +12,9 @@
 //! Installed peers are never cut off: `plan` leaves their endpoints unblocked, with pass
 //! rules inside a blocked network (module doc there). The endpoints come from the data
 //! plane's one reader (`sweep::PeerReads`, shared with the sweep): while anything is
-//! judged, the last read is used when it is at most `ENDPOINT_REFRESH` old, else one is
-//! made (and published for the sweep); until the first read succeeds nothing is blocked. What the shield cannot see is an installed peer
-//! roaming to a judged address (or into a blocked network, before the next endpoint
+//! judged, the last read (often the sweep's) is used when it is at most `ENDPOINT_REFRESH`
+//! old, else one is made and kept for the sweep too; until the first read succeeds
+//! nothing is blocked. What the shield cannot see is an installed peer roaming to a judged address (or into a blocked network, before the next endpoint
 //! read shows it there): its initiations are dropped until the penalty ends, the same
 //! window admission already applies to first contacts from it.
 //!
@@ -73,8 +73,9 @@ pub struct ShieldSettings {
     pub block_networks: bool,
 }
 
-/// What the loop did, logged at exit (the figures behind `jitwgd_shield_*`, with the
-/// time each part took, for judging the shield's own cost).
+/// What the loop did so far, logged every `REPORT_EVERY` while it works and at exit: the
+/// figures behind `jitwgd_shield_*_total`, with the time each part took, for judging the
+/// shield's own cost.
 #[derive(Debug, Default)]
 struct Tally {
     recomputes: u64,
@@ -105,7 +106,8 @@ pub async fn run(
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let judged_changed = lookup.judged_changed();
-    let mut reported = (Instant::now(), 0u64);
+    // When the work so far was last logged, and how many recomputes it showed.
+    let mut last_report = (Instant::now(), 0u64);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -122,31 +124,36 @@ pub async fn run(
             break;
         };
         tally.recomputes += 1;
-        metrics.shield_recomputes.inc();
+        metrics.shield.recomputes.inc();
         if !judged.is_empty() {
             // The last read (the sweep's or ours) when recent enough, else one new read.
             let reading = Instant::now();
             match reads
-                .started_since(reads::since(began, ENDPOINT_REFRESH))
+                .read_started_after(reads::age_limit(began, ENDPOINT_REFRESH))
                 .await
             {
-                Ok((read, read_here)) => {
-                    if read_here {
+                Ok(got) => {
+                    if got.made_by_caller {
                         tally.reads += 1;
                         tally.read_time += reading.elapsed();
-                        metrics.shield_reads.inc();
+                        metrics.shield.reads.inc();
                     }
                     if endpoints
                         .as_ref()
-                        .is_none_or(|(had, _)| !Arc::ptr_eq(had, &read))
+                        .is_none_or(|(had, _)| !Arc::ptr_eq(had, &got.read))
                     {
-                        let fresh = plan::installed_endpoints(&read.peers);
-                        endpoints = Some((read, fresh));
+                        let fresh = plan::installed_endpoints(&got.read.peers);
+                        endpoints = Some((got.read, fresh));
                     }
                 }
                 Err(e) => {
                     if let Some(suppressed) = warnings.allow(began) {
-                        tracing::warn!(error = %Causes(&e), suppressed, "shield: reading the installed peers failed; blocking nothing new");
+                        let using = if endpoints.is_some() {
+                            "planning with the last endpoints read"
+                        } else {
+                            "blocking nothing until a read succeeds"
+                        };
+                        tracing::warn!(error = %Causes(&e), suppressed, "shield: reading the installed peers failed; {using}");
                     }
                 }
             }
@@ -172,7 +179,7 @@ pub async fn run(
                     tracing::debug!(rules = list.len(), v4, "shield program replaced");
                     installed[family] = rules;
                     tally.replacements += 1;
-                    metrics.shield_replacements.inc();
+                    metrics.shield.replacements.inc();
                 }
                 Err(e) => {
                     if let Some(suppressed) = warnings.allow(began) {
@@ -182,9 +189,9 @@ pub async fn run(
             }
             tally.replace_time += replacing.elapsed();
         }
-        if began.duration_since(reported.0) >= REPORT_EVERY && tally.recomputes > reported.1 {
+        if began.duration_since(last_report.0) >= REPORT_EVERY && tally.recomputes > last_report.1 {
             tally.log("kernel shield: work so far");
-            reported = (began, tally.recomputes);
+            last_report = (began, tally.recomputes);
         }
     }
     tally.log("kernel shield stopping");
