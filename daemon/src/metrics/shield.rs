@@ -1,6 +1,6 @@
 //! The kernel shield's work counters (`crate::shield::run`), kept apart from the JIT
 //! pipeline's so the shield's own cost under a flood can be read off a scrape: how often
-//! it planned its rules, replaced a tc program and read the data plane itself.
+//! it woke, planned its rules, replaced a tc program and read the data plane itself.
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
@@ -8,7 +8,11 @@ use prometheus_client::registry::Registry;
 /// `jitwgd_shield_*_total`.
 #[derive(Debug, Default)]
 pub struct ShieldMetrics {
-    /// Times the shield computed its rules (`shield::plan::desired`).
+    /// Times the shield loop woke: a refused source or a 404 (`Lookup::judged_changed`),
+    /// or its tick.
+    pub wakeups: Counter,
+    /// Times the shield computed its rules (`shield::plan::desired`): wake-ups with
+    /// something new to plan (`shield::plan::needs_replan`).
     pub recomputes: Counter,
     /// tc program replacements (one per address family whose rules changed).
     pub replacements: Counter,
@@ -20,8 +24,13 @@ pub struct ShieldMetrics {
 impl ShieldMetrics {
     pub(super) fn register(&self, r: &mut Registry) {
         r.register(
+            "shield_wakeups",
+            "Times the kernel shield loop woke (a refused source, a 404, or its tick)",
+            self.wakeups.clone(),
+        );
+        r.register(
             "shield_recomputes",
-            "Times the kernel shield computed its rules",
+            "Times the kernel shield computed its rules (wake-ups with something new to plan)",
             self.recomputes.clone(),
         );
         r.register(
@@ -45,7 +54,7 @@ mod tests {
     fn shield_counters_are_exposed_from_zero() {
         let m = Metrics::new();
         let before = m.encode();
-        for name in ["recomputes", "replacements", "reads"] {
+        for name in ["wakeups", "recomputes", "replacements", "reads"] {
             let line = format!("jitwgd_shield_{name}_total 0");
             assert!(before.contains(&line), "{line} missing from {before}");
         }

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::LogBudget;
+use crate::admission::{Judged, LogBudget};
 use crate::errors::Causes;
 use crate::lookup::Lookup;
 use crate::metrics::Metrics;
@@ -78,8 +78,11 @@ pub struct ShieldSettings {
 /// shield's own cost.
 #[derive(Debug, Default)]
 struct Tally {
+    wakeups: u64,
+    /// From each wake-up until its rules were planned (or found current): the judged
+    /// sources, any read (also in `read_time`), the decision and the plan; not tc.
+    wake_time: Duration,
     recomputes: u64,
-    recompute_time: Duration,
     reads: u64,
     read_time: Duration,
     replacements: u64,
@@ -101,12 +104,18 @@ pub async fn run(
     let mut installed: [BTreeSet<Rule>; 2] = Default::default();
     // The read the endpoints were taken from, and those endpoints.
     let mut endpoints: Option<(Arc<PeerRead>, HashSet<IpAddr>)> = None;
+    // What the last plan was made from, whether the endpoints changed since, and whether
+    // that plan is wholly in force (`plan::needs_replan`). A flood wakes the loop once
+    // per refused knock, mostly with nothing new to plan.
+    let mut planned_from: Option<Judged> = None;
+    let mut endpoints_changed = false;
+    let mut plan_in_force = false;
     let mut warnings = LogBudget::new(1, Instant::now());
     let mut tally = Tally::default();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let judged_changed = lookup.judged_changed();
-    // When the work so far was last logged, and how many recomputes it showed.
+    // When the work so far was last logged, and how many wake-ups it showed.
     let mut last_report = (Instant::now(), 0u64);
     loop {
         tokio::select! {
@@ -123,8 +132,8 @@ pub async fn run(
             cancel.cancelled().await;
             break;
         };
-        tally.recomputes += 1;
-        metrics.shield.recomputes.inc();
+        tally.wakeups += 1;
+        metrics.shield.wakeups.inc();
         if !judged.is_empty() {
             // The last read (the sweep's or ours) when recent enough, else one new read.
             let reading = Instant::now();
@@ -143,6 +152,8 @@ pub async fn run(
                         .is_none_or(|(had, _)| !Arc::ptr_eq(had, &got.read))
                     {
                         let fresh = plan::installed_endpoints(&got.read.peers);
+                        // Only a different set of addresses can change the plan.
+                        endpoints_changed |= endpoints.as_ref().is_none_or(|(_, e)| *e != fresh);
                         endpoints = Some((got.read, fresh));
                     }
                 }
@@ -158,40 +169,55 @@ pub async fn run(
                 }
             }
         }
-        // Never block without knowing whom not to block.
-        let current: BTreeSet<Rule> = installed.iter().flatten().copied().collect();
-        let want = match &endpoints {
-            Some((_, endpoints)) => {
-                plan::desired(&judged, endpoints, cap, &current, settings.block_networks)
-            }
-            None => BTreeSet::new(),
-        };
-        tally.recompute_time += began.elapsed();
-        for (family, v4) in [(0, true), (1, false)] {
-            let rules = plan::family(&want, v4);
-            if rules == installed[family] {
-                continue;
-            }
-            let list: Vec<Rule> = rules.iter().copied().collect();
-            let replacing = Instant::now();
-            match tc.replace(&list, v4).await {
-                Ok(()) => {
-                    tracing::debug!(rules = list.len(), v4, "shield program replaced");
-                    installed[family] = rules;
-                    tally.replacements += 1;
-                    metrics.shield.replacements.inc();
+        if plan::needs_replan(
+            planned_from.as_ref(),
+            &judged,
+            endpoints_changed,
+            plan_in_force,
+        ) {
+            tally.recomputes += 1;
+            metrics.shield.recomputes.inc();
+            // Never block without knowing whom not to block.
+            let current: BTreeSet<Rule> = installed.iter().flatten().copied().collect();
+            let want = match &endpoints {
+                Some((_, endpoints)) => {
+                    plan::desired(&judged, endpoints, cap, &current, settings.block_networks)
                 }
-                Err(e) => {
-                    if let Some(suppressed) = warnings.allow(began) {
-                        tracing::warn!(error = %Causes(&e), suppressed, "shield: replacing the tc program failed; retrying next tick");
+                None => BTreeSet::new(),
+            };
+            tally.wake_time += began.elapsed();
+            plan_in_force = true;
+            for (family, v4) in [(0, true), (1, false)] {
+                let rules = plan::family(&want, v4);
+                if rules == installed[family] {
+                    continue;
+                }
+                let list: Vec<Rule> = rules.iter().copied().collect();
+                let replacing = Instant::now();
+                match tc.replace(&list, v4).await {
+                    Ok(()) => {
+                        tracing::debug!(rules = list.len(), v4, "shield program replaced");
+                        installed[family] = rules;
+                        tally.replacements += 1;
+                        metrics.shield.replacements.inc();
+                    }
+                    Err(e) => {
+                        plan_in_force = false;
+                        if let Some(suppressed) = warnings.allow(began) {
+                            tracing::warn!(error = %Causes(&e), suppressed, "shield: replacing the tc program failed; retrying next tick");
+                        }
                     }
                 }
+                tally.replace_time += replacing.elapsed();
             }
-            tally.replace_time += replacing.elapsed();
+            planned_from = Some(judged);
+            endpoints_changed = false;
+        } else {
+            tally.wake_time += began.elapsed();
         }
-        if began.duration_since(last_report.0) >= REPORT_EVERY && tally.recomputes > last_report.1 {
+        if began.duration_since(last_report.0) >= REPORT_EVERY && tally.wakeups > last_report.1 {
             tally.log("kernel shield: work so far");
-            last_report = (began, tally.recomputes);
+            last_report = (began, tally.wakeups);
         }
     }
     tally.log("kernel shield stopping");
@@ -203,8 +229,9 @@ pub async fn run(
 impl Tally {
     fn log(&self, what: &str) {
         tracing::info!(
+            wakeups = self.wakeups,
+            wake_ms = ms(self.wake_time),
             recomputes = self.recomputes,
-            recompute_ms = ms(self.recompute_time),
             reads = self.reads,
             read_ms = ms(self.read_time),
             replacements = self.replacements,

@@ -162,6 +162,21 @@ pub fn desired(
     out
 }
 
+/// Whether a wake-up of the shield must plan its rules again: the sources judged now
+/// differ from those the last plan was made from (`None`: nothing planned yet), the
+/// installed endpoints changed since, or that plan is not wholly in force (a tc
+/// replacement failed and is retried). Otherwise planning would give back the rules in
+/// force (`desired` is a fixpoint of its own output: tested), and the wake-up costs only
+/// the comparison.
+pub fn needs_replan(
+    planned_from: Option<&Judged>,
+    judged: &Judged,
+    endpoints_changed: bool,
+    plan_in_force: bool,
+) -> bool {
+    !plan_in_force || endpoints_changed || planned_from != Some(judged)
+}
+
 /// The endpoint addresses of installed peers (canonical: an IPv4-mapped address as IPv4).
 pub fn installed_endpoints(peers: &[InstalledPeer]) -> HashSet<IpAddr> {
     peers

@@ -288,3 +288,62 @@ fn installed_endpoints_are_canonical_and_skip_peers_without_one() {
     );
     assert!(installed_endpoints(&[]).is_empty());
 }
+
+#[test]
+fn a_wake_up_replans_only_when_something_it_plans_from_changed() {
+    let judged = addresses(&["198.18.0.7"]);
+    let same = addresses(&["198.18.0.7"]);
+    let other = addresses(&["198.18.0.7", "198.18.0.8"]);
+    // Nothing planned yet: plan, even with nothing judged.
+    assert!(needs_replan(None, &Judged::default(), false, true));
+    // Same sources, same endpoints, in force: nothing to do.
+    assert!(!needs_replan(Some(&judged), &same, false, true));
+    assert!(!needs_replan(
+        Some(&Judged::default()),
+        &Judged::default(),
+        false,
+        true
+    ));
+    // Any one change: plan.
+    assert!(needs_replan(Some(&judged), &other, false, true));
+    assert!(
+        needs_replan(Some(&other), &judged, false, true),
+        "a penalty ended"
+    );
+    assert!(
+        needs_replan(Some(&judged), &same, true, true),
+        "endpoints read anew"
+    );
+    assert!(
+        needs_replan(Some(&judged), &same, false, false),
+        "a replacement failed"
+    );
+}
+
+proptest! {
+    /// Skipping a plan whose inputs did not change (`needs_replan`) is sound: planning
+    /// again from the same judged sources and endpoints, with the last plan in force,
+    /// gives back that plan.
+    #[test]
+    fn planning_again_from_the_same_inputs_keeps_the_rules_in_force(
+        judged in judged_strategy(),
+        before in proptest::collection::vec(judged_strategy(), 0..4),
+        endpoint_hosts in proptest::collection::vec(0u8..12, 0..6),
+        cap in 0usize..10,
+        block_networks: bool,
+    ) {
+        let endpoints: HashSet<IpAddr> = endpoint_hosts
+            .into_iter()
+            .map(|h| IpAddr::V4(Ipv4Addr::new(198, 18, h % 3, h)))
+            .collect();
+        // Whatever was in force before (earlier judged states) ...
+        let mut current = BTreeSet::new();
+        for earlier in &before {
+            current = desired(earlier, &endpoints, cap, &current, block_networks);
+        }
+        // ... once planned from `judged`, planning from it again changes nothing.
+        let planned = desired(&judged, &endpoints, cap, &current, block_networks);
+        let again = desired(&judged, &endpoints, cap, &planned, block_networks);
+        prop_assert_eq!(again, planned);
+    }
+}
