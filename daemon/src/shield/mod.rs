@@ -36,13 +36,13 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::{Judged, LogBudget};
+use crate::admission::LogBudget;
 use crate::errors::Causes;
 use crate::lookup::Lookup;
 use crate::metrics::Metrics;
 use crate::sweep::{reads, PeerRead, PeerReads};
 
-pub use plan::{Prefix, Rule};
+pub use plan::{JudgedSet, Prefix, Rule};
 pub use tc::{TcError, TcShield};
 
 /// How often the rules are recomputed without a wake-up (penalties expiring); a newly
@@ -107,7 +107,7 @@ pub async fn run(
     // What the last plan was made from, whether the endpoints changed since, and whether
     // that plan is wholly in force (`plan::needs_replan`). A flood wakes the loop once
     // per refused knock, mostly with nothing new to plan.
-    let mut planned_from: Option<Judged> = None;
+    let mut planned_from: Option<JudgedSet> = None;
     let mut endpoints_changed = false;
     let mut plan_in_force = false;
     let mut warnings = LogBudget::new(1, Instant::now());
@@ -169,9 +169,10 @@ pub async fn run(
                 }
             }
         }
+        let judged_set = JudgedSet::from(&judged);
         if plan::needs_replan(
             planned_from.as_ref(),
-            &judged,
+            &judged_set,
             endpoints_changed,
             plan_in_force,
         ) {
@@ -210,7 +211,7 @@ pub async fn run(
                 }
                 tally.replace_time += replacing.elapsed();
             }
-            planned_from = Some(judged);
+            planned_from = Some(judged_set);
             endpoints_changed = false;
         } else {
             tally.wake_time += began.elapsed();

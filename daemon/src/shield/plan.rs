@@ -162,15 +162,34 @@ pub fn desired(
     out
 }
 
+/// The judged sources as sets, what a plan is made from. `Judged` lists them longest-held
+/// first, an order every renewed penalty changes (a flood renews them with each knock);
+/// `desired` looks at that order only to choose among rules not yet in force, which
+/// cannot change a plan already in force whose sources are the same set (tested).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JudgedSet {
+    addresses: HashSet<IpAddr>,
+    networks: HashSet<SourceNet>,
+}
+
+impl From<&Judged> for JudgedSet {
+    fn from(judged: &Judged) -> Self {
+        JudgedSet {
+            addresses: judged.addresses.iter().copied().collect(),
+            networks: judged.networks.iter().copied().collect(),
+        }
+    }
+}
+
 /// Whether a wake-up of the shield must plan its rules again: the sources judged now
 /// differ from those the last plan was made from (`None`: nothing planned yet), the
 /// installed endpoints changed since, or that plan is not wholly in force (a tc
 /// replacement failed and is retried). Otherwise planning would give back the rules in
-/// force (`desired` is a fixpoint of its own output: tested), and the wake-up costs only
-/// the comparison.
+/// force (`desired` is a fixpoint of its own output, whatever the order of the same
+/// sources: tested), and the wake-up costs only the comparison.
 pub fn needs_replan(
-    planned_from: Option<&Judged>,
-    judged: &Judged,
+    planned_from: Option<&JudgedSet>,
+    judged: &JudgedSet,
     endpoints_changed: bool,
     plan_in_force: bool,
 ) -> bool {

@@ -291,45 +291,50 @@ fn installed_endpoints_are_canonical_and_skip_peers_without_one() {
 
 #[test]
 fn a_wake_up_replans_only_when_something_it_plans_from_changed() {
-    let judged = addresses(&["198.18.0.7"]);
-    let same = addresses(&["198.18.0.7"]);
-    let other = addresses(&["198.18.0.7", "198.18.0.8"]);
+    let judged = JudgedSet::from(&addresses(&["198.18.0.7", "198.18.0.8"]));
+    let reordered = JudgedSet::from(&addresses(&["198.18.0.8", "198.18.0.7"]));
+    let fewer = JudgedSet::from(&addresses(&["198.18.0.7"]));
+    let nothing = JudgedSet::default();
     // Nothing planned yet: plan, even with nothing judged.
-    assert!(needs_replan(None, &Judged::default(), false, true));
-    // Same sources, same endpoints, in force: nothing to do.
-    assert!(!needs_replan(Some(&judged), &same, false, true));
-    assert!(!needs_replan(
-        Some(&Judged::default()),
-        &Judged::default(),
-        false,
-        true
-    ));
+    assert!(needs_replan(None, &nothing, false, true));
+    // The same sources (in any order), the same endpoints, in force: nothing to do.
+    assert!(!needs_replan(Some(&judged), &reordered, false, true));
+    assert!(!needs_replan(Some(&nothing), &nothing, false, true));
     // Any one change: plan.
-    assert!(needs_replan(Some(&judged), &other, false, true));
     assert!(
-        needs_replan(Some(&other), &judged, false, true),
+        needs_replan(Some(&fewer), &judged, false, true),
+        "newly judged"
+    );
+    assert!(
+        needs_replan(Some(&judged), &fewer, false, true),
         "a penalty ended"
     );
+    let net = JudgedSet::from(&networks(&["198.18.0.7"]));
     assert!(
-        needs_replan(Some(&judged), &same, true, true),
-        "endpoints read anew"
+        needs_replan(Some(&nothing), &net, false, true),
+        "a network judged"
     );
     assert!(
-        needs_replan(Some(&judged), &same, false, false),
+        needs_replan(Some(&judged), &judged, true, true),
+        "endpoints changed"
+    );
+    assert!(
+        needs_replan(Some(&judged), &judged, false, false),
         "a replacement failed"
     );
 }
 
 proptest! {
     /// Skipping a plan whose inputs did not change (`needs_replan`) is sound: planning
-    /// again from the same judged sources and endpoints, with the last plan in force,
-    /// gives back that plan.
+    /// again from the same judged sources, listed in any order, and the same endpoints,
+    /// with the last plan in force, gives back that plan.
     #[test]
     fn planning_again_from_the_same_inputs_keeps_the_rules_in_force(
         judged in judged_strategy(),
         before in proptest::collection::vec(judged_strategy(), 0..4),
         endpoint_hosts in proptest::collection::vec(0u8..12, 0..6),
         cap in 0usize..10,
+        rotate in 0usize..8,
         block_networks: bool,
     ) {
         let endpoints: HashSet<IpAddr> = endpoint_hosts
@@ -341,9 +346,15 @@ proptest! {
         for earlier in &before {
             current = desired(earlier, &endpoints, cap, &current, block_networks);
         }
-        // ... once planned from `judged`, planning from it again changes nothing.
+        // ... once planned from `judged`, planning from the same sources changes nothing.
         let planned = desired(&judged, &endpoints, cap, &current, block_networks);
-        let again = desired(&judged, &endpoints, cap, &planned, block_networks);
+        let mut same = judged.clone();
+        let (a, n) = (same.addresses.len(), same.networks.len());
+        same.addresses.rotate_left(if a == 0 { 0 } else { rotate % a });
+        same.networks.rotate_left(if n == 0 { 0 } else { rotate % n });
+        same.addresses.reverse();
+        prop_assert_eq!(JudgedSet::from(&same), JudgedSet::from(&judged));
+        let again = desired(&same, &endpoints, cap, &planned, block_networks);
         prop_assert_eq!(again, planned);
     }
 }
