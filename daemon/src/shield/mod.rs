@@ -12,11 +12,15 @@
 //! Installed peers are never cut off: `plan` leaves their endpoints unblocked, with pass
 //! rules inside a blocked network (module doc there). The endpoints come from the data
 //! plane's one reader (`sweep::PeerReads`, shared with the sweep): while anything is
-//! judged, the last read (often the sweep's) is used when it is at most `ENDPOINT_REFRESH`
-//! old, else one is made and kept for the sweep too; until the first read succeeds
-//! nothing is blocked. What the shield cannot see is an installed peer roaming to a judged address (or into a blocked network, before the next endpoint
-//! read shows it there): its initiations are dropped until the penalty ends, the same
-//! window admission already applies to first contacts from it.
+//! judged, the last read (the sweep's or its own) is used when it is at most
+//! `ENDPOINT_REFRESH` old, else one is made and kept for the sweep too; until the first
+//! read succeeds nothing is blocked. What the shield cannot see is an installed peer
+//! roaming to a judged address (or into a blocked network, before the next endpoint read
+//! shows it there): its initiations are dropped until the penalty ends, the same window
+//! admission already applies to first contacts from it.
+//!
+//! A flood wakes the loop once per refused knock; it plans its rules only when what they
+//! are planned from changed (`plan::needs_replan`), so most wake-ups cost a comparison.
 //!
 //! `plan` is the pure core (time is the caller's), `bpf` compiles a family's rules into
 //! one classic program, `tc` is the rtnetlink edge; `run` is the loop between them.
