@@ -26,6 +26,7 @@ use crate::install::Backend;
 pub struct PeerRead {
     /// When the read was started (before the data plane was asked: a conservative age).
     pub started: Instant,
+    /// Every peer the data plane held (key, last handshake, endpoint).
     pub peers: Vec<InstalledPeer>,
 }
 
@@ -33,6 +34,7 @@ pub struct PeerRead {
 #[derive(Debug, Clone)]
 pub struct Reading {
     pub read: Arc<PeerRead>,
+    /// This call read the data plane (no kept read met its need).
     pub made_by_caller: bool,
 }
 
