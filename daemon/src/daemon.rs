@@ -34,7 +34,7 @@ use crate::pipeline::{capture_loop, start_identify_pool, Pipeline, PipelineLimit
 use crate::push::{push_loop, PushContext, PushSubscriber};
 use crate::shield::{self, ShieldSettings, TcShield};
 use crate::store::{Recovered, SharedStore};
-use crate::sweep::sweep_loop;
+use crate::sweep::{sweep_loop, PeerReads};
 
 pub use crate::errors::DaemonError;
 
@@ -122,7 +122,8 @@ async fn start_shield(
     config: &Config,
     listen_port: u16,
     lookup: &Arc<Lookup>,
-    dataplane: DataPlane,
+    reads: Arc<PeerReads>,
+    metrics: Arc<Metrics>,
     tasks: &mut Tasks,
     cancel: &CancellationToken,
 ) -> Result<(), DaemonError> {
@@ -143,7 +144,8 @@ async fn start_shield(
         shield::run(
             tc,
             lookup.clone(),
-            dataplane,
+            reads,
+            metrics,
             ShieldSettings {
                 max_filters,
                 block_networks: config.initiate,
@@ -217,8 +219,6 @@ pub async fn run(
     };
     let initiate_feedback =
         (cookie_watch.is_some() && config.initiate_adapt).then(|| Arc::new(AtomicU64::new(0)));
-    // The kernel shield reads the installed peers' endpoints (never writes).
-    let shield_dataplane = dataplane.clone();
     let (worker, queue) = InstallWorker::start(
         Arc::new(dataplane),
         installed,
@@ -347,7 +347,8 @@ pub async fn run(
                 &config,
                 listen_port,
                 &lookup,
-                shield_dataplane,
+                queue.peer_reads(),
+                metrics.clone(),
                 &mut tasks,
                 &cancel,
             )

@@ -3,6 +3,7 @@
 //! and readiness. `server` serves it over HTTP (`GET /metrics`, `GET /ready`).
 
 mod server;
+mod shield;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 pub use server::{serve, MetricsError, MetricsServer, OPENMETRICS_CONTENT_TYPE};
+pub use shield::ShieldMetrics;
 
 /// Values of the `stage` label of `jitwgd_identify_failed_total`.
 pub const IDENTIFY_STAGES: &[&str] = &[
@@ -194,6 +196,8 @@ pub struct Metrics {
     pub role_inversion_retries: Counter,
     /// Peers removed by the sweep for being idle.
     pub evictions: Counter,
+    /// The kernel shield's own work (`shield`).
+    pub shield: ShieldMetrics,
     /// Peers removed because the control plane no longer knows them.
     pub revocations: Counter,
     /// Peers currently configured on the interface.
@@ -258,6 +262,7 @@ impl Metrics {
             deferred_initiations_dropped: Counter::default(),
             role_inversion_retries: Counter::default(),
             evictions: Counter::default(),
+            shield: ShieldMetrics::default(),
             revocations: Counter::default(),
             installed_peers: Gauge::default(),
             push_messages: Family::default(),
@@ -467,6 +472,7 @@ impl Metrics {
             "1 once boot has finished, 0 before",
             self.ready.clone(),
         );
+        self.shield.register(r);
         r.register(
             "stage_seconds",
             "Seconds spent in each JIT pipeline stage (identify, lookup, install)",

@@ -33,6 +33,7 @@ use crate::dataplane::{self, DataPlane, DataPlaneError, InstalledPeer, PeerWrite
 use crate::errors::Causes;
 use crate::metrics::Metrics;
 use crate::peer::{PeerConfig, PublicKey};
+use crate::sweep::{PeerReadError, PeerReads};
 
 pub use addresses::ManyInstalled;
 pub use pacer::InitiationPacer;
@@ -154,8 +155,9 @@ fn device_update(plan: &Plan) -> DeviceUpdate {
 pub struct InstallQueue {
     tx: Sender<Command>,
     installed: Arc<Mutex<HashSet<PublicKey>>>,
-    /// For the sweep's full read, which runs beside the worker, not on it.
-    reader: Arc<dyn Backend>,
+    /// For the sweep's full read, which runs beside the worker, not on it (shared with
+    /// the kernel shield: `sweep::PeerReads`).
+    reads: Arc<PeerReads>,
 }
 
 impl InstallQueue {
@@ -170,6 +172,11 @@ impl InstallQueue {
 
     pub fn installed_count(&self) -> usize {
         self.installed.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    /// The data plane's one reader, for other users of its peers (the kernel shield).
+    pub fn peer_reads(&self) -> Arc<PeerReads> {
+        self.reads.clone()
     }
 
     /// Sends `command` built around a fresh reply channel and waits for the reply.
@@ -280,11 +287,13 @@ impl InstallQueue {
         evict_after: Duration,
     ) -> Result<(SweepStarted, Vec<InstalledPeer>), InstallError> {
         self.ask(|reply| Command::SweepBegin { reply }).await?;
-        let reader = self.reader.clone();
+        // Only a read started after the worker began journalling can be reconciled: one
+        // started after this instant (the shield's, or a new one), which follows the ack.
         let started = Instant::now();
-        let read = match tokio::task::spawn_blocking(move || reader.peers()).await {
-            Ok(r) => r.map_err(InstallError::SweepRead),
-            Err(e) => Err(InstallError::SweepTask(e)),
+        let read = match self.reads.read_started_after(Some(started)).await {
+            Ok(reading) => Ok(reading.read.peers.clone()),
+            Err(PeerReadError::Read(e)) => Err(InstallError::SweepRead(e)),
+            Err(PeerReadError::Task(e)) => Err(InstallError::SweepTask(e)),
         };
         let read_took = started.elapsed();
         let active: Vec<InstalledPeer> = read
@@ -348,7 +357,7 @@ impl InstallWorker {
         let queue = InstallQueue {
             tx: tx.clone(),
             installed,
-            reader: backend,
+            reads: Arc::new(PeerReads::new(backend)),
         };
         Ok((
             Self {

@@ -11,11 +11,16 @@
 //!
 //! Installed peers are never cut off: `plan` leaves their endpoints unblocked, with pass
 //! rules inside a blocked network (module doc there). The endpoints come from the data
-//! plane, read at most every `ENDPOINT_REFRESH` while anything is judged; until the first
+//! plane's one reader (`sweep::PeerReads`, shared with the sweep): while anything is
+//! judged, the last read (the sweep's or its own) is used when it is at most
+//! `ENDPOINT_REFRESH` old, else one is made and kept for the sweep too; until the first
 //! read succeeds nothing is blocked. What the shield cannot see is an installed peer
-//! roaming to a judged address (or into a blocked network, before the next endpoint
-//! read shows it there): its initiations are dropped until the penalty ends, the same
-//! window admission already applies to first contacts from it.
+//! roaming to a judged address (or into a blocked network, before the next endpoint read
+//! shows it there): its initiations are dropped until the penalty ends, the same window
+//! admission already applies to first contacts from it.
+//!
+//! A flood wakes the loop once per refused knock; it plans its rules only when what they
+//! are planned from changed (`plan::needs_replan`), so most wake-ups cost a comparison.
 //!
 //! `plan` is the pure core (time is the caller's), `bpf` compiles a family's rules into
 //! one classic program, `tc` is the rtnetlink edge; `run` is the loop between them.
@@ -36,11 +41,12 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::LogBudget;
-use crate::dataplane::DataPlane;
 use crate::errors::Causes;
 use crate::lookup::Lookup;
+use crate::metrics::Metrics;
+use crate::sweep::{reads, PeerRead, PeerReads};
 
-pub use plan::{Prefix, Rule};
+pub use plan::{JudgedSet, Prefix, Rule};
 pub use tc::{TcError, TcShield};
 
 /// How often the rules are recomputed without a wake-up (penalties expiring); a newly
@@ -60,6 +66,9 @@ pub const MAX_FILTERS: usize = (bpf::MAX_INSNS - bpf::HEADER_INSNS - 1) / bpf::M
 /// knock at a time, so their rules are batched rather than installed one by one.
 pub const MIN_GAP: Duration = Duration::from_millis(10);
 
+/// How often, at most, the loop logs what it did so far (only when it did something).
+pub const REPORT_EVERY: Duration = Duration::from_secs(5);
+
 /// What the shield loop needs.
 pub struct ShieldSettings {
     /// Rules at most (0: no shield).
@@ -68,24 +77,50 @@ pub struct ShieldSettings {
     pub block_networks: bool,
 }
 
+/// What the loop did so far, logged every `REPORT_EVERY` while it works and at exit: the
+/// figures behind `jitwgd_shield_*_total`, with the time each part took, for judging the
+/// shield's own cost.
+#[derive(Debug, Default)]
+struct Tally {
+    wakeups: u64,
+    /// From each wake-up until its rules were planned (or found current): the judged
+    /// sources, any read (also in `read_time`), the decision and the plan; not tc.
+    wake_time: Duration,
+    recomputes: u64,
+    reads: u64,
+    read_time: Duration,
+    replacements: u64,
+    replace_time: Duration,
+}
+
 /// Keep the filters on `tc` in step with `lookup`'s judged sources until `cancel`, then
-/// remove them.
+/// remove them. Installed endpoints come from `reads`, shared with the sweep.
 pub async fn run(
     mut tc: TcShield,
     lookup: Arc<Lookup>,
-    dataplane: DataPlane,
+    reads: Arc<PeerReads>,
+    metrics: Arc<Metrics>,
     settings: ShieldSettings,
     cancel: CancellationToken,
 ) {
     let cap = settings.max_filters.min(MAX_FILTERS);
     // What each family's program holds now (IPv4, IPv6).
     let mut installed: [BTreeSet<Rule>; 2] = Default::default();
-    let mut endpoints: Option<HashSet<IpAddr>> = None;
-    let mut endpoints_at: Option<Instant> = None;
+    // The read the endpoints were taken from, and those endpoints.
+    let mut endpoints: Option<(Arc<PeerRead>, HashSet<IpAddr>)> = None;
+    // What the last plan was made from, whether the endpoints changed since, and whether
+    // that plan is wholly in force (`plan::needs_replan`). A flood wakes the loop once
+    // per refused knock, mostly with nothing new to plan.
+    let mut planned_from: Option<JudgedSet> = None;
+    let mut endpoints_changed = false;
+    let mut plan_in_force = false;
     let mut warnings = LogBudget::new(1, Instant::now());
+    let mut tally = Tally::default();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let judged_changed = lookup.judged_changed();
+    // When the work so far was last logged, and how many wake-ups it showed.
+    let mut last_report = (Instant::now(), 0u64);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -95,65 +130,122 @@ pub async fn run(
                 tokio::time::sleep(MIN_GAP).await;
             }
         }
-        let now = Instant::now();
-        let Some(judged) = lookup.judged_sources(now) else {
+        let began = Instant::now();
+        let Some(judged) = lookup.judged_sources(began) else {
             // No admission control, nothing is ever judged: idle until shutdown.
             cancel.cancelled().await;
             break;
         };
-        let stale = endpoints_at.is_none_or(|at| now.duration_since(at) >= ENDPOINT_REFRESH);
-        if !judged.is_empty() && stale {
-            let dp = dataplane.clone();
-            match tokio::task::spawn_blocking(move || dp.peers()).await {
-                Ok(Ok(peers)) => {
-                    endpoints = Some(
-                        peers
-                            .iter()
-                            .filter_map(|p| p.endpoint.map(|e| plan::canonical(e.ip())))
-                            .collect(),
-                    );
-                    endpoints_at = Some(now);
-                }
-                Ok(Err(e)) => {
-                    if let Some(suppressed) = warnings.allow(now) {
-                        tracing::warn!(error = %Causes(&e), suppressed, "shield: reading the installed peers failed; blocking nothing new");
+        tally.wakeups += 1;
+        metrics.shield.wakeups.inc();
+        if !judged.is_empty() {
+            // The last read (the sweep's or ours) when recent enough, else one new read.
+            let reading = Instant::now();
+            match reads
+                .read_started_after(reads::age_limit(began, ENDPOINT_REFRESH))
+                .await
+            {
+                Ok(got) => {
+                    if got.made_by_caller {
+                        tally.reads += 1;
+                        tally.read_time += reading.elapsed();
+                        metrics.shield.reads.inc();
+                    }
+                    if endpoints
+                        .as_ref()
+                        .is_none_or(|(had, _)| !Arc::ptr_eq(had, &got.read))
+                    {
+                        let fresh = plan::installed_endpoints(&got.read.peers);
+                        // Only a different set of addresses can change the plan.
+                        endpoints_changed |= endpoints.as_ref().is_none_or(|(_, e)| *e != fresh);
+                        endpoints = Some((got.read, fresh));
                     }
                 }
                 Err(e) => {
-                    if let Some(suppressed) = warnings.allow(now) {
-                        tracing::warn!(error = %e, suppressed, "shield: reading the installed peers failed");
+                    if let Some(suppressed) = warnings.allow(began) {
+                        let using = if endpoints.is_some() {
+                            "planning with the last endpoints read"
+                        } else {
+                            "blocking nothing until a read succeeds"
+                        };
+                        tracing::warn!(error = %Causes(&e), suppressed, "shield: reading the installed peers failed; {using}");
                     }
                 }
             }
         }
-        // Never block without knowing whom not to block.
-        let current: BTreeSet<Rule> = installed.iter().flatten().copied().collect();
-        let want = match &endpoints {
-            Some(endpoints) => {
-                plan::desired(&judged, endpoints, cap, &current, settings.block_networks)
-            }
-            None => BTreeSet::new(),
-        };
-        for (family, v4) in [(0, true), (1, false)] {
-            let rules = plan::family(&want, v4);
-            if rules == installed[family] {
-                continue;
-            }
-            let list: Vec<Rule> = rules.iter().copied().collect();
-            match tc.replace(&list, v4).await {
-                Ok(()) => {
-                    tracing::debug!(rules = list.len(), v4, "shield program replaced");
-                    installed[family] = rules;
+        let judged_set = JudgedSet::from(&judged);
+        if plan::needs_replan(
+            planned_from.as_ref(),
+            &judged_set,
+            endpoints_changed,
+            plan_in_force,
+        ) {
+            tally.recomputes += 1;
+            metrics.shield.recomputes.inc();
+            // Never block without knowing whom not to block.
+            let current: BTreeSet<Rule> = installed.iter().flatten().copied().collect();
+            let want = match &endpoints {
+                Some((_, endpoints)) => {
+                    plan::desired(&judged, endpoints, cap, &current, settings.block_networks)
                 }
-                Err(e) => {
-                    if let Some(suppressed) = warnings.allow(now) {
-                        tracing::warn!(error = %Causes(&e), suppressed, "shield: replacing the tc program failed; retrying next tick");
+                None => BTreeSet::new(),
+            };
+            tally.wake_time += began.elapsed();
+            plan_in_force = true;
+            for (family, v4) in [(0, true), (1, false)] {
+                let rules = plan::family(&want, v4);
+                if rules == installed[family] {
+                    continue;
+                }
+                let list: Vec<Rule> = rules.iter().copied().collect();
+                let replacing = Instant::now();
+                match tc.replace(&list, v4).await {
+                    Ok(()) => {
+                        tracing::debug!(rules = list.len(), v4, "shield program replaced");
+                        installed[family] = rules;
+                        tally.replacements += 1;
+                        metrics.shield.replacements.inc();
+                    }
+                    Err(e) => {
+                        plan_in_force = false;
+                        if let Some(suppressed) = warnings.allow(began) {
+                            tracing::warn!(error = %Causes(&e), suppressed, "shield: replacing the tc program failed; retrying next tick");
+                        }
                     }
                 }
+                tally.replace_time += replacing.elapsed();
             }
+            planned_from = Some(judged_set);
+            endpoints_changed = false;
+        } else {
+            tally.wake_time += began.elapsed();
+        }
+        if began.duration_since(last_report.0) >= REPORT_EVERY && tally.wakeups > last_report.1 {
+            tally.log("kernel shield: work so far");
+            last_report = (began, tally.wakeups);
         }
     }
+    tally.log("kernel shield stopping");
     if let Err(e) = tc.close().await {
         tracing::warn!(error = %Causes(&e), "shield: removing the tc filters at exit failed");
     }
+}
+
+impl Tally {
+    fn log(&self, what: &str) {
+        tracing::info!(
+            wakeups = self.wakeups,
+            wake_ms = ms(self.wake_time),
+            recomputes = self.recomputes,
+            reads = self.reads,
+            read_ms = ms(self.read_time),
+            replacements = self.replacements,
+            replace_ms = ms(self.replace_time),
+            "{what}"
+        );
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
 }

@@ -13,6 +13,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::admission::{Judged, SourceNet};
+use crate::dataplane::InstalledPeer;
 
 /// An IPv4 or IPv6 prefix (host bits zero).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -159,6 +160,48 @@ pub fn desired(
         }
     }
     out
+}
+
+/// The judged sources as sets, what a plan is made from. `Judged` lists them longest-held
+/// first, an order every renewed penalty changes (a flood renews them with each knock);
+/// `desired` looks at that order only to choose among rules not yet in force, which
+/// cannot change a plan already in force whose sources are the same set (tested).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JudgedSet {
+    addresses: HashSet<IpAddr>,
+    networks: HashSet<SourceNet>,
+}
+
+impl From<&Judged> for JudgedSet {
+    fn from(judged: &Judged) -> Self {
+        JudgedSet {
+            addresses: judged.addresses.iter().copied().collect(),
+            networks: judged.networks.iter().copied().collect(),
+        }
+    }
+}
+
+/// Whether a wake-up of the shield must plan its rules again: the sources judged now
+/// differ from those the last plan was made from (`None`: nothing planned yet), the
+/// installed endpoints changed since, or that plan is not wholly in force (a tc
+/// replacement failed and is retried). Otherwise planning would give back the rules in
+/// force (`desired` is a fixpoint of its own output, whatever the order of the same
+/// sources: tested), and the wake-up costs only the comparison.
+pub fn needs_replan(
+    planned_from: Option<&JudgedSet>,
+    judged: &JudgedSet,
+    endpoints_changed: bool,
+    plan_in_force: bool,
+) -> bool {
+    !plan_in_force || endpoints_changed || planned_from != Some(judged)
+}
+
+/// The endpoint addresses of installed peers (canonical: an IPv4-mapped address as IPv4).
+pub fn installed_endpoints(peers: &[InstalledPeer]) -> HashSet<IpAddr> {
+    peers
+        .iter()
+        .filter_map(|p| p.endpoint.map(|e| canonical(e.ip())))
+        .collect()
 }
 
 /// The rules of one address family (the kernel holds one program per family).

@@ -3,8 +3,9 @@
 //! so the interface never fills with stale peers. Selection is pure; the install worker
 //! performs the removals in bounded chunks. The data plane is read off the install
 //! worker (a full read of 50,000 kernel peers takes seconds, and installs must not wait
-//! for it), so the worker reconciles that read with what it wrote meanwhile. Everything
-//! here but `task` (the timer that starts each sweep) is pure.
+//! for it), so the worker reconciles that read with what it wrote meanwhile. The read
+//! goes through `reads`, the data plane's one reader, which the kernel shield shares.
+//! Everything here but `task` (the timer that starts each sweep) and `reads` is pure.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
@@ -12,8 +13,10 @@ use std::time::{Duration, SystemTime};
 use crate::dataplane::InstalledPeer;
 use crate::peer::PublicKey;
 
+pub mod reads;
 mod task;
 
+pub use reads::{PeerRead, PeerReadError, PeerReads};
 pub use task::sweep_loop;
 
 /// Peers to evict at `now`. A peer's age is measured from the later of its last

@@ -265,3 +265,96 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn installed_endpoints_are_canonical_and_skip_peers_without_one() {
+    use crate::dataplane::InstalledPeer;
+    use crate::peer::PublicKey;
+    let peer = |k: u8, endpoint: Option<&str>| InstalledPeer {
+        public_key: PublicKey([k; 32]),
+        last_handshake: None,
+        endpoint: endpoint.map(|e| e.parse().unwrap()),
+    };
+    let peers = [
+        peer(1, Some("198.18.0.7:51820")),
+        peer(2, Some("[::ffff:198.18.0.9]:4000")),
+        peer(3, None),
+        peer(4, Some("[2001:2::5]:51820")),
+        peer(5, Some("198.18.0.7:9")),
+    ];
+    assert_eq!(
+        installed_endpoints(&peers),
+        set(&["198.18.0.7", "198.18.0.9", "2001:2::5"])
+    );
+    assert!(installed_endpoints(&[]).is_empty());
+}
+
+#[test]
+fn a_wake_up_replans_only_when_something_it_plans_from_changed() {
+    let judged = JudgedSet::from(&addresses(&["198.18.0.7", "198.18.0.8"]));
+    let reordered = JudgedSet::from(&addresses(&["198.18.0.8", "198.18.0.7"]));
+    let fewer = JudgedSet::from(&addresses(&["198.18.0.7"]));
+    let nothing = JudgedSet::default();
+    // Nothing planned yet: plan, even with nothing judged.
+    assert!(needs_replan(None, &nothing, false, true));
+    // The same sources (in any order), the same endpoints, in force: nothing to do.
+    assert!(!needs_replan(Some(&judged), &reordered, false, true));
+    assert!(!needs_replan(Some(&nothing), &nothing, false, true));
+    // Any one change: plan.
+    assert!(
+        needs_replan(Some(&fewer), &judged, false, true),
+        "newly judged"
+    );
+    assert!(
+        needs_replan(Some(&judged), &fewer, false, true),
+        "a penalty ended"
+    );
+    let net = JudgedSet::from(&networks(&["198.18.0.7"]));
+    assert!(
+        needs_replan(Some(&nothing), &net, false, true),
+        "a network judged"
+    );
+    assert!(
+        needs_replan(Some(&judged), &judged, true, true),
+        "endpoints changed"
+    );
+    assert!(
+        needs_replan(Some(&judged), &judged, false, false),
+        "a replacement failed"
+    );
+}
+
+proptest! {
+    /// Skipping a plan whose inputs did not change (`needs_replan`) is sound: planning
+    /// again from the same judged sources, listed in any order, and the same endpoints,
+    /// with the last plan in force, gives back that plan.
+    #[test]
+    fn planning_again_from_the_same_inputs_keeps_the_rules_in_force(
+        judged in judged_strategy(),
+        before in proptest::collection::vec(judged_strategy(), 0..4),
+        endpoint_hosts in proptest::collection::vec(0u8..12, 0..6),
+        cap in 0usize..10,
+        rotate in 0usize..8,
+        block_networks: bool,
+    ) {
+        let endpoints: HashSet<IpAddr> = endpoint_hosts
+            .into_iter()
+            .map(|h| IpAddr::V4(Ipv4Addr::new(198, 18, h % 3, h)))
+            .collect();
+        // Whatever was in force before (earlier judged states) ...
+        let mut current = BTreeSet::new();
+        for earlier in &before {
+            current = desired(earlier, &endpoints, cap, &current, block_networks);
+        }
+        // ... once planned from `judged`, planning from the same sources changes nothing.
+        let planned = desired(&judged, &endpoints, cap, &current, block_networks);
+        let mut same = judged.clone();
+        let (a, n) = (same.addresses.len(), same.networks.len());
+        same.addresses.rotate_left(if a == 0 { 0 } else { rotate % a });
+        same.networks.rotate_left(if n == 0 { 0 } else { rotate % n });
+        same.addresses.reverse();
+        prop_assert_eq!(JudgedSet::from(&same), JudgedSet::from(&judged));
+        let again = desired(&same, &endpoints, cap, &planned, block_networks);
+        prop_assert_eq!(again, planned);
+    }
+}
