@@ -220,8 +220,16 @@ fn userspace_data_plane_life_cycle() {
         Some(clamped(spec.private_key))
     );
 
-    drop(plane);
+    // A reboot's restart: signalled first (without waiting), then restarted on the same name.
+    plane.signal_kill().unwrap();
+    plane.restart().unwrap();
+    let third_pid = plane.pid().unwrap();
     assert!(!pid_alive(second_pid));
+    assert_ne!(third_pid, second_pid);
+    assert_eq!(plane.device().unwrap().listen_port, Some(51820));
+
+    drop(plane);
+    assert!(!pid_alive(third_pid));
     assert!(!uapi_socket_path(&iface).exists());
     assert!(!log.exists(), "the default log outlived its data plane");
     assert!(Netlink::with(&ns, |nl| nl.link_index(&iface))

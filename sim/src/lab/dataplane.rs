@@ -23,6 +23,9 @@ use super::{LabError, Namespace};
 /// Environment variable wireguard-go insists on when it finds no kernel module warning-free.
 const WG_GO_ENV: &str = "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD";
 
+/// How often a starting wireguard-go's UAPI socket is tried.
+const SOCKET_POLL: Duration = Duration::from_millis(1);
+
 /// Which implementation carries the tunnel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DataPlaneBackend {
@@ -192,6 +195,16 @@ impl DataPlane {
         }
     }
 
+    /// The first half of a simultaneous crash: SIGKILLs wireguard-go without waiting for it, so
+    /// its exit (the kernel tears its TUN link down on the way) overlaps the daemon's;
+    /// [`restart`](Self::restart) reaps it. The kernel backend has no process: a no-op.
+    pub fn signal_kill(&mut self) -> Result<(), LabError> {
+        match self.child.as_mut() {
+            Some(child) => child.signal_kill(),
+            None => Ok(()),
+        }
+    }
+
     /// Deletes the kernel link, emptying it first. The kernel destroys a deleted link's
     /// peers outside RTNL, with one normal RCU grace period each (~17 ms per peer under
     /// TCG: minutes for 10,000 peers), while removing them in a set-device request
@@ -227,8 +240,18 @@ impl DataPlane {
 
     /// After [`kill9`](Self::kill9): the same spec again, with no peers.
     pub fn restart(&mut self) -> Result<(), LabError> {
+        let start = Instant::now();
         self.kill9()?;
-        self.bring_up()
+        let killed = start.elapsed();
+        self.bring_up()?;
+        // Where a reboot's restart time goes (the testbed's part of `reboot_at_ms`).
+        tracing::info!(
+            iface = %self.spec.interface,
+            kill_ms = killed.as_secs_f64() * 1000.0,
+            total_ms = start.elapsed().as_secs_f64() * 1000.0,
+            "data plane restarted"
+        );
+        Ok(())
     }
 
     /// Installs (or updates) one peer.
@@ -342,6 +365,7 @@ impl DataPlane {
     }
 
     fn bring_up(&mut self) -> Result<(), LabError> {
+        let start = Instant::now();
         match self.spec.backend {
             DataPlaneBackend::Userspace => self.start_userspace()?,
             DataPlaneBackend::Kernel => {
@@ -349,16 +373,26 @@ impl DataPlane {
                 Netlink::with(&self.ns, |nl| nl.create_wireguard(&name))?;
             }
         }
+        let started = start.elapsed();
         let key = DeviceUpdate::new()
             .set_private_key(Key(self.spec.private_key))
             .set_listen_port(self.spec.listen_port);
         self.apply(key)?;
+        let keyed = start.elapsed();
         let (name, address) = (self.spec.interface.clone(), self.spec.address);
         Netlink::with(&self.ns, |nl| {
             nl.add_address(&name, address)?;
             nl.set_up(&name)
         })?;
-        tracing::info!(iface = %name, ns = self.ns.name(), pid = ?self.pid(), "data plane up");
+        tracing::info!(
+            iface = %name,
+            ns = self.ns.name(),
+            pid = ?self.pid(),
+            started_ms = started.as_secs_f64() * 1000.0,
+            keyed_ms = keyed.as_secs_f64() * 1000.0,
+            up_ms = start.elapsed().as_secs_f64() * 1000.0,
+            "data plane up"
+        );
         Ok(())
     }
 
@@ -378,7 +412,9 @@ impl DataPlane {
             })?;
         }
         // A killed wireguard-go's TUN link vanishes asynchronously; a new one needs the name.
+        let waiting = Instant::now();
         self.wait_for_link_gone(Duration::from_secs(5))?;
+        let link_gone = waiting.elapsed();
         let log_file = File::create(&self.log).map_err(|source| LabError::LogFile {
             path: self.log.clone(),
             source,
@@ -425,8 +461,16 @@ impl DataPlane {
                     output: read_tail(&self.log),
                 });
             }
-            std::thread::sleep(Duration::from_millis(10));
+            // Fine-grained: this wait is the testbed's, not the gateway's, and it lies inside a
+            // reboot's measured recovery (wireguard-go takes ~30 ms to listen).
+            std::thread::sleep(SOCKET_POLL);
         }
+        tracing::info!(
+            iface = %self.spec.interface,
+            link_gone_ms = link_gone.as_secs_f64() * 1000.0,
+            socket_ms = waiting.elapsed().as_secs_f64() * 1000.0,
+            "wireguard-go listening"
+        );
         self.child = Some(child);
         Ok(())
     }

@@ -114,6 +114,15 @@ impl Child {
         Ok(self.exited)
     }
 
+    /// SIGKILL without waiting: a reboot takes several processes down at once, so it signals
+    /// them all before reaping any ([`kill9`](Self::kill9) then only waits).
+    pub fn signal_kill(&mut self) -> Result<(), LabError> {
+        if self.try_wait()?.is_some() {
+            return Ok(());
+        }
+        self.signal(libc::SIGKILL, "SIGKILL")
+    }
+
     /// SIGKILL and reap.
     pub fn kill9(&mut self) -> Result<(), LabError> {
         if self.try_wait()?.is_some() {
@@ -215,6 +224,36 @@ mod tests {
         let usage = own_usage().unwrap();
         assert!(usage.rss_bytes > 0 && usage.peak_rss_bytes >= usage.rss_bytes);
         assert!(usage.cpu_seconds >= 0.0);
+    }
+
+    fn sleeper() -> Child {
+        let inner = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        Child {
+            inner,
+            name: "sleep".into(),
+            ns: "host".into(),
+            exited: None,
+        }
+    }
+
+    #[test]
+    fn signal_kill_does_not_reap_and_kill9_then_reaps_the_killed_child() {
+        use std::os::unix::process::ExitStatusExt;
+        let mut child = sleeper();
+        child.signal_kill().unwrap();
+        // Not reaped by the signal: the pid stays ours until kill9 (or try_wait) waits.
+        assert!(child.exited.is_none());
+        child.kill9().unwrap();
+        assert_eq!(
+            child.try_wait().unwrap().unwrap().signal(),
+            Some(libc::SIGKILL)
+        );
+        // Once reaped, neither signals again (the pid may be someone else's by now).
+        child.signal_kill().unwrap();
+        child.kill9().unwrap();
     }
 
     #[test]

@@ -298,6 +298,10 @@ impl Timeline {
                     None
                 };
                 let start = Instant::now();
+                tracing::info!(
+                    since_kill_ms = ctx.now_ms() - t_ms,
+                    "starting jitwgd after the kill"
+                );
                 ctx.lab.start_daemon()?;
                 let waiter = wait_ready(ctx.lab.probe().clone(), start);
                 let daemon_start_ms = ms(start.duration_since(ctx.origin));
