@@ -202,16 +202,18 @@ fn without_the_address_level_only_networks_are_judged() {
 }
 
 /// A judged state drawn from small address and network pools.
+/// The lab address a generated host number stands for: three /24s, so networks hold several.
+fn host_ip(h: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(198, 18, h % 3, h))
+}
+
 fn judged_strategy() -> impl Strategy<Value = Judged> {
     (
         proptest::collection::vec(0u8..12, 0..8),
         proptest::collection::vec(0u8..4, 0..3),
     )
         .prop_map(|(hosts, nets)| Judged {
-            addresses: hosts
-                .into_iter()
-                .map(|h| IpAddr::V4(Ipv4Addr::new(198, 18, h % 3, h)))
-                .collect(),
+            addresses: hosts.into_iter().map(host_ip).collect(),
             networks: nets
                 .into_iter()
                 .map(|n| SourceNet::V4([198, 18, n]))
@@ -231,10 +233,7 @@ proptest! {
         cap in 0usize..10,
         block_networks: bool,
     ) {
-        let endpoints: HashSet<IpAddr> = endpoint_hosts
-            .into_iter()
-            .map(|h| IpAddr::V4(Ipv4Addr::new(198, 18, h % 3, h)))
-            .collect();
+        let endpoints: HashSet<IpAddr> = endpoint_hosts.into_iter().map(host_ip).collect();
         let mut current = BTreeSet::new();
         for judged in states {
             let want = desired(&judged, &endpoints, cap, &current, block_networks);
@@ -337,10 +336,7 @@ proptest! {
         rotate in 0usize..8,
         block_networks: bool,
     ) {
-        let endpoints: HashSet<IpAddr> = endpoint_hosts
-            .into_iter()
-            .map(|h| IpAddr::V4(Ipv4Addr::new(198, 18, h % 3, h)))
-            .collect();
+        let endpoints: HashSet<IpAddr> = endpoint_hosts.into_iter().map(host_ip).collect();
         // Whatever was in force before (earlier judged states) ...
         let mut current = BTreeSet::new();
         for earlier in &before {

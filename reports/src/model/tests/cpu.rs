@@ -112,6 +112,19 @@ fn short_runs_cpu_comes_from_arrivals_lone_installs_and_installed_peers() {
     assert!(worst > 0.25, "worst miss {worst}");
 }
 
+/// The rate and storm runs plus 600-client churns evicting after each of `evicts` seconds,
+/// their data-plane CPU planted from `planted` with ±2 % scatter, fitted.
+fn fit_dataplane_cpu(evicts: &[f64], planted: impl Fn(&CalPoint) -> f64) -> Calibration {
+    let mut runs = rate_and_storm_runs();
+    runs.extend(evicts.iter().map(|&evict| cpu_run(600, 10.0, 0.0, evict)));
+    for (i, run) in runs.iter_mut().enumerate() {
+        let scatter = [1.0, 1.02, 0.98][i % 3];
+        let cpu = planted(run) * scatter;
+        run.measured.figures.insert("dataplane_cpu".into(), cpu);
+    }
+    Calibration::fit(&runs).unwrap()
+}
+
 #[test]
 fn a_base_cost_the_data_cannot_see_does_not_drop_the_costs_they_can() {
     // The data plane as the fourth round's churn-heavy calibration saw it: no cost per
@@ -120,18 +133,7 @@ fn a_base_cost_the_data_cannot_see_does_not_drop_the_costs_they_can() {
     let planted = |p: &CalPoint| {
         0.0012 * p.planned.lone_arrivals(400.0) + 0.00028 * p.measured.peer_sweeps + 0.001
     };
-    let mut runs = rate_and_storm_runs();
-    runs.extend(
-        [10.0, 20.0, 45.0]
-            .into_iter()
-            .map(|evict| cpu_run(600, 10.0, 0.0, evict)),
-    );
-    for (i, run) in runs.iter_mut().enumerate() {
-        let scatter = [1.0, 1.02, 0.98][i % 3];
-        let cpu = planted(run) * scatter;
-        run.measured.figures.insert("dataplane_cpu".into(), cpu);
-    }
-    let c = Calibration::fit(&runs).unwrap();
+    let c = fit_dataplane_cpu(&[10.0, 20.0, 45.0], planted);
     let dp = c.model("dataplane_cpu").unwrap().fitted.linear();
     assert!(
         dp.features.iter().any(|f| f == "install_batches")
@@ -156,18 +158,7 @@ fn the_data_planes_handshakes_to_departed_clients_are_kept_when_the_churns_show_
             + 0.0005 * p.planned.gateway_retries(p.measured.run_seconds)
             + 0.001
     };
-    let mut runs = rate_and_storm_runs();
-    runs.extend(
-        [10.0, 20.0, 30.0, 45.0, 90.0]
-            .into_iter()
-            .map(|evict| cpu_run(600, 10.0, 0.0, evict)),
-    );
-    for (i, run) in runs.iter_mut().enumerate() {
-        let scatter = [1.0, 1.02, 0.98][i % 3];
-        let cpu = planted(run) * scatter;
-        run.measured.figures.insert("dataplane_cpu".into(), cpu);
-    }
-    let c = Calibration::fit(&runs).unwrap();
+    let c = fit_dataplane_cpu(&[10.0, 20.0, 30.0, 45.0, 90.0], planted);
     let dp = c.model("dataplane_cpu").unwrap().fitted.linear();
     let retry = dp.slope("gateway_retries").unwrap_or(f64::NAN);
     assert!((retry / 0.0005 - 1.0).abs() < 0.25, "{dp:?}");
