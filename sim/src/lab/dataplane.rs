@@ -65,6 +65,9 @@ pub struct DataPlaneOptions {
     pub log: Option<PathBuf>,
     /// How long to wait for the UAPI socket to appear.
     pub socket_timeout: Duration,
+    /// `GOMAXPROCS` for wireguard-go; `None`: the Go runtime's own choice (the CPUs it may
+    /// run on) or whatever the environment says.
+    pub go_max_procs: Option<u32>,
 }
 
 impl Default for DataPlaneOptions {
@@ -73,6 +76,7 @@ impl Default for DataPlaneOptions {
             program: PathBuf::from("wireguard-go"),
             log: None,
             socket_timeout: Duration::from_secs(10),
+            go_max_procs: None,
         }
     }
 }
@@ -430,6 +434,9 @@ impl DataPlane {
             .stdin(Stdio::null())
             .stdout(log_file)
             .stderr(log_err);
+        if let Some(procs) = self.options.go_max_procs {
+            cmd.env("GOMAXPROCS", procs.to_string());
+        }
         let mut child = spawn_in(&self.ns, cmd).map_err(|e| match e {
             LabError::Spawn {
                 program, source, ..
