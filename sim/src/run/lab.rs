@@ -534,7 +534,8 @@ fn start_dataplane(
 /// keeps that one slot until the runtime's monitor takes it back, up to 10 ms later. Measured
 /// through `reboot-active`'s re-install: the gateway core sat 40-50 % idle while jitwgd waited
 /// for UAPI replies, and recovery p99 was 1.57-1.79 s in 3 of 4 runs; with 2 slots on the
-/// same one CPU the core was busy throughout and p99 was 0.86-0.91 s in 4 of 4. Two slots
+/// same one CPU the core was busy throughout and p99 was 0.86-0.91 s in 4 of 4 (median over
+/// 9 runs 930 ms, against 1,353 ms over 12 with one slot). Two slots
 /// share the CPU the split gives: the gateway gets no more CPU time. An operator's
 /// `GOMAXPROCS` in the environment is passed on untouched.
 fn dataplane_go_max_procs(gateway_cpus: Option<usize>, set_by_user: bool) -> Option<u32> {
