@@ -235,7 +235,8 @@ fn scratch_entries(dir: &Path) -> Result<Vec<(RunId, PathBuf)>, LabError> {
     Ok(found)
 }
 
-fn remove_scratch(path: &Path) -> Result<(), LabError> {
+/// Removes one piece of a run's scratch; already gone is fine.
+pub(super) fn remove_scratch(path: &Path) -> Result<(), LabError> {
     // Not followed: a symlink of that name is removed, never what it points at.
     let removed = match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),

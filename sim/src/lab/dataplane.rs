@@ -526,12 +526,8 @@ impl Drop for DataPlane {
             tracing::error!(iface = %self.spec.interface, error = %e, "tearing down data plane");
         }
         if self.own_log {
-            match std::fs::remove_file(&self.log) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(log = %self.log.display(), error = %e, "removing the data plane's log")
-                }
+            if let Err(e) = super::clean::remove_scratch(&self.log) {
+                tracing::warn!(error = %e, "removing the data plane's log");
             }
         }
     }
