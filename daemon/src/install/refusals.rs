@@ -7,6 +7,13 @@
 //! the cookie replies leaving the data plane (`feedback`), matches them to the endpoints the
 //! gateway has just initiated to, and names the peers to initiate to again.
 //!
+//! The second initiation waits [`REFUSAL_RETRY_DELAY`] so that the cookie reply reaches the
+//! client first: sent at once, it left the gateway within a millisecond of the cookie reply,
+//! and on a path with 1 ms of jitter the client read it first and answered it without mac2
+//! again (storm runs' event logs: the early clients' second responses were refused too, and
+//! those clients waited for the 5 s retransmit). A refusal is retried at most
+//! [`MAX_REFUSAL_RETRIES`] times per initiation.
+//!
 //! A cookie reply is also what a client's *own* initiation gets under load. Those carry the
 //! client's sender index of that initiation as their receiver index; the pipeline hands the
 //! install worker each captured initiation's index, so such replies are told apart and do
@@ -24,6 +31,18 @@ use crate::dataplane::PeerWrite;
 /// the refusal of that client's response: past this the data plane retransmits itself.
 pub const REFUSAL_WINDOW: Duration = Duration::from_secs(5);
 
+/// How long a refused client's next initiation waits after the cookie reply that refused it,
+/// so that the cookie overtakes nothing: longer than a path's jitter, and 1/500 of the 5 s
+/// retransmit it saves.
+pub const REFUSAL_RETRY_DELAY: Duration = Duration::from_millis(10);
+
+/// Most initiations made again for one refused client within [`REFUSAL_WINDOW`]: with its
+/// cookie in hand the client's next response passes, so a second refusal is left to the data
+/// plane's own timers. Measured with 3 (`storm`, 5 pairs): retries go ahead of the deferred
+/// initiations, so the extra ones made fresh clients wait past their 5 s retry, and the
+/// share connected within 5 s fell in 3 of the 5 pairs (BENCHMARKS.md, storm fourth round).
+pub const MAX_REFUSAL_RETRIES: u8 = 1;
+
 /// Most endpoints remembered at once (initiations sent plus client indices), so a storm
 /// far beyond any pacing rate cannot grow the watch without bound.
 pub const REFUSAL_WATCH_CAPACITY: usize = 65_536;
@@ -33,8 +52,10 @@ pub const REFUSAL_WATCH_CAPACITY: usize = 65_536;
 struct Sent {
     write: PeerWrite,
     at: Instant,
-    /// Already initiated again once: a second refusal is left to the data plane's timers.
-    retried: bool,
+    /// Initiations made again for this client so far (counted when queued).
+    retries: u8,
+    /// A retry is queued and not sent yet: further cookie replies queue nothing.
+    queued: bool,
 }
 
 /// The watch's state.
@@ -53,7 +74,8 @@ impl RefusalWatch {
     }
 
     /// The gateway's data plane was told at `now` to initiate to `write`'s endpoint.
-    /// `retry`: this is the second initiation, made because of a refusal.
+    /// `retry`: an initiation made again because of a refusal ([`Self::cookie_reply`] counted
+    /// it; one the watch did not ask for counts as the last allowed).
     pub fn initiated(&mut self, write: &PeerWrite, retry: bool, now: Instant) {
         let Some(endpoint) = write.endpoint else {
             return;
@@ -62,12 +84,20 @@ impl RefusalWatch {
         if self.order.len() >= REFUSAL_WATCH_CAPACITY {
             return;
         }
+        let retries = if retry {
+            self.sent
+                .get(&endpoint)
+                .map_or(MAX_REFUSAL_RETRIES, |s| s.retries)
+        } else {
+            0
+        };
         self.sent.insert(
             endpoint,
             Sent {
                 write: write.clone(),
                 at: now,
-                retried: retry,
+                retries,
+                queued: false,
             },
         );
         self.order.push_back((now, endpoint));
@@ -85,7 +115,8 @@ impl RefusalWatch {
     }
 
     /// The data plane sent a cookie reply with `receiver_index` to `endpoint` at `now`.
-    /// Returns the peer to initiate to again, at most once per initiation.
+    /// Returns the peer to initiate to again (after [`REFUSAL_RETRY_DELAY`]), at most
+    /// [`MAX_REFUSAL_RETRIES`] times and once per initiation sent.
     pub fn cookie_reply(
         &mut self,
         endpoint: SocketAddr,
@@ -101,10 +132,14 @@ impl RefusalWatch {
             return None;
         }
         let sent = self.sent.get_mut(&endpoint)?;
-        if sent.retried || now.saturating_duration_since(sent.at) > REFUSAL_WINDOW {
+        if sent.queued
+            || sent.retries >= MAX_REFUSAL_RETRIES
+            || now.saturating_duration_since(sent.at) > REFUSAL_WINDOW
+        {
             return None;
         }
-        sent.retried = true;
+        sent.retries += 1;
+        sent.queued = true;
         Some(sent.write.clone())
     }
 
@@ -152,18 +187,27 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_response_is_initiated_again_once() {
+    fn a_refused_response_is_initiated_again_up_to_the_limit() {
         let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
         let mut w = RefusalWatch::new();
         w.client_initiation(endpoint(1), 77, t0);
         w.initiated(&write(1), false, t0);
-        // The cookie reply answers the client's response (another index): initiate again.
-        let again = w.cookie_reply(endpoint(1), 1234, t0 + Duration::from_millis(30));
-        assert_eq!(again.map(|w| w.config.public_key), Some(PublicKey([1; 32])));
-        // A second refusal of the same initiation is left to the data plane's timers.
-        assert!(w
-            .cookie_reply(endpoint(1), 1235, t0 + Duration::from_millis(60))
-            .is_none());
+        for k in 0..u64::from(MAX_REFUSAL_RETRIES) {
+            // The cookie reply answers the client's response (another index): initiate again.
+            let again = w.cookie_reply(endpoint(1), 1234, ms(30 + 100 * k));
+            assert_eq!(again.map(|w| w.config.public_key), Some(PublicKey([1; 32])));
+            // A second cookie before that retry went out queues nothing more.
+            assert!(w
+                .cookie_reply(endpoint(1), 1234, ms(31 + 100 * k))
+                .is_none());
+            w.initiated(&write(1), true, ms(40 + 100 * k));
+        }
+        // Past the limit, refusals are left to the data plane's timers...
+        assert!(w.cookie_reply(endpoint(1), 1235, ms(1_000)).is_none());
+        // ...until the gateway initiates afresh (a new paced initiation resets the count).
+        w.initiated(&write(1), false, ms(2_000));
+        assert!(w.cookie_reply(endpoint(1), 1236, ms(2_030)).is_some());
     }
 
     #[test]
@@ -175,7 +219,7 @@ mod tests {
         assert!(w
             .cookie_reply(endpoint(2), 77, t0 + Duration::from_millis(900))
             .is_none());
-        // ...and does not use up the one retry.
+        // ...and does not use up a retry.
         assert!(w
             .cookie_reply(endpoint(2), 78, t0 + Duration::from_millis(950))
             .is_some());
@@ -198,7 +242,7 @@ mod tests {
     }
 
     #[test]
-    fn a_retry_initiation_is_never_retried_again() {
+    fn a_retry_the_watch_did_not_queue_is_never_retried() {
         let t0 = Instant::now();
         let mut w = RefusalWatch::new();
         w.initiated(&write(4), true, t0);

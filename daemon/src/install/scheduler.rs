@@ -18,7 +18,7 @@ use crate::peer::PublicKey;
 use crate::sweep::{self, RemovalPacer};
 
 use super::pacer::InitiationPacer;
-use super::refusals::RefusalWatch;
+use super::refusals::{RefusalWatch, REFUSAL_RETRY_DELAY};
 
 /// Keepalive interval (seconds) set at install time to make the data plane send its
 /// own initiation at once; cleared again right after (see `PeerChange::ClearKeepalive`).
@@ -174,8 +174,9 @@ pub struct Scheduler<R> {
     deferred: VecDeque<(PeerWrite, Instant)>,
     /// Which of the gateway's initiations the data plane refused (`refusals`).
     refusals: RefusalWatch,
-    /// Peers whose response was refused, to initiate to again (ahead of `deferred`).
-    again: VecDeque<PeerWrite>,
+    /// Peers whose response was refused, to initiate to again (ahead of `deferred`) from
+    /// when each is due (`REFUSAL_RETRY_DELAY` after its cookie reply: in time order).
+    again: VecDeque<(PeerWrite, Instant)>,
 }
 
 impl<R> Scheduler<R> {
@@ -312,7 +313,20 @@ impl<R> Scheduler<R> {
 
     /// How long from `mono` until deferred initiations are due; `None` when none wait.
     pub fn initiation_wait(&self, mono: Instant) -> Option<Duration> {
-        (!self.deferred.is_empty() || !self.again.is_empty()).then(|| self.initiations.wait(mono))
+        let paced = self.initiations.wait(mono);
+        if !self.deferred.is_empty() || self.again_ready(mono) > 0 {
+            return Some(paced);
+        }
+        let (_, due) = self.again.front()?;
+        Some(paced.max(due.saturating_duration_since(mono)))
+    }
+
+    /// How many refused peers are due for their next initiation at `mono`.
+    fn again_ready(&self, mono: Instant) -> usize {
+        self.again
+            .iter()
+            .take_while(|(_, due)| *due <= mono)
+            .count()
     }
 
     /// The client at `endpoint` sent an initiation with `sender_index` (its JIT install is
@@ -326,10 +340,11 @@ impl<R> Scheduler<R> {
 
     /// The data plane sent a cookie reply with `receiver_index` to `endpoint`: if that
     /// refused a client's response to one of our initiations, initiate to it again (the
-    /// client holds a cookie now), ahead of the deferred initiations.
+    /// client holds a cookie now), ahead of the deferred initiations, once the cookie reply
+    /// has had `REFUSAL_RETRY_DELAY` to reach the client first.
     pub fn cookie_reply(&mut self, endpoint: SocketAddr, receiver_index: u32, mono: Instant) {
         if let Some(write) = self.refusals.cookie_reply(endpoint, receiver_index, mono) {
-            self.again.push_back(write);
+            self.again.push_back((write, mono + REFUSAL_RETRY_DELAY));
         }
     }
 
@@ -348,15 +363,14 @@ impl<R> Scheduler<R> {
             self.deferred.pop_front();
             expired += 1;
         }
-        let n = self
-            .initiations
-            .admit(mono, self.again.len() + self.deferred.len());
+        let ready = self.again_ready(mono);
+        let n = self.initiations.admit(mono, ready + self.deferred.len());
         if n == 0 && expired == 0 {
             return None;
         }
         // Refused ones first: their clients hold a cookie now, so these complete.
-        let again_n = n.min(self.again.len());
-        let again: Vec<PeerWrite> = self.again.drain(..again_n).collect();
+        let again_n = n.min(ready);
+        let again: Vec<PeerWrite> = self.again.drain(..again_n).map(|(w, _)| w).collect();
         let due: Vec<PeerWrite> = self.deferred.drain(..n - again_n).map(|(w, _)| w).collect();
         let (again, due): (Vec<PeerWrite>, Vec<PeerWrite>) = match self.installed.lock() {
             Ok(set) => (

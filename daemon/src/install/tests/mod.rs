@@ -6,6 +6,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use super::refusals::{MAX_REFUSAL_RETRIES, REFUSAL_RETRY_DELAY};
 use super::*;
 use crate::peer::PeerConfig;
 
@@ -503,7 +504,12 @@ fn a_refused_response_gets_a_fresh_peer_that_initiates_ahead_of_the_deferred() {
         t + Duration::from_millis(5),
     );
 
+    // The retry waits for the cookie reply to reach the client first: at 10 ms only the
+    // deferred initiations the pacer admits go out.
     let round = s.next_initiations(t + Duration::from_millis(10)).unwrap();
+    assert!(!round.initiate.0.contains(&PeerChange::Remove(key(5))));
+    let due = t + Duration::from_millis(5) + REFUSAL_RETRY_DELAY;
+    let round = s.next_initiations(due).unwrap();
     assert_eq!(round.initiate.0[0], PeerChange::Remove(key(5)));
     assert_eq!(
         round.initiate.0[1],
@@ -518,20 +524,41 @@ fn a_refused_response_gets_a_fresh_peer_that_initiates_ahead_of_the_deferred() {
     assert_eq!(keys_of(&round.clear)[0], key(5));
     assert_eq!(
         keys_of(&round.clear).len(),
-        10,
+        1 + (round.initiate.0.len() - 2),
         "one clear per peer initiated"
     );
     assert_eq!(s.metrics_for_tests().role_inversion_retries.get(), 1);
     assert!(is_installed(&s, key(5)));
 
-    // The retry is not retried again.
-    s.cookie_reply(
-        writes[5].endpoint.unwrap(),
-        4243,
-        t + Duration::from_millis(20),
+    // A refused retry is retried again, up to the limit.
+    let mut now = due;
+    for n in 2..=u64::from(MAX_REFUSAL_RETRIES) + 1 {
+        now += Duration::from_millis(100);
+        s.cookie_reply(writes[5].endpoint.unwrap(), 4243, now);
+        let round = s.next_initiations(now + REFUSAL_RETRY_DELAY);
+        let retried = round.is_some_and(|r| r.initiate.0.contains(&PeerChange::Remove(key(5))));
+        assert_eq!(retried, n <= u64::from(MAX_REFUSAL_RETRIES), "refusal {n}");
+    }
+    assert_eq!(
+        s.metrics_for_tests().role_inversion_retries.get(),
+        u64::from(MAX_REFUSAL_RETRIES)
     );
-    let round = s.next_initiations(t + Duration::from_secs(1)).unwrap();
-    assert!(!round.initiate.0.contains(&PeerChange::Remove(key(5))));
+}
+
+#[test]
+fn the_worker_wakes_when_a_refused_peer_is_due_and_not_before() {
+    let dp = FakeDataPlane::default();
+    let mut s = paced(1000);
+    let t = Instant::now();
+    let w = write_at(1);
+    s.install_batch(&dp, std::slice::from_ref(&w), at(1), t);
+    assert_eq!(s.initiation_wait(t), None, "nothing deferred");
+    s.cookie_reply(w.endpoint.unwrap(), 4242, t);
+    assert_eq!(s.initiation_wait(t), Some(REFUSAL_RETRY_DELAY));
+    assert!(s.next_initiations(t).is_none(), "not due yet");
+    let round = s.next_initiations(t + REFUSAL_RETRY_DELAY).unwrap();
+    assert_eq!(round.initiate.0[0], PeerChange::Remove(w.config.public_key));
+    assert_eq!(s.initiation_wait(t + REFUSAL_RETRY_DELAY), None);
 }
 
 mod worker;
