@@ -11,8 +11,7 @@
 //! client first: sent at once, it left the gateway within a millisecond of the cookie reply,
 //! and on a path with 1 ms of jitter the client read it first and answered it without mac2
 //! again (storm runs' event logs: the early clients' second responses were refused too, and
-//! those clients waited for the 5 s retransmit). A refusal is retried at most
-//! [`MAX_REFUSAL_RETRIES`] times per initiation.
+//! those clients waited for the 5 s retransmit). A refusal is retried once per initiation.
 //!
 //! A cookie reply is also what a client's *own* initiation gets under load. Those carry the
 //! client's sender index of that initiation as their receiver index; the pipeline hands the
@@ -36,13 +35,6 @@ pub const REFUSAL_WINDOW: Duration = Duration::from_secs(5);
 /// retransmit it saves.
 pub const REFUSAL_RETRY_DELAY: Duration = Duration::from_millis(10);
 
-/// Most initiations made again for one refused client within [`REFUSAL_WINDOW`]: with its
-/// cookie in hand the client's next response passes, so a second refusal is left to the data
-/// plane's own timers. Measured with 3 (`storm`, 5 pairs): retries go ahead of the deferred
-/// initiations, so the extra ones made fresh clients wait past their 5 s retry, and the
-/// share connected within 5 s fell in 3 of the 5 pairs (BENCHMARKS.md, storm fourth round).
-pub const MAX_REFUSAL_RETRIES: u8 = 1;
-
 /// Most endpoints remembered at once (initiations sent plus client indices), so a storm
 /// far beyond any pacing rate cannot grow the watch without bound.
 pub const REFUSAL_WATCH_CAPACITY: usize = 65_536;
@@ -52,10 +44,12 @@ pub const REFUSAL_WATCH_CAPACITY: usize = 65_536;
 struct Sent {
     write: PeerWrite,
     at: Instant,
-    /// Initiations made again for this client so far (counted when queued).
-    retries: u8,
-    /// A retry is queued and not sent yet: further cookie replies queue nothing.
-    queued: bool,
+    /// Already queued to be initiated again: a second refusal is left to the data plane's
+    /// timers. With its cookie in hand the client's next response passes. Measured with up
+    /// to 3 retries (`storm`, 5 pairs): retries go ahead of the deferred initiations, so the
+    /// extra ones made fresh clients wait past their 5 s retry, and the share connected
+    /// within 5 s fell in 3 of the 5 pairs (BENCHMARKS.md, storm fourth round).
+    retried: bool,
 }
 
 /// The watch's state.
@@ -74,8 +68,7 @@ impl RefusalWatch {
     }
 
     /// The gateway's data plane was told at `now` to initiate to `write`'s endpoint.
-    /// `retry`: an initiation made again because of a refusal ([`Self::cookie_reply`] counted
-    /// it; one the watch did not ask for counts as the last allowed).
+    /// `retry`: this is the second initiation, made because of a refusal.
     pub fn initiated(&mut self, write: &PeerWrite, retry: bool, now: Instant) {
         let Some(endpoint) = write.endpoint else {
             return;
@@ -84,20 +77,12 @@ impl RefusalWatch {
         if self.order.len() >= REFUSAL_WATCH_CAPACITY {
             return;
         }
-        let retries = if retry {
-            self.sent
-                .get(&endpoint)
-                .map_or(MAX_REFUSAL_RETRIES, |s| s.retries)
-        } else {
-            0
-        };
         self.sent.insert(
             endpoint,
             Sent {
                 write: write.clone(),
                 at: now,
-                retries,
-                queued: false,
+                retried: retry,
             },
         );
         self.order.push_back((now, endpoint));
@@ -115,8 +100,8 @@ impl RefusalWatch {
     }
 
     /// The data plane sent a cookie reply with `receiver_index` to `endpoint` at `now`.
-    /// Returns the peer to initiate to again (after [`REFUSAL_RETRY_DELAY`]), at most
-    /// [`MAX_REFUSAL_RETRIES`] times and once per initiation sent.
+    /// Returns the peer to initiate to again (after [`REFUSAL_RETRY_DELAY`]), at most once
+    /// per initiation.
     pub fn cookie_reply(
         &mut self,
         endpoint: SocketAddr,
@@ -132,14 +117,10 @@ impl RefusalWatch {
             return None;
         }
         let sent = self.sent.get_mut(&endpoint)?;
-        if sent.queued
-            || sent.retries >= MAX_REFUSAL_RETRIES
-            || now.saturating_duration_since(sent.at) > REFUSAL_WINDOW
-        {
+        if sent.retried || now.saturating_duration_since(sent.at) > REFUSAL_WINDOW {
             return None;
         }
-        sent.retries += 1;
-        sent.queued = true;
+        sent.retried = true;
         Some(sent.write.clone())
     }
 
@@ -187,25 +168,21 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_response_is_initiated_again_up_to_the_limit() {
+    fn a_refused_response_is_initiated_again_once() {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
         let mut w = RefusalWatch::new();
         w.client_initiation(endpoint(1), 77, t0);
         w.initiated(&write(1), false, t0);
-        for k in 0..u64::from(MAX_REFUSAL_RETRIES) {
-            // The cookie reply answers the client's response (another index): initiate again.
-            let again = w.cookie_reply(endpoint(1), 1234, ms(30 + 100 * k));
-            assert_eq!(again.map(|w| w.config.public_key), Some(PublicKey([1; 32])));
-            // A second cookie before that retry went out queues nothing more.
-            assert!(w
-                .cookie_reply(endpoint(1), 1234, ms(31 + 100 * k))
-                .is_none());
-            w.initiated(&write(1), true, ms(40 + 100 * k));
-        }
-        // Past the limit, refusals are left to the data plane's timers...
+        // The cookie reply answers the client's response (another index): initiate again.
+        let again = w.cookie_reply(endpoint(1), 1234, ms(30));
+        assert_eq!(again.map(|w| w.config.public_key), Some(PublicKey([1; 32])));
+        // A second cookie before that retry went out queues nothing more.
+        assert!(w.cookie_reply(endpoint(1), 1234, ms(31)).is_none());
+        w.initiated(&write(1), true, ms(40));
+        // A refusal of the retry is left to the data plane's timers...
         assert!(w.cookie_reply(endpoint(1), 1235, ms(1_000)).is_none());
-        // ...until the gateway initiates afresh (a new paced initiation resets the count).
+        // ...until the gateway initiates afresh (a new paced initiation may be retried again).
         w.initiated(&write(1), false, ms(2_000));
         assert!(w.cookie_reply(endpoint(1), 1236, ms(2_030)).is_some());
     }
@@ -219,7 +196,7 @@ mod tests {
         assert!(w
             .cookie_reply(endpoint(2), 77, t0 + Duration::from_millis(900))
             .is_none());
-        // ...and does not use up a retry.
+        // ...and does not use up the one retry.
         assert!(w
             .cookie_reply(endpoint(2), 78, t0 + Duration::from_millis(950))
             .is_some());
