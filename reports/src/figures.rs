@@ -75,6 +75,8 @@ pub struct Figures {
     pub attack: crate::attack::AttackFigures,
     /// jitwgd's time per JIT stage (`identify`, `lookup`, `install`), from `results.stage_time`.
     pub stage_time: BTreeMap<String, crate::schema::StageTime>,
+    /// The gateway namespace's UDP counters (`results.gateway_udp`).
+    pub gateway_udp: Option<crate::schema::GatewayUdp>,
 }
 
 impl Figures {
@@ -137,6 +139,7 @@ impl Figures {
             saturated: results.load.as_ref().is_some_and(|l| l.saturated),
             attack: crate::attack::AttackFigures::from_results(results),
             stage_time: results.stage_time.clone(),
+            gateway_udp: results.gateway_udp,
         }
     }
 
@@ -509,6 +512,13 @@ pub static FIGURES: &[FigureDef] = &[
         Unit::Count,
         Better::Lower,
         |f| stage(f, "install").map(|t| t.count as f64),
+    ),
+    def(
+        "gateway_udp_drops",
+        "gateway UDP drops",
+        Unit::Count,
+        Better::Lower,
+        |f| f.gateway_udp.map(|u| u.rcvbuf_errors as f64),
     ),
 ];
 

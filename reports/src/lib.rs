@@ -28,9 +28,9 @@ pub use figures::{figure, nearest_rank, Better, FigureDef, Figures, Unit, FIGURE
 pub use load::{assess as assess_load, DriverMeasures, LoadSummary, RxLagWindow, LAG_P99_LIMIT_MS};
 pub use schema::{
     load, save, ApiSummary, AttackResult, CaptureInfo, ClientResult, CompareOp, Connection,
-    CpuSplitInfo, Event, EventKind, ExpectationResult, LoadError, ProcessUsage, Reload, RerunInfo,
-    Results, RunInfo, Sample, SaveError, StageTime, ToolInfo, BY_STATUS_ABORTED, BY_STATUS_PENDING,
-    RECOVERY_WINDOW_MS, SCHEMA_VERSION,
+    CpuSplitInfo, Event, EventKind, ExpectationResult, GatewayUdp, LoadError, ProcessUsage, Reload,
+    RerunInfo, Results, RunInfo, Sample, SaveError, StageTime, ToolInfo, BY_STATUS_ABORTED,
+    BY_STATUS_PENDING, RECOVERY_WINDOW_MS, SCHEMA_VERSION,
 };
 pub use shards::{merge_setup, MergedSetup, ShardInfo};
 pub use summary::{text_summary, DEFAULT_TOLERANCE, GLOSSARY};

@@ -29,6 +29,7 @@ const SUMMARY_FIGURES: &[&str] = &[
     "stale_peers_max",
     "stale_peers_final",
     "never_handshaked_max",
+    "gateway_udp_drops",
     "reload_time",
     "stored_peers",
     "recovery_time",
@@ -69,6 +70,14 @@ pub const GLOSSARY: &[(&str, &str)] = &[
     (
         "recovery time",
         "From the reboot until every client that had a working tunnel just before it (an echo          reply within 1 s before the reboot) got an echo reply through the tunnel again. Seen          by clients with continuous traffic, never by a client's own return schedule. p50/p99          are over each such client's own recovery. Not measured when no client had a working          tunnel at the reboot or one never passed traffic again.",
+    ),
+    (
+        "gateway UDP drops",
+        "UDP datagrams addressed to the gateway that its own kernel dropped because the \
+         receiving socket's buffer was full (`RcvbufErrors` of the gateway namespace's \
+         /proc/net/snmp, whole run). Neither jitwgd nor the data plane sees them: in a storm \
+         they are the data plane reading its socket too slowly, and a dropped handshake \
+         response costs its client a 5 s retransmit.",
     ),
 ];
 
@@ -254,6 +263,12 @@ pub fn text_summary(results: &Results) -> String {
         .capture
         .as_ref()
         .map_or_else(String::new, |c| format!("capture:    {}\n", c.describe()));
+    let gateway_udp = results.gateway_udp.map_or_else(String::new, |u| {
+        format!(
+            "gateway:    {} UDP datagrams in, {} dropped with a full receive buffer\n",
+            u.in_datagrams, u.rcvbuf_errors
+        )
+    });
     format!(
         "clients:    {}\n\
          connected:  {} of {} attempts ({ratio}), failed {}\n\
@@ -261,6 +276,7 @@ pub fn text_summary(results: &Results) -> String {
          API calls:  {} total, {} max per key{daemon_count}\n\
          peers:      {} installed (peak), {} stale (peak)\n\
          {load}\
+         {gateway_udp}\
          {capture}\
          verdict:    {verdict}\n",
         f.clients,

@@ -206,6 +206,12 @@ fn same_seed_gives_same_client_outcomes_and_leaves_nothing_behind() {
     assert_eq!(a, b);
     assert_ne!(run_id(&runs[0]), run_id(&runs[1]));
     assert!(!runs[0].samples.is_empty() && runs[0].processes.iter().any(|p| p.name == "daemon"));
+    // The gateway namespace's own UDP counters: every client's initiation and echoes reached it.
+    let udp = runs[0].gateway_udp.expect("gateway UDP counters");
+    assert!(
+        udp.in_datagrams >= 10 && udp.in_errors >= udp.rcvbuf_errors,
+        "{udp:?}"
+    );
     // Every sample carries the resource use so far of each process.
     let last = runs[0].samples.last().unwrap();
     for name in ["daemon", "dataplane", "driver"] {

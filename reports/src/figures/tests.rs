@@ -95,6 +95,31 @@ fn driver_cpu_per_client_divides_by_clients() {
 }
 
 #[test]
+fn gateway_udp_drops_are_the_receive_buffer_drops_and_absent_in_older_files() {
+    let get = figure("gateway_udp_drops").unwrap().get;
+    let older = with_latencies(&[Some(1.0)]);
+    assert_eq!(get(&Figures::from_results(&older)), None);
+    let mut r = older.clone();
+    r.gateway_udp = Some(crate::schema::GatewayUdp {
+        in_datagrams: 40_000,
+        rcvbuf_errors: 646,
+        in_errors: 650,
+    });
+    assert_eq!(get(&Figures::from_results(&r)), Some(646.0));
+    // It survives the file round trip; a file without it still loads.
+    let back = crate::schema::Results::from_json(&r.to_json().unwrap()).unwrap();
+    assert_eq!(back.gateway_udp, r.gateway_udp);
+    let text = older.to_json().unwrap();
+    assert!(!text.contains("gateway_udp"));
+    assert_eq!(
+        crate::schema::Results::from_json(&text)
+            .unwrap()
+            .gateway_udp,
+        None
+    );
+}
+
+#[test]
 fn units_format_readably() {
     assert_eq!(Unit::Ms.format(1.5), "1.50 ms");
     assert_eq!(Unit::Ms.format(5300.0), "5300 ms");

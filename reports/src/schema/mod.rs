@@ -61,6 +61,24 @@ pub struct Results {
     /// `jitwgd_stage_seconds` histogram), summed over daemon restarts. Empty: not measured.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub stage_time: BTreeMap<String, StageTime>,
+    /// The gateway's UDP counters at the end of the run; `None`: not measured (older files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_udp: Option<GatewayUdp>,
+}
+
+/// The UDP counters of the gateway's network namespace (its `/proc/net/snmp`; in a sharded
+/// run's host mode, the host's), cumulative from the namespace's creation to the run's end.
+/// Datagrams the gateway's own kernel dropped are invisible to jitwgd and to the data plane:
+/// a handshake response dropped here waits for a 5 s retransmit, whatever the daemon does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayUdp {
+    /// Datagrams delivered to a socket (the data plane's, jitwgd's).
+    pub in_datagrams: u64,
+    /// Datagrams dropped because the receiving socket's buffer was full: its reader (in a
+    /// storm, the data plane) fell behind.
+    pub rcvbuf_errors: u64,
+    /// Every datagram dropped on receive (`rcvbuf_errors` included).
+    pub in_errors: u64,
 }
 
 /// Time spent in one daemon stage over a run.
@@ -90,6 +108,7 @@ impl Results {
             initiations_dropped: BTreeMap::new(),
             daemon_db_integrity: None,
             stage_time: BTreeMap::new(),
+            gateway_udp: None,
             capture: None,
             rerun: None,
         }

@@ -85,6 +85,7 @@ pub(crate) fn assemble(run: Finished<'_>) -> Results {
     results.attacks = run.attacks;
     results.daemon_db_integrity = run.db_integrity;
     results.stage_time = super::stage_time::stage_time(&run.timeline.stage_time.by_outcome());
+    results.gateway_udp = run.timeline.gateway_udp;
     results.capture = run.capture;
     results.rerun = Some(run.rerun);
     // Before the expectations: on a saturated run timing goals do not count.

@@ -6,7 +6,7 @@ use std::io::BufRead;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use jitwg_reports::{Event, EventKind, Reload, Sample, RECOVERY_WINDOW_MS};
+use jitwg_reports::{Event, EventKind, GatewayUdp, Reload, Sample, RECOVERY_WINDOW_MS};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -17,7 +17,7 @@ use super::probe::ProbeClient;
 use super::stale::StaleTracker;
 use super::tracker::{RecoveryWatch, UsageTracker};
 use super::{api_count, prometheus, stage_time, stale, RunError, READY_TIMEOUT};
-use crate::lab::process::{own_usage, Child};
+use crate::lab::process::{namespace_udp, own_usage, Child};
 use crate::scenario::{EventAction, Scenario};
 
 /// Grace period for SIGTERM before SIGKILL when the daemon restarts.
@@ -229,6 +229,8 @@ pub(crate) struct Timeline {
     pending_ready: Vec<(JoinHandle<Option<Ready>>, f64)>,
     /// Set while the data plane does not answer, so the warning is logged once per outage.
     dataplane_down: bool,
+    /// The gateway namespace's UDP counters at the last sample (they outlive restarts).
+    pub gateway_udp: Option<GatewayUdp>,
 }
 
 impl Timeline {
@@ -391,6 +393,19 @@ impl Timeline {
             if let Some(u) = u {
                 self.usage.observe(name, u.cpu_seconds, u.peak_rss_bytes);
             }
+        }
+        // Any process in the gateway's namespace shows its counters; the data plane is there
+        // in every backend but the kernel one, where jitwgd is.
+        let in_gateway = lab
+            .dataplane()
+            .pid()
+            .or_else(|| lab.daemon().map(Child::pid));
+        if let Some(u) = in_gateway.and_then(namespace_udp) {
+            self.gateway_udp = Some(GatewayUdp {
+                in_datagrams: u.in_datagrams,
+                rcvbuf_errors: u.rcvbuf_errors,
+                in_errors: u.in_errors,
+            });
         }
     }
 
