@@ -101,6 +101,8 @@ pub struct Config {
     pub initiate_rate: u32,
     /// Adapt the role-inversion rate to the cookie replies the data plane sends.
     pub initiate_adapt: bool,
+    /// Drop every initiation before the data plane while role inversions wait (`shield::storm`).
+    pub storm_guard: bool,
     /// Identify worker threads (>= 1).
     pub identify_workers: usize,
     /// Captured initiations waiting for a worker at most, per lane (>= 1).
@@ -195,6 +197,7 @@ pub mod defaults {
     /// storm): the clients' own initiations put the data plane under load, and backing off
     /// then only pushes the gateway's initiations past the clients' 5 s retry.
     pub const INITIATE_ADAPT: bool = false;
+    pub const STORM_GUARD: bool = false;
     pub const IDENTIFY_WORKERS: usize = 2;
     pub const IDENTIFY_QUEUE: usize = 4096;
     /// A sixteenth of the unknown lane per source network: a flood from one /24 holds at
@@ -484,6 +487,10 @@ fn merge(mut args: Args, file: ConfigFile, path: &Path) -> Result<Config, Config
             .initiate_adapt
             .or(f.switch("initiate_adapt", file.initiate_adapt)?)
             .unwrap_or(defaults::INITIATE_ADAPT),
+        storm_guard: args
+            .storm_guard
+            .or(f.switch("storm_guard", file.storm_guard)?)
+            .unwrap_or(defaults::STORM_GUARD),
         identify_workers: args
             .identify_workers
             .or(f.count("identify_workers", file.identify_workers)?)

@@ -30,9 +30,10 @@ use crate::identify_pool::PoolSettings;
 use crate::install::{feedback, InstallSettings, InstallWorker};
 use crate::lookup::{purge_loop, revalidate_loop, Lookup, LookupConfig};
 use crate::metrics::{self, Metrics};
-use crate::pipeline::{capture_loop, start_identify_pool, Pipeline, PipelineLimits};
+use crate::pipeline::{capture_loop, start_identify_pool, Pipeline, PipelineLimits, StormStamps};
 use crate::push::{push_loop, PushContext, PushSubscriber};
-use crate::shield::{self, ShieldSettings, TcShield};
+use crate::shield::storm::StormMeter;
+use crate::shield::{self, GuardFlag, ShieldSettings, StormGuardInput, TcShield};
 use crate::store::{Recovered, SharedStore};
 use crate::sweep::{sweep_loop, PeerReads};
 
@@ -116,17 +117,29 @@ fn admission_settings(l: &Limits) -> AdmissionSettings {
     }
 }
 
+/// What the kernel shield follows: the sources admission control judges, the installed
+/// endpoints, and the capture loop's storm stamps when the storm guard is on.
+struct ShieldInputs {
+    lookup: Arc<Lookup>,
+    reads: Arc<PeerReads>,
+    storm_guard: Option<StormGuardInput>,
+}
+
 /// Start the kernel shield (`shield`) when it is on and there is an interface to put
 /// it on.
 async fn start_shield(
     config: &Config,
     listen_port: u16,
-    lookup: &Arc<Lookup>,
-    reads: Arc<PeerReads>,
+    inputs: ShieldInputs,
     metrics: Arc<Metrics>,
     tasks: &mut Tasks,
     cancel: &CancellationToken,
 ) -> Result<(), DaemonError> {
+    let ShieldInputs {
+        lookup,
+        reads,
+        storm_guard,
+    } = inputs;
     let max_filters = config.limits.shield_filters;
     if max_filters == 0 {
         return Ok(());
@@ -138,17 +151,23 @@ async fn start_shield(
     let tc = TcShield::open(name, listen_port)
         .await
         .map_err(DaemonError::Shield)?;
-    tracing::info!(interface = name, max_filters, "kernel shield on");
+    tracing::info!(
+        interface = name,
+        max_filters,
+        storm_guard = storm_guard.is_some(),
+        "kernel shield on"
+    );
     tasks.spawn_loop(
         "kernel shield",
         shield::run(
             tc,
-            lookup.clone(),
+            lookup,
             reads,
             metrics,
             ShieldSettings {
                 max_filters,
                 block_networks: config.initiate,
+                storm_guard,
             },
             cancel.clone(),
         ),
@@ -310,6 +329,13 @@ pub async fn run(
         Mode::Jit => {
             let socket = CaptureSocket::open(config.capture_interface.as_deref(), listen_port)
                 .map_err(DaemonError::Capture)?;
+            let storm_guard = GuardFlag::default();
+            // The storm guard needs the gateway initiating and the kernel shield.
+            let guarded = config.initiate
+                && config.storm_guard
+                && config.limits.shield_filters > 0
+                && config.capture_interface.is_some();
+            let (stamps, storm) = tokio::sync::watch::channel(None);
             let pipeline = Arc::new(
                 Pipeline::new(
                     keys,
@@ -319,7 +345,8 @@ pub async fn run(
                     metrics.clone(),
                 )
                 .with_activity(activity.clone())
-                .with_limits(PipelineLimits::from(&config.limits)),
+                .with_limits(PipelineLimits::from(&config.limits))
+                .with_storm_guard(storm_guard.clone()),
             );
             let known_sources = pipeline.known_sources();
             let pool = start_identify_pool(
@@ -340,14 +367,24 @@ pub async fn run(
                     known_sources,
                     lookup.clone(),
                     metrics.clone(),
+                    guarded.then(|| StormStamps {
+                        meter: StormMeter::new(config.initiate_rate),
+                        stamps,
+                    }),
                     cancel.clone(),
                 ),
             );
             start_shield(
                 &config,
                 listen_port,
-                &lookup,
-                queue.peer_reads(),
+                ShieldInputs {
+                    lookup: lookup.clone(),
+                    reads: queue.peer_reads(),
+                    storm_guard: guarded.then(|| StormGuardInput {
+                        storm,
+                        flag: storm_guard,
+                    }),
+                },
                 metrics.clone(),
                 &mut tasks,
                 &cancel,

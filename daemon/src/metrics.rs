@@ -429,7 +429,7 @@ impl Metrics {
         );
         r.register(
             "role_inversion_retries",
-            "Role inversions sent again at once because the data plane answered the client's response with a cookie reply (the client holds a cookie now)",
+            "Role inversions sent again at once because the data plane answered the client's response with a cookie reply (the client holds a cookie now), or because the storm guard kept an installed peer's own initiation from the data plane (jitwgd_storm_guard_detours_total)",
             self.role_inversion_retries.clone(),
         );
         r.register(

@@ -5,13 +5,16 @@
 //! (lookup, with admission control for first contacts) and installed (install).
 //! `capture_loop` reads the socket; the identify workers (`start_identify_pool`) hand
 //! each identified initiation to `Pipeline::handle`, at most `max_pending` at once.
+//! An installed peer's initiation is the data plane's business, except while the storm
+//! guard keeps every initiation from it (`shield::storm`): then the data plane is told
+//! to initiate to that peer instead (`Pipeline::detour`).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::activity::ActivityLog;
@@ -27,8 +30,10 @@ use crate::identify_pool::{
 use crate::install::{InstallError, InstallQueue};
 use crate::lookup::{Lookup, LookupOutcome};
 use crate::metrics::{self, Metrics};
-use crate::peer::{PeerConfig, PublicKey};
+use crate::peer::{PeerConfig, PublicKey, Timestamp};
 use crate::replay::{ReplayMemory, ReplayVerdict};
+use crate::shield::storm::StormMeter;
+use crate::shield::GuardFlag;
 use crate::store::SharedStore;
 
 /// The bounds of the JIT path's own state (a subset of `config::Limits`).
@@ -85,6 +90,8 @@ pub struct Pipeline {
     handlers: Arc<Semaphore>,
     /// Rate limit of per-initiation log lines about unknown keys and junk.
     log_budget: Mutex<LogBudget>,
+    /// Set while the storm guard keeps every initiation from the data plane.
+    storm_guard: GuardFlag,
 }
 
 /// Removes a key from `pending` however the handling ends.
@@ -126,7 +133,15 @@ impl Pipeline {
             known_sources: Arc::new(KnownSources::new(defaults::KNOWN_KEY_CACHE)),
             handlers: Arc::new(Semaphore::new(limits.max_pending)),
             log_budget: Mutex::new(LogBudget::new(limits.unknown_log_rate, Instant::now())),
+            storm_guard: GuardFlag::default(),
         }
+    }
+
+    /// Follow the kernel shield's storm guard: while it is up, installed peers'
+    /// initiations are detoured (`detour`).
+    pub fn with_storm_guard(mut self, flag: GuardFlag) -> Self {
+        self.storm_guard = flag;
+        self
     }
 
     /// Record each install's endpoint in `activity` (boot re-installs active peers).
@@ -188,6 +203,9 @@ impl Pipeline {
             self.metrics.already_installed.inc();
             self.known_keys.remember_identified(&self.keys, &identified);
             self.known_sources.resolved(src);
+            if self.storm_guard.in_force() {
+                self.detour(key, ts, src).await;
+            }
             return;
         }
         if !lock(&self.pending).insert(key) {
@@ -209,24 +227,8 @@ impl Pipeline {
             return;
         };
 
-        // The durable replay guard, for keys that resolved only: it survives restarts
-        // (a replay of a known key's old initiation must not move its endpoint), and a
-        // flood of unknown keys writes nothing. If the store fails, the memory guard
-        // above has already judged it.
-        let durable = self
-            .store
-            .call(move |store| store.check_and_record_timestamp(&key, ts))
-            .await;
-        match durable {
-            Ok(ReplayVerdict::Fresh) => {}
-            Ok(ReplayVerdict::Replay) => {
-                self.replayed(key, src);
-                return;
-            }
-            Err(e) => {
-                metrics::count_store_error(&self.metrics, "replay");
-                tracing::warn!(peer = %key, error = %Causes(&e), "durable replay guard failed; judged in memory");
-            }
+        if !self.durably_fresh(key, ts, src).await {
+            return;
         }
 
         // Known from now on: its next initiation costs one DH and waits in the known lane.
@@ -282,6 +284,55 @@ impl Pipeline {
     }
 
     /// The config to install when `outcome` resolved the key; logs and counts the rest.
+    /// The durable replay guard, for keys that resolved only: it survives restarts (a
+    /// replay of a known key's old initiation must not move its endpoint), and a flood of
+    /// unknown keys writes nothing. If the store fails, the memory guard has judged it.
+    async fn durably_fresh(&self, key: PublicKey, ts: Timestamp, src: SocketAddr) -> bool {
+        let durable = self
+            .store
+            .call(move |store| store.check_and_record_timestamp(&key, ts))
+            .await;
+        match durable {
+            Ok(ReplayVerdict::Fresh) => true,
+            Ok(ReplayVerdict::Replay) => {
+                self.replayed(key, src);
+                false
+            }
+            Err(e) => {
+                metrics::count_store_error(&self.metrics, "replay");
+                tracing::warn!(peer = %key, error = %Causes(&e), "durable replay guard failed; judged in memory");
+                true
+            }
+        }
+    }
+
+    /// An installed peer's initiation that the storm guard kept from the data plane (its
+    /// client restarted, or retries a handshake the data plane has not completed): the
+    /// data plane initiates to it instead, at the captured endpoint, once the initiation
+    /// has passed the durable replay guard (it moves the endpoint, like an install).
+    async fn detour(&self, key: PublicKey, ts: Timestamp, src: SocketAddr) {
+        if !lock(&self.pending).insert(key) {
+            return;
+        }
+        let _pending = PendingGuard {
+            set: &self.pending,
+            key,
+        };
+        let outcome = self
+            .lookup
+            .lookup_from(key, src.ip(), SystemTime::now())
+            .await;
+        let Some((config, _)) = self.resolved(key, src, outcome) else {
+            return;
+        };
+        if !self.durably_fresh(key, ts, src).await {
+            return;
+        }
+        self.metrics.shield.storm_guard_detours.inc();
+        tracing::debug!(peer = %key, src = %src, "storm guard: initiating to an installed peer whose initiation it dropped");
+        self.queue.initiate_again(config, src);
+    }
+
     fn resolved(
         &self,
         key: PublicKey,
@@ -414,6 +465,7 @@ pub async fn capture_loop(
     known: Arc<KnownSources>,
     lookup: Arc<Lookup>,
     metrics: Arc<Metrics>,
+    mut storm: Option<StormStamps>,
     cancel: CancellationToken,
 ) {
     let mut buf = vec![0u8; 65536];
@@ -450,6 +502,11 @@ pub async fn capture_loop(
                 count_never_identified(&metrics, refusal.as_str());
                 continue;
             }
+            if let Some(s) = storm.as_mut() {
+                if s.meter.newcomer(captured_at) {
+                    s.stamps.send_replace(Some(captured_at));
+                }
+            }
         }
         match pool.submit(captured, lane) {
             Ok(Queued::Alone) => {}
@@ -461,6 +518,13 @@ pub async fn capture_loop(
     }
     // Joining the workers blocks until their queue is drained (microseconds each).
     let _ = tokio::task::spawn_blocking(move || drop(pool)).await;
+}
+
+/// The capture loop's side of the storm guard: it counts newcomers' initiations and stamps
+/// each window at the storm rate for the kernel shield (`shield::storm`).
+pub struct StormStamps {
+    pub meter: StormMeter,
+    pub stamps: watch::Sender<Option<Instant>>,
 }
 
 fn lookup_label(outcome: &LookupOutcome) -> &'static str {

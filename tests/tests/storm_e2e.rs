@@ -5,6 +5,10 @@
 //! handshake retry. The share that connects before the retry is asserted with a wide
 //! margin (a loaded shared machine slows everything), and every client must connect in
 //! the end. Needs root and wireguard-go/wg/ip; in CI a missing one fails the test.
+//!
+//! The second test is the storm guard's: a faster storm raises it (every initiation is
+//! dropped before the data plane), and a client of an installed peer that restarts while it
+//! is up must still connect before its retry, by the gateway initiating to it.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -14,6 +18,7 @@ use jitwg::client::{run_fleet, FleetClient, FleetConfig, FleetProgress};
 use jitwg::lab::netns::RuntimeFlavor;
 use jitwg::scenario::file::{BehaviourFile, Switch};
 use jitwg::scenario::resolve::{ClientPlan, Link, PeerIdentity};
+use jitwg_reports::ClientResult;
 use jitwg_tests::{prerequisites_met, public_key, random_key, Gateway, GatewayOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -44,30 +49,8 @@ fn plan(gw: &Gateway, id: u32) -> ClientPlan {
     }
 }
 
-#[test]
-fn a_storm_of_300_clients_connects_before_the_handshake_retry() {
-    if !prerequisites_met(&["wireguard-go", "wg", "ip"]).unwrap() {
-        return;
-    }
-    let gw =
-        Gateway::start(GatewayOptions::new(40).daemon(|d| d.initiate = Some(Switch::On))).unwrap();
-    let plans: Vec<ClientPlan> = (0..CLIENTS).map(|id| plan(&gw, id)).collect();
-    let distinct_sources: std::collections::HashSet<Ipv4Addr> =
-        plans.iter().map(|p| p.source_ip).collect();
-    assert!(
-        distinct_sources.len() >= 250,
-        "{} sources",
-        distinct_sources.len()
-    );
-    for p in &plans {
-        gw.register(
-            &p.identity.public_key,
-            &[&format!("{}/32", p.identity.tunnel_ip)],
-        )
-        .unwrap();
-    }
-    assert!(gw.peers().unwrap().is_empty(), "nothing is preinstalled");
-
+/// Runs `plans` as one fleet of connect-once clients on a thread in the client namespace.
+fn run_storm(gw: &Gateway, plans: Vec<ClientPlan>, name: &str) -> Vec<ClientResult> {
     let config = FleetConfig {
         gateway: gw.endpoint(),
         gateway_public_key: gw.public_key(),
@@ -94,7 +77,7 @@ fn a_storm_of_300_clients_connects_before_the_handshake_retry() {
         .topology()
         .client
         .spawn_runtime_thread(
-            "storm-fleet",
+            name,
             RuntimeFlavor::MultiThread { workers: 2 },
             move || async move {
                 let origin = tokio::time::Instant::now();
@@ -102,7 +85,34 @@ fn a_storm_of_300_clients_connects_before_the_handshake_retry() {
             },
         )
         .unwrap();
-    let results = thread.join().unwrap().unwrap().unwrap();
+    thread.join().unwrap().unwrap().unwrap()
+}
+
+#[test]
+fn a_storm_of_300_clients_connects_before_the_handshake_retry() {
+    if !prerequisites_met(&["wireguard-go", "wg", "ip"]).unwrap() {
+        return;
+    }
+    let gw =
+        Gateway::start(GatewayOptions::new(40).daemon(|d| d.initiate = Some(Switch::On))).unwrap();
+    let plans: Vec<ClientPlan> = (0..CLIENTS).map(|id| plan(&gw, id)).collect();
+    let distinct_sources: std::collections::HashSet<Ipv4Addr> =
+        plans.iter().map(|p| p.source_ip).collect();
+    assert!(
+        distinct_sources.len() >= 250,
+        "{} sources",
+        distinct_sources.len()
+    );
+    for p in &plans {
+        gw.register(
+            &p.identity.public_key,
+            &[&format!("{}/32", p.identity.tunnel_ip)],
+        )
+        .unwrap();
+    }
+    assert!(gw.peers().unwrap().is_empty(), "nothing is preinstalled");
+
+    let results = run_storm(&gw, plans, "storm-fleet");
 
     assert_eq!(results.len(), CLIENTS as usize);
     let latencies: Vec<Option<f64>> = results
@@ -131,5 +141,76 @@ fn a_storm_of_300_clients_connects_before_the_handshake_retry() {
     assert!(
         share >= MIN_SHARE_BEFORE_RETRY,
         "only {before_retry}/{CLIENTS} connected before the retry"
+    );
+}
+
+/// Newcomers at 4,000/s, over the guard's rate (the default --initiate-rate, 1,500/s).
+const FAST_SPACING: Duration = Duration::from_micros(250);
+
+#[test]
+fn the_storm_guard_rises_in_a_fast_storm_and_a_restarted_installed_client_still_connects() {
+    if !prerequisites_met(&["wireguard-go", "wg", "ip"]).unwrap() {
+        return;
+    }
+    let gw = Gateway::start(
+        GatewayOptions::new(41)
+            .daemon(|d| d.initiate = Some(Switch::On))
+            .raw_daemon_key("storm_guard = \"on\""),
+    )
+    .unwrap();
+    // Client 0 connects alone first; the storm starts at 1 s; at 1.3 s client 0 restarts
+    // (same key, a new session and port) while the guard is up.
+    let storm_at = Duration::from_secs(1);
+    let mut plans: Vec<ClientPlan> = (0..=CLIENTS).map(|id| plan(&gw, id)).collect();
+    for p in plans.iter_mut().skip(1) {
+        p.start = storm_at + FAST_SPACING * (p.id - 1);
+    }
+    let mut restarted = plans[0].clone();
+    restarted.id = CLIENTS + 1;
+    restarted.start = storm_at + Duration::from_millis(300);
+    restarted.link_seed = u64::from(restarted.id) + 1;
+    for p in &plans {
+        gw.register(
+            &p.identity.public_key,
+            &[&format!("{}/32", p.identity.tunnel_ip)],
+        )
+        .unwrap();
+    }
+    plans.push(restarted);
+
+    let results = run_storm(&gw, plans, "guard-fleet");
+    let metrics = gw.scrape().unwrap();
+    let latency = |id: u32| {
+        results
+            .iter()
+            .find(|r| r.id == id)
+            .and_then(|r| r.connections.first())
+            .and_then(|c| c.setup_latency_ms)
+    };
+    let connected = (0..=CLIENTS + 1)
+        .filter(|id| latency(*id).is_some())
+        .count();
+    eprintln!(
+        "guarded storm: {connected}/{} connected; restarted client {:?} ms; raised {}, detours {}",
+        CLIENTS + 2,
+        latency(CLIENTS + 1),
+        metrics.counter("jitwgd_storm_guard_raised_total"),
+        metrics.counter("jitwgd_storm_guard_detours_total"),
+    );
+    assert_eq!(connected, CLIENTS as usize + 2, "every client connects");
+    assert!(
+        metrics.counter("jitwgd_storm_guard_raised_total") >= 1,
+        "the guard never rose: {}",
+        metrics.text()
+    );
+    assert!(
+        metrics.counter("jitwgd_storm_guard_detours_total") >= 1,
+        "the restarted client's initiation was not detoured: {}",
+        gw.daemon_log_tail(40)
+    );
+    let restarted_ms = latency(CLIENTS + 1).unwrap_or(f64::INFINITY);
+    assert!(
+        restarted_ms < RETRY.as_secs_f64() * 1000.0,
+        "the restarted installed client waited {restarted_ms} ms: its retry, not the gateway"
     );
 }

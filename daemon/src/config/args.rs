@@ -205,6 +205,19 @@ pub struct Args {
     #[arg(long, env = "JITWGD_INITIATE_ADAPT", value_name = "on|off", value_parser = values::switch)]
     pub initiate_adapt: Option<bool>,
 
+    /// The storm guard: on|off [default: off; no verdict in 11 paired storm runs on this
+    /// project's 2-core machine, BENCHMARKS.md, storm, sixth round; needs --initiate and
+    /// the kernel shield].
+    ///
+    /// While newcomers' initiations arrive at --initiate-rate or faster (a storm: faster
+    /// than the data plane is initiated to; counted in 20 ms windows), and for 1 s after,
+    /// every handshake initiation is dropped at tc ingress of --capture-interface: a newcomer's own
+    /// initiation is of no use to the data plane, which would spend an X25519 on it and
+    /// fill its handshake queue. jitwgd still captures them all; an installed peer's is
+    /// answered by the data plane initiating to it (a fresh peer at the captured endpoint).
+    #[arg(long, env = "JITWGD_STORM_GUARD", value_name = "on|off", value_parser = values::switch)]
+    pub storm_guard: Option<bool>,
+
     /// Threads that identify captured initiations (2 X25519 each, 1 for a known key) off
     /// the capture task
     /// [default: 2].

@@ -55,6 +55,8 @@ pub struct ConfigFile {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub initiate_adapt: Option<Switch>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub storm_guard: Option<Switch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub identify_workers: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identify_queue: Option<usize>,

@@ -88,6 +88,11 @@ enum Command {
         configs: Vec<PeerConfig>,
         reply: oneshot::Sender<()>,
     },
+    /// An installed peer whose own initiation the storm guard kept from the data plane: the
+    /// data plane initiates to it instead, at `write`'s endpoint (`Scheduler::initiate_again`).
+    InitiateAgain {
+        write: PeerWrite,
+    },
     /// Peers active before a restart, with their last endpoint: installed like JIT ones
     /// (same batch path, role inversion included), at most `REINSTALL_BATCH` a command.
     Reinstall {
@@ -177,6 +182,18 @@ impl InstallQueue {
     /// The data plane's one reader, for other users of its peers (the kernel shield).
     pub fn peer_reads(&self) -> Arc<PeerReads> {
         self.reads.clone()
+    }
+
+    /// Have the data plane initiate to the installed peer `config` at `endpoint` (a fresh
+    /// peer, so it initiates at once), paced like any role inversion: its own initiation
+    /// did not reach the data plane (the storm guard). Fire and forget.
+    pub fn initiate_again(&self, config: PeerConfig, endpoint: SocketAddr) {
+        let _ = self.tx.send(Command::InitiateAgain {
+            write: PeerWrite {
+                config,
+                endpoint: Some(endpoint),
+            },
+        });
     }
 
     /// Sends `command` built around a fresh reply channel and waits for the reply.

@@ -174,7 +174,8 @@ pub struct Scheduler<R> {
     deferred: VecDeque<(PeerWrite, Instant)>,
     /// Which of the gateway's initiations the data plane refused (`refusals`).
     refusals: RefusalWatch,
-    /// Peers whose response was refused, to initiate to again (ahead of `deferred`) from
+    /// Peers whose response was refused (or whose own initiation the storm guard dropped:
+    /// `initiate_again`), to initiate to again (ahead of `deferred`) from
     /// when each is due (`REFUSAL_RETRY_DELAY` after its cookie reply: in time order).
     again: VecDeque<(PeerWrite, Instant)>,
 }
@@ -319,6 +320,29 @@ impl<R> Scheduler<R> {
         }
         let (_, due) = self.again.front()?;
         Some(paced.max(due.saturating_duration_since(mono)))
+    }
+
+    /// Initiate again, as soon as the pacer allows and ahead of the deferred ones, to an
+    /// installed peer whose own initiation did not reach the data plane (the storm guard
+    /// dropped it): a fresh peer at `write`'s endpoint, like a refused response's retry.
+    /// Nothing when the gateway does not initiate, the peer is not installed, or it is
+    /// already queued.
+    pub fn initiate_again(&mut self, write: PeerWrite, mono: Instant) {
+        let key = write.config.public_key;
+        let installed = self
+            .installed
+            .lock()
+            .map(|set| set.contains(&key))
+            .unwrap_or(false);
+        if !self.settings.initiate
+            || !installed
+            || self.again.iter().any(|(w, _)| w.config.public_key == key)
+        {
+            return;
+        }
+        // `again` is in due order; due now goes after those already due.
+        let at = self.again.partition_point(|(_, due)| *due <= mono);
+        self.again.insert(at, (write, mono));
     }
 
     /// How many refused peers are due for their next initiation at `mono`.

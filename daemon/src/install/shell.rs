@@ -117,6 +117,9 @@ impl Shell {
                 receiver_index,
                 at,
             } => self.scheduler.cookie_reply(endpoint, receiver_index, at),
+            Command::InitiateAgain { write } => {
+                self.scheduler.initiate_again(write, Instant::now());
+            }
             Command::AdoptAddresses { configs, reply } => {
                 for config in &configs {
                     self.addresses.insert(config);

@@ -1,8 +1,10 @@
 //! The kernel shield's work counters (`crate::shield::run`), kept apart from the JIT
 //! pipeline's so the shield's own cost under a flood can be read off a scrape: how often
-//! it woke, planned its rules, replaced a tc program and read the data plane itself.
+//! it woke, planned its rules, replaced a tc program and read the data plane itself; and
+//! the storm guard's state (`crate::shield::storm`).
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 /// `jitwgd_shield_*_total`.
@@ -19,6 +21,13 @@ pub struct ShieldMetrics {
     /// Data-plane reads the shield made itself: no read shared with the sweep
     /// (`sweep::PeerReads`) was recent enough.
     pub reads: Counter,
+    /// Times the storm guard went up (its rules in force in both programs).
+    pub storm_guard_raised: Counter,
+    /// 1 while the storm guard's rules are in force.
+    pub storm_guard_up: Gauge,
+    /// Installed peers' initiations the guard kept from the data plane, answered by the
+    /// data plane initiating to the peer instead.
+    pub storm_guard_detours: Counter,
 }
 
 impl ShieldMetrics {
@@ -42,6 +51,21 @@ impl ShieldMetrics {
             "shield_reads",
             "Data-plane peer reads the kernel shield made itself (none shared was recent enough)",
             self.reads.clone(),
+        );
+        r.register(
+            "storm_guard_raised",
+            "Times the storm guard went up: every handshake initiation dropped before the data plane while role-inversion initiations wait for the pacer",
+            self.storm_guard_raised.clone(),
+        );
+        r.register(
+            "storm_guard_up",
+            "1 while the storm guard's rules are in force",
+            self.storm_guard_up.clone(),
+        );
+        r.register(
+            "storm_guard_detours",
+            "Installed peers' initiations the storm guard kept from the data plane, answered by the data plane initiating to the peer",
+            self.storm_guard_detours.clone(),
         );
     }
 }

@@ -60,6 +60,16 @@ struct Rig {
 
 /// A pipeline whose lookup store knows `known`; `replay_store` holds the durable guard.
 async fn rig(known: PublicKey, replay_store: SharedStore) -> Rig {
+    rig_with(known, replay_store, false, GuardFlag::default()).await
+}
+
+/// `rig`, with role inversion `initiate` and the storm guard's `flag`.
+async fn rig_with(
+    known: PublicKey,
+    replay_store: SharedStore,
+    initiate: bool,
+    flag: GuardFlag,
+) -> Rig {
     let lookup_store = SharedStore::new(Store::open_in_memory().unwrap());
     let config = PeerConfig {
         public_key: known,
@@ -83,7 +93,7 @@ async fn rig(known: PublicKey, replay_store: SharedStore) -> Rig {
         plane.clone(),
         Vec::new(),
         InstallSettings {
-            initiate: false,
+            initiate,
             initiate_rate: 0,
             sweep_chunk: 16,
             sweep_budget: Duration::from_millis(50),
@@ -93,13 +103,16 @@ async fn rig(known: PublicKey, replay_store: SharedStore) -> Rig {
     )
     .unwrap();
     let lookup = Arc::new(Lookup::new(lookup_store, None, LookupConfig::default()));
-    let pipeline = Arc::new(Pipeline::new(
-        ResponderKeys::new(GATEWAY_PRIVATE),
-        replay_store,
-        lookup,
-        queue,
-        metrics.clone(),
-    ));
+    let pipeline = Arc::new(
+        Pipeline::new(
+            ResponderKeys::new(GATEWAY_PRIVATE),
+            replay_store,
+            lookup,
+            queue,
+            metrics.clone(),
+        )
+        .with_storm_guard(flag),
+    );
     Rig {
         pipeline,
         plane,
@@ -178,4 +191,44 @@ async fn a_failing_durable_guard_falls_back_to_memory() {
     rig.handle(init).await;
     assert!(rig.metric("jitwgd_initiations_dropped_total{reason=\"replay\"} 1"));
     assert_eq!(rig.installs(), 1);
+}
+
+/// An initiation from the same client a little later (a newer TAI64N timestamp: they are
+/// rounded to ~16.8 ms).
+fn later_initiation(client: [u8; 32]) -> Initiation {
+    std::thread::sleep(Duration::from_millis(40));
+    initiation(client).0
+}
+
+#[tokio::test]
+async fn while_the_storm_guard_is_up_an_installed_peers_initiation_makes_the_gateway_initiate() {
+    let (init, key) = initiation([5; 32]);
+    let flag = GuardFlag::default();
+    let rig = rig_with(
+        key,
+        SharedStore::new(Store::open_in_memory().unwrap()),
+        true,
+        flag.clone(),
+    )
+    .await;
+    rig.handle(init).await;
+    assert_eq!(rig.installs(), 1);
+
+    // Guard down: the data plane answers an installed peer itself.
+    rig.handle(later_initiation([5; 32])).await;
+    assert!(rig.metric("jitwgd_storm_guard_detours_total 0"));
+
+    // Guard up: the data plane never saw it, so it is told to initiate (a fresh peer).
+    flag.set(true);
+    rig.handle(later_initiation([5; 32])).await;
+    assert!(rig.metric("jitwgd_storm_guard_detours_total 1"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rig.installs() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(rig.installs(), 2, "no fresh peer was written");
+
+    // A replay of that initiation is not detoured.
+    rig.handle(init).await;
+    assert!(rig.metric("jitwgd_storm_guard_detours_total 1"));
 }

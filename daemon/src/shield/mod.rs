@@ -22,6 +22,11 @@
 //! A flood wakes the loop once per refused knock; it plans its rules only when what they
 //! are planned from changed (`plan::needs_replan`), so most wake-ups cost a comparison.
 //!
+//! With the gateway initiating and `--storm-guard on`, the shield also raises the storm
+//! guard (`storm`) while newcomers arrive faster than the data plane is initiated to: then
+//! every initiation is dropped before the data plane, and the pipeline has the data plane
+//! initiate to an installed peer whose own initiation met the guard.
+//!
 //! `plan` is the pure core (time is the caller's), `bpf` compiles a family's rules into
 //! one classic program, `tc` is the rtnetlink edge; `run` is the loop between them.
 //! Bounded: at most `max_filters` rules (one program per family); removed at exit, and
@@ -33,20 +38,24 @@ pub mod bpf;
 
 pub mod tc;
 
+pub mod storm;
+
 use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::LogBudget;
+use crate::admission::{Judged, LogBudget};
 use crate::errors::Causes;
 use crate::lookup::Lookup;
 use crate::metrics::Metrics;
 use crate::sweep::{reads, PeerRead, PeerReads};
 
 pub use plan::{JudgedSet, Prefix, Rule};
+pub use storm::GuardFlag;
 pub use tc::{TcError, TcShield};
 
 /// How often the rules are recomputed without a wake-up (penalties expiring); a newly
@@ -75,6 +84,16 @@ pub struct ShieldSettings {
     pub max_filters: usize,
     /// Block whole judged networks (the gateway initiates to newcomers, `plan::desired`).
     pub block_networks: bool,
+    /// The storm guard (`storm`), when the gateway initiates and it is not turned off.
+    pub storm_guard: Option<StormGuardInput>,
+}
+
+/// What the storm guard is raised from and what it reports to.
+pub struct StormGuardInput {
+    /// The last moment the capture loop saw newcomers at the storm rate (`storm::StormMeter`).
+    pub storm: watch::Receiver<Option<Instant>>,
+    /// Set while the guard's rules are in force (read by the pipeline).
+    pub flag: GuardFlag,
 }
 
 /// What the loop did so far, logged every `REPORT_EVERY` while it works and at exit: the
@@ -119,6 +138,13 @@ pub async fn run(
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let judged_changed = lookup.judged_changed();
+    let (mut storm, guard_flag) = match settings.storm_guard {
+        Some(g) => (Some(g.storm), Some(g.flag)),
+        None => (None, None),
+    };
+    let mut hold = storm::StormHold::default();
+    // Whether the last plan raised the guard.
+    let mut planned_guard = false;
     // When the work so far was last logged, and how many wake-ups it showed.
     let mut last_report = (Instant::now(), 0u64);
     loop {
@@ -129,12 +155,27 @@ pub async fn run(
                 // Let the knocks of the same moment be judged too, then act on all.
                 tokio::time::sleep(MIN_GAP).await;
             }
+            changed = storm_changed(&mut storm) => {
+                if !changed {
+                    // The capture loop is gone: the guard has nothing to follow.
+                    storm = None;
+                }
+            }
         }
         let began = Instant::now();
-        let Some(judged) = lookup.judged_sources(began) else {
-            // No admission control, nothing is ever judged: idle until shutdown.
-            cancel.cancelled().await;
-            break;
+        if let Some(at) = storm.as_ref().and_then(|rx| *rx.borrow()) {
+            hold.observe(at);
+        }
+        let guard = guard_flag.is_some() && hold.up(began);
+        let judged = match lookup.judged_sources(began) {
+            Some(judged) => judged,
+            // No admission control: only the storm guard can block anything.
+            None if guard_flag.is_some() => Judged::default(),
+            None => {
+                // Nothing is ever judged and there is no guard: idle until shutdown.
+                cancel.cancelled().await;
+                break;
+            }
         };
         tally.wakeups += 1;
         metrics.shield.wakeups.inc();
@@ -179,19 +220,30 @@ pub async fn run(
             &judged_set,
             endpoints_changed,
             plan_in_force,
-        ) {
+        ) || guard != planned_guard
+        {
             tally.recomputes += 1;
             metrics.shield.recomputes.inc();
             // Never block without knowing whom not to block.
             let current: BTreeSet<Rule> = installed.iter().flatten().copied().collect();
-            let want = match &endpoints {
+            let mut want = match &endpoints {
                 Some((_, endpoints)) => {
                     plan::desired(&judged, endpoints, cap, &current, settings.block_networks)
                 }
                 None => BTreeSet::new(),
             };
+            if guard {
+                // Beside the cap: two rules, and whatever else is planned is then moot.
+                want.extend(storm::rules());
+            }
             tally.wake_time += began.elapsed();
             plan_in_force = true;
+            let was_up = guard_flag.as_ref().is_some_and(GuardFlag::in_force);
+            if let (Some(flag), false) = (&guard_flag, guard) {
+                // Cleared before the rules go: an initiation the pipeline does not detour
+                // must be one the data plane gets.
+                flag.set(false);
+            }
             for (family, v4) in [(0, true), (1, false)] {
                 let rules = plan::family(&want, v4);
                 if rules == installed[family] {
@@ -215,7 +267,30 @@ pub async fn run(
                 }
                 tally.replace_time += replacing.elapsed();
             }
+            if let Some(flag) = &guard_flag {
+                let [v4, v6] = storm::rules();
+                let up = installed[0].contains(&v4) && installed[1].contains(&v6);
+                if up != was_up {
+                    // Once each way per storm: worth a line.
+                    if up {
+                        metrics.shield.storm_guard_raised.inc();
+                    }
+                    tracing::info!(
+                        up,
+                        detours = metrics.shield.storm_guard_detours.get(),
+                        "storm guard {}",
+                        if up {
+                            "up: every initiation goes by jitwgd"
+                        } else {
+                            "down"
+                        }
+                    );
+                }
+                flag.set(up);
+                metrics.shield.storm_guard_up.set(i64::from(up));
+            }
             planned_from = Some(judged_set);
+            planned_guard = guard;
             endpoints_changed = false;
         } else {
             tally.wake_time += began.elapsed();
@@ -228,6 +303,15 @@ pub async fn run(
     tally.log("kernel shield stopping");
     if let Err(e) = tc.close().await {
         tracing::warn!(error = %Causes(&e), "shield: removing the tc filters at exit failed");
+    }
+}
+
+/// Waits for a new storm stamp; `false` when the capture loop is gone (never resolves
+/// without a receiver, so `select!` keeps waiting on the other branches).
+async fn storm_changed(rx: &mut Option<watch::Receiver<Option<Instant>>>) -> bool {
+    match rx {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
     }
 }
 

@@ -8,6 +8,8 @@
 //! judged address that is an installed endpoint is simply not blocked; a judged network
 //! gets a pass rule (checked before any block) for each installed endpoint inside it, and
 //! is not blocked at all when its passes do not fit the rule budget.
+//! (The storm guard, `storm`, blocks everything for a while; installed peers then get their
+//! handshake from the gateway's initiation instead, so the rule's purpose still holds.)
 
 use std::collections::{BTreeSet, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

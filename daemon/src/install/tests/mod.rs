@@ -554,4 +554,5 @@ fn the_worker_wakes_when_a_refused_peer_is_due_and_not_before() {
     assert_eq!(s.initiation_wait(t + REFUSAL_RETRY_DELAY), None);
 }
 
+mod storm;
 mod worker;

@@ -151,6 +151,23 @@ fn ipv4_initiations_from_blocked_sources_are_shot_and_nothing_else() {
 }
 
 #[test]
+fn the_storm_guard_shoots_every_initiation_and_only_initiations() {
+    let guard = crate::shield::storm::rules();
+    for (v4, src) in [(true, "203.0.113.7"), (false, "2001:db8:5::1")] {
+        let p = rules(&[guard[0], guard[1], Rule::Pass(ip("198.18.1.6"))], v4);
+        let shot = |word: [u8; 4]| run(&p, &datagram(ip(src), PORT, word));
+        assert_eq!(shot(INIT), TC_ACT_SHOT, "{src}");
+        assert_eq!(shot([2, 0, 0, 0]), TC_ACT_UNSPEC, "a response from {src}");
+        assert_eq!(shot([4, 0, 0, 0]), TC_ACT_UNSPEC, "data from {src}");
+        assert_eq!(
+            run(&p, &datagram(ip(src), PORT + 1, INIT)),
+            TC_ACT_UNSPEC,
+            "another port"
+        );
+    }
+}
+
+#[test]
 fn ipv6_programs_compare_only_the_prefix_words() {
     let p = rules(
         &[
