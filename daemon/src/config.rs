@@ -197,7 +197,7 @@ pub mod defaults {
     /// storm): the clients' own initiations put the data plane under load, and backing off
     /// then only pushes the gateway's initiations past the clients' 5 s retry.
     pub const INITIATE_ADAPT: bool = false;
-    pub const STORM_GUARD: bool = false;
+    pub const STORM_GUARD: bool = true;
     pub const IDENTIFY_WORKERS: usize = 2;
     pub const IDENTIFY_QUEUE: usize = 4096;
     /// A sixteenth of the unknown lane per source network: a flood from one /24 holds at

@@ -328,8 +328,7 @@ impl Pipeline {
         if !self.durably_fresh(key, ts, src).await {
             return;
         }
-        self.metrics.shield.storm_guard_detours.inc();
-        tracing::debug!(peer = %key, src = %src, "storm guard: initiating to an installed peer whose initiation it dropped");
+        // Counted by the install worker, which declines a peer installed moments ago.
         self.queue.initiate_again(config, src);
     }
 

@@ -152,15 +152,13 @@ fn the_storm_guard_rises_in_a_fast_storm_and_a_restarted_installed_client_still_
     if !prerequisites_met(&["wireguard-go", "wg", "ip"]).unwrap() {
         return;
     }
-    let gw = Gateway::start(
-        GatewayOptions::new(41)
-            .daemon(|d| d.initiate = Some(Switch::On))
-            .raw_daemon_key("storm_guard = \"on\""),
-    )
-    .unwrap();
-    // Client 0 connects alone first; the storm starts at 1 s; at 1.3 s client 0 restarts
-    // (same key, a new session and port) while the guard is up.
-    let storm_at = Duration::from_secs(1);
+    // The guard is jitwgd's default.
+    let gw =
+        Gateway::start(GatewayOptions::new(41).daemon(|d| d.initiate = Some(Switch::On))).unwrap();
+    // Client 0 connects alone first; the storm starts at 7 s (client 0's peer is then older
+    // than the install worker's DETOUR_MIN_AGE); at 7.3 s client 0 restarts (same key, a
+    // new session and port) while the guard is up.
+    let storm_at = Duration::from_secs(7);
     let mut plans: Vec<ClientPlan> = (0..=CLIENTS).map(|id| plan(&gw, id)).collect();
     for p in plans.iter_mut().skip(1) {
         p.start = storm_at + FAST_SPACING * (p.id - 1);

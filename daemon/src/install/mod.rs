@@ -39,7 +39,7 @@ pub use addresses::ManyInstalled;
 pub use pacer::InitiationPacer;
 pub use scheduler::{
     Backend, InitiationRound, InstallSettings, PeerChange, Plan, RemovalReason, Scheduler,
-    SweepStarted, DEFERRED_INITIATION_MAX_AGE, MAX_INSTALL_BATCH, REINSTALL_BATCH,
+    SweepStarted, DEFERRED_INITIATION_MAX_AGE, DETOUR_MIN_AGE, MAX_INSTALL_BATCH, REINSTALL_BATCH,
     ROLE_INVERSION_KEEPALIVE,
 };
 

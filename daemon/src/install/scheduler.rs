@@ -29,6 +29,14 @@ pub const ROLE_INVERSION_KEEPALIVE: u16 = 1;
 /// to the data plane's queue.
 pub const DEFERRED_INITIATION_MAX_AGE: Duration = Duration::from_secs(5);
 
+/// A peer installed more recently than this is not initiated to again for an initiation
+/// the storm guard dropped (`Scheduler::initiate_again`): the data plane's own initiation
+/// to it is at most REKEY_TIMEOUT (5 s) old and retransmits by itself, and a fresh peer
+/// would throw away the handshake it may be completing. Measured: storm runs whose guard
+/// rose again for the clients' 5 s retries and replaced those peers were four of the five
+/// worst (BENCHMARKS.md, storm, sixth round).
+pub const DETOUR_MIN_AGE: Duration = Duration::from_secs(6);
+
 /// Most peers written in one JIT install call.
 pub const MAX_INSTALL_BATCH: usize = 512;
 
@@ -325,24 +333,31 @@ impl<R> Scheduler<R> {
     /// Initiate again, as soon as the pacer allows and ahead of the deferred ones, to an
     /// installed peer whose own initiation did not reach the data plane (the storm guard
     /// dropped it): a fresh peer at `write`'s endpoint, like a refused response's retry.
-    /// Nothing when the gateway does not initiate, the peer is not installed, or it is
-    /// already queued.
-    pub fn initiate_again(&mut self, write: PeerWrite, mono: Instant) {
+    /// Nothing when the gateway does not initiate, the peer is not installed, was installed
+    /// less than `DETOUR_MIN_AGE` before `now`, or is already queued. `true`: queued.
+    pub fn initiate_again(&mut self, write: PeerWrite, now: SystemTime, mono: Instant) -> bool {
         let key = write.config.public_key;
         let installed = self
             .installed
             .lock()
             .map(|set| set.contains(&key))
             .unwrap_or(false);
+        let young = self
+            .installed_at
+            .get(&key)
+            .is_some_and(|at| now.duration_since(*at).unwrap_or_default() < DETOUR_MIN_AGE);
         if !self.settings.initiate
             || !installed
+            || young
             || self.again.iter().any(|(w, _)| w.config.public_key == key)
         {
-            return;
+            return false;
         }
+        self.metrics.shield.storm_guard_detours.inc();
         // `again` is in due order; due now goes after those already due.
         let at = self.again.partition_point(|(_, due)| *due <= mono);
         self.again.insert(at, (write, mono));
+        true
     }
 
     /// How many refused peers are due for their next initiation at `mono`.

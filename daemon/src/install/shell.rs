@@ -118,7 +118,13 @@ impl Shell {
                 at,
             } => self.scheduler.cookie_reply(endpoint, receiver_index, at),
             Command::InitiateAgain { write } => {
-                self.scheduler.initiate_again(write, Instant::now());
+                let peer = write.config.public_key;
+                if self
+                    .scheduler
+                    .initiate_again(write, SystemTime::now(), Instant::now())
+                {
+                    tracing::debug!(%peer, "storm guard: initiating again to an installed peer whose initiation it dropped");
+                }
             }
             Command::AdoptAddresses { configs, reply } => {
                 for config in &configs {

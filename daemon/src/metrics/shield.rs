@@ -26,7 +26,8 @@ pub struct ShieldMetrics {
     /// 1 while the storm guard's rules are in force.
     pub storm_guard_up: Gauge,
     /// Installed peers' initiations the guard kept from the data plane, answered by the
-    /// data plane initiating to the peer instead.
+    /// data plane initiating to the peer instead (not for a peer installed less than
+    /// `install::DETOUR_MIN_AGE` before: its own initiation is still under way).
     pub storm_guard_detours: Counter,
 }
 
@@ -64,7 +65,7 @@ impl ShieldMetrics {
         );
         r.register(
             "storm_guard_detours",
-            "Installed peers' initiations the storm guard kept from the data plane, answered by the data plane initiating to the peer",
+            "Installed peers' initiations the storm guard kept from the data plane, answered by the data plane initiating to the peer (not for peers installed less than 6 s before)",
             self.storm_guard_detours.clone(),
         );
     }

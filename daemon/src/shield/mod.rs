@@ -22,10 +22,10 @@
 //! A flood wakes the loop once per refused knock; it plans its rules only when what they
 //! are planned from changed (`plan::needs_replan`), so most wake-ups cost a comparison.
 //!
-//! With the gateway initiating and `--storm-guard on`, the shield also raises the storm
-//! guard (`storm`) while newcomers arrive faster than the data plane is initiated to: then
-//! every initiation is dropped before the data plane, and the pipeline has the data plane
-//! initiate to an installed peer whose own initiation met the guard.
+//! With the gateway initiating and `--storm-guard` on (the default), the shield also raises
+//! the storm guard (`storm`) while newcomers arrive faster than the data plane is initiated
+//! to: then every initiation is dropped before the data plane, and the pipeline has the
+//! data plane initiate to an installed peer whose own initiation met the guard.
 //!
 //! `plan` is the pure core (time is the caller's), `bpf` compiles a family's rules into
 //! one classic program, `tc` is the rtnetlink edge; `run` is the loop between them.
