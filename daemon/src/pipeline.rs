@@ -283,7 +283,6 @@ impl Pipeline {
         }
     }
 
-    /// The config to install when `outcome` resolved the key; logs and counts the rest.
     /// The durable replay guard, for keys that resolved only: it survives restarts (a
     /// replay of a known key's old initiation must not move its endpoint), and a flood of
     /// unknown keys writes nothing. If the store fails, the memory guard has judged it.
@@ -332,6 +331,7 @@ impl Pipeline {
         self.queue.initiate_again(config, src);
     }
 
+    /// The config to install when `outcome` resolved the key; logs and counts the rest.
     fn resolved(
         &self,
         key: PublicKey,

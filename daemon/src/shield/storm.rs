@@ -12,7 +12,9 @@
 //! What it costs: an installed peer's own initiation is dropped too while the guard is up.
 //! The pipeline then has the data plane initiate to that peer instead (a fresh peer at the
 //! captured endpoint, like a refused response's retry), so every installed peer can still
-//! get a handshake, by the gateway's initiation rather than its own.
+//! get a handshake, by the gateway's initiation rather than its own; a peer installed less
+//! than `install::DETOUR_MIN_AGE` before is left to the data plane's own initiation, which
+//! is still under way.
 //!
 //! The signal is counted where the storm first shows: the capture loop counts initiations
 //! from sources of no known key (`StormMeter`) and stamps each [`WINDOW`] that reaches the
@@ -63,8 +65,14 @@ pub struct StormMeter {
 }
 
 impl StormMeter {
-    /// A storm is newcomers at `rate` per second or more (0: the default initiation rate).
+    /// A storm is newcomers at `rate` per second or more (0, unpaced initiations: the
+    /// default initiation rate, about what one core of wireguard-go completes).
     pub fn new(rate: u32) -> Self {
+        let rate = if rate == 0 {
+            crate::config::defaults::INITIATE_RATE
+        } else {
+            rate
+        };
         let per_window = f64::from(rate) * WINDOW.as_secs_f64();
         StormMeter {
             threshold: (per_window.ceil() as u32).max(2),
@@ -161,8 +169,8 @@ mod tests {
         // A new window counts from zero: 29 in it are no storm.
         let quiet = (0..29u64).any(|i| meter.newcomer(us(30_000 + i * 600)));
         assert!(!quiet);
-        // A trickle never is.
-        let mut meter = StormMeter::new(1500);
+        // A trickle never is; unpaced initiation (rate 0) counts at the default rate.
+        let mut meter = StormMeter::new(0);
         assert!(!(0..1000u64).any(|i| meter.newcomer(us(i * 1_000))));
     }
 
