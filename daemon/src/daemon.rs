@@ -125,6 +125,14 @@ struct ShieldInputs {
     storm_guard: Option<StormGuardInput>,
 }
 
+/// The interface the kernel shield filters on: `--capture-interface`, when the shield is
+/// on (`--shield-filters` not 0). `start_shield` and the storm guard's wiring both ask.
+fn shield_interface(config: &Config) -> Option<&str> {
+    (config.limits.shield_filters > 0)
+        .then_some(())
+        .and(config.capture_interface.as_deref())
+}
+
 /// Start the kernel shield (`shield`) when it is on and there is an interface to put
 /// it on.
 async fn start_shield(
@@ -144,7 +152,7 @@ async fn start_shield(
     if max_filters == 0 {
         return Ok(());
     }
-    let Some(name) = config.capture_interface.as_deref() else {
+    let Some(name) = shield_interface(config) else {
         tracing::warn!("the kernel shield needs --capture-interface (capturing on every interface, there is no one ingress to filter); it stays off");
         return Ok(());
     };
@@ -331,10 +339,8 @@ pub async fn run(
                 .map_err(DaemonError::Capture)?;
             let storm_guard = GuardFlag::default();
             // The storm guard needs the gateway initiating and the kernel shield.
-            let guarded = config.initiate
-                && config.storm_guard
-                && config.limits.shield_filters > 0
-                && config.capture_interface.is_some();
+            let guarded =
+                config.initiate && config.storm_guard && shield_interface(&config).is_some();
             let (stamps, storm) = tokio::sync::watch::channel(None);
             let pipeline = Arc::new(
                 Pipeline::new(

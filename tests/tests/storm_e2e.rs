@@ -88,13 +88,23 @@ fn run_storm(gw: &Gateway, plans: Vec<ClientPlan>, name: &str) -> Vec<ClientResu
     thread.join().unwrap().unwrap().unwrap()
 }
 
+/// A gateway at address `slot` that initiates (jitwgd's defaults otherwise, the storm
+/// guard included); `None` when a prerequisite is missing outside CI.
+fn initiating_gateway(slot: u8) -> Option<Gateway> {
+    if !prerequisites_met(&["wireguard-go", "wg", "ip"]).unwrap() {
+        return None;
+    }
+    Some(
+        Gateway::start(GatewayOptions::new(slot).daemon(|d| d.initiate = Some(Switch::On)))
+            .unwrap(),
+    )
+}
+
 #[test]
 fn a_storm_of_300_clients_connects_before_the_handshake_retry() {
-    if !prerequisites_met(&["wireguard-go", "wg", "ip"]).unwrap() {
+    let Some(gw) = initiating_gateway(40) else {
         return;
-    }
-    let gw =
-        Gateway::start(GatewayOptions::new(40).daemon(|d| d.initiate = Some(Switch::On))).unwrap();
+    };
     let plans: Vec<ClientPlan> = (0..CLIENTS).map(|id| plan(&gw, id)).collect();
     let distinct_sources: std::collections::HashSet<Ipv4Addr> =
         plans.iter().map(|p| p.source_ip).collect();
@@ -149,12 +159,10 @@ const FAST_SPACING: Duration = Duration::from_micros(250);
 
 #[test]
 fn the_storm_guard_rises_in_a_fast_storm_and_a_restarted_installed_client_still_connects() {
-    if !prerequisites_met(&["wireguard-go", "wg", "ip"]).unwrap() {
-        return;
-    }
     // The guard is jitwgd's default.
-    let gw =
-        Gateway::start(GatewayOptions::new(41).daemon(|d| d.initiate = Some(Switch::On))).unwrap();
+    let Some(gw) = initiating_gateway(41) else {
+        return;
+    };
     // Client 0 connects alone first; the storm starts at 7 s (client 0's peer is then older
     // than the install worker's DETOUR_MIN_AGE); at 7.3 s client 0 restarts (same key, a
     // new session and port) while the guard is up.

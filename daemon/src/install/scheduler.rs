@@ -337,18 +337,13 @@ impl<R> Scheduler<R> {
     /// less than `DETOUR_MIN_AGE` before `now`, or is already queued. `true`: queued.
     pub fn initiate_again(&mut self, write: PeerWrite, now: SystemTime, mono: Instant) -> bool {
         let key = write.config.public_key;
-        let installed = self
-            .installed
-            .lock()
-            .map(|set| set.contains(&key))
-            .unwrap_or(false);
-        let young = self
+        // `installed_at` holds exactly the installed peers (kept with `installed`).
+        let old_enough = self
             .installed_at
             .get(&key)
-            .is_some_and(|at| now.duration_since(*at).unwrap_or_default() < DETOUR_MIN_AGE);
+            .is_some_and(|at| now.duration_since(*at).unwrap_or_default() >= DETOUR_MIN_AGE);
         if !self.settings.initiate
-            || !installed
-            || young
+            || !old_enough
             || self.again.iter().any(|(w, _)| w.config.public_key == key)
         {
             return false;

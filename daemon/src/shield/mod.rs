@@ -148,6 +148,8 @@ pub async fn run(
     // When the work so far was last logged, and how many wake-ups it showed.
     let mut last_report = (Instant::now(), 0u64);
     loop {
+        // Woken only by a storm stamp: while the guard is up that just extends it.
+        let mut stamp_only = false;
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tick.tick() => {}
@@ -156,7 +158,9 @@ pub async fn run(
                 tokio::time::sleep(MIN_GAP).await;
             }
             changed = storm_changed(&mut storm) => {
-                if !changed {
+                if changed {
+                    stamp_only = true;
+                } else {
                     // The capture loop is gone: the guard has nothing to follow.
                     storm = None;
                 }
@@ -165,6 +169,11 @@ pub async fn run(
         let began = Instant::now();
         if let Some(at) = storm.as_ref().and_then(|rx| *rx.borrow()) {
             hold.observe(at);
+        }
+        if stamp_only && planned_guard && plan_in_force {
+            // A stamp every 20 ms of a storm: no need to judge and plan each time (the tick
+            // still does, and sees the hold end).
+            continue;
         }
         let guard = guard_flag.is_some() && hold.up(began);
         let judged = match lookup.judged_sources(began) {
