@@ -17,12 +17,12 @@ pub enum FitError {
     Singular,
     #[error("a value is not a finite number")]
     NotFinite,
-    #[error("a fit of relative misses needs every measured value above 0")]
+    #[error("a fit of relative misses needs every measured value above 0 (or a floor above 0)")]
     NotPositive,
 }
 
 /// How much each point's miss counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Weighting {
     /// Every point alike: misses in the unit of `y` (ordinary least squares).
@@ -33,15 +33,31 @@ pub enum Weighting {
     /// residual standard error is a fraction of `y`, R² is the weighted one (relative misses
     /// around the weighted mean) and a prediction band widens with the predicted value.
     Relative,
+    /// As [`Weighting::Relative`] above `floor`, and every value below it weighted as the
+    /// floor: for a quantity measured in steps (CPU time in the kernel's 10 ms ticks), where
+    /// one step's miss on a value of one or two steps is quantisation, not a 50-100 % miss.
+    /// Values of 0 are allowed.
+    RelativeAbove { floor: f64 },
 }
 
 impl Weighting {
     /// How much a point measured at `y` counts.
     pub fn weight(self, y: f64) -> f64 {
+        1.0 / self.scale(y).powi(2)
+    }
+
+    /// The size a miss at `y` is measured against: 1 (uniform), or the value itself.
+    pub fn scale(self, y: f64) -> f64 {
         match self {
             Weighting::Uniform => 1.0,
-            Weighting::Relative => 1.0 / (y * y),
+            Weighting::Relative => y,
+            Weighting::RelativeAbove { floor } => y.abs().max(floor),
         }
+    }
+
+    /// Whether residuals are fractions of the value (a relative fit, floored or not).
+    pub fn is_relative(self) -> bool {
+        !matches!(self, Weighting::Uniform)
     }
 }
 
@@ -168,7 +184,12 @@ impl LinearFit {
         {
             return Err(FitError::NotFinite);
         }
-        if weighting == Weighting::Relative && ys.iter().any(|&y| y <= 0.0) {
+        let floor_ok = match weighting {
+            Weighting::Uniform => true,
+            Weighting::Relative => ys.iter().all(|&y| y > 0.0),
+            Weighting::RelativeAbove { floor } => floor > 0.0 && floor.is_finite(),
+        };
+        if !floor_ok {
             return Err(FitError::NotPositive);
         }
         let weights: Vec<f64> = ys.iter().map(|&y| weighting.weight(y)).collect();
@@ -227,9 +248,10 @@ impl LinearFit {
             .map(|(y, w)| w * (y - mean).powi(2))
             .sum();
         // Below this, y is taken as constant (no R²); a relative fit's sums are dimensionless.
-        let constant_below = match weighting {
-            Weighting::Uniform => f64::EPSILON * mean.abs().max(1.0),
-            Weighting::Relative => f64::EPSILON,
+        let constant_below = if weighting.is_relative() {
+            f64::EPSILON
+        } else {
+            f64::EPSILON * mean.abs().max(1.0)
         };
         let residual_std_error = (sse / (n - p) as f64).sqrt();
         let std_errors = (0..p)
@@ -313,10 +335,7 @@ impl LinearFit {
             .sum();
         // A new point's own scatter, in units of the residual standard error: 1 for a uniform
         // fit, the value squared when the scatter is a fraction of the value.
-        let scatter = match self.weighting {
-            Weighting::Uniform => 1.0,
-            Weighting::Relative => value * value,
-        };
+        let scatter = self.weighting.scale(value).powi(2);
         let half = t_975(self.degrees_of_freedom())
             * self.residual_std_error
             * (scatter + leverage.max(0.0)).sqrt();
@@ -542,6 +561,59 @@ mod tests {
             ),
             Err(FitError::NotPositive)
         );
+    }
+
+    /// CPU time read in 10 ms ticks: idle runs read 0.00-0.02 s. A floored relative fit takes
+    /// the zeros (a plain relative one refuses them), counts every value below the floor as
+    /// the floor, and still fits the small storms by their fraction, not by the long runs'
+    /// absolute misses: one long run 40 % above the line moves a small run's prediction by
+    /// under 5 % (2 %), where the ordinary fit moves it by over 10 % (13 %).
+    #[test]
+    fn a_floored_relative_fit_takes_zeros_and_keeps_small_runs_on_their_line() {
+        let floored = Weighting::RelativeAbove { floor: 0.1 };
+        assert_eq!(floored.weight(0.0), floored.weight(0.05));
+        assert!((floored.weight(0.1) - 100.0).abs() < 1e-9);
+        assert!((floored.weight(1.0) - 1.0).abs() < 1e-12);
+        assert_eq!(
+            LinearFit::fit_weighted(
+                &["x"],
+                &rows(&[1.0, 2.0, 3.0]),
+                &[0.0, 0.1, 0.2],
+                Weighting::RelativeAbove { floor: 0.0 }
+            ),
+            Err(FitError::NotPositive)
+        );
+        // y = 0.02 + 0.0005·x, exact but for the largest run, 40 % above the line.
+        let xs = [0.0, 0.0, 50.0, 100.0, 200.0, 300.0, 400.0, 6000.0];
+        let ys: Vec<f64> = xs
+            .iter()
+            .map(|x| {
+                let y: f64 = 0.02 + 0.0005 * x;
+                if *x > 1000.0 {
+                    y * 1.4
+                } else {
+                    (y * 100.0).round() / 100.0
+                }
+            })
+            .collect();
+        assert_eq!(ys[0], 0.02);
+        let at = |fit: &LinearFit| fit.predict(&[100.0]).value / 0.07 - 1.0;
+        let floored_fit = LinearFit::fit_weighted(&["x"], &rows(&xs), &ys, floored).unwrap();
+        let uniform_fit = LinearFit::fit(&["x"], &rows(&xs), &ys).unwrap();
+        assert!(
+            at(&floored_fit).abs() < 0.05,
+            "floored {}",
+            at(&floored_fit)
+        );
+        assert!(
+            at(&uniform_fit).abs() > 0.10,
+            "uniform {}",
+            at(&uniform_fit)
+        );
+        assert_eq!(floored_fit.weighting, floored);
+        // The band is a fraction of the value above the floor, the floor's size below it.
+        let (small, large) = (floored_fit.predict(&[0.0]), floored_fit.predict(&[4000.0]));
+        assert!(large.half_width() > 10.0 * small.half_width());
     }
 
     #[test]

@@ -51,6 +51,11 @@ A model is only as good as its R² and its residuals: read both before its predi
                 Weighting::Uniform => short(fit.residual_std_error),
                 Weighting::Relative =>
                     format!("{:.0} % (relative)", fit.residual_std_error * 100.0),
+                Weighting::RelativeAbove { floor } => format!(
+                    "{:.0} % (relative above {})",
+                    fit.residual_std_error * 100.0,
+                    short(floor)
+                ),
             },
             escape(&coefficients(m)),
         );

@@ -8,7 +8,7 @@
 
 use super::batch::Batching;
 use super::calibrate::{feature, Fitted, Model};
-use super::fit::{FitError, LinearFit};
+use super::fit::{FitError, LinearFit, Weighting};
 use super::point::CalPoint;
 use crate::figures::Unit;
 
@@ -29,6 +29,8 @@ pub(crate) struct Spec {
     pub unit: Unit,
     pub filter: fn(&CalPoint) -> bool,
     pub y: fn(&CalPoint) -> Option<f64>,
+    /// How each point's miss counts in the fit.
+    pub weighting: Weighting,
     pub feature_sets: &'static [&'static [&'static str]],
 }
 
@@ -103,7 +105,7 @@ pub(crate) fn fit_spec(
             last_error = format!("{} point(s) measured it; {min} needed", ys.len());
             continue;
         }
-        let fitted = LinearFit::fit(features, &xs, &ys)
+        let fitted = LinearFit::fit_weighted(features, &xs, &ys, spec.weighting)
             .and_then(|fit| without_negative_base(fit, base, &xs, &ys));
         match fitted {
             // A cost per unit is never negative: a negative slope means two features share
@@ -117,7 +119,14 @@ pub(crate) fn fit_spec(
             // Every quantity modelled here is 0 when nothing happens, and a run's fixed cost
             // (start-up) is never negative: an intercept clearly below 0 means a cost that
             // grows with the run was left out or charged to the wrong feature; fit another set.
-            Ok(fit) if !last && fit.intercept_band().is_some_and(|b| b.high < 0.0) => {
+            // (Below 0 by more than rounding: an exact fit's intercept is 0 ± 1e-16, and its
+            // band is as narrow, so the sign of the rounding must not reject it.)
+            Ok(fit)
+                if !last
+                    && fit
+                        .intercept_band()
+                        .is_some_and(|b| b.high < -rounding(&ys)) =>
+            {
                 last_error = format!(
                     "a negative fixed cost when fitted against {}",
                     features.join(" and ")
@@ -198,7 +207,12 @@ fn without_negative_base(
                 .collect()
         })
         .collect();
-    LinearFit::fit(&features, &rows, ys)
+    LinearFit::fit_weighted(&features, &rows, ys, fit.weighting)
+}
+
+/// Below this an intercept is rounding, not a fixed cost: a billionth of the largest value.
+fn rounding(ys: &[f64]) -> f64 {
+    ys.iter().fold(0.0, |m: f64, y| m.max(y.abs())) * 1e-9
 }
 
 /// The first feature other than `base` whose slope's 95 % band reaches zero.
