@@ -4,6 +4,7 @@
 
 mod server;
 mod shield;
+mod stage;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use prometheus_client::registry::Registry;
 
 pub use server::{serve, MetricsError, MetricsServer, OPENMETRICS_CONTENT_TYPE};
 pub use shield::ShieldMetrics;
+pub use stage::{observe_stage, StageCpuMetrics, StageTimer, CPU_TIMED_STAGES};
 
 /// Values of the `stage` label of `jitwgd_identify_failed_total`.
 pub const IDENTIFY_STAGES: &[&str] = &[
@@ -222,6 +224,8 @@ pub struct Metrics {
     pub stored_configs_refused: Family<SourceLabel, Counter>,
     /// Seconds spent per pipeline stage, by `stage` (see `TIMED_STAGES`).
     pub stage_seconds: Family<StageLabel, Histogram, fn() -> Histogram>,
+    /// CPU seconds per stage that runs on one thread (see `CPU_TIMED_STAGES`).
+    pub stage_cpu: StageCpuMetrics,
     /// Holds clones of the handles above for encoding.
     registry: Registry,
 }
@@ -273,6 +277,7 @@ impl Metrics {
             address_conflicts: Family::default(),
             stored_configs_refused: Family::default(),
             stage_seconds: Family::new_with_constructor(stage_histogram as fn() -> Histogram),
+            stage_cpu: StageCpuMetrics::new(),
             registry: Registry::with_prefix("jitwgd"),
         };
         for &stage in TIMED_STAGES {
@@ -478,6 +483,7 @@ impl Metrics {
             "Seconds spent in each JIT pipeline stage (identify, lookup, install)",
             self.stage_seconds.clone(),
         );
+        self.stage_cpu.register(r);
         self
     }
 
@@ -553,15 +559,6 @@ pub fn count_lookup(metrics: &Metrics, outcome: &'static str) {
         .lookups
         .get_or_create(&OutcomeLabel { outcome })
         .inc();
-}
-
-/// Record `elapsed` spent in `stage` (one of `TIMED_STAGES`).
-pub fn observe_stage(metrics: &Metrics, stage: &'static str, elapsed: std::time::Duration) {
-    debug_assert!(TIMED_STAGES.contains(&stage), "unknown stage {stage}");
-    metrics
-        .stage_seconds
-        .get_or_create(&StageLabel { stage })
-        .observe(elapsed.as_secs_f64());
 }
 
 /// Count one push message ending in `outcome` (one of `PUSH_OUTCOMES`).

@@ -410,9 +410,9 @@ pub fn start_identify_pool(
         {
             let metrics = pipeline.metrics.clone();
             move |payload| {
-                let started = Instant::now();
+                let timer = metrics::StageTimer::start("identify");
                 let identified = identify::identify_keeping_secret(&keys, &known_keys, payload);
-                metrics::observe_stage(&metrics, "identify", started.elapsed());
+                timer.finish(&metrics);
                 identified
             }
         },

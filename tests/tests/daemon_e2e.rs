@@ -63,6 +63,12 @@ fn stock_client_connects_on_first_attempt_with_initiate_on() {
     let m = gw.scrape().unwrap();
     assert_eq!(m.counter(INSTALLS), 1, "{}", m.text());
     assert_eq!(m.counter("jitwgd_role_inversions_total"), 1, "{}", m.text());
+    // The stages that ran on one thread were charged their thread's CPU: an identify is at
+    // least one X25519, an install a UAPI round trip, neither free.
+    for stage in ["identify", "install"] {
+        let cpu = m.value("jitwgd_stage_cpu_seconds_total", &[("stage", stage)]);
+        assert!(cpu > 0.0, "{stage}: {cpu}\n{}", m.text());
+    }
     assert_eq!(gw.api_calls(&client.public_key()), 1);
     let peer = gw
         .peer(&client.public_key())

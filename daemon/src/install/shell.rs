@@ -200,14 +200,14 @@ impl Shell {
             return;
         }
         let writes: Vec<PeerWrite> = batch.iter().map(|p| p.write.clone()).collect();
-        let started = Instant::now();
+        let timer = crate::metrics::StageTimer::start("install");
         let results = self.scheduler.install_batch(
             self.backend.as_ref(),
             &writes,
             SystemTime::now(),
-            started,
+            timer.started(),
         );
-        crate::metrics::observe_stage(&self.metrics, "install", started.elapsed());
+        timer.finish(&self.metrics);
         for (pending, result) in batch.into_iter().zip(results) {
             let outcome = match result {
                 Ok(initiated) => {

@@ -72,6 +72,9 @@ pub struct Measured {
     /// Per stage (`identify`, `lookup`, `install`): seconds spent and how many, when the run
     /// recorded jitwgd's stage metrics.
     pub stages: BTreeMap<String, (f64, f64)>,
+    /// Per stage that runs on one thread (`identify`, `install`): its thread's CPU seconds,
+    /// when the run recorded them.
+    pub stage_cpu: BTreeMap<String, f64>,
     /// CPUs the gateway was confined to (1 under the default split).
     pub gateway_cpus: Option<u32>,
     pub saturated: bool,
@@ -124,6 +127,7 @@ impl CalPoint {
                 })
                 .collect(),
             stages: stages(raw),
+            stage_cpu: stage_cpu(raw),
             gateway_cpus: results
                 .run
                 .cpu_split
@@ -173,6 +177,21 @@ fn stages(raw: &serde_json::Value) -> BTreeMap<String, (f64, f64)> {
                 ),
             };
             Some((stage.to_string(), (s, n)))
+        })
+        .collect()
+}
+
+/// Per-stage CPU seconds from the results' `stage_time` (`{stage: {"cpu_seconds": s, ..}}`).
+/// Absent (older files, the lookup stage): not in the map.
+fn stage_cpu(raw: &serde_json::Value) -> BTreeMap<String, f64> {
+    let Some(table) = raw.get("stage_time").and_then(|v| v.as_object()) else {
+        return BTreeMap::new();
+    };
+    STAGES
+        .iter()
+        .filter_map(|&stage| {
+            let cpu = table.get(stage)?.get("cpu_seconds")?.as_f64()?;
+            Some((stage.to_string(), cpu))
         })
         .collect()
 }
@@ -274,5 +293,19 @@ mod tests {
         });
         assert_eq!(stages(&nested)["install"], (0.2, 50.0));
         assert!(stages(&serde_json::json!({})).is_empty());
+    }
+
+    #[test]
+    fn stage_cpu_where_the_run_recorded_it() {
+        let raw = serde_json::json!({"stage_time": {
+            "identify": {"seconds": 1.5, "count": 300, "cpu_seconds": 0.04},
+            "lookup": {"seconds": 0.5, "count": 100},
+            "install": {"seconds": 0.2, "count": 50, "cpu_seconds": 0.01}
+        }});
+        let cpu = stage_cpu(&raw);
+        assert_eq!(cpu.get("identify"), Some(&0.04));
+        assert_eq!(cpu.get("install"), Some(&0.01));
+        assert!(!cpu.contains_key("lookup"));
+        assert!(stage_cpu(&serde_json::json!({})).is_empty());
     }
 }
