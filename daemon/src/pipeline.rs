@@ -278,7 +278,6 @@ impl Pipeline {
     fn replayed(&self, key: PublicKey, src: SocketAddr) {
         self.metrics.replays_ignored.inc();
         self.drop_initiation("replay");
-        self.lookup.replayed_from(src.ip(), Instant::now());
         if let Some(suppressed) = self.may_log() {
             tracing::debug!(peer = %key, src = %src, suppressed, "replayed or stale initiation ignored");
         }

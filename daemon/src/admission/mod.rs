@@ -194,13 +194,6 @@ impl Admission {
         }
     }
 
-    /// `src` sent an initiation the replay guard had seen at `now`: a 404 of its network
-    /// (`SourcePenalties::replayed`) and an offence of its address.
-    pub fn replayed(&mut self, src: IpAddr, now: Instant) {
-        self.penalties.replayed(SourceNet::of(src), now);
-        self.addresses.offence(src, now);
-    }
-
     /// A key from `src` hit the negative cache at `now`: an offence of its address.
     pub fn negative_hit(&mut self, src: IpAddr, now: Instant) {
         self.addresses.offence(src, now);
@@ -488,38 +481,6 @@ mod tests {
             Err(Refusal::AddressPenalised)
         );
         assert_eq!(a.addresses_tracked(), 2);
-    }
-
-    /// A network penalised by its 404s that goes on replaying the refused keys' initiations
-    /// (they never reach the API, so they earn no renewal 404) stays penalised while it
-    /// replays, and its penalty drains once it stops; the replaying address is judged too.
-    #[test]
-    fn replays_keep_a_networks_penalty_while_they_go_on() {
-        let t0 = Instant::now();
-        let mut a = Admission::new(with_addresses(10), t0);
-        penalise(&mut a, "198.18.1.5", t0);
-        assert!(a.penalised(ip("198.18.1.9"), t0));
-        // Without replays the penalty drains within burst × forgive_every.
-        let mut quiet = Admission::new(with_addresses(10), t0);
-        penalise(&mut quiet, "198.18.1.5", t0);
-        let later = t0 + Duration::from_secs(5);
-        assert!(!quiet.penalised(ip("198.18.1.9"), later));
-        // Replayed every 100 ms from another address of the network: still penalised.
-        let mut t = t0;
-        while t < later {
-            t += Duration::from_millis(100);
-            a.replayed(ip("198.18.1.6"), t);
-        }
-        assert!(a.penalised(ip("198.18.1.9"), later));
-        assert_eq!(
-            a.screen(ip("198.18.1.6"), later),
-            Err(Refusal::AddressPenalised)
-        );
-        // Another network's replay is its own: one replay does not penalise it.
-        a.replayed(ip("198.18.2.6"), later);
-        assert!(!a.penalised(ip("198.18.2.7"), later));
-        // Stopped: forgiven in time.
-        assert!(!a.penalised(ip("198.18.1.9"), later + Duration::from_secs(10)));
     }
 
     #[test]

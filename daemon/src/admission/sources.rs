@@ -19,10 +19,6 @@
 //! while refused keeps its membership (its level does not drain below half the burst);
 //! a /64 of the site that never caused a 404 is judged on its own bucket only.
 //!
-//! A replayed initiation (`replayed`) counts as a 404 of its network: replays never reach
-//! the API, so a flood replaying keys already refused would otherwise drain out of the
-//! penalty its first 404s earned and be identified again.
-//!
 //! A renewal the global budget refuses (`hold`) keeps the penalty where it is instead of
 //! letting it lapse: otherwise an empty budget would re-open every flooding network to
 //! identification and to the data plane (the kernel shield blocks only penalised sources).
@@ -244,25 +240,6 @@ impl SourcePenalties {
             if not_found {
                 b.charge(now, &s);
             }
-        }
-    }
-
-    /// `net` replayed an initiation at `now`: charged as one 404. A replay never reaches
-    /// the control plane, so a flood replaying keys the control plane already refused
-    /// would never earn the renewal 404 a flood of fresh keys earns: its first 404s'
-    /// penalty would drain away while it floods, and every replay after that would be
-    /// identified (a Diffie-Hellman each) before it is found to be a replay. (Seen in the
-    /// shield e2e test with both cores busy: 16 addresses of one /24 replaying 1,600/s in
-    /// all, penalised by their 404s, were no longer shed 2.5-4.5 s into the flood.) A
-    /// client never replays its own initiation (each retry has a newer timestamp), so
-    /// this charges floods, and the odd duplicated packet, only.
-    pub fn replayed(&mut self, net: SourceNet, now: Instant) {
-        let s = self.settings;
-        if let Some(b) = self.bucket(net, now) {
-            b.charge(now, &s);
-        }
-        if let Some(b) = net.site().and_then(|site| self.site(site, now)) {
-            b.charge(now, &s);
         }
     }
 

@@ -410,17 +410,6 @@ impl Lookup {
         refusal
     }
 
-    /// `src` sent a replayed initiation at `now` (see `Admission::replayed`).
-    pub fn replayed_from(&self, src: IpAddr, now: Instant) {
-        if let Some(admission) = &self.admission {
-            admission
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .replayed(src, now);
-            self.judged_changed.notify_one();
-        }
-    }
-
     /// Woken when a source may have been judged (see `judged_sources`).
     pub fn judged_changed(&self) -> Arc<tokio::sync::Notify> {
         self.judged_changed.clone()
