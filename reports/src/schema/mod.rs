@@ -88,9 +88,8 @@ pub struct StageTime {
     pub seconds: f64,
     /// Observations: initiations identified, lookups done, install batches written.
     pub count: u64,
-    /// CPU seconds of the thread that ran the stage, summed (`identify` and `install` only:
-    /// a lookup's work is spread over async tasks); `None` from a daemon without
-    /// `jitwgd_stage_cpu_seconds_total`.
+    /// CPU seconds of the thread that ran it (`identify`, `install`; a lookup spans async
+    /// tasks); `None` from a daemon without `jitwgd_stage_cpu_seconds_total`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_seconds: Option<f64>,
 }
