@@ -7,7 +7,8 @@
 //! plane answers 404 for. Known keys (a cache entry, fresh or stale) never pass through
 //! here. An IPv6 /64's 404s also count for its /48, so a flood spread over many /64s
 //! of one site earns one penalty renewal per forgive period, not one per /64; and a
-//! penalised network whose renewal the budget refuses keeps its penalty (`sources`).
+//! penalised network whose renewal the budget refuses, or whose offending addresses keep
+//! knocking, keeps its penalty (`sources`).
 //! `LogBudget` rate-limits the per-key log lines about unknown keys, so a flood
 //! cannot fill the disk.
 //!
@@ -138,7 +139,8 @@ impl Admission {
     /// any initiation from an address with no recently resolved key might be a first
     /// contact: `Err` sheds it before it costs a Diffie-Hellman. Outside a penalised
     /// network everything passes. Inside one, an address that offended (a 404, a
-    /// negative-cache hit, knocking faster than `quiet_gap`) is refused, and a quiet one
+    /// negative-cache hit, knocking faster than `quiet_gap`) is refused, its knock holding
+    /// the network's penalty (`SourcePenalties::hold`), and a quiet one
     /// passes only on one of the network's newcomer passes, which `admit` then uses, and
     /// only while the global budget is at least half full: passes are the first thing a
     /// flood draining it loses, so a flood's first knocks from many penalised networks
@@ -161,7 +163,14 @@ impl Admission {
             return Ok(());
         }
         match standing {
-            Standing::Penalised | Standing::Chatty => Err(Refusal::AddressPenalised),
+            Standing::Penalised | Standing::Chatty => {
+                // An offender still knocking keeps its network's penalty (`hold`): its
+                // knocks are shed here, so they never earn the renewal 404 a flood of fresh
+                // keys earns, and without this a flood resending the same initiations
+                // drained out of the penalty its first 404s earned and was identified again.
+                self.penalties.hold(net, now);
+                Err(Refusal::AddressPenalised)
+            }
             Standing::Quiet
                 if self.budget.healthy(now) && self.addresses.take_newcomer(net, src, now) =>
             {
@@ -427,6 +436,36 @@ mod tests {
             a.admit(ip("198.18.1.90"), t0).unwrap_err(),
             Refusal::SourcePenalised
         );
+    }
+
+    /// A network penalised by its 404s whose offender goes on resending what it sent (a
+    /// flood replaying refused initiations earns no renewal 404: each knock is shed before
+    /// identification) stays penalised while the offender knocks, and is forgiven soon
+    /// after it stops; a quiet neighbour still gets a newcomer pass meanwhile.
+    #[test]
+    fn an_offender_still_knocking_keeps_its_networks_penalty() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(with_addresses(10), t0);
+        penalise(&mut a, "198.18.1.5", t0);
+        let mut quiet = Admission::new(with_addresses(10), t0);
+        penalise(&mut quiet, "198.18.1.5", t0);
+        let later = t0 + Duration::from_secs(5);
+        assert!(!quiet.penalised(ip("198.18.1.9"), later), "drained");
+        let mut t = t0;
+        while t < later {
+            t += Duration::from_millis(100);
+            assert_eq!(
+                a.screen(ip("198.18.1.5"), t),
+                Err(Refusal::AddressPenalised)
+            );
+        }
+        assert!(a.penalised(ip("198.18.1.9"), later), "held while it knocks");
+        assert_eq!(a.screen(ip("198.18.1.9"), later), Ok(()), "a newcomer");
+        // Another network's knocks hold nothing: it never went over its limit.
+        assert_eq!(a.screen(ip("198.18.2.5"), later), Ok(()));
+        assert!(!a.penalised(ip("198.18.2.6"), later));
+        // Stopped: forgiven within burst × forgive_every.
+        assert!(!a.penalised(ip("198.18.1.9"), later + Duration::from_secs(2)));
     }
 
     #[test]

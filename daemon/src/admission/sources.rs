@@ -22,6 +22,11 @@
 //! A renewal the global budget refuses (`hold`) keeps the penalty where it is instead of
 //! letting it lapse: otherwise an empty budget would re-open every flooding network to
 //! identification and to the data plane (the kernel shield blocks only penalised sources).
+//! So does a knock from one of the network's offending addresses (`Admission::screen`):
+//! it is shed before identification, so a flood resending initiations the control plane
+//! already refused would never earn a renewal 404, drain out of its penalty and be
+//! identified again (a Diffie-Hellman each), and while it lasts a network needs no renewal
+//! lookup as long as its offenders keep knocking.
 //!
 //! Pure: time is an argument. Bounded: at most `max_sources` networks (and as many sites)
 //! are tracked; when full, networks with nothing in flight whose penalty has decayed to
@@ -262,10 +267,12 @@ impl SourcePenalties {
         }
     }
 
-    /// A first contact from `net` that the penalty allowed at `now` was refused by the
-    /// global budget: a network (or a /64's site) that went over its limit since it was
-    /// last at rest keeps its penalty (see `Bucket::hold`), so an empty budget never lets
-    /// a flooding network's penalty lapse. A network that never went over is untouched.
+    /// `net` is still flooding at `now` though nothing it sends can earn a 404: a first
+    /// contact the penalty allowed was refused by the global budget, or an address the
+    /// network's penalty judged knocked again. A network (or a /64's site) that went over
+    /// its limit since it was last at rest keeps its penalty (see `Bucket::hold`), so
+    /// neither an empty budget nor shedding a flood before identification lets a flooding
+    /// network's penalty lapse. A network that never went over is untouched.
     pub fn hold(&mut self, net: SourceNet, now: Instant) {
         let s = self.settings;
         let member = self
