@@ -5,12 +5,19 @@
 //! it prints the same-run ratios from criterion's medians, and a paired ratio that
 //! alternates short blocks of DH and known-key identify so that load from other work on
 //! a shared machine hits both sides alike (criterion measures them minutes apart).
+//! Two more: what the identify workers add to every identification (a miss in a full
+//! `ResentMemory` and the insert after it), and what an initiation sent again costs
+//! instead of its DH.
 
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime};
 
 use criterion::{black_box, Criterion};
-use jitwgd::identify::{identify, identify_cached, ResponderKeys, StaticStaticCache};
+use jitwgd::identify::{
+    ephemeral_of, identify, identify_cached, identify_unless_resent, ResponderKeys,
+    StaticStaticCache,
+};
+use jitwgd::replay::ResentMemory;
 use x25519_dalek::{PublicKey, StaticSecret};
 
 const GROUP: &str = "identify";
@@ -18,6 +25,11 @@ const RAW_DH: &str = "x25519_dh";
 const COLD: &str = "identify_first_contact";
 const WARM: &str = "identify_known_key";
 const MAC1: &str = "identify_bad_mac1";
+const RESENT_BOOKKEEPING: &str = "resent_memory_miss_and_insert";
+const RESENT: &str = "identify_sent_again";
+
+/// The identify workers' `ResentMemory` size (`config::defaults::RESENT_MEMORY`).
+const RESENT_CAPACITY: usize = 16_384;
 
 fn vector() -> (ResponderKeys, Vec<u8>) {
     let text = include_str!("../tests/data/wireguard-go-initiations.json");
@@ -60,6 +72,37 @@ fn bench(c: &mut Criterion) {
     group.bench_function(MAC1, |b| {
         b.iter(|| black_box(identify_cached(&keys, &warm, black_box(&bad_mac))))
     });
+    // A full memory: each new ephemeral misses, is inserted and evicts the oldest.
+    let mut memory = ResentMemory::new(RESENT_CAPACITY);
+    let mut n = 0u64;
+    let mut next = move || {
+        n += 1;
+        let mut e = [0u8; 32];
+        e[..8].copy_from_slice(&n.to_le_bytes());
+        e
+    };
+    for _ in 0..RESENT_CAPACITY {
+        memory.identified(next());
+    }
+    group.bench_function(RESENT_BOOKKEEPING, |b| {
+        b.iter(|| {
+            let e = next();
+            black_box(memory.resent(black_box(&e)));
+            memory.identified(e);
+        })
+    });
+    let mut seen = ResentMemory::new(RESENT_CAPACITY);
+    seen.identified(ephemeral_of(&packet).expect("an initiation"));
+    group.bench_function(RESENT, |b| {
+        b.iter(|| {
+            black_box(identify_unless_resent(
+                &keys,
+                &warm,
+                black_box(&packet),
+                |e| seen.resent(e),
+            ))
+        })
+    });
     group.finish();
 }
 
@@ -99,11 +142,11 @@ fn report_ratios(since: SystemTime) {
         return;
     };
     println!("\nsame-run medians and rates relative to one raw X25519 DH:");
-    println!("  {RAW_DH:<24} {:>10.2} µs  1.00x", dh / 1000.0);
-    for name in [COLD, WARM, MAC1] {
+    println!("  {RAW_DH:<30} {:>10.2} µs  1.00x", dh / 1000.0);
+    for name in [COLD, WARM, MAC1, RESENT_BOOKKEEPING, RESENT] {
         if let Some(t) = median(name) {
             // Rate ratio: (1/t) / (1/dh).
-            println!("  {name:<24} {:>10.2} µs  {:.2}x", t / 1000.0, dh / t);
+            println!("  {name:<30} {:>10.2} µs  {:.2}x", t / 1000.0, dh / t);
         }
     }
 }

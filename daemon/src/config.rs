@@ -242,6 +242,10 @@ pub mod defaults {
     pub const UNKNOWN_LOG_RATE: u32 = 10;
     /// ~100 bytes a key: ~6.5 MB at most.
     pub const REPLAY_MEMORY: usize = 65_536;
+    /// Ephemeral keys of identified initiations (`replay::ResentMemory`, ~80 bytes each:
+    /// ~1.3 MB at most): an attacker resending more distinct captured initiations than
+    /// this in turn costs a Diffie-Hellman each again, as without it.
+    pub const RESENT_MEMORY: usize = 16_384;
     /// wireguard-go holds at most 65,536 peers.
     pub const KNOWN_KEY_CACHE: usize = 65_536;
     pub const NEGATIVE_CAP: usize = 100_000;

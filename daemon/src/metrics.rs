@@ -172,7 +172,8 @@ pub struct Metrics {
     pub mac1_rejected: Counter,
     /// Identification failures by `stage` (see `IDENTIFY_STAGES`).
     pub identify_failed: Family<StageLabel, Counter>,
-    /// Initiations whose timestamp was not newer than the last one seen for the key.
+    /// Initiations ignored as replays: sent again (`replay::ResentMemory`), or with a
+    /// timestamp not newer than the last one seen for the key.
     pub replays_ignored: Counter,
     /// Initiations from peers already on the interface (the data plane handles those).
     pub already_installed: Counter,
@@ -384,7 +385,7 @@ impl Metrics {
         );
         r.register(
             "replays_ignored",
-            "Initiations ignored because their timestamp was not newer than the last seen for the key",
+            "Initiations ignored as replays: the same initiation identified before (same ephemeral key, dropped before its Diffie-Hellman), or a timestamp not newer than the last seen for the key",
             self.replays_ignored.clone(),
         );
         r.register(

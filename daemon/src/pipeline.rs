@@ -1,6 +1,7 @@
 //! The JIT packet path, stage by stage: a captured datagram is parsed (capture),
 //! queued in its lane (`identify_pool`: sources of known keys first), identified
-//! (identify, with the static-static DH cached for known keys), checked against the
+//! (identify, with the static-static DH cached for known keys, and none at all for a
+//! packet identified before and sent again: `replay::ResentMemory`), checked against the
 //! replay guard (in memory for every key, on disk for keys that resolved), looked up
 //! (lookup, with admission control for first contacts) and installed (install).
 //! `capture_loop` reads the socket; the identify workers (`start_identify_pool`) hand
@@ -31,7 +32,7 @@ use crate::install::{InstallError, InstallQueue};
 use crate::lookup::{Lookup, LookupOutcome};
 use crate::metrics::{self, Metrics};
 use crate::peer::{PeerConfig, PublicKey, Timestamp};
-use crate::replay::{ReplayMemory, ReplayVerdict};
+use crate::replay::{ReplayMemory, ReplayVerdict, ResentMemory};
 use crate::shield::storm::StormMeter;
 use crate::shield::GuardFlag;
 use crate::store::SharedStore;
@@ -82,6 +83,9 @@ pub struct Pipeline {
     /// The replay guard every initiation passes first; bounded, so a flood of fresh
     /// keys costs memory up to its capacity and no disk at all.
     replay_memory: Mutex<ReplayMemory>,
+    /// Ephemeral keys of initiations identified: the same packet sent again is dropped
+    /// before its Diffie-Hellman (the identify workers ask it).
+    resent: Arc<Mutex<ResentMemory>>,
     /// Static-static DH of keys that resolved: their next initiation costs one X25519.
     known_keys: Arc<StaticStaticCache>,
     /// Sources of keys that resolved: their next initiation waits in the known lane.
@@ -130,6 +134,7 @@ impl Pipeline {
             pending: Mutex::new(HashSet::new()),
             activity: None,
             replay_memory: Mutex::new(ReplayMemory::new(limits.replay_memory)),
+            resent: Arc::new(Mutex::new(ResentMemory::new(defaults::RESENT_MEMORY))),
             known_sources: Arc::new(KnownSources::new(defaults::KNOWN_KEY_CACHE)),
             handlers: Arc::new(Semaphore::new(limits.max_pending)),
             log_budget: Mutex::new(LogBudget::new(limits.unknown_log_rate, Instant::now())),
@@ -283,6 +288,16 @@ impl Pipeline {
         }
     }
 
+    /// An initiation identified before, sent again (`ResentMemory`): a replay found before
+    /// its Diffie-Hellman, so without its key.
+    fn resent(&self, src: SocketAddr) {
+        self.metrics.replays_ignored.inc();
+        self.drop_initiation("replay");
+        if let Some(suppressed) = self.may_log() {
+            tracing::debug!(src = %src, suppressed, "initiation sent again ignored before identification");
+        }
+    }
+
     /// The durable replay guard, for keys that resolved only: it survives restarts (a
     /// replay of a known key's old initiation must not move its endpoint), and a flood of
     /// unknown keys writes nothing. If the store fails, the memory guard has judged it.
@@ -404,6 +419,7 @@ pub fn start_identify_pool(
     let runtime = tokio::runtime::Handle::current();
     let keys = pipeline.keys.clone();
     let known_keys = pipeline.known_keys.clone();
+    let resent = pipeline.resent.clone();
     let expired_metrics = pipeline.metrics.clone();
     IdentifyPool::start(
         settings,
@@ -411,7 +427,15 @@ pub fn start_identify_pool(
             let metrics = pipeline.metrics.clone();
             move |payload| {
                 let timer = metrics::StageTimer::start("identify");
-                let identified = identify::identify_keeping_secret(&keys, &known_keys, payload);
+                let identified =
+                    identify::identify_unless_resent(&keys, &known_keys, payload, |ephemeral| {
+                        lock(&resent).resent(ephemeral)
+                    });
+                if identified.is_ok() {
+                    if let Some(ephemeral) = identify::ephemeral_of(payload) {
+                        lock(&resent).identified(ephemeral);
+                    }
+                }
                 timer.finish(&metrics);
                 identified
             }
@@ -431,6 +455,7 @@ pub fn start_identify_pool(
                         .await
                 });
             }
+            Err(IdentifyError::Resent) => pipeline.resent(captured.src),
             Err(e) => {
                 if e == IdentifyError::Mac1 {
                     pipeline.metrics.mac1_rejected.inc();

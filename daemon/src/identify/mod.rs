@@ -9,7 +9,10 @@
 //!
 //! The second DH (responder static x initiator static) depends only on the key pair,
 //! so `identify_cached` takes it from a `StaticStaticCache` for keys the caller has
-//! said it knows: a repeat initiation from a known key then costs one DH.
+//! said it knows: a repeat initiation from a known key then costs one DH. And an
+//! initiation the caller has identified before (the same ephemeral key: WireGuard makes
+//! a new one for every initiation, retries included) costs none: `identify_unless_resent`
+//! asks the caller's memory (`replay::ResentMemory`) after mac1, before any DH.
 
 mod cache;
 mod noise;
@@ -144,6 +147,9 @@ pub enum IdentifyError {
     DecryptStatic,
     #[error("timestamp does not decrypt")]
     DecryptTimestamp,
+    /// Not a failure of the packet: the caller said it identified this one before.
+    #[error("initiation identified before (same ephemeral key): sent again")]
+    Resent,
 }
 
 impl IdentifyError {
@@ -155,6 +161,7 @@ impl IdentifyError {
             IdentifyError::Mac1 => "mac1",
             IdentifyError::DecryptStatic => "decrypt_static",
             IdentifyError::DecryptTimestamp => "decrypt_timestamp",
+            IdentifyError::Resent => "resent",
         }
     }
 }
@@ -180,7 +187,7 @@ pub fn mac1_valid(keys: &ResponderKeys, msg: &[u8]) -> bool {
 /// Recover the initiator's static public key and timestamp from a handshake
 /// initiation addressed to `keys`. Costs two X25519 operations once mac1 passes.
 pub fn identify(keys: &ResponderKeys, msg: &[u8]) -> Result<Initiation, IdentifyError> {
-    identify_with(keys, None, msg).map(|i| i.initiation)
+    identify_with(keys, None, msg, |_| false).map(|i| i.initiation)
 }
 
 /// `identify`, taking the static-static DH from `cache` when the initiator's key is
@@ -193,7 +200,7 @@ pub fn identify_cached(
     cache: &StaticStaticCache,
     msg: &[u8],
 ) -> Result<Initiation, IdentifyError> {
-    identify_with(keys, Some(cache), msg).map(|i| i.initiation)
+    identify_with(keys, Some(cache), msg, |_| false).map(|i| i.initiation)
 }
 
 /// `identify_cached`, also handing back the static-static secret it computed on a cache
@@ -203,13 +210,33 @@ pub fn identify_keeping_secret(
     cache: &StaticStaticCache,
     msg: &[u8],
 ) -> Result<Identified, IdentifyError> {
-    identify_with(keys, Some(cache), msg)
+    identify_with(keys, Some(cache), msg, |_| false)
+}
+
+/// `identify_keeping_secret`, unless `resent` says the initiation's ephemeral key was
+/// seen in an initiation identified before: then `Err(Resent)` once mac1 passes, before
+/// any X25519. (A flood resending captured initiations then costs a BLAKE2s and a lookup
+/// each; the identification that came first already decided what the packet does.)
+pub fn identify_unless_resent(
+    keys: &ResponderKeys,
+    cache: &StaticStaticCache,
+    msg: &[u8],
+    resent: impl FnOnce(&[u8; KEY_LEN]) -> bool,
+) -> Result<Identified, IdentifyError> {
+    identify_with(keys, Some(cache), msg, resent)
+}
+
+/// The ephemeral key of a handshake initiation (`None`: not one).
+pub fn ephemeral_of(msg: &[u8]) -> Option<[u8; KEY_LEN]> {
+    let msg = initiation_bytes(msg).ok()?;
+    msg.get(EPHEMERAL)?.try_into().ok()
 }
 
 fn identify_with(
     keys: &ResponderKeys,
     cache: Option<&StaticStaticCache>,
     msg: &[u8],
+    resent: impl FnOnce(&[u8; KEY_LEN]) -> bool,
 ) -> Result<Identified, IdentifyError> {
     let msg = initiation_bytes(msg)?;
     if !mac1_matches(keys, msg) {
@@ -219,6 +246,9 @@ fn identify_with(
     sender_index.copy_from_slice(&msg[SENDER_INDEX]);
     let mut ephemeral = [0u8; KEY_LEN];
     ephemeral.copy_from_slice(&msg[EPHEMERAL]);
+    if resent(&ephemeral) {
+        return Err(IdentifyError::Resent);
+    }
     let encrypted_static = &msg[ENCRYPTED_STATIC];
     let encrypted_timestamp = &msg[ENCRYPTED_TIMESTAMP];
 

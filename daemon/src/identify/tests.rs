@@ -452,6 +452,40 @@ fn a_secret_for_another_responder_key_is_not_filed() {
 fn identify_without_a_cache_keeps_no_secret() {
     let keys = ResponderKeys::new([7u8; 32]);
     let msg = initiation([9u8; 32], [7u8; 32], None);
-    let plain = identify_with(&keys, None, &msg).unwrap();
+    let plain = identify_with(&keys, None, &msg, |_| false).unwrap();
     assert!(plain.fresh_secret().is_none());
+}
+
+/// `identify_unless_resent` asks about the initiation's own ephemeral key, only once mac1
+/// passes, and otherwise identifies exactly as `identify_keeping_secret` does.
+#[test]
+fn a_resent_initiation_is_refused_after_mac1_and_before_any_dh() {
+    let keys = ResponderKeys::new([7u8; 32]);
+    let cache = StaticStaticCache::new(&keys, 64);
+    let msg = initiation([9u8; 32], [7u8; 32], None);
+    let ephemeral = ephemeral_of(&msg).unwrap();
+    assert_eq!(&ephemeral[..], &msg[8..40]);
+
+    let mut asked = None;
+    let refused = identify_unless_resent(&keys, &cache, &msg, |e| {
+        asked = Some(*e);
+        true
+    });
+    assert_eq!(refused.unwrap_err(), IdentifyError::Resent);
+    assert_eq!(asked, Some(ephemeral));
+
+    let mut bad_mac1 = msg.clone();
+    bad_mac1[MAC1.start] ^= 1;
+    let mut called = false;
+    let junk = identify_unless_resent(&keys, &cache, &bad_mac1, |_| {
+        called = true;
+        true
+    });
+    assert_eq!(junk.unwrap_err(), IdentifyError::Mac1);
+    assert!(!called, "junk is never looked up");
+
+    let fresh = identify_unless_resent(&keys, &cache, &msg, |_| false).unwrap();
+    let plain = identify_keeping_secret(&keys, &cache, &msg).unwrap();
+    assert_eq!(fresh.initiation, plain.initiation);
+    assert_eq!(ephemeral_of(&msg[..100]), None);
 }

@@ -38,6 +38,13 @@ const GATEWAY_PRIVATE: [u8; 32] = [7; 32];
 
 /// An initiation from `client` to the gateway, and the client's public key.
 fn initiation(client: [u8; 32]) -> (Initiation, PublicKey) {
+    let (packet, public) = initiation_packet(client);
+    let keys = ResponderKeys::new(GATEWAY_PRIVATE);
+    (identify::identify(&keys, &packet).unwrap(), public)
+}
+
+/// An initiation from `client` to the gateway as sent on the wire, and the client's key.
+fn initiation_packet(client: [u8; 32]) -> (Vec<u8>, PublicKey) {
     let keys = ResponderKeys::new(GATEWAY_PRIVATE);
     let gateway = boringtun::x25519::PublicKey::from(keys.public_key().0);
     let secret = boringtun::x25519::StaticSecret::from(client);
@@ -48,7 +55,7 @@ fn initiation(client: [u8; 32]) -> (Initiation, PublicKey) {
     else {
         panic!("no initiation");
     };
-    (identify::identify(&keys, bytes).unwrap(), public)
+    (bytes.to_vec(), public)
 }
 
 struct Rig {
@@ -60,15 +67,23 @@ struct Rig {
 
 /// A pipeline whose lookup store knows `known`; `replay_store` holds the durable guard.
 async fn rig(known: PublicKey, replay_store: SharedStore) -> Rig {
-    rig_with(known, replay_store, false, GuardFlag::default()).await
+    rig_with(
+        known,
+        replay_store,
+        false,
+        GuardFlag::default(),
+        Default::default(),
+    )
+    .await
 }
 
-/// `rig`, with role inversion `initiate` and the storm guard's `flag`.
+/// `rig`, with role inversion `initiate`, the storm guard's `flag` and `limits`.
 async fn rig_with(
     known: PublicKey,
     replay_store: SharedStore,
     initiate: bool,
     flag: GuardFlag,
+    limits: PipelineLimits,
 ) -> Rig {
     let lookup_store = SharedStore::new(Store::open_in_memory().unwrap());
     let config = PeerConfig {
@@ -111,7 +126,8 @@ async fn rig_with(
             queue,
             metrics.clone(),
         )
-        .with_storm_guard(flag),
+        .with_storm_guard(flag)
+        .with_limits(limits),
     );
     Rig {
         pipeline,
@@ -205,7 +221,7 @@ async fn while_the_storm_guard_is_up_an_installed_peers_initiation_is_detoured()
     let (init, key) = initiation([5; 32]);
     let flag = GuardFlag::default();
     let durable = SharedStore::new(Store::open_in_memory().unwrap());
-    let rig = rig_with(key, durable.clone(), true, flag.clone()).await;
+    let rig = rig_with(key, durable.clone(), true, flag.clone(), Default::default()).await;
     rig.handle(init).await;
     assert_eq!(rig.installs(), 1);
     // Whether the durable replay guard already holds `init`'s timestamp (recording it).
@@ -241,4 +257,59 @@ async fn while_the_storm_guard_is_up_an_installed_peers_initiation_is_detoured()
     // A replay of the first initiation is dropped before any detour.
     rig.handle(init).await;
     assert!(rig.metric("jitwgd_initiations_dropped_total{reason=\"replay\"} 1"));
+}
+
+/// The identify workers drop a packet sent again before its Diffie-Hellman
+/// (`ResentMemory`), even once the in-memory replay guard has forgotten its key: an
+/// unknown key's initiation resent reaches lookup once, not twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_initiation_sent_again_is_dropped_by_the_identify_workers() {
+    let (_, known) = initiation([3; 32]);
+    let limits = PipelineLimits {
+        replay_memory: 1,
+        ..Default::default()
+    };
+    let store = SharedStore::new(Store::open_in_memory().unwrap());
+    let rig = rig_with(known, store, false, GuardFlag::default(), limits).await;
+    let settings = PoolSettings {
+        workers: 1,
+        queue: 16,
+        per_source: 16,
+        nice: 0,
+    };
+    let pool = start_identify_pool(rig.pipeline.clone(), settings).unwrap();
+    let (resent, _) = initiation_packet([8; 32]);
+    let (other, _) = initiation_packet([9; 32]);
+    let src: SocketAddr = "198.18.0.2:51820".parse().unwrap();
+    let lookups = |rig: &Rig| {
+        rig.metrics
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with("jitwgd_lookups_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    let replays = "jitwgd_initiations_dropped_total{reason=\"replay\"} 1";
+    // One at a time, each waited for: the second key's initiation makes the replay
+    // guard (one key) forget the first key before the first packet comes again.
+    for (payload, done) in [(&resent, 1), (&other, 2), (&resent, 3)] {
+        let captured = Captured {
+            payload: payload.clone(),
+            src,
+            captured_at: Instant::now(),
+        };
+        pool.submit(captured, Lane::Unknown).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lookups(&rig) < done && !rig.metric(replays) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert_eq!(
+        lookups(&rig),
+        2,
+        "the packet sent again was looked up again"
+    );
+    assert!(rig.metric(replays));
+    assert!(rig.metric("jitwgd_replays_ignored_total 1"));
+    drop(pool);
 }
