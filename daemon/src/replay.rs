@@ -68,8 +68,11 @@ impl ReplayMemory {
 }
 
 /// The ephemeral keys of up to `capacity` identified initiations, least recently seen
-/// forgotten first. A forgotten one is identified again and judged by `ReplayMemory`, as
-/// before: the memory only saves work, it never decides alone what an initiation does.
+/// forgotten first. A copy it knows is dropped as the replay guard would drop it (same
+/// key, same timestamp); a forgotten one is identified and judged by the guards as before.
+/// One case differs: a copy of an initiation that was identified and then dropped for
+/// want of a handler (`--max-pending`) used to be handled; it is dropped now. A client
+/// never resends an initiation, so such a copy is an attacker's or the network's.
 pub struct ResentMemory {
     seen: LruCache<[u8; 32], ()>,
 }
