@@ -281,9 +281,7 @@ impl Pipeline {
     }
 
     fn replayed(&self, key: PublicKey, src: SocketAddr) {
-        self.metrics.replays_ignored.inc();
-        self.drop_initiation("replay");
-        if let Some(suppressed) = self.may_log() {
+        if let Some(suppressed) = self.count_replay() {
             tracing::debug!(peer = %key, src = %src, suppressed, "replayed or stale initiation ignored");
         }
     }
@@ -291,11 +289,16 @@ impl Pipeline {
     /// An initiation identified before, sent again (`ResentMemory`): a replay found before
     /// its Diffie-Hellman, so without its key.
     fn resent(&self, src: SocketAddr) {
-        self.metrics.replays_ignored.inc();
-        self.drop_initiation("replay");
-        if let Some(suppressed) = self.may_log() {
+        if let Some(suppressed) = self.count_replay() {
             tracing::debug!(src = %src, suppressed, "initiation sent again ignored before identification");
         }
+    }
+
+    /// Count one replay dropped; `Some` when a line about it may be logged (`may_log`).
+    fn count_replay(&self) -> Option<u64> {
+        self.metrics.replays_ignored.inc();
+        self.drop_initiation("replay");
+        self.may_log()
     }
 
     /// The durable replay guard, for keys that resolved only: it survives restarts (a
